@@ -1,0 +1,120 @@
+"""Building blocks shared by the four resource kinds.
+
+Models here are the single source of truth for the CRD schemas: field bounds,
+patterns and defaults become OpenAPI, and `cel(...)` rules become
+`x-kubernetes-validations` (see `mpaas.api.crdgen`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "mpaas.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Kubernetes object names (RFC 1123 labels) and shared identifier patterns.
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+APP_ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+VERSION_STRING = r"^[0-9]+(\.[0-9]+){0,3}$"
+
+
+def cel(rule: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
+    """One CEL rule for `x-kubernetes-validations`."""
+    out = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    if reason:
+        out["reason"] = reason
+    return out
+
+
+def immutable(message: str) -> dict[str, Any]:
+    """Field extra: the value may not change once set."""
+    return {"x-kubernetes-validations": [cel("self == oldSelf", message)]}
+
+
+class ApiModel(BaseModel):
+    """Base of every spec/status model: camelCase on the wire, strict about unknown fields."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=True,
+        frozen=False,
+    )
+    # CEL rules on the object itself (cross-field checks).
+    __cel__: ClassVar[list[dict[str, str]]] = []
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def named_list(key: str = "name") -> dict[str, Any]:
+    """Field extra: a list of named objects, merged by key under server-side apply."""
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": [key]}
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(ApiModel):
+    type: str = Field(max_length=64, pattern=r"^[A-Z][A-Za-z0-9]*$")
+    status: ConditionStatus
+    reason: str = Field(max_length=128, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    message: str = Field(default="", max_length=32768)
+    last_transition_time: datetime
+    observed_generation: int | None = Field(default=None, ge=0)
+
+
+class CommonStatus(ApiModel):
+    observed_generation: int | None = Field(default=None, ge=0)
+    conditions: list[Condition] = Field(default_factory=list, max_length=16, json_schema_extra=named_list("type"))
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+class SecretRef(ApiModel):
+    """A Secret in the resource's own namespace."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+class ResourceRequirements(ApiModel):
+    """Container resources, as in a Pod spec (quantities as strings: "250m", "256Mi")."""
+
+    requests: dict[str, str] = Field(default_factory=dict, max_length=8)
+    limits: dict[str, str] = Field(default_factory=dict, max_length=8)
+
+
+class Autoscaling(ApiModel):
+    __cel__ = [cel("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas")]
+
+    min_replicas: int = Field(default=2, ge=1, le=1000)
+    max_replicas: int = Field(default=10, ge=1, le=1000)
+    target_cpu_utilization_percent: int = Field(default=70, ge=10, le=100)
+
+
+class RateLimit(ApiModel):
+    """A token bucket: `requestsPerSecond` sustained, `burst` at once."""
+
+    requests_per_second: int = Field(ge=1, le=10_000_000)
+    burst: int | None = Field(default=None, ge=1, le=10_000_000)
+
+
+class VersionRange(ApiModel):
+    """Inclusive range of dotted versions; either end may be open."""
+
+    min: str | None = Field(default=None, max_length=32, pattern=VERSION_STRING)
+    max: str | None = Field(default=None, max_length=32, pattern=VERSION_STRING)
