@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from ..kube import ResourceType
 from . import delivery, gateway, push, sync
 from .base import API_VERSION, GROUP, VERSION, ApiModel, CommonStatus, Condition, ConditionStatus
 
@@ -26,6 +27,10 @@ class Kind:
     status: type[CommonStatus]
     printer_columns: list[dict[str, Any]]
     scale: dict[str, str] | None = field(default=None)
+
+    @property
+    def resource(self) -> ResourceType:
+        return ResourceType(GROUP, VERSION, self.plural)
 
     @property
     def crd_name(self) -> str:

@@ -1,0 +1,173 @@
+"""Live configuration from resources: the stand-in for mPaaS's dynamic config push.
+
+A component declares the kinds it reads and a `compile` function that turns
+valid resources into an immutable, request-ready config object. `LiveConfig`
+feeds the sources' snapshots through validation and compilation and swaps the
+result in atomically. Invalid resources and failed compilations keep the last
+good config; the reason is logged, counted and kept in `errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from prometheus_client import Counter, Gauge
+
+from ..api import KINDS, ApiModel, InvalidResource
+from ..kube import SECRETS, KubeClient, ResourceType
+from ..service import ComponentSettings
+from .sources import DirectorySource, Key, KubeWatchSource, Snapshot, object_key
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CONFIG_RELOADS = Counter("mpaas_config_reloads_total", "Config compilations", ["component", "result"])
+CONFIG_INVALID = Gauge("mpaas_config_invalid_resources", "Resources rejected by validation", ["component"])
+CONFIG_APPLIED = Gauge("mpaas_config_applied_timestamp_seconds", "When the current config was swapped in", ["component"])
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A validated resource: its parsed spec plus the identity fields components need."""
+
+    kind: str
+    namespace: str
+    name: str
+    generation: int
+    resource_version: str
+    spec: Any  # the kind's pydantic spec model; raw `data` dict for Secrets
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+
+Resources = dict[str, dict[Key, Resource]]  # kind -> (namespace, name) -> resource
+
+
+def validate(kind: str, obj: dict[str, Any]) -> Resource:
+    meta = obj.get("metadata") or {}
+    spec: ApiModel | dict[str, Any]
+    if kind in KINDS:
+        spec = KINDS[kind].parse_spec(obj)
+    else:  # Secrets and other core objects carry no spec model
+        spec = dict(obj.get("data") or {})
+    return Resource(
+        kind=kind,
+        namespace=meta.get("namespace") or "",
+        name=meta.get("name") or "",
+        generation=int(meta.get("generation") or 0),
+        resource_version=str(meta.get("resourceVersion") or ""),
+        spec=spec,
+        raw=obj,
+    )
+
+
+class LiveConfig(Generic[T]):
+    def __init__(self, component: str, kinds: Iterable[str], compile: Callable[[Resources], T], initial: T):
+        self.component = component
+        self.kinds = list(kinds)
+        self._compile = compile
+        self.current: T = initial
+        self.resources: Resources = {k: {} for k in self.kinds}
+        self.errors: dict[tuple[str, Key], str] = {}
+        self.version = 0  # bumps on every swap
+        self.applied_at = 0.0
+        self._synced: set[str] = set()
+        self.ready = asyncio.Event()
+        self._listeners: list[Callable[[T], None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._client: KubeClient | None = None
+
+    def subscribe(self, listener: Callable[[T], None]) -> None:
+        self._listeners.append(listener)
+
+    def on_snapshot(self, kind: str, snapshot: Snapshot) -> None:
+        """Validate one kind's snapshot, then recompile and swap if anything changed."""
+        previous = self.resources.get(kind, {})
+        valid: dict[Key, Resource] = {}
+        for key, obj in snapshot.items():
+            old = previous.get(key)
+            rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+            if old is not None and rv and old.resource_version == rv:
+                valid[key] = old
+                continue
+            try:
+                valid[key] = validate(kind, obj)
+                self.errors.pop((kind, key), None)
+            except InvalidResource as e:
+                self.errors[(kind, key)] = e.detail
+                log.error("%s: ignoring invalid %s, keeping its last good version: %s", self.component, kind, e)
+                if old is not None:
+                    valid[key] = old
+        for key in list(self.errors):
+            if key[0] == kind and key[1] not in snapshot:
+                del self.errors[key]
+        CONFIG_INVALID.labels(self.component).set(len(self.errors))
+        self.resources[kind] = valid
+        self._synced.add(kind)
+        if self._synced.issuperset(self.kinds):
+            self.recompile()
+
+    def recompile(self) -> bool:
+        try:
+            compiled = self._compile(self.resources)
+        except Exception as e:
+            CONFIG_RELOADS.labels(self.component, "error").inc()
+            log.exception("%s: config compilation failed, keeping the last good config: %s", self.component, e)
+            return False
+        self.current = compiled  # the swap: readers take `current` once per request
+        self.version += 1
+        self.applied_at = time.time()
+        CONFIG_RELOADS.labels(self.component, "ok").inc()
+        CONFIG_APPLIED.labels(self.component).set(self.applied_at)
+        self.ready.set()
+        for listener in self._listeners:
+            try:
+                listener(compiled)
+            except Exception:
+                log.exception("config listener failed")
+        return True
+
+    # --- wiring to sources ---------------------------------------------------
+
+    def start_kube(self, client: KubeClient, *, namespace: str | None = None,
+                   selectors: dict[str, dict[str, str]] | None = None) -> None:
+        """Watch every kind through the API server. `selectors` narrows a kind's watch."""
+        for kind in self.kinds:
+            rt: ResourceType = KINDS[kind].resource if kind in KINDS else SECRETS
+            sel = (selectors or {}).get(kind, {})
+            src = KubeWatchSource(client, rt, kind, namespace=namespace, label_selector=sel.get("labelSelector"),
+                                  field_selector=sel.get("fieldSelector"))
+            self._tasks.append(asyncio.create_task(src.run(self.on_snapshot), name=f"watch-{kind}"))
+
+    def start_directory(self, path: str, *, interval: float = 0.25) -> DirectorySource:
+        src = DirectorySource(path, set(self.kinds), interval=interval)
+        self._tasks.append(asyncio.create_task(src.run(self.on_snapshot), name=f"dir-{path}"))
+        return src
+
+    def start(self, settings: ComponentSettings, selectors: dict[str, dict[str, str]] | None = None) -> None:
+        """Start the source the settings name: the API server, or a folder of YAML."""
+        if settings.config_source == "dir":
+            self.start_directory(settings.config_dir)
+        else:
+            self._client = KubeClient(settings.kubeconfig)
+            self.start_kube(self._client, namespace=settings.namespace, selectors=selectors)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+__all__ = ["DirectorySource", "KubeWatchSource", "LiveConfig", "Resource", "Resources", "object_key", "validate"]

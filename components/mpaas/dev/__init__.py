@@ -1,0 +1,1 @@
+"""`mpaas dev`: the whole platform in one process, for a laptop."""

@@ -1,0 +1,41 @@
+"""Gateway result codes, returned in the `Result-Status` response header.
+
+mPaaS clients branch on these codes, not on the HTTP status: on `/mgw.htm`
+every gateway decision is answered with HTTP 200 and a code; the REST-style
+path `/api/<operationType>` also sets the matching HTTP status. The table is
+documented in docs/gateway.md; codes 6000-6999 are the backend's own business
+codes, passed through unchanged when the upstream sets `Result-Status`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ResultCode:
+    code: int
+    name: str
+    http_status: int
+    memo: str
+
+
+SUCCESS = ResultCode(1000, "Success", 200, "success")
+ACCESS_DENIED = ResultCode(1001, "AccessDenied", 403, "this app may not call this operation type")
+UNKNOWN_APP = ResultCode(1003, "UnknownApp", 403, "AppId/WorkspaceId not registered on this gateway")
+OPERATION_TYPE_MISSING = ResultCode(3000, "OperationTypeMissing", 400, "Operation-Type header missing")
+OPERATION_TYPE_UNKNOWN = ResultCode(3001, "OperationTypeUnknown", 404, "no API registered for this operation type")
+API_OFFLINE = ResultCode(3002, "ApiOffline", 503, "this API is offline")
+REQUEST_TOO_LARGE = ResultCode(3003, "RequestTooLarge", 413, "request body exceeds the gateway's limit")
+UPSTREAM_TIMEOUT = ResultCode(4001, "UpstreamTimeout", 504, "upstream did not answer in time")
+UPSTREAM_UNAVAILABLE = ResultCode(4002, "UpstreamUnavailable", 502, "upstream could not be reached")
+UPSTREAM_ERROR = ResultCode(4003, "UpstreamError", 502, "upstream answered with an error")
+INTERNAL_ERROR = ResultCode(5000, "InternalError", 500, "gateway internal error")
+GATEWAY_NOT_READY = ResultCode(5001, "GatewayNotReady", 503, "gateway has no configuration yet")
+
+ALL = [
+    SUCCESS, ACCESS_DENIED, UNKNOWN_APP, OPERATION_TYPE_MISSING, OPERATION_TYPE_UNKNOWN, API_OFFLINE,
+    REQUEST_TOO_LARGE, UPSTREAM_TIMEOUT, UPSTREAM_UNAVAILABLE, UPSTREAM_ERROR, INTERNAL_ERROR, GATEWAY_NOT_READY,
+]
+BY_CODE = {c.code: c for c in ALL}
+BUSINESS_CODES = range(6000, 7000)

@@ -1,0 +1,276 @@
+"""The gray-rule language: targeting expressions over request attributes.
+
+    DEVICE_ID MOD 1000 IN (100..200, 450..600) && CITY IN (Hangzhou, Shanghai)
+    APP_VERSION >= 2.1.0 && !(BRAND IN (Acme)) || USER_ID IN ("u1", "u2")
+
+Grammar (keywords and attribute names are case-insensitive):
+
+    expr      := and ( '||' and )*
+    and       := unary ( '&&' unary )*
+    unary     := '!' unary | '(' expr ')' | predicate
+    predicate := term ( ['NOT'] 'IN' '(' item (',' item)* ')' | CMP value )
+    term      := ATTRIBUTE [ 'MOD' INT ]
+    item      := value | INT '..' INT
+    CMP       := '==' | '!=' | '<' | '<=' | '>' | '>='
+
+`X MOD N` takes X itself when it is a whole number and a stable hash (CRC-32)
+of it otherwise, so "device id mod 1000 in 0..99" picks the same 10% of devices
+on every replica. Versions (APP_VERSION, OS_VERSION) compare numerically by
+dotted part. A rule is compiled once into nested closures; evaluating it costs
+a few microseconds.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+ATTRIBUTES = {
+    "DEVICE_ID", "USER_ID", "APP_VERSION", "OS_VERSION", "PLATFORM", "BRAND", "MODEL",
+    "CITY", "NETWORK", "CHANNEL", "APP_ID", "WORKSPACE_ID", "CLIENT_IP",
+}
+VERSION_ATTRIBUTES = {"APP_VERSION", "OS_VERSION"}
+
+Attrs = Mapping[str, str]
+Predicate = Callable[[Attrs], bool]
+
+
+class RuleError(ValueError):
+    """A rule that does not parse; the message points at the offending position."""
+
+    def __init__(self, rule: str, pos: int, message: str):
+        self.rule, self.pos = rule, pos
+        super().__init__(f"{message} at position {pos}: {rule[:pos]}⟨here⟩{rule[pos:]}")
+
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+        (?P<op>&&|\|\||==|!=|<=|>=|<|>|!|\(|\)|,|\.\.)
+      | "(?P<str>[^"]*)"
+      | (?P<num>\d+(?:\.\d+)*(?![\w.]*[A-Za-z_]))
+      | (?P<word>[A-Za-z_][\w.:@-]*|[\w][\w.:@-]*)
+    )""",
+    re.VERBOSE,
+)
+
+
+@dataclass
+class _Tok:
+    kind: str  # op | str | num | word | end
+    text: str
+    pos: int
+
+
+def _tokens(rule: str) -> list[_Tok]:
+    out, pos = [], 0
+    while pos < len(rule):
+        if rule[pos:].strip() == "":
+            break
+        m = _TOKEN.match(rule, pos)
+        if not m or m.end() == pos:
+            raise RuleError(rule, pos, "unexpected character")
+        kind = m.lastgroup or "word"
+        out.append(_Tok(kind, m.group(kind), m.start(kind)))
+        pos = m.end()
+    out.append(_Tok("end", "", len(rule)))
+    return out
+
+
+def version_key(v: str) -> tuple[int, ...]:
+    parts = []
+    for p in v.split("."):
+        digits = re.match(r"\d*", p)
+        parts.append(int(digits.group()) if digits and digits.group() else 0)
+    while parts and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
+
+
+def bucket(value: str, modulus: int) -> int:
+    """Stable bucket of a value: the number itself if numeric, else CRC-32 of its bytes."""
+    if value.isdigit():
+        return int(value) % modulus
+    return zlib.crc32(value.encode()) % modulus
+
+
+class _Parser:
+    def __init__(self, rule: str):
+        self.rule = rule
+        self.toks = _tokens(rule)
+        self.i = 0
+
+    @property
+    def tok(self) -> _Tok:
+        return self.toks[self.i]
+
+    def take(self, kind: str | None = None, text: str | None = None) -> _Tok:
+        t = self.tok
+        if (kind and t.kind != kind) or (text and t.text.upper() != text):
+            want = text or kind
+            raise RuleError(self.rule, t.pos, f"expected {want!r}, found {t.text or 'end of rule'!r}")
+        self.i += 1
+        return t
+
+    def at(self, text: str) -> bool:
+        return self.tok.kind in ("op", "word") and self.tok.text.upper() == text
+
+    def parse(self) -> Predicate:
+        if self.tok.kind == "end":
+            raise RuleError(self.rule, 0, "empty rule")
+        fn = self.expr()
+        if self.tok.kind != "end":
+            raise RuleError(self.rule, self.tok.pos, f"unexpected {self.tok.text!r}")
+        return fn
+
+    def expr(self) -> Predicate:
+        parts = [self.and_()]
+        while self.at("||"):
+            self.take()
+            parts.append(self.and_())
+        if len(parts) == 1:
+            return parts[0]
+        return lambda a: any(p(a) for p in parts)
+
+    def and_(self) -> Predicate:
+        parts = [self.unary()]
+        while self.at("&&"):
+            self.take()
+            parts.append(self.unary())
+        if len(parts) == 1:
+            return parts[0]
+        return lambda a: all(p(a) for p in parts)
+
+    def unary(self) -> Predicate:
+        if self.at("!"):
+            self.take()
+            inner = self.unary()
+            return lambda a: not inner(a)
+        if self.at("("):
+            self.take()
+            inner = self.expr()
+            self.take("op", ")")
+            return inner
+        return self.predicate()
+
+    def predicate(self) -> Predicate:
+        t = self.take("word")
+        attr = t.text.upper()
+        if attr not in ATTRIBUTES:
+            raise RuleError(self.rule, t.pos, f"unknown attribute {t.text!r} (known: {', '.join(sorted(ATTRIBUTES))})")
+        modulus = None
+        if self.at("MOD"):
+            self.take()
+            m = self.take("num")
+            if not m.text.isdigit() or int(m.text) < 1:
+                raise RuleError(self.rule, m.pos, "MOD needs a positive whole number")
+            modulus = int(m.text)
+        negate = False
+        if self.at("NOT"):
+            self.take()
+            negate = True
+            if not self.at("IN"):
+                raise RuleError(self.rule, self.tok.pos, "expected IN after NOT")
+        if self.at("IN"):
+            self.take()
+            fn = self._in(attr, modulus)
+            return (lambda a: not fn(a)) if negate else fn
+        op = self.take("op")
+        if op.text not in ("==", "!=", "<", "<=", ">", ">="):
+            raise RuleError(self.rule, op.pos, f"expected IN or a comparison, found {op.text!r}")
+        value = self.value()
+        return self._compare(attr, modulus, op.text, value)
+
+    def value(self) -> str:
+        t = self.tok
+        if t.kind in ("str", "num", "word"):
+            self.i += 1
+            return t.text
+        raise RuleError(self.rule, t.pos, f"expected a value, found {t.text or 'end of rule'!r}")
+
+    def _in(self, attr: str, modulus: int | None) -> Predicate:
+        self.take("op", "(")
+        values: set[str] = set()
+        ranges: list[tuple[int, int]] = []
+        while True:
+            start = self.tok
+            v = self.value()
+            if self.at(".."):
+                self.take()
+                end = self.value()
+                if not (v.isdigit() and end.isdigit()):
+                    raise RuleError(self.rule, start.pos, "a range needs whole numbers: 100..200")
+                lo, hi = int(v), int(end)
+                if lo > hi:
+                    raise RuleError(self.rule, start.pos, f"empty range {lo}..{hi}")
+                ranges.append((lo, hi))
+            else:
+                values.add(v)
+            if self.at(","):
+                self.take()
+                continue
+            self.take("op", ")")
+            break
+        if modulus is not None:
+            nums = {int(v) for v in values if v.isdigit()}
+            bad = [v for v in values if not v.isdigit()]
+            if bad:
+                raise RuleError(self.rule, start.pos, f"MOD results are numbers, not {bad[0]!r}")
+
+            def in_bucket(a: Attrs) -> bool:
+                raw = a.get(attr)
+                if raw is None or raw == "":
+                    return False
+                b = bucket(raw, modulus)
+                return b in nums or any(lo <= b <= hi for lo, hi in ranges)
+
+            return in_bucket
+        frozen = frozenset(values)
+        lowered = frozenset(v.lower() for v in values)
+
+        def in_set(a: Attrs) -> bool:
+            raw = a.get(attr)
+            if raw is None:
+                return False
+            if raw in frozen or raw.lower() in lowered:
+                return True
+            return bool(ranges) and raw.isdigit() and any(lo <= int(raw) <= hi for lo, hi in ranges)
+
+        return in_set
+
+    def _compare(self, attr: str, modulus: int | None, op: str, value: str) -> Predicate:
+        ops: dict[str, Callable[[object, object], bool]] = {
+            "==": lambda x, y: x == y, "!=": lambda x, y: x != y, "<": lambda x, y: x < y,  # type: ignore[operator]
+            "<=": lambda x, y: x <= y, ">": lambda x, y: x > y, ">=": lambda x, y: x >= y,  # type: ignore[operator]
+        }
+        cmp = ops[op]
+        if modulus is not None:
+            if not value.isdigit():
+                raise RuleError(self.rule, self.toks[self.i - 1].pos, "MOD results compare with whole numbers")
+            n = int(value)
+            return lambda a: (raw := a.get(attr)) is not None and raw != "" and cmp(bucket(raw, modulus), n)
+        if attr in VERSION_ATTRIBUTES:
+            vk = version_key(value)
+            return lambda a: (raw := a.get(attr)) is not None and raw != "" and cmp(version_key(raw), vk)
+        if op in ("==", "!="):
+            low = value.lower()
+            return lambda a: cmp((a.get(attr) or "").lower(), low)
+        if value.isdigit():
+            n = int(value)
+            return lambda a: (raw := a.get(attr)) is not None and raw.isdigit() and cmp(int(raw), n)
+        return lambda a: (raw := a.get(attr)) is not None and cmp(raw, value)
+
+
+def compile_rule(rule: str) -> Predicate:
+    """Compile a rule into a predicate over an attribute mapping; raises RuleError."""
+    return _Parser(rule).parse()
+
+
+def percent_of(value: str, percent: int, salt: str = "") -> bool:
+    """Stable membership of `value` in the first `percent` of 100 hash buckets."""
+    if percent >= 100:
+        return True
+    if percent <= 0 or not value:
+        return False
+    return zlib.crc32((salt + value).encode()) % 100 < percent

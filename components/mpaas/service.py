@@ -1,0 +1,160 @@
+"""What every component shares: settings, JSON logs with trace ids, health and metrics, serving.
+
+A component is a FastAPI app built by `component_app`, which adds `/healthz`
+(process alive), `/readyz` (config loaded, dependencies reachable) and
+`/metrics` (Prometheus), and runs the component's start/stop hooks in the
+lifespan. `serve` runs it under uvicorn with a graceful drain on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+trace_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("trace_id", default="")
+
+
+class ComponentSettings(BaseSettings):
+    """Settings every component reads from `MPAAS_*` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="MPAAS_", extra="ignore")
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    # Where resources come from: the Kubernetes API, or a folder of YAML (local/embedded mode).
+    config_source: Literal["kube", "dir"] = "kube"
+    config_dir: str = "examples/demo"
+    namespace: str | None = None  # watch one namespace; None watches all the account may see
+    kubeconfig: str | None = None
+    # Seconds to keep serving in-flight requests after SIGTERM.
+    drain_seconds: float = 10.0
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        tid = trace_id_var.get()
+        if tid:
+            out["traceId"] = tid
+        extra = getattr(record, "fields", None)
+        if isinstance(extra, dict):
+            out.update(extra)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("uvicorn.access", "httpx", "httpcore", "aiokafka", "kafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+Hook = Callable[[], Awaitable[None]]
+ReadyCheck = Callable[[], Awaitable[tuple[bool, str]] | tuple[bool, str]]
+
+
+def component_app(
+    name: str,
+    *,
+    on_start: list[Hook] | None = None,
+    on_stop: list[Hook] | None = None,
+    ready: ReadyCheck | None = None,
+    **fastapi_kwargs: Any,
+) -> FastAPI:
+    """A FastAPI app with the platform's health, readiness and metrics endpoints."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for hook in on_start or []:
+            await hook()
+        app.state.started = True
+        try:
+            yield
+        finally:
+            for hook in reversed(on_stop or []):
+                try:
+                    await hook()
+                except Exception:
+                    logging.getLogger(name).exception("stop hook failed")
+
+    app = FastAPI(title=f"mpaas {name}", lifespan=lifespan, **fastapi_kwargs)
+    app.state.started = False
+    app.state.draining = False
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "component": name}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(response: Response) -> dict[str, str]:
+        ok, why = True, "ready"
+        if app.state.draining:
+            ok, why = False, "draining"
+        elif ready is not None:
+            res = ready()
+            ok, why = (await res) if not isinstance(res, tuple) else res
+        if not ok:
+            response.status_code = 503
+        return {"status": "ready" if ok else "not ready", "reason": why, "component": name}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def serve(app: Any, settings: ComponentSettings, *, access_log: bool = False) -> None:
+    """Run under uvicorn; on SIGTERM readiness turns false, then in-flight requests drain."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=access_log,
+        timeout_graceful_shutdown=int(settings.drain_seconds) or None,
+        lifespan="on",
+        loop="uvloop" if _has("uvloop") else "asyncio",
+        http="httptools" if _has("httptools") else "h11",
+    )
+    server = uvicorn.Server(config)
+
+    original = server.handle_exit
+
+    def handle_exit(sig: int, frame: Any) -> None:
+        if hasattr(app, "state"):
+            app.state.draining = True
+        original(sig, frame)
+
+    server.handle_exit = handle_exit  # type: ignore[method-assign]
+    server.run()
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None

@@ -1,0 +1,80 @@
+"""A mobile-client simulator: calls the gateway the way an mPaaS app does and shows what happens."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class Call:
+    operation_type: str
+    body: Any
+    status: int
+    result_status: str
+    memo: str
+    trace_id: str
+    response: Any
+    millis: float
+
+
+class MobileClient:
+    def __init__(self, gateway_url: str, app_id: str, workspace_id: str, *, device_id: str | None = None):
+        self.gateway_url = gateway_url.rstrip("/")
+        self.app_id, self.workspace_id = app_id, workspace_id
+        self.device_id = device_id or uuid.uuid4().hex[:16]
+        self.http = httpx.Client(timeout=10)
+
+    def call(self, operation_type: str, body: Any = None) -> Call:
+        payload = json.dumps(body if body is not None else {}).encode()
+        headers = {
+            "Operation-Type": operation_type,
+            "AppId": self.app_id,
+            "WorkspaceId": self.workspace_id,
+            "Ts": str(int(time.time() * 1000)),
+            "Did": self.device_id,
+            "Content-Type": "application/json",
+        }
+        t0 = time.perf_counter()
+        resp = self.http.post(f"{self.gateway_url}/mgw.htm", content=payload, headers=headers)
+        millis = (time.perf_counter() - t0) * 1000
+        try:
+            data: Any = resp.json()
+        except ValueError:
+            data = resp.text
+        return Call(operation_type, body, resp.status_code, resp.headers.get("result-status", ""),
+                    resp.headers.get("memo", ""), resp.headers.get("mgw-traceid", ""), data, millis)
+
+    def close(self) -> None:
+        self.http.close()
+
+
+DEMO_SCRIPT: list[tuple[str, Any]] = [
+    ("com.demo.user.profile", {"userId": "10086"}),
+    ("com.demo.echo", {"hello": "mpaas"}),
+    ("com.demo.time", None),
+    ("com.demo.does.not.exist", {}),
+]
+
+
+def run_demo(gateway_url: str, app_id: str = "DEMO_APP", workspace_id: str = "default", *,
+             out: Any = print) -> list[Call]:
+    client = MobileClient(gateway_url, app_id, workspace_id)
+    calls = []
+    try:
+        out(f"mobile client {client.device_id} -> {gateway_url}/mgw.htm (AppId={app_id}, WorkspaceId={workspace_id})")
+        for op, body in DEMO_SCRIPT:
+            c = client.call(op, body)
+            calls.append(c)
+            out(f"\n> POST /mgw.htm  Operation-Type: {op}  body: {json.dumps(body)}")
+            out(f"< Result-Status: {c.result_status}  Memo: {c.memo}  Mgw-TraceId: {c.trace_id}  ({c.millis:.1f} ms)")
+            if c.response not in ("", None):
+                out(f"< {json.dumps(c.response, ensure_ascii=False)}")
+    finally:
+        client.close()
+    return calls
