@@ -66,6 +66,22 @@ PODS = ResourceType("", "v1", "pods")
 DEPLOYMENTS = ResourceType("apps", "v1", "deployments")
 HPAS = ResourceType("autoscaling", "v2", "horizontalpodautoscalers")
 PDBS = ResourceType("policy", "v1", "poddisruptionbudgets")
+SERVICE_ACCOUNTS = ResourceType("", "v1", "serviceaccounts")
+ROLES = ResourceType("rbac.authorization.k8s.io", "v1", "roles")
+ROLE_BINDINGS = ResourceType("rbac.authorization.k8s.io", "v1", "rolebindings")
+
+# The built-in kinds the platform writes, by kind name.
+BUILTIN: dict[str, ResourceType] = {
+    "Secret": SECRETS,
+    "Service": SERVICES,
+    "Pod": PODS,
+    "Deployment": DEPLOYMENTS,
+    "HorizontalPodAutoscaler": HPAS,
+    "PodDisruptionBudget": PDBS,
+    "ServiceAccount": SERVICE_ACCOUNTS,
+    "Role": ROLES,
+    "RoleBinding": ROLE_BINDINGS,
+}
 
 
 def _load_configuration(kubeconfig: str | None = None, context: str | None = None) -> k8s_client.Configuration:
@@ -102,11 +118,10 @@ class KubeClient:
 
     def _headers(self, content_type: str | None = None) -> dict[str, str]:
         headers = {"Accept": "application/json"}
-        # Refreshes exec-plugin and service-account tokens when they rotate.
-        token = self._cfg.get_api_key_with_prefix("authorization") or self._cfg.get_api_key_with_prefix("BearerToken")
+        # The hook refreshes exec-plugin and service-account tokens when they rotate.
         if self._cfg.refresh_api_key_hook is not None:
             self._cfg.refresh_api_key_hook(self._cfg)
-            token = self._cfg.get_api_key_with_prefix("authorization")
+        token = self._cfg.get_api_key_with_prefix("BearerToken") or self._cfg.get_api_key_with_prefix("authorization")
         if token:
             headers["Authorization"] = token if token.lower().startswith("bearer") else f"Bearer {token}"
         if content_type:

@@ -27,6 +27,8 @@ class Kind:
     status: type[CommonStatus]
     printer_columns: list[dict[str, Any]]
     scale: dict[str, str] | None = field(default=None)
+    # CEL rules on the whole object (the only place metadata.name is visible to CEL).
+    root_rules: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def resource(self) -> ResourceType:
@@ -39,9 +41,15 @@ class Kind:
     def parse_spec(self, obj: dict[str, Any]) -> ApiModel:
         """Validate a resource's spec; raises InvalidResource with a readable message."""
         try:
-            return self.spec.model_validate(obj.get("spec") or {})
+            spec = self.spec.model_validate(obj.get("spec") or {})
         except ValidationError as e:
             raise InvalidResource(self.kind, obj, explain(e)) from None
+        from .checks import CHECKS
+
+        problems = CHECKS[self.spec](spec) if self.spec in CHECKS else []
+        if problems:
+            raise InvalidResource(self.kind, obj, "; ".join(problems))
+        return spec
 
 
 def _kind(info: dict[str, Any]) -> Kind:
@@ -54,6 +62,7 @@ def _kind(info: dict[str, Any]) -> Kind:
         status=info["status"],
         printer_columns=info["printerColumns"],
         scale=info.get("scale"),
+        root_rules=info.get("rootRules", []),
     )
 
 

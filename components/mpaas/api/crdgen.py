@@ -138,6 +138,8 @@ def crd(kind: Kind) -> dict[str, Any]:
             }
         },
     }
+    if kind.root_rules:
+        version["schema"]["openAPIV3Schema"]["x-kubernetes-validations"] = kind.root_rules
     if kind.scale:
         version["subresources"]["scale"] = kind.scale
     return {

@@ -272,6 +272,9 @@ KIND_INFO: dict[str, Any] = {
         "statusReplicasPath": ".status.replicas",
         "labelSelectorPath": ".status.selector",
     },
+    "rootRules": [
+        cel("size(self.metadata.name) <= 58", "metadata.name must be at most 58 characters: its Deployment and Service are named mgw-<name>")
+    ],
     "printerColumns": [
         {"name": "Desired", "type": "integer", "jsonPath": ".spec.replicas"},
         {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},

@@ -91,6 +91,9 @@ KIND_INFO: dict[str, Any] = {
     "shortNames": ["pch"],
     "spec": PushChannelSpec,
     "status": PushChannelStatus,
+    "rootRules": [
+        cel("size(self.metadata.name) <= 58", "metadata.name must be at most 58 characters: its link Deployment and Service are named link-<name>")
+    ],
     "printerColumns": [
         {"name": "App", "type": "string", "jsonPath": ".spec.appId"},
         {"name": "Type", "type": "string", "jsonPath": ".spec.type"},
@@ -100,4 +103,17 @@ KIND_INFO: dict[str, Any] = {
          "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ],
+}
+
+
+# Keys each vendor channel's credentials Secret must hold.
+REQUIRED_SECRET_KEYS: dict[ChannelType, list[str]] = {
+    ChannelType.LINK: [],
+    ChannelType.APNS: ["authKey"],  # the .p8 signing key; teamId/keyId are in spec.apns
+    ChannelType.FCM: ["serviceAccount"],  # the service-account JSON
+    ChannelType.HUAWEI: ["appId", "appSecret"],
+    ChannelType.XIAOMI: ["appSecret"],
+    ChannelType.OPPO: ["appKey", "masterSecret"],
+    ChannelType.VIVO: ["appId", "appKey", "appSecret"],
+    ChannelType.HONOR: ["clientId", "clientSecret"],
 }

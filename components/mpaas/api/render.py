@@ -13,42 +13,73 @@ from . import KINDS
 from .crdgen import crd
 
 HEADER = "# Generated from components/mpaas/api by hack/gen-crds. Do not edit.\n"
+# The chart carries a copy: Helm can only read files inside the chart.
+CHART_COPY = "charts/mpaas-operator/files/crds"
+
+# kopf's peering resources (from kopf's peering.yaml): replicas of the operator
+# find each other through them, so only one acts at a time.
+KOPF_PEERING = [
+    {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.kopf.dev"},
+        "spec": {
+            "scope": scope,
+            "group": "kopf.dev",
+            "names": {"kind": kind, "plural": plural, "singular": plural[:-1]},
+            "versions": [{
+                "name": "v1", "served": True, "storage": True,
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}},
+            }],
+        },
+    }
+    for kind, plural, scope in (("ClusterKopfPeering", "clusterkopfpeerings", "Cluster"),
+                                ("KopfPeering", "kopfpeerings", "Namespaced"))
+]
 
 
 def render_all() -> dict[str, str]:
-    return {
+    files = {
         f"{k.crd_name}.yaml": HEADER + yaml.safe_dump(crd(k), sort_keys=False, width=120)
         for k in KINDS.values()
     }
+    files["kopf-peering.yaml"] = HEADER + yaml.safe_dump_all(KOPF_PEERING, sort_keys=False, width=120)
+    return files
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--check", action="store_true", help="fail when the files differ from the models")
-    p.add_argument("dir", nargs="?", default="crds")
+    p.add_argument("dirs", nargs="*", default=["crds", CHART_COPY])
     args = p.parse_args(argv)
-    out = Path(args.dir)
     drift = False
-    for name, text in render_all().items():
+    for d in args.dirs:
+        drift |= sync_dir(Path(d), render_all(), check=args.check)
+    if drift:
+        print("generated CRDs drifted from the models: run hack/gen-crds and commit the result", file=sys.stderr)
+        return 1
+    return 0
+
+
+def sync_dir(out: Path, files: dict[str, str], *, check: bool) -> bool:
+    drift = False
+    for name, text in files.items():
         path = out / name
         old = path.read_text() if path.exists() else ""
         if old == text:
             continue
-        if args.check:
+        if check:
             drift = True
             sys.stdout.writelines(difflib.unified_diff(old.splitlines(True), text.splitlines(True), str(path), "models"))
         else:
             out.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
             print(f"wrote {path}")
-    expected = set(render_all())
-    for stale in sorted(p.name for p in out.glob("*.yaml") if p.name not in expected):
+    for stale in sorted(p.name for p in out.glob("*.yaml") if p.name not in files):
         drift = True
         print(f"{out / stale}: not generated from any model (remove it)")
-    if drift:
-        print("crds/ drifted from the models: run hack/gen-crds and commit the result", file=sys.stderr)
-        return 1
-    return 0
+    return drift
 
 
 if __name__ == "__main__":

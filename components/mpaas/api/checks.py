@@ -1,0 +1,69 @@
+"""Rules the CRD schema cannot express: references between fields and the gray-rule language.
+
+`Kind.parse_spec` runs these after the model validates, so the operator (which
+turns failures into `Ready=False, reason InvalidSpec`) and the components
+(which keep the last good config) judge a resource the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..rules import RuleError, compile_rule
+from .base import ApiModel
+from .delivery import DeliveryTaskSpec
+from .gateway import GatewaySpec
+
+
+def _rule(where: str, rule: str | None, problems: list[str]) -> None:
+    if rule:
+        try:
+            compile_rule(rule)
+        except RuleError as e:
+            problems.append(f"{where}: {e}")
+
+
+def check_gateway(spec: GatewaySpec) -> list[str]:
+    problems: list[str] = []
+    upstreams = {u.name for u in spec.upstreams}
+    app_ids = {a.app_id for a in spec.apps}
+    for i, u in enumerate(spec.upstreams):
+        if u.failover_upstream is not None:
+            if u.failover_upstream == u.name:
+                problems.append(f"spec.upstreams[{i}].failoverUpstream: an upstream cannot fail over to itself")
+            elif u.failover_upstream not in upstreams:
+                problems.append(f"spec.upstreams[{i}].failoverUpstream: no upstream named {u.failover_upstream!r}")
+    for i, a in enumerate(spec.apis):
+        where = f"spec.apis[{i}] ({a.operation_type})"
+        if a.upstream not in upstreams:
+            problems.append(f"{where}.upstream: no upstream named {a.upstream!r}")
+        if a.canary is not None:
+            if a.canary.upstream not in upstreams:
+                problems.append(f"{where}.canary.upstream: no upstream named {a.canary.upstream!r}")
+            elif a.canary.upstream == a.upstream:
+                problems.append(f"{where}.canary.upstream: the canary must go to another upstream than {a.upstream!r}")
+            _rule(f"{where}.canary.rule", a.canary.rule, problems)
+        unknown = [x for x in a.apps if app_ids and x not in app_ids]
+        if unknown:
+            problems.append(f"{where}.apps: {', '.join(unknown)} not listed in spec.apps")
+    return problems
+
+
+def check_delivery_task(spec: DeliveryTaskSpec) -> list[str]:
+    problems: list[str] = []
+    _rule("spec.targeting.rule", spec.targeting.rule, problems)
+    percents = [s.percent for s in spec.stages]
+    if any(b < a for a, b in zip(percents, percents[1:], strict=False)):
+        problems.append(f"spec.stages: percents must not decrease (got {percents})")
+    if any(s.duration_seconds is None for s in spec.stages[:-1]):
+        problems.append("spec.stages: every stage but the last needs durationSeconds")
+    wl = spec.targeting.whitelist
+    if wl is not None and wl.only and not (wl.user_ids or wl.device_ids):
+        problems.append("spec.targeting.whitelist.only is set but the whitelist is empty")
+    return problems
+
+
+CHECKS: dict[type[ApiModel], Callable[..., list[str]]] = {
+    GatewaySpec: check_gateway,
+    DeliveryTaskSpec: check_delivery_task,
+}

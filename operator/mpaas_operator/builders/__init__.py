@@ -1,0 +1,1 @@
+"""Pure builders: a resource's spec in, child manifests out. No API calls here."""

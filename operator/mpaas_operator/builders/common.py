@@ -1,0 +1,206 @@
+"""Pieces every workload the operator builds shares: labels, security, probes, RBAC."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mpaas import __version__
+from mpaas.api import GROUP
+from mpaas.api.base import Autoscaling
+
+MANAGED_BY = "mpaas-operator"
+OWNER_KIND_LABEL = f"{GROUP}/owner-kind"
+OWNER_NAME_LABEL = f"{GROUP}/owner-name"
+
+
+def selector_labels(component: str, instance: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": f"mpaas-{component}", "app.kubernetes.io/instance": instance}
+
+
+def labels(component: str, instance: str, owner_kind: str, version: str) -> dict[str, str]:
+    return {
+        **selector_labels(component, instance),
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "mpaas",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/version": version,
+        OWNER_KIND_LABEL: owner_kind,
+        OWNER_NAME_LABEL: instance,
+    }
+
+
+def selector_string(sel: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(sel.items()))
+
+
+def meta(name: str, namespace: str, lbls: dict[str, str]) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "labels": lbls}
+
+
+CONTAINER_SECURITY = {
+    "runAsNonRoot": True,
+    "readOnlyRootFilesystem": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+                "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def component_container(
+    *, component: str, image: str, pull_policy: str, port: int, env: dict[str, str],
+    resources: dict[str, dict[str, str]],
+) -> dict[str, Any]:
+    return {
+        "name": component,
+        "image": image,
+        "imagePullPolicy": pull_policy,
+        "args": [component],
+        "env": [{"name": "MPAAS_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                {"name": "MPAAS_PORT", "value": str(port)},
+                *({"name": k, "value": v} for k, v in sorted(env.items()))],
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 2},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10,
+                          "failureThreshold": 3, "initialDelaySeconds": 5},
+        "resources": {k: v for k, v in resources.items() if v},
+        "securityContext": CONTAINER_SECURITY,
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+
+
+def deployment(
+    *, name: str, namespace: str, lbls: dict[str, str], selector: dict[str, str], replicas: int | None,
+    container: dict[str, Any], service_account: str,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"}},
+        "template": {
+            "metadata": {"labels": lbls, "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": "http"}},
+            "spec": {
+                "serviceAccountName": service_account,
+                "automountServiceAccountToken": True,
+                "securityContext": POD_SECURITY,
+                "terminationGracePeriodSeconds": 30,
+                "containers": [container],
+                "volumes": [{"name": "tmp", "emptyDir": {}}],
+                "topologySpreadConstraints": [{
+                    "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+                    "labelSelector": {"matchLabels": selector},
+                }],
+            },
+        },
+    }
+    if replicas is not None:  # absent when an HPA owns the replica count
+        spec["replicas"] = replicas
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(name, namespace, lbls), "spec": spec}
+
+
+def service(*, name: str, namespace: str, lbls: dict[str, str], selector: dict[str, str], port: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(name, namespace, lbls),
+        "spec": {"type": "ClusterIP", "selector": selector,
+                 "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}]},
+    }
+
+
+def hpa(*, name: str, namespace: str, lbls: dict[str, str], min_replicas: int, max_replicas: int,
+        cpu_percent: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": meta(name, namespace, lbls),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": min_replicas,
+            "maxReplicas": max_replicas,
+            "metrics": [{"type": "Resource", "resource": {
+                "name": "cpu", "target": {"type": "Utilization", "averageUtilization": cpu_percent}}}],
+        },
+    }
+
+
+def pdb(*, name: str, namespace: str, lbls: dict[str, str], selector: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": meta(name, namespace, lbls),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
+    }
+
+
+def reader_rbac(*, name: str, namespace: str, lbls: dict[str, str], plurals: list[str],
+                secrets: bool) -> list[dict[str, Any]]:
+    """ServiceAccount + Role + RoleBinding so a component can watch its own resources."""
+    rules: list[dict[str, Any]] = [{"apiGroups": [GROUP], "resources": plurals, "verbs": ["get", "list", "watch"]}]
+    if secrets:
+        rules.append({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]})
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(name, namespace, lbls),
+         "automountServiceAccountToken": True},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta(name, namespace, lbls),
+         "rules": rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta(name, namespace, lbls),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]},
+    ]
+
+
+@dataclass
+class Children:
+    """What should exist, and which optional kinds should not (deleted if present)."""
+
+    apply: list[dict[str, Any]] = field(default_factory=list)
+    absent: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One component's workload, as an owner resource asks for it."""
+
+    component: str
+    child_name: str
+    namespace: str
+    instance: str  # the owner's name
+    owner_kind: str
+    image: str
+    pull_policy: str
+    port: int
+    service_port: int
+    env: dict[str, str]
+    resources: dict[str, dict[str, str]]
+    replicas: int
+    autoscaling: Autoscaling | None
+    reads: list[str]  # plurals of mpaas.io kinds the component watches
+    reads_secrets: bool
+
+
+def workload_children(w: Workload) -> Children:
+    """RBAC, Deployment and Service; an HPA when autoscaling; a PDB when more than one pod runs."""
+    lbls = labels(w.component, w.instance, w.owner_kind, __version__)
+    sel = selector_labels(w.component, w.instance)
+    container = component_container(component=w.component, image=w.image, pull_policy=w.pull_policy, port=w.port,
+                                    env=w.env, resources=w.resources)
+    out = Children()
+    out.apply += reader_rbac(name=w.child_name, namespace=w.namespace, lbls=lbls, plurals=w.reads,
+                             secrets=w.reads_secrets)
+    out.apply.append(deployment(name=w.child_name, namespace=w.namespace, lbls=lbls, selector=sel,
+                                replicas=None if w.autoscaling else w.replicas, container=container,
+                                service_account=w.child_name))
+    out.apply.append(service(name=w.child_name, namespace=w.namespace, lbls=lbls, selector=sel, port=w.service_port))
+    if w.autoscaling:
+        a = w.autoscaling
+        out.apply.append(hpa(name=w.child_name, namespace=w.namespace, lbls=lbls, min_replicas=a.min_replicas,
+                             max_replicas=a.max_replicas, cpu_percent=a.target_cpu_utilization_percent))
+    else:
+        out.absent.append(("HorizontalPodAutoscaler", w.child_name))
+    if (w.autoscaling.min_replicas if w.autoscaling else w.replicas) > 1:
+        out.apply.append(pdb(name=w.child_name, namespace=w.namespace, lbls=lbls, selector=sel))
+    else:
+        out.absent.append(("PodDisruptionBudget", w.child_name))
+    return out

@@ -1,0 +1,29 @@
+"""MpaasGateway -> the gateway workload (RBAC, Deployment, Service, HPA, PDB)."""
+
+from __future__ import annotations
+
+from mpaas.api.gateway import GatewaySpec
+
+from .common import Children, Workload, selector_labels, workload_children
+
+COMPONENT = "gateway"
+PORT = 8080
+SERVICE_PORT = 80
+
+
+def child_name(gateway: str) -> str:
+    return f"mgw-{gateway}"
+
+
+def selector(gateway: str) -> dict[str, str]:
+    return selector_labels(COMPONENT, gateway)
+
+
+def build(name: str, namespace: str, spec: GatewaySpec, *, image: str, pull_policy: str) -> Children:
+    return workload_children(Workload(
+        component=COMPONENT, child_name=child_name(name), namespace=namespace, instance=name,
+        owner_kind="MpaasGateway", image=spec.image or image, pull_policy=pull_policy, port=PORT,
+        service_port=SERVICE_PORT, env={"MPAAS_GATEWAY_NAME": name, "MPAAS_CONFIG_SOURCE": "kube"},
+        resources=spec.resources.wire(), replicas=spec.replicas, autoscaling=spec.autoscaling,
+        reads=["mpaasgateways"], reads_secrets=True,
+    ))

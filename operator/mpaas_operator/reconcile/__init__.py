@@ -1,0 +1,1 @@
+"""One module per kind: read the spec, apply children, write status. Each reconcile is idempotent."""

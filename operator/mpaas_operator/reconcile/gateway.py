@@ -1,0 +1,44 @@
+"""MpaasGateway: the gateway workload and its status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mpaas.api import MPAAS_GATEWAY, InvalidResource
+from mpaas.api.gateway import GatewaySpec
+from mpaas.kube import KubeClient
+
+from ..builders import gateway as builder
+from ..builders.common import selector_string
+from ..kubeapi import apply_children
+from ..settings import SETTINGS
+from .common import identity, report, report_invalid, workload_conditions
+
+
+async def reconcile(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] | None:
+    namespace, name, _ = identity(body)
+    try:
+        spec: GatewaySpec = MPAAS_GATEWAY.parse_spec(body)  # type: ignore[assignment]
+    except InvalidResource as e:
+        await report_invalid(client, MPAAS_GATEWAY, body, e)
+        return None
+    children = builder.build(name, namespace, spec, image=SETTINGS.image, pull_policy=SETTINGS.image_pull_policy)
+    applied = await apply_children(client, body, children)
+    return await report_from(client, body, spec, applied.get("Deployment"))
+
+
+async def report_from(client: KubeClient, body: dict[str, Any], spec: GatewaySpec,
+                      deployment: dict[str, Any] | None) -> dict[str, Any]:
+    conds, counts = workload_conditions(deployment)
+    return await report(client, MPAAS_GATEWAY, body, conds, **counts,
+                        selector=selector_string(builder.selector(body["metadata"]["name"])),
+                        apiCount=len(spec.apis))
+
+
+async def refresh(client: KubeClient, body: dict[str, Any], deployment: dict[str, Any] | None) -> None:
+    """Recompute status after the Deployment changed (pods became ready, scaled, ...)."""
+    try:
+        spec: GatewaySpec = MPAAS_GATEWAY.parse_spec(body)  # type: ignore[assignment]
+    except InvalidResource:
+        return  # the InvalidSpec condition stays until the spec is fixed
+    await report_from(client, body, spec, deployment)

@@ -1,0 +1,65 @@
+"""PushChannel: the link workload for type Link; a credentials check for vendor channels."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from mpaas.api import PUSH_CHANNEL, InvalidResource
+from mpaas.api.push import REQUIRED_SECRET_KEYS, ChannelType, LinkSettings, PushChannelSpec
+from mpaas.kube import SECRETS, KubeClient
+
+from .. import conditions
+from ..builders import link as builder
+from ..kubeapi import apply_children
+from ..settings import SETTINGS
+from .common import identity, report, report_invalid, workload_conditions
+
+
+def _spec(body: dict[str, Any]) -> PushChannelSpec:
+    return PUSH_CHANNEL.parse_spec(body)  # type: ignore[return-value]
+
+
+async def reconcile(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] | None:
+    namespace, name, _ = identity(body)
+    try:
+        spec = _spec(body)
+    except InvalidResource as e:
+        await report_invalid(client, PUSH_CHANNEL, body, e)
+        return None
+    if spec.type == ChannelType.LINK:
+        link = spec.link or LinkSettings()
+        applied = await apply_children(
+            client, body, builder.build(name, namespace, link, image=SETTINGS.image, pull_policy=SETTINGS.image_pull_policy)
+        )
+        return await refresh(client, body, applied.get("Deployment"))
+    # Vendor channel: no workload of its own yet; make sure its credentials are usable.
+    problem = await credentials_problem(client, namespace, spec)
+    conds = [conditions.condition("Ready", problem is None, "CredentialsMissing" if problem else "CredentialsFound",
+                                  problem or f"Secret {spec.credentials_secret_ref.name} has every key {spec.type} needs"  # type: ignore[union-attr]
+                                  )]
+    return await report(client, PUSH_CHANNEL, body, conds)
+
+
+async def credentials_problem(client: KubeClient, namespace: str, spec: PushChannelSpec) -> str | None:
+    ref = spec.credentials_secret_ref
+    if ref is None:  # the CRD requires it for vendor channels
+        return "credentialsSecretRef is not set"
+    secret = await client.get(SECRETS, namespace, ref.name)
+    if secret is None:
+        return f"Secret {namespace}/{ref.name} not found"
+    data = secret.get("data") or {}
+    missing = [k for k in REQUIRED_SECRET_KEYS[ChannelType(spec.type)]
+               if not base64.b64decode(data.get(k) or "").strip()]
+    if missing:
+        return f"Secret {namespace}/{ref.name} lacks {', '.join(missing)} (needed for {spec.type})"
+    return None
+
+
+async def refresh(client: KubeClient, body: dict[str, Any], deployment: dict[str, Any] | None) -> dict[str, Any] | None:
+    try:
+        _spec(body)
+    except InvalidResource:
+        return None
+    conds, counts = workload_conditions(deployment)
+    return await report(client, PUSH_CHANNEL, body, conds, readyReplicas=counts.get("readyReplicas", 0))
