@@ -133,22 +133,28 @@ class DirectorySource:
         self.synced = asyncio.Event()
         self._signature: tuple[Any, ...] | None = None
         self._last: dict[str, Snapshot] = {}
+        self._file_docs: dict[Path, list[Any]] = {}  # last good parse of each file
 
     def _files(self) -> list[Path]:
         return sorted(p for p in self.path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
 
     def read(self) -> dict[str, Snapshot]:
         out: dict[str, Snapshot] = {k: {} for k in self.kinds}
-        for f in self._files():
+        files = self._files()
+        for f in files:
             try:
                 docs = list(yaml.safe_load_all(f.read_text()))
+                self._file_docs[f] = docs
             except (OSError, yaml.YAMLError) as e:
-                log.warning("skipping %s: %s", f, e)
-                continue
+                # A half-saved or broken file must not unload what it held: keep its last good parse.
+                log.warning("%s is not valid YAML, keeping its previous content: %s", f, e)
+                docs = self._file_docs.get(f, [])
             for doc in docs:
                 if isinstance(doc, dict) and doc.get("kind") in self.kinds:
                     doc.setdefault("metadata", {}).setdefault("namespace", "default")
                     out[doc["kind"]][object_key(doc)] = doc
+        for gone in set(self._file_docs) - set(files):
+            del self._file_docs[gone]
         return out
 
     def _stat(self) -> tuple[Any, ...]:

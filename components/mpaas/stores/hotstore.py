@@ -1,0 +1,192 @@
+"""HotStore: small, fast, shared state (nonces, counters, token buckets, ordered oplogs)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+
+import redis.asyncio as aioredis
+
+# Atomic token bucket: refill by elapsed time, then take `n` if there are enough.
+# KEYS[1] bucket; ARGV rate/s, burst, n, now (ms). Returns 1 when taken.
+_TOKEN_BUCKET = """
+local rate, burst, n, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local b = redis.call('HMGET', KEYS[1], 't', 'ts')
+local tokens = tonumber(b[1]) or burst
+local ts = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
+local ok = 0
+if tokens >= n then tokens = tokens - n; ok = 1 end
+redis.call('HSET', KEYS[1], 't', tokens, 'ts', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return ok
+"""
+
+# Append with an integer id, atomically: the id counter and the entry move together,
+# so concurrent appenders never write out of order. KEYS: stream, counter; ARGV: value, maxlen (0 = none).
+_APPEND = """
+local seq = redis.call('INCR', KEYS[2])
+if tonumber(ARGV[2]) > 0 then
+  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], seq .. '-1', 'v', ARGV[1])
+else
+  redis.call('XADD', KEYS[1], seq .. '-1', 'v', ARGV[1])
+end
+return seq
+"""
+
+
+class HotStore(ABC):
+    @abstractmethod
+    async def get(self, key: str) -> bytes | None: ...
+
+    @abstractmethod
+    async def set(self, key: str, value: bytes, *, ttl_seconds: float | None = None) -> None: ...
+
+    @abstractmethod
+    async def set_if_absent(self, key: str, value: bytes, *, ttl_seconds: float) -> bool:
+        """True if the key was free and is now ours (nonce replay checks, locks)."""
+
+    @abstractmethod
+    async def delete(self, key: str) -> bool: ...
+
+    @abstractmethod
+    async def incr(self, key: str, amount: int = 1, *, ttl_seconds: float | None = None) -> int:
+        """Add to a counter; the TTL is set when the counter is created."""
+
+    @abstractmethod
+    async def take_tokens(self, key: str, *, rate: float, burst: int, n: int = 1) -> bool:
+        """Token bucket shared by every client of the store."""
+
+    @abstractmethod
+    async def append(self, stream: str, value: bytes, *, max_len: int | None = None) -> int:
+        """Append to an ordered log; returns the new entry's id (monotonic per stream, from 1)."""
+
+    @abstractmethod
+    async def read_after(self, stream: str, after_id: int, *, count: int = 100) -> list[tuple[int, bytes]]:
+        """Entries with id > after_id, oldest first."""
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisHotStore(HotStore):
+    def __init__(self, url: str):
+        self.redis = aioredis.from_url(url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30)
+        self._bucket = self.redis.register_script(_TOKEN_BUCKET)
+        self._append = self.redis.register_script(_APPEND)
+
+    async def get(self, key: str) -> bytes | None:
+        return await self.redis.get(key)  # type: ignore[no-any-return]
+
+    async def set(self, key: str, value: bytes, *, ttl_seconds: float | None = None) -> None:
+        await self.redis.set(key, value, px=int(ttl_seconds * 1000) if ttl_seconds else None)
+
+    async def set_if_absent(self, key: str, value: bytes, *, ttl_seconds: float) -> bool:
+        return bool(await self.redis.set(key, value, px=int(ttl_seconds * 1000), nx=True))
+
+    async def delete(self, key: str) -> bool:
+        return bool(await self.redis.delete(key))
+
+    async def incr(self, key: str, amount: int = 1, *, ttl_seconds: float | None = None) -> int:
+        async with self.redis.pipeline(transaction=True) as p:
+            p.incrby(key, amount)
+            if ttl_seconds:
+                p.pexpire(key, int(ttl_seconds * 1000), nx=True)
+            res = await p.execute()
+        return int(res[0])
+
+    async def take_tokens(self, key: str, *, rate: float, burst: int, n: int = 1) -> bool:
+        return bool(await self._bucket(keys=[key], args=[rate, burst, n, int(time.time() * 1000)]))
+
+    async def append(self, stream: str, value: bytes, *, max_len: int | None = None) -> int:
+        return int(await self._append(keys=[stream, f"{stream}:seq"], args=[value, max_len or 0]))
+
+    async def read_after(self, stream: str, after_id: int, *, count: int = 100) -> list[tuple[int, bytes]]:
+        rows = await self.redis.xrange(stream, min=f"({after_id}-1", max="+", count=count)
+        return [(int(rid.split(b"-")[0]), fields[b"v"]) for rid, fields in rows]
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+class MemoryHotStore(HotStore):
+    """In-process implementation with the same semantics (expiry, atomicity within the process)."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, tuple[object, float | None]] = {}
+        self._streams: dict[str, tuple[int, OrderedDict[int, bytes]]] = {}
+        self._lock = asyncio.Lock()
+
+    def _live(self, key: str) -> object | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        value, expires = item
+        if expires is not None and expires <= time.monotonic():
+            del self._data[key]
+            return None
+        return value
+
+    @staticmethod
+    def _expiry(ttl: float | None) -> float | None:
+        return time.monotonic() + ttl if ttl else None
+
+    async def get(self, key: str) -> bytes | None:
+        v = self._live(key)
+        return v if isinstance(v, bytes) else (str(v).encode() if v is not None else None)
+
+    async def set(self, key: str, value: bytes, *, ttl_seconds: float | None = None) -> None:
+        self._data[key] = (value, self._expiry(ttl_seconds))
+
+    async def set_if_absent(self, key: str, value: bytes, *, ttl_seconds: float) -> bool:
+        if self._live(key) is not None:
+            return False
+        self._data[key] = (value, self._expiry(ttl_seconds))
+        return True
+
+    async def delete(self, key: str) -> bool:
+        return self._live(key) is not None and self._data.pop(key, None) is not None
+
+    async def incr(self, key: str, amount: int = 1, *, ttl_seconds: float | None = None) -> int:
+        current = self._live(key)
+        if current is None:
+            value, expires = amount, self._expiry(ttl_seconds)
+        else:
+            value, expires = int(current) + amount, self._data[key][1]  # type: ignore[call-overload]
+        self._data[key] = (value, expires)
+        return value
+
+    async def take_tokens(self, key: str, *, rate: float, burst: int, n: int = 1) -> bool:
+        now = time.monotonic()
+        state = self._live(key)
+        tokens, ts = state if isinstance(state, tuple) else (float(burst), now)
+        tokens = min(burst, tokens + max(0.0, now - ts) * rate)
+        ok = tokens >= n
+        if ok:
+            tokens -= n
+        self._data[key] = ((tokens, now), now + burst / rate + 1)
+        return ok
+
+    async def append(self, stream: str, value: bytes, *, max_len: int | None = None) -> int:
+        seq, log = self._streams.get(stream, (0, OrderedDict()))
+        seq += 1
+        log[seq] = value
+        while max_len is not None and len(log) > max_len:
+            log.popitem(last=False)
+        self._streams[stream] = (seq, log)
+        return seq
+
+    async def read_after(self, stream: str, after_id: int, *, count: int = 100) -> list[tuple[int, bytes]]:
+        _, log = self._streams.get(stream, (0, OrderedDict()))
+        return [(i, v) for i, v in log.items() if i > after_id][:count]

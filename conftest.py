@@ -1,0 +1,142 @@
+"""Fixtures shared by every test tier.
+
+Servers come from `hack/testenv/up.sh`, which writes their addresses to
+`.testenv/env.sh`; `hack/test` exports them. A test that needs a server the
+environment does not name fails with instructions: no tier is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import yaml
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "hack"))
+
+
+def need_env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        pytest.fail(f"{name} is not set: start the test environment (hack/testenv/up.sh) and source .testenv/env.sh, "
+                    "or run hack/test", pytrace=False)
+    return value
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def eventually(check: Callable[[], Any], *, timeout: float = 30, interval: float = 0.1, what: str = "") -> Any:
+    """Poll `check` (sync or async) until it returns a truthy value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}; last value: {last!r}")
+
+
+# --- Kubernetes ----------------------------------------------------------------
+
+def kubectl_path() -> str:
+    from testenv_paths import kubectl  # hack/testenv_paths.py
+
+    return kubectl()
+
+
+def kubectl(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    need_env("KUBECONFIG")
+    return subprocess.run([kubectl_path(), *args], input=input, capture_output=True, text=True, check=check,
+                          timeout=60)
+
+
+@pytest.fixture(scope="session")
+def kubeconfig() -> str:
+    return need_env("KUBECONFIG")
+
+
+@pytest.fixture(scope="session")
+def crds(kubeconfig: str) -> None:
+    """Install (or update) the CRDs from crds/, once per session."""
+    kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=mpaas-tests", "-f", str(ROOT / "crds"))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", "-f", str(ROOT / "crds"))
+
+
+@pytest_asyncio.fixture
+async def kube(kubeconfig: str) -> AsyncIterator[Any]:
+    from mpaas.kube import KubeClient
+
+    client = KubeClient(kubeconfig)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def namespace(kubeconfig: str, crds: None) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards (children go with it)."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    kubectl("create", "namespace", name)
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def apply_yaml(namespace: str, *docs: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    return kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(docs), check=False)
+
+
+# --- processes -----------------------------------------------------------------
+
+class Process:
+    """A platform process started for a test, stopped by its pid."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path):
+        self.log = log
+        self._fh = log.open("wb")
+        self.proc = subprocess.Popen(args, env={**os.environ, **env}, stdout=self._fh, stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._fh.close()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Process]]:
+    procs: list[Process] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, name: str = "proc") -> Process:
+        mpaas = shutil.which("mpaas", path=str(Path(sys.executable).parent)) or "mpaas"
+        p = Process([mpaas, *args], env or {}, tmp_path / f"{name}-{len(procs)}.log")
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.stop()

@@ -1,0 +1,34 @@
+"""Where the test environment's binaries live (the version-keyed cache of hack/testenv)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+HACK = Path(__file__).resolve().parent
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for line in (HACK / "versions.env").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            k, v = line.split("=", 1)
+            out[k] = shlex.split(v)[0] if v else ""
+    return out
+
+
+def cache() -> Path:
+    return Path(os.environ.get("MPAAS_CACHE", Path.home() / ".cache" / "mpaas-testenv"))
+
+
+def kubectl() -> str:
+    path = cache() / f"kubernetes-{versions()['K8S_VERSION']}" / "kubectl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing: run hack/testenv/build-k8s.sh")
+    return str(path)
+
+
+def helm() -> str:
+    return str(cache() / f"helm-{versions()['HELM_VERSION']}" / "helm")
