@@ -177,7 +177,7 @@ up_s3() {
 S3
   start s3 "$weed" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$dir/data" -s3 -s3.port="$S3_PORT" \
     -s3.config="$dir/s3.json" -master.port=19333 -volume.port=18080 -filer.port=18888 \
-    -master.volumeSizeLimitMB=64 -volume.max=8 -metricsPort=0
+    -master.volumeSizeLimitMB=64 -volume.max=64 -metricsPort=0
   wait_for s3 60 curl -s -o /dev/null "http://127.0.0.1:$S3_PORT/healthz"
 }
 

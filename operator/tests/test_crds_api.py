@@ -1,0 +1,154 @@
+"""The generated CRDs in a real API server: defaults, bounds, CEL rules, immutability, SSA, subresources."""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import apply_yaml, kubectl
+
+pytestmark = pytest.mark.api
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "demo"
+
+
+def example(kind: str) -> dict:
+    for f in EXAMPLES.glob("*.yaml"):
+        doc = yaml.safe_load(f.read_text())
+        if doc["kind"] == kind:
+            doc["metadata"].pop("namespace", None)
+            return doc
+    raise LookupError(kind)
+
+
+def get(namespace: str, kind: str, name: str) -> dict:
+    return json.loads(kubectl("get", "-n", namespace, kind, name, "-o", "json").stdout)
+
+
+@pytest.mark.parametrize("kind", ["MpaasGateway", "DeliveryTask", "PushChannel", "SyncTopic"])
+def test_examples_are_accepted(namespace: str, kind: str) -> None:
+    r = apply_yaml(namespace, example(kind))
+    assert r.returncode == 0, r.stderr
+
+
+def test_schema_defaults_are_filled_in(namespace: str) -> None:
+    apply_yaml(namespace, {"apiVersion": "mpaas.io/v1alpha1", "kind": "SyncTopic", "metadata": {"name": "t"},
+                           "spec": {"appId": "APP", "bizType": "chat"}})
+    spec = get(namespace, "synctopic", "t")["spec"]
+    assert spec["scope"] == "User" and spec["persistence"] == "Persistent"
+    assert spec["retention"] == {"maxOplogs": 1000, "ttlSeconds": 604800}
+    gw = example("MpaasGateway")
+    apply_yaml(namespace, gw)
+    api = get(namespace, "mpaasgateway", "demo-gateway")["spec"]["apis"][0]
+    assert api["method"] == "POST" and api["retries"] == 0 and api["state"] == "Online"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda s: s["apis"][0].update(upstream="ghost"), "every api.upstream must name an entry of spec.upstreams"),
+        (lambda s: s["upstreams"][0].update(serviceRef={"name": "svc"}), "set exactly one of endpoints or serviceRef"),
+        (lambda s: s.update(autoscaling={"minReplicas": 5, "maxReplicas": 2}), "minReplicas must not exceed"),
+        (lambda s: s["apis"][0].update(operationType="bad op!"), "spec.apis[0].operationType"),
+        (lambda s: s.update(replicas=-1), "spec.replicas"),
+        (lambda s: s["apps"][0].update(signature={"algorithm": "EcdsaP256"}), "needs credentialsSecretRef"),
+        (lambda s: s["apis"][0].update(method="TRACE"), 'supported values: "GET"'),
+    ],
+)
+def test_gateway_rules_reject_with_a_message(namespace: str, mutate, message: str) -> None:  # type: ignore[no-untyped-def]
+    gw = example("MpaasGateway")
+    mutate(gw["spec"])
+    r = apply_yaml(namespace, gw)
+    assert r.returncode != 0
+    assert message in r.stderr, r.stderr
+
+
+def test_name_length_is_bounded_by_child_names(namespace: str) -> None:
+    gw = example("MpaasGateway")
+    gw["metadata"]["name"] = "g" * 59
+    r = apply_yaml(namespace, gw)
+    assert "at most 58 characters" in r.stderr
+
+
+def test_push_channel_rules(namespace: str) -> None:
+    ch = {"apiVersion": "mpaas.io/v1alpha1", "kind": "PushChannel", "metadata": {"name": "apns"},
+          "spec": {"appId": "APP", "type": "APNs"}}
+    r = apply_yaml(namespace, ch)
+    assert "vendor channels need credentialsSecretRef" in r.stderr
+    ch["spec"]["credentialsSecretRef"] = {"name": "apns-key"}
+    r = apply_yaml(namespace, ch)
+    assert "type APNs needs apns settings" in r.stderr
+    ch["spec"]["apns"] = {"teamId": "ABCDE12345", "keyId": "KEY1234567", "topic": "com.example.app"}
+    assert apply_yaml(namespace, ch).returncode == 0
+
+
+def test_immutable_fields(namespace: str) -> None:
+    task = example("DeliveryTask")
+    assert apply_yaml(namespace, task).returncode == 0
+    changed = copy.deepcopy(task)
+    changed["spec"]["package"]["version"] = "2.1.1"
+    r = apply_yaml(namespace, changed)
+    assert "package is immutable" in r.stderr
+    changed = copy.deepcopy(task)
+    changed["spec"]["platform"] = "IOS"
+    assert "platform is immutable" in apply_yaml(namespace, changed).stderr
+    changed = copy.deepcopy(task)
+    changed["spec"]["stages"][0]["percent"] = 20  # mutable fields still change
+    assert apply_yaml(namespace, changed).returncode == 0
+
+
+def test_time_window_order(namespace: str) -> None:
+    task = example("DeliveryTask")
+    task["spec"]["targeting"]["window"] = {"start": "2026-12-02T00:00:00Z", "end": "2026-12-01T00:00:00Z"}
+    assert "window.end must be after window.start" in apply_yaml(namespace, task).stderr
+
+
+def test_status_is_a_subresource(namespace: str) -> None:
+    apply_yaml(namespace, example("SyncTopic"))
+    # A spec write cannot set status ...
+    patched = kubectl("patch", "-n", namespace, "synctopic", "demo-messages", "--type=merge",
+                      "-p", json.dumps({"status": {"oplogCount": 5}}))
+    assert patched.returncode == 0
+    assert "status" not in get(namespace, "synctopic", "demo-messages") or \
+        get(namespace, "synctopic", "demo-messages")["status"].get("oplogCount") is None
+    # ... the status subresource can, and validates conditions.
+    status = {"status": {"oplogCount": 5, "conditions": [{
+        "type": "Ready", "status": "True", "reason": "Accepted", "message": "",
+        "lastTransitionTime": "2026-11-22T00:00:00Z", "observedGeneration": 1}]}}
+    r = kubectl("patch", "-n", namespace, "synctopic", "demo-messages", "--subresource=status", "--type=merge",
+                "-p", json.dumps(status))
+    assert r.returncode == 0, r.stderr
+    assert get(namespace, "synctopic", "demo-messages")["status"]["oplogCount"] == 5
+    bad = copy.deepcopy(status)
+    bad["status"]["conditions"][0]["status"] = "Maybe"
+    r = kubectl("patch", "-n", namespace, "synctopic", "demo-messages", "--subresource=status", "--type=merge",
+                "-p", json.dumps(bad), check=False)
+    assert r.returncode != 0 and "Unsupported value" in r.stderr
+
+
+def test_scale_subresource(namespace: str) -> None:
+    apply_yaml(namespace, example("MpaasGateway"))
+    r = kubectl("scale", "-n", namespace, "mpaasgateway/demo-gateway", "--replicas=5")
+    assert r.returncode == 0, r.stderr
+    assert get(namespace, "mpaasgateway", "demo-gateway")["spec"]["replicas"] == 5
+
+
+def test_server_side_apply_merges_apis_by_operation_type(namespace: str) -> None:
+    gw = example("MpaasGateway")
+    base = yaml.safe_dump(gw)
+    assert kubectl("apply", "--server-side", "--field-manager=team-a", "-n", namespace, "-f", "-",
+                   input=base).returncode == 0
+    extra = {"apiVersion": gw["apiVersion"], "kind": gw["kind"], "metadata": {"name": gw["metadata"]["name"]},
+             "spec": {"apis": [{"operationType": "com.team.b", "upstream": "demo-backend"}]}}
+    r = kubectl("apply", "--server-side", "--field-manager=team-b", "-n", namespace, "-f", "-",
+                input=yaml.safe_dump(extra))
+    assert r.returncode == 0, r.stderr
+    ops = [a["operationType"] for a in get(namespace, "mpaasgateway", "demo-gateway")["spec"]["apis"]]
+    assert ops == ["com.demo.user.profile", "com.demo.echo", "com.demo.time", "com.team.b"]
+
+
+def test_printer_columns(namespace: str) -> None:
+    apply_yaml(namespace, example("MpaasGateway"))
+    out = kubectl("get", "-n", namespace, "mpaasgateways").stdout.splitlines()[0].split()
+    assert out[:5] == ["NAME", "DESIRED", "READY", "APIS", "STATUS"]
