@@ -1,0 +1,172 @@
+"""A gateway process reading its MpaasGateway from the API server, proxying to local upstreams."""
+
+import copy
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import ROOT, Process, apply_yaml, eventually, free_port
+
+pytestmark = pytest.mark.component
+APP = {"AppId": "DEMO_APP", "WorkspaceId": "default"}
+
+
+@pytest.fixture
+def upstreams(tmp_path: Path) -> Iterator[dict[str, str]]:
+    procs, urls = [], {}
+    for name in ("alpha", "beta"):
+        port = free_port()
+        log = (tmp_path / f"{name}.log").open("wb")
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "hack" / "upstream.py"), name, str(port)],
+                                      stdout=log, stderr=subprocess.STDOUT))
+        urls[name] = f"http://127.0.0.1:{port}"
+    for url in urls.values():
+        for _ in range(100):
+            try:
+                httpx.get(url + "/ping", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+    yield urls
+    for p in procs:
+        p.terminate()
+        p.wait(10)
+
+
+def gateway_resource(namespace: str, upstreams: dict[str, str], **api_overrides: Any) -> dict[str, Any]:
+    closed = f"http://127.0.0.1:{free_port()}"
+    apis = [
+        {"operationType": "com.test.echo", "upstream": "alpha", "path": "/echo"},
+        {"operationType": "com.test.slow", "upstream": "alpha", "path": "/slow", "timeoutMilliseconds": 300},
+        {"operationType": "com.test.fail", "upstream": "alpha", "path": "/fail"},
+        {"operationType": "com.test.biz", "upstream": "alpha", "path": "/biz"},
+        {"operationType": "com.test.offline", "upstream": "alpha", "state": "Offline"},
+        {"operationType": "com.test.closed", "upstream": "closed"},
+        {"operationType": "com.test.vip", "upstream": "alpha", "apps": ["VIP_APP"]},
+    ]
+    apis[0].update(api_overrides)
+    return {
+        "apiVersion": "mpaas.io/v1alpha1", "kind": "MpaasGateway",
+        "metadata": {"name": "gw", "namespace": namespace},
+        "spec": {
+            "maxBodyBytes": 4096,
+            "apps": [{"appId": "DEMO_APP", "workspaceId": "default"}, {"appId": "VIP_APP", "workspaceId": "default"}],
+            "upstreams": [
+                {"name": "alpha", "endpoints": [{"url": upstreams["alpha"]}]},
+                {"name": "beta", "endpoints": [{"url": upstreams["beta"]}]},
+                {"name": "closed", "endpoints": [{"url": closed}], "timeoutMilliseconds": 1000},
+            ],
+            "apis": apis,
+        },
+    }
+
+
+@pytest.fixture
+def gateway(namespace: str, upstreams: dict[str, str], spawn: Callable[..., Process]) -> Iterator[str]:
+    r = apply_yaml(namespace, gateway_resource(namespace, upstreams))
+    assert r.returncode == 0, r.stderr
+    port = free_port()
+    proc = spawn("gateway", env={"MPAAS_PORT": str(port), "MPAAS_HOST": "127.0.0.1", "MPAAS_NAMESPACE": namespace,
+                                 "MPAAS_GATEWAY_NAME": "gw", "MPAAS_CONFIG_SOURCE": "kube"}, name="gateway")
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.proc.poll() is None, proc.output()
+        time.sleep(0.1)
+    else:
+        raise AssertionError("gateway never became ready:\n" + proc.output())
+    yield url
+
+
+def call(url: str, op: str | None, body: bytes = b"{}", **headers: str) -> httpx.Response:
+    h = {**APP, **headers}
+    if op is not None:
+        h["Operation-Type"] = op
+    return httpx.post(url + "/mgw.htm", content=body, headers=h, timeout=10)
+
+
+def test_routes_to_the_named_upstream(gateway: str) -> None:
+    r = call(gateway, "com.test.echo", b'{"x": 1}', **{"Content-Type": "application/json"})
+    assert r.headers["Result-Status"] == "1000" and r.headers["Memo"] == "success"
+    assert r.json()["upstream"] == "alpha" and r.json()["path"] == "/echo" and r.json()["body"] == '{"x": 1}'
+    trace = r.headers["Mgw-TraceId"]
+    assert len(trace) == 32 and r.json()["headers"]["mgw-traceid"] == trace
+
+
+@pytest.mark.parametrize(
+    ("op", "headers", "code", "rest_status"),
+    [
+        (None, {}, "3000", 400),
+        ("com.test.nope", {}, "3001", 404),
+        ("com.test.echo", {"AppId": "STRANGER"}, "1003", 403),
+        ("com.test.vip", {}, "1001", 403),
+        ("com.test.offline", {}, "3002", 503),
+        ("com.test.slow", {}, "4001", 504),
+        ("com.test.closed", {}, "4002", 502),
+        ("com.test.fail", {}, "4003", 502),
+        ("com.test.biz", {}, "6001", 200),
+    ],
+)
+def test_result_codes(gateway: str, op: str | None, headers: dict[str, str], code: str, rest_status: int) -> None:
+    r = call(gateway, op, **headers)
+    assert r.status_code == 200  # /mgw.htm answers every decision with 200 + Result-Status
+    assert r.headers["Result-Status"] == code, r.headers
+    assert r.headers["Mgw-TraceId"]
+    if op is not None:
+        rest = httpx.post(f"{gateway}/api/{op}", content=b"{}", headers={**APP, **headers}, timeout=10)
+        assert rest.headers["Result-Status"] == code and rest.status_code == rest_status
+
+
+def test_oversized_body_is_refused(gateway: str) -> None:
+    assert call(gateway, "com.test.echo", b"x" * 5000).headers["Result-Status"] == "3003"
+
+
+def test_metrics_count_result_codes(gateway: str) -> None:
+    call(gateway, "com.test.nope")
+    text = httpx.get(gateway + "/metrics").text
+    assert 'mpaas_gateway_requests_total{app_id="DEMO_APP",operation_type="_unknown",result="3001"' in text
+
+
+async def test_edit_reroutes_within_a_second(gateway: str, namespace: str, upstreams: dict[str, str]) -> None:
+    assert call(gateway, "com.test.echo").json()["upstream"] == "alpha"
+    started = time.monotonic()
+    r = apply_yaml(namespace, gateway_resource(namespace, upstreams, upstream="beta"))
+    assert r.returncode == 0, r.stderr
+    await eventually(lambda: call(gateway, "com.test.echo").json().get("upstream") == "beta", timeout=5, interval=0.01)
+    assert time.monotonic() - started < 1.0
+
+
+async def test_new_api_is_callable_without_restart(gateway: str, namespace: str, upstreams: dict[str, str]) -> None:
+    assert call(gateway, "com.test.added").headers["Result-Status"] == "3001"
+    res = gateway_resource(namespace, upstreams)
+    res["spec"]["apis"].append({"operationType": "com.test.added", "upstream": "beta", "path": "/added"})
+    apply_yaml(namespace, res)
+    await eventually(lambda: call(gateway, "com.test.added").headers["Result-Status"] == "1000", timeout=5)
+    assert call(gateway, "com.test.added").json()["path"] == "/added"
+
+
+def test_not_ready_without_its_resource(namespace: str, spawn: Callable[..., Process]) -> None:
+    port = free_port()
+    spawn("gateway", env={"MPAAS_PORT": str(port), "MPAAS_HOST": "127.0.0.1", "MPAAS_NAMESPACE": namespace,
+                          "MPAAS_GATEWAY_NAME": "missing"})
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            r = httpx.get(url + "/readyz", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    assert r.status_code == 503 and "no MpaasGateway" in r.json()["reason"]
+    assert httpx.get(url + "/healthz").status_code == 200
+    assert call(url, "com.test.echo").headers["Result-Status"] == "5001"
