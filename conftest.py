@@ -30,8 +30,11 @@ sys.path.insert(0, str(ROOT / "hack"))
 def need_env(name: str) -> str:
     value = os.environ.get(name)
     if not value:
-        pytest.fail(f"{name} is not set: start the test environment (hack/testenv/up.sh) and source .testenv/env.sh, "
-                    "or run hack/test", pytrace=False)
+        pytest.fail(
+            f"{name} is not set: start the test environment (hack/testenv/up.sh) and source .testenv/env.sh, "
+            "or run hack/test",
+            pytrace=False,
+        )
     return value
 
 
@@ -57,6 +60,7 @@ async def eventually(check: Callable[[], Any], *, timeout: float = 30, interval:
 
 # --- Kubernetes ----------------------------------------------------------------
 
+
 def kubectl_path() -> str:
     from testenv_paths import kubectl  # hack/testenv_paths.py
 
@@ -65,8 +69,7 @@ def kubectl_path() -> str:
 
 def kubectl(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     need_env("KUBECONFIG")
-    return subprocess.run([kubectl_path(), *args], input=input, capture_output=True, text=True, check=check,
-                          timeout=60)
+    return subprocess.run([kubectl_path(), *args], input=input, capture_output=True, text=True, check=check, timeout=60)
 
 
 @pytest.fixture(scope="session")
@@ -104,6 +107,7 @@ def apply_yaml(namespace: str, *docs: dict[str, Any]) -> subprocess.CompletedPro
 
 
 # --- processes -----------------------------------------------------------------
+
 
 class Process:
     """A platform process started for a test, stopped by its pid."""

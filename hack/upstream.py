@@ -26,10 +26,16 @@ async def handle(request: Request) -> Response:
     if path == "/biz":
         return JSONResponse({"error": "insufficient balance"}, headers={"Result-Status": "6001", "Memo": "balance"})
     body = await request.body()
-    return JSONResponse({
-        "upstream": NAME, "path": path, "method": request.method, "body": body.decode(errors="replace"),
-        "headers": dict(request.headers), "query": str(request.url.query),
-    })
+    return JSONResponse(
+        {
+            "upstream": NAME,
+            "path": path,
+            "method": request.method,
+            "body": body.decode(errors="replace"),
+            "headers": dict(request.headers),
+            "query": str(request.url.query),
+        }
+    )
 
 
 app = Starlette(routes=[Route("/{path:path}", handle, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])])

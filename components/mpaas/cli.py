@@ -68,8 +68,7 @@ def run_dev(args: argparse.Namespace) -> int:
     async def main() -> int:
         platform = DevPlatform(args.config_dir, host=args.host, ports=ports)
         await platform.start()
-        live = platform.servers["gateway"].config.app.state.live  # type: ignore[attr-defined]
-        await asyncio.wait_for(live.ready.wait(), 10)
+        await asyncio.wait_for(platform.gateway.state.live.ready.wait(), 10)
         print(f"mpaas dev: platform up, resources from {args.config_dir}")
         for name in platform.servers:
             print(f"  {name:<13} {platform.url(name)}")
@@ -80,11 +79,12 @@ def run_dev(args: argparse.Namespace) -> int:
                 ok = calls and calls[0].result_status == "1000"
                 if args.exit_after_simulate:
                     return 0 if ok else 1
-                print("\nplatform keeps running; Ctrl-C to stop. Edit the YAML under", args.config_dir,
-                      "and call again: changes apply live.")
+                print(
+                    "\nplatform keeps running; Ctrl-C to stop. Edit the YAML under",
+                    args.config_dir,
+                    "and call again: changes apply live.",
+                )
             await platform.wait()
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            pass
         finally:
             await platform.stop()
         return 0

@@ -104,7 +104,9 @@ class KubeClient:
         self._cfg = cfg
         verify: ssl.SSLContext | bool = False
         if cfg.verify_ssl:
-            ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.ssl_ca_cert else ssl.create_default_context()
+            ctx = (
+                ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.ssl_ca_cert else ssl.create_default_context()
+            )
             if cfg.cert_file and cfg.key_file:
                 ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
             verify = ctx
@@ -153,7 +155,11 @@ class KubeClient:
         resp = await self._http.request(
             method, path, params=params, content=content, headers=self._headers(content_type)
         )
-        data = resp.json() if resp.content and resp.headers.get("content-type", "").startswith("application/json") else resp.text
+        data = (
+            resp.json()
+            if resp.content and resp.headers.get("content-type", "").startswith("application/json")
+            else resp.text
+        )
         if resp.status_code >= 400:
             cls = Gone if resp.status_code == 410 else ApiError
             raise cls(resp.status_code, data, method, path)
@@ -168,7 +174,11 @@ class KubeClient:
             raise
 
     async def list(
-        self, rt: ResourceType, namespace: str | None = None, *, label_selector: str | None = None,
+        self,
+        rt: ResourceType,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
         field_selector: str | None = None,
     ) -> dict[str, Any]:
         params: dict[str, Any] = {}
@@ -217,7 +227,12 @@ class KubeClient:
                 yield event
 
     async def apply(
-        self, rt: ResourceType, obj: dict[str, Any], *, field_manager: str, subresource: str | None = None,
+        self,
+        rt: ResourceType,
+        obj: dict[str, Any],
+        *,
+        field_manager: str,
+        subresource: str | None = None,
         force: bool = True,
     ) -> dict[str, Any]:
         """Server-side apply: we own exactly the fields we send."""
@@ -231,7 +246,12 @@ class KubeClient:
         )
 
     async def merge_patch(
-        self, rt: ResourceType, namespace: str | None, name: str, patch: dict[str, Any], *,
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str,
+        patch: dict[str, Any],
+        *,
         subresource: str | None = None,
     ) -> dict[str, Any]:
         return await self.request(

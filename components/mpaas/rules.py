@@ -22,16 +22,38 @@ a few microseconds.
 
 from __future__ import annotations
 
+import operator
 import re
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 ATTRIBUTES = {
-    "DEVICE_ID", "USER_ID", "APP_VERSION", "OS_VERSION", "PLATFORM", "BRAND", "MODEL",
-    "CITY", "NETWORK", "CHANNEL", "APP_ID", "WORKSPACE_ID", "CLIENT_IP",
+    "DEVICE_ID",
+    "USER_ID",
+    "APP_VERSION",
+    "OS_VERSION",
+    "PLATFORM",
+    "BRAND",
+    "MODEL",
+    "CITY",
+    "NETWORK",
+    "CHANNEL",
+    "APP_ID",
+    "WORKSPACE_ID",
+    "CLIENT_IP",
 }
 VERSION_ATTRIBUTES = {"APP_VERSION", "OS_VERSION"}
+
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
 
 Attrs = Mapping[str, str]
 Predicate = Callable[[Attrs], bool]
@@ -240,11 +262,7 @@ class _Parser:
         return in_set
 
     def _compare(self, attr: str, modulus: int | None, op: str, value: str) -> Predicate:
-        ops: dict[str, Callable[[object, object], bool]] = {
-            "==": lambda x, y: x == y, "!=": lambda x, y: x != y, "<": lambda x, y: x < y,  # type: ignore[operator]
-            "<=": lambda x, y: x <= y, ">": lambda x, y: x > y, ">=": lambda x, y: x >= y,  # type: ignore[operator]
-        }
-        cmp = ops[op]
+        cmp: Callable[[Any, Any], bool] = _COMPARE[op]
         if modulus is not None:
             if not value.isdigit():
                 raise RuleError(self.rule, self.toks[self.i - 1].pos, "MOD results compare with whole numbers")

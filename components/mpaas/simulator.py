@@ -47,8 +47,16 @@ class MobileClient:
             data: Any = resp.json()
         except ValueError:
             data = resp.text
-        return Call(operation_type, body, resp.status_code, resp.headers.get("result-status", ""),
-                    resp.headers.get("memo", ""), resp.headers.get("mgw-traceid", ""), data, millis)
+        return Call(
+            operation_type,
+            body,
+            resp.status_code,
+            resp.headers.get("result-status", ""),
+            resp.headers.get("memo", ""),
+            resp.headers.get("mgw-traceid", ""),
+            data,
+            millis,
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -62,8 +70,9 @@ DEMO_SCRIPT: list[tuple[str, Any]] = [
 ]
 
 
-def run_demo(gateway_url: str, app_id: str = "DEMO_APP", workspace_id: str = "default", *,
-             out: Any = print) -> list[Call]:
+def run_demo(
+    gateway_url: str, app_id: str = "DEMO_APP", workspace_id: str = "default", *, out: Any = print
+) -> list[Call]:
     client = MobileClient(gateway_url, app_id, workspace_id)
     calls = []
     try:

@@ -1,6 +1,5 @@
 """A gateway process reading its MpaasGateway from the API server, proxying to local upstreams."""
 
-import copy
 import subprocess
 import sys
 import time
@@ -23,8 +22,13 @@ def upstreams(tmp_path: Path) -> Iterator[dict[str, str]]:
     for name in ("alpha", "beta"):
         port = free_port()
         log = (tmp_path / f"{name}.log").open("wb")
-        procs.append(subprocess.Popen([sys.executable, str(ROOT / "hack" / "upstream.py"), name, str(port)],
-                                      stdout=log, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(ROOT / "hack" / "upstream.py"), name, str(port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
         urls[name] = f"http://127.0.0.1:{port}"
     for url in urls.values():
         for _ in range(100):
@@ -52,7 +56,8 @@ def gateway_resource(namespace: str, upstreams: dict[str, str], **api_overrides:
     ]
     apis[0].update(api_overrides)
     return {
-        "apiVersion": "mpaas.io/v1alpha1", "kind": "MpaasGateway",
+        "apiVersion": "mpaas.io/v1alpha1",
+        "kind": "MpaasGateway",
         "metadata": {"name": "gw", "namespace": namespace},
         "spec": {
             "maxBodyBytes": 4096,
@@ -72,8 +77,17 @@ def gateway(namespace: str, upstreams: dict[str, str], spawn: Callable[..., Proc
     r = apply_yaml(namespace, gateway_resource(namespace, upstreams))
     assert r.returncode == 0, r.stderr
     port = free_port()
-    proc = spawn("gateway", env={"MPAAS_PORT": str(port), "MPAAS_HOST": "127.0.0.1", "MPAAS_NAMESPACE": namespace,
-                                 "MPAAS_GATEWAY_NAME": "gw", "MPAAS_CONFIG_SOURCE": "kube"}, name="gateway")
+    proc = spawn(
+        "gateway",
+        env={
+            "MPAAS_PORT": str(port),
+            "MPAAS_HOST": "127.0.0.1",
+            "MPAAS_NAMESPACE": namespace,
+            "MPAAS_GATEWAY_NAME": "gw",
+            "MPAAS_CONFIG_SOURCE": "kube",
+        },
+        name="gateway",
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -158,8 +172,15 @@ async def test_new_api_is_callable_without_restart(gateway: str, namespace: str,
 
 def test_not_ready_without_its_resource(namespace: str, spawn: Callable[..., Process]) -> None:
     port = free_port()
-    spawn("gateway", env={"MPAAS_PORT": str(port), "MPAAS_HOST": "127.0.0.1", "MPAAS_NAMESPACE": namespace,
-                          "MPAAS_GATEWAY_NAME": "missing"})
+    spawn(
+        "gateway",
+        env={
+            "MPAAS_PORT": str(port),
+            "MPAAS_HOST": "127.0.0.1",
+            "MPAAS_NAMESPACE": namespace,
+            "MPAAS_GATEWAY_NAME": "missing",
+        },
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(100):
         try:

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from mpaas.api import DELIVERY_TASK, KINDS, MPAAS_GATEWAY, PUSH_CHANNEL, InvalidResource
 from mpaas.api.crdgen import crd
 from mpaas.api.render import render_all
@@ -46,7 +45,9 @@ def test_unknown_field_is_named_in_the_error() -> None:
 def test_api_with_unknown_upstream_is_rejected() -> None:
     obj = copy.deepcopy(example("MpaasGateway"))
     obj["spec"]["apis"][0]["upstream"] = "nope"
-    with pytest.raises(InvalidResource, match=r"spec.apis\[0\] \(com.demo.user.profile\).upstream: no upstream named 'nope'"):
+    with pytest.raises(
+        InvalidResource, match=r"spec.apis\[0\] \(com.demo.user.profile\).upstream: no upstream named 'nope'"
+    ):
         MPAAS_GATEWAY.parse_spec(obj)
 
 

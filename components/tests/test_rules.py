@@ -3,7 +3,6 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from mpaas.rules import RuleError, bucket, compile_rule, percent_of, version_key
 
 pytestmark = pytest.mark.unit
@@ -23,8 +22,8 @@ pytestmark = pytest.mark.unit
         ("APP_VERSION >= 2.1.0", {"APP_VERSION": "2.0.9"}, False),
         ("APP_VERSION >= 2.1", {"APP_VERSION": "2.1.0"}, True),
         ("OS_VERSION < 14", {"OS_VERSION": "13.7.1"}, True),
-        ("!(BRAND IN (Acme)) || USER_ID IN (\"u 1\")", {"BRAND": "Acme", "USER_ID": "u 1"}, True),
-        ("!(BRAND IN (Acme)) || USER_ID IN (\"u 1\")", {"BRAND": "Acme", "USER_ID": "u2"}, False),
+        ('!(BRAND IN (Acme)) || USER_ID IN ("u 1")', {"BRAND": "Acme", "USER_ID": "u 1"}, True),
+        ('!(BRAND IN (Acme)) || USER_ID IN ("u 1")', {"BRAND": "Acme", "USER_ID": "u2"}, False),
     ],
 )
 def test_rules_evaluate(rule: str, attrs: dict[str, str], expected: bool) -> None:
@@ -62,8 +61,9 @@ def test_version_key_ignores_trailing_zeros() -> None:
 
 
 def test_evaluation_takes_microseconds() -> None:
-    rule = compile_rule("DEVICE_ID MOD 1000 IN (100..200, 450..600) && CITY IN (Hangzhou, Shanghai) "
-                        "&& APP_VERSION >= 2.1")
+    rule = compile_rule(
+        "DEVICE_ID MOD 1000 IN (100..200, 450..600) && CITY IN (Hangzhou, Shanghai) && APP_VERSION >= 2.1"
+    )
     attrs = {"DEVICE_ID": "d-1234567", "CITY": "Shanghai", "APP_VERSION": "3.0"}
     n = 20000
     t0 = time.perf_counter()

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-
-from conftest import need_env
 from mpaas.stores import (
     EventLog,
     HotStore,
@@ -21,6 +19,8 @@ from mpaas.stores import (
     RedisHotStore,
     S3ObjectStore,
 )
+
+from conftest import need_env
 
 pytestmark = pytest.mark.contract
 
@@ -45,9 +45,12 @@ async def objects(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     store: ObjectStore
     if request.param == "s3":
         # One bucket (a SeaweedFS collection each) for the suite, as a deployment would have.
-        store = S3ObjectStore(need_env("MPAAS_TEST_S3_ENDPOINT"), "mpaas-contract",
-                              access_key=os.environ["MPAAS_TEST_S3_ACCESS_KEY"],
-                              secret_key=os.environ["MPAAS_TEST_S3_SECRET_KEY"])
+        store = S3ObjectStore(
+            need_env("MPAAS_TEST_S3_ENDPOINT"),
+            "mpaas-contract",
+            access_key=os.environ["MPAAS_TEST_S3_ACCESS_KEY"],
+            secret_key=os.environ["MPAAS_TEST_S3_SECRET_KEY"],
+        )
     else:
         store = LocalObjectStore(tmp_path / "objects")
     await store.ensure_bucket()
@@ -87,6 +90,7 @@ def k(name: str) -> str:
 
 
 # --- HotStore ----------------------------------------------------------------------
+
 
 async def test_set_get_delete(hot: HotStore) -> None:
     key = k("a")
@@ -150,6 +154,7 @@ async def test_ordered_log_keeps_the_latest_n(hot: HotStore) -> None:
 
 # --- EventLog ----------------------------------------------------------------------
 
+
 async def test_publish_consume_in_order_per_key(events: EventLog) -> None:
     topic = f"contract-{uuid.uuid4().hex[:8]}"
     for i in range(30):
@@ -171,6 +176,7 @@ async def test_committed_position_survives_a_consumer_restart(events: EventLog) 
 
 
 # --- ObjectStore -------------------------------------------------------------------
+
 
 async def test_put_stat_get_ranges(objects: ObjectStore) -> None:
     data = os.urandom(300_000)

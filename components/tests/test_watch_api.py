@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 import yaml
-
-from conftest import apply_yaml, eventually, kubectl
 from mpaas.api import MPAAS_GATEWAY
 from mpaas.config import LiveConfig
 from mpaas.config.sources import KubeWatchSource
 from mpaas.gateway.routes import EMPTY, KIND, RouteTable, compiler
 from mpaas.kube import KubeClient
 from tcpproxy import TcpProxy
+
+from conftest import apply_yaml, eventually, kubectl
 
 pytestmark = pytest.mark.api
 GATEWAY = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples/demo/gateway.yaml").read_text())
@@ -58,8 +58,9 @@ async def test_gone_resource_version_triggers_a_relist(namespace: str, kube: Kub
         task.cancel()
 
 
-async def test_last_good_config_survives_an_api_outage_and_catches_up(namespace: str, kubeconfig: str,
-                                                                       tmp_path: Path) -> None:
+async def test_last_good_config_survives_an_api_outage_and_catches_up(
+    namespace: str, kubeconfig: str, tmp_path: Path
+) -> None:
     """Cut the connection to the API server: the config stays; edits made meanwhile arrive after."""
     real = KubeClient(kubeconfig)
     host, port = real.host.removeprefix("https://").rsplit(":", 1)
@@ -84,8 +85,9 @@ async def test_last_good_config_survives_an_api_outage_and_catches_up(namespace:
         assert "com.demo.echo" in live.current.apis  # still serving the last good config
         assert "com.added.during.outage" not in live.current.apis
         await proxy.restore()
-        await eventually(lambda: "com.added.during.outage" in live.current.apis, timeout=20,
-                         what="the edit made during the outage")
+        await eventually(
+            lambda: "com.added.during.outage" in live.current.apis, timeout=20, what="the edit made during the outage"
+        )
     finally:
         await live.stop()
         await client.close()

@@ -24,8 +24,13 @@ def merge(previous: list[dict[str, Any]] | None, new: list[dict[str, Any]], gene
     for c in new:
         prior = old.get(c["type"])
         same = prior is not None and prior.get("status") == c["status"] and prior.get("lastTransitionTime")
-        out.append({**c, "observedGeneration": generation,
-                    "lastTransitionTime": prior["lastTransitionTime"] if same and prior else stamp})
+        out.append(
+            {
+                **c,
+                "observedGeneration": generation,
+                "lastTransitionTime": prior["lastTransitionTime"] if same and prior else stamp,
+            }
+        )
     return out
 
 

@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
-
 from mpaas.api import DELIVERY_TASK, GROUP, KINDS, MPAAS_GATEWAY, PUSH_CHANNEL, SYNC_TOPIC, VERSION
 from mpaas.kube import ApiError, KubeClient
 
@@ -50,8 +49,15 @@ def _register(plural: str, reconcile: Reconcile) -> None:
     async def on_change(memo: kopf.Memo, body: kopf.Body, **_: Any) -> None:
         await _run(reconcile, memo, body)
 
-    @kopf.timer(GROUP, VERSION, plural, id="resync", interval=SETTINGS.status_interval_seconds,
-                initial_delay=SETTINGS.status_interval_seconds, idle=SETTINGS.status_interval_seconds / 2)
+    @kopf.timer(
+        GROUP,
+        VERSION,
+        plural,
+        id="resync",
+        interval=SETTINGS.status_interval_seconds,
+        initial_delay=SETTINGS.status_interval_seconds,
+        idle=SETTINGS.status_interval_seconds / 2,
+    )
     async def resync(memo: kopf.Memo, body: kopf.Body, **_: Any) -> None:
         await _run(reconcile, memo, body)
 
@@ -62,7 +68,7 @@ for _kind in KINDS.values():
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
 async def child_deployment_event(memo: kopf.Memo, event: kopf.RawEvent, **_: Any) -> None:
-    deployment = event["object"]
+    deployment: dict[str, Any] = dict(event["object"])
     lbls = deployment["metadata"].get("labels") or {}
     kind = KINDS.get(lbls.get(OWNER_KIND_LABEL, ""))
     owner_name = lbls.get(OWNER_NAME_LABEL)

@@ -8,7 +8,6 @@ import random
 from typing import Any
 
 import kopf
-
 from mpaas.kube import KubeClient
 from mpaas.service import setup_logging
 
@@ -29,7 +28,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Keep kopf's bookkeeping in annotations under our group, not in our status.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="operator.mpaas.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="operator.mpaas.io", key="last-handled-configuration")
+        prefix="operator.mpaas.io", key="last-handled-configuration"
+    )
     settings.persistence.finalizer = "operator.mpaas.io/finalizer"
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
@@ -37,8 +37,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 8
     memo.kube = KubeClient()
-    log.info("operator starting: peering %s, priority %s, image %s",
-             settings.peering.name, settings.peering.priority, SETTINGS.image)
+    log.info(
+        "operator starting: peering %s, priority %s, image %s",
+        settings.peering.name,
+        settings.peering.priority,
+        SETTINGS.image,
+    )
 
 
 @kopf.on.cleanup()
@@ -54,10 +58,12 @@ async def apiserver_probe(memo: kopf.Memo, **_: Any) -> str:
 def run() -> int:
     setup_logging(SETTINGS.log_level, SETTINGS.log_format)
     namespaces = [SETTINGS.namespace] if SETTINGS.namespace else None
-    asyncio.run(kopf.operator(
-        clusterwide=namespaces is None,
-        namespaces=namespaces or (),
-        liveness_endpoint=f"http://0.0.0.0:{SETTINGS.health_port}/healthz",
-        memo=kopf.Memo(),
-    ))
+    asyncio.run(
+        kopf.operator(
+            clusterwide=namespaces is None,
+            namespaces=namespaces or (),
+            liveness_endpoint=f"http://0.0.0.0:{SETTINGS.health_port}/healthz",
+            memo=kopf.Memo(),
+        )
+    )
     return 0

@@ -33,8 +33,15 @@ def test_examples_are_accepted(namespace: str, kind: str) -> None:
 
 
 def test_schema_defaults_are_filled_in(namespace: str) -> None:
-    apply_yaml(namespace, {"apiVersion": "mpaas.io/v1alpha1", "kind": "SyncTopic", "metadata": {"name": "t"},
-                           "spec": {"appId": "APP", "bizType": "chat"}})
+    apply_yaml(
+        namespace,
+        {
+            "apiVersion": "mpaas.io/v1alpha1",
+            "kind": "SyncTopic",
+            "metadata": {"name": "t"},
+            "spec": {"appId": "APP", "bizType": "chat"},
+        },
+    )
     spec = get(namespace, "synctopic", "t")["spec"]
     assert spec["scope"] == "User" and spec["persistence"] == "Persistent"
     assert spec["retention"] == {"maxOplogs": 1000, "ttlSeconds": 604800}
@@ -72,8 +79,12 @@ def test_name_length_is_bounded_by_child_names(namespace: str) -> None:
 
 
 def test_push_channel_rules(namespace: str) -> None:
-    ch = {"apiVersion": "mpaas.io/v1alpha1", "kind": "PushChannel", "metadata": {"name": "apns"},
-          "spec": {"appId": "APP", "type": "APNs"}}
+    ch = {
+        "apiVersion": "mpaas.io/v1alpha1",
+        "kind": "PushChannel",
+        "metadata": {"name": "apns"},
+        "spec": {"appId": "APP", "type": "APNs"},
+    }
     r = apply_yaml(namespace, ch)
     assert "vendor channels need credentialsSecretRef" in r.stderr
     ch["spec"]["credentialsSecretRef"] = {"name": "apns-key"}
@@ -107,23 +118,64 @@ def test_time_window_order(namespace: str) -> None:
 def test_status_is_a_subresource(namespace: str) -> None:
     apply_yaml(namespace, example("SyncTopic"))
     # A spec write cannot set status ...
-    patched = kubectl("patch", "-n", namespace, "synctopic", "demo-messages", "--type=merge",
-                      "-p", json.dumps({"status": {"oplogCount": 5}}))
+    patched = kubectl(
+        "patch",
+        "-n",
+        namespace,
+        "synctopic",
+        "demo-messages",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"oplogCount": 5}}),
+    )
     assert patched.returncode == 0
-    assert "status" not in get(namespace, "synctopic", "demo-messages") or \
-        get(namespace, "synctopic", "demo-messages")["status"].get("oplogCount") is None
+    assert (
+        "status" not in get(namespace, "synctopic", "demo-messages")
+        or get(namespace, "synctopic", "demo-messages")["status"].get("oplogCount") is None
+    )
     # ... the status subresource can, and validates conditions.
-    status = {"status": {"oplogCount": 5, "conditions": [{
-        "type": "Ready", "status": "True", "reason": "Accepted", "message": "",
-        "lastTransitionTime": "2026-11-22T00:00:00Z", "observedGeneration": 1}]}}
-    r = kubectl("patch", "-n", namespace, "synctopic", "demo-messages", "--subresource=status", "--type=merge",
-                "-p", json.dumps(status))
+    status = {
+        "status": {
+            "oplogCount": 5,
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "Accepted",
+                    "message": "",
+                    "lastTransitionTime": "2026-11-22T00:00:00Z",
+                    "observedGeneration": 1,
+                }
+            ],
+        }
+    }
+    r = kubectl(
+        "patch",
+        "-n",
+        namespace,
+        "synctopic",
+        "demo-messages",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(status),
+    )
     assert r.returncode == 0, r.stderr
     assert get(namespace, "synctopic", "demo-messages")["status"]["oplogCount"] == 5
     bad = copy.deepcopy(status)
     bad["status"]["conditions"][0]["status"] = "Maybe"
-    r = kubectl("patch", "-n", namespace, "synctopic", "demo-messages", "--subresource=status", "--type=merge",
-                "-p", json.dumps(bad), check=False)
+    r = kubectl(
+        "patch",
+        "-n",
+        namespace,
+        "synctopic",
+        "demo-messages",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(bad),
+        check=False,
+    )
     assert r.returncode != 0 and "Unsupported value" in r.stderr
 
 
@@ -137,12 +189,19 @@ def test_scale_subresource(namespace: str) -> None:
 def test_server_side_apply_merges_apis_by_operation_type(namespace: str) -> None:
     gw = example("MpaasGateway")
     base = yaml.safe_dump(gw)
-    assert kubectl("apply", "--server-side", "--field-manager=team-a", "-n", namespace, "-f", "-",
-                   input=base).returncode == 0
-    extra = {"apiVersion": gw["apiVersion"], "kind": gw["kind"], "metadata": {"name": gw["metadata"]["name"]},
-             "spec": {"apis": [{"operationType": "com.team.b", "upstream": "demo-backend"}]}}
-    r = kubectl("apply", "--server-side", "--field-manager=team-b", "-n", namespace, "-f", "-",
-                input=yaml.safe_dump(extra))
+    assert (
+        kubectl("apply", "--server-side", "--field-manager=team-a", "-n", namespace, "-f", "-", input=base).returncode
+        == 0
+    )
+    extra = {
+        "apiVersion": gw["apiVersion"],
+        "kind": gw["kind"],
+        "metadata": {"name": gw["metadata"]["name"]},
+        "spec": {"apis": [{"operationType": "com.team.b", "upstream": "demo-backend"}]},
+    }
+    r = kubectl(
+        "apply", "--server-side", "--field-manager=team-b", "-n", namespace, "-f", "-", input=yaml.safe_dump(extra)
+    )
     assert r.returncode == 0, r.stderr
     ops = [a["operationType"] for a in get(namespace, "mpaasgateway", "demo-gateway")["spec"]["apis"]]
     assert ops == ["com.demo.user.profile", "com.demo.echo", "com.demo.time", "com.team.b"]

@@ -7,6 +7,7 @@ turns failures into `Ready=False, reason InvalidSpec`) and the components
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 from ..rules import RuleError, compile_rule
@@ -53,7 +54,7 @@ def check_delivery_task(spec: DeliveryTaskSpec) -> list[str]:
     problems: list[str] = []
     _rule("spec.targeting.rule", spec.targeting.rule, problems)
     percents = [s.percent for s in spec.stages]
-    if any(b < a for a, b in zip(percents, percents[1:], strict=False)):
+    if any(b < a for a, b in itertools.pairwise(percents)):
         problems.append(f"spec.stages: percents must not decrease (got {percents})")
     if any(s.duration_seconds is None for s in spec.stages[:-1]):
         problems.append("spec.stages: every stage but the last needs durationSeconds")

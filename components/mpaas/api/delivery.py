@@ -101,7 +101,9 @@ class DeliveryTaskSpec(ApiModel):
         json_schema_extra=immutable("package is immutable: create a new DeliveryTask to release another package"),
     )
     # Switch payload, or extra fields the client receives with the update.
-    payload: dict[str, Any] | None = Field(default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+    payload: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
     upgrade_mode: UpgradeMode = UpgradeMode.REMIND
     description: str | None = Field(default=None, max_length=4096)
     targeting: Targeting = Field(default_factory=Targeting)
@@ -135,8 +137,12 @@ KIND_INFO: dict[str, Any] = {
         {"name": "Version", "type": "string", "jsonPath": ".spec.package.version"},
         {"name": "Percent", "type": "integer", "jsonPath": ".status.currentPercent"},
         {"name": "Status", "type": "string", "jsonPath": ".status.conditions[?(@.type=='Ready')].status"},
-        {"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.type=='Ready')].reason",
-         "priority": 1},
+        {
+            "name": "Reason",
+            "type": "string",
+            "jsonPath": ".status.conditions[?(@.type=='Ready')].reason",
+            "priority": 1,
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ],
 }

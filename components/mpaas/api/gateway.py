@@ -259,7 +259,6 @@ class GatewayStatus(CommonStatus):
     api_count: int | None = Field(default=None, ge=0)
 
 
-
 KIND_INFO: dict[str, Any] = {
     "kind": "MpaasGateway",
     "plural": "mpaasgateways",
@@ -273,15 +272,22 @@ KIND_INFO: dict[str, Any] = {
         "labelSelectorPath": ".status.selector",
     },
     "rootRules": [
-        cel("size(self.metadata.name) <= 58", "metadata.name must be at most 58 characters: its Deployment and Service are named mgw-<name>")
+        cel(
+            "size(self.metadata.name) <= 58",
+            "metadata.name must be at most 58 characters: its Deployment and Service are named mgw-<name>",
+        )
     ],
     "printerColumns": [
         {"name": "Desired", "type": "integer", "jsonPath": ".spec.replicas"},
         {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
         {"name": "APIs", "type": "integer", "jsonPath": ".status.apiCount"},
         {"name": "Status", "type": "string", "jsonPath": ".status.conditions[?(@.type=='Ready')].status"},
-        {"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.type=='Ready')].reason",
-         "priority": 1},
+        {
+            "name": "Reason",
+            "type": "string",
+            "jsonPath": ".status.conditions[?(@.type=='Ready')].reason",
+            "priority": 1,
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ],
 }

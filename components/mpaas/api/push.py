@@ -56,8 +56,10 @@ class LinkSettings(ApiModel):
 
 class PushChannelSpec(ApiModel):
     __cel__ = [
-        cel("self.type == 'Link' || has(self.credentialsSecretRef)",
-            "vendor channels need credentialsSecretRef naming the Secret with their credentials"),
+        cel(
+            "self.type == 'Link' || has(self.credentialsSecretRef)",
+            "vendor channels need credentialsSecretRef naming the Secret with their credentials",
+        ),
         cel("self.type == 'Link' || !has(self.link)", "link settings apply only to type Link"),
         cel("self.type == 'APNs' || !has(self.apns)", "apns settings apply only to type APNs"),
         cel("self.type != 'APNs' || has(self.apns)", "type APNs needs apns settings (teamId, keyId, topic)"),
@@ -92,15 +94,22 @@ KIND_INFO: dict[str, Any] = {
     "spec": PushChannelSpec,
     "status": PushChannelStatus,
     "rootRules": [
-        cel("size(self.metadata.name) <= 58", "metadata.name must be at most 58 characters: its link Deployment and Service are named link-<name>")
+        cel(
+            "size(self.metadata.name) <= 58",
+            "metadata.name must be at most 58 characters: its link Deployment and Service are named link-<name>",
+        )
     ],
     "printerColumns": [
         {"name": "App", "type": "string", "jsonPath": ".spec.appId"},
         {"name": "Type", "type": "string", "jsonPath": ".spec.type"},
         {"name": "Connections", "type": "integer", "jsonPath": ".status.connections"},
         {"name": "Status", "type": "string", "jsonPath": ".status.conditions[?(@.type=='Ready')].status"},
-        {"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.type=='Ready')].reason",
-         "priority": 1},
+        {
+            "name": "Reason",
+            "type": "string",
+            "jsonPath": ".status.conditions[?(@.type=='Ready')].reason",
+            "priority": 1,
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ],
 }

@@ -27,23 +27,30 @@ KOPF_PEERING = [
             "scope": scope,
             "group": "kopf.dev",
             "names": {"kind": kind, "plural": plural, "singular": plural[:-1]},
-            "versions": [{
-                "name": "v1", "served": True, "storage": True,
-                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                    "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}},
-            }],
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {"status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                        }
+                    },
+                }
+            ],
         },
     }
-    for kind, plural, scope in (("ClusterKopfPeering", "clusterkopfpeerings", "Cluster"),
-                                ("KopfPeering", "kopfpeerings", "Namespaced"))
+    for kind, plural, scope in (
+        ("ClusterKopfPeering", "clusterkopfpeerings", "Cluster"),
+        ("KopfPeering", "kopfpeerings", "Namespaced"),
+    )
 ]
 
 
 def render_all() -> dict[str, str]:
-    files = {
-        f"{k.crd_name}.yaml": HEADER + yaml.safe_dump(crd(k), sort_keys=False, width=120)
-        for k in KINDS.values()
-    }
+    files = {f"{k.crd_name}.yaml": HEADER + yaml.safe_dump(crd(k), sort_keys=False, width=120) for k in KINDS.values()}
     files["kopf-peering.yaml"] = HEADER + yaml.safe_dump_all(KOPF_PEERING, sort_keys=False, width=120)
     return files
 
@@ -71,7 +78,9 @@ def sync_dir(out: Path, files: dict[str, str], *, check: bool) -> bool:
             continue
         if check:
             drift = True
-            sys.stdout.writelines(difflib.unified_diff(old.splitlines(True), text.splitlines(True), str(path), "models"))
+            sys.stdout.writelines(
+                difflib.unified_diff(old.splitlines(True), text.splitlines(True), str(path), "models")
+            )
         else:
             out.mkdir(parents=True, exist_ok=True)
             path.write_text(text)

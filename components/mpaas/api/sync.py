@@ -37,12 +37,15 @@ class Retention(ApiModel):
 
 class SyncTopicSpec(ApiModel):
     __cel__ = [
-        cel("self.scope == 'User' || self.deviceMode == 'MultiDevice'",
-            "deviceMode SingleDevice applies only to scope User"),
+        cel(
+            "self.scope == 'User' || self.deviceMode == 'MultiDevice'",
+            "deviceMode SingleDevice applies only to scope User",
+        ),
     ]
     app_id: str = Field(max_length=64, pattern=APP_ID, json_schema_extra=immutable("appId is immutable"))
-    biz_type: str = Field(max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$",
-                          json_schema_extra=immutable("bizType is immutable"))
+    biz_type: str = Field(
+        max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$", json_schema_extra=immutable("bizType is immutable")
+    )
     scope: Scope = Field(default=Scope.USER, json_schema_extra=immutable("scope is immutable"))
     device_mode: DeviceMode = DeviceMode.MULTI_DEVICE
     persistence: Persistence = Persistence.PERSISTENT

@@ -30,7 +30,9 @@ T = TypeVar("T")
 
 CONFIG_RELOADS = Counter("mpaas_config_reloads_total", "Config compilations", ["component", "result"])
 CONFIG_INVALID = Gauge("mpaas_config_invalid_resources", "Resources rejected by validation", ["component"])
-CONFIG_APPLIED = Gauge("mpaas_config_applied_timestamp_seconds", "When the current config was swapped in", ["component"])
+CONFIG_APPLIED = Gauge(
+    "mpaas_config_applied_timestamp_seconds", "When the current config was swapped in", ["component"]
+)
 
 
 @dataclass(frozen=True)
@@ -104,9 +106,9 @@ class LiveConfig(Generic[T]):
                 log.error("%s: ignoring invalid %s, keeping its last good version: %s", self.component, kind, e)
                 if old is not None:
                     valid[key] = old
-        for key in list(self.errors):
-            if key[0] == kind and key[1] not in snapshot:
-                del self.errors[key]
+        for err_key in list(self.errors):
+            if err_key[0] == kind and err_key[1] not in snapshot:
+                del self.errors[err_key]
         CONFIG_INVALID.labels(self.component).set(len(self.errors))
         self.resources[kind] = valid
         self._synced.add(kind)
@@ -135,14 +137,21 @@ class LiveConfig(Generic[T]):
 
     # --- wiring to sources ---------------------------------------------------
 
-    def start_kube(self, client: KubeClient, *, namespace: str | None = None,
-                   selectors: dict[str, dict[str, str]] | None = None) -> None:
+    def start_kube(
+        self, client: KubeClient, *, namespace: str | None = None, selectors: dict[str, dict[str, str]] | None = None
+    ) -> None:
         """Watch every kind through the API server. `selectors` narrows a kind's watch."""
         for kind in self.kinds:
             rt: ResourceType = KINDS[kind].resource if kind in KINDS else SECRETS
             sel = (selectors or {}).get(kind, {})
-            src = KubeWatchSource(client, rt, kind, namespace=namespace, label_selector=sel.get("labelSelector"),
-                                  field_selector=sel.get("fieldSelector"))
+            src = KubeWatchSource(
+                client,
+                rt,
+                kind,
+                namespace=namespace,
+                label_selector=sel.get("labelSelector"),
+                field_selector=sel.get("fieldSelector"),
+            )
             self._tasks.append(asyncio.create_task(src.run(self.on_snapshot), name=f"watch-{kind}"))
 
     def start_directory(self, path: str, *, interval: float = 0.25) -> DirectorySource:

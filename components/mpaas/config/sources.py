@@ -118,7 +118,7 @@ class KubeWatchSource:
             except Gone:
                 log.info("watch of %s expired (410 Gone); re-listing", self.rt.plural)
                 self.resource_version = None
-            except (ApiError, OSError, ValueError, Exception) as e:  # noqa: B014 - keep serving on anything
+            except (ApiError, OSError, ValueError, Exception) as e:
                 self.errors += 1
                 delay = backoff.next()
                 log.warning("watch of %s failed (%s); retrying in %.1fs", self.rt.plural, e, delay)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
 from .. import components
 from ..gateway.app import GatewaySettings
@@ -30,29 +32,36 @@ class Ports:
     demo_backend: int = 9090
 
 
-def _server(app: Any, host: str, port: int) -> uvicorn.Server:
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # one handler, below
-    return server
-
-
 class DevPlatform:
     def __init__(self, config_dir: str, host: str = "127.0.0.1", ports: Ports | None = None):
         self.config_dir, self.host, self.ports = config_dir, host, ports or Ports()
-        base = {"config_source": "dir", "config_dir": config_dir, "host": host}
-        self.servers: dict[str, uvicorn.Server] = {
-            "gateway": _server(create_gateway(GatewaySettings(**base, port=self.ports.gateway)), host,
-                               self.ports.gateway),
-            "demo-backend": _server(demo_backend.app, host, self.ports.demo_backend),
-        }
+        self.gateway_app = create_gateway(
+            GatewaySettings(config_source="dir", config_dir=config_dir, host=host, port=self.ports.gateway)
+        )
+        apps: dict[str, Any] = {"gateway": self.gateway_app, "demo-backend": demo_backend.app}
         for name in components.KINDS_READ:
-            port = getattr(self.ports, name)
-            self.servers[name] = _server(components.create_app(name, ComponentSettings(**base, port=port)), host, port)
+            settings = ComponentSettings(
+                config_source="dir", config_dir=config_dir, host=host, port=getattr(self.ports, name)
+            )
+            apps[name] = components.create_app(name, settings)
+        self.servers = {
+            name: uvicorn.Server(
+                uvicorn.Config(app, host=host, port=self.port(name), log_config=None, access_log=False, lifespan="on")
+            )
+            for name, app in apps.items()
+        }
         self._tasks: list[asyncio.Task[None]] = []
+        self.stopped = asyncio.Event()
+
+    def port(self, component: str) -> int:
+        return int(getattr(self.ports, component.replace("-", "_")))
 
     def url(self, component: str) -> str:
-        return f"http://{self.host}:{getattr(self.ports, component.replace('-', '_'))}"
+        return f"http://{self.host}:{self.port(component)}"
+
+    @property
+    def gateway(self) -> FastAPI:
+        return self.gateway_app
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(s.serve(), name=n) for n, s in self.servers.items()]
@@ -62,9 +71,13 @@ class DevPlatform:
                     t.result()  # a server failed to start (port in use, ...): raise it
                     raise RuntimeError(f"{t.get_name()} stopped during start-up")
             await asyncio.sleep(0.05)
+        # Each uvicorn server captured the signals for itself; one handler stops them all.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stopped.set)
 
     async def wait(self) -> None:
-        await asyncio.gather(*self._tasks)
+        await self.stopped.wait()
 
     async def stop(self) -> None:
         for s in self.servers.values():

@@ -28,14 +28,25 @@ REQUESTS = Counter(
     "mpaas_gateway_requests_total", "Gateway requests", ["operation_type", "app_id", "workspace_id", "result"]
 )
 LATENCY = Histogram(
-    "mpaas_gateway_request_seconds", "Gateway request latency", ["operation_type"],
+    "mpaas_gateway_request_seconds",
+    "Gateway request latency",
+    ["operation_type"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 UPSTREAM_ERRORS = Counter("mpaas_gateway_upstream_errors_total", "Upstream failures", ["upstream", "kind"])
 
 # Request headers the gateway consumes or rewrites instead of forwarding.
-_HOP_HEADERS = {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "upgrade", "te",
-                "proxy-connection", "accept-encoding"}
+_HOP_HEADERS = {
+    "host",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "proxy-connection",
+    "accept-encoding",
+}
 
 
 class GatewaySettings(ComponentSettings):
@@ -80,14 +91,24 @@ class Gateway:
         table = self.live.current  # one read: the whole request sees one config
         code, response = await self._route(request, table, operation_type, app_id, workspace_id, trace_id, rest)
         op_label = operation_type if operation_type in table.apis else "_unknown"
-        REQUESTS.labels(op_label, app_id if (app_id, workspace_id) in table.apps else "_unknown",
-                        workspace_id if (app_id, workspace_id) in table.apps else "_unknown", str(code)).inc()
+        REQUESTS.labels(
+            op_label,
+            app_id if (app_id, workspace_id) in table.apps else "_unknown",
+            workspace_id if (app_id, workspace_id) in table.apps else "_unknown",
+            str(code),
+        ).inc()
         LATENCY.labels(op_label).observe(time.perf_counter() - started)
         return response
 
     async def _route(
-        self, request: Request, table: RouteTable, op: str | None, app_id: str, workspace_id: str,
-        trace_id: str, rest: bool,
+        self,
+        request: Request,
+        table: RouteTable,
+        op: str | None,
+        app_id: str,
+        workspace_id: str,
+        trace_id: str,
+        rest: bool,
     ) -> tuple[int, Response]:
         if table is EMPTY:
             return codes.GATEWAY_NOT_READY.code, _result(codes.GATEWAY_NOT_READY, trace_id, rest=rest)
@@ -126,8 +147,12 @@ class Gateway:
         url = api.upstream.pick() + api.path
         try:
             resp = await self.http.request(
-                api.method, url, content=body, headers=out_headers,
-                params=request.query_params if rest else None, timeout=api.timeout_seconds,
+                api.method,
+                url,
+                content=body,
+                headers=out_headers,
+                params=request.query_params if rest else None,
+                timeout=api.timeout_seconds,
             )
         except httpx.TimeoutException:
             UPSTREAM_ERRORS.labels(api.upstream.name, "timeout").inc()
@@ -146,16 +171,18 @@ class Gateway:
             headers["Memo"] = resp.headers.get("memo", "")
             if "tips" in resp.headers:
                 headers["Tips"] = resp.headers["tips"]
-            return int(business), Response(resp.content, status_code=200 if not rest else resp.status_code,
-                                            headers=headers)
+            return int(business), Response(
+                resp.content, status_code=200 if not rest else resp.status_code, headers=headers
+            )
         if resp.status_code >= 400:
             UPSTREAM_ERRORS.labels(api.upstream.name, f"http_{resp.status_code // 100}xx").inc()
             code = codes.UPSTREAM_ERROR
             headers.update({"Result-Status": str(code.code), "Memo": f"{code.memo} (HTTP {resp.status_code})"})
             return code.code, Response(resp.content, status_code=code.http_status if rest else 200, headers=headers)
         headers.update({"Result-Status": str(codes.SUCCESS.code), "Memo": codes.SUCCESS.memo})
-        return codes.SUCCESS.code, Response(resp.content, status_code=resp.status_code if rest else 200,
-                                            headers=headers)
+        return codes.SUCCESS.code, Response(
+            resp.content, status_code=resp.status_code if rest else 200, headers=headers
+        )
 
 
 def create_app(settings: GatewaySettings | None = None, live: LiveConfig[RouteTable] | None = None) -> FastAPI:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..api.gateway import DEFAULT_TIMEOUT_MS, ApiState, GatewaySpec, Upstream
@@ -119,7 +120,7 @@ def select(resources: Resources, namespace: str | None, name: str | None) -> Res
     return None
 
 
-def compiler(namespace: str | None, name: str | None):  # type: ignore[no-untyped-def]
+def compiler(namespace: str | None, name: str | None) -> Callable[[Resources], RouteTable]:
     def compile_(resources: Resources) -> RouteTable:
         res = select(resources, namespace, name)
         return compile_gateway(res) if res is not None else EMPTY

@@ -43,14 +43,25 @@ def open_objectstore(url: str, *, access_key: str = "", secret_key: str = "") ->
     if u.scheme == "s3":
         q = {k: v[0] for k, v in parse_qs(u.query).items()}
         endpoint = q.get("endpoint", "https://s3.amazonaws.com")
-        return S3ObjectStore(endpoint, u.netloc, access_key=access_key, secret_key=secret_key,
-                             region=q.get("region"))
+        return S3ObjectStore(endpoint, u.netloc, access_key=access_key, secret_key=secret_key, region=q.get("region"))
     if u.scheme == "file":
         return LocalObjectStore(u.path)
     raise ValueError(f"unsupported object store URL {url!r}: use s3://bucket?endpoint=... or file:///path")
 
 
 __all__ = [
-    "EventLog", "HotStore", "KafkaEventLog", "LocalObjectStore", "MemoryEventLog", "MemoryHotStore", "ObjectInfo",
-    "ObjectStore", "Record", "RedisHotStore", "S3ObjectStore", "open_eventlog", "open_hotstore", "open_objectstore",
+    "EventLog",
+    "HotStore",
+    "KafkaEventLog",
+    "LocalObjectStore",
+    "MemoryEventLog",
+    "MemoryHotStore",
+    "ObjectInfo",
+    "ObjectStore",
+    "Record",
+    "RedisHotStore",
+    "S3ObjectStore",
+    "open_eventlog",
+    "open_hotstore",
+    "open_objectstore",
 ]

@@ -32,8 +32,9 @@ class EventLog(ABC):
         """Returns once the record is durably accepted (acks=all on Kafka)."""
 
     @abstractmethod
-    def consume(self, topic: str, group: str, *, max_records: int | None = None,
-                idle_timeout: float = 5.0) -> AsyncIterator[Record]:
+    def consume(
+        self, topic: str, group: str, *, max_records: int | None = None, idle_timeout: float = 5.0
+    ) -> AsyncIterator[Record]:
         """Records after the group's committed position; stops after `max_records` or when idle."""
 
     @abstractmethod
@@ -49,7 +50,10 @@ class KafkaEventLog(EventLog):
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=2,
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=2,
             compression_type="gzip",
         )
         await self._producer.start()
@@ -66,11 +70,16 @@ class KafkaEventLog(EventLog):
         md = await self._producer.send_and_wait(topic, value, key=key)
         return Record(topic, md.partition, md.offset, key, value)
 
-    async def consume(self, topic: str, group: str, *, max_records: int | None = None,
-                      idle_timeout: float = 5.0) -> AsyncIterator[Record]:
+    async def consume(
+        self, topic: str, group: str, *, max_records: int | None = None, idle_timeout: float = 5.0
+    ) -> AsyncIterator[Record]:
         consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False,
-            auto_offset_reset="earliest", isolation_level="read_committed",
+            topic,
+            bootstrap_servers=self.bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
         )
         await consumer.start()
         self._consumers[group] = consumer
@@ -117,8 +126,9 @@ class MemoryEventLog(EventLog):
             self._changed.notify_all()
         return rec
 
-    async def consume(self, topic: str, group: str, *, max_records: int | None = None,
-                      idle_timeout: float = 5.0) -> AsyncIterator[Record]:
+    async def consume(
+        self, topic: str, group: str, *, max_records: int | None = None, idle_timeout: float = 5.0
+    ) -> AsyncIterator[Record]:
         pos = self._committed.get((group, topic), 0)
         seen = 0
         while max_records is None or seen < max_records:

@@ -6,6 +6,7 @@ import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from typing import cast
 
 import redis.asyncio as aioredis
 
@@ -81,7 +82,7 @@ class RedisHotStore(HotStore):
         self._append = self.redis.register_script(_APPEND)
 
     async def get(self, key: str) -> bytes | None:
-        return await self.redis.get(key)  # type: ignore[no-any-return]
+        return cast(bytes | None, await self.redis.get(key))
 
     async def set(self, key: str, value: bytes, *, ttl_seconds: float | None = None) -> None:
         await self.redis.set(key, value, px=int(ttl_seconds * 1000) if ttl_seconds else None)
@@ -107,7 +108,10 @@ class RedisHotStore(HotStore):
         return int(await self._append(keys=[stream, f"{stream}:seq"], args=[value, max_len or 0]))
 
     async def read_after(self, stream: str, after_id: int, *, count: int = 100) -> list[tuple[int, bytes]]:
-        rows = await self.redis.xrange(stream, min=f"({after_id}-1", max="+", count=count)
+        rows = cast(
+            list[tuple[bytes, dict[bytes, bytes]]],
+            await self.redis.xrange(stream, min=f"({after_id}-1", max="+", count=count),
+        )
         return [(int(rid.split(b"-")[0]), fields[b"v"]) for rid, fields in rows]
 
     async def ping(self) -> bool:

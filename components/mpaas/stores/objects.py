@@ -56,8 +56,9 @@ class S3ObjectStore(ObjectStore):
     def __init__(self, endpoint: str, bucket: str, *, access_key: str, secret_key: str, region: str | None = None):
         u = urlparse(endpoint)
         self.bucket = bucket
-        self.client = Minio(u.netloc, access_key=access_key, secret_key=secret_key, secure=u.scheme == "https",
-                            region=region)
+        self.client = Minio(
+            u.netloc, access_key=access_key, secret_key=secret_key, secure=u.scheme == "https", region=region
+        )
 
     async def ensure_bucket(self) -> None:
         def make() -> None:
@@ -68,8 +69,15 @@ class S3ObjectStore(ObjectStore):
 
     async def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> ObjectInfo:
         digest = hashlib.sha256(data).hexdigest()
-        await asyncio.to_thread(self.client.put_object, self.bucket, _check_key(key), io.BytesIO(data), len(data),
-                                content_type=content_type, metadata={"sha256": digest})
+        await asyncio.to_thread(
+            self.client.put_object,
+            self.bucket,
+            _check_key(key),
+            io.BytesIO(data),
+            len(data),
+            content_type=content_type,
+            metadata={"sha256": digest},
+        )
         return ObjectInfo(key, len(data), digest, content_type)
 
     async def get(self, key: str, *, start: int = 0, length: int | None = None) -> bytes:
@@ -97,8 +105,9 @@ class S3ObjectStore(ObjectStore):
                     return None
                 raise
             meta = {k.lower(): v for k, v in (st.metadata or {}).items()}
-            return ObjectInfo(key, int(st.size or 0), meta.get("x-amz-meta-sha256", ""),
-                              st.content_type or "application/octet-stream")
+            return ObjectInfo(
+                key, int(st.size or 0), meta.get("x-amz-meta-sha256", ""), st.content_type or "application/octet-stream"
+            )
 
         return await asyncio.to_thread(head)
 
@@ -107,8 +116,11 @@ class S3ObjectStore(ObjectStore):
 
     async def list(self, prefix: str = "") -> list[str]:
         def names() -> list[str]:
-            return sorted(o.object_name for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
-                          if o.object_name)
+            return sorted(
+                o.object_name
+                for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+                if o.object_name
+            )
 
         return await asyncio.to_thread(names)
 
@@ -157,7 +169,7 @@ class LocalObjectStore(ObjectStore):
         if not path.is_file():
             return None
         meta = path.with_name(f".{path.name}.meta")
-        digest, ctype = (meta.read_text().splitlines() + ["", ""])[:2] if meta.exists() else ("", "")
+        digest, ctype = ([*meta.read_text().splitlines(), "", ""])[:2] if meta.exists() else ("", "")
         return ObjectInfo(key, path.stat().st_size, digest, ctype or "application/octet-stream")
 
     async def delete(self, key: str) -> None:
@@ -168,5 +180,7 @@ class LocalObjectStore(ObjectStore):
     async def list(self, prefix: str = "") -> list[str]:
         if not self.root.exists():
             return []
-        keys = [str(p.relative_to(self.root)) for p in self.root.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        keys = [
+            str(p.relative_to(self.root)) for p in self.root.rglob("*") if p.is_file() and not p.name.startswith(".")
+        ]
         return sorted(k for k in keys if k.startswith(prefix))

@@ -45,12 +45,22 @@ CONTAINER_SECURITY = {
     "capabilities": {"drop": ["ALL"]},
     "seccompProfile": {"type": "RuntimeDefault"},
 }
-POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
-                "seccompProfile": {"type": "RuntimeDefault"}}
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "fsGroup": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 def component_container(
-    *, component: str, image: str, pull_policy: str, port: int, env: dict[str, str],
+    *,
+    component: str,
+    image: str,
+    pull_policy: str,
+    port: int,
+    env: dict[str, str],
     resources: dict[str, dict[str, str]],
 ) -> dict[str, Any]:
     return {
@@ -58,13 +68,19 @@ def component_container(
         "image": image,
         "imagePullPolicy": pull_policy,
         "args": [component],
-        "env": [{"name": "MPAAS_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-                {"name": "MPAAS_PORT", "value": str(port)},
-                *({"name": k, "value": v} for k, v in sorted(env.items()))],
+        "env": [
+            {"name": "MPAAS_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "MPAAS_PORT", "value": str(port)},
+            *({"name": k, "value": v} for k, v in sorted(env.items())),
+        ],
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 2},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10,
-                          "failureThreshold": 3, "initialDelaySeconds": 5},
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+            "initialDelaySeconds": 5,
+        },
         "resources": {k: v for k, v in resources.items() if v},
         "securityContext": CONTAINER_SECURITY,
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
@@ -72,8 +88,14 @@ def component_container(
 
 
 def deployment(
-    *, name: str, namespace: str, lbls: dict[str, str], selector: dict[str, str], replicas: int | None,
-    container: dict[str, Any], service_account: str,
+    *,
+    name: str,
+    namespace: str,
+    lbls: dict[str, str],
+    selector: dict[str, str],
+    replicas: int | None,
+    container: dict[str, Any],
+    service_account: str,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "selector": {"matchLabels": selector},
@@ -87,10 +109,14 @@ def deployment(
                 "terminationGracePeriodSeconds": 30,
                 "containers": [container],
                 "volumes": [{"name": "tmp", "emptyDir": {}}],
-                "topologySpreadConstraints": [{
-                    "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
-                    "labelSelector": {"matchLabels": selector},
-                }],
+                "topologySpreadConstraints": [
+                    {
+                        "maxSkew": 1,
+                        "topologyKey": "kubernetes.io/hostname",
+                        "whenUnsatisfiable": "ScheduleAnyway",
+                        "labelSelector": {"matchLabels": selector},
+                    }
+                ],
             },
         },
     }
@@ -104,13 +130,17 @@ def service(*, name: str, namespace: str, lbls: dict[str, str], selector: dict[s
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": meta(name, namespace, lbls),
-        "spec": {"type": "ClusterIP", "selector": selector,
-                 "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}]},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector,
+            "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+        },
     }
 
 
-def hpa(*, name: str, namespace: str, lbls: dict[str, str], min_replicas: int, max_replicas: int,
-        cpu_percent: int) -> dict[str, Any]:
+def hpa(
+    *, name: str, namespace: str, lbls: dict[str, str], min_replicas: int, max_replicas: int, cpu_percent: int
+) -> dict[str, Any]:
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -119,8 +149,12 @@ def hpa(*, name: str, namespace: str, lbls: dict[str, str], min_replicas: int, m
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
             "minReplicas": min_replicas,
             "maxReplicas": max_replicas,
-            "metrics": [{"type": "Resource", "resource": {
-                "name": "cpu", "target": {"type": "Utilization", "averageUtilization": cpu_percent}}}],
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": cpu_percent}},
+                }
+            ],
         },
     }
 
@@ -134,20 +168,33 @@ def pdb(*, name: str, namespace: str, lbls: dict[str, str], selector: dict[str, 
     }
 
 
-def reader_rbac(*, name: str, namespace: str, lbls: dict[str, str], plurals: list[str],
-                secrets: bool) -> list[dict[str, Any]]:
+def reader_rbac(
+    *, name: str, namespace: str, lbls: dict[str, str], plurals: list[str], secrets: bool
+) -> list[dict[str, Any]]:
     """ServiceAccount + Role + RoleBinding so a component can watch its own resources."""
     rules: list[dict[str, Any]] = [{"apiGroups": [GROUP], "resources": plurals, "verbs": ["get", "list", "watch"]}]
     if secrets:
         rules.append({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]})
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(name, namespace, lbls),
-         "automountServiceAccountToken": True},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta(name, namespace, lbls),
-         "rules": rules},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": meta(name, namespace, lbls),
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]},
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": meta(name, namespace, lbls),
+            "automountServiceAccountToken": True,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": meta(name, namespace, lbls),
+            "rules": rules,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": meta(name, namespace, lbls),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        },
     ]
 
 
@@ -184,19 +231,37 @@ def workload_children(w: Workload) -> Children:
     """RBAC, Deployment and Service; an HPA when autoscaling; a PDB when more than one pod runs."""
     lbls = labels(w.component, w.instance, w.owner_kind, __version__)
     sel = selector_labels(w.component, w.instance)
-    container = component_container(component=w.component, image=w.image, pull_policy=w.pull_policy, port=w.port,
-                                    env=w.env, resources=w.resources)
+    container = component_container(
+        component=w.component, image=w.image, pull_policy=w.pull_policy, port=w.port, env=w.env, resources=w.resources
+    )
     out = Children()
-    out.apply += reader_rbac(name=w.child_name, namespace=w.namespace, lbls=lbls, plurals=w.reads,
-                             secrets=w.reads_secrets)
-    out.apply.append(deployment(name=w.child_name, namespace=w.namespace, lbls=lbls, selector=sel,
-                                replicas=None if w.autoscaling else w.replicas, container=container,
-                                service_account=w.child_name))
+    out.apply += reader_rbac(
+        name=w.child_name, namespace=w.namespace, lbls=lbls, plurals=w.reads, secrets=w.reads_secrets
+    )
+    out.apply.append(
+        deployment(
+            name=w.child_name,
+            namespace=w.namespace,
+            lbls=lbls,
+            selector=sel,
+            replicas=None if w.autoscaling else w.replicas,
+            container=container,
+            service_account=w.child_name,
+        )
+    )
     out.apply.append(service(name=w.child_name, namespace=w.namespace, lbls=lbls, selector=sel, port=w.service_port))
     if w.autoscaling:
         a = w.autoscaling
-        out.apply.append(hpa(name=w.child_name, namespace=w.namespace, lbls=lbls, min_replicas=a.min_replicas,
-                             max_replicas=a.max_replicas, cpu_percent=a.target_cpu_utilization_percent))
+        out.apply.append(
+            hpa(
+                name=w.child_name,
+                namespace=w.namespace,
+                lbls=lbls,
+                min_replicas=a.min_replicas,
+                max_replicas=a.max_replicas,
+                cpu_percent=a.target_cpu_utilization_percent,
+            )
+        )
     else:
         out.absent.append(("HorizontalPodAutoscaler", w.child_name))
     if (w.autoscaling.min_replicas if w.autoscaling else w.replicas) > 1:

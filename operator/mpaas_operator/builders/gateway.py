@@ -20,10 +20,22 @@ def selector(gateway: str) -> dict[str, str]:
 
 
 def build(name: str, namespace: str, spec: GatewaySpec, *, image: str, pull_policy: str) -> Children:
-    return workload_children(Workload(
-        component=COMPONENT, child_name=child_name(name), namespace=namespace, instance=name,
-        owner_kind="MpaasGateway", image=spec.image or image, pull_policy=pull_policy, port=PORT,
-        service_port=SERVICE_PORT, env={"MPAAS_GATEWAY_NAME": name, "MPAAS_CONFIG_SOURCE": "kube"},
-        resources=spec.resources.wire(), replicas=spec.replicas, autoscaling=spec.autoscaling,
-        reads=["mpaasgateways"], reads_secrets=True,
-    ))
+    return workload_children(
+        Workload(
+            component=COMPONENT,
+            child_name=child_name(name),
+            namespace=namespace,
+            instance=name,
+            owner_kind="MpaasGateway",
+            image=spec.image or image,
+            pull_policy=pull_policy,
+            port=PORT,
+            service_port=SERVICE_PORT,
+            env={"MPAAS_GATEWAY_NAME": name, "MPAAS_CONFIG_SOURCE": "kube"},
+            resources=spec.resources.wire(),
+            replicas=spec.replicas,
+            autoscaling=spec.autoscaling,
+            reads=["mpaasgateways"],
+            reads_secrets=True,
+        )
+    )

@@ -18,11 +18,26 @@ def selector(channel: str) -> dict[str, str]:
 
 
 def build(name: str, namespace: str, link: LinkSettings, *, image: str, pull_policy: str) -> Children:
-    return workload_children(Workload(
-        component=COMPONENT, child_name=child_name(name), namespace=namespace, instance=name,
-        owner_kind="PushChannel", image=image, pull_policy=pull_policy, port=link.port, service_port=link.port,
-        env={"MPAAS_PUSH_CHANNEL": name, "MPAAS_CONFIG_SOURCE": "kube",
-             "MPAAS_LINK_MAX_CONNECTIONS": str(link.max_connections_per_pod)},
-        resources=link.resources.wire(), replicas=link.replicas, autoscaling=link.autoscaling,
-        reads=["pushchannels", "synctopics"], reads_secrets=False,
-    ))
+    return workload_children(
+        Workload(
+            component=COMPONENT,
+            child_name=child_name(name),
+            namespace=namespace,
+            instance=name,
+            owner_kind="PushChannel",
+            image=image,
+            pull_policy=pull_policy,
+            port=link.port,
+            service_port=link.port,
+            env={
+                "MPAAS_PUSH_CHANNEL": name,
+                "MPAAS_CONFIG_SOURCE": "kube",
+                "MPAAS_LINK_MAX_CONNECTIONS": str(link.max_connections_per_pod),
+            },
+            resources=link.resources.wire(),
+            replicas=link.replicas,
+            autoscaling=link.autoscaling,
+            reads=["pushchannels", "synctopics"],
+            reads_secrets=False,
+        )
+    )

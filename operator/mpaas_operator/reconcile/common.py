@@ -27,17 +27,25 @@ async def report_invalid(client: KubeClient, kind: Kind, body: dict[str, Any], e
     """Ready=False/InvalidSpec with what to fix. Children stay as the last valid spec left them."""
     namespace, name, generation = identity(body)
     log.warning("%s %s/%s has an invalid spec: %s", kind.kind, namespace, name, err.detail)
-    conds = conditions.merge(previous_conditions(body), [
-        conditions.condition("Ready", False, "InvalidSpec", err.detail),
-    ], generation)
+    conds = conditions.merge(
+        previous_conditions(body),
+        [
+            conditions.condition("Ready", False, "InvalidSpec", err.detail),
+        ],
+        generation,
+    )
     await patch_status(client, kind, namespace, name, {"observedGeneration": generation, "conditions": conds})
 
 
-async def report(client: KubeClient, kind: Kind, body: dict[str, Any], conds: list[dict[str, Any]],
-                 **fields: Any) -> dict[str, Any]:
+async def report(
+    client: KubeClient, kind: Kind, body: dict[str, Any], conds: list[dict[str, Any]], **fields: Any
+) -> dict[str, Any]:
     namespace, name, generation = identity(body)
-    status = {"observedGeneration": generation,
-              "conditions": conditions.merge(previous_conditions(body), conds, generation), **fields}
+    status = {
+        "observedGeneration": generation,
+        "conditions": conditions.merge(previous_conditions(body), conds, generation),
+        **fields,
+    }
     await patch_status(client, kind, namespace, name, status)
     return status
 
@@ -45,8 +53,10 @@ async def report(client: KubeClient, kind: Kind, body: dict[str, Any], conds: li
 def workload_conditions(deployment: dict[str, Any] | None) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Ready and Progressing from a Deployment's status, plus its replica counts."""
     if deployment is None:
-        return [conditions.condition("Ready", False, "DeploymentMissing", "waiting for the Deployment"),
-                conditions.condition("Progressing", True, "Creating", "")], {}
+        return [
+            conditions.condition("Ready", False, "DeploymentMissing", "waiting for the Deployment"),
+            conditions.condition("Progressing", True, "Creating", ""),
+        ], {}
     spec, st = deployment.get("spec") or {}, deployment.get("status") or {}
     desired = int(spec.get("replicas") or 0)
     counts = {
@@ -65,6 +75,10 @@ def workload_conditions(deployment: dict[str, Any] | None) -> tuple[list[dict[st
         ready = conditions.condition("Ready", False, "Progressing", msg)
     else:
         ready = conditions.condition("Ready", False, "Unavailable", msg)
-    progressing = conditions.condition("Progressing", not (settled and counts["readyReplicas"] >= desired),
-                                       "RolloutInProgress" if not settled else "Settled", msg)
+    progressing = conditions.condition(
+        "Progressing",
+        not (settled and counts["readyReplicas"] >= desired),
+        "RolloutInProgress" if not settled else "Settled",
+        msg,
+    )
     return [ready, progressing], counts

@@ -27,12 +27,19 @@ async def reconcile(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] 
     return await report_from(client, body, spec, applied.get("Deployment"))
 
 
-async def report_from(client: KubeClient, body: dict[str, Any], spec: GatewaySpec,
-                      deployment: dict[str, Any] | None) -> dict[str, Any]:
+async def report_from(
+    client: KubeClient, body: dict[str, Any], spec: GatewaySpec, deployment: dict[str, Any] | None
+) -> dict[str, Any]:
     conds, counts = workload_conditions(deployment)
-    return await report(client, MPAAS_GATEWAY, body, conds, **counts,
-                        selector=selector_string(builder.selector(body["metadata"]["name"])),
-                        apiCount=len(spec.apis))
+    return await report(
+        client,
+        MPAAS_GATEWAY,
+        body,
+        conds,
+        **counts,
+        selector=selector_string(builder.selector(body["metadata"]["name"])),
+        apiCount=len(spec.apis),
+    )
 
 
 async def refresh(client: KubeClient, body: dict[str, Any], deployment: dict[str, Any] | None) -> None:

@@ -30,14 +30,21 @@ async def reconcile(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] 
     if spec.type == ChannelType.LINK:
         link = spec.link or LinkSettings()
         applied = await apply_children(
-            client, body, builder.build(name, namespace, link, image=SETTINGS.image, pull_policy=SETTINGS.image_pull_policy)
+            client,
+            body,
+            builder.build(name, namespace, link, image=SETTINGS.image, pull_policy=SETTINGS.image_pull_policy),
         )
         return await refresh(client, body, applied.get("Deployment"))
     # Vendor channel: no workload of its own yet; make sure its credentials are usable.
     problem = await credentials_problem(client, namespace, spec)
-    conds = [conditions.condition("Ready", problem is None, "CredentialsMissing" if problem else "CredentialsFound",
-                                  problem or f"Secret {spec.credentials_secret_ref.name} has every key {spec.type} needs"  # type: ignore[union-attr]
-                                  )]
+    conds = [
+        conditions.condition(
+            "Ready",
+            problem is None,
+            "CredentialsMissing" if problem else "CredentialsFound",
+            problem or f"Secret {spec.credentials_secret_ref.name} has every key {spec.type} needs",  # type: ignore[union-attr]
+        )
+    ]
     return await report(client, PUSH_CHANNEL, body, conds)
 
 
@@ -49,8 +56,9 @@ async def credentials_problem(client: KubeClient, namespace: str, spec: PushChan
     if secret is None:
         return f"Secret {namespace}/{ref.name} not found"
     data = secret.get("data") or {}
-    missing = [k for k in REQUIRED_SECRET_KEYS[ChannelType(spec.type)]
-               if not base64.b64decode(data.get(k) or "").strip()]
+    missing = [
+        k for k in REQUIRED_SECRET_KEYS[ChannelType(spec.type)] if not base64.b64decode(data.get(k) or "").strip()
+    ]
     if missing:
         return f"Secret {namespace}/{ref.name} lacks {', '.join(missing)} (needed for {spec.type})"
     return None

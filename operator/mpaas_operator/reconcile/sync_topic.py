@@ -22,16 +22,28 @@ async def reconcile(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] 
     # Two topics with one (appId, bizType) would interleave one oplog: the older one keeps it.
     others = (await client.list(SYNC_TOPIC.resource, namespace)).get("items") or []
     rivals = sorted(
-        (o for o in others
-         if (o.get("spec") or {}).get("appId") == spec.app_id and (o.get("spec") or {}).get("bizType") == spec.biz_type),
+        (
+            o
+            for o in others
+            if (o.get("spec") or {}).get("appId") == spec.app_id
+            and (o.get("spec") or {}).get("bizType") == spec.biz_type
+        ),
         key=lambda o: (o["metadata"].get("creationTimestamp", ""), o["metadata"]["name"]),
     )
     owner = rivals[0]["metadata"]["name"] if rivals else name
     if owner != name:
-        ready = conditions.condition("Ready", False, "Conflict",
-                                     f"SyncTopic {owner} already serves appId {spec.app_id} bizType {spec.biz_type}; "
-                                     "delete one of them or change bizType")
+        ready = conditions.condition(
+            "Ready",
+            False,
+            "Conflict",
+            f"SyncTopic {owner} already serves appId {spec.app_id} bizType {spec.biz_type}; "
+            "delete one of them or change bizType",
+        )
     else:
-        ready = conditions.condition("Ready", True, "Accepted",
-                                     f"{spec.scope} scope, {spec.persistence}, keeps {spec.retention.max_oplogs} oplogs")
+        ready = conditions.condition(
+            "Ready",
+            True,
+            "Accepted",
+            f"{spec.scope} scope, {spec.persistence}, keeps {spec.retention.max_oplogs} oplogs",
+        )
     return await report(client, SYNC_TOPIC, body, [ready])
