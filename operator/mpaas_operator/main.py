@@ -8,13 +8,16 @@ import random
 from typing import Any
 
 import kopf
-from mpaas.kube import KubeClient
+from mpaas.kube import ApiError, KubeClient, ResourceType
 from mpaas.service import setup_logging
 
 from . import handlers  # noqa: F401  (registers the handlers)
 from .settings import SETTINGS
 
 log = logging.getLogger(__name__)
+
+CLUSTER_KOPF_PEERINGS = ResourceType("kopf.dev", "v1", "clusterkopfpeerings")
+KOPF_PEERINGS = ResourceType("kopf.dev", "v1", "kopfpeerings")
 
 
 @kopf.on.startup()
@@ -37,12 +40,34 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.WARNING
     settings.execution.max_workers = 8
     memo.kube = KubeClient()
+    await ensure_peering(memo.kube, settings.peering.name, SETTINGS.namespace)
     log.info(
         "operator starting: peering %s, priority %s, image %s",
         settings.peering.name,
         settings.peering.priority,
         SETTINGS.image,
     )
+
+
+async def ensure_peering(client: KubeClient, name: str, namespace: str | None) -> None:
+    """Create the peering object replicas meet on, if it is not there yet (kopf does not)."""
+    if namespace:
+        rt, obj = (
+            KOPF_PEERINGS,
+            {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": name, "namespace": namespace}},
+        )
+    else:
+        rt, obj = (
+            CLUSTER_KOPF_PEERINGS,
+            {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}},
+        )
+    if await client.get(rt, namespace, name) is None:
+        try:
+            await client.create(rt, obj)
+            log.info("created %s %s", obj["kind"], name)
+        except ApiError as e:
+            if e.status != 409:  # another replica was faster
+                raise
 
 
 @kopf.on.cleanup()
