@@ -144,3 +144,14 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Process]]:
     yield start
     for p in procs:
         p.stop()
+
+
+TIERS = {"unit", "contract", "api", "component", "cluster"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test belongs to exactly one tier, so `hack/test` runs each test exactly once."""
+    for item in items:
+        tiers = {m.name for m in item.iter_markers()} & TIERS
+        if len(tiers) != 1:
+            raise pytest.UsageError(f"{item.nodeid} must have exactly one tier marker of {sorted(TIERS)}, has {tiers}")

@@ -32,3 +32,9 @@ def kubectl() -> str:
 
 def helm() -> str:
     return str(cache() / f"helm-{versions()['HELM_VERSION']}" / "helm")
+
+
+if __name__ == "__main__":
+    import sys
+
+    print({"kubectl": kubectl, "helm": helm}[sys.argv[1]]())
