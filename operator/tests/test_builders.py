@@ -1,0 +1,105 @@
+"""Builders are pure: spec in, manifests out. Checked here without a cluster."""
+
+from typing import Any
+
+import pytest
+
+from mpaas.api import MPAAS_GATEWAY
+from mpaas.api.push import LinkSettings
+from mpaas_operator import conditions
+from mpaas_operator.builders import gateway, link
+from mpaas_operator.reconcile.common import workload_conditions
+
+pytestmark = pytest.mark.unit
+
+
+def spec(**fields: Any):  # type: ignore[no-untyped-def]
+    base = {"upstreams": [{"name": "u", "endpoints": [{"url": "http://127.0.0.1:1"}]}]}
+    return MPAAS_GATEWAY.spec.model_validate({**base, **fields})
+
+
+def by_kind(children: gateway.Children) -> dict[str, dict[str, Any]]:
+    return {c["kind"]: c for c in children.apply}
+
+
+def test_gateway_children() -> None:
+    out = by_kind(gateway.build("shop", "prod", spec(replicas=3), image="img:1", pull_policy="Always"))
+    assert set(out) == {"ServiceAccount", "Role", "RoleBinding", "Deployment", "Service", "PodDisruptionBudget"}
+    dep = out["Deployment"]
+    assert dep["metadata"]["name"] == "mgw-shop" and dep["metadata"]["namespace"] == "prod"
+    assert dep["spec"]["replicas"] == 3
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["image"] == "img:1" and c["args"] == ["gateway"] and c["imagePullPolicy"] == "Always"
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["MPAAS_GATEWAY_NAME"] == "shop" and env["MPAAS_CONFIG_SOURCE"] == "kube"
+    assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["serviceAccountName"] == "mgw-shop"
+    assert dep["spec"]["selector"]["matchLabels"] == out["Service"]["spec"]["selector"]
+    assert out["Role"]["rules"][0]["resources"] == ["mpaasgateways"]
+    assert out["Role"]["rules"][0]["verbs"] == ["get", "list", "watch"]
+
+
+def test_pod_template_does_not_change_with_apis() -> None:
+    """APIs are read live: editing them must not roll the pods."""
+    a = by_kind(gateway.build("g", "ns", spec(), image="i", pull_policy="IfNotPresent"))
+    b = by_kind(gateway.build("g", "ns", spec(apis=[{"operationType": "x.y", "upstream": "u"}]), image="i",
+                              pull_policy="IfNotPresent"))
+    assert a["Deployment"] == b["Deployment"]
+
+
+def test_autoscaling_hands_replicas_to_the_hpa() -> None:
+    out = gateway.build("g", "ns", spec(autoscaling={"minReplicas": 3, "maxReplicas": 9}), image="i",
+                        pull_policy="IfNotPresent")
+    kinds = by_kind(out)
+    assert "replicas" not in kinds["Deployment"]["spec"]
+    assert kinds["HorizontalPodAutoscaler"]["spec"]["maxReplicas"] == 9
+    assert "PodDisruptionBudget" in kinds and out.absent == []
+
+
+def test_single_replica_has_no_pdb_and_no_hpa() -> None:
+    out = gateway.build("g", "ns", spec(replicas=1), image="i", pull_policy="IfNotPresent")
+    assert set(out.absent) == {("HorizontalPodAutoscaler", "mgw-g"), ("PodDisruptionBudget", "mgw-g")}
+
+
+def test_spec_image_overrides_the_operator_default() -> None:
+    dep = by_kind(gateway.build("g", "ns", spec(image="mine:2"), image="i", pull_policy="IfNotPresent"))["Deployment"]
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "mine:2"
+
+
+def test_link_children() -> None:
+    out = by_kind(link.build("chat", "ns", LinkSettings(port=9443, replicas=1), image="i", pull_policy="IfNotPresent"))
+    assert out["Deployment"]["metadata"]["name"] == "link-chat"
+    assert out["Service"]["spec"]["ports"][0]["port"] == 9443
+    assert "PodDisruptionBudget" not in out
+
+
+def deployment(desired: int, ready: int, updated: int, replicas: int, gen: int = 2, seen: int = 2) -> dict[str, Any]:
+    return {"metadata": {"generation": gen}, "spec": {"replicas": desired},
+            "status": {"observedGeneration": seen, "readyReplicas": ready, "updatedReplicas": updated,
+                       "replicas": replicas}}
+
+
+@pytest.mark.parametrize(
+    ("dep", "ready", "reason"),
+    [
+        (deployment(2, 2, 2, 2), "True", "Available"),
+        (deployment(2, 1, 2, 2), "False", "Progressing"),
+        (deployment(2, 0, 0, 0), "False", "Unavailable"),
+        (deployment(2, 2, 2, 2, gen=3, seen=2), "False", "Progressing"),
+        (deployment(0, 0, 0, 0), "True", "ScaledToZero"),
+        (None, "False", "DeploymentMissing"),
+    ],
+)
+def test_workload_conditions(dep: dict[str, Any] | None, ready: str, reason: str) -> None:
+    conds, _ = workload_conditions(dep)
+    assert (conds[0]["type"], conds[0]["status"], conds[0]["reason"]) == ("Ready", ready, reason)
+
+
+def test_transition_time_moves_only_when_status_flips() -> None:
+    first = conditions.merge([], [conditions.condition("Ready", False, "Progressing")], 1)
+    first[0]["lastTransitionTime"] = "2020-01-01T00:00:00Z"
+    same = conditions.merge(first, [conditions.condition("Ready", False, "Unavailable", "0/2")], 2)
+    assert same[0]["lastTransitionTime"] == "2020-01-01T00:00:00Z" and same[0]["observedGeneration"] == 2
+    flipped = conditions.merge(same, [conditions.condition("Ready", True, "Available")], 2)
+    assert flipped[0]["lastTransitionTime"] != "2020-01-01T00:00:00Z"
