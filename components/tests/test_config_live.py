@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from mpaas.config import LiveConfig, Resources
 from mpaas.config.sources import DirectorySource
 from mpaas.gateway.routes import EMPTY, KIND, RouteTable, compiler

@@ -15,15 +15,29 @@ def resource(spec: dict) -> object:
 
 
 def test_timeouts_inherit_from_the_upstream_and_weights_split_traffic() -> None:
-    table = compile_gateway(resource({  # type: ignore[arg-type]
-        "upstreams": [{"name": "u", "timeoutMilliseconds": 1500,
-                       "endpoints": [{"url": "http://a:1/", "weight": 300}, {"url": "http://b:1", "weight": 100},
-                                     {"url": "http://c:1", "weight": 0}]},
-                      {"name": "svc", "serviceRef": {"name": "backend", "port": 8080}}],
-        "apis": [{"operationType": "a", "upstream": "u"},
-                 {"operationType": "b", "upstream": "u", "timeoutMilliseconds": 200},
-                 {"operationType": "c", "upstream": "svc", "path": "/c"}],
-    }))
+    table = compile_gateway(
+        resource(
+            {  # type: ignore[arg-type]
+                "upstreams": [
+                    {
+                        "name": "u",
+                        "timeoutMilliseconds": 1500,
+                        "endpoints": [
+                            {"url": "http://a:1/", "weight": 300},
+                            {"url": "http://b:1", "weight": 100},
+                            {"url": "http://c:1", "weight": 0},
+                        ],
+                    },
+                    {"name": "svc", "serviceRef": {"name": "backend", "port": 8080}},
+                ],
+                "apis": [
+                    {"operationType": "a", "upstream": "u"},
+                    {"operationType": "b", "upstream": "u", "timeoutMilliseconds": 200},
+                    {"operationType": "c", "upstream": "svc", "path": "/c"},
+                ],
+            }
+        )
+    )
     assert table.generation == 4 and table.gateway == "ns/g"
     assert table.apis["a"].timeout_seconds == 1.5 and table.apis["b"].timeout_seconds == 0.2
     assert table.apis["c"].upstream.base_urls == ("http://backend.ns.svc:8080",)

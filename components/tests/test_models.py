@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from mpaas.api import DELIVERY_TASK, KINDS, MPAAS_GATEWAY, PUSH_CHANNEL, InvalidResource
 from mpaas.api.crdgen import crd
 from mpaas.api.render import render_all

@@ -3,6 +3,7 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from mpaas.rules import RuleError, bucket, compile_rule, percent_of, version_key
 
 pytestmark = pytest.mark.unit

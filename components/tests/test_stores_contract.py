@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+
+from conftest import need_env
 from mpaas.stores import (
     EventLog,
     HotStore,
@@ -19,8 +21,6 @@ from mpaas.stores import (
     RedisHotStore,
     S3ObjectStore,
 )
-
-from conftest import need_env
 
 pytestmark = pytest.mark.contract
 

@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 import yaml
+
+from conftest import apply_yaml, eventually, kubectl
 from mpaas.api import MPAAS_GATEWAY
 from mpaas.config import LiveConfig
 from mpaas.config.sources import KubeWatchSource
 from mpaas.gateway.routes import EMPTY, KIND, RouteTable, compiler
 from mpaas.kube import KubeClient
 from tcpproxy import TcpProxy
-
-from conftest import apply_yaml, eventually, kubectl
 
 pytestmark = pytest.mark.api
 GATEWAY = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples/demo/gateway.yaml").read_text())

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import kopf
+
 from mpaas.api import DELIVERY_TASK, GROUP, KINDS, MPAAS_GATEWAY, PUSH_CHANNEL, SYNC_TOPIC, VERSION
 from mpaas.kube import ApiError, KubeClient
 

@@ -8,6 +8,7 @@ import random
 from typing import Any
 
 import kopf
+
 from mpaas.kube import ApiError, KubeClient, ResourceType
 from mpaas.service import setup_logging
 

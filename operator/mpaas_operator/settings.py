@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from mpaas import __version__
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mpaas import __version__
 
 
 class OperatorSettings(BaseSettings):

@@ -43,14 +43,18 @@ def test_gateway_children() -> None:
 def test_pod_template_does_not_change_with_apis() -> None:
     """APIs are read live: editing them must not roll the pods."""
     a = by_kind(gateway.build("g", "ns", spec(), image="i", pull_policy="IfNotPresent"))
-    b = by_kind(gateway.build("g", "ns", spec(apis=[{"operationType": "x.y", "upstream": "u"}]), image="i",
-                              pull_policy="IfNotPresent"))
+    b = by_kind(
+        gateway.build(
+            "g", "ns", spec(apis=[{"operationType": "x.y", "upstream": "u"}]), image="i", pull_policy="IfNotPresent"
+        )
+    )
     assert a["Deployment"] == b["Deployment"]
 
 
 def test_autoscaling_hands_replicas_to_the_hpa() -> None:
-    out = gateway.build("g", "ns", spec(autoscaling={"minReplicas": 3, "maxReplicas": 9}), image="i",
-                        pull_policy="IfNotPresent")
+    out = gateway.build(
+        "g", "ns", spec(autoscaling={"minReplicas": 3, "maxReplicas": 9}), image="i", pull_policy="IfNotPresent"
+    )
     kinds = by_kind(out)
     assert "replicas" not in kinds["Deployment"]["spec"]
     assert kinds["HorizontalPodAutoscaler"]["spec"]["maxReplicas"] == 9
@@ -75,9 +79,16 @@ def test_link_children() -> None:
 
 
 def deployment(desired: int, ready: int, updated: int, replicas: int, gen: int = 2, seen: int = 2) -> dict[str, Any]:
-    return {"metadata": {"generation": gen}, "spec": {"replicas": desired},
-            "status": {"observedGeneration": seen, "readyReplicas": ready, "updatedReplicas": updated,
-                       "replicas": replicas}}
+    return {
+        "metadata": {"generation": gen},
+        "spec": {"replicas": desired},
+        "status": {
+            "observedGeneration": seen,
+            "readyReplicas": ready,
+            "updatedReplicas": updated,
+            "replicas": replicas,
+        },
+    }
 
 
 @pytest.mark.parametrize(
