@@ -10,6 +10,7 @@ good config; the reason is logged, counted and kept in `errors`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -56,8 +57,10 @@ def validate(kind: str, obj: dict[str, Any]) -> Resource:
     spec: ApiModel | dict[str, Any]
     if kind in KINDS:
         spec = KINDS[kind].parse_spec(obj)
-    else:  # Secrets and other core objects carry no spec model
+    else:  # Secrets carry no spec model: their data, base64 as the API serves it
         spec = dict(obj.get("data") or {})
+        for k, v in (obj.get("stringData") or {}).items():  # YAML files in local mode may use stringData
+            spec[k] = base64.b64encode(str(v).encode()).decode()
     return Resource(
         kind=kind,
         namespace=meta.get("namespace") or "",

@@ -1,28 +1,46 @@
 """The mobile gateway (MGS): `POST /mgw.htm` and `/api/<operationType>`, routed by operation type.
 
-Config comes live from the MpaasGateway resource (see `routes.py`); a request
-reads the current route table once, so a config swap never changes the rules
-under an in-flight request.
+A request passes these stages, each of which may answer with a result code
+(docs/gateway.md) before anything reaches an upstream:
+
+    route (operation type, app, state, size) -> signature (Ts window, Sign, Nonce)
+    -> rate limits (API, app) -> upstream choice (canary) -> forward (concurrency,
+    circuit breaker, retries, failover)
+
+Config comes live from the MpaasGateway resource and the Secrets it names
+(`routes.py`); a request reads the current route table once, so a config
+swap never changes the rules under an in-flight request.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import logging
 import os
+import re
 import time
+from dataclasses import dataclass
 
 import httpx
 from fastapi import FastAPI, Request, Response
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from pydantic_settings import SettingsConfigDict
+from starlette.datastructures import Headers
 
 from ..config import LiveConfig
+from ..crypto.signing import canonical
+from ..rules import percent_of
 from ..service import ComponentSettings, component_app, trace_id_var
+from ..stores import FallbackHotStore, HotStore, open_hotstore
 from . import codes
 from .codes import ResultCode
-from .routes import EMPTY, KIND, CompiledApi, RouteTable, compiler
+from .guards import Breakers, Concurrency
+from .routes import EMPTY, IDEMPOTENT, KIND, SECRET, CompiledApi, CompiledApp, CompiledUpstream, RouteTable, compiler
 
 log = logging.getLogger("mpaas.gateway")
+digest_log = logging.getLogger("mpaas.gateway.digest")
 
 REQUESTS = Counter(
     "mpaas_gateway_requests_total", "Gateway requests", ["operation_type", "app_id", "workspace_id", "result"]
@@ -34,6 +52,8 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 UPSTREAM_ERRORS = Counter("mpaas_gateway_upstream_errors_total", "Upstream failures", ["upstream", "kind"])
+RATE_LIMITED = Counter("mpaas_gateway_rate_limited_total", "Requests refused by a rate limit", ["scope"])
+HOTSTORE_FALLBACK = Gauge("mpaas_gateway_hotstore_local_fallback", "1 while Redis is unreachable (local state)")
 
 # Request headers the gateway consumes or rewrites instead of forwarding.
 _HOP_HEADERS = {
@@ -46,6 +66,22 @@ _HOP_HEADERS = {
     "te",
     "proxy-connection",
     "accept-encoding",
+    "sign",
+    "traceparent",
+}
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+# Rule attributes the client sends as headers (canary rules, docs/gateway.md).
+_ATTRIBUTE_HEADERS = {
+    "DEVICE_ID": "did",
+    "USER_ID": "uid",
+    "APP_VERSION": "app-version",
+    "OS_VERSION": "os-version",
+    "PLATFORM": "platform",
+    "BRAND": "brand",
+    "MODEL": "model",
+    "CITY": "city",
+    "NETWORK": "network",
+    "CHANNEL": "channel",
 }
 
 
@@ -53,19 +89,50 @@ class GatewaySettings(ComponentSettings):
     model_config = SettingsConfigDict(env_prefix="MPAAS_", extra="ignore")
     gateway_name: str | None = None
     upstream_max_connections: int = 512
+    # Shared hot state (nonces, rate-limit buckets): redis://host:port/db, or memory:// for one process.
+    redis_url: str = "memory://"
+    digest_log: bool = True
 
 
-def _result(code: ResultCode, trace_id: str, *, rest: bool, memo: str | None = None) -> Response:
-    return Response(
-        status_code=code.http_status if rest else 200,
-        headers={"Result-Status": str(code.code), "Memo": memo or code.memo, "Mgw-TraceId": trace_id},
+@dataclass
+class Outcome:
+    code: int
+    response: Response
+    upstream: str = ""
+
+
+def _result(code: ResultCode, trace_id: str, *, rest: bool, memo: str | None = None) -> Outcome:
+    return Outcome(
+        code.code,
+        Response(
+            status_code=code.http_status if rest else 200,
+            headers={"Result-Status": str(code.code), "Memo": memo or code.memo, "Mgw-TraceId": trace_id},
+        ),
     )
 
 
+def _trace(headers: Headers) -> tuple[str, str]:
+    """(trace id, traceparent for the upstream): continue the caller's W3C trace or start one."""
+    incoming = headers.get("traceparent", "")
+    m = _TRACEPARENT.match(incoming)
+    if m and m.group(1) != "0" * 32:
+        trace_id, flags = m.group(1), m.group(3)
+    else:
+        given = headers.get("mgw-traceid", "")
+        trace_id = given if re.fullmatch(r"[0-9a-f]{32}", given) else os.urandom(16).hex()
+        flags = "01"
+    return trace_id, f"00-{trace_id}-{os.urandom(8).hex()}-{flags}"
+
+
 class Gateway:
-    def __init__(self, settings: GatewaySettings, live: LiveConfig[RouteTable]):
+    def __init__(self, settings: GatewaySettings, live: LiveConfig[RouteTable], hot: HotStore | None = None):
         self.settings = settings
         self.live = live
+        self.hot = FallbackHotStore(
+            hot or open_hotstore(settings.redis_url), on_change=lambda down: HOTSTORE_FALLBACK.set(int(down))
+        )
+        self.breakers = Breakers()
+        self.concurrency = Concurrency()
         self.http: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
@@ -80,25 +147,46 @@ class Gateway:
     async def stop(self) -> None:
         if self.http is not None:
             await self.http.aclose()
+        await self.hot.close()
 
     async def handle(self, request: Request, operation_type: str | None, *, rest: bool) -> Response:
         started = time.perf_counter()
         headers = request.headers
-        trace_id = headers.get("mgw-traceid") or os.urandom(16).hex()
+        trace_id, traceparent = _trace(headers)
         trace_id_var.set(trace_id)
         app_id = headers.get("appid", "")
         workspace_id = headers.get("workspaceid", "")
         table = self.live.current  # one read: the whole request sees one config
-        code, response = await self._route(request, table, operation_type, app_id, workspace_id, trace_id, rest)
+        try:
+            out = await self._route(request, table, operation_type, app_id, workspace_id, trace_id, traceparent, rest)
+        except Exception:
+            log.exception("request failed inside the gateway")
+            out = _result(codes.INTERNAL_ERROR, trace_id, rest=rest)
+        elapsed = time.perf_counter() - started
+        known_app = (app_id, workspace_id) in table.apps
         op_label = operation_type if operation_type in table.apis else "_unknown"
         REQUESTS.labels(
-            op_label,
-            app_id if (app_id, workspace_id) in table.apps else "_unknown",
-            workspace_id if (app_id, workspace_id) in table.apps else "_unknown",
-            str(code),
+            op_label, app_id if known_app else "_unknown", workspace_id if known_app else "_unknown", str(out.code)
         ).inc()
-        LATENCY.labels(op_label).observe(time.perf_counter() - started)
-        return response
+        LATENCY.labels(op_label).observe(elapsed)
+        if self.settings.digest_log:
+            digest_log.info(
+                "digest",
+                extra={
+                    "fields": {
+                        "traceId": trace_id,
+                        "appId": app_id,
+                        "workspaceId": workspace_id,
+                        "operationType": operation_type,
+                        "result": out.code,
+                        "latencyMs": round(elapsed * 1000, 3),
+                        "upstream": out.upstream,
+                        "clientIp": request.client.host if request.client else "",
+                        "deviceId": headers.get("did", ""),
+                    }
+                },
+            )
+        return out.response
 
     async def _route(
         self,
@@ -108,32 +196,115 @@ class Gateway:
         app_id: str,
         workspace_id: str,
         trace_id: str,
+        traceparent: str,
         rest: bool,
-    ) -> tuple[int, Response]:
+    ) -> Outcome:
         if table is EMPTY:
-            return codes.GATEWAY_NOT_READY.code, _result(codes.GATEWAY_NOT_READY, trace_id, rest=rest)
+            return _result(codes.GATEWAY_NOT_READY, trace_id, rest=rest)
         if not op:
-            return codes.OPERATION_TYPE_MISSING.code, _result(codes.OPERATION_TYPE_MISSING, trace_id, rest=rest)
+            return _result(codes.OPERATION_TYPE_MISSING, trace_id, rest=rest)
         api = table.apis.get(op)
         if api is None:
-            return codes.OPERATION_TYPE_UNKNOWN.code, _result(codes.OPERATION_TYPE_UNKNOWN, trace_id, rest=rest)
-        if table.apps and (app_id, workspace_id) not in table.apps:
-            return codes.UNKNOWN_APP.code, _result(codes.UNKNOWN_APP, trace_id, rest=rest)
+            return _result(codes.OPERATION_TYPE_UNKNOWN, trace_id, rest=rest)
+        app = table.apps.get((app_id, workspace_id))
+        if table.apps and app is None:
+            return _result(codes.UNKNOWN_APP, trace_id, rest=rest)
         if api.allowed_apps and app_id not in api.allowed_apps:
-            return codes.ACCESS_DENIED.code, _result(codes.ACCESS_DENIED, trace_id, rest=rest)
+            return _result(codes.ACCESS_DENIED, trace_id, rest=rest)
         if not api.online:
-            return codes.API_OFFLINE.code, _result(codes.API_OFFLINE, trace_id, rest=rest)
+            return _result(codes.API_OFFLINE, trace_id, rest=rest)
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > table.max_body_bytes:
-            return codes.REQUEST_TOO_LARGE.code, _result(codes.REQUEST_TOO_LARGE, trace_id, rest=rest)
+            return _result(codes.REQUEST_TOO_LARGE, trace_id, rest=rest)
         body = await request.body()
         if len(body) > table.max_body_bytes:
-            return codes.REQUEST_TOO_LARGE.code, _result(codes.REQUEST_TOO_LARGE, trace_id, rest=rest)
-        return await self._forward(request, api, body, trace_id, rest)
+            return _result(codes.REQUEST_TOO_LARGE, trace_id, rest=rest)
+        if body and request.headers.get("content-type", "").startswith("application/json"):
+            try:
+                json.loads(body)
+            except ValueError as e:
+                return _result(codes.MALFORMED_BODY, trace_id, rest=rest, memo=f"body is not valid JSON: {e}")
+        if app is not None and app.algorithm:
+            refused = await self._verify(request, app, op, body)
+            if refused is not None:
+                return _result(refused, trace_id, rest=rest)
+        if api.rate_limit and not await self.hot.take_tokens(
+            f"rl:{table.gateway}:api:{op}", rate=api.rate_limit[0], burst=api.rate_limit[1]
+        ):
+            RATE_LIMITED.labels("api").inc()
+            return _result(codes.RATE_LIMITED, trace_id, rest=rest, memo=f"rate limit of {op} reached")
+        if (
+            app is not None
+            and app.rate_limit
+            and not await self.hot.take_tokens(
+                f"rl:{table.gateway}:app:{app_id}:{workspace_id}", rate=app.rate_limit[0], burst=app.rate_limit[1]
+            )
+        ):
+            RATE_LIMITED.labels("app").inc()
+            return _result(codes.RATE_LIMITED, trace_id, rest=rest, memo=f"rate limit of app {app_id} reached")
+        upstream = self._choose_upstream(request, table, api, op, app_id, workspace_id)
+        return await self._forward(request, table, api, upstream, body, trace_id, traceparent, rest)
+
+    async def _verify(self, request: Request, app: CompiledApp, op: str, body: bytes) -> ResultCode | None:
+        h = request.headers
+        sign = h.get("sign")
+        if not sign:
+            return codes.SIGNATURE_MISSING
+        ts = h.get("ts", "")
+        if not ts.isdigit():
+            return codes.TIMESTAMP_MISSING
+        now = time.time()
+        if abs(now * 1000 - int(ts)) > app.timestamp_window_ms:
+            return codes.TIMESTAMP_EXPIRED
+        nonce = h.get("nonce", "")
+        if app.require_nonce and not nonce:
+            return codes.NONCE_MISSING
+        if not app.verifiers:
+            return codes.KEY_UNAVAILABLE
+        try:
+            signature = base64.b64decode(sign, validate=True)
+        except (binascii.Error, ValueError):
+            return codes.SIGNATURE_INVALID
+        message = canonical(request.method, request.url.path, op, app.app_id, app.workspace_id, ts, nonce, body)
+        if not any(verify(signature, message) for verify, until in app.verifiers if until is None or until > now):
+            return codes.SIGNATURE_INVALID
+        if nonce:
+            # Remember the nonce as long as its timestamp could still pass the window check.
+            key = f"nonce:{app.app_id}:{app.workspace_id}:{nonce}"
+            if not await self.hot.set_if_absent(key, b"1", ttl_seconds=2 * app.timestamp_window_ms / 1000):
+                return codes.NONCE_REPLAYED
+        return None
+
+    def _choose_upstream(
+        self, request: Request, table: RouteTable, api: CompiledApi, op: str, app_id: str, workspace_id: str
+    ) -> CompiledUpstream:
+        canary = api.canary
+        if canary is None:
+            return api.upstream
+        h = request.headers
+        device = h.get("did") or (request.client.host if request.client else "")
+        hit = True
+        if canary.rule is not None:
+            attrs = {attr: h.get(name, "") for attr, name in _ATTRIBUTE_HEADERS.items()}
+            attrs.update(
+                APP_ID=app_id, WORKSPACE_ID=workspace_id, CLIENT_IP=request.client.host if request.client else ""
+            )
+            hit = canary.rule(attrs)
+        if hit and canary.percent is not None:
+            hit = percent_of(device, canary.percent, salt=op)
+        return table.upstreams[canary.upstream] if hit else api.upstream
 
     async def _forward(
-        self, request: Request, api: CompiledApi, body: bytes, trace_id: str, rest: bool
-    ) -> tuple[int, Response]:
+        self,
+        request: Request,
+        table: RouteTable,
+        api: CompiledApi,
+        upstream: CompiledUpstream,
+        body: bytes,
+        trace_id: str,
+        traceparent: str,
+        rest: bool,
+    ) -> Outcome:
         assert self.http is not None
         out_headers = {k: v for k, v in request.headers.items() if k not in _HOP_HEADERS}
         for src, dst in api.header_mappings:
@@ -141,26 +312,73 @@ class Gateway:
             if value is not None:
                 out_headers[dst] = value
         out_headers["mgw-traceid"] = trace_id
+        out_headers["traceparent"] = traceparent
         client_ip = request.client.host if request.client else ""
         prior = request.headers.get("x-forwarded-for")
         out_headers["x-forwarded-for"] = f"{prior}, {client_ip}" if prior else client_ip
-        url = api.upstream.pick() + api.path
-        try:
-            resp = await self.http.request(
-                api.method,
-                url,
-                content=body,
-                headers=out_headers,
-                params=request.query_params if rest else None,
-                timeout=api.timeout_seconds,
+        params = request.query_params if rest else None
+        idempotent = api.method in IDEMPOTENT
+        tried: set[str] = set()
+        failed_over = False
+        last: ResultCode = codes.UPSTREAM_UNAVAILABLE
+        attempt = 0
+        while attempt <= api.retries:
+            ejected = self.breakers.ejected(upstream.name, upstream.base_urls)
+            too_many = (
+                upstream.breaker is not None
+                and ejected
+                and len(ejected) * 100 > upstream.breaker.max_ejection_percent * len(upstream.base_urls)
             )
-        except httpx.TimeoutException:
-            UPSTREAM_ERRORS.labels(api.upstream.name, "timeout").inc()
-            return codes.UPSTREAM_TIMEOUT.code, _result(codes.UPSTREAM_TIMEOUT, trace_id, rest=rest)
-        except httpx.HTTPError as e:
-            UPSTREAM_ERRORS.labels(api.upstream.name, "connect").inc()
-            log.warning("upstream %s unreachable: %s", api.upstream.name, e)
-            return codes.UPSTREAM_UNAVAILABLE.code, _result(codes.UPSTREAM_UNAVAILABLE, trace_id, rest=rest)
+            url = None if too_many else (upstream.pick(ejected | tried) or upstream.pick(ejected))
+            if url is None:
+                if upstream.failover and not failed_over and upstream.failover in table.upstreams:
+                    upstream, failed_over, tried = table.upstreams[upstream.failover], True, set()
+                    continue
+                return _result(codes.CIRCUIT_OPEN, trace_id, rest=rest)
+            if not self.concurrency.enter(upstream.name, upstream.max_concurrency):
+                return _result(codes.OVERLOADED, trace_id, rest=rest)
+            attempt += 1
+            tried.add(url)
+            try:
+                resp = await self.http.request(
+                    api.method,
+                    url + api.path,
+                    content=body,
+                    headers=out_headers,
+                    params=params,
+                    timeout=api.timeout_seconds,
+                )
+            except httpx.TimeoutException:
+                self._failed(upstream, url, "timeout")
+                last = codes.UPSTREAM_TIMEOUT
+                if idempotent:
+                    continue
+                break
+            except httpx.HTTPError as e:
+                # Nothing reached the upstream: safe to retry whatever the method.
+                self._failed(upstream, url, "connect")
+                log.warning("upstream %s endpoint %s unreachable: %s", upstream.name, url, e)
+                last = codes.UPSTREAM_UNAVAILABLE
+                continue
+            finally:
+                self.concurrency.leave(upstream.name)
+            if resp.status_code >= 500:
+                self._failed(upstream, url, f"http_{resp.status_code // 100}xx")
+                if idempotent and attempt <= api.retries:
+                    continue
+            else:
+                self.breakers.record(upstream.name, url, upstream.breaker, failed=False)
+            return self._relay(resp, trace_id, rest, upstream.name)
+        out = _result(last, trace_id, rest=rest)
+        out.upstream = upstream.name
+        return out
+
+    def _failed(self, upstream: CompiledUpstream, url: str, kind: str) -> None:
+        UPSTREAM_ERRORS.labels(upstream.name, kind).inc()
+        self.breakers.record(upstream.name, url, upstream.breaker, failed=True)
+
+    @staticmethod
+    def _relay(resp: httpx.Response, trace_id: str, rest: bool, upstream: str) -> Outcome:
         headers = {"Mgw-TraceId": trace_id}
         ctype = resp.headers.get("content-type")
         if ctype:
@@ -171,25 +389,23 @@ class Gateway:
             headers["Memo"] = resp.headers.get("memo", "")
             if "tips" in resp.headers:
                 headers["Tips"] = resp.headers["tips"]
-            return int(business), Response(
-                resp.content, status_code=200 if not rest else resp.status_code, headers=headers
-            )
+            status = 200 if not rest else resp.status_code
+            return Outcome(int(business), Response(resp.content, status_code=status, headers=headers), upstream)
         if resp.status_code >= 400:
-            UPSTREAM_ERRORS.labels(api.upstream.name, f"http_{resp.status_code // 100}xx").inc()
             code = codes.UPSTREAM_ERROR
             headers.update({"Result-Status": str(code.code), "Memo": f"{code.memo} (HTTP {resp.status_code})"})
-            return code.code, Response(resp.content, status_code=code.http_status if rest else 200, headers=headers)
+            status = code.http_status if rest else 200
+            return Outcome(code.code, Response(resp.content, status_code=status, headers=headers), upstream)
         headers.update({"Result-Status": str(codes.SUCCESS.code), "Memo": codes.SUCCESS.memo})
-        return codes.SUCCESS.code, Response(
-            resp.content, status_code=resp.status_code if rest else 200, headers=headers
-        )
+        status = resp.status_code if rest else 200
+        return Outcome(codes.SUCCESS.code, Response(resp.content, status_code=status, headers=headers), upstream)
 
 
 def create_app(settings: GatewaySettings | None = None, live: LiveConfig[RouteTable] | None = None) -> FastAPI:
     """The gateway app. Without `live`, config comes from `settings.config_source`."""
     settings = settings or GatewaySettings()
     external = live is not None
-    live = live or LiveConfig("gateway", [KIND], compiler(settings.namespace, settings.gateway_name), EMPTY)
+    live = live or LiveConfig("gateway", [KIND, SECRET], compiler(settings.namespace, settings.gateway_name), EMPTY)
     gw = Gateway(settings, live)
     selectors = {KIND: {"fieldSelector": f"metadata.name={settings.gateway_name}"}} if settings.gateway_name else None
 

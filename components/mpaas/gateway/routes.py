@@ -1,22 +1,31 @@
-"""Compile MpaasGateway resources into the gateway's request-ready route table.
+"""Compile MpaasGateway resources (and the Secrets they name) into the request-ready route table.
 
-Everything a request needs is resolved here, once per config change: the
-upstream URL of each API, weights, timeouts, allowed apps. The hot path only
-does dictionary lookups on the compiled table.
+Everything a request needs is resolved here, once per config change: upstream
+URLs and weights, timeouts, apps with their signature verifiers, canary rules,
+limits. The hot path only does dictionary lookups on the compiled table.
 """
 
 from __future__ import annotations
 
+import base64
 import bisect
 import itertools
+import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..api.gateway import DEFAULT_TIMEOUT_MS, ApiState, GatewaySpec, Upstream
+from ..api.gateway import DEFAULT_TIMEOUT_MS, ApiState, CircuitBreaker, GatewayApp, GatewaySpec, Upstream
 from ..config import Resource, Resources
+from ..crypto import signing
+from ..rules import Predicate, compile_rule
 
 KIND = "MpaasGateway"
+SECRET = "Secret"
+IDEMPOTENT = frozenset({"GET", "PUT", "DELETE", "HEAD", "OPTIONS"})
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -25,12 +34,31 @@ class CompiledUpstream:
     base_urls: tuple[str, ...]
     cumulative_weights: tuple[int, ...]
     timeout_seconds: float
+    max_concurrency: int | None = None
+    breaker: CircuitBreaker | None = None
+    failover: str | None = None
 
-    def pick(self) -> str:
-        if len(self.base_urls) == 1:
-            return self.base_urls[0]
-        total = self.cumulative_weights[-1]
-        return self.base_urls[bisect.bisect_right(self.cumulative_weights, random.random() * total)]
+    def pick(self, exclude: frozenset[str] | set[str] = frozenset()) -> str | None:
+        """A weighted random endpoint not in `exclude` (ejected or already tried)."""
+        if not exclude:
+            if len(self.base_urls) == 1:
+                return self.base_urls[0]
+            total = self.cumulative_weights[-1]
+            return self.base_urls[bisect.bisect_right(self.cumulative_weights, random.random() * total)]
+        weights, prev = [], 0
+        for url, cum in zip(self.base_urls, self.cumulative_weights, strict=True):
+            weights.append(0 if url in exclude else cum - prev)
+            prev = cum
+        if not any(weights):
+            return None
+        return random.choices(self.base_urls, weights)[0]
+
+
+@dataclass(frozen=True)
+class CompiledCanary:
+    upstream: str
+    percent: int | None
+    rule: Predicate | None
 
 
 @dataclass(frozen=True)
@@ -43,6 +71,22 @@ class CompiledApi:
     online: bool
     allowed_apps: frozenset[str]  # empty: every app
     header_mappings: tuple[tuple[str, str], ...]
+    retries: int = 0
+    rate_limit: tuple[float, int] | None = None  # (per second, burst)
+    canary: CompiledCanary | None = None
+
+
+@dataclass(frozen=True)
+class CompiledApp:
+    app_id: str
+    workspace_id: str
+    algorithm: str | None  # None: requests are not signed
+    # (verify, valid until epoch seconds or None for the current key); current key first.
+    verifiers: tuple[tuple[signing.Verify, float | None], ...]
+    key_problem: str | None
+    timestamp_window_ms: int
+    require_nonce: bool
+    rate_limit: tuple[float, int] | None
 
 
 @dataclass(frozen=True)
@@ -50,7 +94,8 @@ class RouteTable:
     gateway: str  # namespace/name of the resource this table came from
     generation: int
     apis: dict[str, CompiledApi] = field(default_factory=dict)
-    apps: frozenset[tuple[str, str]] = frozenset()  # (appId, workspaceId); empty: no app check
+    apps: dict[tuple[str, str], CompiledApp] = field(default_factory=dict)  # empty: no app check
+    upstreams: dict[str, CompiledUpstream] = field(default_factory=dict)
     max_body_bytes: int = 1_048_576
 
 
@@ -71,35 +116,156 @@ def _upstream(u: Upstream, namespace: str) -> CompiledUpstream:
         base_urls=tuple(urls),
         cumulative_weights=tuple(itertools.accumulate(weights)),
         timeout_seconds=u.timeout_milliseconds / 1000,
+        max_concurrency=u.max_concurrency,
+        breaker=u.circuit_breaker,
+        failover=u.failover_upstream,
     )
 
 
-def compile_gateway(res: Resource) -> RouteTable:
-    spec: GatewaySpec = res.spec
-    upstreams = {u.name: _upstream(u, res.namespace) for u in spec.upstreams}
-    apis = {}
-    for a in spec.apis:
-        up = upstreams.get(a.upstream)
-        if up is None:  # the CRD's CEL rule rejects this; directory mode has no such guard
-            raise ValueError(f"api {a.operation_type!r} names unknown upstream {a.upstream!r}")
-        timeout_ms = a.timeout_milliseconds or (up.timeout_seconds * 1000) or DEFAULT_TIMEOUT_MS
-        apis[a.operation_type] = CompiledApi(
-            operation_type=a.operation_type,
-            upstream=up,
-            path=a.path,
-            method=a.method,
-            timeout_seconds=timeout_ms / 1000,
-            online=a.state == ApiState.ONLINE,
-            allowed_apps=frozenset(a.apps),
-            header_mappings=tuple((m.from_, m.to) for m in a.header_mappings),
+class KeyRing:
+    """The signature keys of every app, across config changes.
+
+    When an app's Secret changes, the previous key stays valid for the app's
+    `keyOverlapSeconds`, so clients that still sign with it keep working while
+    they pick up the new one.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time):
+        self.clock = clock
+        self._current: dict[tuple[str, str, str], tuple[bytes, signing.Verify]] = {}
+        self._previous: dict[tuple[str, str, str], list[tuple[signing.Verify, float]]] = {}
+
+    def verifiers(
+        self, key: tuple[str, str, str], algorithm: str, secret: dict[str, bytes] | None, overlap: int
+    ) -> tuple[tuple[tuple[signing.Verify, float | None], ...], str | None]:
+        now = self.clock()
+        previous = [(v, until) for v, until in self._previous.get(key, []) if until > now]
+        problem = None
+        current = None
+        if secret is None:
+            problem = "credentials Secret not found"
+        else:
+            material = secret.get(signing.ALGORITHMS[algorithm].secret_key, b"")
+            seen = self._current.get(key)
+            if seen is not None and seen[0] == material:
+                current = seen[1]
+            else:
+                try:
+                    current = signing.verifier(algorithm, secret)
+                except signing.KeyProblem as e:
+                    problem = str(e)
+                if current is not None:
+                    if seen is not None and overlap > 0:
+                        previous.append((seen[1], now + overlap))
+                    self._current[key] = (material, current)
+        if current is None and key in self._current:
+            # A broken or missing Secret: keep verifying with the last good key.
+            current = self._current[key][1]
+        self._previous[key] = previous
+        chain: list[tuple[signing.Verify, float | None]] = [(current, None)] if current else []
+        chain += [(v, until) for v, until in previous]
+        return tuple(chain), problem
+
+
+def _secret_data(resources: Resources, namespace: str, name: str | None) -> dict[str, bytes] | None:
+    if not name:
+        return None
+    res = resources.get(SECRET, {}).get((namespace, name))
+    if res is None:
+        return None
+    out = {}
+    for k, v in (res.spec or {}).items():
+        try:
+            out[k] = base64.b64decode(v)
+        except (ValueError, TypeError):
+            continue
+    return out
+
+
+def _limit(rl: object) -> tuple[float, int] | None:
+    if rl is None:
+        return None
+    rps = float(rl.requests_per_second)  # type: ignore[attr-defined]
+    return rps, int(rl.burst or max(1, int(rps)))  # type: ignore[attr-defined]
+
+
+class Compiler:
+    """Resources -> RouteTable for one gateway; keeps the key ring between compilations."""
+
+    def __init__(self, namespace: str | None, name: str | None, keyring: KeyRing | None = None):
+        self.namespace, self.name = namespace, name
+        self.keyring = keyring or KeyRing()
+
+    def __call__(self, resources: Resources) -> RouteTable:
+        res = select(resources, self.namespace, self.name)
+        return self.compile(res, resources) if res is not None else EMPTY
+
+    def _app(self, res: Resource, app: GatewayApp, resources: Resources) -> CompiledApp:
+        algorithm = None if app.signature.algorithm == "None" else str(app.signature.algorithm)
+        verifiers: tuple[tuple[signing.Verify, float | None], ...] = ()
+        problem = None
+        if algorithm:
+            ref = app.credentials_secret_ref.name if app.credentials_secret_ref else None
+            verifiers, problem = self.keyring.verifiers(
+                (res.namespace, app.app_id, app.workspace_id),
+                algorithm,
+                _secret_data(resources, res.namespace, ref),
+                app.key_overlap_seconds,
+            )
+            if problem:
+                log.warning("app %s/%s: %s (Secret %s/%s)", app.app_id, app.workspace_id, problem, res.namespace, ref)
+        return CompiledApp(
+            app_id=app.app_id,
+            workspace_id=app.workspace_id,
+            algorithm=algorithm,
+            verifiers=verifiers,
+            key_problem=problem,
+            timestamp_window_ms=app.signature.timestamp_window_seconds * 1000,
+            require_nonce=app.signature.require_nonce,
+            rate_limit=_limit(app.rate_limit),
         )
-    return RouteTable(
-        gateway=f"{res.namespace}/{res.name}",
-        generation=res.generation,
-        apis=apis,
-        apps=frozenset((app.app_id, app.workspace_id) for app in spec.apps),
-        max_body_bytes=spec.max_body_bytes,
-    )
+
+    def compile(self, res: Resource, resources: Resources) -> RouteTable:
+        spec: GatewaySpec = res.spec
+        upstreams = {u.name: _upstream(u, res.namespace) for u in spec.upstreams}
+        apis = {}
+        for a in spec.apis:
+            up = upstreams.get(a.upstream)
+            if up is None:  # the CRD's CEL rule rejects this; directory mode has no such guard
+                raise ValueError(f"api {a.operation_type!r} names unknown upstream {a.upstream!r}")
+            timeout_ms = a.timeout_milliseconds or (up.timeout_seconds * 1000) or DEFAULT_TIMEOUT_MS
+            canary = None
+            if a.canary is not None:
+                canary = CompiledCanary(
+                    upstream=a.canary.upstream,
+                    percent=a.canary.percent,
+                    rule=compile_rule(a.canary.rule) if a.canary.rule else None,
+                )
+            apis[a.operation_type] = CompiledApi(
+                operation_type=a.operation_type,
+                upstream=up,
+                path=a.path,
+                method=a.method,
+                timeout_seconds=timeout_ms / 1000,
+                online=a.state == ApiState.ONLINE,
+                allowed_apps=frozenset(a.apps),
+                header_mappings=tuple((m.from_, m.to) for m in a.header_mappings),
+                retries=a.retries,
+                rate_limit=_limit(a.rate_limit),
+                canary=canary,
+            )
+        return RouteTable(
+            gateway=f"{res.namespace}/{res.name}",
+            generation=res.generation,
+            apis=apis,
+            apps={(app.app_id, app.workspace_id): self._app(res, app, resources) for app in spec.apps},
+            upstreams=upstreams,
+            max_body_bytes=spec.max_body_bytes,
+        )
+
+
+def compile_gateway(res: Resource, resources: Resources | None = None) -> RouteTable:
+    return Compiler(res.namespace, res.name).compile(res, resources or {})
 
 
 def select(resources: Resources, namespace: str | None, name: str | None) -> Resource | None:
@@ -120,9 +286,5 @@ def select(resources: Resources, namespace: str | None, name: str | None) -> Res
     return None
 
 
-def compiler(namespace: str | None, name: str | None) -> Callable[[Resources], RouteTable]:
-    def compile_(resources: Resources) -> RouteTable:
-        res = select(resources, namespace, name)
-        return compile_gateway(res) if res is not None else EMPTY
-
-    return compile_
+def compiler(namespace: str | None, name: str | None) -> Compiler:
+    return Compiler(namespace, name)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from urllib.parse import parse_qs, urlparse
 
 from .eventlog import EventLog, KafkaEventLog, MemoryEventLog, Record
-from .hotstore import HotStore, MemoryHotStore, RedisHotStore
+from .hotstore import FallbackHotStore, HotStore, MemoryHotStore, RedisHotStore
 from .objects import LocalObjectStore, ObjectInfo, ObjectStore, S3ObjectStore
 
 
@@ -51,6 +51,7 @@ def open_objectstore(url: str, *, access_key: str = "", secret_key: str = "") ->
 
 __all__ = [
     "EventLog",
+    "FallbackHotStore",
     "HotStore",
     "KafkaEventLog",
     "LocalObjectStore",

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from typing import cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import redis.asyncio as aioredis
+
+log = logging.getLogger(__name__)
 
 # Atomic token bucket: refill by elapsed time, then take `n` if there are enough.
 # KEYS[1] bucket; ARGV rate/s, burst, n, now (ms). Returns 1 when taken.
@@ -194,3 +198,69 @@ class MemoryHotStore(HotStore):
     async def read_after(self, stream: str, after_id: int, *, count: int = 100) -> list[tuple[int, bytes]]:
         _, log = self._streams.get(stream, (0, OrderedDict()))
         return [(i, v) for i, v in log.items() if i > after_id][:count]
+
+
+class FallbackHotStore(HotStore):
+    """A shared store (Redis) that falls back to this process's memory while it is unreachable.
+
+    For state where a per-replica answer beats no answer: rate-limit buckets
+    keep limiting and nonces keep being checked (per replica) through an
+    outage; after `retry_seconds` the shared store is tried again.
+    """
+
+    def __init__(
+        self, shared: HotStore, *, retry_seconds: float = 2.0, on_change: Callable[[bool], None] | None = None
+    ):
+        self.shared, self.local = shared, MemoryHotStore()
+        self.retry_seconds = retry_seconds
+        self._down_until = 0.0
+        self._on_change = on_change
+
+    @property
+    def degraded(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if not self.degraded:
+            try:
+                result = await getattr(self.shared, method)(*args, **kwargs)
+                if self._down_until and self._on_change:
+                    self._on_change(False)
+                self._down_until = 0.0
+                return result
+            except Exception as e:  # connection refused, timeout, READONLY, ...
+                log.warning("hot store unreachable, using local state for %.0fs: %s", self.retry_seconds, e)
+                self._down_until = time.monotonic() + self.retry_seconds
+                if self._on_change:
+                    self._on_change(True)
+        return await getattr(self.local, method)(*args, **kwargs)
+
+    async def get(self, key: str) -> bytes | None:
+        return cast(bytes | None, await self._call("get", key))
+
+    async def set(self, key: str, value: bytes, *, ttl_seconds: float | None = None) -> None:
+        await self._call("set", key, value, ttl_seconds=ttl_seconds)
+
+    async def set_if_absent(self, key: str, value: bytes, *, ttl_seconds: float) -> bool:
+        return bool(await self._call("set_if_absent", key, value, ttl_seconds=ttl_seconds))
+
+    async def delete(self, key: str) -> bool:
+        return bool(await self._call("delete", key))
+
+    async def incr(self, key: str, amount: int = 1, *, ttl_seconds: float | None = None) -> int:
+        return int(await self._call("incr", key, amount, ttl_seconds=ttl_seconds))
+
+    async def take_tokens(self, key: str, *, rate: float, burst: int, n: int = 1) -> bool:
+        return bool(await self._call("take_tokens", key, rate=rate, burst=burst, n=n))
+
+    async def append(self, stream: str, value: bytes, *, max_len: int | None = None) -> int:
+        return int(await self._call("append", stream, value, max_len=max_len))
+
+    async def read_after(self, stream: str, after_id: int, *, count: int = 100) -> list[tuple[int, bytes]]:
+        return cast(list[tuple[int, bytes]], await self._call("read_after", stream, after_id, count=count))
+
+    async def ping(self) -> bool:
+        return await self.shared.ping()
+
+    async def close(self) -> None:
+        await self.shared.close()

@@ -1,0 +1,1 @@
+"""Cryptography the platform needs beyond the `cryptography` package: SM2, request signatures, envelopes."""
