@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import pytest_asyncio
 import yaml
@@ -144,6 +145,95 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Process]]:
     yield start
     for p in procs:
         p.stop()
+
+
+# --- component tier: local upstreams and gateway processes -----------------------
+
+
+def start_upstreams(names: list[str], tmp_path: Path) -> tuple[dict[str, str], list[subprocess.Popen[bytes]]]:
+    procs, urls = [], {}
+    for name in names:
+        port = free_port()
+        log = (tmp_path / f"{name}.log").open("wb")
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(ROOT / "hack" / "upstream.py"), name, str(port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        urls[name] = f"http://127.0.0.1:{port}"
+    for url in urls.values():
+        for _ in range(100):
+            try:
+                httpx.get(url + "/_count", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+    return urls, procs
+
+
+@pytest.fixture
+def upstreams(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """alpha and beta answer with their names; broken answers 503 to everything."""
+    urls, procs = start_upstreams(["alpha", "beta", "broken"], tmp_path)
+    yield urls
+    for p in procs:
+        p.terminate()
+        p.wait(10)
+
+
+def hits(url: str) -> int:
+    return int(httpx.get(url + "/_count", timeout=5).json()["requests"])
+
+
+def wait_ready(url: str, proc: Process, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert proc.proc.poll() is None, proc.output()
+        time.sleep(0.1)
+    raise AssertionError("gateway never became ready:\n" + proc.output())
+
+
+@pytest.fixture
+def start_gateway(spawn: Callable[..., Process]) -> Callable[..., str]:
+    """Apply a gateway resource, start a gateway process for it, wait until it is ready; returns its URL."""
+
+    def start(
+        namespace: str,
+        resource: dict[str, Any] | None = None,
+        *,
+        env: dict[str, str] | None = None,
+        extra: list[dict[str, Any]] | None = None,
+    ) -> str:
+        docs = [*(extra or []), *([resource] if resource else [])]
+        if docs:
+            r = apply_yaml(namespace, *docs)
+            assert r.returncode == 0, r.stderr
+        name = (resource or {}).get("metadata", {}).get("name", "gw")
+        port = free_port()
+        proc = spawn(
+            "gateway",
+            env={
+                "MPAAS_PORT": str(port),
+                "MPAAS_HOST": "127.0.0.1",
+                "MPAAS_NAMESPACE": namespace,
+                "MPAAS_GATEWAY_NAME": name,
+                "MPAAS_CONFIG_SOURCE": "kube",
+                **(env or {}),
+            },
+            name="gateway",
+        )
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, proc)
+        return url
+
+    return start
 
 
 TIERS = {"unit", "contract", "api", "component", "cluster"}

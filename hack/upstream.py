@@ -1,7 +1,8 @@
 """A test upstream that says who it is: `python hack/upstream.py NAME PORT`.
 
 Paths: /slow sleeps 2 s, /fail answers 500, /biz answers a 6001 business code,
-anything else echoes {upstream, path, method, body, headers}.
+/_count tells how many requests arrived, anything else echoes {upstream, path,
+method, body, headers}. An upstream named broken* answers 500 to everything.
 """
 
 from __future__ import annotations
@@ -15,10 +16,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 NAME = sys.argv[1] if len(sys.argv) > 1 else "upstream"
+SEEN = {"requests": 0}
 
 
 async def handle(request: Request) -> Response:
     path = request.url.path
+    if path == "/_count":
+        return JSONResponse(SEEN)
+    SEEN["requests"] += 1
+    if NAME.startswith("broken"):
+        return JSONResponse({"error": "broken"}, status_code=503)
     if path == "/slow":
         await asyncio.sleep(2)
     if path == "/fail":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+
+from .crypto.signing import canonical, signer
 
 
 @dataclass
@@ -24,14 +27,27 @@ class Call:
 
 
 class MobileClient:
-    def __init__(self, gateway_url: str, app_id: str, workspace_id: str, *, device_id: str | None = None):
+    """Calls the gateway like an mPaaS app; signs requests when given an algorithm and key."""
+
+    def __init__(
+        self,
+        gateway_url: str,
+        app_id: str,
+        workspace_id: str,
+        *,
+        device_id: str | None = None,
+        sign_algorithm: str | None = None,
+        sign_key: bytes | None = None,
+    ):
         self.gateway_url = gateway_url.rstrip("/")
         self.app_id, self.workspace_id = app_id, workspace_id
         self.device_id = device_id or uuid.uuid4().hex[:16]
         self.http = httpx.Client(timeout=10)
+        self._sign = signer(sign_algorithm, sign_key) if sign_algorithm and sign_key else None
 
-    def call(self, operation_type: str, body: Any = None) -> Call:
-        payload = json.dumps(body if body is not None else {}).encode()
+    def headers(
+        self, operation_type: str, payload: bytes, *, path: str = "/mgw.htm", extra: dict[str, str] | None = None
+    ) -> dict[str, str]:
         headers = {
             "Operation-Type": operation_type,
             "AppId": self.app_id,
@@ -39,7 +55,19 @@ class MobileClient:
             "Ts": str(int(time.time() * 1000)),
             "Did": self.device_id,
             "Content-Type": "application/json",
+            **(extra or {}),
         }
+        if self._sign is not None:
+            headers.setdefault("Nonce", uuid.uuid4().hex)
+            msg = canonical(
+                "POST", path, operation_type, self.app_id, self.workspace_id, headers["Ts"], headers["Nonce"], payload
+            )
+            headers["Sign"] = base64.b64encode(self._sign(msg)).decode()
+        return headers
+
+    def call(self, operation_type: str, body: Any = None) -> Call:
+        payload = json.dumps(body if body is not None else {}).encode()
+        headers = self.headers(operation_type, payload)
         t0 = time.perf_counter()
         resp = self.http.post(f"{self.gateway_url}/mgw.htm", content=payload, headers=headers)
         millis = (time.perf_counter() - t0) * 1000

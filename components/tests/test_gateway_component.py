@@ -1,46 +1,16 @@
 """A gateway process reading its MpaasGateway from the API server, proxying to local upstreams."""
 
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import ROOT, Process, apply_yaml, eventually, free_port
+from conftest import Process, apply_yaml, eventually, free_port
 
 pytestmark = pytest.mark.component
 APP = {"AppId": "DEMO_APP", "WorkspaceId": "default"}
-
-
-@pytest.fixture
-def upstreams(tmp_path: Path) -> Iterator[dict[str, str]]:
-    procs, urls = [], {}
-    for name in ("alpha", "beta"):
-        port = free_port()
-        log = (tmp_path / f"{name}.log").open("wb")
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(ROOT / "hack" / "upstream.py"), name, str(port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        )
-        urls[name] = f"http://127.0.0.1:{port}"
-    for url in urls.values():
-        for _ in range(100):
-            try:
-                httpx.get(url + "/ping", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-    yield urls
-    for p in procs:
-        p.terminate()
-        p.wait(10)
 
 
 def gateway_resource(namespace: str, upstreams: dict[str, str], **api_overrides: Any) -> dict[str, Any]:
@@ -73,34 +43,8 @@ def gateway_resource(namespace: str, upstreams: dict[str, str], **api_overrides:
 
 
 @pytest.fixture
-def gateway(namespace: str, upstreams: dict[str, str], spawn: Callable[..., Process]) -> Iterator[str]:
-    r = apply_yaml(namespace, gateway_resource(namespace, upstreams))
-    assert r.returncode == 0, r.stderr
-    port = free_port()
-    proc = spawn(
-        "gateway",
-        env={
-            "MPAAS_PORT": str(port),
-            "MPAAS_HOST": "127.0.0.1",
-            "MPAAS_NAMESPACE": namespace,
-            "MPAAS_GATEWAY_NAME": "gw",
-            "MPAAS_CONFIG_SOURCE": "kube",
-        },
-        name="gateway",
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.proc.poll() is None, proc.output()
-        time.sleep(0.1)
-    else:
-        raise AssertionError("gateway never became ready:\n" + proc.output())
-    yield url
+def gateway(namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]) -> str:
+    return start_gateway(namespace, gateway_resource(namespace, upstreams))
 
 
 def call(url: str, op: str | None, body: bytes = b"{}", **headers: str) -> httpx.Response:

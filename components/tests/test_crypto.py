@@ -1,0 +1,101 @@
+"""Signature algorithms and SM2 through OpenSSL, checked against the openssl command as a reference."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mpaas.crypto import sm2
+from mpaas.crypto.signing import KeyProblem, canonical, generate_keypair, signer, verifier
+
+pytestmark = pytest.mark.unit
+
+
+def test_canonical_string_shape() -> None:
+    msg = canonical("post", "/mgw.htm", "op", "APP", "prod", "1700000000000", "n1", b"{}")
+    assert msg.decode().split("\n") == [
+        "POST",
+        "/mgw.htm",
+        "op",
+        "APP",
+        "prod",
+        "1700000000000",
+        "n1",
+        "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+    ]
+
+
+@pytest.mark.parametrize("algorithm", ["HmacSha256", "EcdsaP256", "Rsa2048", "Sm2"])
+def test_round_trip_and_tamper(algorithm: str) -> None:
+    private, public = generate_keypair(algorithm)
+    field = "hmacKey" if algorithm == "HmacSha256" else "publicKey"
+    verify = verifier(algorithm, {field: public})
+    sig = signer(algorithm, private)(b"message")
+    assert verify(sig, b"message")
+    assert not verify(sig, b"messagE")
+    assert not verify(b"\x00" * len(sig), b"message")
+
+
+def test_key_problems_are_explained() -> None:
+    _, ec_public = generate_keypair("EcdsaP256")
+    with pytest.raises(KeyProblem, match="RSA public key"):
+        verifier("Rsa2048", {"publicKey": ec_public})
+    with pytest.raises(KeyProblem, match="no 'publicKey'"):
+        verifier("Sm2", {})
+    with pytest.raises(KeyProblem, match="at least 16 bytes"):
+        verifier("HmacSha256", {"hmacKey": b"short"})
+    with pytest.raises(KeyProblem, match="not an SM2 key"):
+        verifier("Sm2", {"publicKey": ec_public})
+
+
+def test_sm2_interoperates_with_the_openssl_command(tmp_path: Path) -> None:
+    key = sm2.PrivateKey.generate()
+    (tmp_path / "key.pem").write_bytes(key.pem())
+    (tmp_path / "pub.pem").write_bytes(key.public_key().pem())
+    (tmp_path / "msg").write_bytes(b"mobile gateway")
+    (tmp_path / "ours.sig").write_bytes(key.sign(b"mobile gateway"))
+    opts = ["-rawin", "-digest", "sm3", "-pkeyopt", "distid:1234567812345678"]
+    ok = subprocess.run(
+        [
+            "openssl",
+            "pkeyutl",
+            "-verify",
+            "-pubin",
+            "-inkey",
+            str(tmp_path / "pub.pem"),
+            "-in",
+            str(tmp_path / "msg"),
+            "-sigfile",
+            str(tmp_path / "ours.sig"),
+            *opts,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0 and "Verified Successfully" in ok.stdout, ok.stderr
+    subprocess.run(
+        [
+            "openssl",
+            "pkeyutl",
+            "-sign",
+            "-inkey",
+            str(tmp_path / "key.pem"),
+            "-in",
+            str(tmp_path / "msg"),
+            "-out",
+            str(tmp_path / "theirs.sig"),
+            *opts,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    assert key.public_key().verify((tmp_path / "theirs.sig").read_bytes(), b"mobile gateway")
+    assert not key.public_key().verify((tmp_path / "theirs.sig").read_bytes(), b"mobile gateways")
+
+
+def test_sm2_encryption_round_trip() -> None:
+    key = sm2.PrivateKey.generate()
+    ct = key.public_key().encrypt(b"0123456789abcdef")
+    assert key.decrypt(ct) == b"0123456789abcdef"
+    with pytest.raises(sm2.Sm2Error):
+        key.decrypt(ct[:-1] + bytes([ct[-1] ^ 1]))

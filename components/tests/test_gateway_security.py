@@ -1,0 +1,364 @@
+"""Signatures, replay protection, key rotation, rate limits over Redis, breakers, canaries, retries.
+
+Gateway processes read their MpaasGateway and Secrets from the API server and
+share Redis, as replicas in a cluster do.
+"""
+
+import asyncio
+import base64
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import apply_yaml, eventually, free_port, hits, need_env
+from mpaas.crypto.signing import generate_keypair
+from mpaas.simulator import MobileClient
+from tcpproxy import TcpProxy
+
+pytestmark = pytest.mark.component
+ALGORITHMS = ["HmacSha256", "EcdsaP256", "Rsa2048", "Sm2"]
+
+
+def secret(name: str, **data: bytes) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+    }
+
+
+def gateway(
+    namespace: str,
+    upstreams: dict[str, str],
+    *,
+    apps: list[dict[str, Any]] | None = None,
+    apis: list[dict[str, Any]] | None = None,
+    extra_upstreams: list[dict[str, Any]] | None = None,
+) -> dict:
+    return {
+        "apiVersion": "mpaas.io/v1alpha1",
+        "kind": "MpaasGateway",
+        "metadata": {"name": "gw", "namespace": namespace},
+        "spec": {
+            "apps": apps or [{"appId": "APP", "workspaceId": "prod"}],
+            "upstreams": [
+                {"name": "alpha", "endpoints": [{"url": upstreams["alpha"]}]},
+                {"name": "beta", "endpoints": [{"url": upstreams["beta"]}]},
+                *(extra_upstreams or []),
+            ],
+            "apis": apis or [{"operationType": "op.echo", "upstream": "alpha", "path": "/echo"}],
+        },
+    }
+
+
+def signed_app(algorithm: str, **signature: Any) -> dict[str, Any]:
+    return {
+        "appId": "APP",
+        "workspaceId": "prod",
+        "credentialsSecretRef": {"name": "app-keys"},
+        "signature": {"algorithm": algorithm, **signature},
+    }
+
+
+def code(r: httpx.Response) -> str:
+    return r.headers["Result-Status"]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_signed_requests(
+    algorithm: str, namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]
+) -> None:
+    private, public = generate_keypair(algorithm)
+    key_field = "hmacKey" if algorithm == "HmacSha256" else "publicKey"
+    url = start_gateway(
+        namespace,
+        gateway(namespace, upstreams, apps=[signed_app(algorithm, requireNonce=True)]),
+        extra=[secret("app-keys", **{key_field: public})],
+    )
+    client = MobileClient(url, "APP", "prod", sign_algorithm=algorithm, sign_key=private)
+    assert client.call("op.echo", {"hello": 1}).result_status == "1000"
+    before = hits(upstreams["alpha"])
+
+    payload = b'{"hello": 1}'
+    good = client.headers("op.echo", payload)
+    post = lambda body, h: httpx.post(url + "/mgw.htm", content=body, headers=h)  # noqa: E731
+    assert code(post(b'{"hello": 2}', good)) == "7002"  # body changed after signing
+    assert code(post(payload, {k: v for k, v in good.items() if k != "Sign"})) == "7001"
+    assert code(post(payload, {**good, "Sign": "not base64!"})) == "7002"
+    assert code(post(payload, {k: v for k, v in good.items() if k != "Ts"})) == "7003"
+    stale = client.headers("op.echo", payload, extra={"Ts": str(int(time.time() * 1000) - 3_600_000)})
+    assert code(post(payload, stale)) == "7004"
+    assert code(post(payload, {k: v for k, v in good.items() if k != "Nonce"})) == "7005"
+    other_private, _ = generate_keypair(algorithm)
+    impostor = MobileClient(url, "APP", "prod", sign_algorithm=algorithm, sign_key=other_private)
+    assert impostor.call("op.echo", {"hello": 1}).result_status == "7002"
+    assert hits(upstreams["alpha"]) == before  # nothing refused reached the upstream
+
+    assert code(post(payload, good)) == "1000"
+    assert code(post(payload, good)) == "7006"  # the same nonce again
+    metrics = httpx.get(url + "/metrics").text
+    assert 'result="7002"' in metrics and 'result="7006"' in metrics
+
+
+def test_nonces_are_shared_by_replicas(
+    namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]
+) -> None:
+    redis = {"MPAAS_REDIS_URL": need_env("MPAAS_TEST_REDIS_URL")}
+    private, public = generate_keypair("HmacSha256")
+    res = gateway(namespace, upstreams, apps=[signed_app("HmacSha256")])
+    first = start_gateway(namespace, res, env=redis, extra=[secret("app-keys", hmacKey=public)])
+    second = start_gateway(namespace, env=redis)
+    client = MobileClient(first, "APP", "prod", sign_algorithm="HmacSha256", sign_key=private)
+    h = client.headers("op.echo", b"{}")
+    assert code(httpx.post(first + "/mgw.htm", content=b"{}", headers=h)) == "1000"
+    assert code(httpx.post(second + "/mgw.htm", content=b"{}", headers=h)) == "7006"
+
+
+async def test_key_rotation_keeps_the_old_key_for_the_overlap(
+    namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]
+) -> None:
+    old, new = b"k" * 32, b"n" * 32
+    url = start_gateway(
+        namespace,
+        gateway(namespace, upstreams, apps=[{**signed_app("HmacSha256"), "keyOverlapSeconds": 4}]),
+        extra=[secret("app-keys", hmacKey=old)],
+    )
+    old_client = MobileClient(url, "APP", "prod", sign_algorithm="HmacSha256", sign_key=old)
+    new_client = MobileClient(url, "APP", "prod", sign_algorithm="HmacSha256", sign_key=new)
+    assert old_client.call("op.echo").result_status == "1000"
+    assert new_client.call("op.echo").result_status == "7002"
+    apply_yaml(namespace, secret("app-keys", hmacKey=new))
+    rotated = time.monotonic()
+    await eventually(lambda: new_client.call("op.echo").result_status == "1000", timeout=5, what="the new key")
+    assert old_client.call("op.echo").result_status == "1000"  # still inside the overlap
+    await eventually(lambda: old_client.call("op.echo").result_status == "7002", timeout=10, what="old key expiry")
+    assert time.monotonic() - rotated >= 3
+
+
+async def test_rate_limit_is_shared_across_replicas(
+    namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]
+) -> None:
+    redis = {"MPAAS_REDIS_URL": need_env("MPAAS_TEST_REDIS_URL")}
+    op = f"op.limited.{uuid.uuid4().hex[:6]}"
+    apis = [{"operationType": op, "upstream": "alpha", "rateLimit": {"requestsPerSecond": 2, "burst": 10}}]
+    first = start_gateway(namespace, gateway(namespace, upstreams, apis=apis), env=redis)
+    second = start_gateway(namespace, env=redis)
+    headers = {"Operation-Type": op, "AppId": "APP", "WorkspaceId": "prod"}
+    async with httpx.AsyncClient() as http:
+        started = time.monotonic()
+        results = await asyncio.gather(
+            *(http.post((first, second)[i % 2] + "/mgw.htm", headers=headers) for i in range(40))
+        )
+        elapsed = time.monotonic() - started
+    passed = sum(code(r) == "1000" for r in results)
+    limited = sum(code(r) == "1002" for r in results)
+    assert passed + limited == 40
+    # One shared bucket: the burst plus what refilled meanwhile, not twice that.
+    assert 10 <= passed <= 10 + 2 * elapsed + 1, (passed, elapsed)
+
+
+async def test_rate_limits_survive_a_redis_outage(
+    namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]
+) -> None:
+    redis_url = need_env("MPAAS_TEST_REDIS_URL")
+    host_port, db = redis_url.removeprefix("redis://").split("/")
+    host, port = host_port.split(":")
+    proxy = TcpProxy(host, int(port))
+    await proxy.start()
+    op = f"op.limited.{uuid.uuid4().hex[:6]}"
+    apis = [{"operationType": op, "upstream": "alpha", "rateLimit": {"requestsPerSecond": 1, "burst": 3}}]
+    url = start_gateway(
+        namespace,
+        gateway(namespace, upstreams, apis=apis),
+        env={"MPAAS_REDIS_URL": f"redis://127.0.0.1:{proxy.port}/{db}"},
+    )
+    headers = {"Operation-Type": op, "AppId": "APP", "WorkspaceId": "prod"}
+    try:
+        async with httpx.AsyncClient() as http:
+
+            async def burst(n: int) -> list[str]:
+                return [code(await http.post(url + "/mgw.htm", headers=headers)) for _ in range(n)]
+
+            assert (await burst(5)).count("1002") >= 2  # shared bucket in Redis
+            await proxy.cut()
+            during = await burst(6)
+            assert "5000" not in during and "1000" in during and "1002" in during  # local buckets keep limiting
+            metrics = (await http.get(url + "/metrics")).text
+            assert "mpaas_gateway_hotstore_local_fallback 1.0" in metrics
+            await proxy.restore()
+            await asyncio.sleep(2.5)  # the retry delay after which Redis is tried again
+            await burst(1)
+            metrics = (await http.get(url + "/metrics")).text
+            assert "mpaas_gateway_hotstore_local_fallback 0.0" in metrics
+    finally:
+        await proxy.cut()
+
+
+async def test_breaker_ejects_a_failing_endpoint_and_lets_it_back(
+    namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]
+) -> None:
+    breaker = {
+        "errorThresholdPercent": 50,
+        "minimumRequests": 4,
+        "windowSeconds": 10,
+        "ejectionSeconds": 2,
+        "maxEjectionPercent": 50,
+    }
+    mixed = {
+        "name": "mixed",
+        "circuitBreaker": breaker,
+        "endpoints": [{"url": upstreams["alpha"]}, {"url": upstreams["broken"]}],
+    }
+    all_broken = {
+        "name": "dead",
+        "circuitBreaker": breaker,
+        "endpoints": [{"url": upstreams["broken"]}],
+        "failoverUpstream": None,
+    }
+    all_broken.pop("failoverUpstream")
+    apis = [
+        {"operationType": "op.mixed", "upstream": "mixed", "path": "/echo"},
+        {"operationType": "op.dead", "upstream": "dead", "path": "/echo"},
+    ]
+    url = start_gateway(namespace, gateway(namespace, upstreams, apis=apis, extra_upstreams=[mixed, all_broken]))
+    headers = {"AppId": "APP", "WorkspaceId": "prod"}
+
+    def call(op: str) -> str:
+        return code(httpx.post(url + "/mgw.htm", headers={**headers, "Operation-Type": op}))
+
+    first = [call("op.mixed") for _ in range(30)]
+    assert "4003" in first  # the broken endpoint was hit before it was ejected
+    assert all(c == "1000" for c in first[-15:])  # then it was out of rotation
+    broken_hits = hits(upstreams["broken"])
+    await asyncio.sleep(2.5)  # ejection over: back in rotation, failing again
+    after = [call("op.mixed") for _ in range(20)]
+    assert hits(upstreams["broken"]) > broken_hits and "4003" in after
+    # A cluster whose only endpoint is ejected fails fast without calling it.
+    for _ in range(6):
+        call("op.dead")
+    before = hits(upstreams["broken"])
+    assert call("op.dead") == "4004" and hits(upstreams["broken"]) == before
+
+
+def test_failover_to_a_sibling_upstream(
+    namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]
+) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    primary = {
+        "name": "primary",
+        "endpoints": [{"url": closed}],
+        "failoverUpstream": "beta",
+        "circuitBreaker": {"minimumRequests": 1, "errorThresholdPercent": 1, "ejectionSeconds": 60},
+    }
+    apis = [{"operationType": "op.fo", "upstream": "primary", "path": "/echo", "retries": 1}]
+    url = start_gateway(namespace, gateway(namespace, upstreams, apis=apis, extra_upstreams=[primary]))
+    r = httpx.post(url + "/mgw.htm", headers={"AppId": "APP", "WorkspaceId": "prod", "Operation-Type": "op.fo"})
+    assert code(r) == "1000" and r.json()["upstream"] == "beta"
+
+
+def test_retries_move_to_another_endpoint(
+    namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]
+) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    two = {"name": "two", "endpoints": [{"url": closed, "weight": 1000}, {"url": upstreams["alpha"], "weight": 1}]}
+    apis = [
+        {"operationType": "op.retry", "upstream": "two", "path": "/echo", "method": "GET", "retries": 2},
+        {"operationType": "op.noretry", "upstream": "two", "path": "/echo", "method": "GET"},
+    ]
+    url = start_gateway(namespace, gateway(namespace, upstreams, apis=apis, extra_upstreams=[two]))
+    headers = {"AppId": "APP", "WorkspaceId": "prod"}
+    results = [code(httpx.post(url + "/mgw.htm", headers={**headers, "Operation-Type": "op.retry"})) for _ in range(10)]
+    assert results == ["1000"] * 10
+    without = [
+        code(httpx.post(url + "/mgw.htm", headers={**headers, "Operation-Type": "op.noretry"})) for _ in range(10)
+    ]
+    assert "4002" in without
+
+
+def test_canary_by_percent_and_by_rule(
+    namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]
+) -> None:
+    apis = [
+        {
+            "operationType": "op.pct",
+            "upstream": "alpha",
+            "path": "/echo",
+            "canary": {"upstream": "beta", "percent": 30},
+        },
+        {
+            "operationType": "op.rule",
+            "upstream": "alpha",
+            "path": "/echo",
+            "canary": {"upstream": "beta", "rule": "APP_VERSION >= 2.0 && CITY IN (Hangzhou)"},
+        },
+    ]
+    url = start_gateway(namespace, gateway(namespace, upstreams, apis=apis))
+    base = {"AppId": "APP", "WorkspaceId": "prod"}
+    with httpx.Client() as http:
+        served = [
+            http.post(url + "/mgw.htm", headers={**base, "Operation-Type": "op.pct", "Did": f"device-{i}"}).json()[
+                "upstream"
+            ]
+            for i in range(600)
+        ]
+        share = served.count("beta") / len(served)
+        assert 0.24 <= share <= 0.36, share
+        sticky = {
+            http.post(url + "/mgw.htm", headers={**base, "Operation-Type": "op.pct", "Did": "device-7"}).json()[
+                "upstream"
+            ]
+            for _ in range(5)
+        }
+        assert len(sticky) == 1  # a device stays on its side
+
+        def via(**h: str) -> str:
+            return str(
+                http.post(url + "/mgw.htm", headers={**base, "Operation-Type": "op.rule", **h}).json()["upstream"]
+            )
+
+        assert via(**{"App-Version": "2.1.0", "City": "hangzhou"}) == "beta"
+        assert via(**{"App-Version": "1.9", "City": "Hangzhou"}) == "alpha"
+        assert via(**{"App-Version": "2.1.0", "City": "Beijing"}) == "alpha"
+
+
+def test_trace_context_reaches_the_upstream(
+    namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]
+) -> None:
+    url = start_gateway(namespace, gateway(namespace, upstreams))
+    trace = uuid.uuid4().hex
+    r = httpx.post(
+        url + "/mgw.htm",
+        headers={
+            "AppId": "APP",
+            "WorkspaceId": "prod",
+            "Operation-Type": "op.echo",
+            "traceparent": f"00-{trace}-{'1' * 16}-01",
+        },
+    )
+    assert r.headers["Mgw-TraceId"] == trace
+    sent = r.json()["headers"]["traceparent"]
+    assert sent.startswith(f"00-{trace}-") and sent != f"00-{trace}-{'1' * 16}-01" and sent.endswith("-01")
+    assert r.json()["headers"]["mgw-traceid"] == trace
+
+
+def test_malformed_json_is_refused(
+    namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]
+) -> None:
+    url = start_gateway(namespace, gateway(namespace, upstreams))
+    before = hits(upstreams["alpha"])
+    r = httpx.post(
+        url + "/mgw.htm",
+        content=b'{"a": ',
+        headers={
+            "AppId": "APP",
+            "WorkspaceId": "prod",
+            "Operation-Type": "op.echo",
+            "Content-Type": "application/json",
+        },
+    )
+    assert code(r) == "3004" and hits(upstreams["alpha"]) == before
