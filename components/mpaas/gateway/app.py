@@ -21,9 +21,10 @@ import logging
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 from fastapi import FastAPI, Request, Response
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic_settings import SettingsConfigDict
@@ -94,6 +95,13 @@ class GatewaySettings(ComponentSettings):
     digest_log: bool = True
 
 
+@dataclass(frozen=True)
+class UpstreamResponse:
+    status: int
+    headers: Mapping[str, str]
+    content: bytes
+
+
 @dataclass
 class Outcome:
     code: int
@@ -133,20 +141,21 @@ class Gateway:
         )
         self.breakers = Breakers()
         self.concurrency = Concurrency()
-        self.http: httpx.AsyncClient | None = None
+        self.http: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        self.http = httpx.AsyncClient(
-            limits=httpx.Limits(
-                max_connections=self.settings.upstream_max_connections,
-                max_keepalive_connections=self.settings.upstream_max_connections,
+        # aiohttp, not httpx, for upstream calls: measured 5.1k vs 0.3k requests/s (docs/benchmarks.md).
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=self.settings.upstream_max_connections, keepalive_timeout=30, ttl_dns_cache=30
             ),
-            follow_redirects=False,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
         )
 
     async def stop(self) -> None:
         if self.http is not None:
-            await self.http.aclose()
+            await self.http.close()
         await self.hot.close()
 
     async def handle(self, request: Request, operation_type: str | None, *, rest: bool) -> Response:
@@ -316,7 +325,7 @@ class Gateway:
         client_ip = request.client.host if request.client else ""
         prior = request.headers.get("x-forwarded-for")
         out_headers["x-forwarded-for"] = f"{prior}, {client_ip}" if prior else client_ip
-        params = request.query_params if rest else None
+        params = (request.url.query or None) if rest else None
         idempotent = api.method in IDEMPOTENT
         tried: set[str] = set()
         failed_over = False
@@ -340,30 +349,31 @@ class Gateway:
             attempt += 1
             tried.add(url)
             try:
-                resp = await self.http.request(
-                    api.method,
-                    url + api.path,
-                    content=body,
-                    headers=out_headers,
-                    params=params,
-                    timeout=api.timeout_seconds,
-                )
-            except httpx.TimeoutException:
+                resp = await self._call(api, url + api.path, body, out_headers, params)
+            except TimeoutError:
                 self._failed(upstream, url, "timeout")
                 last = codes.UPSTREAM_TIMEOUT
                 if idempotent:
                     continue
                 break
-            except httpx.HTTPError as e:
-                # Nothing reached the upstream: safe to retry whatever the method.
+            except aiohttp.ClientConnectorError as e:
+                # The connection was never made: safe to retry whatever the method.
                 self._failed(upstream, url, "connect")
                 log.warning("upstream %s endpoint %s unreachable: %s", upstream.name, url, e)
                 last = codes.UPSTREAM_UNAVAILABLE
                 continue
+            except aiohttp.ClientError as e:
+                # The request may have reached the upstream: retry only what is idempotent.
+                self._failed(upstream, url, "broken")
+                log.warning("upstream %s endpoint %s failed: %s", upstream.name, url, e)
+                last = codes.UPSTREAM_UNAVAILABLE
+                if idempotent:
+                    continue
+                break
             finally:
                 self.concurrency.leave(upstream.name)
-            if resp.status_code >= 500:
-                self._failed(upstream, url, f"http_{resp.status_code // 100}xx")
+            if resp.status >= 500:
+                self._failed(upstream, url, f"http_{resp.status // 100}xx")
                 if idempotent and attempt <= api.retries:
                     continue
             else:
@@ -377,8 +387,23 @@ class Gateway:
         UPSTREAM_ERRORS.labels(upstream.name, kind).inc()
         self.breakers.record(upstream.name, url, upstream.breaker, failed=True)
 
+    async def _call(
+        self, api: CompiledApi, url: str, body: bytes, headers: dict[str, str], params: object
+    ) -> UpstreamResponse:
+        assert self.http is not None
+        async with self.http.request(
+            api.method,
+            url,
+            data=body,
+            headers=headers,
+            params=params,  # type: ignore[arg-type]
+            timeout=aiohttp.ClientTimeout(total=api.timeout_seconds),
+            allow_redirects=False,
+        ) as resp:
+            return UpstreamResponse(resp.status, resp.headers, await resp.read())
+
     @staticmethod
-    def _relay(resp: httpx.Response, trace_id: str, rest: bool, upstream: str) -> Outcome:
+    def _relay(resp: UpstreamResponse, trace_id: str, rest: bool, upstream: str) -> Outcome:
         headers = {"Mgw-TraceId": trace_id}
         ctype = resp.headers.get("content-type")
         if ctype:
@@ -389,15 +414,15 @@ class Gateway:
             headers["Memo"] = resp.headers.get("memo", "")
             if "tips" in resp.headers:
                 headers["Tips"] = resp.headers["tips"]
-            status = 200 if not rest else resp.status_code
+            status = 200 if not rest else resp.status
             return Outcome(int(business), Response(resp.content, status_code=status, headers=headers), upstream)
-        if resp.status_code >= 400:
+        if resp.status >= 400:
             code = codes.UPSTREAM_ERROR
-            headers.update({"Result-Status": str(code.code), "Memo": f"{code.memo} (HTTP {resp.status_code})"})
+            headers.update({"Result-Status": str(code.code), "Memo": f"{code.memo} (HTTP {resp.status})"})
             status = code.http_status if rest else 200
             return Outcome(code.code, Response(resp.content, status_code=status, headers=headers), upstream)
         headers.update({"Result-Status": str(codes.SUCCESS.code), "Memo": codes.SUCCESS.memo})
-        status = resp.status_code if rest else 200
+        status = resp.status if rest else 200
         return Outcome(codes.SUCCESS.code, Response(resp.content, status_code=status, headers=headers), upstream)
 
 
