@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
 
 from .. import components
-from ..gateway.app import GatewaySettings
+from ..gateway.app import GatewayASGI, GatewaySettings
 from ..gateway.app import create_app as create_gateway
 from ..service import ComponentSettings
 from . import demo_backend
@@ -60,7 +59,7 @@ class DevPlatform:
         return f"http://{self.host}:{self.port(component)}"
 
     @property
-    def gateway(self) -> FastAPI:
+    def gateway(self) -> GatewayASGI:
         return self.gateway_app
 
     async def start(self) -> None:

@@ -21,11 +21,12 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic_settings import SettingsConfigDict
 from starlette.datastructures import Headers
@@ -102,21 +103,55 @@ class UpstreamResponse:
     content: bytes
 
 
+class Incoming:
+    """The parts of an HTTP request the gateway reads, straight from the ASGI scope."""
+
+    __slots__ = ("_receive", "client_ip", "headers", "method", "path", "query")
+
+    def __init__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]]):
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.query: str = scope.get("query_string", b"").decode("latin-1")
+        self.headers = Headers(scope=scope)
+        client = scope.get("client")
+        self.client_ip: str = client[0] if client else ""
+        self._receive = receive
+
+    async def body(self) -> bytes:
+        chunks = []
+        while True:
+            message = await self._receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
 @dataclass
 class Outcome:
     code: int
-    response: Response
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
     upstream: str = ""
+
+    async def send(self, send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+        raw.append((b"content-length", str(len(self.body)).encode()))
+        await send({"type": "http.response.start", "status": self.status, "headers": raw})
+        await send({"type": "http.response.body", "body": self.body})
 
 
 def _result(code: ResultCode, trace_id: str, *, rest: bool, memo: str | None = None) -> Outcome:
     return Outcome(
         code.code,
-        Response(
-            status_code=code.http_status if rest else 200,
-            headers={"Result-Status": str(code.code), "Memo": memo or code.memo, "Mgw-TraceId": trace_id},
-        ),
+        code.http_status if rest else 200,
+        {"Result-Status": str(code.code), "Memo": _latin1(memo or code.memo), "Mgw-TraceId": trace_id},
     )
+
+
+def _latin1(text: str) -> str:
+    """Header values must be Latin-1: other characters are escaped."""
+    return text.encode("latin-1", "backslashreplace").decode("latin-1")
 
 
 def _trace(headers: Headers) -> tuple[str, str]:
@@ -158,7 +193,7 @@ class Gateway:
             await self.http.close()
         await self.hot.close()
 
-    async def handle(self, request: Request, operation_type: str | None, *, rest: bool) -> Response:
+    async def handle(self, request: Incoming, operation_type: str | None, *, rest: bool) -> Outcome:
         started = time.perf_counter()
         headers = request.headers
         trace_id, traceparent = _trace(headers)
@@ -190,16 +225,16 @@ class Gateway:
                         "result": out.code,
                         "latencyMs": round(elapsed * 1000, 3),
                         "upstream": out.upstream,
-                        "clientIp": request.client.host if request.client else "",
+                        "clientIp": request.client_ip,
                         "deviceId": headers.get("did", ""),
                     }
                 },
             )
-        return out.response
+        return out
 
     async def _route(
         self,
-        request: Request,
+        request: Incoming,
         table: RouteTable,
         op: str | None,
         app_id: str,
@@ -254,7 +289,7 @@ class Gateway:
         upstream = self._choose_upstream(request, table, api, op, app_id, workspace_id)
         return await self._forward(request, table, api, upstream, body, trace_id, traceparent, rest)
 
-    async def _verify(self, request: Request, app: CompiledApp, op: str, body: bytes) -> ResultCode | None:
+    async def _verify(self, request: Incoming, app: CompiledApp, op: str, body: bytes) -> ResultCode | None:
         h = request.headers
         sign = h.get("sign")
         if not sign:
@@ -274,7 +309,7 @@ class Gateway:
             signature = base64.b64decode(sign, validate=True)
         except (binascii.Error, ValueError):
             return codes.SIGNATURE_INVALID
-        message = canonical(request.method, request.url.path, op, app.app_id, app.workspace_id, ts, nonce, body)
+        message = canonical(request.method, request.path, op, app.app_id, app.workspace_id, ts, nonce, body)
         if not any(verify(signature, message) for verify, until in app.verifiers if until is None or until > now):
             return codes.SIGNATURE_INVALID
         if nonce:
@@ -285,19 +320,17 @@ class Gateway:
         return None
 
     def _choose_upstream(
-        self, request: Request, table: RouteTable, api: CompiledApi, op: str, app_id: str, workspace_id: str
+        self, request: Incoming, table: RouteTable, api: CompiledApi, op: str, app_id: str, workspace_id: str
     ) -> CompiledUpstream:
         canary = api.canary
         if canary is None:
             return api.upstream
         h = request.headers
-        device = h.get("did") or (request.client.host if request.client else "")
+        device = h.get("did") or request.client_ip
         hit = True
         if canary.rule is not None:
             attrs = {attr: h.get(name, "") for attr, name in _ATTRIBUTE_HEADERS.items()}
-            attrs.update(
-                APP_ID=app_id, WORKSPACE_ID=workspace_id, CLIENT_IP=request.client.host if request.client else ""
-            )
+            attrs.update(APP_ID=app_id, WORKSPACE_ID=workspace_id, CLIENT_IP=request.client_ip)
             hit = canary.rule(attrs)
         if hit and canary.percent is not None:
             hit = percent_of(device, canary.percent, salt=op)
@@ -305,7 +338,7 @@ class Gateway:
 
     async def _forward(
         self,
-        request: Request,
+        request: Incoming,
         table: RouteTable,
         api: CompiledApi,
         upstream: CompiledUpstream,
@@ -322,10 +355,10 @@ class Gateway:
                 out_headers[dst] = value
         out_headers["mgw-traceid"] = trace_id
         out_headers["traceparent"] = traceparent
-        client_ip = request.client.host if request.client else ""
+        client_ip = request.client_ip
         prior = request.headers.get("x-forwarded-for")
         out_headers["x-forwarded-for"] = f"{prior}, {client_ip}" if prior else client_ip
-        params = (request.url.query or None) if rest else None
+        params = (request.query or None) if rest else None
         idempotent = api.method in IDEMPOTENT
         tried: set[str] = set()
         failed_over = False
@@ -411,22 +444,54 @@ class Gateway:
         business = resp.headers.get("result-status", "")
         if business.isdigit() and int(business) in codes.BUSINESS_CODES:
             headers["Result-Status"] = business
-            headers["Memo"] = resp.headers.get("memo", "")
+            headers["Memo"] = _latin1(resp.headers.get("memo", ""))
             if "tips" in resp.headers:
-                headers["Tips"] = resp.headers["tips"]
+                headers["Tips"] = _latin1(resp.headers["tips"])
             status = 200 if not rest else resp.status
-            return Outcome(int(business), Response(resp.content, status_code=status, headers=headers), upstream)
+            return Outcome(int(business), status, headers, resp.content, upstream)
         if resp.status >= 400:
             code = codes.UPSTREAM_ERROR
             headers.update({"Result-Status": str(code.code), "Memo": f"{code.memo} (HTTP {resp.status})"})
             status = code.http_status if rest else 200
-            return Outcome(code.code, Response(resp.content, status_code=status, headers=headers), upstream)
+            return Outcome(code.code, status, headers, resp.content, upstream)
         headers.update({"Result-Status": str(codes.SUCCESS.code), "Memo": codes.SUCCESS.memo})
         status = resp.status if rest else 200
-        return Outcome(codes.SUCCESS.code, Response(resp.content, status_code=status, headers=headers), upstream)
+        return Outcome(codes.SUCCESS.code, status, headers, resp.content, upstream)
 
 
-def create_app(settings: GatewaySettings | None = None, live: LiveConfig[RouteTable] | None = None) -> FastAPI:
+class GatewayASGI:
+    """`/mgw.htm` and `/api/<operationType>` straight on ASGI; health, metrics and lifespan go to FastAPI.
+
+    The RPC paths skip the framework's routing, middleware and request objects:
+    on this machine that is most of the gateway's own per-request cost.
+    """
+
+    def __init__(self, gateway: Gateway, app: FastAPI):
+        self.gateway, self.app, self.state = gateway, app, app.state
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path == "/mgw.htm":
+                if scope["method"] != "POST":
+                    return await _method_not_allowed(send)
+                request = Incoming(scope, receive)
+                out = await self.gateway.handle(request, request.headers.get("operation-type"), rest=False)
+                return await out.send(send)
+            if path.startswith("/api/") and len(path) > 5:
+                out = await self.gateway.handle(Incoming(scope, receive), path[5:], rest=True)
+                return await out.send(send)
+        await self.app(scope, receive, send)
+
+
+async def _method_not_allowed(send: Any) -> None:
+    await send(
+        {"type": "http.response.start", "status": 405, "headers": [(b"allow", b"POST"), (b"content-length", b"0")]}
+    )
+    await send({"type": "http.response.body", "body": b""})
+
+
+def create_app(settings: GatewaySettings | None = None, live: LiveConfig[RouteTable] | None = None) -> GatewayASGI:
     """The gateway app. Without `live`, config comes from `settings.config_source`."""
     settings = settings or GatewaySettings()
     external = live is not None
@@ -452,13 +517,4 @@ def create_app(settings: GatewaySettings | None = None, live: LiveConfig[RouteTa
     app = component_app("gateway", on_start=[gw.start, start_config], on_stop=[stop_config, gw.stop], ready=ready)
     app.state.gateway = gw
     app.state.live = live
-
-    @app.post("/mgw.htm", include_in_schema=False)
-    async def mgw(request: Request) -> Response:
-        return await gw.handle(request, request.headers.get("operation-type"), rest=False)
-
-    @app.api_route("/api/{operation_type}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
-    async def rest(request: Request, operation_type: str) -> Response:
-        return await gw.handle(request, operation_type, rest=True)
-
-    return app
+    return GatewayASGI(gw, app)
