@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from .crypto import envelope
 from .crypto.signing import canonical, signer
 
 
@@ -27,7 +29,7 @@ class Call:
 
 
 class MobileClient:
-    """Calls the gateway like an mPaaS app; signs requests when given an algorithm and key."""
+    """Calls the gateway like an mPaaS app; signs and seals requests when given keys."""
 
     def __init__(
         self,
@@ -38,12 +40,15 @@ class MobileClient:
         device_id: str | None = None,
         sign_algorithm: str | None = None,
         sign_key: bytes | None = None,
+        encrypt: tuple[str, bytes, str] | None = None,
     ):
+        """`encrypt`: (keyWrap, the gateway's public key PEM, cipher) to seal request bodies."""
         self.gateway_url = gateway_url.rstrip("/")
         self.app_id, self.workspace_id = app_id, workspace_id
         self.device_id = device_id or uuid.uuid4().hex[:16]
         self.http = httpx.Client(timeout=10)
         self._sign = signer(sign_algorithm, sign_key) if sign_algorithm and sign_key else None
+        self._encrypt = encrypt
 
     def headers(
         self, operation_type: str, payload: bytes, *, path: str = "/mgw.htm", extra: dict[str, str] | None = None
@@ -65,16 +70,32 @@ class MobileClient:
             headers["Sign"] = base64.b64encode(self._sign(msg)).decode()
         return headers
 
+    def seal(self, operation_type: str, payload: bytes) -> tuple[bytes, dict[str, str], bytes | None]:
+        """(sealed body, key headers, session key); the payload unchanged when not encrypting."""
+        if self._encrypt is None:
+            return payload, {}, None
+        wrap, gateway_public, cipher = self._encrypt
+        key = os.urandom(envelope.KEY_BYTES)
+        sealed = envelope.seal(cipher, key, payload, envelope.aad(self.app_id, operation_type))
+        wrapped = base64.b64encode(envelope.wrap(wrap, gateway_public, key)).decode()
+        return sealed, {"Mgw-Key-Type": wrap, "Mgw-Key": wrapped}, key
+
     def call(self, operation_type: str, body: Any = None) -> Call:
         payload = json.dumps(body if body is not None else {}).encode()
-        headers = self.headers(operation_type, payload)
+        payload, key_headers, session_key = self.seal(operation_type, payload)
+        headers = self.headers(operation_type, payload, extra=key_headers)
         t0 = time.perf_counter()
         resp = self.http.post(f"{self.gateway_url}/mgw.htm", content=payload, headers=headers)
         millis = (time.perf_counter() - t0) * 1000
+        content = resp.content
+        if session_key is not None and resp.headers.get("mgw-encrypted") == "1" and self._encrypt:
+            content = envelope.open_sealed(
+                self._encrypt[2], session_key, content, envelope.aad(self.app_id, operation_type)
+            )
         try:
-            data: Any = resp.json()
+            data: Any = json.loads(content)
         except ValueError:
-            data = resp.text
+            data = content.decode(errors="replace")
         return Call(
             operation_type,
             body,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mpaas.crypto import sm2
+from mpaas.crypto import envelope, sm2
 from mpaas.crypto.signing import KeyProblem, canonical, generate_keypair, signer, verifier
 
 pytestmark = pytest.mark.unit
@@ -99,3 +99,37 @@ def test_sm2_encryption_round_trip() -> None:
     assert key.decrypt(ct) == b"0123456789abcdef"
     with pytest.raises(sm2.Sm2Error):
         key.decrypt(ct[:-1] + bytes([ct[-1] ^ 1]))
+
+
+@pytest.mark.parametrize("wrap", ["RsaOaep", "EciesP256", "Sm2"])
+@pytest.mark.parametrize("cipher", ["AesGcm", "Sm4Gcm"])
+def test_envelope_round_trip(wrap: str, cipher: str) -> None:
+    private, public = envelope.generate_gateway_key(wrap)
+    key = b"k" * envelope.KEY_BYTES
+    unwrap = envelope.unwrapper(wrap, private)
+    assert unwrap(envelope.wrap(wrap, public, key)) == key
+    aad = envelope.aad("APP", "op")
+    sealed = envelope.seal(cipher, key, b"secret body", aad)
+    assert envelope.open_sealed(cipher, key, sealed, aad) == b"secret body"
+    with pytest.raises(envelope.EnvelopeError):
+        envelope.open_sealed(cipher, key, sealed, envelope.aad("APP", "other.op"))  # bound to the API
+    with pytest.raises(envelope.EnvelopeError):
+        envelope.open_sealed(cipher, key, sealed[:-1] + bytes([sealed[-1] ^ 1]), aad)
+
+
+def test_sm4_gcm_matches_a_published_vector() -> None:
+    """RFC 8998, appendix A.1: SM4-GCM test vector."""
+    key = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
+    nonce = bytes.fromhex("00001234567800000000ABCD")
+    aad = bytes.fromhex("FEEDFACEDEADBEEFFEEDFACEDEADBEEFABADDAD2")
+    pt = bytes.fromhex(
+        "AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBBCCCCCCCCCCCCCCCCDDDDDDDDDDDDDDDD"
+        "EEEEEEEEEEEEEEEEFFFFFFFFFFFFFFFFEEEEEEEEEEEEEEEEAAAAAAAAAAAAAAAA"
+    )
+    ct = bytes.fromhex(
+        "17F399F08C67D5EE19D0DC9969C4BB7D5FD46FD3756489069157B282BB200735"
+        "D82710CA5C22F0CCFA7CBF93D496AC15A56834CBCF98C397B4024A2691233B8D"
+    )
+    tag = bytes.fromhex("83DE3541E4C2B58177E065A9BF7B62EC")
+    assert envelope._sm4_gcm(key, nonce, pt, aad, encrypt=True) == ct + tag
+    assert envelope._sm4_gcm(key, nonce, ct + tag, aad, encrypt=False) == pt

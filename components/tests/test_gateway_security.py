@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from conftest import apply_yaml, eventually, free_port, hits, need_env
+from mpaas.crypto import envelope
 from mpaas.crypto.signing import generate_keypair
 from mpaas.simulator import MobileClient
 from tcpproxy import TcpProxy
@@ -362,3 +363,37 @@ def test_malformed_json_is_refused(
         },
     )
     assert code(r) == "3004" and hits(upstreams["alpha"]) == before
+
+
+@pytest.mark.parametrize(("wrap", "cipher"), [("RsaOaep", "AesGcm"), ("EciesP256", "AesGcm"), ("Sm2", "Sm4Gcm")])
+def test_encrypted_bodies(
+    wrap: str, cipher: str, namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]
+) -> None:
+    gw_private, gw_public = envelope.generate_gateway_key(wrap)
+    sign_private, sign_public = generate_keypair("Sm2" if wrap == "Sm2" else "EcdsaP256")
+    app = {
+        **signed_app("Sm2" if wrap == "Sm2" else "EcdsaP256"),
+        "encryption": {"mode": "Required", "keyWraps": [wrap], "cipher": cipher},
+    }
+    keys = secret("app-keys", publicKey=sign_public, **{envelope.SECRET_KEYS[wrap]: gw_private})
+    url = start_gateway(namespace, gateway(namespace, upstreams, apps=[app]), extra=[keys])
+    client = MobileClient(
+        url,
+        "APP",
+        "prod",
+        sign_algorithm=app["signature"]["algorithm"],
+        sign_key=sign_private,
+        encrypt=(wrap, gw_public, cipher),
+    )
+    call = client.call("op.echo", {"card": "6222 0000 1111 2222"})
+    assert call.result_status == "1000", call
+    assert call.response["body"] == '{"card": "6222 0000 1111 2222"}'  # the upstream saw the plaintext
+    assert "mgw-key" not in call.response["headers"]
+
+    payload = b'{"card": "x"}'
+    sealed, key_headers, _ = client.seal("op.echo", payload)
+    tampered = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    h = client.headers("op.echo", tampered, extra=key_headers)  # correctly signed, but the seal is broken
+    assert code(httpx.post(url + "/mgw.htm", content=tampered, headers=h)) == "7010"
+    plain = MobileClient(url, "APP", "prod", sign_algorithm=app["signature"]["algorithm"], sign_key=sign_private)
+    assert plain.call("op.echo", {"a": 1}).result_status == "7011"

@@ -32,6 +32,7 @@ from pydantic_settings import SettingsConfigDict
 from starlette.datastructures import Headers
 
 from ..config import LiveConfig
+from ..crypto import envelope
 from ..crypto.signing import canonical
 from ..rules import percent_of
 from ..service import ComponentSettings, component_app, trace_id_var
@@ -70,6 +71,8 @@ _HOP_HEADERS = {
     "accept-encoding",
     "sign",
     "traceparent",
+    "mgw-key",
+    "mgw-key-type",
 }
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 # Rule attributes the client sends as headers (canary rules, docs/gateway.md).
@@ -263,15 +266,21 @@ class Gateway:
         body = await request.body()
         if len(body) > table.max_body_bytes:
             return _result(codes.REQUEST_TOO_LARGE, trace_id, rest=rest)
+        if app is not None and app.algorithm:  # the signature covers the body as sent (sealed or not)
+            refused = await self._verify(request, app, op, body)
+            if refused is not None:
+                return _result(refused, trace_id, rest=rest)
+        session_key = None
+        if app is not None and app.encryption != "Disabled":
+            opened = self._open(request, app, op, body)
+            if isinstance(opened, ResultCode):
+                return _result(opened, trace_id, rest=rest)
+            session_key, body = opened
         if body and request.headers.get("content-type", "").startswith("application/json"):
             try:
                 json.loads(body)
             except ValueError as e:
                 return _result(codes.MALFORMED_BODY, trace_id, rest=rest, memo=f"body is not valid JSON: {e}")
-        if app is not None and app.algorithm:
-            refused = await self._verify(request, app, op, body)
-            if refused is not None:
-                return _result(refused, trace_id, rest=rest)
         if api.rate_limit and not await self.hot.take_tokens(
             f"rl:{table.gateway}:api:{op}", rate=api.rate_limit[0], burst=api.rate_limit[1]
         ):
@@ -287,7 +296,28 @@ class Gateway:
             RATE_LIMITED.labels("app").inc()
             return _result(codes.RATE_LIMITED, trace_id, rest=rest, memo=f"rate limit of app {app_id} reached")
         upstream = self._choose_upstream(request, table, api, op, app_id, workspace_id)
-        return await self._forward(request, table, api, upstream, body, trace_id, traceparent, rest)
+        out = await self._forward(request, table, api, upstream, body, trace_id, traceparent, rest)
+        if session_key is not None and app is not None and out.body:
+            out.headers["Mgw-Content-Type"] = out.headers.get("Content-Type", "")
+            out.headers["Content-Type"] = "application/octet-stream"
+            out.headers["Mgw-Encrypted"] = "1"
+            out.body = envelope.seal(app.cipher, session_key, out.body, envelope.aad(app.app_id, op))
+        return out
+
+    @staticmethod
+    def _open(request: Incoming, app: CompiledApp, op: str, body: bytes) -> ResultCode | tuple[bytes | None, bytes]:
+        """(session key, plaintext) of a sealed body; (None, body) for a plain one the app may send."""
+        wrap, wrapped = request.headers.get("mgw-key-type"), request.headers.get("mgw-key")
+        if not wrap or not wrapped:
+            return codes.ENCRYPTION_REQUIRED if app.encryption == "Required" else (None, body)
+        unwrap = app.unwrappers.get(wrap)
+        if unwrap is None:
+            return codes.DECRYPTION_FAILED
+        try:
+            key = unwrap(base64.b64decode(wrapped, validate=True))
+            return key, envelope.open_sealed(app.cipher, key, body, envelope.aad(app.app_id, op))
+        except Exception:  # bad base64, wrong key, tampered body: all the same answer
+            return codes.DECRYPTION_FAILED
 
     async def _verify(self, request: Incoming, app: CompiledApp, op: str, body: bytes) -> ResultCode | None:
         h = request.headers

@@ -43,6 +43,8 @@ TIMESTAMP_EXPIRED = ResultCode(7004, "TimestampExpired", 401, "Ts outside the al
 NONCE_MISSING = ResultCode(7005, "NonceMissing", 401, "Nonce header missing")
 NONCE_REPLAYED = ResultCode(7006, "NonceReplayed", 401, "this Nonce was already used")
 KEY_UNAVAILABLE = ResultCode(7007, "KeyUnavailable", 503, "the app's signature key is not configured")
+DECRYPTION_FAILED = ResultCode(7010, "DecryptionFailed", 400, "the request body or its session key does not decrypt")
+ENCRYPTION_REQUIRED = ResultCode(7011, "EncryptionRequired", 400, "this app must encrypt its request bodies")
 
 ALL = [
     SUCCESS,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from ..api.gateway import DEFAULT_TIMEOUT_MS, ApiState, CircuitBreaker, GatewayApp, GatewaySpec, Upstream
 from ..config import Resource, Resources
-from ..crypto import signing
+from ..crypto import envelope, signing
 from ..rules import Predicate, compile_rule
 
 KIND = "MpaasGateway"
@@ -87,6 +87,9 @@ class CompiledApp:
     timestamp_window_ms: int
     require_nonce: bool
     rate_limit: tuple[float, int] | None
+    encryption: str = "Disabled"  # Disabled | Optional | Required
+    cipher: str = "AesGcm"
+    unwrappers: dict[str, envelope.Unwrap] = field(default_factory=dict)  # keyWrap -> unwrap
 
 
 @dataclass(frozen=True)
@@ -223,7 +226,28 @@ class Compiler:
             timestamp_window_ms=app.signature.timestamp_window_seconds * 1000,
             require_nonce=app.signature.require_nonce,
             rate_limit=_limit(app.rate_limit),
+            encryption=str(app.encryption.mode),
+            cipher=str(app.encryption.cipher),
+            unwrappers=self._unwrappers(res, app, resources),
         )
+
+    @staticmethod
+    def _unwrappers(res: Resource, app: GatewayApp, resources: Resources) -> dict[str, envelope.Unwrap]:
+        """Session-key unwrappers for the app's allowed key wraps, from the gateway keys in its Secret."""
+        out: dict[str, envelope.Unwrap] = {}
+        if app.encryption.mode == "Disabled":
+            return out
+        ref = app.credentials_secret_ref.name if app.credentials_secret_ref else None
+        data = _secret_data(resources, res.namespace, ref) or {}
+        for wrap in map(str, app.encryption.key_wraps):
+            pem = data.get(envelope.SECRET_KEYS[wrap])
+            try:
+                if not pem:
+                    raise envelope.EnvelopeError(f"the Secret has no {envelope.SECRET_KEYS[wrap]!r} for {wrap}")
+                out[wrap] = envelope.unwrapper(wrap, pem)
+            except envelope.EnvelopeError as e:
+                log.warning("app %s/%s: %s (Secret %s/%s)", app.app_id, app.workspace_id, e, res.namespace, ref)
+        return out
 
     def compile(self, res: Resource, resources: Resources) -> RouteTable:
         spec: GatewaySpec = res.spec

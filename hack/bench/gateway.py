@@ -1,0 +1,360 @@
+"""Gateway throughput and latency against the upstream alone and nginx, on loopback.
+
+    .venv/bin/python hack/bench/gateway.py [--seconds 8] [--connections 32]
+
+Starts, all on 127.0.0.1 and stopped at the end: the backend (a minimal ASGI
+service under uvicorn), nginx `proxy_pass` to it, and one gateway process
+reading its MpaasGateway and app keys from a folder. Load comes from wrk
+(maximum throughput) and hey (fixed rate, for latency at half load), each a
+separate process. Signed scenarios replay one pre-signed request without a
+nonce, so every request pays the full verification.
+
+Needs wrk and nginx (Debian packages; installed when missing) and hey (built
+with `go install` into the test-environment cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "hack"))
+from mpaas.crypto import envelope  # noqa: E402
+from mpaas.crypto.signing import canonical, generate_keypair, signer  # noqa: E402
+from testenv_paths import cache  # noqa: E402
+
+HEY_VERSION = "0.1.4"
+BODY = b'{"userId":"10086","fields":["nickname","level"]}'
+OP = "bench.profile"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_tools() -> str:
+    missing = [p for p in ("wrk", "nginx") if not shutil.which(p) and not Path(f"/usr/sbin/{p}").exists()]
+    if missing:
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        subprocess.run(
+            [*sudo, "apt-get", "install", "-y", "-q", *("nginx-light" if m == "nginx" else m for m in missing)],
+            check=True,
+        )
+    hey = cache() / f"hey-{HEY_VERSION}" / "hey"
+    if not hey.exists():
+        env = {**os.environ, "GOBIN": str(hey.parent), "GOTOOLCHAIN": "local"}
+        subprocess.run(["go", "install", f"github.com/rakyll/hey@v{HEY_VERSION}"], check=True, env=env)
+    return str(hey)
+
+
+def wait_http(url: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+@dataclass
+class Result:
+    name: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def _ms(value: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", value)
+    if not m:
+        raise ValueError(f"unexpected wrk latency {value!r}")
+    n, unit = float(m.group(1)), m.group(2)
+    return {"us": n / 1000, "ms": n, "s": n * 1000, "m": n * 60_000}[unit]
+
+
+def wrk(
+    name: str, url: str, headers: dict[str, str], seconds: int, connections: int, tmp: Path, body: bytes = BODY
+) -> Result:
+    script = tmp / f"{re.sub(r'[^a-z0-9]+', '-', name.lower())}.lua"
+    lua_body = "".join(f"\\{b:03d}" for b in body)  # decimal escapes: any byte, Lua-safe
+    lines = ['wrk.method = "POST"', f'wrk.body = "{lua_body}"']
+    lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
+    script.write_text("\n".join(lines) + "\n")
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = (int(bad.group(1)) if bad else 0) + (sum(map(int, errs.groups())) if errs else 0)
+    return Result(name, rps, p50, p99, errors)
+
+
+def hey(bin_: str, url: str, headers: dict[str, str], rate: float, seconds: int, workers: int = 16) -> float:
+    """p99 latency (ms) at a fixed total request rate."""
+    args = [
+        bin_,
+        "-z",
+        f"{seconds}s",
+        "-c",
+        str(workers),
+        "-q",
+        f"{rate / workers:.1f}",
+        "-m",
+        "POST",
+        "-d",
+        BODY.decode(),
+    ]
+    for k, v in headers.items():
+        args += ["-H", f"{k}: {v}"]
+    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+    return float(re.search(r"99%+ in ([\d.]+) secs", out).group(1)) * 1000  # type: ignore[union-attr]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--connections", type=int, default=32)
+    args = ap.parse_args()
+    hey_bin = ensure_tools()
+    tmp = Path(tempfile.mkdtemp(prefix="mpaas-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    up_port, nginx_port, gw_port = free_port(), free_port(), free_port()
+    try:
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--app-dir",
+                    str(ROOT / "hack" / "bench"),
+                    "upstream_fast:app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(up_port),
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                    "--http",
+                    "httptools",
+                    "--loop",
+                    "uvloop",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        (tmp / "nginx.conf").write_text(f"""
+worker_processes auto;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+  upstream backend {{ server 127.0.0.1:{up_port}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{nginx_port};
+    location / {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}
+""")
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        procs.append(
+            subprocess.Popen(
+                [nginx, "-c", str(tmp / "nginx.conf"), "-g", "daemon off;"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+            )
+        )
+
+        keys = {alg: generate_keypair(alg) for alg in ("HmacSha256", "EcdsaP256", "Sm2")}
+        cfg = tmp / "config"
+        cfg.mkdir()
+        docs: list[dict] = []
+        apps = [{"appId": "PLAIN", "workspaceId": "bench"}]
+        for alg, (_, public) in keys.items():
+            field = "hmacKey" if alg == "HmacSha256" else "publicKey"
+            docs.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": f"keys-{alg.lower()}", "namespace": "default"},
+                    "data": {field: base64.b64encode(public).decode()},
+                }
+            )
+            apps.append(
+                {
+                    "appId": alg.upper(),
+                    "workspaceId": "bench",
+                    "credentialsSecretRef": {"name": f"keys-{alg.lower()}"},
+                    "signature": {"algorithm": alg, "timestampWindowSeconds": 86400},
+                }
+            )
+        gw_keys = {wrap: envelope.generate_gateway_key(wrap) for wrap in ("EciesP256", "Sm2")}
+        for wrap, cipher in (("EciesP256", "AesGcm"), ("Sm2", "Sm4Gcm")):
+            secret_name = f"enc-{wrap.lower()}"
+            docs.append(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": secret_name, "namespace": "default"},
+                    "data": {envelope.SECRET_KEYS[wrap]: base64.b64encode(gw_keys[wrap][0]).decode()},
+                }
+            )
+            apps.append(
+                {
+                    "appId": f"ENC{wrap.upper()}",
+                    "workspaceId": "bench",
+                    "credentialsSecretRef": {"name": secret_name},
+                    "encryption": {"mode": "Required", "keyWraps": [wrap], "cipher": cipher},
+                }
+            )
+        docs.append(
+            {
+                "apiVersion": "mpaas.io/v1alpha1",
+                "kind": "MpaasGateway",
+                "metadata": {"name": "bench", "namespace": "default"},
+                "spec": {
+                    "apps": apps,
+                    "upstreams": [{"name": "backend", "endpoints": [{"url": f"http://127.0.0.1:{up_port}"}]}],
+                    "apis": [{"operationType": OP, "upstream": "backend", "path": "/profile"}],
+                },
+            }
+        )
+        (cfg / "bench.yaml").write_text(yaml.safe_dump_all(docs))
+        env = {
+            **os.environ,
+            "MPAAS_CONFIG_SOURCE": "dir",
+            "MPAAS_CONFIG_DIR": str(cfg),
+            "MPAAS_PORT": str(gw_port),
+            "MPAAS_HOST": "127.0.0.1",
+            "MPAAS_LOG_LEVEL": "WARNING",
+            "MPAAS_DIGEST_LOG": "false",
+        }
+        procs.append(
+            subprocess.Popen(
+                [str(Path(sys.executable).parent / "mpaas"), "gateway"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        for port in (up_port, nginx_port):
+            wait_http(f"http://127.0.0.1:{port}/")
+        wait_http(f"http://127.0.0.1:{gw_port}/healthz")
+        time.sleep(1)
+
+        base = {"Content-Type": "application/json", "Operation-Type": OP, "WorkspaceId": "bench"}
+        ts = str(int(time.time() * 1000))
+
+        def signed(alg: str) -> dict[str, str]:
+            msg = canonical("POST", "/mgw.htm", OP, alg.upper(), "bench", ts, "", BODY)
+            sig = base64.b64encode(signer(alg, keys[alg][0])(msg)).decode()
+            return {**base, "AppId": alg.upper(), "Ts": ts, "Sign": sig}
+
+        def sealed(wrap: str, cipher: str) -> tuple[dict[str, str], bytes]:
+            app_id = f"ENC{wrap.upper()}"
+            key = os.urandom(envelope.KEY_BYTES)
+            body = envelope.seal(cipher, key, BODY, envelope.aad(app_id, OP))
+            wrapped = base64.b64encode(envelope.wrap(wrap, gw_keys[wrap][1], key)).decode()
+            return {**base, "AppId": app_id, "Mgw-Key-Type": wrap, "Mgw-Key": wrapped}, body
+
+        gw = f"http://127.0.0.1:{gw_port}/mgw.htm"
+        ecc_headers, ecc_body = sealed("EciesP256", "AesGcm")
+        sm2_headers, sm2_body = sealed("Sm2", "Sm4Gcm")
+        scenarios = [
+            ("upstream direct", f"http://127.0.0.1:{up_port}/profile", base),
+            ("nginx proxy_pass", f"http://127.0.0.1:{nginx_port}/profile", base),
+            ("gateway plain", gw, {**base, "AppId": "PLAIN"}),
+            ("gateway HMAC-SHA256", gw, signed("HmacSha256")),
+            ("gateway ECDSA P-256", gw, signed("EcdsaP256")),
+            ("gateway SM2", gw, signed("Sm2")),
+            ("gateway ECC-encrypted", gw, ecc_headers, ecc_body),
+            ("gateway SM2-encrypted", gw, sm2_headers, sm2_body),
+        ]
+        for name, url, headers, *body in scenarios[2:]:  # every gateway scenario must really succeed
+            r = httpx.post(url, content=body[0] if body else BODY, headers=headers)
+            assert r.headers.get("result-status") == "1000", (name, r.headers)
+        results = {}
+        for name, url, headers, *body in scenarios:
+            results[name] = wrk(name, url, headers, args.seconds, args.connections, tmp, body[0] if body else BODY)
+
+        plain = results["gateway plain"].rps
+        half = plain / 2
+        p99_direct = hey(hey_bin, scenarios[0][1], base, half, args.seconds)
+        p99_gw = hey(hey_bin, gw, {**base, "AppId": "PLAIN"}, half, args.seconds)
+
+        cpu = next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")
+            ),
+            "?",
+        )
+        print(f"machine: {os.cpu_count()} cores, {cpu}; wrk -t1 -c{args.connections} -d{args.seconds}s")
+        print(f"{'scenario':<24}{'rps':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+        for r in results.values():
+            print(f"{r.name:<24}{r.rps:>10.0f}{r.p50_ms:>10.2f}{r.p99_ms:>10.2f}{r.errors:>8}")
+        direct, ng = results["upstream direct"].rps, results["nginx proxy_pass"].rps
+        checks = [
+            ("plain / upstream direct", plain / direct, 0.5),
+            ("ECDSA-signed / plain", results["gateway ECDSA P-256"].rps / plain, 0.5),
+            ("SM2-signed / plain", results["gateway SM2"].rps / plain, 0.3),
+            ("HMAC-signed / plain", results["gateway HMAC-SHA256"].rps / plain, None),
+            ("ECC-encrypted / plain", results["gateway ECC-encrypted"].rps / plain, None),
+            ("SM2-encrypted / plain", results["gateway SM2-encrypted"].rps / plain, None),
+            ("plain / nginx proxy_pass", plain / ng, None),
+        ]
+        for label, ratio, target in checks:
+            verdict = "" if target is None else f"  target >= {target}: {'PASS' if ratio >= target else 'FAIL'}"
+            print(f"{label:<28}{ratio:>6.2f}{verdict}")
+        added = p99_gw - p99_direct
+        print(
+            f"p99 at half of plain max ({half:.0f} rps, hey): direct {p99_direct:.2f} ms, gateway {p99_gw:.2f} ms "
+            f"-> added {added:.2f} ms  target <= 2 ms: {'PASS' if added <= 2 else 'FAIL'}"
+        )
+        return 0
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
