@@ -1,7 +1,8 @@
 """A test upstream that says who it is: `python hack/upstream.py NAME PORT`.
 
 Paths: /slow sleeps 2 s, /fail answers 500, /biz answers a 6001 business code,
-/_count tells how many requests arrived, anything else echoes {upstream, path,
+/session/validate accepts Session-Id "good-<user>", /_count tells how many
+requests arrived, anything else echoes {upstream, path,
 method, body, headers}. An upstream named broken* answers 500 to everything.
 """
 
@@ -24,6 +25,11 @@ async def handle(request: Request) -> Response:
     if path == "/_count":
         return JSONResponse(SEEN)
     SEEN["requests"] += 1
+    if path == "/session/validate":  # sessions "good-<user>" are valid
+        token = request.headers.get("session-id", "")
+        if token.startswith("good-"):
+            return JSONResponse({"valid": True}, headers={"Uid": token[5:]})
+        return JSONResponse({"valid": False}, status_code=401)
     if NAME.startswith("broken"):
         return JSONResponse({"error": "broken"}, status_code=503)
     if path == "/slow":

@@ -34,8 +34,13 @@ def check_gateway(spec: GatewaySpec) -> list[str]:
                 problems.append(f"spec.upstreams[{i}].failoverUpstream: an upstream cannot fail over to itself")
             elif u.failover_upstream not in upstreams:
                 problems.append(f"spec.upstreams[{i}].failoverUpstream: no upstream named {u.failover_upstream!r}")
+    sv = spec.session_validation
+    if sv is not None and sv.upstream not in upstreams:
+        problems.append(f"spec.sessionValidation.upstream: no upstream named {sv.upstream!r}")
     for i, a in enumerate(spec.apis):
         where = f"spec.apis[{i}] ({a.operation_type})"
+        if a.auth_required and sv is None:
+            problems.append(f"{where}.authRequired: set spec.sessionValidation to say how logins are checked")
         if a.upstream not in upstreams:
             problems.append(f"{where}.upstream: no upstream named {a.upstream!r}")
         if a.canary is not None:

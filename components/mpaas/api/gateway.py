@@ -224,12 +224,31 @@ class Rollout(ApiModel):
     paused: bool = False
 
 
+class SessionValidation(ApiModel):
+    """How `authRequired` APIs check a login: the gateway asks this upstream about the session."""
+
+    upstream: str = Field(max_length=63, pattern=DNS_LABEL)
+    path: str = Field(default="/session/validate", max_length=1024, pattern=r"^/[^\s]*$")
+    # The request header carrying the session token; it is sent on to the validation upstream.
+    header: str = Field(default="Session-Id", max_length=128, pattern=r"^[A-Za-z0-9-]+$")
+    # Remember valid sessions this long (0: ask every time).
+    cache_seconds: int = Field(default=60, ge=0, le=3600)
+
+
 class GatewaySpec(ApiModel):
     __cel__ = [
         cel(
             "self.apis.all(a, self.upstreams.exists(u, u.name == a.upstream))",
             "every api.upstream must name an entry of spec.upstreams",
             field_path=".apis",
+        ),
+        cel(
+            "!has(self.sessionValidation) || self.upstreams.exists(u, u.name == self.sessionValidation.upstream)",
+            "sessionValidation.upstream must name an entry of spec.upstreams",
+        ),
+        cel(
+            "!self.apis.exists(a, has(a.authRequired) && a.authRequired) || has(self.sessionValidation)",
+            "APIs with authRequired need spec.sessionValidation",
         ),
         cel(
             "!has(self.autoscaling) || self.autoscaling.minReplicas <= self.autoscaling.maxReplicas",
@@ -242,6 +261,7 @@ class GatewaySpec(ApiModel):
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
     rollout: Rollout | None = None
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+    session_validation: SessionValidation | None = None
     apps: list[GatewayApp] = Field(
         default_factory=list,
         max_length=64,

@@ -38,6 +38,7 @@ from ..rules import percent_of
 from ..service import ComponentSettings, component_app, trace_id_var
 from ..stores import FallbackHotStore, HotStore, open_hotstore
 from . import codes
+from .cache import ResponseCache, SessionCache
 from .codes import ResultCode
 from .guards import Breakers, Concurrency
 from .routes import EMPTY, IDEMPOTENT, KIND, SECRET, CompiledApi, CompiledApp, CompiledUpstream, RouteTable, compiler
@@ -73,6 +74,7 @@ _HOP_HEADERS = {
     "traceparent",
     "mgw-key",
     "mgw-key-type",
+    "x-user-id",  # only the gateway's session check may set it
 }
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 # Rule attributes the client sends as headers (canary rules, docs/gateway.md).
@@ -179,6 +181,8 @@ class Gateway:
         )
         self.breakers = Breakers()
         self.concurrency = Concurrency()
+        self.cache = ResponseCache()
+        self.sessions = SessionCache()
         self.http: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -295,8 +299,52 @@ class Gateway:
         ):
             RATE_LIMITED.labels("app").inc()
             return _result(codes.RATE_LIMITED, trace_id, rest=rest, memo=f"rate limit of app {app_id} reached")
-        upstream = self._choose_upstream(request, table, api, op, app_id, workspace_id)
-        out = await self._forward(request, table, api, upstream, body, trace_id, traceparent, rest)
+        extra: dict[str, str] = {}
+        if api.auth_required:
+            login = await self._check_login(request, table)
+            if isinstance(login, ResultCode):
+                return _result(login, trace_id, rest=rest)
+            if login:
+                extra["x-user-id"] = login
+        cache_key = ResponseCache.key(op, app_id, workspace_id, api.cache[1], body) if api.cache is not None else None
+        cached = self.cache.get(cache_key) if cache_key is not None else None
+        if api.mock is not None:
+            try:
+                request_json = json.loads(body) if body else None
+            except ValueError:
+                request_json = None
+            out = Outcome(
+                codes.SUCCESS.code,
+                api.mock.status if rest else 200,
+                {"Result-Status": "1000", "Memo": "mock", "Mgw-TraceId": trace_id, "Content-Type": "application/json"},
+                api.mock.render(request_json, request.headers),
+                "_mock",
+            )
+        elif cached is not None:
+            out = Outcome(
+                codes.SUCCESS.code,
+                cached.status,
+                {
+                    "Result-Status": "1000",
+                    "Memo": "success (cached)",
+                    "Mgw-TraceId": trace_id,
+                    "Content-Type": cached.content_type,
+                    "ETag": cached.etag,
+                },
+                cached.body,
+                "_cache",
+            )
+        else:
+            upstream = self._choose_upstream(request, table, api, op, app_id, workspace_id)
+            out = await self._forward(request, table, api, upstream, body, trace_id, traceparent, rest, extra)
+            if cache_key is not None and api.cache is not None and out.code == codes.SUCCESS.code:
+                item = self.cache.put(
+                    cache_key, api.cache[0], out.status, out.headers.get("Content-Type", ""), out.body
+                )
+                out.headers["ETag"] = item.etag
+        etag_ = out.headers.get("ETag")
+        if etag_ and request.headers.get("if-none-match") == etag_:
+            out.status, out.body = 304, b""
         if session_key is not None and app is not None and out.body:
             out.headers["Mgw-Content-Type"] = out.headers.get("Content-Type", "")
             out.headers["Content-Type"] = "application/octet-stream"
@@ -318,6 +366,39 @@ class Gateway:
             return key, envelope.open_sealed(app.cipher, key, body, envelope.aad(app.app_id, op))
         except Exception:  # bad base64, wrong key, tampered body: all the same answer
             return codes.DECRYPTION_FAILED
+
+    async def _check_login(self, request: Incoming, table: RouteTable) -> ResultCode | str:
+        """The user id of a valid session (may be ""), or the code to answer with."""
+        session = table.session
+        if session is None:  # the CRD requires sessionValidation for authRequired APIs
+            return codes.LOGIN_REQUIRED
+        token = request.headers.get(session.header)
+        if not token:
+            return codes.LOGIN_REQUIRED
+        known = self.sessions.get(token)
+        if known is not None:
+            return known
+        upstream = table.upstreams.get(session.upstream)
+        url = upstream.pick() if upstream is not None else None
+        if upstream is None or url is None or self.http is None:
+            return codes.UPSTREAM_UNAVAILABLE
+        try:
+            async with self.http.post(
+                url + session.path,
+                headers={session.header: token},
+                timeout=aiohttp.ClientTimeout(total=upstream.timeout_seconds),
+            ) as resp:
+                status, user = resp.status, resp.headers.get("uid", "")
+        except TimeoutError:
+            return codes.UPSTREAM_TIMEOUT
+        except aiohttp.ClientError:
+            return codes.UPSTREAM_UNAVAILABLE
+        if 200 <= status < 300:
+            self.sessions.put(token, user, session.cache_seconds)
+            return user
+        if status in (401, 403, 404):
+            return codes.LOGIN_REQUIRED
+        return codes.UPSTREAM_ERROR
 
     async def _verify(self, request: Incoming, app: CompiledApp, op: str, body: bytes) -> ResultCode | None:
         h = request.headers
@@ -376,9 +457,12 @@ class Gateway:
         trace_id: str,
         traceparent: str,
         rest: bool,
+        extra_headers: dict[str, str] | None = None,
     ) -> Outcome:
         assert self.http is not None
         out_headers = {k: v for k, v in request.headers.items() if k not in _HOP_HEADERS}
+        if extra_headers:
+            out_headers.update(extra_headers)
         for src, dst in api.header_mappings:
             value = request.headers.get(src)
             if value is not None:

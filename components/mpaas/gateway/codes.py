@@ -25,6 +25,7 @@ ACCESS_DENIED = ResultCode(1001, "AccessDenied", 403, "this app may not call thi
 RATE_LIMITED = ResultCode(1002, "RateLimited", 429, "too many requests: rate limit of this API or app reached")
 UNKNOWN_APP = ResultCode(1003, "UnknownApp", 403, "AppId/WorkspaceId not registered on this gateway")
 OVERLOADED = ResultCode(1004, "Overloaded", 503, "upstream concurrency limit reached, try again shortly")
+LOGIN_REQUIRED = ResultCode(2000, "LoginRequired", 401, "this API needs a valid login session")
 OPERATION_TYPE_MISSING = ResultCode(3000, "OperationTypeMissing", 400, "Operation-Type header missing")
 OPERATION_TYPE_UNKNOWN = ResultCode(3001, "OperationTypeUnknown", 404, "no API registered for this operation type")
 API_OFFLINE = ResultCode(3002, "ApiOffline", 503, "this API is offline")

@@ -10,10 +10,12 @@ from __future__ import annotations
 import base64
 import bisect
 import itertools
+import json
 import logging
 import random
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ..api.gateway import DEFAULT_TIMEOUT_MS, ApiState, CircuitBreaker, GatewayApp, GatewaySpec, Upstream
@@ -62,6 +64,53 @@ class CompiledCanary:
 
 
 @dataclass(frozen=True)
+class CompiledMock:
+    status: int
+    render: Callable[[object, Mapping[str, str]], bytes]  # (request JSON, headers) -> body
+
+
+@dataclass(frozen=True)
+class CompiledSession:
+    upstream: str
+    path: str
+    header: str  # lower-case
+    cache_seconds: int
+
+
+_PLACEHOLDER = re.compile(r"\{\{\s*(body|header)\.([A-Za-z0-9_.-]+)\s*\}\}")
+
+
+def _lookup(source: str, name: str, body: object, headers: Mapping[str, str]) -> object:
+    if source == "header":
+        return headers.get(name.lower(), "")
+    value = body
+    for part in name.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def compile_mock(status: int, body: object, template: bool) -> CompiledMock:
+    """A mock response: static JSON, or a template with {{body.field}} and {{header.Name}} placeholders."""
+    static = json.dumps(body if body is not None else {}, ensure_ascii=False).encode()
+    if not template:
+        return CompiledMock(status, lambda _body, _headers: static)
+
+    def fill(node: object, req: object, headers: Mapping[str, str]) -> object:
+        if isinstance(node, str):
+            whole = _PLACEHOLDER.fullmatch(node)
+            if whole:  # "{{body.count}}" keeps the value's JSON type
+                return _lookup(whole.group(1), whole.group(2), req, headers)
+            return _PLACEHOLDER.sub(lambda m: str(_lookup(m.group(1), m.group(2), req, headers) or ""), node)
+        if isinstance(node, list):
+            return [fill(x, req, headers) for x in node]
+        if isinstance(node, dict):
+            return {k: fill(v, req, headers) for k, v in node.items()}
+        return node
+
+    return CompiledMock(status, lambda req, headers: json.dumps(fill(body, req, headers), ensure_ascii=False).encode())
+
+
+@dataclass(frozen=True)
 class CompiledApi:
     operation_type: str
     upstream: CompiledUpstream
@@ -74,6 +123,9 @@ class CompiledApi:
     retries: int = 0
     rate_limit: tuple[float, int] | None = None  # (per second, burst)
     canary: CompiledCanary | None = None
+    auth_required: bool = False
+    mock: CompiledMock | None = None
+    cache: tuple[int, tuple[str, ...]] | None = None  # (ttl seconds, key fields)
 
 
 @dataclass(frozen=True)
@@ -100,6 +152,7 @@ class RouteTable:
     apps: dict[tuple[str, str], CompiledApp] = field(default_factory=dict)  # empty: no app check
     upstreams: dict[str, CompiledUpstream] = field(default_factory=dict)
     max_body_bytes: int = 1_048_576
+    session: CompiledSession | None = None
 
 
 EMPTY = RouteTable(gateway="", generation=0)
@@ -277,6 +330,11 @@ class Compiler:
                 retries=a.retries,
                 rate_limit=_limit(a.rate_limit),
                 canary=canary,
+                auth_required=a.auth_required,
+                mock=compile_mock(a.mock.status_code, a.mock.body, a.mock.template)
+                if a.mock is not None and a.mock.enabled
+                else None,
+                cache=(a.cache.ttl_seconds, tuple(a.cache.key_fields)) if a.cache is not None else None,
             )
         return RouteTable(
             gateway=f"{res.namespace}/{res.name}",
@@ -285,6 +343,9 @@ class Compiler:
             apps={(app.app_id, app.workspace_id): self._app(res, app, resources) for app in spec.apps},
             upstreams=upstreams,
             max_body_bytes=spec.max_body_bytes,
+            session=CompiledSession(sv.upstream, sv.path, sv.header.lower(), sv.cache_seconds)
+            if (sv := spec.session_validation) is not None
+            else None,
         )
 
 

@@ -1,0 +1,101 @@
+"""Mock responses, the response cache with ETags, and login-required APIs."""
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import apply_yaml, hits
+
+pytestmark = pytest.mark.component
+
+
+def resource(namespace: str, upstreams: dict[str, str], apis: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "mpaas.io/v1alpha1",
+        "kind": "MpaasGateway",
+        "metadata": {"name": "gw", "namespace": namespace},
+        "spec": {
+            "upstreams": [
+                {"name": "alpha", "endpoints": [{"url": upstreams["alpha"]}]},
+                {"name": "auth", "endpoints": [{"url": upstreams["beta"]}]},
+            ],
+            "apis": apis,
+            **spec,
+        },
+    }
+
+
+def post(url: str, op: str, body: bytes = b"{}", **headers: str) -> httpx.Response:
+    return httpx.post(
+        url + "/mgw.htm", content=body, headers={"Operation-Type": op, "Content-Type": "application/json", **headers}
+    )
+
+
+def test_mock_responses(namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]) -> None:
+    apis = [
+        {"operationType": "m.static", "upstream": "alpha", "mock": {"body": {"items": [1, 2], "ok": True}}},
+        {
+            "operationType": "m.tpl",
+            "upstream": "alpha",
+            "mock": {
+                "template": True,
+                "body": {"greeting": "hello {{body.user.name}} on {{header.Platform}}", "count": "{{body.count}}"},
+            },
+        },
+    ]
+    url = start_gateway(namespace, resource(namespace, upstreams, apis))
+    before = hits(upstreams["alpha"])
+    r = post(url, "m.static")
+    assert r.headers["Result-Status"] == "1000" and r.json() == {"items": [1, 2], "ok": True}
+    r = post(url, "m.tpl", b'{"user": {"name": "Ann"}, "count": 3}', Platform="ios")
+    assert r.json() == {"greeting": "hello Ann on ios", "count": 3}
+    assert hits(upstreams["alpha"]) == before  # mocks never call the upstream
+
+
+def test_response_cache_and_etag(namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]) -> None:
+    apis = [
+        {
+            "operationType": "c.get",
+            "upstream": "alpha",
+            "path": "/item",
+            "cache": {"ttlSeconds": 60, "keyFields": ["id"]},
+        }
+    ]
+    url = start_gateway(namespace, resource(namespace, upstreams, apis))
+    before = hits(upstreams["alpha"])
+    first = post(url, "c.get", b'{"id": 1, "noise": "a"}')
+    assert first.headers["Result-Status"] == "1000" and first.headers["ETag"]
+    second = post(url, "c.get", b'{"id": 1, "noise": "b"}')  # same key field: from the cache
+    assert second.content == first.content and second.headers["ETag"] == first.headers["ETag"]
+    assert hits(upstreams["alpha"]) == before + 1
+    post(url, "c.get", b'{"id": 2}')
+    assert hits(upstreams["alpha"]) == before + 2
+    not_modified = post(url, "c.get", b'{"id": 1}', **{"If-None-Match": first.headers["ETag"]})
+    assert not_modified.status_code == 304 and not_modified.content == b""
+
+
+def test_login_required(namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]) -> None:
+    apis = [
+        {"operationType": "l.me", "upstream": "alpha", "path": "/me", "authRequired": True},
+        {"operationType": "l.open", "upstream": "alpha", "path": "/open"},
+    ]
+    res = resource(namespace, upstreams, apis, sessionValidation={"upstream": "auth", "cacheSeconds": 60})
+    url = start_gateway(namespace, res)
+    before_alpha, before_auth = hits(upstreams["alpha"]), hits(upstreams["beta"])
+    assert post(url, "l.me").headers["Result-Status"] == "2000"
+    assert post(url, "l.me", **{"Session-Id": "expired"}).headers["Result-Status"] == "2000"
+    assert hits(upstreams["alpha"]) == before_alpha
+    ok = post(url, "l.me", **{"Session-Id": "good-u42"})
+    assert ok.headers["Result-Status"] == "1000" and ok.json()["headers"]["x-user-id"] == "u42"
+    post(url, "l.me", **{"Session-Id": "good-u42"})
+    assert hits(upstreams["beta"]) == before_auth + 2  # "expired" once, "good-u42" once: then cached
+    spoofed = post(url, "l.open", **{"X-User-Id": "admin"})
+    assert "x-user-id" not in spoofed.json()["headers"]
+
+
+def test_auth_required_needs_session_validation(namespace: str, upstreams: dict[str, str]) -> None:
+    res = resource(namespace, upstreams, [{"operationType": "l.me", "upstream": "alpha", "authRequired": True}])
+    r = apply_yaml(namespace, res)
+    assert r.returncode != 0 and "APIs with authRequired need spec.sessionValidation" in r.stderr
