@@ -225,6 +225,7 @@ def start_gateway(spawn: Callable[..., Process]) -> Callable[..., str]:
                 "MPAAS_NAMESPACE": namespace,
                 "MPAAS_GATEWAY_NAME": name,
                 "MPAAS_CONFIG_SOURCE": "kube",
+                "MPAAS_ADMIN_PORT": str(free_port()),
                 **(env or {}),
             },
             name="gateway",

@@ -48,7 +48,8 @@ def run_component(name: str) -> None:
 
         gs = GatewaySettings()
         setup_logging(gs.log_level, gs.log_format)
-        serve(create_app(gs), gs)
+        app = create_app(gs)
+        serve(app, gs, extra=[(app.admin, gs.admin_host, gs.admin_port)])
         return
     from . import components
 

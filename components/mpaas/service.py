@@ -128,32 +128,52 @@ def component_app(
     return app
 
 
-def serve(app: Any, settings: ComponentSettings, *, access_log: bool = False) -> None:
-    """Run under uvicorn; on SIGTERM readiness turns false, then in-flight requests drain."""
+def serve(app: Any, settings: ComponentSettings, *, extra: list[tuple[Any, str, int]] | None = None) -> None:
+    """Run under uvicorn, plus `extra` (app, host, port) servers in the same loop (an admin port).
+
+    On SIGTERM readiness turns false, every server stops accepting, and in-flight
+    requests get `drain_seconds` to finish.
+    """
+    import asyncio
+
     import uvicorn
 
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=access_log,
-        timeout_graceful_shutdown=int(settings.drain_seconds) or None,
-        lifespan="on",
-        loop="uvloop" if _has("uvloop") else "asyncio",
-        http="httptools" if _has("httptools") else "h11",
-    )
-    server = uvicorn.Server(config)
+    def config(a: Any, host: str, port: int) -> uvicorn.Config:
+        return uvicorn.Config(
+            a,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,
+            timeout_graceful_shutdown=int(settings.drain_seconds) or None,
+            lifespan="auto",
+            loop="uvloop" if _has("uvloop") else "asyncio",
+            http="httptools" if _has("httptools") else "h11",
+        )
 
-    original = server.handle_exit
+    servers = [uvicorn.Server(config(app, settings.host, settings.port))]
+    servers += [uvicorn.Server(config(a, host, port)) for a, host, port in extra or []]
 
-    def handle_exit(sig: int, frame: Any) -> None:
-        if hasattr(app, "state"):
-            app.state.draining = True
-        original(sig, frame)
+    def stop_all(sig: int, frame: Any) -> None:
+        state = getattr(app, "state", None)
+        if state is not None:
+            state.draining = True
+        for s in servers:
+            s.should_exit = True
 
-    server.handle_exit = handle_exit  # type: ignore[method-assign]
-    server.run()
+    for s in servers:  # whichever server caught the signal stops them all
+        s.handle_exit = stop_all  # type: ignore[method-assign]
+
+    async def main() -> None:
+        await asyncio.gather(*(s.serve() for s in servers))
+
+    if _has("uvloop"):
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
 
 
 def _has(module: str) -> bool:

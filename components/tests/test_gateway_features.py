@@ -6,7 +6,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import apply_yaml, hits
+from conftest import apply_yaml, free_port, hits
 
 pytestmark = pytest.mark.component
 
@@ -99,3 +99,55 @@ def test_auth_required_needs_session_validation(namespace: str, upstreams: dict[
     res = resource(namespace, upstreams, [{"operationType": "l.me", "upstream": "alpha", "authRequired": True}])
     r = apply_yaml(namespace, res)
     assert r.returncode != 0 and "APIs with authRequired need spec.sessionValidation" in r.stderr
+
+
+def test_admin_api_test_call_and_openapi(
+    namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]
+) -> None:
+    schema = {"type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"]}
+    apis = [
+        {
+            "operationType": "a.item",
+            "upstream": "alpha",
+            "path": "/item",
+            "description": "Fetch one item",
+            "requestSchema": schema,
+            "responseSchema": {"type": "object", "properties": {"name": {"type": "string"}}},
+        },
+        {"operationType": "a.vip", "upstream": "alpha", "apps": ["VIP"]},
+    ]
+    res = resource(
+        namespace,
+        upstreams,
+        apis,
+        apps=[
+            {
+                "appId": "APP",
+                "workspaceId": "prod",
+                "signature": {"algorithm": "HmacSha256"},
+                "credentialsSecretRef": {"name": "none"},
+            },
+            {"appId": "VIP", "workspaceId": "prod"},
+        ],
+    )
+    admin_port = free_port()
+    start_gateway(namespace, res, env={"MPAAS_ADMIN_PORT": str(admin_port)})
+    admin = f"http://127.0.0.1:{admin_port}"
+    listed = httpx.get(admin + "/admin/apis").json()
+    assert {a["operationType"] for a in listed} == {"a.item", "a.vip"}
+    # A signed app's API, tested without a signature: the pipeline runs, the upstream answers, stages are timed.
+    r = httpx.post(
+        admin + "/admin/test",
+        json={"operationType": "a.item", "appId": "APP", "workspaceId": "prod", "body": {"id": 7}},
+    ).json()
+    assert r["resultStatus"] == 1000 and r["upstream"] == "alpha" and r["body"]["path"] == "/item"
+    names = [s["name"] for s in r["stages"]]
+    assert names[:2] == ["route", "read body"] and names[-1] == "alpha" and r["totalMilliseconds"] > 0
+    assert httpx.post(admin + "/admin/test", json={"operationType": "nope"}).json()["resultStatus"] == 3001
+    assert httpx.post(admin + "/admin/test", json={"appId": "x"}).status_code == 422
+    doc = httpx.get(admin + "/admin/openapi/APP").json()
+    assert doc["openapi"] == "3.1.0" and set(doc["paths"]) == {"/api/a.item"}  # a.vip is VIP's only
+    op = doc["paths"]["/api/a.item"]["post"]
+    assert op["summary"] == "Fetch one item"
+    assert op["requestBody"]["content"]["application/json"]["schema"] == schema
+    assert httpx.get(admin + "/admin/openapi/STRANGER").status_code == 404

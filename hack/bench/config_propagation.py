@@ -84,6 +84,7 @@ def main() -> int:
             "MPAAS_NAMESPACE": ns,
             "MPAAS_GATEWAY_NAME": "bench",
             "MPAAS_LOG_LEVEL": "WARNING",
+            "MPAAS_ADMIN_PORT": str(free_port()),
         }
         procs.append(subprocess.Popen([str(Path(sys.executable).parent / "mpaas"), "gateway"], env=env))
         url = f"http://127.0.0.1:{gw_port}"

@@ -260,6 +260,7 @@ http {{
             "MPAAS_HOST": "127.0.0.1",
             "MPAAS_LOG_LEVEL": "WARNING",
             "MPAAS_DIGEST_LOG": "false",
+            "MPAAS_ADMIN_PORT": str(free_port()),
         }
         procs.append(
             subprocess.Popen(

@@ -38,6 +38,7 @@ from ..rules import percent_of
 from ..service import ComponentSettings, component_app, trace_id_var
 from ..stores import FallbackHotStore, HotStore, open_hotstore
 from . import codes
+from .admin import create_admin_app
 from .cache import ResponseCache, SessionCache
 from .codes import ResultCode
 from .guards import Breakers, Concurrency
@@ -99,6 +100,9 @@ class GatewaySettings(ComponentSettings):
     # Shared hot state (nonces, rate-limit buckets): redis://host:port/db, or memory:// for one process.
     redis_url: str = "memory://"
     digest_log: bool = True
+    # The admin API (test calls without signatures): loopback by default, reach it with a port-forward.
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 9901
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ class UpstreamResponse:
 class Incoming:
     """The parts of an HTTP request the gateway reads, straight from the ASGI scope."""
 
-    __slots__ = ("_receive", "client_ip", "headers", "method", "path", "query")
+    __slots__ = ("_receive", "client_ip", "headers", "method", "path", "query", "skip_signature", "stages")
 
     def __init__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]]):
         self.method: str = scope["method"]
@@ -121,6 +125,13 @@ class Incoming:
         client = scope.get("client")
         self.client_ip: str = client[0] if client else ""
         self._receive = receive
+        # Set by the admin API's test calls: per-stage timestamps, and signatures waived.
+        self.stages: list[tuple[str, float]] | None = None
+        self.skip_signature = False
+
+    def mark(self, stage: str) -> None:
+        if self.stages is not None:
+            self.stages.append((stage, time.perf_counter()))
 
     async def body(self) -> bytes:
         chunks = []
@@ -267,19 +278,23 @@ class Gateway:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > table.max_body_bytes:
             return _result(codes.REQUEST_TOO_LARGE, trace_id, rest=rest)
+        request.mark("route")
         body = await request.body()
         if len(body) > table.max_body_bytes:
             return _result(codes.REQUEST_TOO_LARGE, trace_id, rest=rest)
-        if app is not None and app.algorithm:  # the signature covers the body as sent (sealed or not)
-            refused = await self._verify(request, app, op, body)
+        request.mark("read body")
+        if app is not None and app.algorithm and not request.skip_signature:
+            refused = await self._verify(request, app, op, body)  # covers the body as sent (sealed or not)
             if refused is not None:
                 return _result(refused, trace_id, rest=rest)
+            request.mark("signature")
         session_key = None
         if app is not None and app.encryption != "Disabled":
             opened = self._open(request, app, op, body)
             if isinstance(opened, ResultCode):
                 return _result(opened, trace_id, rest=rest)
             session_key, body = opened
+            request.mark("decrypt")
         if body and request.headers.get("content-type", "").startswith("application/json"):
             try:
                 json.loads(body)
@@ -299,6 +314,7 @@ class Gateway:
         ):
             RATE_LIMITED.labels("app").inc()
             return _result(codes.RATE_LIMITED, trace_id, rest=rest, memo=f"rate limit of app {app_id} reached")
+        request.mark("rate limits")
         extra: dict[str, str] = {}
         if api.auth_required:
             login = await self._check_login(request, table)
@@ -306,6 +322,7 @@ class Gateway:
                 return _result(login, trace_id, rest=rest)
             if login:
                 extra["x-user-id"] = login
+            request.mark("login")
         cache_key = ResponseCache.key(op, app_id, workspace_id, api.cache[1], body) if api.cache is not None else None
         cached = self.cache.get(cache_key) if cache_key is not None else None
         if api.mock is not None:
@@ -342,6 +359,7 @@ class Gateway:
                     cache_key, api.cache[0], out.status, out.headers.get("Content-Type", ""), out.body
                 )
                 out.headers["ETag"] = item.etag
+        request.mark(out.upstream or "answer")
         etag_ = out.headers.get("ETag")
         if etag_ and request.headers.get("if-none-match") == etag_:
             out.status, out.body = 304, b""
@@ -350,6 +368,7 @@ class Gateway:
             out.headers["Content-Type"] = "application/octet-stream"
             out.headers["Mgw-Encrypted"] = "1"
             out.body = envelope.seal(app.cipher, session_key, out.body, envelope.aad(app.app_id, op))
+            request.mark("seal")
         return out
 
     @staticmethod
@@ -582,6 +601,7 @@ class GatewayASGI:
 
     def __init__(self, gateway: Gateway, app: FastAPI):
         self.gateway, self.app, self.state = gateway, app, app.state
+        self.admin = create_admin_app(gateway)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
