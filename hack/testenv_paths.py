@@ -34,6 +34,20 @@ def helm() -> str:
     return str(cache() / f"helm-{versions()['HELM_VERSION']}" / "helm")
 
 
+def tsc() -> str:
+    return str(cache() / f"typescript-{versions()['TYPESCRIPT_VERSION']}" / "node_modules" / ".bin" / "tsc")
+
+
+def kotlin_stdlib() -> str:
+    v = versions()["KOTLIN_VERSION"]
+    return str(cache() / f"kotlin-{v}" / "libs" / f"kotlin-stdlib-{v}.jar")
+
+
+def kotlin_classpath() -> str:
+    libs = cache() / f"kotlin-{versions()['KOTLIN_VERSION']}" / "libs"
+    return ":".join(str(p) for p in sorted(libs.glob("*.jar")))
+
+
 if __name__ == "__main__":
     import sys
 

@@ -4,6 +4,7 @@
     mpaas operator                                              run the operator
     mpaas dev [--simulate]                                      everything in one process
     mpaas simulate --gateway URL                                drive a gateway like a phone
+    mpaas client-gen --openapi URL|FILE --lang typescript|kotlin typed client code for an app
 
 Components take their settings from MPAAS_* environment variables (see
 `mpaas.service.ComponentSettings`); flags here override the common ones.
@@ -96,6 +97,26 @@ def run_dev(args: argparse.Namespace) -> int:
         return 0
 
 
+def client_gen(args: argparse.Namespace) -> int:
+    import json
+
+    from .gateway import codegen
+
+    if args.openapi.startswith(("http://", "https://")):
+        import httpx
+
+        doc = httpx.get(args.openapi, timeout=10).raise_for_status().json()
+    else:
+        doc = json.loads(Path(args.openapi).read_text())
+    code = codegen.kotlin(doc, args.package) if args.lang == "kotlin" else codegen.typescript(doc)
+    if args.out:
+        Path(args.out).write_text(code)
+        print(f"wrote {args.out}: {len(codegen.operations(doc))} operations", file=sys.stderr)
+    else:
+        sys.stdout.write(code)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mpaas", description="Kubernetes-native mobile backend platform")
     p.add_argument("--version", action="version", version=f"mpaas {__version__}")
@@ -113,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--simulate", action="store_true", help="drive the gateway with the mobile-client simulator")
     d.add_argument("--exit-after-simulate", action="store_true")
     d.add_argument("--log-level", default="WARNING")
+    g = sub.add_parser("client-gen", help="typed client code from a gateway's OpenAPI export")
+    g.add_argument("--openapi", required=True, help="a file, or the admin URL /admin/openapi/<appId>")
+    g.add_argument("--lang", choices=["typescript", "kotlin"], required=True)
+    g.add_argument("--out", help="file to write (default: standard output)")
+    g.add_argument("--package", default="io.mpaas.gateway", help="Kotlin package")
     s = sub.add_parser("simulate", help="call a gateway like a mobile app")
     s.add_argument("--gateway", default="http://127.0.0.1:8080")
     s.add_argument("--app-id", default="DEMO_APP")
@@ -129,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         return run()
     if args.command == "dev":
         return run_dev(args)
+    if args.command == "client-gen":
+        return client_gen(args)
     if args.command == "simulate":
         from .simulator import run_demo
 
