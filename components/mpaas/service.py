@@ -40,6 +40,9 @@ class ComponentSettings(BaseSettings):
     kubeconfig: str | None = None
     # Seconds to keep serving in-flight requests after SIGTERM.
     drain_seconds: float = 10.0
+    # Serve HTTP/2 (h2c, and h2 over TLS) besides HTTP/1.1 on the main port, through hypercorn.
+    # Off by default: uvicorn serves HTTP/1.1 faster (docs/benchmarks.md).
+    http2: bool = False
 
 
 class JsonFormatter(logging.Formatter):
@@ -152,8 +155,9 @@ def serve(app: Any, settings: ComponentSettings, *, extra: list[tuple[Any, str, 
             http="httptools" if _has("httptools") else "h11",
         )
 
-    servers = [uvicorn.Server(config(app, settings.host, settings.port))]
+    servers = [] if settings.http2 else [uvicorn.Server(config(app, settings.host, settings.port))]
     servers += [uvicorn.Server(config(a, host, port)) for a, host, port in extra or []]
+    h2_stop = asyncio.Event()
 
     def stop_all(sig: int, frame: Any) -> None:
         state = getattr(app, "state", None)
@@ -161,12 +165,16 @@ def serve(app: Any, settings: ComponentSettings, *, extra: list[tuple[Any, str, 
             state.draining = True
         for s in servers:
             s.should_exit = True
+        h2_stop.set()
 
     for s in servers:  # whichever server caught the signal stops them all
         s.handle_exit = stop_all  # type: ignore[method-assign]
 
     async def main() -> None:
-        await asyncio.gather(*(s.serve() for s in servers))
+        tasks = [s.serve() for s in servers]
+        if settings.http2:
+            tasks.append(_serve_http2(app, settings, h2_stop, stop_all))
+        await asyncio.gather(*tasks)
 
     if _has("uvloop"):
         import uvloop
@@ -174,6 +182,23 @@ def serve(app: Any, settings: ComponentSettings, *, extra: list[tuple[Any, str, 
         uvloop.run(main())
     else:
         asyncio.run(main())
+
+
+async def _serve_http2(app: Any, settings: ComponentSettings, stop: Any, stop_all: Any) -> None:
+    import asyncio
+    import signal
+
+    from hypercorn.asyncio import serve as hypercorn_serve
+    from hypercorn.config import Config
+
+    cfg = Config()
+    cfg.bind = [f"{settings.host}:{settings.port}"]
+    cfg.graceful_timeout = settings.drain_seconds
+    cfg.accesslog = None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop_all, sig, None)
+    await hypercorn_serve(app, cfg, shutdown_trigger=stop.wait)
 
 
 def _has(module: str) -> bool:

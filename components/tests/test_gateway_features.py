@@ -1,12 +1,15 @@
 """Mock responses, the response cache with ETags, and login-required APIs."""
 
+import asyncio
+import subprocess
+import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import apply_yaml, free_port, hits
+from conftest import apply_yaml, eventually, free_port, hits
 
 pytestmark = pytest.mark.component
 
@@ -151,3 +154,96 @@ def test_admin_api_test_call_and_openapi(
     assert op["summary"] == "Fetch one item"
     assert op["requestBody"]["content"]["application/json"]["schema"] == schema
     assert httpx.get(admin + "/admin/openapi/STRANGER").status_code == 404
+
+
+def test_http2_and_http1_on_one_port(
+    namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]
+) -> None:
+    apis = [{"operationType": "h.echo", "upstream": "alpha", "path": "/echo"}]
+    url = start_gateway(namespace, resource(namespace, upstreams, apis), env={"MPAAS_HTTP2": "true"})
+    for flag, version in (("--http2-prior-knowledge", "2"), ("--http1.1", "1.1")):
+        r = subprocess.run(
+            [
+                "curl",
+                "-s",
+                flag,
+                "-X",
+                "POST",
+                "-H",
+                "Operation-Type: h.echo",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version} %header{result-status}",
+                url + "/mgw.htm",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert r.stdout == f"{version} 1000", (flag, r.stdout, r.stderr)
+
+
+def test_concurrency_limit_and_missing_keys(
+    namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]
+) -> None:
+    apis = [
+        {"operationType": "s.slow", "upstream": "narrow", "path": "/slow"},
+        {"operationType": "s.echo", "upstream": "alpha", "path": "/echo"},
+    ]
+    res = resource(
+        namespace,
+        upstreams,
+        apis,
+        apps=[
+            {
+                "appId": "NOKEY",
+                "workspaceId": "w",
+                "credentialsSecretRef": {"name": "absent"},
+                "signature": {"algorithm": "EcdsaP256"},
+            },
+            {"appId": "OPEN", "workspaceId": "w"},
+        ],
+    )
+    res["spec"]["upstreams"].append(
+        {"name": "narrow", "endpoints": [{"url": upstreams["alpha"]}], "maxConcurrency": 2, "timeoutMilliseconds": 5000}
+    )
+    url = start_gateway(namespace, res)
+
+    async def burst() -> list[str]:
+        async with httpx.AsyncClient(timeout=10) as http:
+            rs = await asyncio.gather(
+                *(
+                    http.post(
+                        url + "/mgw.htm", headers={"Operation-Type": "s.slow", "AppId": "OPEN", "WorkspaceId": "w"}
+                    )
+                    for _ in range(5)
+                )
+            )
+        return [r.headers["Result-Status"] for r in rs]
+
+    results = asyncio.run(burst())
+    assert sorted(results) == ["1000", "1000", "1004", "1004", "1004"]
+    h = {
+        "Operation-Type": "s.echo",
+        "AppId": "NOKEY",
+        "WorkspaceId": "w",
+        "Ts": str(int(time.time() * 1000)),
+        "Sign": "AAAA",
+    }
+    assert post(url, "s.echo", **h).headers["Result-Status"] == "7007"
+
+
+async def test_config_change_keeps_in_flight_requests(
+    namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]
+) -> None:
+    apis = [{"operationType": "f.slow", "upstream": "alpha", "path": "/slow", "timeoutMilliseconds": 5000}]
+    url = start_gateway(namespace, resource(namespace, upstreams, apis))
+    async with httpx.AsyncClient(timeout=10) as http:
+        flight = asyncio.create_task(http.post(url + "/mgw.htm", headers={"Operation-Type": "f.slow"}))
+        await asyncio.sleep(0.5)
+        changed = resource(namespace, upstreams, [{"operationType": "f.other", "upstream": "alpha"}])
+        assert apply_yaml(namespace, changed).returncode == 0
+        await eventually(lambda: post(url, "f.slow").headers["Result-Status"] == "3001", timeout=5)
+        r = await flight
+    assert r.headers["Result-Status"] == "1000" and r.json()["path"] == "/slow"  # finished on the config it began with
