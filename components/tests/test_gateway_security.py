@@ -363,6 +363,15 @@ def test_malformed_json_is_refused(
         },
     )
     assert code(r) == "3004" and hits(upstreams["alpha"]) == before
+    proto = {
+        "AppId": "APP",
+        "WorkspaceId": "prod",
+        "Operation-Type": "op.echo",
+        "Content-Type": "application/x-protobuf",
+    }
+    assert code(httpx.post(url + "/mgw.htm", content=bytes.fromhex("0896"), headers=proto)) == "3004"
+    ok = httpx.post(url + "/mgw.htm", content=bytes.fromhex("089601"), headers=proto)
+    assert code(ok) == "1000" and hits(upstreams["alpha"]) == before + 1
 
 
 @pytest.mark.parametrize(("wrap", "cipher"), [("RsaOaep", "AesGcm"), ("EciesP256", "AesGcm"), ("Sm2", "Sm4Gcm")])

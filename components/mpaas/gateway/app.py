@@ -37,7 +37,7 @@ from ..crypto.signing import canonical
 from ..rules import percent_of
 from ..service import ComponentSettings, component_app, trace_id_var
 from ..stores import FallbackHotStore, HotStore, open_hotstore
-from . import codes
+from . import codes, protowire
 from .admin import create_admin_app
 from .cache import ResponseCache, SessionCache
 from .codes import ResultCode
@@ -295,11 +295,15 @@ class Gateway:
                 return _result(opened, trace_id, rest=rest)
             session_key, body = opened
             request.mark("decrypt")
-        if body and request.headers.get("content-type", "").startswith("application/json"):
+        if body:
+            ctype = request.headers.get("content-type", "")
             try:
-                json.loads(body)
+                if ctype.startswith("application/json"):
+                    json.loads(body)
+                elif protowire.is_protobuf(ctype):
+                    protowire.check(body)
             except ValueError as e:
-                return _result(codes.MALFORMED_BODY, trace_id, rest=rest, memo=f"body is not valid JSON: {e}")
+                return _result(codes.MALFORMED_BODY, trace_id, rest=rest, memo=f"body is not valid {ctype}: {e}")
         if api.rate_limit and not await self.hot.take_tokens(
             f"rl:{table.gateway}:api:{op}", rate=api.rate_limit[0], burst=api.rate_limit[1]
         ):
