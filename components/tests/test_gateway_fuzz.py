@@ -129,6 +129,7 @@ header_value = st.one_of(
             "off",
             "EciesP256",
             "application/json",
+            "application/x-protobuf",
             "123",
             "1700000000000",
             "AAAA",
