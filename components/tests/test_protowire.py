@@ -51,7 +51,7 @@ def test_accepts_well_formed_messages() -> None:
         (field(5, 3, b""), "not closed"),
         (field(5, 4, b""), "without its start"),
         (field(1, 0, b"\xff" * 11), "longer than 10 bytes"),
-        (b'{"json": true}', ""),
+        (b'{"json": true}', "past the end"),
     ],
 )
 def test_rejects_malformed_bytes(data: bytes, why: str) -> None:

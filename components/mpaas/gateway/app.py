@@ -43,6 +43,7 @@ from .cache import ResponseCache, SessionCache
 from .codes import ResultCode
 from .guards import Breakers, Concurrency
 from .routes import EMPTY, IDEMPOTENT, KIND, SECRET, CompiledApi, CompiledApp, CompiledUpstream, RouteTable, compiler
+from .upstream_http import ConnectFailed, UpstreamBroken, UpstreamClient
 
 log = logging.getLogger("mpaas.gateway")
 digest_log = logging.getLogger("mpaas.gateway.digest")
@@ -193,6 +194,8 @@ class Gateway:
         self.breakers = Breakers()
         self.concurrency = Concurrency()
         self.cache = ResponseCache()
+        # Plain-HTTP upstreams: the lean client (docs/benchmarks.md); https ones: aiohttp.
+        self.lean = UpstreamClient(max_idle=settings.upstream_max_connections)
         self.sessions = SessionCache()
         self.http: aiohttp.ClientSession | None = None
 
@@ -209,6 +212,7 @@ class Gateway:
     async def stop(self) -> None:
         if self.http is not None:
             await self.http.close()
+        await self.lean.close()
         await self.hot.close()
 
     async def handle(self, request: Incoming, operation_type: str | None, *, rest: bool) -> Outcome:
@@ -519,20 +523,20 @@ class Gateway:
             attempt += 1
             tried.add(url)
             try:
-                resp = await self._call(api, url + api.path, body, out_headers, params)
+                resp = await self._call(api, url, body, out_headers, params)
             except TimeoutError:
                 self._failed(upstream, url, "timeout")
                 last = codes.UPSTREAM_TIMEOUT
                 if idempotent:
                     continue
                 break
-            except aiohttp.ClientConnectorError as e:
+            except (aiohttp.ClientConnectorError, ConnectFailed) as e:
                 # The connection was never made: safe to retry whatever the method.
                 self._failed(upstream, url, "connect")
                 log.warning("upstream %s endpoint %s unreachable: %s", upstream.name, url, e)
                 last = codes.UPSTREAM_UNAVAILABLE
                 continue
-            except aiohttp.ClientError as e:
+            except (aiohttp.ClientError, UpstreamBroken) as e:
                 # The request may have reached the upstream: retry only what is idempotent.
                 self._failed(upstream, url, "broken")
                 log.warning("upstream %s endpoint %s failed: %s", upstream.name, url, e)
@@ -558,15 +562,27 @@ class Gateway:
         self.breakers.record(upstream.name, url, upstream.breaker, failed=True)
 
     async def _call(
-        self, api: CompiledApi, url: str, body: bytes, headers: dict[str, str], params: object
+        self, api: CompiledApi, base: str, body: bytes, headers: dict[str, str], params: str | None
     ) -> UpstreamResponse:
-        assert self.http is not None
+        if base.startswith("http://"):
+            r = await self.lean.request(
+                api.method,
+                base,
+                api.path,
+                body=body,
+                headers=headers,
+                query=params,
+                timeout=api.timeout_seconds,
+                idempotent=api.method in IDEMPOTENT,
+            )
+            return UpstreamResponse(r.status, r.headers, r.content)
+        assert self.http is not None  # https upstreams go through aiohttp (TLS)
         async with self.http.request(
             api.method,
-            url,
+            base + api.path,
             data=body,
             headers=headers,
-            params=params,  # type: ignore[arg-type]
+            params=params,
             timeout=aiohttp.ClientTimeout(total=api.timeout_seconds),
             allow_redirects=False,
         ) as resp:

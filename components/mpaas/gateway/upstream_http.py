@@ -1,0 +1,179 @@
+"""A lean HTTP/1.1 keep-alive client for upstream calls: asyncio protocols and httptools' parser.
+
+The gateway's calls are simple (known endpoints, bodies in memory, no
+redirects, no cookies), so a general client's per-request machinery is
+overhead. Errors say how far a request got, which decides whether it may be
+retried: `ConnectFailed` (nothing was sent) or `UpstreamBroken` (it may have
+arrived).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httptools
+
+
+class ConnectFailed(ConnectionError):
+    """The connection could not be made: the request never left."""
+
+
+class UpstreamBroken(ConnectionError):
+    """The connection failed after the request was (maybe) sent."""
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: Mapping[str, str]  # lower-case names
+    content: bytes
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[Response] | None = None
+        self.closed = False
+        self.got_bytes = False
+        self._headers: dict[str, str] = {}
+        self._body: list[bytes] = []
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            self._fail(UpstreamBroken(f"malformed response: {e}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(UpstreamBroken(f"connection closed{f': {exc}' if exc else ''}"))
+
+    def _fail(self, exc: Exception) -> None:
+        self.closed = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+        if self.transport is not None:
+            self.transport.close()
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._headers, self._body = {}, []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if not self.parser.should_keep_alive():
+            self.closed = True
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(Response(self.parser.get_status_code(), self._headers, b"".join(self._body)))
+
+
+@dataclass(frozen=True)
+class _Target:
+    host: str
+    port: int
+    authority: bytes
+    path_prefix: str
+
+
+class UpstreamClient:
+    """Keep-alive connections per endpoint; at most `max_idle` idle ones kept per endpoint."""
+
+    def __init__(self, *, max_idle: int = 256, connect_timeout: float = 3.0):
+        self.max_idle, self.connect_timeout = max_idle, connect_timeout
+        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._targets: dict[str, _Target] = {}
+
+    def _target(self, base: str) -> _Target:
+        t = self._targets.get(base)
+        if t is None:
+            u = urlsplit(base)
+            if u.scheme != "http" or not u.hostname:
+                raise ValueError(f"only http:// upstreams use the lean client, not {base!r}")
+            port = u.port or 80
+            t = _Target(u.hostname, port, f"{u.hostname}:{port}".encode(), u.path.rstrip("/"))
+            self._targets[base] = t
+        return t
+
+    async def _connect(self, t: _Target) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await asyncio.wait_for(loop.create_connection(_Connection, t.host, t.port), self.connect_timeout)
+        except (OSError, TimeoutError) as e:
+            raise ConnectFailed(f"{t.host}:{t.port}: {e}") from e
+        return conn
+
+    async def request(
+        self,
+        method: str,
+        base: str,
+        path: str,
+        *,
+        body: bytes,
+        headers: Mapping[str, str],
+        query: str | None = None,
+        timeout: float = 3.0,  # noqa: ASYNC109 - a timer on the future is cheaper than asyncio.timeout
+        idempotent: bool = False,
+    ) -> Response:
+        t = self._target(base)
+        target = t.path_prefix + path + (f"?{query}" if query else "")
+        head = [f"{method} {target} HTTP/1.1\r\nhost: ".encode() + t.authority + b"\r\n"]
+        for k, v in headers.items():
+            head.append(f"{k}: {v}\r\n".encode("latin-1", "replace"))
+        head.append(b"content-length: %d\r\n\r\n" % len(body))
+        payload = b"".join(head) + body
+        key = (t.host, t.port)
+        idle = self._idle.setdefault(key, [])
+        loop = asyncio.get_running_loop()
+        while True:
+            reused = bool(idle)
+            conn = idle.pop() if reused else await self._connect(t)
+            if conn.closed:
+                continue
+            conn.waiter = loop.create_future()
+            conn.got_bytes = False
+            assert conn.transport is not None
+            conn.transport.write(payload)
+            timer = loop.call_later(timeout, _expire, conn.waiter)
+            try:
+                resp = await conn.waiter
+            except UpstreamBroken:
+                if reused and not conn.got_bytes and idempotent:
+                    continue  # most likely a keep-alive connection the upstream had just closed
+                raise
+            except TimeoutError:
+                conn._fail(TimeoutError())
+                raise
+            finally:
+                timer.cancel()
+                conn.waiter = None
+            if not conn.closed and len(idle) < self.max_idle:
+                idle.append(conn)
+            elif conn.transport is not None:
+                conn.transport.close()
+            return resp
+
+    async def close(self) -> None:
+        for conns in self._idle.values():
+            for c in conns:
+                if c.transport is not None:
+                    c.transport.close()
+        self._idle.clear()
+
+
+def _expire(waiter: asyncio.Future[Response]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
