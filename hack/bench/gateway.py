@@ -341,9 +341,13 @@ http {{
             verdict = "" if target is None else f"  target >= {target}: {'PASS' if ratio >= target else 'FAIL'}"
             print(f"{label:<28}{ratio:>6.2f}{verdict}")
         added = p99_gw - p99_direct
+        # The load generator shares the two cores: when the direct path alone shows a p99 far above
+        # what wrk saw at full load, the figure measures hey's scheduling, not the gateway.
+        noisy = added < 0 or p99_direct > 4 * results["upstream direct"].p99_ms
+        verdict = "UNRELIABLE (load-generator noise)" if noisy else ("PASS" if added <= 2 else "FAIL")
         print(
             f"p99 at half of plain max ({half:.0f} rps, hey): direct {p99_direct:.2f} ms, gateway {p99_gw:.2f} ms "
-            f"-> added {added:.2f} ms  target <= 2 ms: {'PASS' if added <= 2 else 'FAIL'}"
+            f"-> added {added:.2f} ms  target <= 2 ms: {verdict}"
         )
         return 0
     finally:
