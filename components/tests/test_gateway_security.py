@@ -406,3 +406,30 @@ def test_encrypted_bodies(
     assert code(httpx.post(url + "/mgw.htm", content=tampered, headers=h)) == "7010"
     plain = MobileClient(url, "APP", "prod", sign_algorithm=app["signature"]["algorithm"], sign_key=sign_private)
     assert plain.call("op.echo", {"a": 1}).result_status == "7011"
+
+
+async def test_gateway_key_rotation_keeps_the_old_key_for_the_overlap(
+    namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]
+) -> None:
+    old_private, old_public = envelope.generate_gateway_key("EciesP256")
+    new_private, new_public = envelope.generate_gateway_key("EciesP256")
+    app = {
+        "appId": "APP",
+        "workspaceId": "prod",
+        "credentialsSecretRef": {"name": "app-keys"},
+        "keyOverlapSeconds": 4,
+        "encryption": {"mode": "Required", "keyWraps": ["EciesP256"]},
+    }
+    url = start_gateway(
+        namespace, gateway(namespace, upstreams, apps=[app]), extra=[secret("app-keys", ecPrivateKey=old_private)]
+    )
+    old_client = MobileClient(url, "APP", "prod", encrypt=("EciesP256", old_public, "AesGcm"))
+    new_client = MobileClient(url, "APP", "prod", encrypt=("EciesP256", new_public, "AesGcm"))
+    assert old_client.call("op.echo", {"n": 1}).result_status == "1000"
+    assert new_client.call("op.echo", {"n": 1}).result_status == "7010"
+    apply_yaml(namespace, secret("app-keys", ecPrivateKey=new_private))
+    rotated = time.monotonic()
+    await eventually(lambda: new_client.call("op.echo", {"n": 2}).result_status == "1000", timeout=5)
+    assert old_client.call("op.echo", {"n": 3}).result_status == "1000"  # inside the overlap
+    await eventually(lambda: old_client.call("op.echo", {"n": 4}).result_status == "7010", timeout=10)
+    assert time.monotonic() - rotated >= 3

@@ -402,14 +402,23 @@ class Gateway:
         wrap, wrapped = request.headers.get("mgw-key-type"), request.headers.get("mgw-key")
         if not wrap or not wrapped:
             return codes.ENCRYPTION_REQUIRED if app.encryption == "Required" else (None, body)
-        unwrap = app.unwrappers.get(wrap)
-        if unwrap is None:
+        chain = app.unwrappers.get(wrap)
+        if not chain:
             return codes.DECRYPTION_FAILED
         try:
-            key = unwrap(base64.b64decode(wrapped, validate=True))
-            return key, envelope.open_sealed(app.cipher, key, body, envelope.aad(app.app_id, op))
-        except Exception:  # bad base64, wrong key, tampered body: all the same answer
+            wrapped_key = base64.b64decode(wrapped, validate=True)
+        except ValueError:
             return codes.DECRYPTION_FAILED
+        now = time.time()
+        for unwrap, until in chain:  # the current gateway key, then previous ones inside their overlap
+            if until is not None and until <= now:
+                continue
+            try:
+                key = unwrap(wrapped_key)
+                return key, envelope.open_sealed(app.cipher, key, body, envelope.aad(app.app_id, op))
+            except Exception:  # wrong key or tampered body: try the next key, then answer the same way
+                continue
+        return codes.DECRYPTION_FAILED
 
     async def _check_login(self, request: Incoming, table: RouteTable) -> ResultCode | str:
         """The user id of a valid session (may be ""), or the code to answer with."""

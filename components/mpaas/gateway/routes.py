@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import functools
 import itertools
 import json
 import logging
@@ -17,6 +18,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from ..api.gateway import DEFAULT_TIMEOUT_MS, ApiState, CircuitBreaker, GatewayApp, GatewaySpec, Upstream
 from ..config import Resource, Resources
@@ -134,14 +136,14 @@ class CompiledApp:
     workspace_id: str
     algorithm: str | None  # None: requests are not signed
     # (verify, valid until epoch seconds or None for the current key); current key first.
-    verifiers: tuple[tuple[signing.Verify, float | None], ...]
+    verifiers: KeyChain[signing.Verify]
     key_problem: str | None
     timestamp_window_ms: int
     require_nonce: bool
     rate_limit: tuple[float, int] | None
     encryption: str = "Disabled"  # Disabled | Optional | Required
     cipher: str = "AesGcm"
-    unwrappers: dict[str, envelope.Unwrap] = field(default_factory=dict)  # keyWrap -> unwrap
+    unwrappers: dict[str, KeyChain[envelope.Unwrap]] = field(default_factory=dict)  # keyWrap -> unwrap keys
 
 
 @dataclass(frozen=True)
@@ -178,49 +180,53 @@ def _upstream(u: Upstream, namespace: str) -> CompiledUpstream:
     )
 
 
-class KeyRing:
-    """The signature keys of every app, across config changes.
+K = TypeVar("K")
+# (key material in use, valid until epoch seconds or None for the current one); current first.
+KeyChain = tuple[tuple[K, float | None], ...]
 
-    When an app's Secret changes, the previous key stays valid for the app's
-    `keyOverlapSeconds`, so clients that still sign with it keep working while
-    they pick up the new one.
+
+class KeyRing:
+    """Every app's keys (signature verifiers, session-key unwrappers) across config changes.
+
+    When an app's Secret changes, the previous key stays usable for the app's
+    `keyOverlapSeconds`, so clients still on the old key keep working while
+    they pick up the new one. A Secret that goes missing or breaks keeps the
+    last good key in use (and the problem is reported).
     """
 
     def __init__(self, clock: Callable[[], float] = time.time):
         self.clock = clock
-        self._current: dict[tuple[str, str, str], tuple[bytes, signing.Verify]] = {}
-        self._previous: dict[tuple[str, str, str], list[tuple[signing.Verify, float]]] = {}
+        self._current: dict[tuple[str, ...], tuple[bytes, Any]] = {}
+        self._previous: dict[tuple[str, ...], list[tuple[Any, float]]] = {}
 
-    def verifiers(
-        self, key: tuple[str, str, str], algorithm: str, secret: dict[str, bytes] | None, overlap: int
-    ) -> tuple[tuple[tuple[signing.Verify, float | None], ...], str | None]:
+    def chain(
+        self, key: tuple[str, ...], material: bytes | None, build: Callable[[bytes], K], overlap: int
+    ) -> tuple[KeyChain[K], str | None]:
+        """The usable keys for `key` given the Secret's current `material` (None: Secret or entry missing)."""
         now = self.clock()
         previous = [(v, until) for v, until in self._previous.get(key, []) if until > now]
         problem = None
         current = None
-        if secret is None:
-            problem = "credentials Secret not found"
+        seen = self._current.get(key)
+        if not material:
+            problem = "credentials Secret or key entry not found"
+        elif seen is not None and seen[0] == material:
+            current = seen[1]
         else:
-            material = secret.get(signing.ALGORITHMS[algorithm].secret_key, b"")
-            seen = self._current.get(key)
-            if seen is not None and seen[0] == material:
-                current = seen[1]
-            else:
-                try:
-                    current = signing.verifier(algorithm, secret)
-                except signing.KeyProblem as e:
-                    problem = str(e)
-                if current is not None:
-                    if seen is not None and overlap > 0:
-                        previous.append((seen[1], now + overlap))
-                    self._current[key] = (material, current)
+            try:
+                current = build(material)
+            except (signing.KeyProblem, envelope.EnvelopeError) as e:
+                problem = str(e)
+            if current is not None:
+                if seen is not None and overlap > 0:
+                    previous.append((seen[1], now + overlap))
+                self._current[key] = (material, current)
         if current is None and key in self._current:
-            # A broken or missing Secret: keep verifying with the last good key.
             current = self._current[key][1]
         self._previous[key] = previous
-        chain: list[tuple[signing.Verify, float | None]] = [(current, None)] if current else []
-        chain += [(v, until) for v, until in previous]
-        return tuple(chain), problem
+        out: list[tuple[K, float | None]] = [(current, None)] if current is not None else []
+        out += [(v, until) for v, until in previous]
+        return tuple(out), problem
 
 
 def _secret_data(resources: Resources, namespace: str, name: str | None) -> dict[str, bytes] | None:
@@ -258,14 +264,16 @@ class Compiler:
 
     def _app(self, res: Resource, app: GatewayApp, resources: Resources) -> CompiledApp:
         algorithm = None if app.signature.algorithm == "None" else str(app.signature.algorithm)
-        verifiers: tuple[tuple[signing.Verify, float | None], ...] = ()
+        verifiers: KeyChain[signing.Verify] = ()
         problem = None
         if algorithm:
             ref = app.credentials_secret_ref.name if app.credentials_secret_ref else None
-            verifiers, problem = self.keyring.verifiers(
-                (res.namespace, app.app_id, app.workspace_id),
-                algorithm,
-                _secret_data(resources, res.namespace, ref),
+            algo = signing.ALGORITHMS[algorithm]
+            secret = _secret_data(resources, res.namespace, ref) or {}
+            verifiers, problem = self.keyring.chain(
+                ("sign", res.namespace, app.app_id, app.workspace_id),
+                secret.get(algo.secret_key),
+                algo.make_verifier,
                 app.key_overlap_seconds,
             )
             if problem:
@@ -284,22 +292,32 @@ class Compiler:
             unwrappers=self._unwrappers(res, app, resources),
         )
 
-    @staticmethod
-    def _unwrappers(res: Resource, app: GatewayApp, resources: Resources) -> dict[str, envelope.Unwrap]:
-        """Session-key unwrappers for the app's allowed key wraps, from the gateway keys in its Secret."""
-        out: dict[str, envelope.Unwrap] = {}
+    def _unwrappers(self, res: Resource, app: GatewayApp, resources: Resources) -> dict[str, KeyChain[envelope.Unwrap]]:
+        """Session-key unwrappers per allowed key wrap, from the gateway keys in the app's Secret."""
+        out: dict[str, KeyChain[envelope.Unwrap]] = {}
         if app.encryption.mode == "Disabled":
             return out
         ref = app.credentials_secret_ref.name if app.credentials_secret_ref else None
         data = _secret_data(resources, res.namespace, ref) or {}
         for wrap in map(str, app.encryption.key_wraps):
-            pem = data.get(envelope.SECRET_KEYS[wrap])
-            try:
-                if not pem:
-                    raise envelope.EnvelopeError(f"the Secret has no {envelope.SECRET_KEYS[wrap]!r} for {wrap}")
-                out[wrap] = envelope.unwrapper(wrap, pem)
-            except envelope.EnvelopeError as e:
-                log.warning("app %s/%s: %s (Secret %s/%s)", app.app_id, app.workspace_id, e, res.namespace, ref)
+            chain, problem = self.keyring.chain(
+                ("wrap", wrap, res.namespace, app.app_id, app.workspace_id),
+                data.get(envelope.SECRET_KEYS[wrap]),
+                functools.partial(envelope.unwrapper, wrap),
+                app.key_overlap_seconds,
+            )
+            if problem:
+                log.warning(
+                    "app %s/%s: %s for %s (Secret %s/%s)",
+                    app.app_id,
+                    app.workspace_id,
+                    problem,
+                    wrap,
+                    res.namespace,
+                    ref,
+                )
+            if chain:
+                out[wrap] = chain
         return out
 
     def compile(self, res: Resource, resources: Resources) -> RouteTable:
