@@ -25,13 +25,14 @@ if TYPE_CHECKING:
 
 
 HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,128}$")]
+HeaderValue = Annotated[str, StringConstraints(pattern=r"^[^\r\n]*$", max_length=8192)]
 
 
 class TestRequest(BaseModel):
     operation_type: str = Field(alias="operationType", min_length=1, max_length=128)
     app_id: str = Field(default="", alias="appId", max_length=64)
     workspace_id: str = Field(default="", alias="workspaceId", max_length=64)
-    headers: dict[HeaderName, str] = Field(
+    headers: dict[HeaderName, HeaderValue] = Field(
         default_factory=dict, max_length=64, json_schema_extra={"additionalProperties": False}
     )
     body: Any = None

@@ -132,6 +132,8 @@ class UpstreamClient:
         target = t.path_prefix + path + (f"?{query}" if query else "")
         head = [f"{method} {target} HTTP/1.1\r\nhost: ".encode() + t.authority + b"\r\n"]
         for k, v in headers.items():
+            if "\r" in v or "\n" in v or "\r" in k or "\n" in k or ":" in k:
+                raise ValueError(f"header {k!r} would break the request line structure")
             head.append(f"{k}: {v}\r\n".encode("latin-1", "replace"))
         head.append(b"content-length: %d\r\n\r\n" % len(body))
         payload = b"".join(head) + body

@@ -1,0 +1,120 @@
+"""The lean upstream client against small in-process HTTP servers: reuse, stale connections, timeouts, errors."""
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import pytest_asyncio
+
+from conftest import free_port
+from mpaas.gateway.upstream_http import ConnectFailed, UpstreamClient
+
+pytestmark = pytest.mark.unit
+
+
+class Server:
+    def __init__(self, respond: Callable[[int], bytes | None]):
+        self.respond, self.connections, self.requests = respond, 0, 0
+        self.port = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
+                await reader.readexactly(length)
+                self.requests += 1
+                answer = self.respond(self.requests)
+                if answer is None:  # hang: never answer
+                    await asyncio.sleep(30)
+                    return
+                writer.write(answer)
+                await writer.drain()
+                if b"close-after" in answer:
+                    writer.close()
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def ok(body: bytes = b'{"ok":true}', extra: bytes = b"") -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+        + extra
+        + b"content-length: %d\r\n\r\n" % len(body)
+        + body
+    )
+
+
+@pytest_asyncio.fixture
+async def serve() -> AsyncIterator[Callable[[Callable[[int], bytes | None]], object]]:
+    servers = []
+
+    async def start(respond: Callable[[int], bytes | None]) -> Server:
+        s = Server(respond)
+        srv = await asyncio.start_server(s.handle, "127.0.0.1", 0)
+        s.port = srv.sockets[0].getsockname()[1]
+        servers.append(srv)
+        return s
+
+    yield start  # type: ignore[misc]
+    for srv in servers:
+        srv.close()
+
+
+async def test_keep_alive_reuses_one_connection(serve) -> None:  # type: ignore[no-untyped-def]
+    s = await serve(lambda n: ok(b'{"n":%d}' % n))
+    client = UpstreamClient()
+    for i in range(1, 6):
+        r = await client.request("POST", f"http://127.0.0.1:{s.port}", "/x", body=b"{}", headers={"a": "b"})
+        assert r.status == 200 and r.content == b'{"n":%d}' % i and r.headers["content-type"] == "application/json"
+    assert s.connections == 1
+    await client.close()
+
+
+async def test_a_connection_the_server_closed_is_not_reused(serve) -> None:  # type: ignore[no-untyped-def]
+    s = await serve(lambda n: ok(extra=b"x-note: close-after\r\n"))
+    client = UpstreamClient()
+    for _ in range(3):
+        r = await client.request("POST", f"http://127.0.0.1:{s.port}", "/x", body=b"", headers={})
+        assert r.status == 200
+        await asyncio.sleep(0.05)  # let the close arrive
+    assert s.connections == 3
+    await client.close()
+
+
+async def test_timeout_discards_the_connection(serve) -> None:  # type: ignore[no-untyped-def]
+    s = await serve(lambda n: None if n == 1 else ok())
+    client = UpstreamClient()
+    with pytest.raises(TimeoutError):
+        await client.request("GET", f"http://127.0.0.1:{s.port}", "/slow", body=b"", headers={}, timeout=0.2)
+    r = await client.request("GET", f"http://127.0.0.1:{s.port}", "/x", body=b"", headers={})
+    assert r.status == 200 and s.connections == 2  # a fresh connection, not the one stuck on the slow answer
+    await client.close()
+
+
+async def test_refused_connection_is_a_connect_failure() -> None:
+    client = UpstreamClient(connect_timeout=1)
+    with pytest.raises(ConnectFailed):
+        await client.request("POST", f"http://127.0.0.1:{free_port()}", "/", body=b"", headers={})
+
+
+async def test_header_values_cannot_smuggle_lines(serve) -> None:  # type: ignore[no-untyped-def]
+    s = await serve(lambda n: ok())
+    client = UpstreamClient()
+    with pytest.raises(ValueError):
+        await client.request(
+            "POST", f"http://127.0.0.1:{s.port}", "/", body=b"", headers={"x": "a\r\nGET /admin HTTP/1.1"}
+        )
+    assert s.requests == 0
+    await client.close()
