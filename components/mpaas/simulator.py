@@ -65,7 +65,15 @@ class MobileClient:
         if self._sign is not None:
             headers.setdefault("Nonce", uuid.uuid4().hex)
             msg = canonical(
-                "POST", path, operation_type, self.app_id, self.workspace_id, headers["Ts"], headers["Nonce"], payload
+                "POST",
+                path,
+                "",
+                operation_type,
+                self.app_id,
+                self.workspace_id,
+                headers["Ts"],
+                headers["Nonce"],
+                payload,
             )
             headers["Sign"] = base64.b64encode(self._sign(msg)).decode()
         return headers

@@ -12,10 +12,11 @@ pytestmark = pytest.mark.unit
 
 
 def test_canonical_string_shape() -> None:
-    msg = canonical("post", "/mgw.htm", "op", "APP", "prod", "1700000000000", "n1", b"{}")
+    msg = canonical("post", "/api/op", "a=1&b=2", "op", "APP", "prod", "1700000000000", "n1", b"{}")
     assert msg.decode().split("\n") == [
         "POST",
-        "/mgw.htm",
+        "/api/op",
+        "a=1&b=2",
         "op",
         "APP",
         "prod",

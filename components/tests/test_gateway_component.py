@@ -121,17 +121,26 @@ def test_not_ready_without_its_resource(namespace: str, spawn: Callable[..., Pro
         env={
             "MPAAS_PORT": str(port),
             "MPAAS_HOST": "127.0.0.1",
+            "MPAAS_ADMIN_PORT": str(free_port()),
             "MPAAS_NAMESPACE": namespace,
             "MPAAS_GATEWAY_NAME": "missing",
         },
     )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
+
+    def readiness() -> httpx.Response | None:
         try:
             r = httpx.get(url + "/readyz", timeout=1)
-            break
         except httpx.HTTPError:
-            time.sleep(0.1)
-    assert r.status_code == 503 and "no MpaasGateway" in r.json()["reason"]
+            return None
+        # Before the first list completes the reason is "waiting for the first configuration".
+        return r if "no MpaasGateway" in r.json()["reason"] else None
+
+    deadline = time.monotonic() + 30
+    r = None
+    while r is None and time.monotonic() < deadline:
+        r = readiness()
+        time.sleep(0.1)
+    assert r is not None and r.status_code == 503
     assert httpx.get(url + "/healthz").status_code == 200
     assert call(url, "com.test.echo").headers["Result-Status"] == "5001"

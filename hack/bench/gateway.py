@@ -279,7 +279,7 @@ http {{
         ts = str(int(time.time() * 1000))
 
         def signed(alg: str) -> dict[str, str]:
-            msg = canonical("POST", "/mgw.htm", OP, alg.upper(), "bench", ts, "", BODY)
+            msg = canonical("POST", "/mgw.htm", "", OP, alg.upper(), "bench", ts, "", BODY)
             sig = base64.b64encode(signer(alg, keys[alg][0])(msg)).decode()
             return {**base, "AppId": alg.upper(), "Ts": ts, "Sign": sig}
 

@@ -59,7 +59,10 @@ def validate(kind: str, obj: dict[str, Any]) -> Resource:
         spec = KINDS[kind].parse_spec(obj)
     else:  # Secrets carry no spec model: their data, base64 as the API serves it
         spec = dict(obj.get("data") or {})
-        for k, v in (obj.get("stringData") or {}).items():  # YAML files in local mode may use stringData
+        string_data = obj.get("stringData") or {}
+        if not isinstance(string_data, dict):
+            raise InvalidResource(kind, obj, "stringData must be a map of strings")
+        for k, v in string_data.items():  # YAML files in local mode may use stringData
             spec[k] = base64.b64encode(str(v).encode()).decode()
     return Resource(
         kind=kind,

@@ -151,7 +151,11 @@ class DirectorySource:
                 docs = self._file_docs.get(f, [])
             for doc in docs:
                 if isinstance(doc, dict) and doc.get("kind") in self.kinds:
-                    doc.setdefault("metadata", {}).setdefault("namespace", "default")
+                    meta = doc.get("metadata")
+                    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+                        log.warning("%s: a %s without metadata.name, skipped", f, doc.get("kind"))
+                        continue
+                    meta.setdefault("namespace", "default")
                     out[doc["kind"]][object_key(doc)] = doc
         for gone in set(self._file_docs) - set(files):
             del self._file_docs[gone]
@@ -185,6 +189,9 @@ class DirectorySource:
         if not self.path.is_dir():
             raise FileNotFoundError(f"config directory {self.path} does not exist")
         while True:
-            self.poll(on_change)
+            try:
+                self.poll(on_change)
+            except Exception:  # one odd file must not stop the folder from being watched
+                log.exception("reading %s failed; keeping the current config", self.path)
             self.synced.set()
             await asyncio.sleep(self.interval)

@@ -2,7 +2,7 @@
 
 The client signs
 
-    METHOD \\n PATH \\n Operation-Type \\n AppId \\n WorkspaceId \\n Ts \\n Nonce \\n hex(SHA-256(body))
+    METHOD \\n PATH \\n QUERY \\n Operation-Type \\n AppId \\n WorkspaceId \\n Ts \\n Nonce \\n hex(SHA-256(body))
 
 (UTF-8, `\\n` between fields, empty string for an absent Nonce) and sends the
 signature base64-encoded in `Sign`. The algorithm is the app's policy in the
@@ -41,10 +41,18 @@ class KeyProblem(ValueError):
 
 
 def canonical(
-    method: str, path: str, operation_type: str, app_id: str, workspace_id: str, ts: str, nonce: str, body: bytes
+    method: str,
+    path: str,
+    query: str,
+    operation_type: str,
+    app_id: str,
+    workspace_id: str,
+    ts: str,
+    nonce: str,
+    body: bytes,
 ) -> bytes:
     return "\n".join(
-        (method.upper(), path, operation_type, app_id, workspace_id, ts, nonce, hashlib.sha256(body).hexdigest())
+        (method.upper(), path, query, operation_type, app_id, workspace_id, ts, nonce, hashlib.sha256(body).hexdigest())
     ).encode()
 
 

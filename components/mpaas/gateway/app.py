@@ -77,8 +77,11 @@ _HOP_HEADERS = {
     "mgw-key",
     "mgw-key-type",
     "x-user-id",  # only the gateway's session check may set it
+    "expect",
 }
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
+_EPOCH_MS = re.compile(r"[0-9]{1,15}")
+_CODE = re.compile(r"[0-9]{4}")
 _random_bits = random.getrandbits
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 # Rule attributes the client sends as headers (canary rules, docs/gateway.md).
@@ -136,11 +139,18 @@ class Incoming:
         if self.stages is not None:
             self.stages.append((stage, time.perf_counter()))
 
-    async def body(self) -> bytes:
-        chunks = []
+    async def body(self, limit: int) -> bytes | None:
+        """The whole body, or None when it grows past `limit` bytes or the client goes away."""
+        chunks, size = [], 0
         while True:
             message = await self._receive()
-            chunks.append(message.get("body", b""))
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
@@ -300,9 +310,10 @@ class Gateway:
         if declared and declared.isdigit() and int(declared) > table.max_body_bytes:
             return _result(codes.REQUEST_TOO_LARGE, trace_id, rest=rest)
         request.mark("route")
-        body = await request.body()
-        if len(body) > table.max_body_bytes:
+        read = await request.body(table.max_body_bytes)
+        if read is None:
             return _result(codes.REQUEST_TOO_LARGE, trace_id, rest=rest)
+        body = read
         request.mark("read body")
         if app is not None and app.algorithm and not request.skip_signature:
             refused = await self._verify(request, app, op, body)  # covers the body as sent (sealed or not)
@@ -348,7 +359,11 @@ class Gateway:
             if login:
                 extra["x-user-id"] = login
             request.mark("login")
-        cache_key = ResponseCache.key(op, app_id, workspace_id, api.cache[1], body) if api.cache is not None else None
+        cache_key = None
+        if api.cache is not None:
+            # Per user on login-required APIs; the REST path's query string is part of the request too.
+            scope_ = f"{extra.get('x-user-id', '')}\n{request.method if rest else ''}\n{request.query if rest else ''}"
+            cache_key = ResponseCache.key(op, app_id, workspace_id, api.cache[1], body, scope_)
         cached = self.cache.get(cache_key) if cache_key is not None else None
         if api.mock is not None:
             try:
@@ -459,7 +474,7 @@ class Gateway:
         if not sign:
             return codes.SIGNATURE_MISSING
         ts = h.get("ts", "")
-        if not ts.isdigit():
+        if not _EPOCH_MS.fullmatch(ts):
             return codes.TIMESTAMP_MISSING
         now = time.time()
         if abs(now * 1000 - int(ts)) > app.timestamp_window_ms:
@@ -473,7 +488,9 @@ class Gateway:
             signature = base64.b64decode(sign, validate=True)
         except (binascii.Error, ValueError):
             return codes.SIGNATURE_INVALID
-        message = canonical(request.method, request.path, op, app.app_id, app.workspace_id, ts, nonce, body)
+        message = canonical(
+            request.method, request.path, request.query, op, app.app_id, app.workspace_id, ts, nonce, body
+        )
         if not any(verify(signature, message) for verify, until in app.verifiers if until is None or until > now):
             return codes.SIGNATURE_INVALID
         if nonce:
@@ -513,13 +530,14 @@ class Gateway:
         extra_headers: dict[str, str] | None = None,
     ) -> Outcome:
         assert self.http is not None
-        out_headers = {k: v for k, v in request.headers.items() if k not in _HOP_HEADERS}
-        if extra_headers:
-            out_headers.update(extra_headers)
+        # Names are compared with "_" as "-": CGI-style upstreams read X_User_Id as X-User-Id.
+        out_headers = {k: v for k, v in request.headers.items() if k.replace("_", "-") not in _HOP_HEADERS}
         for src, dst in api.header_mappings:
             value = request.headers.get(src)
-            if value is not None:
+            if value is not None and dst.lower().replace("_", "-") not in _HOP_HEADERS:
                 out_headers[dst] = value
+        if extra_headers:  # last: nothing from the client overrides what the gateway vouches for
+            out_headers.update(extra_headers)
         out_headers["mgw-traceid"] = trace_id
         out_headers["traceparent"] = traceparent
         client_ip = request.client_ip
@@ -619,13 +637,13 @@ class Gateway:
         headers = {"Mgw-TraceId": trace_id}
         ctype = resp.headers.get("content-type")
         if ctype:
-            headers["Content-Type"] = ctype
+            headers["Content-Type"] = _latin1(ctype)
+        if "tips" in resp.headers:  # text for the user, whatever the outcome
+            headers["Tips"] = _latin1(resp.headers["tips"])
         business = resp.headers.get("result-status", "")
-        if business.isdigit() and int(business) in codes.BUSINESS_CODES:
+        if _CODE.fullmatch(business) and int(business) in codes.BUSINESS_CODES:
             headers["Result-Status"] = business
             headers["Memo"] = _latin1(resp.headers.get("memo", ""))
-            if "tips" in resp.headers:
-                headers["Tips"] = _latin1(resp.headers["tips"])
             status = 200 if not rest else resp.status
             return Outcome(int(business), status, headers, resp.content, upstream)
         if resp.status >= 400:

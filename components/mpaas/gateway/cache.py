@@ -27,7 +27,12 @@ class ResponseCache:
 
     @staticmethod
     def key(
-        operation_type: str, app_id: str, workspace_id: str, key_fields: tuple[str, ...], body: bytes
+        operation_type: str,
+        app_id: str,
+        workspace_id: str,
+        key_fields: tuple[str, ...],
+        body: bytes,
+        scope: str = "",
     ) -> str | None:
         """None when the request cannot be keyed (key fields asked for, body not a JSON object)."""
         if key_fields:
@@ -40,7 +45,7 @@ class ResponseCache:
             part = json.dumps([data.get(f) for f in key_fields], sort_keys=True, default=str)
         else:
             part = hashlib.sha256(body).hexdigest()
-        return f"{operation_type}\n{app_id}\n{workspace_id}\n{part}"
+        return f"{operation_type}\n{app_id}\n{workspace_id}\n{scope}\n{part}"
 
     def get(self, key: str) -> Cached | None:
         item = self._items.get(key)

@@ -47,19 +47,7 @@ KEY_UNAVAILABLE = ResultCode(7007, "KeyUnavailable", 503, "the app's signature k
 DECRYPTION_FAILED = ResultCode(7010, "DecryptionFailed", 400, "the request body or its session key does not decrypt")
 ENCRYPTION_REQUIRED = ResultCode(7011, "EncryptionRequired", 400, "this app must encrypt its request bodies")
 
-ALL = [
-    SUCCESS,
-    ACCESS_DENIED,
-    UNKNOWN_APP,
-    OPERATION_TYPE_MISSING,
-    OPERATION_TYPE_UNKNOWN,
-    API_OFFLINE,
-    REQUEST_TOO_LARGE,
-    UPSTREAM_TIMEOUT,
-    UPSTREAM_UNAVAILABLE,
-    UPSTREAM_ERROR,
-    INTERNAL_ERROR,
-    GATEWAY_NOT_READY,
-]
+# Every code defined above, in order: the table in docs/gateway.md is checked against it.
+ALL = sorted((v for v in dict(globals()).values() if isinstance(v, ResultCode)), key=lambda c: c.code)
 BY_CODE = {c.code: c for c in ALL}
 BUSINESS_CODES = range(6000, 7000)

@@ -271,7 +271,7 @@ class Compiler:
             algo = signing.ALGORITHMS[algorithm]
             secret = _secret_data(resources, res.namespace, ref) or {}
             verifiers, problem = self.keyring.chain(
-                ("sign", res.namespace, app.app_id, app.workspace_id),
+                ("sign", algorithm, res.namespace, app.app_id, app.workspace_id),
                 secret.get(algo.secret_key),
                 algo.make_verifier,
                 app.key_overlap_seconds,

@@ -41,6 +41,7 @@ class _Connection(asyncio.Protocol):
         self.got_bytes = False
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
+        self.idle_since = 0.0
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -75,6 +76,9 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            return  # an interim answer (100 Continue, 103 Early Hints): the real one follows
         if not self.parser.should_keep_alive():
             self.closed = True
         if self.waiter is not None and not self.waiter.done():
@@ -90,10 +94,15 @@ class _Target:
 
 
 class UpstreamClient:
-    """Keep-alive connections per endpoint; at most `max_idle` idle ones kept per endpoint."""
+    """Keep-alive connections per endpoint; at most `max_idle` idle ones kept per endpoint.
 
-    def __init__(self, *, max_idle: int = 256, connect_timeout: float = 3.0):
-        self.max_idle, self.connect_timeout = max_idle, connect_timeout
+    Idle connections older than `idle_seconds` are not reused: servers close idle
+    keep-alive connections after a few seconds (uvicorn: 5 s), and a request sent
+    just as the server closes would fail.
+    """
+
+    def __init__(self, *, max_idle: int = 256, connect_timeout: float = 3.0, idle_seconds: float = 2.0):
+        self.max_idle, self.connect_timeout, self.idle_seconds = max_idle, connect_timeout, idle_seconds
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._targets: dict[str, _Target] = {}
 
@@ -145,6 +154,9 @@ class UpstreamClient:
             conn = idle.pop() if reused else await self._connect(t)
             if conn.closed:
                 continue
+            if reused and loop.time() - conn.idle_since > self.idle_seconds:
+                conn._fail(UpstreamBroken("idle too long"))
+                continue
             conn.waiter = loop.create_future()
             conn.got_bytes = False
             assert conn.transport is not None
@@ -156,13 +168,14 @@ class UpstreamClient:
                 if reused and not conn.got_bytes and idempotent:
                     continue  # most likely a keep-alive connection the upstream had just closed
                 raise
-            except TimeoutError:
-                conn._fail(TimeoutError())
+            except BaseException:  # timeout, cancellation: the connection's state is unknown, drop it
+                conn._fail(UpstreamBroken("abandoned"))
                 raise
             finally:
                 timer.cancel()
                 conn.waiter = None
             if not conn.closed and len(idle) < self.max_idle:
+                conn.idle_since = loop.time()
                 idle.append(conn)
             elif conn.transport is not None:
                 conn.transport.close()
