@@ -28,6 +28,17 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "hack"))
 
 
+def example(kind: str, *, keep_namespace: bool = False) -> dict[str, Any]:
+    """A fresh copy of the demo app's resource of `kind` (examples/demo), namespace dropped unless asked."""
+    for f in sorted((ROOT / "examples" / "demo").glob("*.yaml")):
+        for doc in yaml.safe_load_all(f.read_text()):
+            if doc and doc["kind"] == kind:
+                if not keep_namespace:
+                    doc["metadata"].pop("namespace", None)
+                return dict(doc)
+    raise LookupError(kind)
+
+
 def need_env(name: str) -> str:
     value = os.environ.get(name)
     if not value:

@@ -8,19 +8,10 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import ROOT, Process, apply_yaml, eventually, free_port, kubectl
+from conftest import ROOT, Process, apply_yaml, eventually, example, free_port, kubectl
 
 pytestmark = pytest.mark.cluster
 EXAMPLES = ROOT / "examples" / "demo"
-
-
-def example(kind: str) -> dict[str, Any]:
-    for f in EXAMPLES.glob("*.yaml"):
-        doc = yaml.safe_load(f.read_text())
-        if doc["kind"] == kind:
-            doc["metadata"].pop("namespace", None)
-            return doc
-    raise LookupError(kind)
 
 
 def get(namespace: str, *what: str) -> dict[str, Any] | None:

@@ -6,21 +6,20 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import example as _example
 from mpaas.api import DELIVERY_TASK, KINDS, MPAAS_GATEWAY, PUSH_CHANNEL, InvalidResource
 from mpaas.api.crdgen import crd
 from mpaas.api.render import render_all
 
 pytestmark = pytest.mark.unit
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "examples" / "demo"
 
 
 def example(kind: str) -> dict:
-    for f in EXAMPLES.glob("*.yaml"):
-        for doc in yaml.safe_load_all(f.read_text()):
-            if doc and doc["kind"] == kind:
-                return doc
-    raise LookupError(kind)
+    return _example(kind, keep_namespace=True)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples" / "demo"
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))

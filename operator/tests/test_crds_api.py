@@ -7,19 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import apply_yaml, kubectl
+from conftest import apply_yaml, example, kubectl
 
 pytestmark = pytest.mark.api
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "demo"
-
-
-def example(kind: str) -> dict:
-    for f in EXAMPLES.glob("*.yaml"):
-        doc = yaml.safe_load(f.read_text())
-        if doc["kind"] == kind:
-            doc["metadata"].pop("namespace", None)
-            return doc
-    raise LookupError(kind)
 
 
 def get(namespace: str, kind: str, name: str) -> dict:

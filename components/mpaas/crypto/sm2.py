@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 from ctypes import POINTER, byref, c_char_p, c_int, c_long, c_size_t, c_void_p
 from functools import cache
+from typing import Any
 
 DEFAULT_ID = b"1234567812345678"
 BIO_CTRL_INFO = 3
@@ -147,19 +148,7 @@ class PublicKey(_Key):
 
     def encrypt(self, plaintext: bytes) -> bytes:
         lib = _lib()
-        pctx = lib.EVP_PKEY_CTX_new(self._ptr, None)
-        try:
-            if lib.EVP_PKEY_encrypt_init(pctx) != 1:
-                raise _error("encrypt init")
-            n = c_size_t(0)
-            if lib.EVP_PKEY_encrypt(pctx, None, byref(n), plaintext, len(plaintext)) != 1:
-                raise _error("encrypt")
-            out = ctypes.create_string_buffer(n.value)
-            if lib.EVP_PKEY_encrypt(pctx, out, byref(n), plaintext, len(plaintext)) != 1:
-                raise _error("encrypt")
-            return out.raw[: n.value]
-        finally:
-            lib.EVP_PKEY_CTX_free(pctx)
+        return _pkey_crypt(self._ptr, plaintext, lib.EVP_PKEY_encrypt_init, lib.EVP_PKEY_encrypt, "encrypt")
 
 
 class PrivateKey(_Key):
@@ -202,16 +191,22 @@ class PrivateKey(_Key):
 
     def decrypt(self, ciphertext: bytes) -> bytes:
         lib = _lib()
-        pctx = lib.EVP_PKEY_CTX_new(self._ptr, None)
-        try:
-            if lib.EVP_PKEY_decrypt_init(pctx) != 1:
-                raise _error("decrypt init")
-            n = c_size_t(0)
-            if lib.EVP_PKEY_decrypt(pctx, None, byref(n), ciphertext, len(ciphertext)) != 1:
-                raise _error("decrypt")
-            out = ctypes.create_string_buffer(n.value)
-            if lib.EVP_PKEY_decrypt(pctx, out, byref(n), ciphertext, len(ciphertext)) != 1:
-                raise _error("decrypt")
-            return out.raw[: n.value]
-        finally:
-            lib.EVP_PKEY_CTX_free(pctx)
+        return _pkey_crypt(self._ptr, ciphertext, lib.EVP_PKEY_decrypt_init, lib.EVP_PKEY_decrypt, "decrypt")
+
+
+def _pkey_crypt(key: int, data: bytes, init: Any, op: Any, what: str) -> bytes:
+    """EVP_PKEY_encrypt/decrypt: ask for the output size, then produce the output."""
+    lib = _lib()
+    pctx = lib.EVP_PKEY_CTX_new(key, None)
+    try:
+        if init(pctx) != 1:
+            raise _error(f"{what} init")
+        n = c_size_t(0)
+        if op(pctx, None, byref(n), data, len(data)) != 1:
+            raise _error(what)
+        out = ctypes.create_string_buffer(n.value)
+        if op(pctx, out, byref(n), data, len(data)) != 1:
+            raise _error(what)
+        return out.raw[: n.value]
+    finally:
+        lib.EVP_PKEY_CTX_free(pctx)
