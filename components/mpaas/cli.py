@@ -50,7 +50,7 @@ def run_component(name: str) -> None:
         gs = GatewaySettings()
         setup_logging(gs.log_level, gs.log_format)
         app = create_app(gs)
-        serve(app, gs, extra=[(app.admin, gs.admin_host, gs.admin_port)])
+        serve(app, gs, extra=[(app.admin, gs.admin_host, gs.admin_port)], router=app.route, body_limit=app.body_limit)
         return
     from . import components
 

@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
@@ -131,13 +131,26 @@ def component_app(
     return app
 
 
-def serve(app: Any, settings: ComponentSettings, *, extra: list[tuple[Any, str, int]] | None = None) -> None:
-    """Run under uvicorn, plus `extra` (app, host, port) servers in the same loop (an admin port).
+def serve(
+    app: Any,
+    settings: ComponentSettings,
+    *,
+    extra: list[tuple[Any, str, int]] | None = None,
+    router: Any = None,
+    body_limit: Callable[[], int] | None = None,
+) -> None:
+    """Serve `app`, plus `extra` (app, host, port) servers in the same loop (an admin port).
 
-    On SIGTERM readiness turns false, every server stops accepting, and in-flight
-    requests get `drain_seconds` to finish.
+    With a `router` (path -> handler, the gateway's RPC paths) every server is the
+    lean HTTP/1.1 server of `mpaas.http1`; otherwise uvicorn; with `http2`
+    hypercorn serves the main port. On SIGTERM readiness turns false, every server
+    stops accepting, and in-flight requests get `drain_seconds` to finish.
     """
     import asyncio
+
+    if router is not None and not settings.http2:
+        _serve_http1(app, settings, extra or [], router, body_limit)
+        return
 
     import uvicorn
 
@@ -176,12 +189,38 @@ def serve(app: Any, settings: ComponentSettings, *, extra: list[tuple[Any, str, 
             tasks.append(_serve_http2(app, settings, h2_stop, stop_all))
         await asyncio.gather(*tasks)
 
+    _run(main())
+
+
+def _serve_http1(
+    app: Any,
+    settings: ComponentSettings,
+    extra: list[tuple[Any, str, int]],
+    router: Any,
+    body_limit: Callable[[], int] | None,
+) -> None:
+    from .http1 import Server, serve_forever
+
+    main = Server(app, settings.host, settings.port, router=router, body_limit=body_limit)
+    servers = [main, *(Server(a, host, port) for a, host, port in extra)]
+
+    def draining() -> None:
+        state = getattr(app, "state", None)
+        if state is not None:
+            state.draining = True
+
+    _run(serve_forever(servers, drain_seconds=settings.drain_seconds, on_stop=draining))
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
     if _has("uvloop"):
         import uvloop
 
-        uvloop.run(main())
+        uvloop.run(main)
     else:
-        asyncio.run(main())
+        import asyncio
+
+        asyncio.run(main)
 
 
 async def _serve_http2(app: Any, settings: ComponentSettings, stop: Any, stop_all: Any) -> None:

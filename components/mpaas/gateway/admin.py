@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field, StringConstraints
 
+from ..http1 import Request
 from .routes import EMPTY, CompiledApi, RouteTable
 
 if TYPE_CHECKING:
@@ -99,8 +100,6 @@ def create_admin_app(gateway: Gateway) -> FastAPI:
 
     @app.post("/admin/test", response_model=TestResponse, response_model_by_alias=True, responses=NOT_READY)
     async def test(req: TestRequest) -> TestResponse:
-        from .app import Incoming
-
         body = (
             base64.b64decode(req.body_base64)
             if req.body_base64
@@ -115,23 +114,8 @@ def create_admin_app(gateway: Gateway) -> FastAPI:
             "content-length": str(len(body)),
         }
         path = f"/api/{req.operation_type}" if req.rest else "/mgw.htm"
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": path,
-            "query_string": b"",
-            "client": ("admin", 0),
-            "headers": [(k.encode("latin-1"), v.encode("latin-1", "replace")) for k, v in headers.items()],
-        }
-        sent = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        incoming = Incoming(scope, receive)
-        incoming.stages, incoming.skip_signature = [], True
+        incoming = Request.whole("POST", path, headers, body, client_ip="admin")
+        incoming.stages, incoming.trusted = [], True
         started = time.perf_counter()
         out = await gateway.handle(incoming, req.operation_type, rest=req.rest)
         stages, last = [], started

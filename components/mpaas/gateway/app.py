@@ -29,11 +29,12 @@ import aiohttp
 from fastapi import FastAPI
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic_settings import SettingsConfigDict
-from starlette.datastructures import Headers
 
 from ..config import LiveConfig
 from ..crypto import envelope
 from ..crypto.signing import canonical
+from ..http1 import AsgiRequest, Headers
+from ..http1 import Request as Incoming
 from ..rules import percent_of
 from ..service import ComponentSettings, component_app, trace_id_var
 from ..stores import FallbackHotStore, HotStore, open_hotstore
@@ -116,43 +117,6 @@ class UpstreamResponse:
     status: int
     headers: Mapping[str, str]
     content: bytes
-
-
-class Incoming:
-    """The parts of an HTTP request the gateway reads, straight from the ASGI scope."""
-
-    __slots__ = ("_receive", "client_ip", "headers", "method", "path", "query", "skip_signature", "stages")
-
-    def __init__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]]):
-        self.method: str = scope["method"]
-        self.path: str = scope["path"]
-        self.query: str = scope.get("query_string", b"").decode("latin-1")
-        self.headers = Headers(scope=scope)
-        client = scope.get("client")
-        self.client_ip: str = client[0] if client else ""
-        self._receive = receive
-        # Set by the admin API's test calls: per-stage timestamps, and signatures waived.
-        self.stages: list[tuple[str, float]] | None = None
-        self.skip_signature = False
-
-    def mark(self, stage: str) -> None:
-        if self.stages is not None:
-            self.stages.append((stage, time.perf_counter()))
-
-    async def body(self, limit: int) -> bytes | None:
-        """The whole body, or None when it grows past `limit` bytes or the client goes away."""
-        chunks, size = [], 0
-        while True:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
 
 
 @dataclass
@@ -315,7 +279,7 @@ class Gateway:
             return _result(codes.REQUEST_TOO_LARGE, trace_id, rest=rest)
         body = read
         request.mark("read body")
-        if app is not None and app.algorithm and not request.skip_signature:
+        if app is not None and app.algorithm and not request.trusted:
             refused = await self._verify(request, app, op, body)  # covers the body as sent (sealed or not)
             if refused is not None:
                 return _result(refused, trace_id, rest=rest)
@@ -657,36 +621,41 @@ class Gateway:
 
 
 class GatewayASGI:
-    """`/mgw.htm` and `/api/<operationType>` straight on ASGI; health, metrics and lifespan go to FastAPI.
+    """`/mgw.htm` and `/api/<operationType>` go to the gateway; health, metrics and lifespan to FastAPI.
 
-    The RPC paths skip the framework's routing, middleware and request objects:
-    on this machine that is most of the gateway's own per-request cost.
+    Under the lean HTTP/1.1 server (`mpaas.http1`) the RPC paths arrive through
+    `route`; under an ASGI server (HTTP/2 via hypercorn, tests) through
+    `__call__`, which skips the framework's routing and request objects.
     """
 
     def __init__(self, gateway: Gateway, app: FastAPI):
         self.gateway, self.app, self.state = gateway, app, app.state
         self.admin = create_admin_app(gateway)
 
+    def route(self, path: str) -> Callable[[Incoming], Awaitable[Outcome]] | None:
+        if path == "/mgw.htm":
+            return self._mgw
+        if path.startswith("/api/") and len(path) > 5:
+            return self._rest
+        return None
+
+    async def _mgw(self, request: Incoming) -> Outcome:
+        if request.method != "POST":
+            return Outcome(0, 405, {"Allow": "POST"})
+        return await self.gateway.handle(request, request.headers.get("operation-type"), rest=False)
+
+    async def _rest(self, request: Incoming) -> Outcome:
+        return await self.gateway.handle(request, request.path[5:], rest=True)
+
+    def body_limit(self) -> int:
+        return self.gateway.live.current.max_body_bytes
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            path = scope["path"]
-            if path == "/mgw.htm":
-                if scope["method"] != "POST":
-                    return await _method_not_allowed(send)
-                request = Incoming(scope, receive)
-                out = await self.gateway.handle(request, request.headers.get("operation-type"), rest=False)
-                return await out.send(send)
-            if path.startswith("/api/") and len(path) > 5:
-                out = await self.gateway.handle(Incoming(scope, receive), path[5:], rest=True)
-                return await out.send(send)
-        await self.app(scope, receive, send)
-
-
-async def _method_not_allowed(send: Any) -> None:
-    await send(
-        {"type": "http.response.start", "status": 405, "headers": [(b"allow", b"POST"), (b"content-length", b"0")]}
-    )
-    await send({"type": "http.response.body", "body": b""})
+        handler = self.route(scope["path"]) if scope["type"] == "http" else None
+        if handler is None:
+            return await self.app(scope, receive, send)
+        out = await handler(AsgiRequest(scope, receive))
+        await out.send(send)
 
 
 def create_app(settings: GatewaySettings | None = None, live: LiveConfig[RouteTable] | None = None) -> GatewayASGI:

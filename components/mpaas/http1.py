@@ -1,0 +1,560 @@
+"""A lean HTTP/1.1 server: chosen paths go straight to a handler, every other path to an ASGI app.
+
+The gateway's RPC paths are its hot path. Under uvicorn, the ASGI cycle around
+them (a scope dict and message dicts per request, the response head and body in
+two socket writes) cost more than the gateway's own work (docs/benchmarks.md).
+Here a handler gets a `Request` and returns a `Reply`, written in one write.
+Paths without a handler (health, readiness, metrics, the admin API) go to the
+ASGI app with a whole-body request and a buffered response; the server runs
+that app's lifespan.
+
+HTTP/1.1 as RFC 9112 asks: keep-alive and `Connection: close`, HTTP/1.0,
+pipelined requests answered in order, chunked request bodies (httptools),
+`Expect: 100-continue` answered when the handler reads the body, HEAD, a body
+limit enforced while reading, 400 on malformed requests, idle connections
+closed after `keepalive_seconds`, and a drain on stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any, Protocol
+from urllib.parse import unquote
+
+import httptools
+
+log = logging.getLogger("mpaas.http")
+
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_MAX_PIPELINED = 16  # queued requests per connection before reading pauses
+
+
+class Headers(Mapping[str, str]):
+    """Request headers: lower-case names; `get` gives the first value, `items` every (name, value) as sent."""
+
+    __slots__ = ("_first", "_pairs", "get")
+
+    def __init__(self, pairs: list[tuple[str, str]]):
+        self._pairs = pairs
+        self._first = dict(reversed(pairs))  # the first occurrence wins
+        self.get = self._first.get  # type: ignore[method-assign]  # the hot lookup, without a Python frame
+
+    def __getitem__(self, name: str) -> str:
+        return self._first[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._first)
+
+    def __len__(self) -> int:
+        return len(self._first)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._first
+
+    def items(self) -> list[tuple[str, str]]:  # type: ignore[override]
+        return self._pairs
+
+
+class Request:
+    """One request: method, path (percent-decoded), query string, headers, client address, and its body."""
+
+    __slots__ = (
+        "_conn",
+        "_waiter",
+        "chunks",
+        "client_ip",
+        "complete",
+        "headers",
+        "keep_alive",
+        "limit",
+        "method",
+        "overflow",
+        "path",
+        "query",
+        "raw_path",
+        "size",
+        "stages",
+        "trusted",
+    )
+
+    def __init__(self, method: str, path: str, query: str, headers: Headers, client_ip: str):
+        self.method, self.path, self.query, self.headers, self.client_ip = method, path, query, headers, client_ip
+        self.raw_path = path
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.limit = 1 << 62
+        self.overflow = False
+        self.complete = False
+        self.keep_alive = True
+        self._conn: _Connection | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        # Per-stage timestamps, when a caller asks for them (the admin API's test calls).
+        self.stages: list[tuple[str, float]] | None = None
+        # Set by in-process callers (the admin API), never from the network.
+        self.trusted = False
+
+    @classmethod
+    def whole(cls, method: str, path: str, headers: dict[str, str], body: bytes, client_ip: str = "") -> Request:
+        """A request made in-process, its body already complete."""
+        req = cls(method, path, "", Headers([(k.lower(), v) for k, v in headers.items()]), client_ip)
+        req.chunks, req.size, req.complete = [body], len(body), True
+        return req
+
+    def mark(self, stage: str) -> None:
+        if self.stages is not None:
+            self.stages.append((stage, time.perf_counter()))
+
+    async def body(self, limit: int) -> bytes | None:
+        """The whole body, or None when it grows past `limit` bytes or the client goes away."""
+        if not self.complete:
+            conn = self._conn
+            if conn is None or conn.closed:
+                return None
+            if self.headers.get("expect", "").lower() == "100-continue" and conn.transport is not None:
+                conn.transport.write(_CONTINUE)
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+            if not self.complete:
+                return None
+        if self.overflow or self.size > limit:
+            return None
+        return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class AsgiRequest(Request):
+    """A `Request` over an ASGI scope and receive channel (HTTP/2 through hypercorn, tests)."""
+
+    __slots__ = ("_receive",)
+
+    def __init__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]]):
+        pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        client = scope.get("client")
+        query = scope.get("query_string", b"").decode("latin-1")
+        super().__init__(scope["method"], scope["path"], query, Headers(pairs), client[0] if client else "")
+        self._receive = receive
+
+    async def body(self, limit: int) -> bytes | None:
+        chunks, size = [], 0
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+class Reply(Protocol):
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+Handler = Callable[[Request], Awaitable[Reply]]
+Router = Callable[[str], Handler | None]  # path -> handler, or None for the ASGI app
+
+
+class _Buffered:
+    """A reply collected from the ASGI app."""
+
+    __slots__ = ("body", "head", "status")
+
+    def __init__(self) -> None:
+        self.status, self.head, self.body = 500, b"", b""
+
+
+class Server:
+    """One listening socket; `router` picks a handler by path, `app` (ASGI) answers the rest."""
+
+    def __init__(
+        self,
+        app: Any,
+        host: str,
+        port: int,
+        *,
+        router: Router | None = None,
+        body_limit: Callable[[], int] | None = None,
+        keepalive_seconds: float = 5.0,
+    ):
+        self.app, self.host, self.port = app, host, port
+        self.router = router or (lambda _path: None)
+        self.body_limit = body_limit or (lambda: 8 << 20)
+        self.keepalive_seconds = keepalive_seconds
+        self.connections: set[_Connection] = set()
+        self.lifespan_state: dict[str, Any] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self._date = (0, b"")
+        self._lifespan: _Lifespan | None = None
+        self._all_closed: asyncio.Future[None] | None = None
+
+    def forget(self, conn: _Connection) -> None:
+        self.connections.discard(conn)
+        if not self.connections and self._all_closed is not None and not self._all_closed.done():
+            self._all_closed.set_result(None)
+
+    def date_header(self) -> bytes:
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, b"date: " + formatdate(now, usegmt=True).encode() + b"\r\n")
+        return self._date[1]
+
+    async def start(self) -> None:
+        self._lifespan = _Lifespan(self.app, self.lifespan_state)
+        await self._lifespan.startup()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Connection(self), self.host, self.port, backlog=2048)
+        if self.port == 0:
+            self.port = self._server.sockets[0].getsockname()[1]
+        log.info("listening on http://%s:%d", self.host, self.port)
+
+    async def stop(self, drain_seconds: float) -> None:
+        """Stop accepting, let in-flight requests finish (up to `drain_seconds`), close the rest."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.finish()
+        if self.connections:
+            self._all_closed = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._all_closed), drain_seconds)
+            except TimeoutError:
+                log.warning("%d connections still busy after %.0f s of draining", len(self.connections), drain_seconds)
+        for conn in list(self.connections):
+            conn.abort()
+        if self._lifespan is not None:
+            await self._lifespan.shutdown()
+
+    async def call_asgi(self, request: Request) -> _Buffered:
+        """Answer through the ASGI app: the whole body in one message, the response buffered."""
+        body = await request.body(self.body_limit())
+        out = _Buffered()
+        if body is None:
+            out.status, out.body = 413, b"request body too large"
+            return out
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": (self.host, self.port),
+            "client": (request.client_ip, 0),
+            "scheme": "http",
+            "method": request.method,
+            "root_path": "",
+            "path": request.path,
+            "raw_path": request.raw_path.encode("latin-1", "replace"),
+            "query_string": request.query.encode("latin-1"),
+            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in request.headers.items()],
+            "state": dict(self.lifespan_state),
+        }
+        sent = False
+        parts: list[bytes] = []
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.Event().wait()  # nothing more will come; the app stops waiting when it answers
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                out.status = message["status"]
+                out.head = b"".join(
+                    k + b": " + v + b"\r\n"
+                    for k, v in message.get("headers", [])
+                    if k.lower() not in (b"content-length", b"connection", b"transfer-encoding")
+                )
+            elif message["type"] == "http.response.body":
+                parts.append(message.get("body", b""))
+
+        try:
+            await self.app(scope, receive, send)
+        except Exception:
+            log.exception("ASGI app failed on %s %s", request.method, request.path)
+            out.status, out.head, parts = 500, b"", [b"internal error"]
+        out.body = b"".join(parts)
+        return out
+
+
+class _Connection(asyncio.Protocol):
+    __slots__ = (
+        "_headers",
+        "_idle_timer",
+        "_paused",
+        "_url",
+        "busy",
+        "client_ip",
+        "closed",
+        "current",
+        "parser",
+        "pending",
+        "server",
+        "serving",
+        "transport",
+        "upgraded",
+    )
+
+    def __init__(self, server: Server):
+        self.server = server
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.client_ip = ""
+        self.pending: deque[Request] = deque()  # parsed, waiting for their turn
+        self.current: Request | None = None  # the request whose bytes are arriving
+        self.serving: Request | None = None  # the request being answered
+        self.busy = False
+        self.closed = False
+        self.upgraded = False
+        self._paused = False
+        self._url = b""
+        self._headers: list[tuple[str, str]] = []
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if isinstance(peer, tuple) else ""
+        self.server.connections.add(self)
+        self._arm_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.forget(self)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        for req in (self.current, *self.pending):
+            if req is not None:
+                req._wake()
+
+    def data_received(self, data: bytes) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self.upgraded:
+            return  # bytes of a protocol this server does not speak: the connection closes after the answer
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # An Upgrade (h2c, websocket) is optional for the server: answer in HTTP/1.1, then close.
+            # As under uvicorn, the parser hands over what follows the head, so such a request has no body.
+            self.upgraded = True
+            for req in (self.serving, self.current, *self.pending):
+                if req is not None:
+                    req.keep_alive = False
+        except httptools.HttpParserError as e:
+            self._reject(f"malformed request: {e}")
+
+    def _reject(self, why: str) -> None:
+        body = why.encode("latin-1", "replace")
+        if self.transport is not None and not self.busy:
+            self.transport.write(
+                b"HTTP/1.1 400 Bad Request\r\n%bcontent-type: text/plain\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n%b" % (self.server.date_header(), len(body), body)
+            )
+        self.abort()
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        url = self._url
+        if url[:1] == b"/":
+            raw, _, query = url.partition(b"?")
+            raw_path = raw.decode("latin-1")
+        else:  # absolute form (a proxy-style request line) or "*"
+            parsed = httptools.parse_url(url)
+            raw_path, query = (parsed.path or b"/").decode("latin-1"), parsed.query or b""
+        path = unquote(raw_path) if "%" in raw_path else raw_path
+        method = self.parser.get_method().decode("ascii", "replace")
+        req = Request(method, path, query.decode("latin-1"), Headers(self._headers), self.client_ip)
+        req.raw_path = raw_path
+        req.keep_alive = self.parser.should_keep_alive() and not self.upgraded
+        req.limit = self.server.body_limit()
+        req._conn = self
+        self.current = req
+        self.pending.append(req)
+        if not self.busy:
+            self._next()
+        elif len(self.pending) >= _MAX_PIPELINED and self.transport is not None:
+            self.transport.pause_reading()
+            self._paused = True
+
+    def on_body(self, chunk: bytes) -> None:
+        req = self.current
+        if req is None:
+            return
+        req.size += len(chunk)
+        if req.size > req.limit:
+            req.overflow, req.chunks = True, []  # keep counting, stop keeping
+        else:
+            req.chunks.append(chunk)
+
+    def on_message_complete(self) -> None:
+        req = self.current
+        if req is not None:
+            req.complete = True
+            req._wake()
+            self.current = None
+
+    # serving
+    def _next(self) -> None:
+        if self.pending and not self.closed:
+            self.busy = True
+            self.serving = self.pending.popleft()
+            asyncio.get_running_loop().create_task(self._serve(self.serving))
+        else:
+            self.busy, self.serving = False, None
+            if self._paused and self.transport is not None:
+                self._paused = False
+                self.transport.resume_reading()
+            self._arm_idle()
+
+    async def _serve(self, req: Request) -> None:
+        server = self.server
+        handler = server.router(req.path)
+        try:
+            if handler is not None:
+                reply = await handler(req)
+                head = "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items()).encode("latin-1", "replace")
+                status, body = reply.status, reply.body
+            else:
+                buffered = await server.call_asgi(req)
+                status, head, body = buffered.status, buffered.head, buffered.body
+        except Exception:
+            log.exception("request handler failed on %s %s", req.method, req.path)
+            status, head, body = 500, b"content-type: text/plain\r\n", b"internal error"
+        if b"\n" in head.replace(b"\r\n", b""):  # a stray line break in a header value would split the head
+            log.error("refusing a response head with a bare line break on %s %s", req.method, req.path)
+            status, head, body = 500, b"content-type: text/plain\r\n", b"internal error"
+        # A body that did not fully arrive (too large, or unread) leaves the stream mid-message: close after.
+        keep = req.keep_alive and req.complete and not req.overflow
+        transport = self.transport
+        if transport is not None and not self.closed:
+            transport.write(
+                b"HTTP/1.1 %d %b\r\n%b%bcontent-length: %d\r\n%b\r\n%b"
+                % (
+                    status,
+                    _REASONS.get(status, b""),
+                    server.date_header(),
+                    head,
+                    len(body),
+                    b"" if keep else b"connection: close\r\n",
+                    b"" if req.method == "HEAD" else body,
+                )
+            )
+            if not keep:
+                transport.close()
+                self.closed = True
+        self._next()
+
+    def _arm_idle(self) -> None:
+        if not self.busy and not self.closed and self.server.keepalive_seconds > 0:
+            loop = asyncio.get_running_loop()
+            self._idle_timer = loop.call_later(self.server.keepalive_seconds, self.abort)
+
+    def finish(self) -> None:
+        """On stop: close now when idle, else after the request in hand."""
+        if not self.busy and not self.pending:
+            self.abort()
+        for req in (self.serving, self.current, *self.pending):
+            if req is not None:
+                req.keep_alive = False
+        self.pending.clear()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _Lifespan:
+    """Runs an ASGI app's lifespan protocol (startup before serving, shutdown after)."""
+
+    def __init__(self, app: Any, state: dict[str, Any]):
+        self.app, self.state = app, state
+        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.started: asyncio.Future[None] | None = None
+        self.stopped: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.supported = True
+
+    async def startup(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.started, self.stopped = loop.create_future(), loop.create_future()
+        self.task = loop.create_task(self._run())
+        await self.inbox.put({"type": "lifespan.startup"})
+        await self.started
+
+    async def shutdown(self) -> None:
+        if not self.supported or self.task is None or self.stopped is None:
+            return
+        await self.inbox.put({"type": "lifespan.shutdown"})
+        await self.stopped
+
+    async def _run(self) -> None:
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.3"}, "state": self.state}
+        try:
+            await self.app(scope, self.inbox.get, self._send)
+        except Exception as e:
+            if self.started is not None and not self.started.done():
+                # An app without lifespan support raises on the unknown scope type: serve without it.
+                self.supported = False
+                log.debug("ASGI app has no lifespan: %s", e)
+                self.started.set_result(None)
+            elif self.stopped is not None and not self.stopped.done():
+                self.stopped.set_exception(e)
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        assert self.started is not None and self.stopped is not None
+        if kind == "lifespan.startup.complete":
+            self.started.set_result(None)
+        elif kind == "lifespan.startup.failed":
+            self.started.set_exception(RuntimeError(f"startup failed: {message.get('message', '')}"))
+        elif kind == "lifespan.shutdown.complete":
+            self.stopped.set_result(None)
+        elif kind == "lifespan.shutdown.failed":
+            self.stopped.set_exception(RuntimeError(f"shutdown failed: {message.get('message', '')}"))
+
+
+async def serve_forever(servers: list[Server], *, drain_seconds: float, on_stop: Callable[[], None]) -> None:
+    """Start every server, wait for SIGTERM or SIGINT, call `on_stop` (readiness off), then drain and stop."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    started: list[Server] = []
+    try:
+        for s in servers:
+            await s.start()
+            started.append(s)
+        await stopping.wait()
+        on_stop()
+    finally:
+        await asyncio.gather(*(s.stop(drain_seconds) for s in reversed(started)))

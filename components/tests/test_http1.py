@@ -1,0 +1,189 @@
+"""The lean HTTP/1.1 server over real sockets: keep-alive, pipelining, chunked bodies, 100-continue,
+limits, malformed requests, the ASGI fallback with its lifespan, and the drain on stop."""
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from mpaas.http1 import Request, Server
+
+pytestmark = pytest.mark.unit
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+
+
+@dataclass
+class Asgi:
+    """A tiny ASGI app with a lifespan, for the paths without a handler."""
+
+    events: list[str] = field(default_factory=list)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                self.events.append(msg["type"])
+                await send({"type": msg["type"] + ".complete"})
+                if msg["type"] == "lifespan.shutdown":
+                    return
+        body = (await receive())["body"]
+        text = f"{scope['method']} {scope['path']} {scope['query_string'].decode()} {len(body)}".encode()
+        await send({"type": "http.response.start", "status": 201, "headers": [(b"x-asgi", b"yes")]})
+        await send({"type": "http.response.body", "body": text, "more_body": True})
+        await send({"type": "http.response.body", "body": b"!"})
+
+
+async def echo(req: Request) -> Reply:
+    if req.path == "/early":  # answers without reading the body
+        return Reply(403, {"X-Early": "1"})
+    if req.path == "/slow":
+        await asyncio.sleep(0.3)
+    body = await req.body(1000)
+    if body is None:
+        return Reply(413, {})
+    return Reply(200, {"Content-Type": "text/plain", "X-Path": req.path, "X-Query": req.query}, body[::-1])
+
+
+@pytest_asyncio.fixture
+async def server() -> AsyncIterator[Server]:
+    handled = ("/early", "/slow")
+    s = Server(
+        Asgi(),
+        "127.0.0.1",
+        0,
+        router=lambda p: echo if p.startswith("/h") or p in handled else None,
+        body_limit=lambda: 2000,  # the server stops keeping a body past this; the handler asks for at most 1000
+    )
+    s.keepalive_seconds = 1.0
+    await s.start()
+    yield s
+    await s.stop(1.0)
+
+
+async def exchange(port: int, data: bytes, *, until: Callable[[bytes], bool], seconds: float = 3) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    got = b""
+    try:
+        async with asyncio.timeout(seconds):
+            while not until(got):
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                got += chunk
+    finally:
+        writer.close()
+    return got
+
+
+async def test_keepalive_and_handler_reply(server: Server) -> None:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as c:
+        for i in range(3):
+            r = await c.post(f"/hello%20world?x={i}", content=b"abc")
+            assert r.status_code == 200 and r.content == b"cba"
+            assert r.headers["x-path"] == "/hello world" and r.headers["x-query"] == f"x={i}"
+            assert "date" in r.headers
+    assert len(server.connections) == 0 or all(not c.busy for c in server.connections)
+
+
+async def test_pipelined_requests_are_answered_in_order(server: Server) -> None:
+    reqs = (
+        b"".join(b"POST /h%d HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n%02d" % (i, i) for i in (1, 2, 3))
+        + b"POST /slow HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\n\r\nz"
+        + b"GET /h9 HTTP/1.1\r\nhost: x\r\n\r\n"
+    )
+    got = await exchange(server.port, reqs, until=lambda b: b.count(b"HTTP/1.1 200") == 5)
+    paths = [line.split(b": ")[1] for line in got.split(b"\r\n") if line.lower().startswith(b"x-path")]
+    assert paths == [b"/h1", b"/h2", b"/h3", b"/slow", b"/h9"]
+    assert b"\r\n\r\n10" in got and b"\r\n\r\n20" in got and b"\r\n\r\nz" in got
+
+
+async def test_chunked_body_and_expect_continue(server: Server) -> None:
+    chunked = b"POST /h HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    got = await exchange(server.port, chunked, until=lambda b: b.endswith(b"edcba"))
+    assert got.startswith(b"HTTP/1.1 200 OK") and got.endswith(b"edcba")
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"POST /h HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 3\r\n\r\n")
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"xyz")
+    final = await asyncio.wait_for(reader.readuntil(b"zyx"), 3)
+    assert final.startswith(b"HTTP/1.1 200 OK")
+    writer.close()
+
+
+async def test_body_limit_and_early_answer_close_the_connection(server: Server) -> None:
+    big = b"POST /h HTTP/1.1\r\nhost: x\r\ncontent-length: 5000\r\n\r\n" + b"a" * 5000
+    got = await exchange(server.port, big, until=lambda b: False)  # reads until the server closes
+    assert got.startswith(b"HTTP/1.1 413") and b"connection: close" in got
+    # Over the handler's limit but within the server's: the body was read whole, the connection stays usable.
+    fits = b"POST /h HTTP/1.1\r\nhost: x\r\ncontent-length: 1500\r\n\r\n" + b"a" * 1500
+    got = await exchange(server.port, fits * 2, until=lambda b: b.count(b"413") == 2)
+    assert got.count(b"HTTP/1.1 413") == 2 and b"connection: close" not in got
+
+    early = b"POST /early HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n12345"  # half a body
+    got = await exchange(server.port, early, until=lambda b: False)
+    assert got.startswith(b"HTTP/1.1 403") and b"connection: close" in got
+
+
+async def test_http10_head_and_connection_close(server: Server) -> None:
+    got = await exchange(server.port, b"POST /h HTTP/1.0\r\ncontent-length: 2\r\n\r\nab", until=lambda b: False)
+    assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"ba") and b"connection: close" in got
+    got = await exchange(
+        server.port, b"HEAD /h HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n", until=lambda b: False
+    )
+    assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"content-length: 0\r\nconnection: close\r\n\r\n")
+
+
+async def test_malformed_request_gets_400(server: Server) -> None:
+    got = await exchange(server.port, b"POST /h HTTP/1.1\r\ncontent-length: x\r\n\r\n", until=lambda b: False)
+    assert got.startswith(b"HTTP/1.1 400 Bad Request") and b"malformed request" in got
+    got = await exchange(server.port, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", until=lambda b: False)
+    assert got.startswith(b"HTTP/1.1 400")
+
+
+async def test_upgrade_request_is_answered_in_http1_then_closed(server: Server) -> None:
+    req = (
+        b"GET /h HTTP/1.1\r\nhost: x\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\n"
+        b"http2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+    )
+    got = await exchange(server.port, req, until=lambda b: False)
+    assert got.startswith(b"HTTP/1.1 200") and b"X-Path: /h" in got and b"connection: close" in got
+
+
+async def test_idle_connection_is_closed(server: Server) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    assert await asyncio.wait_for(reader.read(), 3) == b""  # keepalive_seconds is 1
+    writer.close()
+
+
+async def test_other_paths_go_to_the_asgi_app_with_its_lifespan(server: Server) -> None:
+    app = server.app
+    assert app.events == ["lifespan.startup"]
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as c:
+        r = await c.put("/other/path?q=1", content=b"12345")
+    assert r.status_code == 201 and r.headers["x-asgi"] == "yes" and r.text == "PUT /other/path q=1 5!"
+    await server.stop(1.0)
+    assert app.events == ["lifespan.startup", "lifespan.shutdown"]
+
+
+async def test_stop_drains_the_request_in_flight(server: Server) -> None:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as c:
+        slow = asyncio.create_task(c.post("/slow", content=b"ab"))
+        await asyncio.sleep(0.1)
+        await server.stop(3.0)
+        r = await slow
+        assert r.status_code == 200 and r.content == b"ba" and r.headers["connection"] == "close"
+        with pytest.raises(httpx.ConnectError):  # no longer accepting
+            await c.post("/h", content=b"x")
