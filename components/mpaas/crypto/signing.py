@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from . import sm2
+from . import fixedbase, sm2
 
 Verify = Callable[[bytes, bytes], bool]  # (signature, message) -> ok
 Sign = Callable[[bytes], bytes]
@@ -70,6 +71,9 @@ def _ecdsa(pem: bytes) -> Verify:
     key = _public(pem)
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise KeyProblem(f"{PUBLIC_KEY} must be an EC P-256 public key")
+    fast = fixedbase.ecdsa_p256(key.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint))
+    if fast is not None:
+        return fast
     algo = ec.ECDSA(hashes.SHA256())
 
     def verify(sig: bytes, msg: bytes) -> bool:
@@ -101,9 +105,10 @@ def _rsa(pem: bytes) -> Verify:
 def _sm2(pem: bytes) -> Verify:
     try:
         key = sm2.PublicKey.from_pem(pem)
-    except sm2.Sm2Error as e:
+        fast = fixedbase.sm2(key.point())
+    except (sm2.Sm2Error, ValueError) as e:
         raise KeyProblem(f"{PUBLIC_KEY}: {e}") from None
-    return key.verify
+    return fast or key.verify
 
 
 def _public(pem: bytes) -> object:

@@ -55,6 +55,7 @@ def _lib() -> ctypes.CDLL:
         "EVP_PKEY_encrypt": (c_int, [c_void_p, c_char_p, POINTER(c_size_t), c_char_p, c_size_t]),
         "EVP_PKEY_decrypt_init": (c_int, [c_void_p]),
         "EVP_PKEY_decrypt": (c_int, [c_void_p, c_char_p, POINTER(c_size_t), c_char_p, c_size_t]),
+        "EVP_PKEY_get_octet_string_param": (c_int, [c_void_p, c_char_p, c_char_p, c_size_t, POINTER(c_size_t)]),
         "ERR_get_error": (ctypes.c_ulong, []),
         "ERR_error_string_n": (None, [ctypes.c_ulong, c_char_p, c_size_t]),
         "ERR_clear_error": (None, []),
@@ -145,6 +146,17 @@ class PublicKey(_Key):
         finally:
             lib.EVP_MD_CTX_free(mctx)
             lib.EVP_PKEY_CTX_free(pctx)
+
+    def point(self) -> bytes:
+        """The public point, uncompressed (04 || x || y)."""
+        lib = _lib()
+        out, n = ctypes.create_string_buffer(133), c_size_t(0)
+        if lib.EVP_PKEY_get_octet_string_param(self._ptr, b"encoded-pub-key", out, 133, byref(n)) != 1:
+            raise _error("reading the public point")
+        point = out.raw[: n.value]
+        if len(point) != 65 or point[0] != 4:
+            raise Sm2Error("expected an uncompressed SM2 public point")
+        return point
 
     def encrypt(self, plaintext: bytes) -> bytes:
         lib = _lib()
