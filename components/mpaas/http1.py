@@ -202,6 +202,7 @@ class Server:
         self._date = (0, b"")
         self._lifespan: _Lifespan | None = None
         self._all_closed: asyncio.Future[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     def forget(self, conn: _Connection) -> None:
         self.connections.discard(conn)
@@ -221,10 +222,23 @@ class Server:
         self._server = await loop.create_server(lambda: _Connection(self), self.host, self.port, backlog=2048)
         if self.port == 0:
             self.port = self._server.sockets[0].getsockname()[1]
+        if self.keepalive_seconds > 0:
+            self._sweeper = loop.create_task(self._sweep())
         log.info("listening on http://%s:%d", self.host, self.port)
+
+    async def _sweep(self) -> None:
+        """Close connections idle for `keepalive_seconds` (one timer for all, not one per request)."""
+        while True:
+            await asyncio.sleep(self.keepalive_seconds / 4)
+            limit = time.monotonic() - self.keepalive_seconds
+            for conn in list(self.connections):
+                if conn.last_active < limit and not conn.busy:
+                    conn.abort()
 
     async def stop(self, drain_seconds: float) -> None:
         """Stop accepting, let in-flight requests finish (up to `drain_seconds`), close the rest."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):
@@ -296,13 +310,13 @@ class Server:
 class _Connection(asyncio.Protocol):
     __slots__ = (
         "_headers",
-        "_idle_timer",
         "_paused",
         "_url",
         "busy",
         "client_ip",
         "closed",
         "current",
+        "last_active",
         "parser",
         "pending",
         "server",
@@ -325,7 +339,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._url = b""
         self._headers: list[tuple[str, str]] = []
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self.last_active = time.monotonic()  # bytes in or the last answer out; read by the server's sweep
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -333,21 +347,16 @@ class _Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) else ""
         self.server.connections.add(self)
-        self._arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.forget(self)
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
         for req in (self.current, *self.pending):
             if req is not None:
                 req._wake()
 
     def data_received(self, data: bytes) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self.last_active = time.monotonic()
         if self.upgraded:
             return  # bytes of a protocol this server does not speak: the connection closes after the answer
         try:
@@ -433,7 +442,7 @@ class _Connection(asyncio.Protocol):
             if self._paused and self.transport is not None:
                 self._paused = False
                 self.transport.resume_reading()
-            self._arm_idle()
+            self.last_active = time.monotonic()
 
     async def _serve(self, req: Request) -> None:
         server = self.server
@@ -472,11 +481,6 @@ class _Connection(asyncio.Protocol):
                 transport.close()
                 self.closed = True
         self._next()
-
-    def _arm_idle(self) -> None:
-        if not self.busy and not self.closed and self.server.keepalive_seconds > 0:
-            loop = asyncio.get_running_loop()
-            self._idle_timer = loop.call_later(self.server.keepalive_seconds, self.abort)
 
     def finish(self) -> None:
         """On stop: close now when idle, else after the request in hand."""

@@ -166,6 +166,10 @@ async def test_idle_connection_is_closed(server: Server) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     assert await asyncio.wait_for(reader.read(), 3) == b""  # keepalive_seconds is 1
     writer.close()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"POST /h HTTP/1.1\r\nhost: x\r\n")  # a head that never ends
+    assert await asyncio.wait_for(reader.read(), 3) == b""
+    writer.close()
 
 
 async def test_other_paths_go_to_the_asgi_app_with_its_lifespan(server: Server) -> None:
