@@ -49,8 +49,17 @@ def run_component(name: str) -> None:
 
         gs = GatewaySettings()
         setup_logging(gs.log_level, gs.log_format)
+        if gs.workers > 1:
+            if gs.redis_url.startswith("memory://"):
+                raise SystemExit(
+                    "MPAAS_WORKERS > 1 needs MPAAS_REDIS_URL: nonces and rate limits must be shared by the workers"
+                )
+            from .workers import supervise
+
+            raise SystemExit(supervise("gateway", gs.workers, drain_seconds=gs.drain_seconds))
         app = create_app(gs)
-        serve(app, gs, extra=[(app.admin, gs.admin_host, gs.admin_port)], router=app.route, body_limit=app.body_limit)
+        admin = [(app.admin, gs.admin_host, gs.admin_port)] if gs.admin_port else []
+        serve(app, gs, extra=admin, router=app.route, body_limit=app.body_limit, reuse_port=gs.reuse_port)
         return
     from . import components
 

@@ -191,11 +191,13 @@ class Server:
         router: Router | None = None,
         body_limit: Callable[[], int] | None = None,
         keepalive_seconds: float = 5.0,
+        reuse_port: bool = False,
     ):
         self.app, self.host, self.port = app, host, port
         self.router = router or (lambda _path: None)
         self.body_limit = body_limit or (lambda: 8 << 20)
         self.keepalive_seconds = keepalive_seconds
+        self.reuse_port = reuse_port  # several processes on one port (mpaas.workers)
         self.connections: set[_Connection] = set()
         self.lifespan_state: dict[str, Any] = {}
         self._server: asyncio.AbstractServer | None = None
@@ -219,7 +221,13 @@ class Server:
         self._lifespan = _Lifespan(self.app, self.lifespan_state)
         await self._lifespan.startup()
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), self.host, self.port, backlog=2048)
+        try:
+            self._server = await loop.create_server(
+                lambda: _Connection(self), self.host, self.port, backlog=2048, reuse_port=self.reuse_port or None
+            )
+        except OSError:
+            await self._lifespan.shutdown()  # the app started: let it stop cleanly before the error surfaces
+            raise
         if self.port == 0:
             self.port = self._server.sockets[0].getsockname()[1]
         if self.keepalive_seconds > 0:

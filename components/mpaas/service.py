@@ -126,9 +126,22 @@ def component_app(
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(_metrics_registry()), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _metrics_registry() -> Any:
+    """This process's metrics, or with several workers (PROMETHEUS_MULTIPROC_DIR) all of theirs."""
+    import os
+
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
 
 
 def serve(
@@ -138,6 +151,7 @@ def serve(
     extra: list[tuple[Any, str, int]] | None = None,
     router: Any = None,
     body_limit: Callable[[], int] | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Serve `app`, plus `extra` (app, host, port) servers in the same loop (an admin port).
 
@@ -149,7 +163,7 @@ def serve(
     import asyncio
 
     if router is not None and not settings.http2:
-        _serve_http1(app, settings, extra or [], router, body_limit)
+        _serve_http1(app, settings, extra or [], router, body_limit, reuse_port)
         return
 
     import uvicorn
@@ -198,10 +212,11 @@ def _serve_http1(
     extra: list[tuple[Any, str, int]],
     router: Any,
     body_limit: Callable[[], int] | None,
+    reuse_port: bool,
 ) -> None:
     from .http1 import Server, serve_forever
 
-    main = Server(app, settings.host, settings.port, router=router, body_limit=body_limit)
+    main = Server(app, settings.host, settings.port, router=router, body_limit=body_limit, reuse_port=reuse_port)
     servers = [main, *(Server(a, host, port) for a, host, port in extra)]
 
     def draining() -> None:

@@ -30,9 +30,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CONFIG_RELOADS = Counter("mpaas_config_reloads_total", "Config compilations", ["component", "result"])
-CONFIG_INVALID = Gauge("mpaas_config_invalid_resources", "Resources rejected by validation", ["component"])
+CONFIG_INVALID = Gauge(
+    "mpaas_config_invalid_resources", "Resources rejected by validation", ["component"], multiprocess_mode="livemax"
+)
 CONFIG_APPLIED = Gauge(
-    "mpaas_config_applied_timestamp_seconds", "When the current config was swapped in", ["component"]
+    "mpaas_config_applied_timestamp_seconds",
+    "When the current config was swapped in",
+    ["component"],
+    multiprocess_mode="livemax",
 )
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 from fastapi import FastAPI
 from prometheus_client import Counter, Gauge, Histogram
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from ..config import LiveConfig
@@ -60,7 +61,11 @@ LATENCY = Histogram(
 )
 UPSTREAM_ERRORS = Counter("mpaas_gateway_upstream_errors_total", "Upstream failures", ["upstream", "kind"])
 RATE_LIMITED = Counter("mpaas_gateway_rate_limited_total", "Requests refused by a rate limit", ["scope"])
-HOTSTORE_FALLBACK = Gauge("mpaas_gateway_hotstore_local_fallback", "1 while Redis is unreachable (local state)")
+HOTSTORE_FALLBACK = Gauge(
+    "mpaas_gateway_hotstore_local_fallback",
+    "1 while Redis is unreachable (local state)",
+    multiprocess_mode="livemax",
+)
 
 # Request headers the gateway consumes or rewrites instead of forwarding.
 _HOP_HEADERS = {
@@ -107,9 +112,12 @@ class GatewaySettings(ComponentSettings):
     # Shared hot state (nonces, rate-limit buckets): redis://host:port/db, or memory:// for one process.
     redis_url: str = "memory://"
     digest_log: bool = True
-    # The admin API (test calls without signatures): loopback by default, reach it with a port-forward.
+    # The admin API (test calls without signatures): loopback by default, reach it with a port-forward; 0 turns it off.
     admin_host: str = "127.0.0.1"
     admin_port: int = 9901
+    # Worker processes sharing the port (mpaas.workers); more than one needs redis_url.
+    workers: int = Field(default=1, ge=1, le=64)
+    reuse_port: bool = False  # set for each worker by the supervisor
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,13 @@ from ..api.gateway import CircuitBreaker
 
 log = logging.getLogger(__name__)
 
-BREAKER_OPEN = Gauge("mpaas_gateway_endpoint_ejected", "1 while an endpoint is ejected", ["upstream", "endpoint"])
+# With several workers each keeps its own breakers: the pod reports an endpoint ejected when any worker has.
+BREAKER_OPEN = Gauge(
+    "mpaas_gateway_endpoint_ejected",
+    "1 while an endpoint is ejected",
+    ["upstream", "endpoint"],
+    multiprocess_mode="livemax",
+)
 EJECTIONS = Counter("mpaas_gateway_endpoint_ejections_total", "Endpoint ejections", ["upstream"])
 
 

@@ -1,0 +1,101 @@
+"""Several gateway workers on one port: both serve, metrics add up across them, a dead worker comes back."""
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.mmap_dict import MmapedDict
+
+from conftest import Process, apply_yaml, eventually, free_port, need_env, wait_ready
+
+pytestmark = pytest.mark.component
+
+
+def children(proc: Process) -> list[int]:
+    pid = proc.proc.pid
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def served_by_pid(metrics_dir: Path) -> dict[int, float]:
+    """Requests counted per worker pid, from the shared metrics files."""
+    out: dict[int, float] = {}
+    for f in metrics_dir.glob("counter_*.db"):
+        pid = int(f.stem.split("_")[1])
+        for key, value, *_ in MmapedDict.read_all_values_from_file(str(f)):
+            if json.loads(key)[1] == "mpaas_gateway_requests_total":
+                out[pid] = out.get(pid, 0) + value
+    return out
+
+
+def total_requests(url: str) -> float:
+    text = httpx.get(url + "/metrics").text
+    return sum(
+        float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith("mpaas_gateway_requests_total{")
+    )
+
+
+async def test_two_workers(namespace: str, upstreams: dict[str, str], spawn: object, tmp_path: Path) -> None:
+    apply_yaml(
+        namespace,
+        {
+            "apiVersion": "mpaas.io/v1alpha1",
+            "kind": "MpaasGateway",
+            "metadata": {"name": "gw", "namespace": namespace},
+            "spec": {
+                "upstreams": [{"name": "alpha", "endpoints": [{"url": upstreams["alpha"]}]}],
+                "apis": [{"operationType": "w.echo", "upstream": "alpha", "path": "/echo"}],
+            },
+        },
+    )
+    port, metrics_dir = free_port(), tmp_path / "metrics"
+    metrics_dir.mkdir()
+    proc = spawn(  # type: ignore[operator]
+        "gateway",
+        env={
+            "MPAAS_PORT": str(port),
+            "MPAAS_HOST": "127.0.0.1",
+            "MPAAS_NAMESPACE": namespace,
+            "MPAAS_GATEWAY_NAME": "gw",
+            "MPAAS_ADMIN_PORT": str(free_port()),
+            "MPAAS_WORKERS": "2",
+            "MPAAS_REDIS_URL": need_env("MPAAS_TEST_REDIS_URL"),
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        },
+        name="gateway",
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, proc)
+    await eventually(lambda: len(children(proc)) == 2, what="two workers")
+    first = children(proc)
+    # Both must be ready (each reads the config itself) before the kernel may hand either a connection.
+    await eventually(lambda: all(httpx.get(url + "/readyz").status_code == 200 for _ in range(10)))
+
+    def call() -> None:  # a new connection each time: SO_REUSEPORT spreads connections, not requests
+        r = httpx.post(url + "/mgw.htm", content=b"{}", headers={"Operation-Type": "w.echo"})
+        assert r.headers["result-status"] == "1000", r.headers
+
+    for _ in range(40):
+        call()
+    per_pid = served_by_pid(metrics_dir)
+    assert set(per_pid) == set(first) and all(n > 0 for n in per_pid.values()), per_pid
+    assert total_requests(url) == 40  # whichever worker answers /metrics reports both
+
+    os.kill(first[0], signal.SIGKILL)
+    for _ in range(10):
+        call()  # the survivor serves meanwhile
+    await eventually(lambda: len(children(proc)) == 2 and children(proc) != first, what="a replacement worker")
+    children_seen = children(proc)
+    await eventually(lambda: total_requests(url) == 50, what="counts of the dead worker kept")
+
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.proc.wait(20) == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in children_seen)
+
+
+def test_more_than_one_worker_needs_redis(spawn: object) -> None:
+    proc = spawn("gateway", env={"MPAAS_WORKERS": "2", "MPAAS_REDIS_URL": "memory://"}, name="gw")  # type: ignore[operator]
+    assert proc.proc.wait(20) != 0
+    assert "MPAAS_WORKERS > 1 needs MPAAS_REDIS_URL" in proc.output()
