@@ -88,9 +88,16 @@ class Result:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (immune to the machine's other load, unlike rps)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its live children (the gateway's workers) so far.
+
+    Less sensitive to the machine's other load than rps.
+    """
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    total = 0
+    for p in (pid, *map(int, children)):
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _ms(value: str) -> float:
@@ -160,6 +167,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=1, help="gateway worker processes (more than one starts Redis)")
     args = ap.parse_args()
     hey_bin = ensure_tools()
     tmp = Path(tempfile.mkdtemp(prefix="mpaas-bench-"))
@@ -280,19 +288,38 @@ http {{
             "MPAAS_LOG_LEVEL": "WARNING",
             "MPAAS_DIGEST_LOG": "false",
             "MPAAS_ADMIN_PORT": str(free_port()),
+            "MPAAS_WORKERS": str(args.workers),
         }
-        procs.append(
-            subprocess.Popen(
-                [str(Path(sys.executable).parent / "mpaas"), "gateway"],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.STDOUT,
+        if args.workers > 1:  # workers share nonces and rate limits through Redis
+            redis_port = free_port()
+            procs.append(
+                subprocess.Popen(
+                    [
+                        "redis-server",
+                        "--port",
+                        str(redis_port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                )
             )
+            env["MPAAS_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+        gateway = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mpaas"), "gateway"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
         )
+        procs.append(gateway)
         for port in (up_port, nginx_port):
             wait_http(f"http://127.0.0.1:{port}/")
         wait_http(f"http://127.0.0.1:{gw_port}/healthz")
-        time.sleep(1)
+        time.sleep(1 + args.workers)  # every worker ready
 
         base = {"Content-Type": "application/json", "Operation-Type": OP, "WorkspaceId": "bench"}
         ts = str(int(time.time() * 1000))
@@ -331,7 +358,7 @@ http {{
         rounds: dict[str, list[Result]] = {name: [] for name, *_ in scenarios}
         for _ in range(args.rounds):
             for name, url, headers, *body in scenarios:
-                pid = pids.get(name, procs[2].pid)
+                pid = pids.get(name, gateway.pid)
                 rounds[name].append(
                     wrk(name, url, headers, args.seconds, args.connections, tmp, body[0] if body else BODY, pid)
                 )
