@@ -3,7 +3,8 @@
 A component is a FastAPI app built by `component_app`, which adds `/healthz`
 (process alive), `/readyz` (config loaded, dependencies reachable) and
 `/metrics` (Prometheus), and runs the component's start/stop hooks in the
-lifespan. `serve` runs it under uvicorn with a graceful drain on SIGTERM.
+lifespan. `serve` runs it (uvicorn; the gateway: `mpaas.http1`; HTTP/2:
+hypercorn) with a graceful drain on SIGTERM.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class ComponentSettings(BaseSettings):
     # Seconds to keep serving in-flight requests after SIGTERM.
     drain_seconds: float = 10.0
     # Serve HTTP/2 (h2c, and h2 over TLS) besides HTTP/1.1 on the main port, through hypercorn.
-    # Off by default: uvicorn serves HTTP/1.1 faster (docs/benchmarks.md).
+    # Off by default: the HTTP/1.1 servers are faster (docs/benchmarks.md).
     http2: bool = False
 
 
