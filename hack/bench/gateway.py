@@ -133,7 +133,8 @@ def wrk(
 
 
 PACED_LUA = """
--- Each connection sends on a fixed schedule (rate / connections per second), whatever the answers do.
+-- One schedule for all connections (one wrk thread, one Lua state): a send every period, whatever
+-- the answers do, as long as a connection is free.
 local ffi = require("ffi")
 ffi.cdef[[ typedef struct { long tv_sec; long tv_nsec; } timespec; int clock_gettime(int, timespec *); ]]
 local ts = ffi.new("timespec")
@@ -158,7 +159,7 @@ def paced(
     lua_body = "".join(f"\\{b:03d}" for b in BODY)
     lines = ['wrk.method = "POST"', f'wrk.body = "{lua_body}"']
     lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
-    script.write_text("\n".join(lines) + PACED_LUA.replace("PERIOD_MS", f"{connections * 1000 / rate:.4f}"))
+    script.write_text("\n".join(lines) + PACED_LUA.replace("PERIOD_MS", f"{1000 / rate:.4f}"))
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
         capture_output=True,
