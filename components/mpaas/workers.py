@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,8 +83,6 @@ def supervise(component: str, workers: int, *, drain_seconds: float) -> int:
             if c.poll() is None:
                 c.kill()
         if owned_dir is not None:
-            import shutil
-
             shutil.rmtree(owned_dir, ignore_errors=True)
 
 

@@ -171,6 +171,15 @@ P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 SM2_N = 0xFFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFF7203DF6B21C6052B53BBF40939D54123
 
 
+def _scalars(signature: bytes, n: int) -> tuple[int, int] | None:
+    """(r, s) of a DER signature when both are in [1, n-1], as both ECDSA and SM2 require."""
+    try:
+        r, s = decode_dss_signature(signature)
+    except ValueError:
+        return None
+    return (r, s) if 0 < r < n and 0 < s < n else None
+
+
 class EcdsaP256Verifier:
     """ECDSA with SHA-256 over P-256 for one public key (uncompressed point, 65 bytes)."""
 
@@ -178,13 +187,11 @@ class EcdsaP256Verifier:
         self._v = _Verifier(NID_P256, P256_N, public_point, wnaf=False)
 
     def __call__(self, signature: bytes, message: bytes) -> bool:
-        try:
-            r, s = decode_dss_signature(signature)
-        except ValueError:
-            return False
         n = P256_N
-        if not (0 < r < n and 0 < s < n):
+        rs = _scalars(signature, n)
+        if rs is None:
             return False
+        r, s = rs
         e = int.from_bytes(hashlib.sha256(message).digest(), "big")  # 256-bit hash, 256-bit n: no truncation
         w = pow(s, -1, n)
         x = self._v.x_of(e * w % n, r * w % n)
@@ -203,13 +210,11 @@ class Sm2Verifier:
         ).digest()
 
     def __call__(self, signature: bytes, message: bytes) -> bool:
-        try:
-            r, s = decode_dss_signature(signature)
-        except ValueError:
-            return False
         n = SM2_N
-        if not (0 < r < n and 0 < s < n):
+        rs = _scalars(signature, n)
+        if rs is None:
             return False
+        r, s = rs
         t = (r + s) % n
         if t == 0:
             return False
