@@ -56,6 +56,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_held_closed: list[socket.socket] = []
+
+
+def closed_url() -> str:
+    """A loopback URL that refuses connections for the whole test run.
+
+    The port stays bound (never listening), so no server started later — a
+    gateway's own port or admin port from free_port() — can take it over."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    _held_closed.append(s)
+    return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
 async def eventually(check: Callable[[], Any], *, timeout: float = 30, interval: float = 0.1, what: str = "") -> Any:
     """Poll `check` (sync or async) until it returns a truthy value."""
     deadline = time.monotonic() + timeout

@@ -7,14 +7,14 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import Process, apply_yaml, eventually, free_port
+from conftest import Process, apply_yaml, closed_url, eventually, free_port
 
 pytestmark = pytest.mark.component
 APP = {"AppId": "DEMO_APP", "WorkspaceId": "default"}
 
 
 def gateway_resource(namespace: str, upstreams: dict[str, str], **api_overrides: Any) -> dict[str, Any]:
-    closed = f"http://127.0.0.1:{free_port()}"
+    closed = closed_url()
     apis = [
         {"operationType": "com.test.echo", "upstream": "alpha", "path": "/echo"},
         {"operationType": "com.test.slow", "upstream": "alpha", "path": "/slow", "timeoutMilliseconds": 300},
@@ -98,9 +98,10 @@ def test_metrics_count_result_codes(gateway: str) -> None:
 
 async def test_edit_reroutes_within_a_second(gateway: str, namespace: str, upstreams: dict[str, str]) -> None:
     assert call(gateway, "com.test.echo").json()["upstream"] == "alpha"
-    started = time.monotonic()
     r = apply_yaml(namespace, gateway_resource(namespace, upstreams, upstream="beta"))
     assert r.returncode == 0, r.stderr
+    # From the stored edit: kubectl's own start-up (0.3-1 s on a busy 2-core machine) is not the gateway's.
+    started = time.monotonic()
     await eventually(lambda: call(gateway, "com.test.echo").json().get("upstream") == "beta", timeout=5, interval=0.01)
     assert time.monotonic() - started < 1.0
 

@@ -16,7 +16,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import free_port
+from conftest import closed_url
 from mpaas.config import LiveConfig
 from mpaas.crypto import envelope
 from mpaas.gateway import codes
@@ -26,7 +26,7 @@ from mpaas.gateway.routes import EMPTY, KIND, SECRET, RouteTable, compiler
 pytestmark = pytest.mark.unit
 
 EC_PRIVATE = envelope.generate_gateway_key("EciesP256")[0]
-CLOSED = f"http://127.0.0.1:{free_port()}"
+CLOSED = closed_url()
 RESOURCES = {
     SECRET: {
         ("default", "keys"): {

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import apply_yaml, eventually, free_port, hits, need_env
+from conftest import apply_yaml, closed_url, eventually, hits, need_env
 from mpaas.crypto import envelope
 from mpaas.crypto.signing import generate_keypair
 from mpaas.simulator import MobileClient
@@ -249,7 +249,7 @@ async def test_breaker_ejects_a_failing_endpoint_and_lets_it_back(
 def test_failover_to_a_sibling_upstream(
     namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]
 ) -> None:
-    closed = f"http://127.0.0.1:{free_port()}"
+    closed = closed_url()
     primary = {
         "name": "primary",
         "endpoints": [{"url": closed}],
@@ -265,7 +265,7 @@ def test_failover_to_a_sibling_upstream(
 def test_retries_move_to_another_endpoint(
     namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]
 ) -> None:
-    closed = f"http://127.0.0.1:{free_port()}"
+    closed = closed_url()
     two = {"name": "two", "endpoints": [{"url": closed, "weight": 1000}, {"url": upstreams["alpha"], "weight": 1}]}
     apis = [
         {"operationType": "op.retry", "upstream": "two", "path": "/echo", "method": "GET", "retries": 2},

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import pytest_asyncio
 
-from conftest import free_port
+from conftest import closed_url
 from mpaas.gateway.upstream_http import ConnectFailed, UpstreamClient
 
 pytestmark = pytest.mark.unit
@@ -106,7 +106,7 @@ async def test_timeout_discards_the_connection(serve) -> None:  # type: ignore[n
 async def test_refused_connection_is_a_connect_failure() -> None:
     client = UpstreamClient(connect_timeout=1)
     with pytest.raises(ConnectFailed):
-        await client.request("POST", f"http://127.0.0.1:{free_port()}", "/", body=b"", headers={})
+        await client.request("POST", closed_url(), "/", body=b"", headers={})
 
 
 async def test_header_values_cannot_smuggle_lines(serve) -> None:  # type: ignore[no-untyped-def]
