@@ -45,7 +45,8 @@ def run_component(name: str) -> None:
     from .service import ComponentSettings, serve, setup_logging
 
     if name == "gateway":
-        from .gateway.app import GatewaySettings, create_app
+        from .gateway.app import create_app
+        from .gateway.settings import GatewaySettings
 
         gs = GatewaySettings()
         setup_logging(gs.log_level, gs.log_format)

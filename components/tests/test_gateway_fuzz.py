@@ -20,8 +20,9 @@ from conftest import closed_url
 from mpaas.config import LiveConfig
 from mpaas.crypto import envelope
 from mpaas.gateway import codes
-from mpaas.gateway.app import GatewayASGI, GatewaySettings, create_app
+from mpaas.gateway.app import GatewayASGI, create_app
 from mpaas.gateway.routes import EMPTY, KIND, SECRET, RouteTable, compiler
+from mpaas.gateway.settings import GatewaySettings
 
 pytestmark = pytest.mark.unit
 

@@ -12,8 +12,9 @@ from typing import Any
 import uvicorn
 
 from .. import components
-from ..gateway.app import GatewayASGI, GatewaySettings
+from ..gateway.app import GatewayASGI
 from ..gateway.app import create_app as create_gateway
+from ..gateway.settings import GatewaySettings
 from ..service import ComponentSettings
 from . import demo_backend
 

@@ -28,8 +28,6 @@ from typing import Any
 import aiohttp
 from fastapi import FastAPI
 from prometheus_client import Counter, Gauge, Histogram
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 
 from ..config import LiveConfig
 from ..crypto import envelope
@@ -37,7 +35,7 @@ from ..crypto.signing import canonical
 from ..http1 import AsgiRequest, Headers
 from ..http1 import Request as Incoming
 from ..rules import percent_of
-from ..service import ComponentSettings, component_app, trace_id_var
+from ..service import component_app, trace_id_var
 from ..stores import FallbackHotStore, HotStore, open_hotstore
 from . import codes, protowire
 from .admin import create_admin_app
@@ -45,6 +43,7 @@ from .cache import ResponseCache, SessionCache
 from .codes import ResultCode
 from .guards import Breakers, Concurrency
 from .routes import EMPTY, IDEMPOTENT, KIND, SECRET, CompiledApi, CompiledApp, CompiledUpstream, RouteTable, compiler
+from .settings import GatewaySettings
 from .upstream_http import ConnectFailed, UpstreamBroken, UpstreamClient
 
 log = logging.getLogger("mpaas.gateway")
@@ -103,21 +102,6 @@ _ATTRIBUTE_HEADERS = {
     "NETWORK": "network",
     "CHANNEL": "channel",
 }
-
-
-class GatewaySettings(ComponentSettings):
-    model_config = SettingsConfigDict(env_prefix="MPAAS_", extra="ignore")
-    gateway_name: str | None = None
-    upstream_max_connections: int = 512
-    # Shared hot state (nonces, rate-limit buckets): redis://host:port/db, or memory:// for one process.
-    redis_url: str = "memory://"
-    digest_log: bool = True
-    # The admin API (test calls without signatures): loopback by default, reach it with a port-forward; 0 turns it off.
-    admin_host: str = "127.0.0.1"
-    admin_port: int = 9901
-    # Worker processes sharing the port (mpaas.workers); more than one needs redis_url.
-    workers: int = Field(default=1, ge=1, le=64)
-    reuse_port: bool = False  # set for each worker by the supervisor
 
 
 @dataclass(frozen=True)
@@ -538,30 +522,26 @@ class Gateway:
                 return _result(codes.OVERLOADED, trace_id, rest=rest)
             attempt += 1
             tried.add(url)
+            failure, retry = "", False
             try:
                 resp = await self._call(api, url, body, out_headers, params)
             except TimeoutError:
-                self._failed(upstream, url, "timeout")
-                last = codes.UPSTREAM_TIMEOUT
-                if idempotent:
-                    continue
-                break
+                failure, last, retry = "timeout", codes.UPSTREAM_TIMEOUT, idempotent
             except (aiohttp.ClientConnectorError, ConnectFailed) as e:
                 # The connection was never made: safe to retry whatever the method.
-                self._failed(upstream, url, "connect")
                 log.warning("upstream %s endpoint %s unreachable: %s", upstream.name, url, e)
-                last = codes.UPSTREAM_UNAVAILABLE
-                continue
+                failure, last, retry = "connect", codes.UPSTREAM_UNAVAILABLE, True
             except (aiohttp.ClientError, UpstreamBroken) as e:
                 # The request may have reached the upstream: retry only what is idempotent.
-                self._failed(upstream, url, "broken")
                 log.warning("upstream %s endpoint %s failed: %s", upstream.name, url, e)
-                last = codes.UPSTREAM_UNAVAILABLE
-                if idempotent:
-                    continue
-                break
+                failure, last, retry = "broken", codes.UPSTREAM_UNAVAILABLE, idempotent
             finally:
                 self.concurrency.leave(upstream.name)
+            if failure:
+                self._failed(upstream, url, failure)
+                if retry:
+                    continue
+                break
             if resp.status >= 500:
                 self._failed(upstream, url, f"http_{resp.status // 100}xx")
                 if idempotent and attempt <= api.retries:

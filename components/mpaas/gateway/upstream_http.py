@@ -163,7 +163,11 @@ class UpstreamClient:
             conn.transport.write(payload)
             timer = loop.call_later(timeout, _expire, conn.waiter)
             try:
-                resp = await conn.waiter
+                try:
+                    resp = await conn.waiter
+                finally:
+                    timer.cancel()
+                    conn.waiter = None
             except UpstreamBroken:
                 if reused and not conn.got_bytes and idempotent:
                     continue  # most likely a keep-alive connection the upstream had just closed
@@ -171,9 +175,6 @@ class UpstreamClient:
             except BaseException:  # timeout, cancellation: the connection's state is unknown, drop it
                 conn._fail(UpstreamBroken("abandoned"))
                 raise
-            finally:
-                timer.cancel()
-                conn.waiter = None
             if not conn.closed and len(idle) < self.max_idle:
                 conn.idle_since = loop.time()
                 idle.append(conn)
