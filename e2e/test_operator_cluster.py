@@ -149,6 +149,29 @@ async def test_invalid_spec_is_reported_not_retried(operator: Process, namespace
     assert "Traceback" not in operator.output()
 
 
+async def test_workers_without_shared_state_are_refused(operator: Process, namespace: str) -> None:
+    """Workers in a pod must share nonces and rate limits; with no Redis anywhere the operator says so."""
+    gw = example("MpaasGateway")
+    gw["spec"]["workersPerPod"] = 2
+    assert apply_yaml(namespace, gw).returncode == 0
+    cond = await eventually(
+        lambda: (
+            condition(get(namespace, "mpaasgateway", "demo-gateway")).get("reason") == "InvalidSpec"
+            and condition(get(namespace, "mpaasgateway", "demo-gateway"))
+        ),
+        timeout=30,
+        what="InvalidSpec",
+    )
+    assert "spec.workersPerPod > 1 needs spec.sharedState" in cond["message"]
+    assert get(namespace, "deployment", "mgw-demo-gateway") is None
+    gw["spec"]["sharedState"] = {"urlSecretRef": {"name": "gateway-redis", "key": "url"}}
+    apply_yaml(namespace, gw)
+    dep = await eventually(lambda: get(namespace, "deployment", "mgw-demo-gateway"), timeout=60, what="Deployment")
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MPAAS_WORKERS"]["value"] == "2"
+    assert env["MPAAS_REDIS_URL"]["valueFrom"] == {"secretKeyRef": {"name": "gateway-redis", "key": "url"}}
+
+
 async def test_link_channel_and_vendor_credentials(operator: Process, namespace: str) -> None:
     apply_yaml(namespace, example("PushChannel"))
     await eventually(

@@ -13,6 +13,8 @@ class OperatorSettings(BaseSettings):
     # Image of the components the operator deploys (one image, a subcommand per component).
     image: str = f"ghcr.io/mpaas-io/mpaas:{__version__}"
     image_pull_policy: str = "IfNotPresent"
+    # Shared state (Redis) for the gateways whose spec names none: redis://host:port/db.
+    redis_url: str | None = None
     # Watch one namespace, or all when unset.
     namespace: str | None = None
     # Active/standby: replicas sharing a peering name; the highest priority works, the rest stand by.

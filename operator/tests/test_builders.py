@@ -71,6 +71,31 @@ def test_spec_image_overrides_the_operator_default() -> None:
     assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "mine:2"
 
 
+def container_env(children: gateway.Children) -> dict[str, Any]:
+    c = by_kind(children)["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
+
+
+def test_gateway_shared_state_and_workers() -> None:
+    build = gateway.build
+    # Nothing named anywhere: no Redis, each process keeps its own state; one worker.
+    env = container_env(build("g", "ns", spec(), image="i", pull_policy="IfNotPresent"))
+    assert "MPAAS_REDIS_URL" not in env and env["MPAAS_WORKERS"] == "1"
+    # The operator's default, when the spec names none.
+    env = container_env(
+        build("g", "ns", spec(workersPerPod=4), image="i", pull_policy="P", redis_url="redis://r:6379/0")
+    )
+    assert env["MPAAS_REDIS_URL"] == "redis://r:6379/0" and env["MPAAS_WORKERS"] == "4"
+    # The spec wins over the default: a plain URL, or a Secret key read by the kubelet.
+    own = spec(sharedState={"url": "redis://mine:6379/2"})
+    assert container_env(build("g", "ns", own, image="i", pull_policy="P", redis_url="redis://r"))[
+        "MPAAS_REDIS_URL"
+    ] == ("redis://mine:6379/2")
+    secret = spec(sharedState={"urlSecretRef": {"name": "redis-auth", "key": "url"}})
+    env = container_env(build("g", "ns", secret, image="i", pull_policy="P", redis_url="redis://r"))
+    assert env["MPAAS_REDIS_URL"] == {"secretKeyRef": {"name": "redis-auth", "key": "url"}}
+
+
 def test_link_children() -> None:
     out = by_kind(link.build("chat", "ns", LinkSettings(port=9443, replicas=1), image="i", pull_policy="IfNotPresent"))
     assert out["Deployment"]["metadata"]["name"] == "link-chat"

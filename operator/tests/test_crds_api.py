@@ -52,6 +52,13 @@ def test_schema_defaults_are_filled_in(namespace: str) -> None:
         (lambda s: s.update(replicas=-1), "spec.replicas"),
         (lambda s: s["apps"][0].update(signature={"algorithm": "EcdsaP256"}), "needs credentialsSecretRef"),
         (lambda s: s["apis"][0].update(method="TRACE"), 'supported values: "GET"'),
+        (lambda s: s.update(sharedState={}), "give exactly one of url or urlSecretRef"),
+        (
+            lambda s: s.update(sharedState={"url": "redis://r", "urlSecretRef": {"name": "r", "key": "url"}}),
+            "give exactly one of url or urlSecretRef",
+        ),
+        (lambda s: s.update(sharedState={"url": "http://r"}), "spec.sharedState.url"),
+        (lambda s: s.update(workersPerPod=0), "spec.workersPerPod"),
     ],
 )
 def test_gateway_rules_reject_with_a_message(namespace: str, mutate, message: str) -> None:  # type: ignore[no-untyped-def]

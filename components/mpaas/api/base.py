@@ -91,6 +91,13 @@ class SecretRef(ApiModel):
     name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
+class SecretKeyRef(ApiModel):
+    """One key of a Secret in the resource's own namespace."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+
+
 class ResourceRequirements(ApiModel):
     """Container resources, as in a Pod spec (quantities as strings: "250m", "256Mi")."""
 

@@ -15,6 +15,7 @@ from .base import (
     CommonStatus,
     RateLimit,
     ResourceRequirements,
+    SecretKeyRef,
     SecretRef,
     cel,
     named_list,
@@ -235,6 +236,15 @@ class SessionValidation(ApiModel):
     cache_seconds: int = Field(default=60, ge=0, le=3600)
 
 
+class SharedState(ApiModel):
+    """The Redis the gateway's pods and workers share nonces and rate-limit buckets through."""
+
+    __cel__ = [cel("has(self.url) != has(self.urlSecretRef)", "give exactly one of url or urlSecretRef")]
+    # redis://host:port/db, rediss:// for TLS; a URL with credentials belongs in a Secret (urlSecretRef).
+    url: str | None = Field(default=None, max_length=1024, pattern=r"^(rediss?|unix)://")
+    url_secret_ref: SecretKeyRef | None = None
+
+
 class GatewaySpec(ApiModel):
     __cel__ = [
         cel(
@@ -259,6 +269,10 @@ class GatewaySpec(ApiModel):
     replicas: int = Field(default=2, ge=0, le=1000)
     autoscaling: Autoscaling | None = None
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    # Gateway processes per pod on one port: match the pod's CPU limit; more than one needs shared state.
+    workers_per_pod: int = Field(default=1, ge=1, le=64)
+    # Unset: the operator's default (its Helm value redis.url), else state is per process.
+    shared_state: SharedState | None = None
     rollout: Rollout | None = None
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
     session_validation: SessionValidation | None = None

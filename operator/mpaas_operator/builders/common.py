@@ -62,6 +62,7 @@ def component_container(
     port: int,
     env: dict[str, str],
     resources: dict[str, dict[str, str]],
+    secret_env: dict[str, tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
     return {
         "name": component,
@@ -72,6 +73,10 @@ def component_container(
             {"name": "MPAAS_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": "MPAAS_PORT", "value": str(port)},
             *({"name": k, "value": v} for k, v in sorted(env.items())),
+            *(
+                {"name": k, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+                for k, (secret, key) in sorted((secret_env or {}).items())
+            ),
         ],
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 2},
@@ -225,6 +230,7 @@ class Workload:
     autoscaling: Autoscaling | None
     reads: list[str]  # plurals of mpaas.io kinds the component watches
     reads_secrets: bool
+    secret_env: dict[str, tuple[str, str]] = field(default_factory=dict)  # variable -> (Secret, key)
 
 
 def workload_children(w: Workload) -> Children:
@@ -232,7 +238,13 @@ def workload_children(w: Workload) -> Children:
     lbls = labels(w.component, w.instance, w.owner_kind, __version__)
     sel = selector_labels(w.component, w.instance)
     container = component_container(
-        component=w.component, image=w.image, pull_policy=w.pull_policy, port=w.port, env=w.env, resources=w.resources
+        component=w.component,
+        image=w.image,
+        pull_policy=w.pull_policy,
+        port=w.port,
+        env=w.env,
+        resources=w.resources,
+        secret_env=w.secret_env,
     )
     out = Children()
     out.apply += reader_rbac(

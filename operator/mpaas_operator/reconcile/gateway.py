@@ -19,10 +19,24 @@ async def reconcile(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] 
     namespace, name, _ = identity(body)
     try:
         spec: GatewaySpec = MPAAS_GATEWAY.parse_spec(body)  # type: ignore[assignment]
+        if spec.workers_per_pod > 1 and spec.shared_state is None and not SETTINGS.redis_url:
+            raise InvalidResource(
+                MPAAS_GATEWAY.kind,
+                body,
+                "spec.workersPerPod > 1 needs spec.sharedState (or the operator's redis.url): "
+                "the workers must share nonces and rate limits",
+            )
     except InvalidResource as e:
         await report_invalid(client, MPAAS_GATEWAY, body, e)
         return None
-    children = builder.build(name, namespace, spec, image=SETTINGS.image, pull_policy=SETTINGS.image_pull_policy)
+    children = builder.build(
+        name,
+        namespace,
+        spec,
+        image=SETTINGS.image,
+        pull_policy=SETTINGS.image_pull_policy,
+        redis_url=SETTINGS.redis_url,
+    )
     applied = await apply_children(client, body, children)
     return await report_from(client, body, spec, applied.get("Deployment"))
 
