@@ -25,6 +25,12 @@ def test_chart_lints_and_renders() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     r = helm("template", "t", str(CHART), "--kube-version", "1.34.1", "--set", "replicaCount=9")
     assert r.returncode != 0 and "replicaCount" in r.stderr  # values.schema.json guards values
+    r = helm("template", "t", str(CHART), "--kube-version", "1.34.1", "--set", "redis.url=http://r")
+    assert r.returncode != 0 and "redis" in r.stderr
+    r = helm("template", "t", str(CHART), "--kube-version", "1.34.1", "--set", "redis.url=redis://r:6379/0")
+    operator = next(d for d in yaml.safe_load_all(r.stdout) if d and d["kind"] == "Deployment")
+    env = {e["name"]: e.get("value") for e in operator["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MPAAS_OPERATOR_REDIS_URL"] == "redis://r:6379/0"  # the gateways' default shared state
     r = helm("template", "t", str(CHART), "--kube-version", "1.34.1")
     docs = [d for d in yaml.safe_load_all(r.stdout) if d]
     crds = {d["metadata"]["name"]: d for d in docs if d["kind"] == "CustomResourceDefinition"}
