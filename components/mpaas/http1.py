@@ -173,10 +173,10 @@ Router = Callable[[str], Handler | None]  # path -> handler, or None for the ASG
 class _Buffered:
     """A reply collected from the ASGI app."""
 
-    __slots__ = ("body", "head", "status")
+    __slots__ = ("body", "head", "lines", "status")
 
     def __init__(self) -> None:
-        self.status, self.head, self.body = 500, b"", b""
+        self.status, self.head, self.body, self.lines = 500, b"", b"", 0
 
 
 class Server:
@@ -298,11 +298,12 @@ class Server:
         async def send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 out.status = message["status"]
-                out.head = b"".join(
+                kept = [
                     k + b": " + v + b"\r\n"
                     for k, v in message.get("headers", [])
                     if k.lower() not in (b"content-length", b"connection", b"transfer-encoding")
-                )
+                ]
+                out.head, out.lines = b"".join(kept), len(kept)
             elif message["type"] == "http.response.body":
                 parts.append(message.get("body", b""))
 
@@ -310,7 +311,7 @@ class Server:
             await self.app(scope, receive, send)
         except Exception:
             log.exception("ASGI app failed on %s %s", request.method, request.path)
-            out.status, out.head, parts = 500, b"", [b"internal error"]
+            out.status, out.head, out.lines, parts = 500, b"", 0, [b"internal error"]
         out.body = b"".join(parts)
         return out
 
@@ -458,17 +459,17 @@ class _Connection(asyncio.Protocol):
         try:
             if handler is not None:
                 reply = await handler(req)
-                head = "".join(f"{k}: {v}\r\n" for k, v in reply.headers.items()).encode("latin-1", "replace")
-                status, body = reply.status, reply.body
+                head = "".join([f"{k}: {v}\r\n" for k, v in reply.headers.items()]).encode("latin-1", "replace")
+                status, body, lines = reply.status, reply.body, len(reply.headers)
             else:
                 buffered = await server.call_asgi(req)
-                status, head, body = buffered.status, buffered.head, buffered.body
+                status, head, body, lines = buffered.status, buffered.head, buffered.body, buffered.lines
         except Exception:
             log.exception("request handler failed on %s %s", req.method, req.path)
-            status, head, body = 500, b"content-type: text/plain\r\n", b"internal error"
-        if b"\n" in head.replace(b"\r\n", b""):  # a stray line break in a header value would split the head
+            status, head, body, lines = 500, b"content-type: text/plain\r\n", b"internal error", 1
+        if head.count(b"\n") != lines or head.count(b"\r") != lines:  # a stray CR or LF would split the head
             log.error("refusing a response head with a bare line break on %s %s", req.method, req.path)
-            status, head, body = 500, b"content-type: text/plain\r\n", b"internal error"
+            status, head, body, lines = 500, b"content-type: text/plain\r\n", b"internal error", 1
         # A body that did not fully arrive (too large, or unread) leaves the stream mid-message: close after.
         keep = req.keep_alive and req.complete and not req.overflow
         transport = self.transport

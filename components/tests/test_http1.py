@@ -48,6 +48,8 @@ async def echo(req: Request) -> Reply:
         return Reply(403, {"X-Early": "1"})
     if req.path == "/slow":
         await asyncio.sleep(0.3)
+    if req.path.startswith("/hbreak"):  # a header value with a stray line break (from the query)
+        return Reply(200, {"X-Bad": req.query.replace("CR", "\r").replace("LF", "\n"), "X-Fine": "a: b"})
     body = await req.body(1000)
     if body is None:
         return Reply(413, {})
@@ -191,3 +193,12 @@ async def test_stop_drains_the_request_in_flight(server: Server) -> None:
         assert r.status_code == 200 and r.content == b"ba" and r.headers["connection"] == "close"
         with pytest.raises(httpx.ConnectError):  # no longer accepting
             await c.post("/h", content=b"x")
+
+
+@pytest.mark.parametrize(("query", "status"), [("aLFb", 500), ("aCRb", 500), ("aCRLFX-Injected: 1", 500), ("ok", 200)])
+async def test_a_header_with_a_line_break_never_leaves(server: Server, query: str, status: int) -> None:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+        r = await client.get(f"/hbreak?{query}")
+    assert r.status_code == status and "x-injected" not in r.headers
+    if status == 200:
+        assert r.headers["x-bad"] == "ok" and r.headers["x-fine"] == "a: b"

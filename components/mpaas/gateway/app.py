@@ -84,6 +84,17 @@ _HOP_HEADERS = {
     "x-user-id",  # only the gateway's session check may set it
     "expect",
 }
+
+
+# Names are compared with "_" as "-" (CGI-style upstreams read X_User_Id as X-User-Id): every spelling.
+def _spellings(name: str) -> set[str]:
+    out = {""}
+    for ch in name:
+        out = {o + c for o in out for c in ((ch, "_") if ch == "-" else (ch,))}
+    return out
+
+
+_NOT_FORWARDED = frozenset(v for name in _HOP_HEADERS for v in _spellings(name))
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _EPOCH_MS = re.compile(r"[0-9]{1,15}")
 _CODE = re.compile(r"[0-9]{4}")
@@ -486,11 +497,10 @@ class Gateway:
         extra_headers: dict[str, str] | None = None,
     ) -> Outcome:
         assert self.http is not None
-        # Names are compared with "_" as "-": CGI-style upstreams read X_User_Id as X-User-Id.
-        out_headers = {k: v for k, v in request.headers.items() if k.replace("_", "-") not in _HOP_HEADERS}
+        out_headers = {k: v for k, v in request.headers.items() if k not in _NOT_FORWARDED}
         for src, dst in api.header_mappings:
             value = request.headers.get(src)
-            if value is not None and dst.lower().replace("_", "-") not in _HOP_HEADERS:
+            if value is not None and dst.lower() not in _NOT_FORWARDED:
                 out_headers[dst] = value
         if extra_headers:  # last: nothing from the client overrides what the gateway vouches for
             out_headers.update(extra_headers)

@@ -139,13 +139,18 @@ class UpstreamClient:
     ) -> Response:
         t = self._target(base)
         target = t.path_prefix + path + (f"?{query}" if query else "")
-        head = [f"{method} {target} HTTP/1.1\r\nhost: ".encode() + t.authority + b"\r\n"]
-        for k, v in headers.items():
-            if "\r" in v or "\n" in v or "\r" in k or "\n" in k or ":" in k:
-                raise ValueError(f"header {k!r} would break the request line structure")
-            head.append(f"{k}: {v}\r\n".encode("latin-1", "replace"))
-        head.append(b"content-length: %d\r\n\r\n" % len(body))
-        payload = b"".join(head) + body
+        lines = "".join([f"{k}: {v}\r\n" for k, v in headers.items()])
+        # One line per header, each name without a colon: a stray CR, LF or ":" would change the message.
+        if lines.count("\n") != len(headers) or lines.count("\r") != len(headers) or ":" in "".join(headers):
+            raise ValueError("a header name or value would break the request's structure")
+        payload = b"%s %s HTTP/1.1\r\nhost: %s\r\n%scontent-length: %d\r\n\r\n%s" % (
+            method.encode(),
+            target.encode(),
+            t.authority,
+            lines.encode("latin-1", "replace"),
+            len(body),
+            body,
+        )
         key = (t.host, t.port)
         idle = self._idle.setdefault(key, [])
         loop = asyncio.get_running_loop()
