@@ -80,9 +80,11 @@ class Request:
         "path",
         "query",
         "raw_path",
+        "received",
         "size",
         "stages",
         "trusted",
+        "waited",
     )
 
     def __init__(self, method: str, path: str, query: str, headers: Headers, client_ip: str):
@@ -100,6 +102,10 @@ class Request:
         self.stages: list[tuple[str, float]] | None = None
         # Set by in-process callers (the admin API), never from the network.
         self.trusted = False
+        # When the head was parsed, and the time the handler then spent waiting on other services
+        # (upstreams): the difference is the time the request spent in this server.
+        self.received = time.perf_counter()
+        self.waited = 0.0
 
     @classmethod
     def whole(cls, method: str, path: str, headers: dict[str, str], body: bytes, client_ip: str = "") -> Request:

@@ -96,6 +96,20 @@ def test_metrics_count_result_codes(gateway: str) -> None:
     assert 'mpaas_gateway_requests_total{app_id="DEMO_APP",operation_type="_unknown",result="3001"' in text
 
 
+def test_added_time_leaves_out_the_upstream(gateway: str) -> None:
+    """mpaas_gateway_added_seconds is the gateway's own share: a 300 ms upstream wait is not in it."""
+    for _ in range(3):
+        assert call(gateway, "com.test.slow").headers["Result-Status"] == "4001"  # waits out its 300 ms timeout
+    samples = {}
+    for line in httpx.get(gateway + "/metrics").text.splitlines():
+        if 'operation_type="com.test.slow"' in line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    assert samples['mpaas_gateway_request_seconds_sum{operation_type="com.test.slow"}'] >= 0.9
+    assert samples['mpaas_gateway_added_seconds_count{operation_type="com.test.slow"}'] == 3
+    assert samples['mpaas_gateway_added_seconds_bucket{le="0.1",operation_type="com.test.slow"}'] == 3
+
+
 async def test_edit_reroutes_within_a_second(gateway: str, namespace: str, upstreams: dict[str, str]) -> None:
     assert call(gateway, "com.test.echo").json()["upstream"] == "alpha"
     r = apply_yaml(namespace, gateway_resource(namespace, upstreams, upstream="beta"))
