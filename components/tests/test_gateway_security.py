@@ -207,7 +207,7 @@ async def test_breaker_ejects_a_failing_endpoint_and_lets_it_back(
         "errorThresholdPercent": 50,
         "minimumRequests": 4,
         "windowSeconds": 10,
-        "ejectionSeconds": 2,
+        "ejectionSeconds": 3,
         "maxEjectionPercent": 50,
     }
     mixed = {
@@ -232,11 +232,17 @@ async def test_breaker_ejects_a_failing_endpoint_and_lets_it_back(
     def call(op: str) -> str:
         return code(httpx.post(url + "/mgw.htm", headers={**headers, "Operation-Type": op}))
 
-    first = [call("op.mixed") for _ in range(30)]
-    assert "4003" in first  # the broken endpoint was hit before it was ejected
-    assert all(c == "1000" for c in first[-15:])  # then it was out of rotation
+    # The endpoints are picked at random: call until the broken one has failed minimumRequests times.
+    failures = 0
+    for _ in range(200):
+        failures += call("op.mixed") == "4003"
+        if failures == breaker["minimumRequests"]:
+            break
+    assert failures == breaker["minimumRequests"]
     broken_hits = hits(upstreams["broken"])
-    await asyncio.sleep(2.5)  # ejection over: back in rotation, failing again
+    assert all(call("op.mixed") == "1000" for _ in range(15))  # ejected: out of rotation
+    assert hits(upstreams["broken"]) == broken_hits
+    await asyncio.sleep(breaker["ejectionSeconds"] + 0.5)  # ejection over: back in rotation, failing again
     after = [call("op.mixed") for _ in range(20)]
     assert hits(upstreams["broken"]) > broken_hits and "4003" in after
     # A cluster whose only endpoint is ejected fails fast without calling it.
