@@ -130,6 +130,10 @@ class Request:
             await self._waiter
             if not self.complete:
                 return None
+        return self.whole_body(limit)
+
+    def whole_body(self, limit: int) -> bytes | None:
+        """The body of a complete request (no wait), or None when it is over `limit` bytes."""
         if self.overflow or self.size > limit:
             return None
         return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
@@ -332,6 +336,7 @@ class _Connection(asyncio.Protocol):
         "closed",
         "current",
         "last_active",
+        "loop",
         "parser",
         "pending",
         "server",
@@ -342,6 +347,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, server: Server):
         self.server = server
+        self.loop = asyncio.get_running_loop()  # kept: each get_running_loop() makes a getpid() system call
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.client_ip = ""
@@ -451,7 +457,7 @@ class _Connection(asyncio.Protocol):
         if self.pending and not self.closed:
             self.busy = True
             self.serving = self.pending.popleft()
-            asyncio.get_running_loop().create_task(self._serve(self.serving))
+            self.loop.create_task(self._serve(self.serving))
         else:
             self.busy, self.serving = False, None
             if self._paused and self.transport is not None:
@@ -465,8 +471,11 @@ class _Connection(asyncio.Protocol):
         try:
             if handler is not None:
                 reply = await handler(req)
-                head = "".join([f"{k}: {v}\r\n" for k, v in reply.headers.items()]).encode("latin-1", "replace")
                 status, body, lines = reply.status, reply.body, len(reply.headers)
+                # The joins loop in C; each line then ends with CRLF, checked below.
+                head = ("\r\n".join(map(": ".join, reply.headers.items())) + "\r\n").encode("latin-1", "replace")
+                if not lines:
+                    head = b""
             else:
                 buffered = await server.call_asgi(req)
                 status, head, body, lines = buffered.status, buffered.head, buffered.body, buffered.lines

@@ -9,6 +9,7 @@ hypercorn) with a graceful drain on SIGTERM.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
@@ -21,6 +22,8 @@ from typing import Any, Literal
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from . import tally
 
 trace_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("trace_id", default="")
 
@@ -96,9 +99,11 @@ def component_app(
         for hook in on_start or []:
             await hook()
         app.state.started = True
+        flusher = asyncio.get_running_loop().create_task(tally.flush_forever())
         try:
             yield
         finally:
+            flusher.cancel()
             for hook in reversed(on_stop or []):
                 try:
                     await hook()
@@ -127,6 +132,7 @@ def component_app(
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
+        tally.flush()
         return Response(generate_latest(_metrics_registry()), media_type=CONTENT_TYPE_LATEST)
 
     return app

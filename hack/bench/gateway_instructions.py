@@ -42,6 +42,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--keep", metavar="FILE", help="keep the callgrind dump here (for callgrind_annotate)")
     args = ap.parse_args()
     ensure_valgrind()
     tmp = Path(tempfile.mkdtemp(prefix="mpaas-icount-"))
@@ -118,6 +119,8 @@ def main() -> int:
         if summary is None:
             raise RuntimeError("callgrind wrote no dump")
         per_request = int(summary.group(1)) / args.requests
+        if args.keep:
+            shutil.copy(dumps[-1], args.keep)
         print(f"gateway plain: {per_request / 1000:.1f} k instructions per request (user space, callgrind)")
         print(f"  {args.requests} requests after {args.warmup} of warm-up, {elapsed:.0f} s under valgrind")
         return 0

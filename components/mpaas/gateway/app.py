@@ -21,7 +21,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,8 @@ from ..http1 import Request as Incoming
 from ..rules import percent_of
 from ..service import component_app, trace_id_var
 from ..stores import FallbackHotStore, HotStore, open_hotstore
-from . import codes, protowire
+from ..tally import CounterTally, HistogramTally
+from . import bodycheck, codes
 from .admin import create_admin_app
 from .cache import ResponseCache, SessionCache
 from .codes import ResultCode
@@ -45,6 +46,7 @@ from .guards import Breakers, Concurrency
 from .routes import EMPTY, IDEMPOTENT, KIND, SECRET, CompiledApi, CompiledApp, CompiledUpstream, RouteTable, compiler
 from .settings import GatewaySettings
 from .upstream_http import ConnectFailed, UpstreamBroken, UpstreamClient
+from .upstream_http import Response as UpstreamResponse
 
 log = logging.getLogger("mpaas.gateway")
 digest_log = logging.getLogger("mpaas.gateway.digest")
@@ -64,6 +66,10 @@ ADDED = Histogram(
     ["operation_type"],
     buckets=(0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
+# Counted per request: tallied in plain Python, added to these metrics in batches (mpaas.tally).
+_requests = CounterTally(REQUESTS)
+_latency = HistogramTally(LATENCY)
+_added = HistogramTally(ADDED)
 UPSTREAM_ERRORS = Counter("mpaas_gateway_upstream_errors_total", "Upstream failures", ["upstream", "kind"])
 RATE_LIMITED = Counter("mpaas_gateway_rate_limited_total", "Requests refused by a rate limit", ["scope"])
 HOTSTORE_FALLBACK = Gauge(
@@ -104,7 +110,7 @@ _NOT_FORWARDED = frozenset(v for name in _HOP_HEADERS for v in _spellings(name))
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _EPOCH_MS = re.compile(r"[0-9]{1,15}")
 _CODE = re.compile(r"[0-9]{4}")
-_random_bits = random.getrandbits
+_random_bytes = random.randbytes
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 # Rule attributes the client sends as headers (canary rules, docs/gateway.md).
 _ATTRIBUTE_HEADERS = {
@@ -119,13 +125,6 @@ _ATTRIBUTE_HEADERS = {
     "NETWORK": "network",
     "CHANNEL": "channel",
 }
-
-
-@dataclass(frozen=True)
-class UpstreamResponse:
-    status: int
-    headers: Mapping[str, str]
-    content: bytes
 
 
 @dataclass
@@ -158,16 +157,21 @@ def _latin1(text: str) -> str:
 
 def _trace(headers: Headers) -> tuple[str, str]:
     """(trace id, traceparent for the upstream): continue the caller's W3C trace or start one."""
-    incoming = headers.get("traceparent", "")
-    m = _TRACEPARENT.match(incoming)
+    incoming = headers.get("traceparent")
+    m = _TRACEPARENT.match(incoming) if incoming else None
     if m and m.group(1) != "0" * 32:
         trace_id, flags = m.group(1), m.group(3)
     else:
-        given = headers.get("mgw-traceid", "")
-        # Trace ids need uniqueness, not secrecy: the PRNG is ~10x cheaper than os.urandom.
-        trace_id = given if _TRACE_ID.fullmatch(given) else f"{_random_bits(128):032x}"
+        given = headers.get("mgw-traceid")
+        if given and _TRACE_ID.fullmatch(given):
+            trace_id = given
+        else:
+            # Trace ids need uniqueness, not secrecy: the PRNG is ~10x cheaper than os.urandom.
+            # One draw for the trace id and the span id.
+            ids = _random_bytes(24).hex()
+            return ids[:32], f"00-{ids[:32]}-{ids[32:]}-01"
         flags = "01"
-    return trace_id, f"00-{trace_id}-{_random_bits(64):016x}-{flags}"
+    return trace_id, f"00-{trace_id}-{_random_bytes(8).hex()}-{flags}"
 
 
 class Gateway:
@@ -179,10 +183,6 @@ class Gateway:
         )
         self.breakers = Breakers()
         self.concurrency = Concurrency()
-        # Label values are bounded (known operation types and apps, or "_unknown"), so these stay small.
-        self._request_counters: dict[tuple[str, str, str, int], Any] = {}
-        self._latency: dict[str, Any] = {}
-        self._added: dict[str, Any] = {}
         self.cache = ResponseCache()
         # Plain-HTTP upstreams: the lean client (docs/benchmarks.md); https ones: aiohttp.
         self.lean = UpstreamClient(max_idle=settings.upstream_max_connections)
@@ -218,16 +218,16 @@ class Gateway:
         except Exception:
             log.exception("request failed inside the gateway")
             out = _result(codes.INTERNAL_ERROR, trace_id, rest=rest)
-        elapsed = time.perf_counter() - started
-        known_app = (app_id, workspace_id) in table.apps
-        op_label = operation_type if operation_type in table.apis else "_unknown"
-        self._count(
-            op_label, app_id if known_app else "_unknown", workspace_id if known_app else "_unknown", out.code, elapsed
-        )
-        added = self._added.get(op_label)
-        if added is None:
-            added = self._added[op_label] = ADDED.labels(op_label)
-        added.observe(time.perf_counter() - request.received - request.waited)
+        done = time.perf_counter()
+        elapsed = done - started
+        # Label values are bounded: known operation types and apps, or "_unknown".
+        op_label = (operation_type,) if operation_type in table.apis else ("_unknown",)
+        if (app_id, workspace_id) in table.apps:
+            _requests.inc((op_label[0], app_id, workspace_id, str(out.code)))
+        else:
+            _requests.inc((op_label[0], "_unknown", "_unknown", str(out.code)))
+        _latency.observe(op_label, elapsed)
+        _added.observe(op_label, done - request.received - request.waited)
         if self.settings.digest_log:
             digest_log.info(
                 "digest",
@@ -246,18 +246,6 @@ class Gateway:
                 },
             )
         return out
-
-    def _count(self, op: str, app: str, workspace: str, code: int, elapsed: float) -> None:
-        """Count a request; labelled metric children are looked up once and kept (labels() is costly)."""
-        key = (op, app, workspace, code)
-        counter = self._request_counters.get(key)
-        if counter is None:
-            counter = self._request_counters[key] = REQUESTS.labels(op, app, workspace, str(code))
-        counter.inc()
-        histogram = self._latency.get(op)
-        if histogram is None:
-            histogram = self._latency[op] = LATENCY.labels(op)
-        histogram.observe(elapsed)
 
     async def _route(
         self,
@@ -288,7 +276,8 @@ class Gateway:
         if declared and declared.isdigit() and int(declared) > table.max_body_bytes:
             return _result(codes.REQUEST_TOO_LARGE, trace_id, rest=rest)
         request.mark("route")
-        read = await request.body(table.max_body_bytes)
+        limit = table.max_body_bytes
+        read = request.whole_body(limit) if request.complete else await request.body(limit)
         if read is None:
             return _result(codes.REQUEST_TOO_LARGE, trace_id, rest=rest)
         body = read
@@ -308,10 +297,7 @@ class Gateway:
         if body:
             ctype = request.headers.get("content-type", "")
             try:
-                if ctype.startswith("application/json"):
-                    json.loads(body)
-                elif protowire.is_protobuf(ctype):
-                    protowire.check(body)
+                bodycheck.check(ctype, body)
             except ValueError as e:
                 return _result(codes.MALFORMED_BODY, trace_id, rest=rest, memo=f"body is not valid {ctype}: {e}")
         if api.rate_limit and not await self.hot.take_tokens(
@@ -536,13 +522,19 @@ class Gateway:
                 and ejected
                 and len(ejected) * 100 > upstream.breaker.max_ejection_percent * len(upstream.base_urls)
             )
-            url = None if too_many else (upstream.pick(ejected | tried) or upstream.pick(ejected))
+            if too_many:
+                url = None
+            elif ejected or tried:
+                url = upstream.pick(ejected | tried) or upstream.pick(ejected)
+            else:
+                url = upstream.pick()
             if url is None:
                 if upstream.failover and not failed_over and upstream.failover in table.upstreams:
                     upstream, failed_over, tried = table.upstreams[upstream.failover], True, set()
                     continue
                 return _result(codes.CIRCUIT_OPEN, trace_id, rest=rest)
-            if not self.concurrency.enter(upstream.name, upstream.max_concurrency):
+            limited = upstream.max_concurrency is not None
+            if limited and not self.concurrency.enter(upstream.name, upstream.max_concurrency):
                 return _result(codes.OVERLOADED, trace_id, rest=rest)
             attempt += 1
             tried.add(url)
@@ -562,7 +554,8 @@ class Gateway:
                 failure, last, retry = "broken", codes.UPSTREAM_UNAVAILABLE, idempotent
             finally:
                 request.waited += time.perf_counter() - asked
-                self.concurrency.leave(upstream.name)
+                if limited:
+                    self.concurrency.leave(upstream.name)
             if failure:
                 self._failed(upstream, url, failure)
                 if retry:
@@ -587,7 +580,7 @@ class Gateway:
         self, api: CompiledApi, base: str, body: bytes, headers: dict[str, str], params: str | None
     ) -> UpstreamResponse:
         if base.startswith("http://"):
-            r = await self.lean.request(
+            return await self.lean.request(
                 api.method,
                 base,
                 api.path,
@@ -597,7 +590,6 @@ class Gateway:
                 timeout=api.timeout_seconds,
                 idempotent=api.method in IDEMPOTENT,
             )
-            return UpstreamResponse(r.status, r.headers, r.content)
         assert self.http is not None  # https upstreams go through aiohttp (TLS)
         async with self.http.request(
             api.method,

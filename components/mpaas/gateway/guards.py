@@ -27,6 +27,9 @@ BREAKER_OPEN = Gauge(
 EJECTIONS = Counter("mpaas_gateway_endpoint_ejections_total", "Endpoint ejections", ["upstream"])
 
 
+_NONE: frozenset[str] = frozenset()
+
+
 class Concurrency:
     """In-flight requests per upstream, against its `maxConcurrency`."""
 
@@ -70,7 +73,9 @@ class Breakers:
         self._windows: dict[tuple[str, str], _Window] = {}
         self._ejected: dict[tuple[str, str], float] = {}  # -> until (monotonic)
 
-    def ejected(self, upstream: str, urls: tuple[str, ...]) -> set[str]:
+    def ejected(self, upstream: str, urls: tuple[str, ...]) -> set[str] | frozenset[str]:
+        if not self._ejected:
+            return _NONE
         now = time.monotonic()
         out = set()
         for url in urls:
