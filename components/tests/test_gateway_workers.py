@@ -79,7 +79,10 @@ async def test_two_workers(namespace: str, upstreams: dict[str, str], spawn: obj
 
     for _ in range(40):
         call()
-    per_pid = served_by_pid(metrics_dir)
+    # Each worker adds its request counts to the shared files within a second (mpaas.tally).
+    per_pid = await eventually(
+        lambda: (c := served_by_pid(metrics_dir)) and sum(c.values()) == 40 and c, timeout=5, what="counts flushed"
+    )
     assert set(per_pid) == set(first) and all(n > 0 for n in per_pid.values()), per_pid
     assert total_requests(url) == 40  # whichever worker answers /metrics reports both
 

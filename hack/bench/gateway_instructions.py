@@ -89,7 +89,7 @@ def main() -> int:
         }
         gateway = subprocess.Popen(
             [
-                *("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"),
+                *("valgrind", "--tool=callgrind", "--compress-strings=no", f"--callgrind-out-file={out}"),
                 *(str(Path(sys.executable).parent / "mpaas"), "gateway"),
             ],
             env=env,
