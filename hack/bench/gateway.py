@@ -33,6 +33,7 @@ import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+from mpaas import compiled  # noqa: E402
 from mpaas.crypto import envelope  # noqa: E402
 from mpaas.crypto.signing import canonical, generate_keypair, signer  # noqa: E402
 
@@ -426,9 +427,10 @@ http {{
             ),
             "?",
         )
+        hot = "compiled (mypyc)" if all(compiled.loaded_compiled().values()) else "INTERPRETED (hack/bootstrap --test)"
         print(
             f"machine: {os.cpu_count()} cores, {cpu}; wrk -t1 -c{args.connections} -d{args.seconds}s, "
-            f"median of {args.rounds} rounds"
+            f"median of {args.rounds} rounds; gateway hot modules {hot}"
         )
         print(f"{'scenario':<24}{'rps':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'server CPU us/req (sys)':>26}")
         for r in results.values():

@@ -31,6 +31,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gateway import BODY, OP, ROOT, free_port, wait_http
 
+from mpaas import compiled
+
 
 def ensure_valgrind() -> None:
     if not shutil.which("callgrind_control"):
@@ -121,7 +123,8 @@ def main() -> int:
         per_request = int(summary.group(1)) / args.requests
         if args.keep:
             shutil.copy(dumps[-1], args.keep)
-        print(f"gateway plain: {per_request / 1000:.1f} k instructions per request (user space, callgrind)")
+        hot = "compiled" if all(compiled.loaded_compiled().values()) else "interpreted"
+        print(f"gateway plain ({hot}): {per_request / 1000:.1f} k instructions per request (user space, callgrind)")
         print(f"  {args.requests} requests after {args.warmup} of warm-up, {elapsed:.0f} s under valgrind")
         return 0
     finally:

@@ -16,13 +16,10 @@ from urllib.parse import urlsplit
 
 import httptools
 
+# Defined outside this module: it is compiled (mpaas._compiled), and compiled classes cannot extend built-in exceptions.
+from .upstream_errors import ConnectFailed, UpstreamBroken
 
-class ConnectFailed(ConnectionError):
-    """The connection could not be made: the request never left."""
-
-
-class UpstreamBroken(ConnectionError):
-    """The connection failed after the request was (maybe) sent."""
+__all__ = ["ConnectFailed", "Response", "UpstreamBroken", "UpstreamClient"]
 
 
 class Response:

@@ -1,0 +1,28 @@
+"""Packaging lives in pyproject.toml; this adds the compiled hot-path modules when MPAAS_COMPILE=1.
+
+The modules and why: components/mpaas/compiled.py. The build records the
+SHA-256 of each source it compiled, so an edited source is never shadowed by
+an old compiled module.
+"""
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+from setuptools import setup
+
+ext_modules = []
+if os.environ.get("MPAAS_COMPILE") == "1":
+    from mypyc.build import mypycify
+
+    spec = importlib.util.spec_from_file_location("compiled", "components/mpaas/compiled.py")
+    assert spec is not None and spec.loader is not None
+    compiled = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compiled)
+    package_dir = Path("components/mpaas")
+    paths = [str(compiled.source_path(m, package_dir)) for m in compiled.MODULES]
+    ext_modules = mypycify(paths, group_name=compiled.GROUP, opt_level="3")
+    (package_dir / compiled.RECORD).write_text(json.dumps(compiled.source_hashes(package_dir), indent=1) + "\n")
+
+setup(ext_modules=ext_modules)
