@@ -61,6 +61,8 @@ def _bind() -> ctypes.CDLL:
         "BN_new": (c_void_p, []),
         "BN_free": (None, [c_void_p]),
         "BN_bin2bn": (c_void_p, [c_char_p, c_int, c_void_p]),
+        "BN_bn2binpad": (c_int, [c_void_p, c_char_p, c_int]),
+        "BN_mod_inverse": (c_void_p, [c_void_p, c_void_p, c_void_p, c_void_p]),
         "BN_CTX_new": (c_void_p, []),
         "BN_CTX_free": (None, [c_void_p]),
     }
@@ -134,6 +136,9 @@ class _Verifier:
         )
         self.bn1, self.bn2, self.zero = lib.BN_new(), lib.BN_new(), lib.BN_new()  # BN_new() is zero
         self.out = ctypes.create_string_buffer(65)
+        self.n = lib.EC_GROUP_get0_order(base.group)
+        self.inv = lib.BN_new()
+        self.inv_out = ctypes.create_string_buffer(32)
         # OpenSSL multiplies a generator alone with a constant-time ladder that ignores the table, except
         # on curves with their own tables (P-256). Adding 0·Q makes the generic code take the table.
         self.extra = self.q if wnaf else None
@@ -157,13 +162,23 @@ class _Verifier:
             return None
         return int.from_bytes(self.out.raw[1:33], "big")
 
+    def inverse(self, s: int) -> int | None:
+        """s⁻¹ mod n (s is public: no constant-time need). Python's pow(s, -1, n) takes ~24 µs, OpenSSL ~2."""
+        lib = self.lib
+        lib.BN_bin2bn(s.to_bytes(32, "big"), 32, self.bn1)
+        if not lib.BN_mod_inverse(self.inv, self.bn1, self.n, self.base.ctx):
+            lib.ERR_clear_error()
+            return None
+        lib.BN_bn2binpad(self.inv, self.inv_out, 32)
+        return int.from_bytes(self.inv_out.raw, "big")
+
     def __del__(self) -> None:
         lib = getattr(self, "lib", None)
         if lib is not None:
             _Verifier.live -= 1
             for p in (self.q, self.a, self.b, self.sum):
                 lib.EC_POINT_free(p)
-            for bn in (self.bn1, self.bn2, self.zero):
+            for bn in (self.bn1, self.bn2, self.zero, self.inv):
                 lib.BN_free(bn)
 
 
@@ -193,7 +208,9 @@ class EcdsaP256Verifier:
             return False
         r, s = rs
         e = int.from_bytes(hashlib.sha256(message).digest(), "big")  # 256-bit hash, 256-bit n: no truncation
-        w = pow(s, -1, n)
+        w = self._v.inverse(s)
+        if w is None:
+            return False
         x = self._v.x_of(e * w % n, r * w % n)
         return x is not None and x % n == r
 
