@@ -22,7 +22,10 @@ if os.environ.get("MPAAS_COMPILE") == "1":
     spec.loader.exec_module(compiled)
     package_dir = Path("components/mpaas")
     paths = [str(compiled.source_path(m, package_dir)) for m in compiled.MODULES]
-    ext_modules = mypycify(paths, group_name=compiled.GROUP, opt_level="3")
+    # Where the build has no dependencies installed (pip's isolated build, the image), their types are
+    # unknown: an ignore comment that matters with them installed looks unused without them.
+    options = ["--ignore-missing-imports", "--no-warn-unused-ignores"]
+    ext_modules = mypycify([*options, *paths], group_name=compiled.GROUP, opt_level="3")
     (package_dir / compiled.RECORD).write_text(json.dumps(compiled.source_hashes(package_dir), indent=1) + "\n")
 
 setup(ext_modules=ext_modules)
