@@ -3,8 +3,8 @@
 A plain gateway request spends most of its CPU in the interpreter, spread
 thin over the modules below; compiled, the gateway needs about a quarter
 less CPU per request (docs/benchmarks.md). They are compiled when the
-platform is installed with MPAAS_COMPILE=1 (setup.py): `hack/bootstrap` does
-it wherever a C compiler is present, the image always. The source stays the
+platform is installed with MPAAS_COMPILE=1 (setup.py): `hack/bootstrap --test`
+(so `hack/test` and CI) and the image build do; `hack/dev` runs them interpreted. The source stays the
 truth: the build records each module's SHA-256, and when a source no longer
 matches (an edit since the last build), all of them load from source, with a
 warning, until the next `hack/bootstrap`. They are compiled as one group and
@@ -46,10 +46,15 @@ def source_hashes(package_dir: Path = _PACKAGE_DIR) -> dict[str, str]:
     return {m: hashlib.sha256(source_path(m, package_dir).read_bytes()).hexdigest() for m in MODULES}
 
 
+def _built(package_dir: Path) -> list[str]:
+    """Hot modules that have a compiled form next to their source."""
+    suffixes = importlib.machinery.EXTENSION_SUFFIXES
+    return [m for m in MODULES if any(source_path(m, package_dir).with_suffix(s).exists() for s in suffixes)]
+
+
 def stale(package_dir: Path = _PACKAGE_DIR) -> list[str]:
     """Modules whose compiled form (if any) was built from another source than the one here."""
-    suffixes = importlib.machinery.EXTENSION_SUFFIXES
-    built = [m for m in MODULES if any(source_path(m, package_dir).with_suffix(s).exists() for s in suffixes)]
+    built = _built(package_dir)
     if not built:
         return []
     try:
@@ -62,9 +67,7 @@ def stale(package_dir: Path = _PACKAGE_DIR) -> list[str]:
 
 def needs_build(package_dir: Path = _PACKAGE_DIR) -> bool:
     """Some hot module has no compiled form, or one built from another source."""
-    suffixes = importlib.machinery.EXTENSION_SUFFIXES
-    missing = [m for m in MODULES if not any(source_path(m, package_dir).with_suffix(s).exists() for s in suffixes)]
-    return bool(missing or stale(package_dir))
+    return len(_built(package_dir)) < len(MODULES) or bool(stale(package_dir))
 
 
 class _SourceFirst(importlib.abc.MetaPathFinder):

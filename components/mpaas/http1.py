@@ -473,9 +473,8 @@ class _Connection(asyncio.Protocol):
                 reply = await handler(req)
                 status, body, lines = reply.status, reply.body, len(reply.headers)
                 # The joins loop in C; each line then ends with CRLF, checked below.
-                head = ("\r\n".join(map(": ".join, reply.headers.items())) + "\r\n").encode("latin-1", "replace")
-                if not lines:
-                    head = b""
+                joined = "\r\n".join(map(": ".join, reply.headers.items()))
+                head = (joined + "\r\n").encode("latin-1", "replace") if lines else b""
             else:
                 buffered = await server.call_asgi(req)
                 status, head, body, lines = buffered.status, buffered.head, buffered.body, buffered.lines

@@ -104,6 +104,7 @@ def component_app(
             yield
         finally:
             flusher.cancel()
+            tally.flush()  # the last second's counts, into the files other workers' scrapes read
             for hook in reversed(on_stop or []):
                 try:
                     await hook()

@@ -163,7 +163,7 @@ class _Verifier:
         return int.from_bytes(self.out.raw[1:33], "big")
 
     def inverse(self, s: int) -> int | None:
-        """s⁻¹ mod n (s is public: no constant-time need). Python's pow(s, -1, n) takes ~24 µs, OpenSSL ~2."""
+        """s⁻¹ mod n (s is public: no constant-time need). Measured: OpenSSL ~11 µs, Python's pow(s, -1, n) ~14."""
         lib = self.lib
         lib.BN_bin2bn(s.to_bytes(32, "big"), 32, self.bn1)
         if not lib.BN_mod_inverse(self.inv, self.bn1, self.n, self.base.ctx):

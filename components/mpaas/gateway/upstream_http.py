@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-# Defined outside this module: it is compiled (mpaas._compiled), and compiled classes cannot extend built-in exceptions.
+# Defined outside this module: it is compiled (mpaas.compiled), and compiled classes cannot extend built-in exceptions.
 from .upstream_errors import ConnectFailed, UpstreamBroken
 
 __all__ = ["ConnectFailed", "Response", "UpstreamBroken", "UpstreamClient"]
