@@ -1,4 +1,4 @@
-"""Packaging lives in pyproject.toml; this adds the compiled hot-path modules when MPAAS_COMPILE=1.
+"""Packaging lives in pyproject.toml; this adds the compiled hot-path and C modules when MPAAS_COMPILE=1.
 
 The modules and why: components/mpaas/compiled.py. The build records the
 SHA-256 of each source it compiled, so an edited source is never shadowed by
@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 ext_modules = []
 if os.environ.get("MPAAS_COMPILE") == "1":
@@ -26,6 +26,10 @@ if os.environ.get("MPAAS_COMPILE") == "1":
     # unknown: an ignore comment that matters with them installed looks unused without them.
     options = ["--ignore-missing-imports", "--no-warn-unused-ignores"]
     ext_modules = mypycify([*options, *paths], group_name=compiled.GROUP, opt_level="3")
+    ext_modules += [
+        Extension(module, [str(package_dir / source)], extra_compile_args=["-O3"])
+        for module, source in compiled.EXTENSIONS.items()
+    ]
     (package_dir / compiled.RECORD).write_text(json.dumps(compiled.source_hashes(package_dir), indent=1) + "\n")
 
 setup(ext_modules=ext_modules)

@@ -1,4 +1,4 @@
-"""The hot-path modules that are compiled to C with mypyc, and the guard that keeps an edit from being shadowed.
+"""The hot-path modules that are compiled to C, and the guard that keeps an edit from being shadowed.
 
 A plain gateway request spends most of its CPU in the interpreter, spread
 thin over the modules below; compiled, the gateway needs about a quarter
@@ -9,6 +9,9 @@ truth: the build records each module's SHA-256, and when a source no longer
 matches (an edit since the last build), all of them load from source, with a
 warning, until the next `hack/bootstrap`. They are compiled as one group and
 call each other natively, so they are never mixed.
+
+`EXTENSIONS` are modules written in C (no Python source), built alongside;
+their callers fall back to a slower path when one is missing or stale.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ MODULES = (
     "mpaas.gateway.bodycheck",
     "mpaas.gateway.upstream_http",
 )
+# C module -> its source, relative to this package
+EXTENSIONS = {"mpaas.crypto._ec": "crypto/_ec.c"}  # table-backed ECDSA P-256 and SM2 verification
 GROUP = "mpaas._native"  # the shared library: mpaas/_native__mypyc.*.so
 RECORD = "_compiled.json"  # written by the build next to this file: module -> SHA-256 of the source compiled
 
@@ -42,32 +47,54 @@ def source_path(module: str, package_dir: Path = _PACKAGE_DIR) -> Path:
     return package_dir.joinpath(*module.split(".")[1:]).with_suffix(".py")
 
 
+def _source(module: str, package_dir: Path) -> Path:
+    return package_dir / EXTENSIONS[module] if module in EXTENSIONS else source_path(module, package_dir)
+
+
 def source_hashes(package_dir: Path = _PACKAGE_DIR) -> dict[str, str]:
-    return {m: hashlib.sha256(source_path(m, package_dir).read_bytes()).hexdigest() for m in MODULES}
+    return {m: hashlib.sha256(_source(m, package_dir).read_bytes()).hexdigest() for m in (*MODULES, *EXTENSIONS)}
 
 
-def _built(package_dir: Path) -> list[str]:
-    """Hot modules that have a compiled form next to their source."""
+def _built(package_dir: Path, modules: Sequence[str] = MODULES) -> list[str]:
+    """Modules that have a compiled form next to their source."""
     suffixes = importlib.machinery.EXTENSION_SUFFIXES
-    return [m for m in MODULES if any(source_path(m, package_dir).with_suffix(s).exists() for s in suffixes)]
+    return [m for m in modules if any(_source(m, package_dir).with_suffix(s).exists() for s in suffixes)]
+
+
+def _recorded(package_dir: Path) -> dict[str, str]:
+    try:
+        return dict(json.loads((package_dir / RECORD).read_text()))
+    except (OSError, ValueError):
+        return {}  # compiled, but from what is unknown
 
 
 def stale(package_dir: Path = _PACKAGE_DIR) -> list[str]:
     """Modules whose compiled form (if any) was built from another source than the one here."""
-    built = _built(package_dir)
+    return _stale(package_dir, MODULES)
+
+
+def _stale(package_dir: Path, modules: Sequence[str]) -> list[str]:
+    built = _built(package_dir, modules)
     if not built:
         return []
-    try:
-        recorded = json.loads((package_dir / RECORD).read_text())
-    except (OSError, ValueError):
-        return built  # compiled, but from what is unknown
-    current = source_hashes(package_dir)
+    recorded, current = _recorded(package_dir), source_hashes(package_dir)
     return [m for m in built if recorded.get(m) != current[m]]
 
 
 def needs_build(package_dir: Path = _PACKAGE_DIR) -> bool:
-    """Some hot module has no compiled form, or one built from another source."""
-    return len(_built(package_dir)) < len(MODULES) or bool(stale(package_dir))
+    """Some hot module or C module has no compiled form, or one built from another source."""
+    every = (*MODULES, *EXTENSIONS)
+    return len(_built(package_dir, every)) < len(every) or bool(_stale(package_dir, every))
+
+
+def extension(module: str, package_dir: Path = _PACKAGE_DIR) -> ModuleType | None:
+    """The C module when it was built from the source here; None (the caller's fallback runs) otherwise."""
+    if not _built(package_dir, [module]):
+        return None
+    if _stale(package_dir, [module]):
+        log.warning("%s changed since it was compiled: not using it until hack/bootstrap rebuilds it", module)
+        return None
+    return importlib.import_module(module)
 
 
 class _SourceFirst(importlib.abc.MetaPathFinder):
@@ -97,9 +124,11 @@ def guard() -> None:
 
 
 def loaded_compiled() -> dict[str, bool]:
-    """Hot module -> whether the loaded one is compiled (imports them)."""
+    """Hot module or C module -> whether the compiled one is in use (imports them)."""
     out = {}
     for m in MODULES:
         importlib.import_module(m)
         out[m] = not str(getattr(sys.modules[m], "__file__", "")).endswith(".py")
+    for m in EXTENSIONS:
+        out[m] = extension(m) is not None
     return out

@@ -27,10 +27,10 @@ def test_hot_modules_load_compiled_when_built() -> None:
 
 def _package(tmp_path: Path, *, built: bool, record: dict[str, str] | None) -> Path:
     pkg = tmp_path / "mpaas"
-    for m in compiled.MODULES:
-        src = compiled.source_path(m, pkg)
+    sources = [compiled.source_path(m, pkg) for m in compiled.MODULES]
+    for src in [*sources, *(pkg / c for c in compiled.EXTENSIONS.values())]:
         src.parent.mkdir(parents=True, exist_ok=True)
-        src.write_text(f"# {m}\n")
+        src.write_text(f"// {src.name}\n")
         if built:
             src.with_suffix(SUFFIX).write_bytes(b"")
     if record is not None:
@@ -52,6 +52,19 @@ def test_stale_sources_are_found(tmp_path: Path) -> None:
     assert compiled.stale(_package(tmp_path / "unrecorded", built=True, record=None)) == list(compiled.MODULES)
 
 
+def test_a_stale_or_missing_c_module_is_not_used(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (name, source), *_ = compiled.EXTENSIONS.items()
+    assert compiled.extension(name, _package(tmp_path / "none", built=False, record=None)) is None
+
+    pkg = _package(tmp_path / "edited", built=True, record={})
+    (pkg / compiled.RECORD).write_text(json.dumps(compiled.source_hashes(pkg)))
+    assert not compiled.needs_build(pkg)
+    (pkg / source).write_text("// edited\n")
+    assert compiled.needs_build(pkg) and compiled.stale(pkg) == []  # the Python hot modules stay compiled
+    assert compiled.extension(name, pkg) is None
+    assert f"{name} changed since it was compiled" in caplog.text
+
+
 def test_an_edit_loads_every_hot_module_from_source(tmp_path: Path) -> None:
     """A fresh interpreter with one hot module's record changed runs all of them from their .py files."""
     record = Path(compiled.__file__).with_name(compiled.RECORD)
@@ -71,6 +84,8 @@ def test_an_edit_loads_every_hot_module_from_source(tmp_path: Path) -> None:
         )
     finally:
         record.write_text(saved)
-    assert not any(json.loads(out.stdout).values()), out.stdout
+    loaded = json.loads(out.stdout)
+    assert not any(loaded[m] for m in compiled.MODULES), out.stdout
+    assert all(loaded[m] for m in compiled.EXTENSIONS), out.stdout  # its own source is unchanged
     warning = next(ln for ln in out.stderr.splitlines() if "changed since the hot modules were compiled" in ln)
     assert "mpaas.http1" in warning.split(" changed ")[0], warning

@@ -1,22 +1,26 @@
 """ECDSA P-256 and SM2 verification with a precomputed table for each app's public key.
 
 Both verifications compute u1·G + u2·Q, where G is the curve's generator and Q
-the app's public key; both points are fixed for as long as the key is. A
-general-purpose verify treats Q as a new point each time. Here each key gets
-its own copy of the curve whose "generator" is Q, and OpenSSL precomputes
-multiples of it once (EC_GROUP_precompute_mult), so both multiplications use
-fixed-base tables. Measured on this project's machine (docs/benchmarks.md):
-ECDSA P-256 62 µs instead of 102 µs per verification, SM2 228 µs instead of
-567 µs (OpenSSL 3.0 has no SM2-specific arithmetic on x86-64).
+the app's public key; both points are fixed for as long as the key is, so each
+gets a table of precomputed multiples. Two implementations:
 
-The EC arithmetic is OpenSSL's (libcrypto 3, through ctypes: the same calls
-OpenSSL's own verify makes); the scalar steps mod n and the checks of r and s
-follow SEC 1 §4.1.4 (ECDSA) and GB/T 32918.2 §7 (SM2). Tests compare every
-answer with OpenSSL's own verify. A verifier keeps scratch space: use one per
-thread (the gateway runs one event loop).
+- `mpaas.crypto._ec` (C, built with the compiled hot path, components/mpaas/compiled.py):
+  its own field arithmetic and tables of signed multiples, ~30 µs per
+  verification for either curve. OpenSSL 3.0 has no SM2-specific arithmetic
+  on x86-64, so this is what makes SM2 signatures affordable.
+- the fallback, when that module is not built (`hack/dev`): OpenSSL's own EC
+  arithmetic (libcrypto 3, through ctypes). Each key gets its own copy of the
+  curve whose "generator" is Q, and OpenSSL precomputes multiples of it once
+  (EC_GROUP_precompute_mult). ECDSA ~60 µs, SM2 ~105 µs per verification.
 
-Tables cost memory (P-256: ~150 KiB and ~40 ms to build per key; SM2: ~40 KiB,
-~1.5 ms): at most `MAX_TABLES` keys get one, the rest verify the general way.
+The scalar steps mod n and the checks of r and s follow SEC 1 §4.1.4 (ECDSA)
+and GB/T 32918.2 §7 (SM2). Tests compare both implementations' answers with
+OpenSSL's own verify. A verifier keeps scratch space: use one per thread (the
+gateway runs one event loop). Measured figures: docs/benchmarks.md.
+
+Tables cost memory (C: 88 KiB per key; OpenSSL P-256: ~150 KiB and ~40 ms to
+build, SM2 ~40 KiB, ~1.5 ms): at most `MAX_TABLES` keys get one, the rest
+verify the general way.
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ from functools import cache
 
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from ..compiled import extension
 from .sm2 import DEFAULT_ID, _lib
+
+_ec = extension("mpaas.crypto._ec")  # None: the OpenSSL fallback below
 
 NID_P256 = 415  # NID_X9_62_prime256v1
 NID_SM2 = 1172
@@ -120,7 +127,6 @@ class _Verifier:
     """u1·G + u2·Q with both tables precomputed; returns the x coordinate of the sum (None at infinity)."""
 
     _generators: dict[int, _Curve] = {}
-    live = 0  # verifiers holding a table
 
     def __init__(self, nid: int, order: int, public_point: bytes, *, wnaf: bool):
         base = self._generators.get(nid)
@@ -142,7 +148,6 @@ class _Verifier:
         # OpenSSL multiplies a generator alone with a constant-time ladder that ignores the table, except
         # on curves with their own tables (P-256). Adding 0·Q makes the generic code take the table.
         self.extra = self.q if wnaf else None
-        _Verifier.live += 1
 
     def x_of(self, u1: int, u2: int) -> int | None:
         lib, base, ctx = self.lib, self.base, self.base.ctx
@@ -175,7 +180,6 @@ class _Verifier:
     def __del__(self) -> None:
         lib = getattr(self, "lib", None)
         if lib is not None:
-            _Verifier.live -= 1
             for p in (self.q, self.a, self.b, self.sum):
                 lib.EC_POINT_free(p)
             for bn in (self.bn1, self.bn2, self.zero, self.inv):
@@ -195,31 +199,55 @@ def _scalars(signature: bytes, n: int) -> tuple[int, int] | None:
     return (r, s) if 0 < r < n and 0 < s < n else None
 
 
-class EcdsaP256Verifier:
+class _TableBacked:
+    """Counts the keys holding a table, against `MAX_TABLES`."""
+
+    live = 0
+    _counted = False
+
+    def _count(self) -> None:
+        """Called once the table exists."""
+        _TableBacked.live += 1
+        self._counted = True
+
+    def __del__(self) -> None:
+        if self._counted:
+            _TableBacked.live -= 1
+
+
+class EcdsaP256Verifier(_TableBacked):
     """ECDSA with SHA-256 over P-256 for one public key (uncompressed point, 65 bytes)."""
 
     def __init__(self, public_point: bytes):
-        self._v = _Verifier(NID_P256, P256_N, public_point, wnaf=False)
+        self._key = _ec.Key("P-256", public_point) if _ec is not None else None
+        if self._key is None:
+            self._v = _Verifier(NID_P256, P256_N, public_point, wnaf=False)
+        self._count()
 
     def __call__(self, signature: bytes, message: bytes) -> bool:
+        digest = hashlib.sha256(message).digest()  # 256-bit hash, 256-bit n: no truncation
+        if self._key is not None:
+            return bool(self._key.verify(digest, signature))
         n = P256_N
         rs = _scalars(signature, n)
         if rs is None:
             return False
         r, s = rs
-        e = int.from_bytes(hashlib.sha256(message).digest(), "big")  # 256-bit hash, 256-bit n: no truncation
         w = self._v.inverse(s)
         if w is None:
             return False
-        x = self._v.x_of(e * w % n, r * w % n)
+        x = self._v.x_of(int.from_bytes(digest, "big") * w % n, r * w % n)
         return x is not None and x % n == r
 
 
-class Sm2Verifier:
+class Sm2Verifier(_TableBacked):
     """SM2 signatures (SM3, signer id `uid`) for one public key (uncompressed point, 65 bytes)."""
 
     def __init__(self, public_point: bytes, uid: bytes = DEFAULT_ID):
-        self._v = _Verifier(NID_SM2, SM2_N, public_point, wnaf=True)
+        self._key = _ec.Key("SM2", public_point) if _ec is not None else None
+        if self._key is None:
+            self._v = _Verifier(NID_SM2, SM2_N, public_point, wnaf=True)
+        self._count()
         bits = len(uid) * 8
         # Z = SM3(ENTL || ID || a || b || xG || yG || xA || yA), fixed per key and id.
         self._z = hashlib.new(
@@ -227,6 +255,9 @@ class Sm2Verifier:
         ).digest()
 
     def __call__(self, signature: bytes, message: bytes) -> bool:
+        digest = hashlib.new("sm3", self._z + message).digest()
+        if self._key is not None:
+            return bool(self._key.verify(digest, signature))
         n = SM2_N
         rs = _scalars(signature, n)
         if rs is None:
@@ -235,16 +266,15 @@ class Sm2Verifier:
         t = (r + s) % n
         if t == 0:
             return False
-        e = int.from_bytes(hashlib.new("sm3", self._z + message).digest(), "big")
         x = self._v.x_of(s, t)
-        return x is not None and (e + x) % n == r
+        return x is not None and (int.from_bytes(digest, "big") + x) % n == r
 
 
 def ecdsa_p256(public_point: bytes) -> EcdsaP256Verifier | None:
     """A table-backed verifier, or None when `MAX_TABLES` keys already have one."""
-    return EcdsaP256Verifier(public_point) if _Verifier.live < MAX_TABLES else None
+    return EcdsaP256Verifier(public_point) if _TableBacked.live < MAX_TABLES else None
 
 
 def sm2(public_point: bytes, uid: bytes = DEFAULT_ID) -> Sm2Verifier | None:
     """A table-backed verifier, or None when `MAX_TABLES` keys already have one."""
-    return Sm2Verifier(public_point, uid) if _Verifier.live < MAX_TABLES else None
+    return Sm2Verifier(public_point, uid) if _TableBacked.live < MAX_TABLES else None
