@@ -51,8 +51,8 @@ def _source(module: str, package_dir: Path) -> Path:
     return package_dir / EXTENSIONS[module] if module in EXTENSIONS else source_path(module, package_dir)
 
 
-def source_hashes(package_dir: Path = _PACKAGE_DIR) -> dict[str, str]:
-    return {m: hashlib.sha256(_source(m, package_dir).read_bytes()).hexdigest() for m in (*MODULES, *EXTENSIONS)}
+def source_hashes(package_dir: Path = _PACKAGE_DIR, modules: Sequence[str] = (*MODULES, *EXTENSIONS)) -> dict[str, str]:
+    return {m: hashlib.sha256(_source(m, package_dir).read_bytes()).hexdigest() for m in modules}
 
 
 def _built(package_dir: Path, modules: Sequence[str] = MODULES) -> list[str]:
@@ -77,7 +77,7 @@ def _stale(package_dir: Path, modules: Sequence[str]) -> list[str]:
     built = _built(package_dir, modules)
     if not built:
         return []
-    recorded, current = _recorded(package_dir), source_hashes(package_dir)
+    recorded, current = _recorded(package_dir), source_hashes(package_dir, built)
     return [m for m in built if recorded.get(m) != current[m]]
 
 
@@ -94,7 +94,11 @@ def extension(module: str, package_dir: Path = _PACKAGE_DIR) -> ModuleType | Non
     if _stale(package_dir, [module]):
         log.warning("%s changed since it was compiled: not using it until hack/bootstrap rebuilds it", module)
         return None
-    return importlib.import_module(module)
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:  # built for another interpreter, say
+        log.warning("%s is built but does not load (%s): not using it until hack/bootstrap rebuilds it", module, e)
+        return None
 
 
 class _SourceFirst(importlib.abc.MetaPathFinder):

@@ -65,6 +65,21 @@ def test_a_stale_or_missing_c_module_is_not_used(tmp_path: Path, caplog: pytest.
     assert f"{name} changed since it was compiled" in caplog.text
 
 
+def test_a_c_module_that_does_not_load_is_not_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (name, _), *_ = compiled.EXTENSIONS.items()
+    pkg = _package(tmp_path, built=True, record={})
+    (pkg / compiled.RECORD).write_text(json.dumps(compiled.source_hashes(pkg)))
+
+    def broken(module: str) -> None:
+        raise ImportError(f"{module}: undefined symbol")
+
+    monkeypatch.setattr(compiled.importlib, "import_module", broken)
+    assert compiled.extension(name, pkg) is None
+    assert "does not load" in caplog.text
+
+
 def test_an_edit_loads_every_hot_module_from_source(tmp_path: Path) -> None:
     """A fresh interpreter with one hot module's record changed runs all of them from their .py files."""
     record = Path(compiled.__file__).with_name(compiled.RECORD)

@@ -65,6 +65,11 @@ def mutations(sig: bytes, msg: bytes, n: int) -> list[tuple[bytes, bytes]]:
         (b"", msg),
         (b"\x30\x00", msg),
         (b"\x30\x06\x02\x01\x01\x02\x01\x01", msg),
+        (b"\x30\x06\x02\x01\x81\x02\x01\x01", msg),  # a negative r
+        (b"\x30\x05\x02\x00\x02\x01\x01", msg),  # an empty integer
+        (b"\x30\x06\x04\x01\x01\x02\x01\x01", msg),  # not an INTEGER
+        (b"\x30\x80" + sig[2:] + b"\x00\x00", msg),  # indefinite length: BER, not DER
+        (encode_dss_signature(r + (1 << 256), s), msg),  # 33 bytes of value
     ]
 
 
@@ -118,6 +123,22 @@ def test_a_point_off_the_curve_is_refused() -> None:
         EcdsaP256Verifier(bytes(point))
     with pytest.raises(ValueError):
         Sm2Verifier(bytes(point))
+
+
+def test_points_that_are_not_uncompressed_points_on_the_curve_are_refused() -> None:
+    pub = ec.generate_private_key(ec.SECP256R1()).public_key()
+    good = pub.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    p = P256.p
+    for bad in (
+        pub.public_bytes(Encoding.X962, PublicFormat.CompressedPoint),
+        b"\x00",
+        b"\x04" + (int.from_bytes(good[1:33], "big") + p).to_bytes(33, "big")[1:] + good[33:],  # x + p wraps
+        good[:33] + (int.from_bytes(good[33:], "big") + p).to_bytes(33, "big")[1:],
+        good[:-1],
+    ):
+        with pytest.raises(ValueError):
+            EcdsaP256Verifier(bad)
+    EcdsaP256Verifier(good)
 
 
 def test_past_the_table_budget_keys_verify_the_general_way(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -258,6 +279,47 @@ def test_sm2_when_x1_is_at_least_n_and_the_digest_is_at_least_n(implementation: 
     for digest, expected in ((e, True), (e + n, True), (e + 1, False)):
         assert key.verify(digest.to_bytes(32, "big"), sig) is expected
     assert not key.verify(e.to_bytes(32, "big"), encode_dss_signature(r, n - r))
+
+
+@pytest.mark.parametrize("case", ["doubling", "infinity", "zero digest"])
+def test_ecdsa_rare_branches(implementation: str, case: str) -> None:
+    """Sums that meet a table point (doubling), sums that cancel, u1 = 0: the C module and OpenSSL agree."""
+    if implementation != "C":
+        return  # the fallback's arithmetic is OpenSSL's own
+    c, n = P256, P256_N
+    if case == "zero digest":
+        key = ec.generate_private_key(ec.SECP256R1())
+        digest = bytes(32)
+        sig = key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+        expected = True
+    else:
+        # u1 = u2 = 1 (r = s = e): with Q = G the sum is G + G, with Q = -G it is infinity.
+        d = 1 if case == "doubling" else n - 1
+        key = ec.derive_private_key(d, ec.SECP256R1())
+        two_g = c.mul(2, c.g)
+        assert two_g is not None
+        r = two_g[0] % n
+        digest, sig = r.to_bytes(32, "big"), encode_dss_signature(r, r)
+        expected = case == "doubling"
+    pub = key.public_key()
+    assert openssl_ecdsa_prehashed(pub, sig, digest) is expected
+    point = pub.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    assert _native("P-256", point).verify(digest, sig) is expected
+
+
+@pytest.mark.parametrize("case", ["doubling", "infinity"])
+def test_sm2_rare_branches(implementation: str, case: str) -> None:
+    """s·G + t·Q with s = 2, t = 1: Q = 2G doubles at the first step of the second sum, Q = -2G cancels."""
+    if implementation != "C":
+        return  # the fallback's arithmetic is OpenSSL's own
+    c, n = SM2, SM2_N
+    s, r = 2, n - 1  # t = r + s = 1
+    q = c.mul(2 if case == "doubling" else n - 2, c.g)
+    four_g = c.mul(4, c.g)
+    assert four_g is not None
+    e = (r - four_g[0]) % n
+    key = _native("SM2", c.encode(q))
+    assert key.verify(e.to_bytes(32, "big"), encode_dss_signature(r, s)) is (case == "doubling")
 
 
 def openssl_ecdsa_prehashed(pub: ec.EllipticCurvePublicKey, sig: bytes, digest: bytes) -> bool:

@@ -427,7 +427,12 @@ http {{
             ),
             "?",
         )
-        hot = "compiled (mypyc)" if all(compiled.loaded_compiled().values()) else "INTERPRETED (hack/bootstrap --test)"
+        loaded = compiled.loaded_compiled()
+        hot = (
+            "compiled (mypyc; C signature verification)"
+            if all(loaded.values())
+            else "NOT ALL COMPILED (hack/bootstrap --test): " + ", ".join(m for m, ok in loaded.items() if not ok)
+        )
         print(
             f"machine: {os.cpu_count()} cores, {cpu}; wrk -t1 -c{args.connections} -d{args.seconds}s, "
             f"median of {args.rounds} rounds; gateway hot modules {hot}"

@@ -100,7 +100,7 @@ static int from_hex(u256 *r, const char *hex) { /* exactly 64 hex digits */
     return 1;
 }
 
-/* ---- arithmetic mod m (values < m) ---- */
+/* ---- arithmetic mod m (inputs and results below m) ---- */
 
 static void mod_add(u256 *r, const u256 *a, const u256 *b, const Mod *M) {
     u64 carry = add256(r, a, b);
@@ -111,7 +111,7 @@ static void mod_sub(u256 *r, const u256 *a, const u256 *b, const Mod *M) {
     if (sub256(r, a, b)) add256(r, r, &M->m);
 }
 
-/* a·b·R^-1 mod m (CIOS). */
+/* a·b·R^-1 mod m (CIOS), fully reduced. Needs a < m; b may be anything below 2^256. */
 static void mont_mul(u256 *r, const u256 *a, const u256 *b, const Mod *M) {
     u64 t[6] = {0};
     const u64 *m = M->m.v;
@@ -307,7 +307,8 @@ static Affine *build_table(const Affine *p, const Mod *F) {
         for (int d = 2; d < HALF; d++) point_add(&row[d], &row[d - 1], &base, F);
         point_double(&base, &row[HALF - 1], F); /* 64·2^(6i)·P = 2^(6(i+1))·P */
     }
-    /* None is infinity: d·2^(6i) is never a multiple of the prime order. One inversion for all (Montgomery's trick). */
+    /* None is infinity: d·2^(6i) has no prime factor above 31, so it is never a multiple of the (prime) order.
+     * All go affine with one inversion (Montgomery's trick). */
     prefix[0] = jac[0].z;
     for (int k = 1; k < TABLE_POINTS; k++) mont_mul(&prefix[k], &prefix[k - 1], &jac[k].z, F);
     u256 inv, zinv, z2, z3;
@@ -329,7 +330,7 @@ static Affine *build_table(const Affine *p, const Mod *F) {
     return table;
 }
 
-/* k (< 2^256) as WINDOWS signed digits in [-32, 32]. */
+/* k (< 2^256) as WINDOWS signed digits in [-31, 32]: k = sum of digits[i]·2^(6i). */
 static void recode(int *digits, const u256 *k) {
     int carry = 0;
     for (int i = 0; i < WINDOWS; i++) {
@@ -360,7 +361,8 @@ static void add_multiple(Jacobian *acc, const Affine *table, const u256 *k, cons
     }
 }
 
-/* Whether the affine x of a (not infinity) is x_mod_n or x_mod_n + n (both below p). */
+/* Whether the affine x of a (not infinity), taken mod n, is x_mod_n: as n < p < 2n, x is x_mod_n or
+ * x_mod_n + n (when that is below p). Compared as X = x·Z^2, which needs no inversion. */
 static int x_matches(const Jacobian *a, const u256 *x_mod_n, const Curve *c) {
     u256 z2, cand = *x_mod_n, m, t;
     mont_sqr(&z2, &a->z, &c->p);
@@ -408,7 +410,7 @@ static int verify_sm2(const Curve *c, const Affine *q_table, const u256 *e_in, c
     mod_add(&t, r, s, N);
     if (is_zero(&t)) return 0;
     if (ge(&e, &N->m)) sub256(&e, &e, &N->m); /* e < 2^256 < 2n */
-    mod_sub(&want, r, &e, N);                  /* x1 mod n */
+    mod_sub(&want, r, &e, N);                  /* (e + x1) mod n = r  <=>  x1 mod n = r - e mod n */
     Jacobian acc = {.inf = 1};
     add_multiple(&acc, c->g_table, s, &c->p);
     add_multiple(&acc, q_table, &t, &c->p);
@@ -560,7 +562,7 @@ static PyGetSetDef Key_getset[] = {
 static PyTypeObject KeyType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "mpaas.crypto._ec.Key",
-    .tp_doc = "Key(curve, point): a public key (uncompressed point) with precomputed multiples, ~88 KiB.",
+    .tp_doc = "Key(curve, point): a public key (uncompressed point) with precomputed multiples, 86 KiB.",
     .tp_basicsize = sizeof(KeyObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = Key_new,

@@ -15,10 +15,10 @@ gets a table of precomputed multiples. Two implementations:
 
 The scalar steps mod n and the checks of r and s follow SEC 1 §4.1.4 (ECDSA)
 and GB/T 32918.2 §7 (SM2). Tests compare both implementations' answers with
-OpenSSL's own verify. A verifier keeps scratch space: use one per thread (the
-gateway runs one event loop). Measured figures: docs/benchmarks.md.
+OpenSSL's own verify. A fallback verifier keeps scratch space: use one per
+thread (the gateway runs one event loop). Measured figures: docs/benchmarks.md.
 
-Tables cost memory (C: 88 KiB per key; OpenSSL P-256: ~150 KiB and ~40 ms to
+Tables cost memory (C: 86 KiB per key; OpenSSL P-256: ~150 KiB and ~40 ms to
 build, SM2 ~40 KiB, ~1.5 ms): at most `MAX_TABLES` keys get one, the rest
 verify the general way.
 """
@@ -200,10 +200,17 @@ def _scalars(signature: bytes, n: int) -> tuple[int, int] | None:
 
 
 class _TableBacked:
-    """Counts the keys holding a table, against `MAX_TABLES`."""
+    """Counts the keys holding a table (either implementation), against `MAX_TABLES`."""
 
     live = 0
     _counted = False
+
+    @staticmethod
+    def _uncompressed(point: bytes) -> bytes:
+        """Both implementations take exactly this form (and SM2's Z hashes x and y from it)."""
+        if len(point) != 65 or point[0] != _UNCOMPRESSED:
+            raise ValueError("the public key must be an uncompressed point (65 bytes, 0x04 || x || y)")
+        return bytes(point)
 
     def _count(self) -> None:
         """Called once the table exists."""
@@ -219,6 +226,7 @@ class EcdsaP256Verifier(_TableBacked):
     """ECDSA with SHA-256 over P-256 for one public key (uncompressed point, 65 bytes)."""
 
     def __init__(self, public_point: bytes):
+        public_point = self._uncompressed(public_point)
         self._key = _ec.Key("P-256", public_point) if _ec is not None else None
         if self._key is None:
             self._v = _Verifier(NID_P256, P256_N, public_point, wnaf=False)
@@ -244,6 +252,7 @@ class Sm2Verifier(_TableBacked):
     """SM2 signatures (SM3, signer id `uid`) for one public key (uncompressed point, 65 bytes)."""
 
     def __init__(self, public_point: bytes, uid: bytes = DEFAULT_ID):
+        public_point = self._uncompressed(public_point)
         self._key = _ec.Key("SM2", public_point) if _ec is not None else None
         if self._key is None:
             self._v = _Verifier(NID_SM2, SM2_N, public_point, wnaf=True)
