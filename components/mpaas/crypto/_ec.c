@@ -206,6 +206,20 @@ static void point_double(Jacobian *r, const Jacobian *a, const Mod *F) {
     r->inf = 0;
 }
 
+/* The end both additions share: X3 = r^2 - J - 2V, Y3 = r·(V - X3) - 2·yj (yj: Y1·J or S1·J). */
+static void finish_add(Jacobian *out, const u256 *r, const u256 *j, const u256 *v, const u256 *yj, const Mod *F) {
+    u256 t, yj2;
+    mont_sqr(&t, r, F);
+    mod_sub(&t, &t, j, F);
+    mod_sub(&t, &t, v, F);
+    mod_sub(&out->x, &t, v, F);
+    mod_sub(&t, v, &out->x, F);
+    mont_mul(&t, r, &t, F);
+    mod_add(&yj2, yj, yj, F);
+    mod_sub(&out->y, &t, &yj2, F);
+    out->inf = 0;
+}
+
 /* r = a + (bx, by), b affine and not infinity; r may be a. */
 static void point_add_affine(Jacobian *r, const Jacobian *a, const u256 *bx, const u256 *by, const Mod *F) {
     /* madd-2007-bl */
@@ -236,15 +250,7 @@ static void point_add_affine(Jacobian *r, const Jacobian *a, const u256 *bx, con
     mod_sub(&t, &t, &z1z1, F);
     mod_sub(&r->z, &t, &hh, F);
     mont_mul(&s2, &a->y, &j, F); /* Y1·J, before Y3 may overwrite Y1 */
-    mont_sqr(&t, &rr, F);
-    mod_sub(&t, &t, &j, F);
-    mod_sub(&t, &t, &v, F);
-    mod_sub(&r->x, &t, &v, F);
-    mod_sub(&t, &v, &r->x, F);
-    mont_mul(&t, &rr, &t, F);
-    mod_add(&s2, &s2, &s2, F);
-    mod_sub(&r->y, &t, &s2, F);
-    r->inf = 0;
+    finish_add(r, &rr, &j, &v, &s2, F);
 }
 
 /* r = a + b, both Jacobian (table building only). */
@@ -278,16 +284,8 @@ static void point_add(Jacobian *r, const Jacobian *a, const Jacobian *b, const M
     mod_sub(&t, &t, &z1z1, F);
     mod_sub(&t, &t, &z2z2, F);
     mont_mul(&r->z, &t, &h, F);
-    mont_sqr(&t, &rr, F);
-    mod_sub(&t, &t, &j, F);
-    mod_sub(&t, &t, &v, F);
-    mod_sub(&r->x, &t, &v, F);
-    mod_sub(&t, &v, &r->x, F);
-    mont_mul(&t, &rr, &t, F);
     mont_mul(&s1, &s1, &j, F);
-    mod_add(&s1, &s1, &s1, F);
-    mod_sub(&r->y, &t, &s1, F);
-    r->inf = 0;
+    finish_add(r, &rr, &j, &v, &s1, F);
 }
 
 /* table[i·HALF + d-1] = d·2^(6i)·P in affine form. NULL when out of memory. */
