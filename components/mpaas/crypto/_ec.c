@@ -161,6 +161,31 @@ static void mont_inv(u256 *r, const u256 *a, const Mod *M) {
     *r = acc;
 }
 
+static void shift_right(u256 *a, u64 top) { /* a = (top·2^256 + a) / 2 */
+    for (int i = 0; i < 3; i++) a->v[i] = (a->v[i] >> 1) | (a->v[i + 1] << 63);
+    a->v[3] = (a->v[3] >> 1) | (top << 63);
+}
+
+static void halve(u256 *x, const Mod *M) { /* x/2 mod m */
+    u64 top = 0;
+    if (x->v[0] & 1) top = add256(x, x, &M->m);
+    shift_right(x, top);
+}
+
+/* a^-1 mod m in plain form, 0 < a < m, m prime: binary extended Euclid (~3x faster than a^(m-2) here;
+ * variable time, public values only). Invariants: x1·a = u, x2·a = v (mod m). */
+static void plain_inv(u256 *r, const u256 *a, const Mod *M) {
+    u256 u = *a, v = M->m, x1 = {{1, 0, 0, 0}}, x2 = {{0}};
+    const u256 one = {{1, 0, 0, 0}};
+    while (!eq(&u, &one) && !eq(&v, &one)) {
+        while (!(u.v[0] & 1)) { shift_right(&u, 0); halve(&x1, M); }
+        while (!(v.v[0] & 1)) { shift_right(&v, 0); halve(&x2, M); }
+        if (ge(&u, &v)) { sub256(&u, &u, &v); mod_sub(&x1, &x1, &x2, M); }
+        else { sub256(&v, &v, &u); mod_sub(&x2, &x2, &x1, M); }
+    }
+    *r = eq(&u, &one) ? x1 : x2;
+}
+
 static void mod_init(Mod *M, const char *hex) {
     from_hex(&M->m, hex);
     u64 inv = 1; /* Newton: inv = m^-1 mod 2^64 */
@@ -420,8 +445,8 @@ static int verify_ecdsa(const Curve *c, const Affine *q_table, const u256 *e_in,
     const Mod *N = &c->n;
     u256 e = *e_in, w, u1, u2, t;
     if (ge(&e, &N->m)) sub256(&e, &e, &N->m);
-    to_mont(&t, s, N);
-    mont_inv(&w, &t, N);     /* s^-1·R */
+    plain_inv(&t, s, N);
+    to_mont(&w, &t, N);       /* s^-1·R */
     mont_mul(&u1, &e, &w, N); /* e·s^-1 (plain form) */
     mont_mul(&u2, r, &w, N);
     Jacobian acc = {.inf = 1};
