@@ -19,6 +19,25 @@ def children(proc: Process) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+def listening(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a socket listening on 127.0.0.1:`port` (from /proc, no tools needed)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":  # local address, state LISTEN
+            inodes.add(fields[9])
+    try:
+        fds = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+    except FileNotFoundError:
+        return False
+    return any(f"socket:[{inode}]" in fds for inode in inodes)
+
+
+def readyz(url: str) -> tuple[int, str]:
+    r = httpx.get(url + "/readyz")
+    return r.status_code, r.json()["reason"]
+
+
 def served_by_pid(metrics_dir: Path) -> dict[int, float]:
     """Requests counted per worker pid, from the shared metrics files."""
     out: dict[int, float] = {}
@@ -70,8 +89,9 @@ async def test_two_workers(namespace: str, upstreams: dict[str, str], spawn: obj
     wait_ready(url, proc)
     await eventually(lambda: len(children(proc)) == 2, what="two workers")
     first = children(proc)
-    # Both must be ready (each reads the config itself) before the kernel may hand either a connection.
-    await eventually(lambda: all(httpx.get(url + "/readyz").status_code == 200 for _ in range(10)))
+    # A worker binds the port only once it has its config; until both have, one would serve all the calls.
+    await eventually(lambda: all(listening(pid, port) for pid in first), what="both workers listening")
+    assert all(readyz(url)[0] == 200 for _ in range(10))
 
     def call() -> None:  # a new connection each time: SO_REUSEPORT spreads connections, not requests
         r = httpx.post(url + "/mgw.htm", content=b"{}", headers={"Operation-Type": "w.echo"})
@@ -91,7 +111,10 @@ async def test_two_workers(namespace: str, upstreams: dict[str, str], spawn: obj
         call()  # the survivor serves meanwhile
     await eventually(lambda: len(children(proc)) == 2 and children(proc) != first, what="a replacement worker")
     children_seen = children(proc)
-    await eventually(lambda: total_requests(url) == 50, what="counts of the dead worker kept")
+    await eventually(lambda: all(listening(pid, port) for pid in children_seen), what="the replacement listening")
+    for _ in range(20):
+        call()  # a replacement that bound the port before its config arrived would answer 5001 here
+    await eventually(lambda: total_requests(url) == 70, what="counts of the dead worker kept")
 
     proc.proc.send_signal(signal.SIGTERM)
     assert proc.proc.wait(20) == 0
@@ -102,3 +125,39 @@ def test_more_than_one_worker_needs_redis(spawn: object) -> None:
     proc = spawn("gateway", env={"MPAAS_WORKERS": "2", "MPAAS_REDIS_URL": "memory://"}, name="gw")  # type: ignore[operator]
     assert proc.proc.wait(20) != 0
     assert "MPAAS_WORKERS > 1 needs MPAAS_REDIS_URL" in proc.output()
+
+
+async def test_a_worker_binds_the_shared_port_only_with_a_config(spawn: object, tmp_path: Path) -> None:
+    """Its siblings keep the pod Ready, so a worker without a config must not take connections (it would answer
+    5001); it waits for one, and binds after a bounded wait so /healthz still answers."""
+    kubeconfig = tmp_path / "unreachable.kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{free_port()}"}}],
+                "users": [{"name": "u", "user": {}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u", "namespace": "default"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    port = free_port()
+    proc = spawn(  # type: ignore[operator]
+        "gateway",
+        env={
+            "MPAAS_PORT": str(port),
+            "MPAAS_HOST": "127.0.0.1",
+            "MPAAS_ADMIN_PORT": "0",
+            "MPAAS_REUSE_PORT": "true",
+            "MPAAS_FIRST_CONFIG_WAIT_SECONDS": "3",
+            "KUBECONFIG": str(kubeconfig),
+            "MPAAS_KUBECONFIG": str(kubeconfig),
+        },
+        name="gateway",
+    )
+    await eventually(lambda: listening(proc.proc.pid, port), timeout=20, what="the worker listening")
+    # The warning is logged before the bind: seeing the port open without it means the worker did not wait.
+    assert "no configuration after 3 s; serving anyway" in proc.output()
+    assert readyz(f"http://127.0.0.1:{port}") == (503, "waiting for the first configuration")

@@ -14,6 +14,7 @@ swap never changes the rules under an in-flight request.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -673,8 +674,16 @@ def create_app(settings: GatewaySettings | None = None, live: LiveConfig[RouteTa
     selectors = {KIND: {"fieldSelector": f"metadata.name={settings.gateway_name}"}} if settings.gateway_name else None
 
     async def start_config() -> None:
-        if not external:
-            live.start(settings, selectors)
+        if external:
+            return
+        live.start(settings, selectors)
+        if settings.reuse_port:
+            # With SO_REUSEPORT the kernel hands this worker connections as soon as it binds, while the pod is
+            # already Ready through its siblings: bind (the lifespan ends) only once there is a config to serve.
+            try:
+                await asyncio.wait_for(live.ready.wait(), settings.first_config_wait_seconds)
+            except TimeoutError:
+                log.warning("no configuration after %.0f s; serving anyway", settings.first_config_wait_seconds)
 
     async def stop_config() -> None:
         if not external:

@@ -19,3 +19,6 @@ class GatewaySettings(ComponentSettings):
     # Worker processes sharing the port (mpaas.workers); more than one needs redis_url.
     workers: int = Field(default=1, ge=1, le=64)
     reuse_port: bool = False  # set for each worker by the supervisor
+    # A worker joins the shared port only once it has a config (its siblings may be serving already), waiting
+    # at most this long so that /healthz still answers when the API server stays away.
+    first_config_wait_seconds: float = Field(default=20.0, ge=0)
