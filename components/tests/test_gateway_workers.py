@@ -28,7 +28,7 @@ def listening(pid: int, port: int) -> bool:
             inodes.add(fields[9])
     try:
         fds = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):  # gone, or a zombie
         return False
     return any(f"socket:[{inode}]" in fds for inode in inodes)
 
@@ -107,6 +107,8 @@ async def test_two_workers(namespace: str, upstreams: dict[str, str], spawn: obj
     assert total_requests(url) == 40  # whichever worker answers /metrics reports both
 
     os.kill(first[0], signal.SIGKILL)
+    # Until the kernel has closed the dead worker's socket, connections hashed to it would be reset.
+    await eventually(lambda: not listening(first[0], port), what="the killed worker's socket closed")
     for _ in range(10):
         call()  # the survivor serves meanwhile
     await eventually(lambda: len(children(proc)) == 2 and children(proc) != first, what="a replacement worker")
