@@ -58,3 +58,81 @@ def test_every_result_code_is_listed_and_documented() -> None:
         assert f"| {c.code} | `{c.name}` | {c.http_status} | {c.memo} |" in doc, (
             f"{c.code} missing from docs/gateway.md"
         )
+
+
+def cluster_groups() -> object:
+    return compile_gateway(
+        resource(
+            {  # type: ignore[arg-type]
+                "upstreams": [
+                    {"name": "a", "endpoints": [{"url": "http://a:1"}]},
+                    {"name": "b", "endpoints": [{"url": "http://b:1"}]},
+                    {"name": "standby", "endpoints": [{"url": "http://s:1"}]},
+                    {"name": "dr", "endpoints": [{"url": "http://dr:1"}]},
+                    {
+                        "name": "bj",
+                        "clusters": [
+                            {"upstream": "a", "weight": 1000},
+                            {"upstream": "standby", "weight": 0},
+                            {"upstream": "b", "weight": 3000},
+                        ],
+                        "failoverUpstream": "dr",
+                    },
+                    {"name": "solo", "endpoints": [{"url": "http://x:1"}], "failoverUpstream": "bj"},
+                ],
+                "apis": [{"operationType": "op", "upstream": "bj"}],
+            }
+        )
+    )
+
+
+def test_a_cluster_group_mixes_its_members_by_weight() -> None:
+    table = cluster_groups()
+    group = table.apis["op"].upstream  # type: ignore[attr-defined]
+    assert group.members == ("a", "standby", "b") and group.base_urls == ()
+    picks = collections.Counter(table.member(group).name for _ in range(20000))  # type: ignore[attr-defined]
+    assert set(picks) == {"a", "b"}  # the standby takes nothing while the others can
+    assert 2.6 < picks["b"] / picks["a"] < 3.4
+
+
+def test_alternatives_are_the_siblings_by_weight_then_standbys_then_the_failover() -> None:
+    table = cluster_groups()
+    up = table.upstreams  # type: ignore[attr-defined]
+
+    def names(first: str, used: str) -> list[str]:
+        return [u.name for u in table.alternatives(up[first], up[used])]  # type: ignore[attr-defined]
+
+    assert names("bj", "a") == ["b", "standby", "dr"]
+    assert names("bj", "b") == ["a", "standby", "dr"]
+    assert names("bj", "standby") in (["b", "a", "dr"], ["a", "b", "dr"])
+    orders = collections.Counter(tuple(names("bj", "dr")) for _ in range(4000))
+    assert set(orders) == {("b", "a", "standby"), ("a", "b", "standby")}
+    # The heavier sibling comes first about 3 times in 4 (P(b first) = 3000 / 4000).
+    assert 0.70 < orders[("b", "a", "standby")] / 4000 < 0.80
+    # A plain upstream's failover may be a group: its members take the request, never the group itself.
+    assert sorted(names("solo", "solo")) == ["a", "b", "standby"]
+    assert names("a", "a") == []  # a plain upstream without failoverUpstream has nowhere else to go
+
+
+@pytest.mark.parametrize(
+    ("clusters", "message"),
+    [
+        ([{"upstream": "g"}], r"clusters\[0\].upstream: a cluster group cannot contain itself"),
+        ([{"upstream": "nope"}], r"clusters\[0\].upstream: no upstream named 'nope'"),
+        ([{"upstream": "inner"}], r"clusters\[0\].upstream: 'inner' is a cluster group itself"),
+        ([{"upstream": "a"}, {"upstream": "a"}], r"clusters\[1\].upstream: 'a' is listed twice"),
+    ],
+)
+def test_cluster_group_references_are_checked(clusters: list, message: str) -> None:
+    from mpaas.api import InvalidResource
+
+    spec = {
+        "upstreams": [
+            {"name": "a", "endpoints": [{"url": "http://a:1"}]},
+            {"name": "inner", "clusters": [{"upstream": "a"}]},
+            {"name": "g", "clusters": clusters},
+        ],
+        "apis": [{"operationType": "op", "upstream": "g"}],
+    }
+    with pytest.raises(InvalidResource, match=message):
+        resource(spec)

@@ -271,6 +271,51 @@ def test_failover_to_a_sibling_upstream(
     assert code(r) == "1000" and r.json()["upstream"] == "beta"
 
 
+def test_cluster_groups_mix_by_weight_and_hand_over_to_siblings(
+    namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]
+) -> None:
+    clusters = [
+        {
+            "name": "down",
+            "endpoints": [{"url": closed_url()}],
+            "circuitBreaker": {"minimumRequests": 1, "errorThresholdPercent": 1, "ejectionSeconds": 60},
+        },
+        {"name": "narrow", "endpoints": [{"url": upstreams["alpha"]}], "maxConcurrency": 1},
+        {"name": "mix", "clusters": [{"upstream": "alpha", "weight": 1000}, {"upstream": "beta", "weight": 3000}]},
+        {"name": "dc", "clusters": [{"upstream": "down", "weight": 1000}, {"upstream": "beta", "weight": 1}]},
+        # beta is a standby (weight 0): it takes only what narrow cannot.
+        {"name": "spill", "clusters": [{"upstream": "narrow"}, {"upstream": "beta", "weight": 0}]},
+    ]
+    apis = [
+        {"operationType": "op.mix", "upstream": "mix", "path": "/echo"},
+        {"operationType": "op.dc", "upstream": "dc", "path": "/echo", "retries": 1},
+        {"operationType": "op.spill", "upstream": "spill", "path": "/slow", "timeoutMilliseconds": 5000},
+    ]
+    url = start_gateway(namespace, gateway(namespace, upstreams, apis=apis, extra_upstreams=clusters))
+    headers = {"AppId": "APP", "WorkspaceId": "prod"}
+
+    def served_by(op: str) -> str:
+        r = httpx.post(url + "/mgw.htm", headers={**headers, "Operation-Type": op})
+        assert code(r) == "1000", r.headers
+        return str(r.json()["upstream"])
+
+    # Weights 1:3 between the clusters (binomial, n = 400: the ratio lands in [2.0, 4.7] with p > 0.999).
+    mix = [served_by("op.mix") for _ in range(400)]
+    assert 2.0 < mix.count("beta") / mix.count("alpha") < 4.7
+    # The heavy cluster is down: its sibling takes every call, the first one (retried there) included.
+    assert [served_by("op.dc") for _ in range(10)] == ["beta"] * 10
+
+    async def burst() -> list[tuple[str, str]]:
+        async with httpx.AsyncClient(timeout=10) as http:
+            rs = await asyncio.gather(
+                *(http.post(url + "/mgw.htm", headers={**headers, "Operation-Type": "op.spill"}) for _ in range(3))
+            )
+        return sorted((code(r), r.json()["upstream"]) for r in rs)
+
+    # narrow takes one call at a time; the standby takes the overflow instead of an overload answer (1004).
+    assert asyncio.run(burst()) == [("1000", "alpha"), ("1000", "beta"), ("1000", "beta")]
+
+
 def test_retries_move_to_another_endpoint(
     namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]
 ) -> None:

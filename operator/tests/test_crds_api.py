@@ -46,7 +46,25 @@ def test_schema_defaults_are_filled_in(namespace: str) -> None:
     ("mutate", "message"),
     [
         (lambda s: s["apis"][0].update(upstream="ghost"), "every api.upstream must name an entry of spec.upstreams"),
-        (lambda s: s["upstreams"][0].update(serviceRef={"name": "svc"}), "set exactly one of endpoints or serviceRef"),
+        (
+            lambda s: s["upstreams"][0].update(serviceRef={"name": "svc"}),
+            "set exactly one of endpoints, serviceRef or clusters",
+        ),
+        (lambda s: s["upstreams"][0].update(endpoints=[]), "set exactly one of endpoints, serviceRef or clusters"),
+        (
+            lambda s: s["upstreams"].append({"name": "group", "clusters": [{"upstream": "ghost"}]}),
+            "every upstreams[].clusters[].upstream must name an entry of spec.upstreams",
+        ),
+        (
+            lambda s: s["upstreams"].append({"name": "idle", "clusters": [{"upstream": "demo-backend", "weight": 0}]}),
+            "a cluster group needs at least one member with weight > 0",
+        ),
+        (
+            lambda s: s["upstreams"].append(
+                {"name": "guarded", "clusters": [{"upstream": "demo-backend"}], "circuitBreaker": {}}
+            ),
+            "set circuitBreaker and maxConcurrency on its members",
+        ),
         (lambda s: s.update(autoscaling={"minReplicas": 5, "maxReplicas": 2}), "minReplicas must not exceed"),
         (lambda s: s["apis"][0].update(operationType="bad op!"), "spec.apis[0].operationType"),
         (lambda s: s.update(replicas=-1), "spec.replicas"),
@@ -67,6 +85,19 @@ def test_gateway_rules_reject_with_a_message(namespace: str, mutate, message: st
     r = apply_yaml(namespace, gw)
     assert r.returncode != 0
     assert message in r.stderr, r.stderr
+
+
+def test_service_references_and_cluster_groups_are_accepted(namespace: str) -> None:
+    gw = example("MpaasGateway")
+    gw["spec"]["upstreams"] += [
+        {"name": "svc", "serviceRef": {"name": "backend", "port": 8080}},
+        {"name": "group", "clusters": [{"upstream": "demo-backend", "weight": 3}, {"upstream": "svc", "weight": 0}]},
+    ]
+    gw["spec"]["apis"][0]["upstream"] = "group"
+    r = apply_yaml(namespace, gw)
+    assert r.returncode == 0, r.stderr
+    members = get(namespace, "mpaasgateway", "demo-gateway")["spec"]["upstreams"][2]["clusters"]
+    assert members == [{"upstream": "demo-backend", "weight": 3}, {"upstream": "svc", "weight": 0}]
 
 
 def test_name_length_is_bounded_by_child_names(namespace: str) -> None:

@@ -28,7 +28,20 @@ def check_gateway(spec: GatewaySpec) -> list[str]:
     problems: list[str] = []
     upstreams = {u.name for u in spec.upstreams}
     app_ids = {a.app_id for a in spec.apps}
+    groups = {u.name for u in spec.upstreams if u.clusters}
     for i, u in enumerate(spec.upstreams):
+        seen: set[str] = set()
+        for j, member in enumerate(u.clusters):
+            where = f"spec.upstreams[{i}].clusters[{j}].upstream"
+            if member.upstream == u.name:
+                problems.append(f"{where}: a cluster group cannot contain itself")
+            elif member.upstream not in upstreams:
+                problems.append(f"{where}: no upstream named {member.upstream!r}")
+            elif member.upstream in groups:
+                problems.append(f"{where}: {member.upstream!r} is a cluster group itself; list its members instead")
+            elif member.upstream in seen:
+                problems.append(f"{where}: {member.upstream!r} is listed twice")
+            seen.add(member.upstream)
         if u.failover_upstream is not None:
             if u.failover_upstream == u.name:
                 problems.append(f"spec.upstreams[{i}].failoverUpstream: an upstream cannot fail over to itself")

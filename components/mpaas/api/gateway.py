@@ -117,17 +117,43 @@ class CircuitBreaker(ApiModel):
     max_ejection_percent: int = Field(default=50, ge=0, le=100)
 
 
+class ClusterMember(ApiModel):
+    """One cluster of a cluster group: another upstream of this gateway, and its share of the group's traffic."""
+
+    upstream: str = Field(max_length=63, pattern=DNS_LABEL)
+    # 0: a standby cluster, called only when the weighted ones cannot take the request.
+    weight: int = Field(default=100, ge=0, le=10000)
+
+
 class Upstream(ApiModel):
+    """Where calls go: weighted endpoints, a Service, or a group of clusters (other upstreams) mixed by weight.
+
+    A request to a group goes to one member picked by weight; when that cluster cannot take it (too many
+    endpoints ejected, every endpoint tried, its concurrency limit reached) a sibling takes it instead.
+    """
+
+    # Absent lists have no key in CEL (no schema default): `has` before `size`.
     __cel__ = [
         cel(
-            "has(self.serviceRef) != (size(self.endpoints) > 0)",
-            "set exactly one of endpoints or serviceRef",
+            "(has(self.serviceRef) ? 1 : 0) + (has(self.endpoints) && size(self.endpoints) > 0 ? 1 : 0)"
+            " + (has(self.clusters) && size(self.clusters) > 0 ? 1 : 0) == 1",
+            "set exactly one of endpoints, serviceRef or clusters",
+        ),
+        cel(
+            "!has(self.clusters) || size(self.clusters) == 0"
+            " || (!has(self.circuitBreaker) && !has(self.maxConcurrency))",
+            "a cluster group has no endpoints of its own: set circuitBreaker and maxConcurrency on its members",
+        ),
+        cel(
+            "!has(self.clusters) || size(self.clusters) == 0 || self.clusters.exists(c, c.weight > 0)",
+            "a cluster group needs at least one member with weight > 0",
         ),
     ]
     name: str = Field(max_length=63, pattern=DNS_LABEL)
     endpoints: list[Endpoint] = Field(default_factory=list, max_length=64)
     service_ref: ServiceReference | None = None
-    cluster: str | None = Field(default=None, max_length=63, pattern=DNS_LABEL)
+    clusters: list[ClusterMember] = Field(default_factory=list, max_length=16)
+    # Tried when this upstream (or, for a group, every member) cannot take a request.
     failover_upstream: str | None = Field(default=None, max_length=63, pattern=DNS_LABEL)
     timeout_milliseconds: int = Field(default=DEFAULT_TIMEOUT_MS, ge=1, le=600_000)
     max_concurrency: int | None = Field(default=None, ge=1, le=1_000_000)
@@ -255,6 +281,11 @@ class GatewaySpec(ApiModel):
         cel(
             "!has(self.sessionValidation) || self.upstreams.exists(u, u.name == self.sessionValidation.upstream)",
             "sessionValidation.upstream must name an entry of spec.upstreams",
+        ),
+        cel(
+            "self.upstreams.all(u, !has(u.clusters)"
+            " || u.clusters.all(c, self.upstreams.exists(v, v.name == c.upstream)))",
+            "every upstreams[].clusters[].upstream must name an entry of spec.upstreams",
         ),
         cel(
             "!self.apis.exists(a, has(a.authRequired) && a.authRequired) || has(self.sessionValidation)",

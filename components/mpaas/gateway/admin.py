@@ -74,6 +74,7 @@ class ApiSummary(BaseModel):
     operation_type: str = Field(alias="operationType")
     upstream: str
     endpoints: list[str]
+    clusters: list[str] = Field(default_factory=list, description="a cluster group's member upstreams")
     method: str
     path: str
     timeout_milliseconds: float = Field(alias="timeoutMilliseconds")
@@ -155,6 +156,7 @@ def _summary(a: CompiledApi) -> ApiSummary:
         operationType=a.operation_type,
         upstream=a.upstream.name,
         endpoints=list(a.upstream.base_urls),
+        clusters=list(a.upstream.members),
         method=a.method,
         path=a.path,
         timeoutMilliseconds=a.timeout_seconds * 1000,

@@ -412,6 +412,8 @@ class Gateway:
         if known is not None:
             return known
         upstream = table.upstreams.get(session.upstream)
+        if upstream is not None:
+            upstream = table.member(upstream)
         url = upstream.pick() if upstream is not None else None
         if upstream is None or url is None or self.http is None:
             return codes.UPSTREAM_UNAVAILABLE
@@ -513,7 +515,9 @@ class Gateway:
         params = (request.query or None) if rest else None
         idempotent = api.method in IDEMPOTENT
         tried: set[str] = set()
-        failed_over = False
+        # A group's member by weight; when it (or a plain upstream) cannot take the request, `others` in turn.
+        first, upstream = upstream, table.member(upstream)
+        others: list[CompiledUpstream] | None = None
         last: ResultCode = codes.UPSTREAM_UNAVAILABLE
         attempt = 0
         while attempt <= api.retries:
@@ -523,20 +527,21 @@ class Gateway:
                 and ejected
                 and len(ejected) * 100 > upstream.breaker.max_ejection_percent * len(upstream.base_urls)
             )
-            if too_many:
-                url = None
-            elif ejected or tried:
-                url = upstream.pick(ejected | tried) or upstream.pick(ejected)
-            else:
-                url = upstream.pick()
-            if url is None:
-                if upstream.failover and not failed_over and upstream.failover in table.upstreams:
-                    upstream, failed_over, tried = table.upstreams[upstream.failover], True, set()
-                    continue
-                return _result(codes.CIRCUIT_OPEN, trace_id, rest=rest)
+            url = None if too_many else upstream.pick(ejected | tried) if ejected or tried else upstream.pick()
             limited = upstream.max_concurrency is not None
-            if limited and not self.concurrency.enter(upstream.name, upstream.max_concurrency):
-                return _result(codes.OVERLOADED, trace_id, rest=rest)
+            if url is None or (limited and not self.concurrency.enter(upstream.name, upstream.max_concurrency)):
+                if others is None:
+                    others = table.alternatives(first, upstream)
+                if others:  # a sibling cluster or the failover upstream
+                    upstream, tried = others.pop(0), set()
+                    continue
+                if url is not None:
+                    return _result(codes.OVERLOADED, trace_id, rest=rest)
+                url = None if too_many else upstream.pick(ejected)  # every endpoint tried: one again
+                if url is None:
+                    return _result(codes.CIRCUIT_OPEN, trace_id, rest=rest)
+                if limited and not self.concurrency.enter(upstream.name, upstream.max_concurrency):
+                    return _result(codes.OVERLOADED, trace_id, rest=rest)
             attempt += 1
             tried.add(url)
             failure, retry = "", False

@@ -16,7 +16,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -41,21 +41,39 @@ class CompiledUpstream:
     max_concurrency: int | None = None
     breaker: CircuitBreaker | None = None
     failover: str | None = None
+    # A cluster group: the member upstreams' names (no endpoints of its own); weights in cumulative_weights.
+    members: tuple[str, ...] = ()
 
     def pick(self, exclude: frozenset[str] | set[str] = frozenset()) -> str | None:
         """A weighted random endpoint not in `exclude` (ejected or already tried)."""
-        if not exclude:
-            if len(self.base_urls) == 1:
-                return self.base_urls[0]
-            total = self.cumulative_weights[-1]
-            return self.base_urls[bisect.bisect_right(self.cumulative_weights, random.random() * total)]
-        weights, prev = [], 0
-        for url, cum in zip(self.base_urls, self.cumulative_weights, strict=True):
-            weights.append(0 if url in exclude else cum - prev)
-            prev = cum
-        if not any(weights):
-            return None
-        return random.choices(self.base_urls, weights)[0]
+        return _weighted_pick(self.base_urls, self.cumulative_weights, exclude)
+
+
+def _weighted_pick(items: tuple[str, ...], cumulative: tuple[int, ...], exclude: Set[str] = frozenset()) -> str | None:
+    """One of `items` at random by weight (given as running sums), leaving out `exclude`; None if none is left."""
+    if not exclude:
+        if len(items) == 1:
+            return items[0]
+        return items[bisect.bisect_right(cumulative, random.random() * cumulative[-1])]
+    weights, prev = [], 0
+    for item, cum in zip(items, cumulative, strict=True):
+        weights.append(0 if item in exclude else cum - prev)
+        prev = cum
+    if not any(weights):
+        return None
+    return random.choices(items, weights)[0]
+
+
+def _weighted_order(items: tuple[str, ...], cumulative: tuple[int, ...]) -> list[str]:
+    """All of `items` in a random order where heavier ones tend to come first; weight-0 (standby) ones last."""
+    keyed, standby, prev = [], [], 0
+    for item, cum in zip(items, cumulative, strict=True):
+        weight, prev = cum - prev, cum
+        if weight > 0:
+            keyed.append((random.random() ** (1 / weight), item))  # Efraimidis-Spirakis weighted sampling
+        else:
+            standby.append(item)
+    return [item for _, item in sorted(keyed, reverse=True)] + standby
 
 
 @dataclass(frozen=True)
@@ -156,11 +174,46 @@ class RouteTable:
     max_body_bytes: int = 1_048_576
     session: CompiledSession | None = None
 
+    def member(self, upstream: CompiledUpstream) -> CompiledUpstream:
+        """The upstream that serves a request sent to `upstream`: itself, or for a group a member by weight."""
+        if not upstream.members:
+            return upstream
+        name = _weighted_pick(upstream.members, upstream.cumulative_weights)
+        return self.upstreams[name] if name is not None else upstream
+
+    def alternatives(self, first: CompiledUpstream, used: CompiledUpstream) -> list[CompiledUpstream]:
+        """Who takes a request sent to `first` that `used` cannot take, in the order to try them: the other
+        members of the group `first` (by weight, standbys last), then `first`'s failoverUpstream."""
+        out: list[CompiledUpstream] = []
+        seen = {used.name}
+        fallback = self.upstreams.get(first.failover) if first.failover else None
+        for u in (first, fallback):
+            if u is None:
+                continue
+            for name in _weighted_order(u.members, u.cumulative_weights) if u.members else [u.name]:
+                candidate = self.upstreams.get(name)
+                if candidate is not None and name not in seen and not candidate.members:
+                    seen.add(name)
+                    out.append(candidate)
+        return out
+
 
 EMPTY = RouteTable(gateway="", generation=0)
 
 
 def _upstream(u: Upstream, namespace: str) -> CompiledUpstream:
+    if u.clusters:
+        return CompiledUpstream(
+            name=u.name,
+            base_urls=(),
+            # All weights 0 only gets past the CRD's rule in directory mode: then share alike.
+            cumulative_weights=tuple(
+                itertools.accumulate(c.weight if any(m.weight for m in u.clusters) else 1 for c in u.clusters)
+            ),
+            timeout_seconds=u.timeout_milliseconds / 1000,
+            failover=u.failover_upstream,
+            members=tuple(c.upstream for c in u.clusters),
+        )
     if u.service_ref is not None:
         ref = u.service_ref
         urls: list[str] = [f"{ref.scheme}://{ref.name}.{ref.namespace or namespace}.svc:{ref.port}"]
