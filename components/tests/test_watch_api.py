@@ -92,3 +92,76 @@ async def test_last_good_config_survives_an_api_outage_and_catches_up(
         await live.stop()
         await client.close()
         await proxy.cut()
+
+
+async def test_secrets_are_watched_by_name_with_only_the_access_the_operator_grants(
+    namespace: str, kubeconfig: str, tmp_path: Path
+) -> None:
+    """The gateway runs as the ServiceAccount the operator builds: it may read its own MpaasGateway and the
+    Secrets its apps name, nothing else; it watches each of those by name and follows edits of the names."""
+    import base64
+
+    from mpaas.api.gateway import GatewaySpec
+    from mpaas.gateway.routes import SECRET, secrets_named
+    from mpaas.kube import SECRETS, ApiError
+    from mpaas_operator.builders import gateway as gateway_builder
+
+    def secret(name: str, key: bytes) -> dict[str, Any]:
+        data = {"hmacKey": base64.b64encode(key).decode()}
+        return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": data}
+
+    def with_keys(secret_name: str) -> dict[str, Any]:
+        gw = gateway(namespace)
+        gw["spec"]["apps"] = [
+            {
+                "appId": "APP",
+                "workspaceId": "prod",
+                "credentialsSecretRef": {"name": secret_name},
+                "signature": {"algorithm": "HmacSha256"},
+            }
+        ]
+        return gw
+
+    def grant(gw: dict[str, Any]) -> None:  # what the operator applies for this spec
+        children = gateway_builder.build(
+            "demo-gateway", namespace, GatewaySpec.model_validate(gw["spec"]), image="i", pull_policy="Never"
+        )
+        for child in children.apply:
+            if child["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
+                assert apply_yaml(namespace, child).returncode == 0
+
+    for name in ("a-keys", "b-keys", "unrelated"):
+        apply_yaml(namespace, secret(name, name.encode() * 4))
+    gw = with_keys("a-keys")
+    apply_yaml(namespace, gw)
+    grant(gw)
+    token = kubectl("create", "token", "-n", namespace, "mgw-demo-gateway").stdout.strip()
+    cfg = yaml.safe_load(Path(kubeconfig).read_text())
+    cfg["users"][0]["user"] = {"token": token}
+    as_gateway = tmp_path / "gateway.kubeconfig"
+    as_gateway.write_text(yaml.safe_dump(cfg))
+
+    client = KubeClient(str(as_gateway))
+    live: LiveConfig[RouteTable] = LiveConfig(
+        "test", [KIND, SECRET], compiler(namespace, "demo-gateway"), EMPTY, named={SECRET: secrets_named}
+    )
+    live.start_kube(client, namespace=namespace, selectors={KIND: {"fieldSelector": "metadata.name=demo-gateway"}})
+    try:
+        await asyncio.wait_for(live.ready.wait(), 10)
+        assert set(live.resources[SECRET]) == {(namespace, "a-keys")}
+        assert live.current.apps[("APP", "prod")].key_problem is None
+        with pytest.raises(ApiError) as denied:  # every other Secret stays out of reach
+            await client.list(SECRETS, namespace)
+        assert denied.value.status == 403
+        with pytest.raises(ApiError):
+            await client.get(SECRETS, namespace, "unrelated")
+
+        gw = with_keys("b-keys")  # the app moves to another Secret: the grant and the watch follow
+        grant(gw)
+        apply_yaml(namespace, gw)
+        await eventually(lambda: set(live.resources[SECRET]) == {(namespace, "b-keys")}, timeout=10)
+        assert live.current.apps[("APP", "prod")].key_problem is None
+        assert len(live._named_watches[SECRET]) == 1  # the watch of a-keys was stopped
+    finally:
+        await live.stop()
+        await client.close()

@@ -36,8 +36,38 @@ def test_gateway_children() -> None:
     assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert pod["serviceAccountName"] == "mgw-shop"
     assert dep["spec"]["selector"]["matchLabels"] == out["Service"]["spec"]["selector"]
-    assert out["Role"]["rules"][0]["resources"] == ["mpaasgateways"]
-    assert out["Role"]["rules"][0]["verbs"] == ["get", "list", "watch"]
+    assert out["Role"]["rules"] == [  # its own resource only, and no Secret when no app has keys
+        {
+            "apiGroups": ["mpaas.io"],
+            "resources": ["mpaasgateways"],
+            "verbs": ["get", "list", "watch"],
+            "resourceNames": ["shop"],
+        }
+    ]
+
+
+def test_gateway_reads_only_the_secrets_its_apps_name() -> None:
+    apps = [
+        {
+            "appId": "A",
+            "workspaceId": "w",
+            "credentialsSecretRef": {"name": "a-keys"},
+            "signature": {"algorithm": "Sm2"},
+        },
+        {"appId": "B", "workspaceId": "w", "credentialsSecretRef": {"name": "a-keys"}},
+        {"appId": "C", "workspaceId": "w", "credentialsSecretRef": {"name": "c-keys"}},
+        {"appId": "D", "workspaceId": "w"},
+    ]
+    out = by_kind(gateway.build("shop", "prod", spec(apps=apps), image="img:1", pull_policy="Always"))
+    secrets = [r for r in out["Role"]["rules"] if r["resources"] == ["secrets"]]
+    assert secrets == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "verbs": ["get", "list", "watch"],
+            "resourceNames": ["a-keys", "c-keys"],
+        }
+    ]
 
 
 def test_pod_template_does_not_change_with_apis() -> None:

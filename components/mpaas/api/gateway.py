@@ -315,6 +315,11 @@ class GatewaySpec(ApiModel):
     upstreams: list[Upstream] = Field(default_factory=list, max_length=64, json_schema_extra=named_list())
     apis: list[GatewayApi] = Field(default_factory=list, max_length=512, json_schema_extra=named_list("operationType"))
 
+    def secret_names(self) -> list[str]:
+        """The Secrets (in the gateway's namespace) the gateway process reads: its apps' keys. The operator grants
+        the gateway read access to these names only, and the gateway watches each of them by name."""
+        return sorted({a.credentials_secret_ref.name for a in self.apps if a.credentials_secret_ref is not None})
+
 
 class GatewayStatus(CommonStatus):
     replicas: int | None = Field(default=None, ge=0)

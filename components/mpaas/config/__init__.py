@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -80,8 +81,23 @@ def validate(kind: str, obj: dict[str, Any]) -> Resource:
     )
 
 
+# For a kind read by name (Secrets): which objects of it to watch, given the resources of the other kinds.
+NamesOf = Callable[[Resources], set[Key]]
+
+
 class LiveConfig(Generic[T]):
-    def __init__(self, component: str, kinds: Iterable[str], compile: Callable[[Resources], T], initial: T):
+    """`named`: kinds watched object by object, as the other kinds' resources name them (from the API server:
+    Secrets, so that a component needs read access to the Secrets it uses only, not to every one around it)."""
+
+    def __init__(
+        self,
+        component: str,
+        kinds: Iterable[str],
+        compile: Callable[[Resources], T],
+        initial: T,
+        *,
+        named: dict[str, NamesOf] | None = None,
+    ):
         self.component = component
         self.kinds = list(kinds)
         self._compile = compile
@@ -95,12 +111,23 @@ class LiveConfig(Generic[T]):
         self._listeners: list[Callable[[T], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._client: KubeClient | None = None
+        self._named: dict[str, NamesOf] = named or {}
+        self._kube: KubeClient | None = None  # set once watching the API server: named kinds follow their names
+        self._named_watches: dict[str, dict[Key, asyncio.Task[None]]] = {k: {} for k in self._named}
+        self._named_snapshots: dict[str, dict[Key, Snapshot]] = {k: {} for k in self._named}
 
     def subscribe(self, listener: Callable[[T], None]) -> None:
         self._listeners.append(listener)
 
     def on_snapshot(self, kind: str, snapshot: Snapshot) -> None:
         """Validate one kind's snapshot, then recompile and swap if anything changed."""
+        self._absorb(kind, snapshot)
+        if self._kube is not None and kind not in self._named:
+            self._follow_names()
+        if self._synced.issuperset(self.kinds):
+            self.recompile()
+
+    def _absorb(self, kind: str, snapshot: Snapshot) -> None:
         previous = self.resources.get(kind, {})
         valid: dict[Key, Resource] = {}
         for key, obj in snapshot.items():
@@ -123,8 +150,44 @@ class LiveConfig(Generic[T]):
         CONFIG_INVALID.labels(self.component).set(len(self.errors))
         self.resources[kind] = valid
         self._synced.add(kind)
-        if self._synced.issuperset(self.kinds):
-            self.recompile()
+
+    def _follow_names(self) -> None:
+        """Start a watch for each newly named object of a named kind, stop those no longer named."""
+        assert self._kube is not None
+        for kind, names_of in self._named.items():
+            try:
+                wanted = names_of(self.resources)
+            except Exception:
+                log.exception("%s: cannot tell which %s objects to watch; keeping those", self.component, kind)
+                continue
+            watches, snapshots = self._named_watches[kind], self._named_snapshots[kind]
+            for key in wanted - watches.keys():
+                namespace, name = key
+                rt: ResourceType = KINDS[kind].resource if kind in KINDS else SECRETS
+                src = KubeWatchSource(self._kube, rt, kind, namespace=namespace, field_selector=f"metadata.name={name}")
+                on_change = functools.partial(self._on_named_snapshot, key)
+                watches[key] = asyncio.create_task(src.run(on_change), name=f"watch-{kind}-{namespace}/{name}")
+            gone = watches.keys() - wanted
+            for key in gone:
+                watches.pop(key).cancel()
+                snapshots.pop(key, None)
+            if gone or (not wanted and kind not in self._synced):  # nothing left to wait for: absorb now
+                self._absorb(kind, self._merged(kind))
+
+    def _on_named_snapshot(self, key: Key, kind: str, snapshot: Snapshot) -> None:
+        snapshots = self._named_snapshots[kind]
+        if key not in self._named_watches[kind]:
+            return  # stopped meanwhile
+        snapshots[key] = snapshot
+        # The first time, wait until every named object has been listed once.
+        if kind in self._synced or snapshots.keys() >= self._named_watches[kind].keys():
+            self.on_snapshot(kind, self._merged(kind))
+
+    def _merged(self, kind: str) -> Snapshot:
+        merged: Snapshot = {}
+        for snapshot in self._named_snapshots[kind].values():
+            merged.update(snapshot)
+        return merged
 
     def recompile(self) -> bool:
         try:
@@ -151,8 +214,12 @@ class LiveConfig(Generic[T]):
     def start_kube(
         self, client: KubeClient, *, namespace: str | None = None, selectors: dict[str, dict[str, str]] | None = None
     ) -> None:
-        """Watch every kind through the API server. `selectors` narrows a kind's watch."""
+        """Watch every kind through the API server. `selectors` narrows a kind's watch; named kinds are
+        watched object by object once the others have been listed."""
+        self._kube = client
         for kind in self.kinds:
+            if kind in self._named:
+                continue
             rt: ResourceType = KINDS[kind].resource if kind in KINDS else SECRETS
             sel = (selectors or {}).get(kind, {})
             src = KubeWatchSource(
@@ -179,12 +246,16 @@ class LiveConfig(Generic[T]):
             self.start_kube(self._client, namespace=settings.namespace, selectors=selectors)
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        tasks = self._tasks + [t for watches in self._named_watches.values() for t in watches.values()]
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks.clear()
+        for watches in self._named_watches.values():
+            watches.clear()
+        self._kube = None
         if self._client is not None:
             await self._client.close()
             self._client = None

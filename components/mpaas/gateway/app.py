@@ -44,7 +44,18 @@ from .admin import create_admin_app
 from .cache import ResponseCache, SessionCache
 from .codes import ResultCode
 from .guards import Breakers, Concurrency
-from .routes import EMPTY, IDEMPOTENT, KIND, SECRET, CompiledApi, CompiledApp, CompiledUpstream, RouteTable, compiler
+from .routes import (
+    EMPTY,
+    IDEMPOTENT,
+    KIND,
+    SECRET,
+    CompiledApi,
+    CompiledApp,
+    CompiledUpstream,
+    RouteTable,
+    compiler,
+    secrets_named,
+)
 from .settings import GatewaySettings
 from .upstream_http import ConnectFailed, UpstreamBroken, UpstreamClient
 from .upstream_http import Response as UpstreamResponse
@@ -674,7 +685,13 @@ def create_app(settings: GatewaySettings | None = None, live: LiveConfig[RouteTa
     """The gateway app. Without `live`, config comes from `settings.config_source`."""
     settings = settings or GatewaySettings()
     external = live is not None
-    live = live or LiveConfig("gateway", [KIND, SECRET], compiler(settings.namespace, settings.gateway_name), EMPTY)
+    live = live or LiveConfig(
+        "gateway",
+        [KIND, SECRET],
+        compiler(settings.namespace, settings.gateway_name),
+        EMPTY,
+        named={SECRET: secrets_named},
+    )
     gw = Gateway(settings, live)
     selectors = {KIND: {"fieldSelector": f"metadata.name={settings.gateway_name}"}} if settings.gateway_name else None
 

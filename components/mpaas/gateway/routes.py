@@ -18,7 +18,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from ..api.gateway import DEFAULT_TIMEOUT_MS, ApiState, CircuitBreaker, GatewayApp, GatewaySpec, Upstream
 from ..config import Resource, Resources
@@ -444,3 +444,12 @@ def select(resources: Resources, namespace: str | None, name: str | None) -> Res
 
 def compiler(namespace: str | None, name: str | None) -> Compiler:
     return Compiler(namespace, name)
+
+
+def secrets_named(resources: Resources) -> set[tuple[str, str]]:
+    """The Secrets to watch: those the gateway resources name (the operator grants access to these only)."""
+    return {
+        (res.namespace, secret)
+        for res in resources.get(KIND, {}).values()
+        for secret in cast(GatewaySpec, res.spec).secret_names()
+    }

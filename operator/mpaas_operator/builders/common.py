@@ -174,12 +174,26 @@ def pdb(*, name: str, namespace: str, lbls: dict[str, str], selector: dict[str, 
 
 
 def reader_rbac(
-    *, name: str, namespace: str, lbls: dict[str, str], plurals: list[str], secrets: bool
+    *,
+    name: str,
+    namespace: str,
+    lbls: dict[str, str],
+    plurals: list[str],
+    only: list[str] | None = None,
+    secrets: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """ServiceAccount + Role + RoleBinding so a component can watch its own resources."""
-    rules: list[dict[str, Any]] = [{"apiGroups": [GROUP], "resources": plurals, "verbs": ["get", "list", "watch"]}]
+    """ServiceAccount + Role + RoleBinding so a component can watch its own resources.
+
+    `only` narrows the mpaas.io kinds to those object names, `secrets` names the Secrets it may read; a
+    component watches each such object by name (a list or watch by `metadata.name` is checked against
+    resourceNames). No names, no Secret access: an empty resourceNames would grant them all.
+    """
+    read = ["get", "list", "watch"]
+    rules: list[dict[str, Any]] = [
+        {"apiGroups": [GROUP], "resources": plurals, "verbs": read, **({"resourceNames": only} if only else {})}
+    ]
     if secrets:
-        rules.append({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]})
+        rules.append({"apiGroups": [""], "resources": ["secrets"], "verbs": read, "resourceNames": sorted(secrets)})
     return [
         {
             "apiVersion": "v1",
@@ -229,7 +243,8 @@ class Workload:
     replicas: int
     autoscaling: Autoscaling | None
     reads: list[str]  # plurals of mpaas.io kinds the component watches
-    reads_secrets: bool
+    reads_only: list[str] | None = None  # those kinds' object names it may read (None: all in the namespace)
+    reads_secrets: list[str] = field(default_factory=list)  # names of the Secrets it may read
     secret_env: dict[str, tuple[str, str]] = field(default_factory=dict)  # variable -> (Secret, key)
 
 
@@ -248,7 +263,12 @@ def workload_children(w: Workload) -> Children:
     )
     out = Children()
     out.apply += reader_rbac(
-        name=w.child_name, namespace=w.namespace, lbls=lbls, plurals=w.reads, secrets=w.reads_secrets
+        name=w.child_name,
+        namespace=w.namespace,
+        lbls=lbls,
+        plurals=w.reads,
+        only=w.reads_only,
+        secrets=w.reads_secrets,
     )
     out.apply.append(
         deployment(

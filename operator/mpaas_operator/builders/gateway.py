@@ -49,6 +49,7 @@ def build(
             replicas=spec.replicas,
             autoscaling=spec.autoscaling,
             reads=["mpaasgateways"],
-            reads_secrets=True,
+            reads_only=[name],  # its own resource, watched by name
+            reads_secrets=spec.secret_names(),
         )
     )

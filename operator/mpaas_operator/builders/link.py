@@ -38,6 +38,5 @@ def build(name: str, namespace: str, link: LinkSettings, *, image: str, pull_pol
             replicas=link.replicas,
             autoscaling=link.autoscaling,
             reads=["pushchannels", "synctopics"],
-            reads_secrets=False,
         )
     )
