@@ -265,10 +265,34 @@ def test_failover_to_a_sibling_upstream(
         "failoverUpstream": "beta",
         "circuitBreaker": {"minimumRequests": 1, "errorThresholdPercent": 1, "ejectionSeconds": 60},
     }
-    apis = [{"operationType": "op.fo", "upstream": "primary", "path": "/echo", "retries": 1}]
-    url = start_gateway(namespace, gateway(namespace, upstreams, apis=apis, extra_upstreams=[primary]))
-    r = httpx.post(url + "/mgw.htm", headers={"AppId": "APP", "WorkspaceId": "prod", "Operation-Type": "op.fo"})
+    breaker = {"minimumRequests": 1, "errorThresholdPercent": 1, "ejectionSeconds": 60}
+    dead = {"name": "dead", "endpoints": [{"url": upstreams["broken"]}], "circuitBreaker": breaker}
+    slow = {"name": "slow", "endpoints": [{"url": upstreams["alpha"]}], "failoverUpstream": "dead"}
+    apis = [
+        {"operationType": "op.fo", "upstream": "primary", "path": "/echo", "retries": 1},
+        {"operationType": "op.dead", "upstream": "dead", "path": "/echo"},
+        {
+            "operationType": "op.slow",
+            "upstream": "slow",
+            "path": "/slow",
+            "method": "GET",
+            "retries": 1,
+            "timeoutMilliseconds": 300,
+        },
+    ]
+    url = start_gateway(namespace, gateway(namespace, upstreams, apis=apis, extra_upstreams=[primary, dead, slow]))
+
+    def call(op: str) -> httpx.Response:
+        return httpx.post(url + "/mgw.htm", headers={"AppId": "APP", "WorkspaceId": "prod", "Operation-Type": op})
+
+    r = call("op.fo")
     assert code(r) == "1000" and r.json()["upstream"] == "beta"
+    # A failover upstream that cannot take the request either does not answer for it: with "dead" ejected,
+    # the retry goes to "slow" once more and the client learns the real failure (a timeout), not 4004.
+    assert code(call("op.dead")) == "4003"
+    before = hits(upstreams["alpha"])
+    assert code(call("op.slow")) == "4001"
+    assert hits(upstreams["alpha"]) == before + 2
 
 
 def test_cluster_groups_mix_by_weight_and_hand_over_to_siblings(

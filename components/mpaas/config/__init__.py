@@ -122,7 +122,7 @@ class LiveConfig(Generic[T]):
     def on_snapshot(self, kind: str, snapshot: Snapshot) -> None:
         """Validate one kind's snapshot, then recompile and swap if anything changed."""
         self._absorb(kind, snapshot)
-        if self._kube is not None and kind not in self._named:
+        if self._kube is not None and kind not in self._named and self._synced.issuperset(self._namers()):
             self._follow_names()
         if self._synced.issuperset(self.kinds):
             self.recompile()
@@ -151,6 +151,10 @@ class LiveConfig(Generic[T]):
         self.resources[kind] = valid
         self._synced.add(kind)
 
+    def _namers(self) -> list[str]:
+        """The kinds whose resources name the objects of the named kinds."""
+        return [k for k in self.kinds if k not in self._named]
+
     def _follow_names(self) -> None:
         """Start a watch for each newly named object of a named kind, stop those no longer named."""
         assert self._kube is not None
@@ -171,16 +175,18 @@ class LiveConfig(Generic[T]):
             for key in gone:
                 watches.pop(key).cancel()
                 snapshots.pop(key, None)
-            if gone or (not wanted and kind not in self._synced):  # nothing left to wait for: absorb now
+            if (gone or not wanted) and self._listed(kind):  # absorb now: no watch of a new name will
                 self._absorb(kind, self._merged(kind))
 
+    def _listed(self, kind: str) -> bool:
+        """Whether a named kind may be absorbed: after its first sync, or once every watch has listed once."""
+        return kind in self._synced or self._named_snapshots[kind].keys() >= self._named_watches[kind].keys()
+
     def _on_named_snapshot(self, key: Key, kind: str, snapshot: Snapshot) -> None:
-        snapshots = self._named_snapshots[kind]
-        if key not in self._named_watches[kind]:
-            return  # stopped meanwhile
-        snapshots[key] = snapshot
-        # The first time, wait until every named object has been listed once.
-        if kind in self._synced or snapshots.keys() >= self._named_watches[kind].keys():
+        if self._named_watches[kind].get(key) is not asyncio.current_task():
+            return  # this watch was stopped (its name dropped, perhaps named again since)
+        self._named_snapshots[kind][key] = snapshot
+        if self._listed(kind):
             self.on_snapshot(kind, self._merged(kind))
 
     def _merged(self, kind: str) -> Snapshot:
@@ -253,8 +259,9 @@ class LiveConfig(Generic[T]):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks.clear()
-        for watches in self._named_watches.values():
+        for kind, watches in self._named_watches.items():
             watches.clear()
+            self._named_snapshots[kind].clear()
         self._kube = None
         if self._client is not None:
             await self._client.close()

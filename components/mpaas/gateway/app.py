@@ -532,27 +532,27 @@ class Gateway:
         last: ResultCode = codes.UPSTREAM_UNAVAILABLE
         attempt = 0
         while attempt <= api.retries:
-            ejected = self.breakers.ejected(upstream.name, upstream.base_urls)
-            too_many = (
-                upstream.breaker is not None
-                and ejected
-                and len(ejected) * 100 > upstream.breaker.max_ejection_percent * len(upstream.base_urls)
-            )
-            url = None if too_many else upstream.pick(ejected | tried) if ejected or tried else upstream.pick()
-            limited = upstream.max_concurrency is not None
-            if url is None or (limited and not self.concurrency.enter(upstream.name, upstream.max_concurrency)):
+            url = self._admit(upstream, tried)
+            if url is None:
+                # This cluster cannot take the request: the first sibling cluster (or failover upstream) that can.
                 if others is None:
                     others = table.alternatives(first, upstream)
-                if others:  # a sibling cluster or the failover upstream
-                    upstream, tried = others.pop(0), set()
-                    continue
-                if url is not None:
-                    return _result(codes.OVERLOADED, trace_id, rest=rest)
-                url = None if too_many else upstream.pick(ejected)  # every endpoint tried: one again
+                while others and url is None:
+                    candidate = others.pop(0)
+                    url = self._admit(candidate, set())
+                    if url is not None:
+                        upstream, tried = candidate, set()
+            if url is None:
+                # None can: this cluster once more if all it lacks is an untried endpoint, else the reason it cannot.
+                ejected, too_many = self._ejected(upstream)
+                url = None if too_many else upstream.pick(ejected)
                 if url is None:
                     return _result(codes.CIRCUIT_OPEN, trace_id, rest=rest)
-                if limited and not self.concurrency.enter(upstream.name, upstream.max_concurrency):
+                if upstream.max_concurrency is not None and not self.concurrency.enter(
+                    upstream.name, upstream.max_concurrency
+                ):
                     return _result(codes.OVERLOADED, trace_id, rest=rest)
+            limited = upstream.max_concurrency is not None
             attempt += 1
             tried.add(url)
             failure, retry = "", False
@@ -588,6 +588,27 @@ class Gateway:
         out = _result(last, trace_id, rest=rest)
         out.upstream = upstream.name
         return out
+
+    def _ejected(self, upstream: CompiledUpstream) -> tuple[set[str] | frozenset[str], bool]:
+        """Its ejected endpoints, and whether they are too many to use the rest (fail fast instead)."""
+        ejected = self.breakers.ejected(upstream.name, upstream.base_urls)
+        too_many = (
+            upstream.breaker is not None
+            and bool(ejected)
+            and len(ejected) * 100 > upstream.breaker.max_ejection_percent * len(upstream.base_urls)
+        )
+        return ejected, too_many
+
+    def _admit(self, upstream: CompiledUpstream, tried: set[str]) -> str | None:
+        """An endpoint of `upstream` to call now, with a concurrency slot taken; None if it has none to offer
+        (too many ejected, every endpoint tried, or its concurrency limit reached)."""
+        ejected, too_many = self._ejected(upstream)
+        if too_many:
+            return None
+        url = upstream.pick(ejected | tried) if ejected or tried else upstream.pick()
+        if url is None or upstream.max_concurrency is None:
+            return url
+        return url if self.concurrency.enter(upstream.name, upstream.max_concurrency) else None
 
     def _failed(self, upstream: CompiledUpstream, url: str, kind: str) -> None:
         UPSTREAM_ERRORS.labels(upstream.name, kind).inc()

@@ -21,4 +21,4 @@ class GatewaySettings(ComponentSettings):
     reuse_port: bool = False  # set for each worker by the supervisor
     # A worker joins the shared port only once it has a config (its siblings may be serving already), waiting
     # at most this long so that /healthz still answers when the API server stays away.
-    first_config_wait_seconds: float = Field(default=20.0, ge=0)
+    first_config_wait_seconds: float = Field(default=10.0, ge=0)
