@@ -167,15 +167,15 @@ class LiveConfig(Generic[T]):
             watches, snapshots = self._named_watches[kind], self._named_snapshots[kind]
             for key in wanted - watches.keys():
                 namespace, name = key
-                rt: ResourceType = KINDS[kind].resource if kind in KINDS else SECRETS
-                src = KubeWatchSource(self._kube, rt, kind, namespace=namespace, field_selector=f"metadata.name={name}")
+                rt, by_name = _resource_type(kind), f"metadata.name={name}"
+                src = KubeWatchSource(self._kube, rt, kind, namespace=namespace, field_selector=by_name)
                 on_change = functools.partial(self._on_named_snapshot, key)
                 watches[key] = asyncio.create_task(src.run(on_change), name=f"watch-{kind}-{namespace}/{name}")
             gone = watches.keys() - wanted
             for key in gone:
                 watches.pop(key).cancel()
                 snapshots.pop(key, None)
-            if (gone or not wanted) and self._listed(kind):  # absorb now: no watch of a new name will
+            if (gone or kind not in self._synced) and self._listed(kind):  # absorb now: no new watch will
                 self._absorb(kind, self._merged(kind))
 
     def _listed(self, kind: str) -> bool:
@@ -226,11 +226,10 @@ class LiveConfig(Generic[T]):
         for kind in self.kinds:
             if kind in self._named:
                 continue
-            rt: ResourceType = KINDS[kind].resource if kind in KINDS else SECRETS
             sel = (selectors or {}).get(kind, {})
             src = KubeWatchSource(
                 client,
-                rt,
+                _resource_type(kind),
                 kind,
                 namespace=namespace,
                 label_selector=sel.get("labelSelector"),
@@ -266,6 +265,10 @@ class LiveConfig(Generic[T]):
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+def _resource_type(kind: str) -> ResourceType:
+    return KINDS[kind].resource if kind in KINDS else SECRETS
 
 
 __all__ = ["DirectorySource", "KubeWatchSource", "LiveConfig", "Resource", "Resources", "object_key", "validate"]

@@ -544,14 +544,11 @@ class Gateway:
                         upstream, tried = candidate, set()
             if url is None:
                 # None can: this cluster once more if all it lacks is an untried endpoint, else the reason it cannot.
-                ejected, too_many = self._ejected(upstream)
-                url = None if too_many else upstream.pick(ejected)
+                url = self._admit(upstream, set())
                 if url is None:
-                    return _result(codes.CIRCUIT_OPEN, trace_id, rest=rest)
-                if upstream.max_concurrency is not None and not self.concurrency.enter(
-                    upstream.name, upstream.max_concurrency
-                ):
-                    return _result(codes.OVERLOADED, trace_id, rest=rest)
+                    ejected, too_many = self._ejected(upstream)
+                    blocked = too_many or upstream.pick(ejected) is None
+                    return _result(codes.CIRCUIT_OPEN if blocked else codes.OVERLOADED, trace_id, rest=rest)
             limited = upstream.max_concurrency is not None
             attempt += 1
             tried.add(url)

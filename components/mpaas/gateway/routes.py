@@ -203,13 +203,12 @@ EMPTY = RouteTable(gateway="", generation=0)
 
 def _upstream(u: Upstream, namespace: str) -> CompiledUpstream:
     if u.clusters:
+        # All weights 0 only gets past the CRD's rule in directory mode: then share alike.
+        weights = [c.weight for c in u.clusters] if any(c.weight for c in u.clusters) else [1] * len(u.clusters)
         return CompiledUpstream(
             name=u.name,
             base_urls=(),
-            # All weights 0 only gets past the CRD's rule in directory mode: then share alike.
-            cumulative_weights=tuple(
-                itertools.accumulate(c.weight if any(m.weight for m in u.clusters) else 1 for c in u.clusters)
-            ),
+            cumulative_weights=tuple(itertools.accumulate(weights)),
             timeout_seconds=u.timeout_milliseconds / 1000,
             failover=u.failover_upstream,
             members=tuple(c.upstream for c in u.clusters),
