@@ -175,7 +175,7 @@ def requests(draw: st.DrawFn) -> tuple[str, list[tuple[str, str]], bytes]:
         ]
         if app == "SIGNED":
             headers += [
-                ("ts", draw(st.sampled_from([NOW_MS, "1700000000000", str(2**70), "\u00b2", "1"]))),
+                ("ts", draw(st.sampled_from([NOW_MS, NOW_MS, NOW_MS, "1700000000000", str(2**70), "\u00b2", "1"]))),
                 ("sign", draw(st.sampled_from(["AAAA", "!!", "a" * 88]))),
                 ("nonce", draw(header_value)),
             ]
@@ -197,7 +197,10 @@ def requests(draw: st.DrawFn) -> tuple[str, list[tuple[str, str]], bytes]:
     return path, headers, body
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomize: the same 400 requests every run, so the stage-coverage check below cannot flake in CI.
+@settings(
+    max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(sample=requests())
 def test_any_request_gets_a_documented_code(
     gateway: tuple[GatewayASGI, asyncio.AbstractEventLoop], sample: tuple[str, list[tuple[str, str]], bytes]
