@@ -18,6 +18,12 @@ of it otherwise, so "device id mod 1000 in 0..99" picks the same 10% of devices
 on every replica. Versions (APP_VERSION, OS_VERSION) compare numerically by
 dotted part. A rule is compiled once into nested closures; evaluating it costs
 a few microseconds.
+
+Attribute values come from clients. Text becomes a number only through
+`parse_uint` (ASCII digits, bounded length); a value that is not one is
+treated as text (MOD hashes it, a numeric range or comparison does not
+match, a version that does not parse matches no version comparison), so
+no client value makes a rule raise.
 """
 
 from __future__ import annotations
@@ -100,21 +106,56 @@ def _tokens(rule: str) -> list[_Tok]:
     return out
 
 
-def version_key(v: str) -> tuple[int, ...]:
+# Bounds on client text read as numbers: a whole number of up to 18 digits fits in 63 bits; a version of
+# up to 64 characters is any real one. Device ids up to 64 digits still count as numbers for MOD.
+MAX_DIGITS = 18
+MAX_BUCKET_DIGITS = 64
+MAX_VERSION_CHARS = 64
+
+
+def parse_uint(text: str, max_digits: int = MAX_DIGITS) -> int | None:
+    """`text` as a whole number when it is 1 to `max_digits` ASCII digits, else None.
+
+    The one way client text becomes a number (here and in the gateway): `str.isdigit` accepts characters
+    `int` refuses ("\u00b2"), `int` accepts what no protocol field holds (" 7", "+7", "1_000", other
+    scripts' digits) and refuses more than 4300 digits; the length bound also bounds the work.
+    """
+    if 0 < len(text) <= max_digits and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
+_VERSION_PART = re.compile(r"[0-9]*")  # ASCII digits only (\d would take other scripts' digits)
+
+
+def version_key(v: str) -> tuple[int, ...] | None:
+    """Dotted version parts as numbers (the leading digits of each part, trailing zeros dropped); None when
+    `v` is longer than MAX_VERSION_CHARS or a part has more than MAX_DIGITS digits."""
+    if len(v) > MAX_VERSION_CHARS:
+        return None
     parts = []
     for p in v.split("."):
-        digits = re.match(r"\d*", p)
-        parts.append(int(digits.group()) if digits and digits.group() else 0)
+        digits = _VERSION_PART.match(p)
+        text = digits.group() if digits else ""
+        if not text:
+            parts.append(0)
+            continue
+        n = parse_uint(text)
+        if n is None:
+            return None
+        parts.append(n)
     while parts and parts[-1] == 0:
         parts.pop()
     return tuple(parts)
 
 
 def bucket(value: str, modulus: int) -> int:
-    """Stable bucket of a value: the number itself if numeric, else CRC-32 of its bytes."""
-    if value.isdigit():
-        return int(value) % modulus
-    return zlib.crc32(value.encode()) % modulus
+    """Stable bucket of a value: the number itself if it is one (ASCII digits, at most
+    MAX_BUCKET_DIGITS), else CRC-32 of its UTF-8 bytes."""
+    n = parse_uint(value, MAX_BUCKET_DIGITS)
+    if n is not None:
+        return n % modulus
+    return zlib.crc32(value.encode("utf-8", "surrogatepass")) % modulus
 
 
 class _Parser:
@@ -185,9 +226,9 @@ class _Parser:
         if self.at("MOD"):
             self.take()
             m = self.take("num")
-            if not m.text.isdigit() or int(m.text) < 1:
+            modulus = parse_uint(m.text)
+            if modulus is None or modulus < 1:
                 raise RuleError(self.rule, m.pos, "MOD needs a positive whole number")
-            modulus = int(m.text)
         negate = False
         if self.at("NOT"):
             self.take()
@@ -221,9 +262,10 @@ class _Parser:
             if self.at(".."):
                 self.take()
                 end = self.value()
-                if not (v.isdigit() and end.isdigit()):
+                lo_, hi_ = parse_uint(v), parse_uint(end)
+                if lo_ is None or hi_ is None:
                     raise RuleError(self.rule, start.pos, "a range needs whole numbers: 100..200")
-                lo, hi = int(v), int(end)
+                lo, hi = lo_, hi_
                 if lo > hi:
                     raise RuleError(self.rule, start.pos, f"empty range {lo}..{hi}")
                 ranges.append((lo, hi))
@@ -235,8 +277,8 @@ class _Parser:
             self.take("op", ")")
             break
         if modulus is not None:
-            nums = {int(v) for v in values if v.isdigit()}
-            bad = [v for v in values if not v.isdigit()]
+            nums = {n for v in values if (n := parse_uint(v)) is not None}
+            bad = [v for v in values if parse_uint(v) is None]
             if bad:
                 raise RuleError(self.rule, start.pos, f"MOD results are numbers, not {bad[0]!r}")
 
@@ -257,26 +299,47 @@ class _Parser:
                 return False
             if raw in frozen or raw.lower() in lowered:
                 return True
-            return bool(ranges) and raw.isdigit() and any(lo <= int(raw) <= hi for lo, hi in ranges)
+            if not ranges:
+                return False
+            n = parse_uint(raw)
+            return n is not None and any(lo <= n <= hi for lo, hi in ranges)
 
         return in_set
 
     def _compare(self, attr: str, modulus: int | None, op: str, value: str) -> Predicate:
         cmp: Callable[[Any, Any], bool] = _COMPARE[op]
         if modulus is not None:
-            if not value.isdigit():
+            m_n = parse_uint(value)
+            if m_n is None:
                 raise RuleError(self.rule, self.toks[self.i - 1].pos, "MOD results compare with whole numbers")
-            n = int(value)
+            n = m_n
             return lambda a: (raw := a.get(attr)) is not None and raw != "" and cmp(bucket(raw, modulus), n)
         if attr in VERSION_ATTRIBUTES:
             vk = version_key(value)
-            return lambda a: (raw := a.get(attr)) is not None and raw != "" and cmp(version_key(raw), vk)
+            if vk is None:
+                raise RuleError(self.rule, self.toks[self.i - 1].pos, "not a version")
+
+            def version_cmp(a: Attrs) -> bool:
+                raw = a.get(attr)
+                if not raw:
+                    return False
+                k = version_key(raw)
+                return k is not None and cmp(k, vk)
+
+            return version_cmp
         if op in ("==", "!="):
             low = value.lower()
             return lambda a: cmp((a.get(attr) or "").lower(), low)
-        if value.isdigit():
-            n = int(value)
-            return lambda a: (raw := a.get(attr)) is not None and raw.isdigit() and cmp(int(raw), n)
+        c_n = parse_uint(value)
+        if c_n is not None:
+            n2 = c_n
+
+            def number_cmp(a: Attrs) -> bool:
+                raw = a.get(attr)
+                v = parse_uint(raw) if raw is not None else None
+                return v is not None and cmp(v, n2)
+
+            return number_cmp
         return lambda a: (raw := a.get(attr)) is not None and cmp(raw, value)
 
 
@@ -291,4 +354,4 @@ def percent_of(value: str, percent: int, salt: str = "") -> bool:
         return True
     if percent <= 0 or not value:
         return False
-    return zlib.crc32((salt + value).encode()) % 100 < percent
+    return zlib.crc32((salt + value).encode("utf-8", "surrogatepass")) % 100 < percent

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mpaas.rules import RuleError, bucket, compile_rule, percent_of, version_key
+from mpaas.rules import RuleError, bucket, compile_rule, parse_uint, percent_of, version_key
 
 pytestmark = pytest.mark.unit
 
@@ -58,7 +58,64 @@ def test_mod_hash_is_stable_and_spreads() -> None:
 
 
 def test_version_key_ignores_trailing_zeros() -> None:
-    assert version_key("2.1.0") == version_key("2.1") < version_key("2.1.1")
+    a, b, c = version_key("2.1.0"), version_key("2.1"), version_key("2.1.1")
+    assert a is not None and b is not None and c is not None
+    assert a == b < c
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0", 0),
+        ("007", 7),
+        ("123456789012345678", 123456789012345678),
+        ("1234567890123456789", None),  # more than 18 digits
+        ("", None),
+        ("\u00b2", None),  # isdigit() says yes, int() says no
+        ("1\u00b2", None),
+        ("\u0663", None),  # an Arabic-Indic digit: int() takes it, no protocol field holds it
+        (" 7", None),
+        ("7 ", None),
+        ("+7", None),
+        ("-7", None),
+        ("1_000", None),
+        ("9" * 5000, None),  # int() refuses over 4300 digits; the bound refuses far sooner
+    ],
+)
+def test_parse_uint_takes_ascii_digits_only_and_bounded(text: str, expected: int | None) -> None:
+    assert parse_uint(text) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["\u00b2", "1\u00b2", "\u00b9\u00b2\u00b3", "9" * 5000, "1" * 4301, "\u0663", "", "1." * 3000, "\ud800"],
+)
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "DEVICE_ID MOD 100 IN (0..49)",
+        "DEVICE_ID MOD 100 == 7",
+        "DEVICE_ID IN (1..100)",
+        "DEVICE_ID >= 10",
+        "DEVICE_ID < 10",
+        "APP_VERSION >= 2.1",
+        "OS_VERSION < 14",
+        "USER_ID IN (a, 5..9)",
+    ],
+)
+def test_no_client_value_makes_a_rule_raise(rule: str, value: str) -> None:
+    attrs = {"DEVICE_ID": value, "APP_VERSION": value, "OS_VERSION": value, "USER_ID": value}
+    assert compile_rule(rule)(attrs) in (True, False)
+
+
+def test_numbers_and_versions_from_clients_keep_their_meaning() -> None:
+    assert bucket("1450", 1000) == 450
+    assert bucket("\u00b2", 100) == bucket("\u00b2", 100)  # hashed as text, stably
+    assert compile_rule("DEVICE_ID IN (1..100)")({"DEVICE_ID": "\u00b2"}) is False
+    assert compile_rule("DEVICE_ID >= 10")({"DEVICE_ID": "9" * 30}) is False  # too long to be a number
+    assert compile_rule("APP_VERSION >= 2.1")({"APP_VERSION": "2.1.0-beta"}) is True
+    assert compile_rule("APP_VERSION >= 2.1")({"APP_VERSION": "1." + "9" * 40}) is False
+    assert version_key("1." * 40) is None and version_key("1." + "9" * 19) is None
 
 
 def test_evaluation_takes_microseconds() -> None:
