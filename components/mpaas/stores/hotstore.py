@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -128,39 +129,86 @@ class RedisHotStore(HotStore):
         await self.redis.aclose()
 
 
-class MemoryHotStore(HotStore):
-    """In-process implementation with the same semantics (expiry, atomicity within the process)."""
+# Expired keys removed per write, at most: more than the one key a write can add, so the sweep keeps up.
+_SWEEP_PER_WRITE = 8
 
-    def __init__(self) -> None:
+
+class MemoryHotStore(HotStore):
+    """In-process implementation with the same semantics (expiry, atomicity within the process).
+
+    Expired keys are not only hidden but removed, as Redis does: each key with a TTL is also filed under
+    the second after it expires (a timing wheel: one list slot per key), and every write removes up to
+    `_SWEEP_PER_WRITE` keys from seconds already past. Memory stays bounded by what was written within
+    the TTLs (for nonces: the request rate times twice the timestamp window), however long the process
+    runs; `hack/bench/hotstore_memory.py` measures it.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._data: dict[str, tuple[object, float | None]] = {}
         self._streams: dict[str, tuple[int, OrderedDict[int, bytes]]] = {}
         self._lock = asyncio.Lock()
+        self._clock = clock
+        self._wheel: dict[int, list[str]] = {}  # second -> keys that expire before it
+        self._due: list[int] = []  # the wheel's seconds, a min-heap
+
+    def __len__(self) -> int:
+        """Keys held, expired or not (what the memory is spent on)."""
+        return len(self._data)
 
     def _live(self, key: str) -> object | None:
         item = self._data.get(key)
         if item is None:
             return None
         value, expires = item
-        if expires is not None and expires <= time.monotonic():
+        if expires is not None and expires <= self._clock():
             del self._data[key]
             return None
         return value
 
-    @staticmethod
-    def _expiry(ttl: float | None) -> float | None:
-        return time.monotonic() + ttl if ttl else None
+    def _expiry(self, ttl: float | None) -> float | None:
+        return self._clock() + ttl if ttl else None
+
+    def _put(self, key: str, value: object, expires: float | None) -> None:
+        """Store, file the key by its expiry second, and sweep a little."""
+        old = self._data.get(key)
+        self._data[key] = (value, expires)
+        if expires is not None:
+            second = int(expires) + 1
+            if old is None or old[1] is None or int(old[1]) + 1 != second:  # else already filed there
+                keys = self._wheel.get(second)
+                if keys is None:
+                    keys = self._wheel[second] = []
+                    heapq.heappush(self._due, second)
+                keys.append(key)
+        if self._due and self._due[0] <= self._clock():
+            self._sweep()
+
+    def _sweep(self) -> None:
+        now = self._clock()
+        budget = _SWEEP_PER_WRITE
+        due, data = self._due, self._data
+        while budget > 0 and due and due[0] <= now:
+            keys = self._wheel[due[0]]
+            while keys and budget > 0:
+                key = keys.pop()
+                budget -= 1
+                item = data.get(key)
+                if item is not None and item[1] is not None and item[1] <= now:
+                    del data[key]
+            if not keys:
+                del self._wheel[heapq.heappop(due)]
 
     async def get(self, key: str) -> bytes | None:
         v = self._live(key)
         return v if isinstance(v, bytes) else (str(v).encode() if v is not None else None)
 
     async def set(self, key: str, value: bytes, *, ttl_seconds: float | None = None) -> None:
-        self._data[key] = (value, self._expiry(ttl_seconds))
+        self._put(key, value, self._expiry(ttl_seconds))
 
     async def set_if_absent(self, key: str, value: bytes, *, ttl_seconds: float) -> bool:
         if self._live(key) is not None:
             return False
-        self._data[key] = (value, self._expiry(ttl_seconds))
+        self._put(key, value, self._expiry(ttl_seconds))
         return True
 
     async def delete(self, key: str) -> bool:
@@ -172,18 +220,18 @@ class MemoryHotStore(HotStore):
             value, expires = amount, self._expiry(ttl_seconds)
         else:
             value, expires = int(current) + amount, self._data[key][1]  # type: ignore[call-overload]
-        self._data[key] = (value, expires)
+        self._put(key, value, expires)
         return value
 
     async def take_tokens(self, key: str, *, rate: float, burst: int, n: int = 1) -> bool:
-        now = time.monotonic()
+        now = self._clock()
         state = self._live(key)
         tokens, ts = state if isinstance(state, tuple) else (float(burst), now)
         tokens = min(burst, tokens + max(0.0, now - ts) * rate)
         ok = tokens >= n
         if ok:
             tokens -= n
-        self._data[key] = ((tokens, now), now + burst / rate + 1)
+        self._put(key, (tokens, now), now + burst / rate + 1)
         return ok
 
     async def append(self, stream: str, value: bytes, *, max_len: int | None = None) -> int:
