@@ -68,17 +68,50 @@ class ConditionStatus(StrEnum):
 
 
 class Condition(ApiModel):
-    type: str = Field(max_length=64, pattern=r"^[A-Z][A-Za-z0-9]*$")
-    status: ConditionStatus
-    reason: str = Field(max_length=128, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
-    message: str = Field(default="", max_length=32768)
-    last_transition_time: datetime
-    observed_generation: int | None = Field(default=None, ge=0)
+    """One aspect of the resource's current state, in the standard Kubernetes condition form."""
+
+    type: str = Field(
+        max_length=64,
+        pattern=r"^[A-Z][A-Za-z0-9]*$",
+        description="Kind of condition, in CamelCase, e.g. Ready: whether the resource is in effect as specified.",
+    )
+    status: ConditionStatus = Field(description="Whether the condition holds: True, False or Unknown.")
+    reason: str = Field(
+        max_length=128,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="Why the condition has its status, one CamelCase word, e.g. Available, or InvalidSpec "
+        "(the spec breaks a rule: the message says what to fix).",
+    )
+    message: str = Field(
+        default="",
+        max_length=32768,
+        description="Human-readable details of the reason, e.g. what to fix in the spec. Empty when there are none.",
+    )
+    last_transition_time: datetime = Field(description="When the status last changed (RFC 3339 timestamp).")
+    observed_generation: int | None = Field(
+        default=None,
+        ge=0,
+        description="The metadata.generation the condition was computed from; lower than the resource's "
+        "generation means the condition may be out of date.",
+    )
 
 
 class CommonStatus(ApiModel):
-    observed_generation: int | None = Field(default=None, ge=0)
-    conditions: list[Condition] = Field(default_factory=list, max_length=16, json_schema_extra=named_list("type"))
+    """Observed state, written by the operator."""
+
+    observed_generation: int | None = Field(
+        default=None,
+        ge=0,
+        description="The metadata.generation the operator last reconciled, valid or not. Lower than the "
+        "resource's generation: the latest change has not been looked at yet.",
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra=named_list("type"),
+        description="Current state, one entry per condition type. Ready tells whether the spec is in effect; "
+        "with reason InvalidSpec the message says what to fix (the previous valid spec stays in effect).",
+    )
 
 
 def now() -> datetime:
@@ -88,40 +121,92 @@ def now() -> datetime:
 class SecretRef(ApiModel):
     """A Secret in the resource's own namespace."""
 
-    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    name: str = Field(
+        min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", description="Name of the Secret."
+    )
 
 
 class SecretKeyRef(ApiModel):
     """One key of a Secret in the resource's own namespace."""
 
-    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    name: str = Field(
+        min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", description="Name of the Secret."
+    )
+    key: str = Field(
+        min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Key in the Secret's data."
+    )
 
 
 class ResourceRequirements(ApiModel):
     """Container resources, as in a Pod spec (quantities as strings: "250m", "256Mi")."""
 
-    requests: dict[str, str] = Field(default_factory=dict, max_length=8)
-    limits: dict[str, str] = Field(default_factory=dict, max_length=8)
+    requests: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=8,
+        description="Resources reserved for the container, by name, e.g. cpu: 250m, memory: 256Mi. "
+        "Empty: none reserved.",
+    )
+    limits: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=8,
+        description='Most the container may use, by name, e.g. cpu: "1", memory: 512Mi. Empty: no limit.',
+    )
 
 
 class Autoscaling(ApiModel):
+    """Scaling on CPU load: the operator creates a HorizontalPodAutoscaler, which then owns the replica count."""
+
     __cel__ = [cel("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas")]
 
-    min_replicas: int = Field(default=2, ge=1, le=1000)
-    max_replicas: int = Field(default=10, ge=1, le=1000)
-    target_cpu_utilization_percent: int = Field(default=70, ge=10, le=100)
+    min_replicas: int = Field(
+        default=2,
+        ge=1,
+        le=1000,
+        description="Fewest pods, 1-1000. Above 1 the operator also creates a PodDisruptionBudget "
+        "(at most one pod down at a time). Default 2.",
+    )
+    max_replicas: int = Field(
+        default=10, ge=1, le=1000, description="Most pods, 1-1000; not less than minReplicas. Default 10."
+    )
+    target_cpu_utilization_percent: int = Field(
+        default=70,
+        ge=10,
+        le=100,
+        description="Average CPU use the autoscaler steers the pods to, in percent of their CPU request, 10-100; "
+        "set resources.requests.cpu for it to work. Default 70.",
+    )
 
 
 class RateLimit(ApiModel):
-    """A token bucket: `requestsPerSecond` sustained, `burst` at once."""
+    """A token bucket: `requestsPerSecond` sustained, `burst` at once.
 
-    requests_per_second: int = Field(ge=1, le=10_000_000)
-    burst: int | None = Field(default=None, ge=1, le=10_000_000)
+    The buckets live in the gateway's shared state (`spec.sharedState`), so every pod and worker draws from
+    the same one; without shared state each gateway process has its own.
+    """
+
+    requests_per_second: int = Field(
+        ge=1, le=10_000_000, description="Requests allowed per second, sustained (the bucket's refill rate)."
+    )
+    burst: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Requests allowed at once after a quiet spell (the bucket's size). Unset: requestsPerSecond.",
+    )
 
 
 class VersionRange(ApiModel):
     """Inclusive range of dotted versions; either end may be open."""
 
-    min: str | None = Field(default=None, max_length=32, pattern=VERSION_STRING)
-    max: str | None = Field(default=None, max_length=32, pattern=VERSION_STRING)
+    min: str | None = Field(
+        default=None,
+        max_length=32,
+        pattern=VERSION_STRING,
+        description="Lowest version in the range (inclusive), e.g. 2.0. Unset: no lower bound.",
+    )
+    max: str | None = Field(
+        default=None,
+        max_length=32,
+        pattern=VERSION_STRING,
+        description="Highest version in the range (inclusive), e.g. 2.9.99. Unset: no upper bound.",
+    )

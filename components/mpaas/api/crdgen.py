@@ -2,14 +2,16 @@
 
 Pydantic's JSON schema is close to Kubernetes' structural OpenAPI v3 but not
 equal: `$ref`s must be inlined, `anyOf [X, null]` becomes plain X, titles go,
-and our CEL rules and list-map markers are carried through.
+and our CEL rules and list-map markers are carried through. Descriptions stay
+(what `kubectl explain` shows): a field's `Field(description=...)`, else its
+model's docstring.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from . import GROUP, VERSION, Kind
+from . import API_VERSION, GROUP, VERSION, Kind
 from .base import ApiModel
 
 _DROP = {"title", "$defs", "discriminator"}
@@ -96,7 +98,10 @@ def structural(
 
 
 def _clean(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if k not in _DROP and not (k == "default" and v is None)}
+    out = {k: v for k, v in d.items() if k not in _DROP and not (k == "default" and v is None)}
+    if isinstance(out.get("description"), str):
+        out["description"] = " ".join(out["description"].split())
+    return out
 
 
 def model_schema(model: type[ApiModel]) -> dict[str, Any]:
@@ -129,9 +134,12 @@ def crd(kind: Kind) -> dict[str, Any]:
                 "description": _summary(kind),
                 "required": ["spec"],
                 "properties": {
-                    "apiVersion": {"type": "string"},
-                    "kind": {"type": "string"},
-                    "metadata": {"type": "object"},
+                    "apiVersion": {"type": "string", "description": f"Versioned schema of this object: {API_VERSION}."},
+                    "kind": {"type": "string", "description": f"Kind of this object: {kind.kind}."},
+                    "metadata": {
+                        "type": "object",
+                        "description": "Standard object metadata: name, namespace, labels, annotations, ...",
+                    },
                     "spec": spec_schema,
                     "status": status_schema,
                 },

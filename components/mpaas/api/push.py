@@ -27,34 +27,101 @@ class ApnsEnvironment(StrEnum):
 
 
 class ApnsSettings(ApiModel):
-    team_id: str = Field(max_length=10, pattern=r"^[A-Z0-9]{10}$")
-    key_id: str = Field(max_length=10, pattern=r"^[A-Z0-9]{10}$")
-    topic: str = Field(max_length=255, pattern=r"^[A-Za-z0-9.-]+$")
-    environment: ApnsEnvironment = ApnsEnvironment.PRODUCTION
+    """Apple Push Notification service settings; the signing key is authKey in the credentials Secret."""
+
+    team_id: str = Field(
+        max_length=10,
+        pattern=r"^[A-Z0-9]{10}$",
+        description="Not used yet: Apple developer team id, 10 upper-case letters or digits.",
+    )
+    key_id: str = Field(
+        max_length=10,
+        pattern=r"^[A-Z0-9]{10}$",
+        description="Not used yet: id of the APNs signing key, 10 upper-case letters or digits.",
+    )
+    topic: str = Field(
+        max_length=255,
+        pattern=r"^[A-Za-z0-9.-]+$",
+        description="Not used yet: topic of the notifications, usually the app's bundle id.",
+    )
+    environment: ApnsEnvironment = Field(
+        default=ApnsEnvironment.PRODUCTION,
+        description="Not used yet: APNs servers to use: Production, or Sandbox for development builds. "
+        "Default Production.",
+    )
 
 
 class FcmSettings(ApiModel):
-    project_id: str = Field(max_length=128, pattern=r"^[a-z][a-z0-9-]{4,127}$")
+    """Firebase Cloud Messaging settings; the service-account JSON is serviceAccount in the credentials Secret."""
+
+    project_id: str = Field(
+        max_length=128, pattern=r"^[a-z][a-z0-9-]{4,127}$", description="Not used yet: the Firebase project id."
+    )
 
 
 class HeartbeatBounds(ApiModel):
     """Adaptive heartbeat: the server steers clients between these intervals."""
 
     __cel__ = [cel("self.minSeconds <= self.maxSeconds", "heartbeat minSeconds must not exceed maxSeconds")]
-    min_seconds: int = Field(default=30, ge=5, le=3600)
-    max_seconds: int = Field(default=270, ge=5, le=3600)
+    min_seconds: int = Field(
+        default=30,
+        ge=5,
+        le=3600,
+        description="Not used yet: shortest heartbeat interval, in seconds, 5-3600; not more than maxSeconds. "
+        "Default 30.",
+    )
+    max_seconds: int = Field(
+        default=270,
+        ge=5,
+        le=3600,
+        description="Not used yet: longest heartbeat interval, in seconds, 5-3600. Default 270.",
+    )
 
 
 class LinkSettings(ApiModel):
-    replicas: int = Field(default=2, ge=0, le=1000)
-    autoscaling: Autoscaling | None = None
-    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
-    heartbeat: HeartbeatBounds = Field(default_factory=HeartbeatBounds)
-    max_connections_per_pod: int = Field(default=100_000, ge=1, le=2_000_000)
-    port: int = Field(default=8443, ge=1024, le=65535)
+    """The long-connection (link) pods the operator runs for a Link channel: Deployment and Service link-<name>."""
+
+    replicas: int = Field(
+        default=2,
+        ge=0,
+        le=1000,
+        description="Number of link pods, 0-1000; ignored while autoscaling is set. Above 1 the operator also "
+        "creates a PodDisruptionBudget. Default 2.",
+    )
+    autoscaling: Autoscaling | None = Field(
+        default=None,
+        description="Scales the link pods with their CPU load through a HorizontalPodAutoscaler. Unset: replicas pods.",
+    )
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements,
+        description="CPU and memory requests and limits of the link container. Default: none.",
+    )
+    heartbeat: HeartbeatBounds = Field(
+        default_factory=HeartbeatBounds,
+        description="Not used yet: bounds of the heartbeat interval clients are steered to.",
+    )
+    max_connections_per_pod: int = Field(
+        default=100_000,
+        ge=1,
+        le=2_000_000,
+        description="Most client connections per link pod, 1-2000000, passed to the pods as "
+        "MPAAS_LINK_MAX_CONNECTIONS. Not used yet: the link component does not read it. Default 100000.",
+    )
+    port: int = Field(
+        default=8443,
+        ge=1024,
+        le=65535,
+        description="Port the link pods listen on, and the port of their Service, 1024-65535. Default 8443.",
+    )
 
 
 class PushChannelSpec(ApiModel):
+    """Desired state of a PushChannel: one way of reaching an app's devices.
+
+    For type Link the operator runs the link pods; for a vendor type it checks the credentials Secret.
+    No messages are sent yet.
+    """
+
     __cel__ = [
         cel(
             "self.type == 'Link' || has(self.credentialsSecretRef)",
@@ -66,24 +133,65 @@ class PushChannelSpec(ApiModel):
         cel("self.type == 'FCM' || !has(self.fcm)", "fcm settings apply only to type FCM"),
         cel("self.type != 'FCM' || has(self.fcm)", "type FCM needs fcm settings (projectId)"),
     ]
-    app_id: str = Field(max_length=64, pattern=APP_ID, json_schema_extra=immutable("appId is immutable"))
-    workspace_id: str | None = Field(default=None, max_length=64, pattern=APP_ID)
-    type: ChannelType = Field(json_schema_extra=immutable("type is immutable: create another PushChannel"))
-    credentials_secret_ref: SecretRef | None = None
-    # Vendor endpoint override (tests, private deployments, regional endpoints).
-    endpoint: str | None = Field(default=None, max_length=2048, pattern=r"^https?://[^\s]+$")
-    messages_per_second: int | None = Field(default=None, ge=1, le=1_000_000)
-    apns: ApnsSettings | None = None
-    fcm: FcmSettings | None = None
-    link: LinkSettings | None = None
+    app_id: str = Field(
+        max_length=64,
+        pattern=APP_ID,
+        json_schema_extra=immutable("appId is immutable"),
+        description="The app whose devices the channel reaches. Immutable. Shown by kubectl get; not used "
+        "otherwise yet.",
+    )
+    workspace_id: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=APP_ID,
+        description="Not used yet: the app's workspace, e.g. prod.",
+    )
+    type: ChannelType = Field(
+        json_schema_extra=immutable("type is immutable: create another PushChannel"),
+        description="How messages reach devices: Link (the platform's own long connection, served by link pods) "
+        "or a vendor service: APNs, FCM, Huawei, Xiaomi, OPPO, Vivo or Honor. Immutable.",
+    )
+    credentials_secret_ref: SecretRef | None = Field(
+        default=None,
+        description="Secret with a vendor channel's credentials, required for every type but Link. The operator "
+        "checks it holds the keys the type needs: APNs authKey; FCM serviceAccount; Huawei appId, appSecret; "
+        "Xiaomi appSecret; OPPO appKey, masterSecret; Vivo appId, appKey, appSecret; Honor clientId, clientSecret.",
+    )
+    endpoint: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="Not used yet: the vendor's API endpoint instead of its default (tests, private deployments, "
+        "regional endpoints).",
+    )
+    messages_per_second: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="Not used yet: most messages per second sent through the channel, 1-1000000. Unset: no limit.",
+    )
+    apns: ApnsSettings | None = Field(
+        default=None, description="APNs settings: required for type APNs, not allowed for other types."
+    )
+    fcm: FcmSettings | None = Field(
+        default=None, description="FCM settings: required for type FCM, not allowed for other types."
+    )
+    link: LinkSettings | None = Field(
+        default=None,
+        description="Settings of the link pods, for type Link only. Unset: the defaults of each field.",
+    )
 
 
 class PushChannelStatus(CommonStatus):
-    connections: int | None = Field(default=None, ge=0)
-    sent: int | None = Field(default=None, ge=0)
-    failed: int | None = Field(default=None, ge=0)
-    queue_lag: int | None = Field(default=None, ge=0)
-    ready_replicas: int | None = Field(default=None, ge=0)
+    """Observed state of a PushChannel."""
+
+    connections: int | None = Field(
+        default=None, ge=0, description="Not written yet: client connections open on the link pods."
+    )
+    sent: int | None = Field(default=None, ge=0, description="Not written yet: messages delivered.")
+    failed: int | None = Field(default=None, ge=0, description="Not written yet: messages that could not be delivered.")
+    queue_lag: int | None = Field(default=None, ge=0, description="Not written yet: messages waiting to be sent.")
+    ready_replicas: int | None = Field(default=None, ge=0, description="Link pods ready to serve (type Link only).")
 
 
 KIND_INFO: dict[str, Any] = {
