@@ -9,7 +9,7 @@ import yaml
 from conftest import example as _example
 from mpaas.api import DELIVERY_TASK, KINDS, MPAAS_GATEWAY, PUSH_CHANNEL, InvalidResource
 from mpaas.api.crdgen import crd
-from mpaas.api.render import render_all
+from mpaas.api.render import CHART_COPY, CHART_PEERING, render_all, render_kinds, render_peering
 
 pytestmark = pytest.mark.unit
 
@@ -100,6 +100,10 @@ def test_gateway_crd_has_scale_and_cel() -> None:
 
 
 def test_generated_files_are_current() -> None:
-    for name, text in render_all().items():
-        for folder in (ROOT / "crds", ROOT / "charts" / "mpaas-operator" / "files" / "crds"):
+    for folder, files in (
+        (ROOT / "crds", render_all()),
+        (ROOT / CHART_COPY, render_kinds()),
+        (ROOT / CHART_PEERING, render_peering()),
+    ):
+        for name, text in files.items():
             assert (folder / name).read_text() == text, f"{folder / name} drifted: run hack/gen-crds"

@@ -291,12 +291,7 @@ KIND_INFO: dict[str, Any] = {
         {"name": "Version", "type": "string", "jsonPath": ".spec.package.version"},
         {"name": "Percent", "type": "integer", "jsonPath": ".status.currentPercent"},
         {"name": "Status", "type": "string", "jsonPath": ".status.conditions[?(@.type=='Ready')].status"},
-        {
-            "name": "Reason",
-            "type": "string",
-            "jsonPath": ".status.conditions[?(@.type=='Ready')].reason",
-            "priority": 1,
-        },
+        {"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.type=='Ready')].reason"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ],
 }

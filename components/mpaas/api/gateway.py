@@ -761,12 +761,7 @@ KIND_INFO: dict[str, Any] = {
         {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
         {"name": "APIs", "type": "integer", "jsonPath": ".status.apiCount"},
         {"name": "Status", "type": "string", "jsonPath": ".status.conditions[?(@.type=='Ready')].status"},
-        {
-            "name": "Reason",
-            "type": "string",
-            "jsonPath": ".status.conditions[?(@.type=='Ready')].reason",
-            "priority": 1,
-        },
+        {"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.type=='Ready')].reason"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ],
 }

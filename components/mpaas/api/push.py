@@ -210,14 +210,9 @@ KIND_INFO: dict[str, Any] = {
     "printerColumns": [
         {"name": "App", "type": "string", "jsonPath": ".spec.appId"},
         {"name": "Type", "type": "string", "jsonPath": ".spec.type"},
-        {"name": "Connections", "type": "integer", "jsonPath": ".status.connections"},
+        {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas", "description": "Link pods ready"},
         {"name": "Status", "type": "string", "jsonPath": ".status.conditions[?(@.type=='Ready')].status"},
-        {
-            "name": "Reason",
-            "type": "string",
-            "jsonPath": ".status.conditions[?(@.type=='Ready')].reason",
-            "priority": 1,
-        },
+        {"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.type=='Ready')].reason"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ],
 }

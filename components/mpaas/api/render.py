@@ -1,4 +1,4 @@
-"""`python -m mpaas.api.render [--check] [DIR]`: write or check crds/*.yaml."""
+"""`python -m mpaas.api.render [--check]`: write or check crds/*.yaml and the chart's copies."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ from .crdgen import crd
 HEADER = "# Generated from components/mpaas/api by hack/gen-crds. Do not edit.\n"
 # The chart carries a copy: Helm can only read files inside the chart.
 CHART_COPY = "charts/mpaas-operator/files/crds"
+# The peering CRDs go in the chart's crds/ folder, which Helm installs before the templates: the chart
+# creates a peering object, and Helm cannot map a custom resource whose CRD it creates in the same pass.
+CHART_PEERING = "charts/mpaas-operator/crds"
 
 # kopf's peering resources (from kopf's peering.yaml): replicas of the operator
 # find each other through them, so only one acts at a time.
@@ -49,20 +52,25 @@ KOPF_PEERING = [
 ]
 
 
+def render_kinds() -> dict[str, str]:
+    return {f"{k.crd_name}.yaml": HEADER + yaml.safe_dump(crd(k), sort_keys=False, width=120) for k in KINDS.values()}
+
+
+def render_peering() -> dict[str, str]:
+    return {"kopf-peering.yaml": HEADER + yaml.safe_dump_all(KOPF_PEERING, sort_keys=False, width=120)}
+
+
 def render_all() -> dict[str, str]:
-    files = {f"{k.crd_name}.yaml": HEADER + yaml.safe_dump(crd(k), sort_keys=False, width=120) for k in KINDS.values()}
-    files["kopf-peering.yaml"] = HEADER + yaml.safe_dump_all(KOPF_PEERING, sort_keys=False, width=120)
-    return files
+    return {**render_kinds(), **render_peering()}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--check", action="store_true", help="fail when the files differ from the models")
-    p.add_argument("dirs", nargs="*", default=["crds", CHART_COPY])
     args = p.parse_args(argv)
-    drift = False
-    for d in args.dirs:
-        drift |= sync_dir(Path(d), render_all(), check=args.check)
+    drift = sync_dir(Path("crds"), render_all(), check=args.check)
+    drift |= sync_dir(Path(CHART_COPY), render_kinds(), check=args.check)
+    drift |= sync_dir(Path(CHART_PEERING), render_peering(), check=args.check)
     if drift:
         print("generated CRDs drifted from the models: run hack/gen-crds and commit the result", file=sys.stderr)
         return 1

@@ -128,6 +128,7 @@ KIND_INFO: dict[str, Any] = {
         {"name": "Scope", "type": "string", "jsonPath": ".spec.scope"},
         {"name": "Mode", "type": "string", "jsonPath": ".spec.persistence"},
         {"name": "Status", "type": "string", "jsonPath": ".status.conditions[?(@.type=='Ready')].status"},
+        {"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.type=='Ready')].reason"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ],
 }
