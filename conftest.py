@@ -8,6 +8,7 @@ environment does not name fails with instructions: no tier is skipped.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -268,6 +269,76 @@ def start_gateway(spawn: Callable[..., Process]) -> Callable[..., str]:
         return url
 
     return start
+
+
+# --- cluster tier: the operator and the resources it reports on ------------------
+
+
+def kget(namespace: str, *what: str) -> dict[str, Any] | None:
+    """`kubectl get -o json`, or None when it is not there."""
+    r = kubectl("get", "-n", namespace, *what, "-o", "json", check=False)
+    return json.loads(r.stdout) if r.returncode == 0 else None
+
+
+def condition(obj: dict[str, Any] | None, type_: str = "Ready") -> dict[str, Any]:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return c
+    return {}
+
+
+def events_of(namespace: str, name: str) -> list[dict[str, Any]]:
+    out = kget(namespace, "events", "--field-selector", f"involvedObject.name={name}")
+    return (out or {}).get("items") or []
+
+
+def create_peering(name: str) -> None:
+    """The ClusterKopfPeering operator replicas meet in (the chart creates it in a real install)."""
+    kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=yaml.safe_dump({"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}}),
+    )
+
+
+def start_operator(
+    spawn: Callable[..., Process],
+    name: str = "operator",
+    priority: int | None = None,
+    peering: str = "mpaas-operator-e2e",
+) -> Process:
+    env = {
+        "MPAAS_OPERATOR_PEERING": peering,
+        "MPAAS_OPERATOR_HEALTH_PORT": str(free_port()),
+        "MPAAS_OPERATOR_IMAGE": "registry.example/mpaas:e2e",
+    }
+    if priority is not None:
+        env["MPAAS_OPERATOR_PRIORITY"] = str(priority)
+    return spawn("operator", env=env, name=name)
+
+
+def argocd_health(obj: dict[str, Any]) -> tuple[str, str]:
+    """Argo CD's verdict on a resource: docs/gitops/argocd-health.lua run in Lua, as Argo CD runs it."""
+    from lupa import LuaRuntime
+
+    lua = LuaRuntime()
+    script = (ROOT / "docs" / "gitops" / "argocd-health.lua").read_text()
+    check = lua.eval(f"function(obj)\n{script}\nend")
+    hs = check(lua.table_from(obj, recursive=True))
+    return str(hs["status"]), str(hs["message"])
+
+
+@pytest.fixture(scope="session")
+def peering(crds: None) -> str:
+    create_peering("mpaas-operator-e2e")
+    return "mpaas-operator-e2e"
+
+
+@pytest.fixture
+def operator(peering: str, spawn: Callable[..., Process]) -> Process:
+    """One operator process for the cluster tier, watching every namespace."""
+    return start_operator(spawn, peering=peering)
 
 
 TIERS = {"unit", "contract", "api", "component", "cluster"}

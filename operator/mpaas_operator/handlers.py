@@ -1,9 +1,13 @@
 """Handler registration: which event runs which reconcile. No logic lives here.
 
-Create, update and resume all run the same idempotent reconcile. Events on our
-Deployments refresh the owner's status (pods became ready, someone scaled) or,
-when a child was deleted by hand, reconcile the owner to put it back. A slow
-timer re-reconciles everything to heal drift and re-check credentials.
+Create, update and resume all run the same idempotent reconcile. Watches on
+the children the operator owns heal drift at once: a deleted child is
+recreated, a child changed by hand (a scaled Deployment, an edited Service) is
+applied back, and Deployment status changes refresh the owner's status. A
+change to a Secret that a vendor PushChannel names re-checks that channel's
+credentials. Nothing runs on a timer, so no resource carries a finalizer:
+deleting one never needs the operator (garbage collection removes the
+children), and it can be deleted after the operator is uninstalled.
 """
 
 from __future__ import annotations
@@ -15,11 +19,11 @@ from typing import Any
 import kopf
 
 from mpaas.api import DELIVERY_TASK, GROUP, KINDS, MPAAS_GATEWAY, PUSH_CHANNEL, SYNC_TOPIC, VERSION
-from mpaas.kube import ApiError, KubeClient
+from mpaas.kube import BUILTIN, ApiError, KubeClient
 
+from . import events
 from .builders.common import MANAGED_BY, OWNER_KIND_LABEL, OWNER_NAME_LABEL
 from .reconcile import delivery_task, gateway, push_channel, sync_topic
-from .settings import SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +34,21 @@ RECONCILERS: dict[str, Reconcile] = {
     DELIVERY_TASK.kind: delivery_task.reconcile,
     SYNC_TOPIC.kind: sync_topic.reconcile,
 }
+MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
+# Children whose spec changes bump metadata.generation (they have a status subresource); for the
+# others every modification is checked.
+CHILDREN_WITH_GENERATION = ("Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget")
+CHILDREN_WITHOUT_GENERATION = ("Service", "ServiceAccount", "Role", "RoleBinding")
 
 
-async def _run(reconcile: Reconcile, memo: kopf.Memo, body: kopf.Body) -> None:
+async def _run(reconcile: Reconcile, client: KubeClient, body: dict[str, Any]) -> Any:
     try:
-        await reconcile(memo.kube, dict(body))
+        return await reconcile(client, body)
     except ApiError as e:
         if e.status in (409, 429) or e.status >= 500:
             raise kopf.TemporaryError(f"API server: {e}", delay=5) from e
         if e.status == 404:
-            return  # the resource went away while we worked
+            return None  # the resource went away while we worked
         raise kopf.TemporaryError(str(e), delay=30) from e
 
 
@@ -48,44 +57,110 @@ def _register(plural: str, reconcile: Reconcile) -> None:
     @kopf.on.create(GROUP, VERSION, plural, id="reconcile")
     @kopf.on.update(GROUP, VERSION, plural, id="reconcile", field="spec")
     async def on_change(memo: kopf.Memo, body: kopf.Body, **_: Any) -> None:
-        await _run(reconcile, memo, body)
-
-    @kopf.timer(
-        GROUP,
-        VERSION,
-        plural,
-        id="resync",
-        interval=SETTINGS.status_interval_seconds,
-        initial_delay=SETTINGS.status_interval_seconds,
-        idle=SETTINGS.status_interval_seconds / 2,
-    )
-    async def resync(memo: kopf.Memo, body: kopf.Body, **_: Any) -> None:
-        await _run(reconcile, memo, body)
+        await _run(reconcile, memo.kube, dict(body))
 
 
 for _kind in KINDS.values():
     _register(_kind.plural, RECONCILERS[_kind.kind])
 
 
-@kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
-async def child_deployment_event(memo: kopf.Memo, event: kopf.RawEvent, **_: Any) -> None:
-    deployment: dict[str, Any] = dict(event["object"])
-    lbls = deployment["metadata"].get("labels") or {}
+async def _owner(client: KubeClient, child: dict[str, Any]) -> dict[str, Any] | None:
+    """The live resource a child belongs to, or None when it is gone or going."""
+    lbls = child["metadata"].get("labels") or {}
     kind = KINDS.get(lbls.get(OWNER_KIND_LABEL, ""))
     owner_name = lbls.get(OWNER_NAME_LABEL)
     if kind is None or not owner_name:
+        return None
+    owner = await client.get(kind.resource, child["metadata"]["namespace"], owner_name)
+    if owner is None or owner["metadata"].get("deletionTimestamp"):
+        return None
+    return owner
+
+
+async def _heal(client: KubeClient, owner: dict[str, Any], child: dict[str, Any], deleted: bool) -> None:
+    """Reconcile the owner of a child that was deleted or changed; say so when the child had drifted."""
+    kind, name = child["kind"], child["metadata"]["name"]
+    if deleted:
+        await events.post(client, owner, events.NORMAL, "Restoring", f"{kind} {name} was deleted; recreating it")
+    status = await _run(RECONCILERS[owner["kind"]], client, owner)
+    if deleted or status is None:
+        return
+    # Did our apply change it back? Generation moves with spec changes; kinds without it, with any write.
+    key = "generation" if kind in CHILDREN_WITH_GENERATION else "resourceVersion"
+    now = await client.get(BUILTIN[kind], child["metadata"]["namespace"], name)
+    if now is not None and now["metadata"].get(key) != child["metadata"].get(key):
+        await events.post(
+            client, owner, events.NORMAL, "DriftCorrected", f"{kind} {name} was changed outside the operator; restored"
+        )
+
+
+def _watch_children(kind: str, with_generation: bool) -> None:
+    rt = BUILTIN[kind]
+    seen: dict[str, int] = {}  # child uid -> last seen metadata.generation
+
+    @kopf.on.event(rt.group, rt.version, rt.plural, labels=MANAGED, id=f"child-{kind}")
+    async def child_event(memo: kopf.Memo, event: kopf.RawEvent, **_: Any) -> None:
+        child: dict[str, Any] = dict(event["object"])
+        child.setdefault("kind", kind)
+        uid, generation = child["metadata"].get("uid", ""), int(child["metadata"].get("generation") or 0)
+        client: KubeClient = memo.kube
+        try:
+            if event["type"] == "DELETED":
+                seen.pop(uid, None)
+                owner = await _owner(client, child)
+                if owner is not None:
+                    log.info("%s %s of %s/%s was deleted; recreating", kind, child["metadata"]["name"], *_who(owner))
+                    await _heal(client, owner, child, deleted=True)
+                return
+            previous = seen.get(uid)
+            seen[uid] = generation
+            if event["type"] is None:  # the initial listing: the resume handlers reconcile every owner
+                changed = False
+            elif with_generation:
+                changed = previous is not None and previous != generation
+            else:
+                changed = event["type"] == "MODIFIED"
+            owner = await _owner(client, child) if changed or kind == "Deployment" else None
+            if owner is None:
+                return
+            if changed:
+                await _heal(client, owner, child, deleted=False)
+            elif owner["kind"] == MPAAS_GATEWAY.kind:
+                await gateway.refresh(client, owner, child)
+            elif owner["kind"] == PUSH_CHANNEL.kind:
+                await push_channel.refresh(client, owner, child)
+        except (ApiError, kopf.TemporaryError) as e:
+            log.warning("handling a change of %s %s failed: %s", kind, child["metadata"].get("name"), e)
+
+
+def _who(owner: dict[str, Any]) -> tuple[str, str]:
+    return owner["kind"], owner["metadata"]["name"]
+
+
+for _child in CHILDREN_WITH_GENERATION:
+    _watch_children(_child, with_generation=True)
+for _child in CHILDREN_WITHOUT_GENERATION:
+    _watch_children(_child, with_generation=False)
+
+
+@kopf.index(GROUP, VERSION, PUSH_CHANNEL.plural)
+def channel_secrets(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], str] | None:
+    """(namespace, Secret name) -> the PushChannels naming it in credentialsSecretRef."""
+    secret = (spec.get("credentialsSecretRef") or {}).get("name")
+    return {(namespace or "", secret): name} if secret else None
+
+
+@kopf.on.event("", "v1", "secrets", id="channel-credentials")
+async def secret_event(memo: kopf.Memo, event: kopf.RawEvent, namespace: str | None, name: str, **kwargs: Any) -> None:
+    if event["type"] is None or namespace is None:  # the initial listing: the resume handlers check every channel
         return
     client: KubeClient = memo.kube
-    owner = await client.get(kind.resource, deployment["metadata"]["namespace"], owner_name)
-    if owner is None or owner["metadata"].get("deletionTimestamp"):
-        return
-    try:
-        if event["type"] == "DELETED":
-            log.info("%s of %s/%s was deleted; recreating", deployment["metadata"]["name"], kind.kind, owner_name)
-            await RECONCILERS[kind.kind](client, owner)
-        elif kind is MPAAS_GATEWAY:
-            await gateway.refresh(client, owner, deployment)
-        elif kind is PUSH_CHANNEL:
-            await push_channel.refresh(client, owner, deployment)
-    except ApiError as e:
-        log.warning("status refresh of %s %s failed: %s", kind.kind, owner_name, e)
+    index: kopf.Index[tuple[str, str], str] = kwargs["channel_secrets"]  # kopf passes indexes by their id
+    for channel in index.get((namespace, name), ()):
+        body = await client.get(PUSH_CHANNEL.resource, namespace, channel)
+        if body is not None and not body["metadata"].get("deletionTimestamp"):
+            log.info("Secret %s/%s changed; re-checking PushChannel %s", namespace, name, channel)
+            try:
+                await _run(push_channel.reconcile, client, body)
+            except (ApiError, kopf.TemporaryError) as e:
+                log.warning("re-checking PushChannel %s/%s failed: %s", namespace, channel, e)

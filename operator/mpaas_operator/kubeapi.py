@@ -3,7 +3,8 @@
 Children are written with server-side apply under one field manager, each
 with a controller owner reference to its resource, so garbage collection
 removes them with it and another manager's fields (an HPA's replica count,
-a user's annotation) are left alone.
+a user's annotation) are left alone. Creating a child or changing a
+Deployment's replica count is posted as an Event on the owner.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from mpaas.api import Kind
 from mpaas.kube import BUILTIN, KubeClient
 
+from . import events
 from .builders.common import MANAGED_BY, Children
 from .settings import SETTINGS
 
@@ -35,10 +37,18 @@ async def apply_children(client: KubeClient, owner: dict[str, Any], children: Ch
     """Apply the desired children, delete the unwanted optional ones; returns applied objects by kind."""
     ref = owner_reference(owner)
     applied: dict[str, dict[str, Any]] = {}
-    for child in children.apply:
-        child["metadata"]["ownerReferences"] = [ref]
-        applied[child["kind"]] = await client.apply(BUILTIN[child["kind"]], child, field_manager=SETTINGS.field_manager)
     namespace = owner["metadata"]["namespace"]
+    for child in children.apply:
+        kind, name = child["kind"], child["metadata"]["name"]
+        child["metadata"]["ownerReferences"] = [ref]
+        before = await client.get(BUILTIN[kind], namespace, name)
+        applied[kind] = await client.apply(BUILTIN[kind], child, field_manager=SETTINGS.field_manager)
+        if before is None:
+            await events.post(client, owner, events.NORMAL, "Created", f"Created {kind} {name}")
+        elif kind == "Deployment":
+            old, new = (before.get("spec") or {}).get("replicas"), (applied[kind].get("spec") or {}).get("replicas")
+            if "replicas" in child["spec"] and old != new:
+                await events.post(client, owner, events.NORMAL, "Scaled", f"Scaled {kind} {name} from {old} to {new}")
     for kind, name in children.absent:
         existing = await client.get(BUILTIN[kind], namespace, name)
         if existing is None:
@@ -47,6 +57,7 @@ async def apply_children(client: KubeClient, owner: dict[str, Any], children: Ch
         if owned and existing["metadata"].get("labels", {}).get("app.kubernetes.io/managed-by") == MANAGED_BY:
             await client.delete(BUILTIN[kind], namespace, name)
             log.info("deleted %s %s/%s: no longer wanted by %s", kind, namespace, name, owner["kind"])
+            await events.post(client, owner, events.NORMAL, "Deleted", f"Deleted {kind} {name}: no longer needed")
     return applied
 
 

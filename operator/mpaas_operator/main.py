@@ -9,7 +9,7 @@ from typing import Any
 
 import kopf
 
-from mpaas.kube import ApiError, KubeClient, ResourceType
+from mpaas.kube import KubeClient, ResourceType
 from mpaas.service import setup_logging
 
 from . import handlers  # noqa: F401  (registers the handlers)
@@ -24,9 +24,12 @@ KOPF_PEERINGS = ResourceType("kopf.dev", "v1", "kopfpeerings")
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Active/standby: every replica joins one peering; the highest priority works, the others pause.
-    # Equal priorities freeze everyone, so each process draws its own.
+    # Equal priorities freeze everyone, so each process draws its own. A short lifetime makes a dead
+    # leader's entry expire in seconds (kopf then touches every second): the takeover after a crash.
     settings.peering.name = SETTINGS.peering
-    settings.peering.mandatory = True
+    settings.peering.standalone = SETTINGS.standalone
+    settings.peering.mandatory = not SETTINGS.standalone
+    settings.peering.lifetime = SETTINGS.peering_lifetime_seconds
     settings.peering.priority = SETTINGS.priority if SETTINGS.priority is not None else random.randint(1, 2**31 - 1)
     settings.peering.stealth = False
     # Keep kopf's bookkeeping in annotations under our group, not in our status.
@@ -34,41 +37,39 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="operator.mpaas.io", key="last-handled-configuration"
     )
+    # No handler needs one (handlers.py); kopf removes this one from resources an older version marked.
     settings.persistence.finalizer = "operator.mpaas.io/finalizer"
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     settings.watching.connect_timeout = 10
-    settings.posting.level = logging.WARNING
+    settings.posting.enabled = False  # the operator posts its own Events (events.py), folded like client-go's
     settings.execution.max_workers = 8
     memo.kube = KubeClient()
-    await ensure_peering(memo.kube, settings.peering.name, SETTINGS.namespace)
+    if not SETTINGS.standalone:
+        await check_peering(memo.kube, settings.peering.name, SETTINGS.watched_namespaces())
     log.info(
-        "operator starting: peering %s, priority %s, image %s",
-        settings.peering.name,
+        "operator starting: %s, priority %s, image %s",
+        "standalone" if SETTINGS.standalone else f"peering {settings.peering.name}",
         settings.peering.priority,
         SETTINGS.image,
     )
 
 
-async def ensure_peering(client: KubeClient, name: str, namespace: str | None) -> None:
-    """Create the peering object replicas meet on, if it is not there yet (kopf does not)."""
-    if namespace:
-        rt, obj = (
-            KOPF_PEERINGS,
-            {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": name, "namespace": namespace}},
-        )
-    else:
-        rt, obj = (
-            CLUSTER_KOPF_PEERINGS,
-            {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}},
-        )
-    if await client.get(rt, namespace, name) is None:
-        try:
-            await client.create(rt, obj)
-            log.info("created %s %s", obj["kind"], name)
-        except ApiError as e:
-            if e.status != 409:  # another replica was faster
-                raise
+async def check_peering(client: KubeClient, name: str, namespaces: list[str]) -> None:
+    """Refuse to start without the peering object: two replicas that cannot see each other would both work.
+
+    The chart creates it (and `helm uninstall` removes it); the operator never does.
+    """
+    wanted: list[tuple[ResourceType, str | None]] = [(KOPF_PEERINGS, ns) for ns in namespaces]
+    for rt, ns in wanted or [(CLUSTER_KOPF_PEERINGS, None)]:
+        if await client.get(rt, ns, name) is None:
+            kind = "KopfPeering" if ns else "ClusterKopfPeering"
+            where = f" in namespace {ns}" if ns else ""
+            raise kopf.PermanentError(
+                f"{kind} {name}{where} not found: install the operator with its chart (which creates it), "
+                f"create it (apiVersion kopf.dev/v1, kind {kind}), or run one replica with "
+                "MPAAS_OPERATOR_STANDALONE=true"
+            )
 
 
 @kopf.on.cleanup()
@@ -83,11 +84,11 @@ async def apiserver_probe(memo: kopf.Memo, **_: Any) -> str:
 
 def run() -> int:
     setup_logging(SETTINGS.log_level, SETTINGS.log_format)
-    namespaces = [SETTINGS.namespace] if SETTINGS.namespace else None
+    namespaces = SETTINGS.watched_namespaces()
     asyncio.run(
         kopf.operator(
-            clusterwide=namespaces is None,
-            namespaces=namespaces or (),
+            clusterwide=not namespaces,
+            namespaces=namespaces,
             liveness_endpoint=f"http://0.0.0.0:{SETTINGS.health_port}/healthz",
             memo=kopf.Memo(),
         )

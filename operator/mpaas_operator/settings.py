@@ -15,17 +15,23 @@ class OperatorSettings(BaseSettings):
     image_pull_policy: str = "IfNotPresent"
     # Shared state (Redis) for the gateways whose spec names none: redis://host:port/db.
     redis_url: str | None = None
-    # Watch one namespace, or all when unset.
-    namespace: str | None = None
-    # Active/standby: replicas sharing a peering name; the highest priority works, the rest stand by.
+    # Comma-separated namespaces to watch; empty: every namespace.
+    namespaces: str = ""
+    # Active/standby: replicas meet in this kopf peering object (the chart creates it); the highest
+    # priority works, the rest stand by. A peer that stops touching it for `peering_lifetime_seconds`
+    # is dead and a standby takes over; each live peer touches it every second.
     peering: str = "mpaas-operator"
+    peering_lifetime_seconds: int = 5
     priority: int | None = None  # random per process when unset, so two replicas never tie
+    # One replica and no peering object (local runs).
+    standalone: bool = False
     field_manager: str = "mpaas-operator"
-    # Re-check status from children this often even without events.
-    status_interval_seconds: float = 60.0
     health_port: int = 8081
     log_format: str = "json"
     log_level: str = "INFO"
+
+    def watched_namespaces(self) -> list[str]:
+        return [n.strip() for n in self.namespaces.split(",") if n.strip()]
 
 
 SETTINGS = OperatorSettings()

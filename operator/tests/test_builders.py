@@ -8,7 +8,7 @@ from mpaas.api import MPAAS_GATEWAY
 from mpaas.api.push import LinkSettings
 from mpaas_operator import conditions
 from mpaas_operator.builders import gateway, link
-from mpaas_operator.reconcile.common import workload_conditions
+from mpaas_operator.reconcile.common import kstatus, workload_conditions
 
 pytestmark = pytest.mark.unit
 
@@ -133,7 +133,9 @@ def test_link_children() -> None:
     assert "PodDisruptionBudget" not in out
 
 
-def deployment(desired: int, ready: int, updated: int, replicas: int, gen: int = 2, seen: int = 2) -> dict[str, Any]:
+def deployment(
+    desired: int, ready: int, updated: int, replicas: int, gen: int = 2, seen: int = 2, progress: str = ""
+) -> dict[str, Any]:
     return {
         "metadata": {"generation": gen},
         "spec": {"replicas": desired},
@@ -142,24 +144,40 @@ def deployment(desired: int, ready: int, updated: int, replicas: int, gen: int =
             "readyReplicas": ready,
             "updatedReplicas": updated,
             "replicas": replicas,
+            "conditions": [{"type": "Progressing", "status": "True", "reason": progress, "message": "m"}],
         },
     }
 
 
 @pytest.mark.parametrize(
-    ("dep", "ready", "reason"),
+    ("dep", "ready", "reason", "reconciling"),
     [
-        (deployment(2, 2, 2, 2), "True", "Available"),
-        (deployment(2, 1, 2, 2), "False", "Progressing"),
-        (deployment(2, 0, 0, 0), "False", "Unavailable"),
-        (deployment(2, 2, 2, 2, gen=3, seen=2), "False", "Progressing"),
-        (deployment(0, 0, 0, 0), "True", "ScaledToZero"),
-        (None, "False", "DeploymentMissing"),
+        (deployment(2, 2, 2, 2), "True", "Available", False),
+        (deployment(2, 1, 2, 2), "False", "Progressing", True),
+        (deployment(2, 0, 0, 0), "False", "Progressing", True),
+        (deployment(2, 2, 2, 2, gen=3, seen=2), "False", "Progressing", True),
+        (deployment(0, 0, 0, 0), "True", "ScaledToZero", False),
+        (None, "False", "DeploymentMissing", True),
+        # The rollout finished, then pods stopped being ready (crashing, failing probes).
+        (deployment(2, 0, 2, 2, progress="NewReplicaSetAvailable"), "False", "Unavailable", False),
+        (deployment(2, 1, 2, 2, progress="NewReplicaSetAvailable"), "False", "Degraded", False),
+        (deployment(2, 0, 1, 2, progress="ProgressDeadlineExceeded"), "False", "ProgressDeadlineExceeded", False),
     ],
 )
-def test_workload_conditions(dep: dict[str, Any] | None, ready: str, reason: str) -> None:
-    conds, _ = workload_conditions(dep)
-    assert (conds[0]["type"], conds[0]["status"], conds[0]["reason"]) == ("Ready", ready, reason)
+def test_workload_conditions(dep: dict[str, Any] | None, ready: str, reason: str, reconciling: bool) -> None:
+    cond, rolling, _, _ = workload_conditions(dep)
+    assert (cond["type"], cond["status"], cond["reason"], rolling) == ("Ready", ready, reason, reconciling)
+
+
+@pytest.mark.parametrize(
+    ("reason", "stalled"),
+    [("InvalidSpec", True), ("CredentialsMissing", True), ("Conflict", True), ("NotImplemented", False)],
+)
+def test_kstatus_conditions(reason: str, stalled: bool) -> None:
+    conds = {c["type"]: c for c in kstatus(conditions.condition("Ready", False, reason, "why"))}
+    assert set(conds) == {"Ready", "Reconciling", "Stalled"}
+    assert conds["Stalled"]["status"] == ("True" if stalled else "False")
+    assert conds["Reconciling"]["status"] == "False"
 
 
 def test_transition_time_moves_only_when_status_flips() -> None:

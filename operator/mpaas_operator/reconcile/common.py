@@ -1,4 +1,14 @@
-"""Status pieces every kind shares."""
+"""Status pieces every kind shares.
+
+Conditions follow the kstatus conventions GitOps tools read (Flux, Argo CD,
+kpt): `Ready` says whether the resource does its job, `Reconciling=True` while
+the operator is still converging (a rollout in progress), `Stalled=True` when
+it cannot make progress without a change from the user (an invalid spec, a
+missing Secret, a conflict). `status.observedGeneration` and each condition's
+`observedGeneration` say which spec the status describes.
+
+A change of the Ready condition is also posted as a Kubernetes Event.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +18,17 @@ from typing import Any
 from mpaas.api import InvalidResource, Kind
 from mpaas.kube import KubeClient
 
-from .. import conditions
+from .. import conditions, events
 from ..kubeapi import patch_status
 
 log = logging.getLogger(__name__)
+
+# Ready=False reasons that need the user: Stalled=True and a Warning event.
+STALLED_REASONS = frozenset({"InvalidSpec", "CredentialsMissing", "Conflict", "ProgressDeadlineExceeded"})
+# Ready=False reasons worth a Warning event although the operator keeps working on them.
+WARNING_REASONS = STALLED_REASONS | {"Unavailable", "Degraded"}
+# The kinds whose component is not built yet report Ready=False with this reason (never Ready=True).
+NOT_IMPLEMENTED = "NotImplemented"
 
 
 def identity(body: dict[str, Any]) -> tuple[str, str, int]:
@@ -23,18 +40,28 @@ def previous_conditions(body: dict[str, Any]) -> list[dict[str, Any]]:
     return (body.get("status") or {}).get("conditions") or []
 
 
+def kstatus(ready: dict[str, Any], *, reconciling: bool = False, progress: str = "") -> list[dict[str, Any]]:
+    """Ready plus the Reconciling and Stalled conditions derived from it."""
+    stalled = ready["status"] == "False" and ready["reason"] in STALLED_REASONS
+    return [
+        ready,
+        conditions.condition(
+            "Reconciling",
+            reconciling,
+            "RolloutInProgress" if reconciling else "Reconciled",
+            progress if reconciling else "",
+        ),
+        conditions.condition(
+            "Stalled", stalled, ready["reason"] if stalled else "Reconciled", ready["message"] if stalled else ""
+        ),
+    ]
+
+
 async def report_invalid(client: KubeClient, kind: Kind, body: dict[str, Any], err: InvalidResource) -> None:
     """Ready=False/InvalidSpec with what to fix. Children stay as the last valid spec left them."""
-    namespace, name, generation = identity(body)
+    namespace, name, _ = identity(body)
     log.warning("%s %s/%s has an invalid spec: %s", kind.kind, namespace, name, err.detail)
-    conds = conditions.merge(
-        previous_conditions(body),
-        [
-            conditions.condition("Ready", False, "InvalidSpec", err.detail),
-        ],
-        generation,
-    )
-    await patch_status(client, kind, namespace, name, {"observedGeneration": generation, "conditions": conds})
+    await report(client, kind, body, kstatus(conditions.condition("Ready", False, "InvalidSpec", err.detail)))
 
 
 async def report(
@@ -47,16 +74,30 @@ async def report(
         **fields,
     }
     await patch_status(client, kind, namespace, name, status)
+    await _post_ready_change(client, body, conditions.get(previous_conditions(body), "Ready"), conds)
     return status
 
 
-def workload_conditions(deployment: dict[str, Any] | None) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """Ready and Progressing from a Deployment's status, plus its replica counts."""
+async def _post_ready_change(
+    client: KubeClient, body: dict[str, Any], before: dict[str, Any] | None, conds: list[dict[str, Any]]
+) -> None:
+    ready = conditions.get(conds, "Ready")
+    if ready is None:
+        return
+    # A problem that needs the user is repeated on every reconcile that still finds it (a new spec, a
+    # changed Secret): the Event's count grows. Otherwise only a new status or reason is news (replica
+    # counts move the message on every pod).
+    if ready["reason"] not in STALLED_REASONS and before is not None:
+        if (before.get("status"), before.get("reason")) == (ready["status"], ready["reason"]):
+            return
+    type_ = events.WARNING if ready["status"] == "False" and ready["reason"] in WARNING_REASONS else events.NORMAL
+    await events.post(client, body, type_, ready["reason"], ready["message"] or ready["reason"])
+
+
+def workload_conditions(deployment: dict[str, Any] | None) -> tuple[dict[str, Any], bool, str, dict[str, int]]:
+    """Ready from a Deployment's status, whether it is still rolling out, a progress line, and replica counts."""
     if deployment is None:
-        return [
-            conditions.condition("Ready", False, "DeploymentMissing", "waiting for the Deployment"),
-            conditions.condition("Progressing", True, "Creating", ""),
-        ], {}
+        return conditions.condition("Ready", False, "DeploymentMissing", "waiting for the Deployment"), True, "", {}
     spec, st = deployment.get("spec") or {}, deployment.get("status") or {}
     desired = int(spec.get("replicas") or 0)
     counts = {
@@ -66,19 +107,20 @@ def workload_conditions(deployment: dict[str, Any] | None) -> tuple[list[dict[st
     }
     seen = int(st.get("observedGeneration") or 0) >= int(deployment["metadata"].get("generation") or 0)
     settled = seen and counts["updatedReplicas"] >= desired and counts["replicas"] == desired
+    progressing = conditions.get(st.get("conditions"), "Progressing") or {}
     msg = f"{counts['readyReplicas']}/{desired} replicas ready"
     if desired == 0:
         ready = conditions.condition("Ready", True, "ScaledToZero", "0 replicas requested")
     elif settled and counts["readyReplicas"] >= desired:
         ready = conditions.condition("Ready", True, "Available", msg)
-    elif counts["readyReplicas"] > 0:
-        ready = conditions.condition("Ready", False, "Progressing", msg)
+    elif progressing.get("reason") == "ProgressDeadlineExceeded":
+        ready = conditions.condition(
+            "Ready", False, "ProgressDeadlineExceeded", f"{msg}; the rollout stopped: {progressing.get('message', '')}"
+        )
+    elif settled and progressing.get("reason") == "NewReplicaSetAvailable":
+        # The rollout finished, yet pods are not ready: they crash or fail their probes.
+        reason = "Unavailable" if counts["readyReplicas"] == 0 else "Degraded"
+        ready = conditions.condition("Ready", False, reason, msg)
     else:
-        ready = conditions.condition("Ready", False, "Unavailable", msg)
-    progressing = conditions.condition(
-        "Progressing",
-        not (settled and counts["readyReplicas"] >= desired),
-        "RolloutInProgress" if not settled else "Settled",
-        msg,
-    )
-    return [ready, progressing], counts
+        ready = conditions.condition("Ready", False, "Progressing", msg)
+    return ready, ready["reason"] == "Progressing", msg, counts

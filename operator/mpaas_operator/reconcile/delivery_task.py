@@ -1,4 +1,9 @@
-"""DeliveryTask: validation and status. (Stage progression and package checks: the delivery component.)"""
+"""DeliveryTask: validation and status.
+
+Nothing serves releases yet (the delivery component serves health only), so a
+valid task reports Ready=False with reason NotImplemented and what it would
+release; stage progression and package checks come with the delivery component.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from mpaas.api.delivery import DeliveryTaskSpec
 from mpaas.kube import KubeClient
 
 from .. import conditions
-from .common import report, report_invalid
+from .common import NOT_IMPLEMENTED, kstatus, report, report_invalid
 
 
 async def reconcile(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] | None:
@@ -22,10 +27,13 @@ async def reconcile(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] 
     stage = int(status.get("currentStage") or 0)
     percent = spec.stages[min(stage, len(spec.stages) - 1)].percent if spec.stages else spec.targeting.percent
     if spec.rollback:
-        ready = conditions.condition("Ready", True, "RolledBack", "the release is withdrawn; clients get no update")
+        what = "withdrawn: clients would get no update"
         percent = 0
     elif spec.paused:
-        ready = conditions.condition("Ready", True, "Paused", f"held at {percent}%")
+        what = f"paused at {percent}% of the targeted devices"
     else:
-        ready = conditions.condition("Ready", True, "Accepted", f"releasing to {percent}% of the targeted devices")
-    return await report(client, DELIVERY_TASK, body, [ready], currentStage=stage, currentPercent=percent)
+        what = f"would release to {percent}% of the targeted devices"
+    ready = conditions.condition(
+        "Ready", False, NOT_IMPLEMENTED, f"valid; {what}; no delivery component serves releases yet"
+    )
+    return await report(client, DELIVERY_TASK, body, kstatus(ready), currentStage=stage, currentPercent=percent)

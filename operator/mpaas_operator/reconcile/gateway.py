@@ -12,7 +12,7 @@ from ..builders import gateway as builder
 from ..builders.common import selector_string
 from ..kubeapi import apply_children
 from ..settings import SETTINGS
-from .common import identity, report, report_invalid, workload_conditions
+from .common import identity, kstatus, report, report_invalid, workload_conditions
 
 
 async def reconcile(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] | None:
@@ -44,12 +44,12 @@ async def reconcile(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] 
 async def report_from(
     client: KubeClient, body: dict[str, Any], spec: GatewaySpec, deployment: dict[str, Any] | None
 ) -> dict[str, Any]:
-    conds, counts = workload_conditions(deployment)
+    ready, reconciling, progress, counts = workload_conditions(deployment)
     return await report(
         client,
         MPAAS_GATEWAY,
         body,
-        conds,
+        kstatus(ready, reconciling=reconciling, progress=progress),
         **counts,
         selector=selector_string(builder.selector(body["metadata"]["name"])),
         apiCount=len(spec.apis),

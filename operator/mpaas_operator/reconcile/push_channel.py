@@ -1,4 +1,9 @@
-"""PushChannel: the link workload for type Link; a credentials check for vendor channels."""
+"""PushChannel: the link workload for type Link; a credentials check for vendor channels.
+
+Neither delivers a message yet (the link and push components serve health
+only), so a channel never reports Ready=True: Ready=False with reason
+NotImplemented once everything the operator does for it is in place.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from .. import conditions
 from ..builders import link as builder
 from ..kubeapi import apply_children
 from ..settings import SETTINGS
-from .common import identity, report, report_invalid, workload_conditions
+from .common import NOT_IMPLEMENTED, identity, kstatus, report, report_invalid, workload_conditions
 
 
 def _spec(body: dict[str, Any]) -> PushChannelSpec:
@@ -37,15 +42,17 @@ async def reconcile(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] 
         return await refresh(client, body, applied.get("Deployment"))
     # Vendor channel: no workload of its own yet; make sure its credentials are usable.
     problem = await credentials_problem(client, namespace, spec)
-    conds = [
-        conditions.condition(
+    if problem:
+        ready = conditions.condition("Ready", False, "CredentialsMissing", problem)
+    else:
+        ready = conditions.condition(
             "Ready",
-            problem is None,
-            "CredentialsMissing" if problem else "CredentialsFound",
-            problem or f"Secret {spec.credentials_secret_ref.name} has every key {spec.type} needs",  # type: ignore[union-attr]
+            False,
+            NOT_IMPLEMENTED,
+            f"Secret {spec.credentials_secret_ref.name} has every key {spec.type} needs; "  # type: ignore[union-attr]
+            f"no sender delivers through {spec.type} yet",
         )
-    ]
-    return await report(client, PUSH_CHANNEL, body, conds)
+    return await report(client, PUSH_CHANNEL, body, kstatus(ready))
 
 
 async def credentials_problem(client: KubeClient, namespace: str, spec: PushChannelSpec) -> str | None:
@@ -69,5 +76,15 @@ async def refresh(client: KubeClient, body: dict[str, Any], deployment: dict[str
         _spec(body)
     except InvalidResource:
         return None
-    conds, counts = workload_conditions(deployment)
-    return await report(client, PUSH_CHANNEL, body, conds, readyReplicas=counts.get("readyReplicas", 0))
+    ready, reconciling, progress, counts = workload_conditions(deployment)
+    if ready["status"] == "True":
+        ready = conditions.condition(
+            "Ready", False, NOT_IMPLEMENTED, f"{progress}; the link pods serve health only, no connections yet"
+        )
+    return await report(
+        client,
+        PUSH_CHANNEL,
+        body,
+        kstatus(ready, reconciling=reconciling, progress=progress),
+        readyReplicas=counts.get("readyReplicas", 0),
+    )

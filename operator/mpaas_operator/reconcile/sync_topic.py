@@ -1,4 +1,8 @@
-"""SyncTopic: validation, uniqueness of (appId, bizType) in a namespace, and status."""
+"""SyncTopic: validation, uniqueness of (appId, bizType) in a namespace, and status.
+
+No sync component serves oplogs yet, so a valid topic reports Ready=False with
+reason NotImplemented (and a conflicting one reason Conflict).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from mpaas.api.sync import SyncTopicSpec
 from mpaas.kube import KubeClient
 
 from .. import conditions
-from .common import identity, report, report_invalid
+from .common import NOT_IMPLEMENTED, identity, kstatus, report, report_invalid
 
 
 async def reconcile(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] | None:
@@ -42,8 +46,9 @@ async def reconcile(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] 
     else:
         ready = conditions.condition(
             "Ready",
-            True,
-            "Accepted",
-            f"{spec.scope} scope, {spec.persistence}, keeps {spec.retention.max_oplogs} oplogs",
+            False,
+            NOT_IMPLEMENTED,
+            f"valid: {spec.scope} scope, {spec.persistence}, keeps {spec.retention.max_oplogs} oplogs; "
+            "no sync component serves oplogs yet",
         )
-    return await report(client, SYNC_TOPIC, body, [ready])
+    return await report(client, SYNC_TOPIC, body, kstatus(ready))
