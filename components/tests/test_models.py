@@ -107,3 +107,11 @@ def test_generated_files_are_current() -> None:
     ):
         for name, text in files.items():
             assert (folder / name).read_text() == text, f"{folder / name} drifted: run hack/gen-crds"
+
+
+def test_a_field_nothing_reads_is_refused_not_ignored() -> None:
+    obj = copy.deepcopy(example("MpaasGateway"))
+    obj["spec"]["rollout"] = {"steps": [{"setWeight": 10}, {"pause": {"durationSeconds": 60}}]}
+    with pytest.raises(InvalidResource) as e:
+        MPAAS_GATEWAY.parse_spec(obj)
+    assert "spec.rollout: stepwise rollouts are not implemented yet" in str(e.value)

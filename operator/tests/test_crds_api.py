@@ -77,6 +77,7 @@ def test_schema_defaults_are_filled_in(namespace: str) -> None:
         ),
         (lambda s: s.update(sharedState={"url": "http://r"}), "spec.sharedState.url"),
         (lambda s: s.update(workersPerPod=0), "spec.workersPerPod"),
+        (lambda s: s.update(rollout={"steps": [{"setWeight": 10}]}), "stepwise rollouts are not implemented yet"),
     ],
 )
 def test_gateway_rules_reject_with_a_message(namespace: str, mutate, message: str) -> None:  # type: ignore[no-untyped-def]

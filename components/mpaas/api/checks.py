@@ -24,8 +24,16 @@ def _rule(where: str, rule: str | None, problems: list[str]) -> None:
             problems.append(f"{where}: {e}")
 
 
+ROLLOUT_NOT_IMPLEMENTED = (
+    "spec.rollout: stepwise rollouts are not implemented yet; remove it "
+    "(gateway pods roll out with their Deployment's rolling update)"
+)
+
+
 def check_gateway(spec: GatewaySpec) -> list[str]:
     problems: list[str] = []
+    if spec.rollout is not None:  # refused rather than accepted and ignored (the CRD refuses it too)
+        problems.append(ROLLOUT_NOT_IMPLEMENTED)
     upstreams = {u.name for u in spec.upstreams}
     app_ids = {a.app_id for a in spec.apps}
     groups = {u.name for u in spec.upstreams if u.clusters}

@@ -646,6 +646,11 @@ class GatewaySpec(ApiModel):
             "!has(self.autoscaling) || self.autoscaling.minReplicas <= self.autoscaling.maxReplicas",
             "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
         ),
+        cel(
+            "!has(self.rollout)",
+            "spec.rollout: stepwise rollouts are not implemented yet; remove it "
+            "(gateway pods roll out with their Deployment's rolling update)",
+        ),
     ]
     image: str | None = Field(
         default=None,
@@ -681,7 +686,8 @@ class GatewaySpec(ApiModel):
     )
     rollout: Rollout | None = Field(
         default=None,
-        description="Not used yet: a stepwise rollout of changes; accepted, but nothing reads it.",
+        description="Not implemented yet, so refused: a stepwise rollout of changes. Gateway pods roll out with "
+        "their Deployment's rolling update.",
     )
     max_body_bytes: int = Field(
         default=1_048_576,
