@@ -46,6 +46,8 @@ async def test_gateway_lifecycle(operator: Process, namespace: str) -> None:
     assert dep["metadata"]["ownerReferences"][0]["kind"] == "MpaasGateway"
     assert get(namespace, "service", "mgw-demo-gateway") and get(namespace, "pdb", "mgw-demo-gateway")
     assert get(namespace, "hpa", "mgw-demo-gateway") is None
+    # Two pods and no Redis anywhere: each keeps its own nonces, and the status says what that costs.
+    assert condition(gw, "Degraded")["reason"] == "NoSharedState" and condition(gw, "Degraded")["status"] == "True"
 
     # Scale through the scale subresource: the Deployment follows, status reports it.
     kubectl("scale", "-n", namespace, "mpaasgateway/demo-gateway", "--replicas=3")
@@ -140,6 +142,27 @@ async def test_invalid_spec_is_reported_not_retried(operator: Process, namespace
         what="Ready after the fix",
     )
     assert "Traceback" not in operator.output()
+
+
+async def test_only_allowed_images_run(operator: Process, namespace: str) -> None:
+    """spec.image runs with the gateway's Secrets: the operator runs only images it is told to trust."""
+    gw = example("MpaasGateway")
+    gw["spec"]["image"] = "docker.io/someone/else:latest"
+    assert apply_yaml(namespace, gw).returncode == 0
+    cond = await eventually(
+        lambda: (
+            condition(get(namespace, "mpaasgateway", "demo-gateway")).get("reason") == "InvalidSpec"
+            and condition(get(namespace, "mpaasgateway", "demo-gateway"))
+        ),
+        timeout=30,
+        what="InvalidSpec",
+    )
+    assert "spec.image docker.io/someone/else:latest is not allowed" in cond["message"]
+    assert get(namespace, "deployment", "mgw-demo-gateway") is None
+    gw["spec"]["image"] = "registry.example/mpaas:e2e-2"  # another tag of the operator's own image
+    apply_yaml(namespace, gw)
+    dep = await eventually(lambda: get(namespace, "deployment", "mgw-demo-gateway"), timeout=30, what="Deployment")
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/mpaas:e2e-2"
 
 
 async def test_workers_without_shared_state_are_refused(operator: Process, namespace: str) -> None:

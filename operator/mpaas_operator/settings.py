@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mpaas import __version__
@@ -13,6 +15,10 @@ class OperatorSettings(BaseSettings):
     # Image of the components the operator deploys (one image, a subcommand per component).
     image: str = f"ghcr.io/mpaas-io/mpaas:{__version__}"
     image_pull_policy: str = "IfNotPresent"
+    # Images an MpaasGateway's spec.image may name: comma-separated patterns (fnmatch: `*`, `?`). Empty:
+    # any tag or digest of the operator's own image repository. Whoever may create an MpaasGateway runs
+    # that image with read access to the Secrets it names, so this is a security boundary.
+    allowed_images: str = ""
     # Shared state (Redis) for the gateways whose spec names none: redis://host:port/db.
     redis_url: str | None = None
     # Comma-separated namespaces to watch; empty: every namespace.
@@ -30,8 +36,21 @@ class OperatorSettings(BaseSettings):
     log_format: str = "json"
     log_level: str = "INFO"
 
+    def image_allowed(self, image: str) -> bool:
+        patterns = [p.strip() for p in self.allowed_images.split(",") if p.strip()]
+        if not patterns:
+            repository = _repository(self.image)
+            patterns = [f"{repository}:*", f"{repository}@sha256:*"]
+        return any(fnmatch.fnmatchcase(image, p) for p in patterns)
+
     def watched_namespaces(self) -> list[str]:
         return [n.strip() for n in self.namespaces.split(",") if n.strip()]
+
+
+def _repository(image: str) -> str:
+    """`registry:5000/team/app:tag@sha256:...` -> `registry:5000/team/app`."""
+    name = image.split("@")[0]
+    return name[: name.rfind(":")] if name.rfind(":") > name.rfind("/") else name
 
 
 SETTINGS = OperatorSettings()

@@ -9,6 +9,8 @@ from mpaas.api.push import LinkSettings
 from mpaas_operator import conditions
 from mpaas_operator.builders import gateway, link
 from mpaas_operator.reconcile.common import kstatus, workload_conditions
+from mpaas_operator.reconcile.gateway import shared_state_condition
+from mpaas_operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.unit
 
@@ -187,3 +189,40 @@ def test_transition_time_moves_only_when_status_flips() -> None:
     assert same[0]["lastTransitionTime"] == "2020-01-01T00:00:00Z" and same[0]["observedGeneration"] == 2
     flipped = conditions.merge(same, [conditions.condition("Ready", True, "Available")], 2)
     assert flipped[0]["lastTransitionTime"] != "2020-01-01T00:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("allowed", "image", "ok"),
+    [
+        ("", "ghcr.io/mpaas-io/mpaas:9.9.9", True),
+        ("", "ghcr.io/mpaas-io/mpaas@sha256:" + "0" * 64, True),
+        ("", "ghcr.io/mpaas-io/mpaas-evil:1", False),
+        ("", "docker.io/attacker/miner:latest", False),
+        ("registry.corp:5000/mobile/*", "registry.corp:5000/mobile/gw:2", True),
+        ("registry.corp:5000/mobile/*", "ghcr.io/mpaas-io/mpaas:1", False),
+    ],
+)
+def test_gateway_images_are_allow_listed(allowed: str, image: str, ok: bool) -> None:
+    settings = OperatorSettings(image="ghcr.io/mpaas-io/mpaas:0.1.0", allowed_images=allowed)
+    assert settings.image_allowed(image) is ok
+
+
+def test_pods_outlive_their_endpoints_before_draining() -> None:
+    out = by_kind(gateway.build("shop", "ns", spec(), image="i", pull_policy="Always"))
+    pod = out["Deployment"]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
+    assert pod["terminationGracePeriodSeconds"] > 5 + 10  # preStop, then the drain
+
+
+@pytest.mark.parametrize(
+    ("fields", "degraded"),
+    [
+        ({"replicas": 2}, "True"),
+        ({"replicas": 1}, "False"),
+        ({"replicas": 1, "autoscaling": {"minReplicas": 1, "maxReplicas": 3}}, "True"),
+        ({"replicas": 3, "sharedState": {"url": "redis://r:6379/0"}}, "False"),
+    ],
+)
+def test_replicas_without_shared_state_are_degraded(fields: dict[str, Any], degraded: str) -> None:
+    parsed = spec(**fields)
+    assert shared_state_condition(parsed)["status"] == degraded

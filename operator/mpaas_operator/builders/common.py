@@ -38,6 +38,8 @@ def meta(name: str, namespace: str, lbls: dict[str, str]) -> dict[str, Any]:
     return {"name": name, "namespace": namespace, "labels": lbls}
 
 
+PRE_STOP_SECONDS = 5
+TERMINATION_GRACE_SECONDS = 30  # the preStop wait, then the component's drain, then SIGKILL
 CONTAINER_SECURITY = {
     "runAsNonRoot": True,
     "readOnlyRootFilesystem": True,
@@ -87,6 +89,9 @@ def component_container(
             "initialDelaySeconds": 5,
         },
         "resources": {k: v for k, v in resources.items() if v},
+        # Keep serving while the endpoints controller and kube-proxy take the pod out of the Service:
+        # SIGTERM (and the drain) comes only after this, so a rolling update refuses no connection.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
         "securityContext": CONTAINER_SECURITY,
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
@@ -111,7 +116,7 @@ def deployment(
                 "serviceAccountName": service_account,
                 "automountServiceAccountToken": True,
                 "securityContext": POD_SECURITY,
-                "terminationGracePeriodSeconds": 30,
+                "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
                 "containers": [container],
                 "volumes": [{"name": "tmp", "emptyDir": {}}],
                 "topologySpreadConstraints": [

@@ -8,6 +8,7 @@ from mpaas.api import MPAAS_GATEWAY, InvalidResource
 from mpaas.api.gateway import GatewaySpec
 from mpaas.kube import KubeClient
 
+from .. import conditions
 from ..builders import gateway as builder
 from ..builders.common import selector_string
 from ..kubeapi import apply_children
@@ -25,6 +26,14 @@ async def reconcile(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] 
                 body,
                 "spec.workersPerPod > 1 needs spec.sharedState (or the operator's redis.url): "
                 "the workers must share nonces and rate limits",
+            )
+        if spec.image and not SETTINGS.image_allowed(spec.image):
+            raise InvalidResource(
+                MPAAS_GATEWAY.kind,
+                body,
+                f"spec.image {spec.image} is not allowed: this operator runs only "
+                f"{SETTINGS.allowed_images or 'its own image repository'} (Helm value allowedImages); "
+                "remove spec.image or ask the platform team to allow it",
             )
     except InvalidResource as e:
         await report_invalid(client, MPAAS_GATEWAY, body, e)
@@ -49,7 +58,7 @@ async def report_from(
         client,
         MPAAS_GATEWAY,
         body,
-        kstatus(ready, reconciling=reconciling, progress=progress),
+        [*kstatus(ready, reconciling=reconciling, progress=progress), shared_state_condition(spec)],
         **counts,
         selector=selector_string(builder.selector(body["metadata"]["name"])),
         apiCount=len(spec.apis),
@@ -63,3 +72,17 @@ async def refresh(client: KubeClient, body: dict[str, Any], deployment: dict[str
     except InvalidResource:
         return  # the InvalidSpec condition stays until the spec is fixed
     await report_from(client, body, spec, deployment)
+
+
+def shared_state_condition(spec: GatewaySpec) -> dict[str, Any]:
+    """Degraded=True when several pods keep nonces and rate limits each: a replay is accepted by another pod."""
+    pods = spec.autoscaling.max_replicas if spec.autoscaling else spec.replicas
+    if pods > 1 and spec.shared_state is None and not SETTINGS.redis_url:
+        return conditions.condition(
+            "Degraded",
+            True,
+            "NoSharedState",
+            f"up to {pods} pods keep nonces and rate-limit buckets each: a request replayed to another pod is "
+            "accepted and each pod allows the full rate; set spec.sharedState or the operator's redis.url",
+        )
+    return conditions.condition("Degraded", False, "SharedState" if pods > 1 else "SinglePod", "")
