@@ -136,3 +136,18 @@ def test_cluster_group_references_are_checked(clusters: list, message: str) -> N
     }
     with pytest.raises(InvalidResource, match=message):
         resource(spec)
+
+
+def test_header_mappings_match_any_spelling_of_the_name() -> None:
+    from mpaas.http1 import Headers
+
+    table = compile_gateway(
+        resource(
+            {  # type: ignore[arg-type]
+                "upstreams": [{"name": "u", "endpoints": [{"url": "http://a:1"}]}],
+                "apis": [{"operationType": "a", "upstream": "u", "headerMappings": [{"from": "X-Device", "to": "d"}]}],
+            }
+        )
+    )
+    ((src, _),) = table.apis["a"].header_mappings
+    assert Headers([("x-device", "phone-1")]).get(src) == "phone-1"  # names arrive lower-cased

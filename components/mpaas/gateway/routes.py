@@ -396,7 +396,8 @@ class Compiler:
                 timeout_seconds=timeout_ms / 1000,
                 online=a.state == ApiState.ONLINE,
                 allowed_apps=frozenset(a.apps),
-                header_mappings=tuple((m.from_, m.to) for m in a.header_mappings),
+                # Request header names are kept lower-case (http1.Headers): match any spelling.
+                header_mappings=tuple((m.from_.lower(), m.to) for m in a.header_mappings),
                 retries=a.retries,
                 rate_limit=_limit(a.rate_limit),
                 canary=canary,
