@@ -13,6 +13,16 @@ pipelined requests answered in order, chunked request bodies (httptools),
 `Expect: 100-continue` answered when the handler reads the body, HEAD, a body
 limit enforced while reading, 400 on malformed requests, idle connections
 closed after `keepalive_seconds`, and a drain on stop.
+
+It faces the internet, so every resource a client can hold is bounded
+(`Limits`): the head's size and header count (431), the time to send a head
+and the pace of a body (408), the connections held at once (503). A request
+that cannot be served (malformed, too large, too slow) is refused only after
+the requests before it on the connection are answered, in order; then the
+connection closes. Bytes after a request that ends the connection
+(`Connection: close`, HTTP/1.0) are ignored, never served; an HTTP/1.0
+request with `Transfer-Encoding` is refused (400), as are conflicting
+`Content-Length` / `Transfer-Encoding` (llhttp).
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, Protocol
@@ -35,6 +46,20 @@ log = logging.getLogger("mpaas.http")
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _MAX_PIPELINED = 16  # queued requests per connection before reading pauses
+_LINGER_SECONDS = 2.0  # after refusing a request, how long what the client still sends is read and dropped
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client may hold of the server; the answer when it asks for more (docs/gateway.md)."""
+
+    max_head_bytes: int = 65536  # request line and headers, bytes (431)
+    max_headers: int = 100  # header lines (431)
+    head_timeout_seconds: float = 10.0  # from a request's first byte to the end of its head (408)
+    # A body may take `body_timeout_seconds`, plus one second per `min_body_rate` bytes received (408).
+    body_timeout_seconds: float = 10.0
+    min_body_rate: int = 8192
+    max_connections: int = 10000  # open at once; more are answered 503 and closed
 
 
 class Headers(Mapping[str, str]):
@@ -62,6 +87,18 @@ class Headers(Mapping[str, str]):
     def items(self) -> list[tuple[str, str]]:  # type: ignore[override]
         return self._pairs
 
+    def repeated(self) -> set[str]:
+        """Names sent more than once (empty for most requests: checked by length first)."""
+        if len(self._first) == len(self._pairs):
+            return set()
+        seen: set[str] = set()
+        out: set[str] = set()
+        for name, _ in self._pairs:
+            if name in seen:
+                out.add(name)
+            seen.add(name)
+        return out
+
 
 class Request:
     """One request: method, path (percent-decoded), query string, headers, client address, and its body."""
@@ -69,9 +106,11 @@ class Request:
     __slots__ = (
         "_conn",
         "_waiter",
+        "body_clock",
         "chunks",
         "client_ip",
         "complete",
+        "failed",
         "headers",
         "keep_alive",
         "limit",
@@ -95,6 +134,7 @@ class Request:
         self.limit = 1 << 62
         self.overflow = False
         self.complete = False
+        self.failed = False  # its bytes broke off (malformed, too slow): answered with the connection's failure
         self.keep_alive = True
         self._conn: _Connection | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -106,6 +146,7 @@ class Request:
         # (upstreams): the difference is the time the request spent in this server.
         self.received = time.perf_counter()
         self.waited = 0.0
+        self.body_clock = self.received  # when the body's time started (or 100 Continue was sent)
 
     @classmethod
     def whole(cls, method: str, path: str, headers: dict[str, str], body: bytes, client_ip: str = "") -> Request:
@@ -122,10 +163,11 @@ class Request:
         """The whole body, or None when it grows past `limit` bytes or the client goes away."""
         if not self.complete:
             conn = self._conn
-            if conn is None or conn.closed:
+            if conn is None or conn.closed or self.failed:
                 return None
             if self.headers.get("expect", "").lower() == "100-continue" and conn.transport is not None:
                 conn.transport.write(_CONTINUE)
+                self.body_clock = time.perf_counter()  # the client sends the body only now
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
             if not self.complete:
@@ -174,6 +216,7 @@ class Reply(Protocol):
     status: int
     headers: dict[str, str]
     body: bytes
+    more: list[tuple[str, str]] | None  # further lines, names that repeat (set-cookie), after `headers`
 
 
 Handler = Callable[[Request], Awaitable[Reply]]
@@ -202,11 +245,15 @@ class Server:
         body_limit: Callable[[], int] | None = None,
         keepalive_seconds: float = 5.0,
         reuse_port: bool = False,
+        limits: Limits | None = None,
     ):
         self.app, self.host, self.port = app, host, port
         self.router = router or (lambda _path: None)
         self.body_limit = body_limit or (lambda: 8 << 20)
         self.keepalive_seconds = keepalive_seconds
+        # Given here, else the app's (the gateway's come from its settings), else the defaults.
+        app_limits = getattr(app, "server_limits", None)
+        self.limits: Limits = limits or (app_limits if isinstance(app_limits, Limits) else Limits())
         self.reuse_port = reuse_port  # several processes on one port (mpaas.workers)
         self.connections: set[_Connection] = set()
         self.lifespan_state: dict[str, Any] = {}
@@ -240,17 +287,30 @@ class Server:
             raise
         if self.port == 0:
             self.port = self._server.sockets[0].getsockname()[1]
-        if self.keepalive_seconds > 0:
-            self._sweeper = loop.create_task(self._sweep())
+        self._sweeper = loop.create_task(self._sweep())
         log.info("listening on http://%s:%d", self.host, self.port)
 
     async def _sweep(self) -> None:
-        """Close connections idle for `keepalive_seconds` (one timer for all, not one per request)."""
+        """One timer for all connections, not one per request: close those idle for `keepalive_seconds`,
+        answer 408 where a head or a body is late."""
+        lim = self.limits
+        every = min(t for t in (self.keepalive_seconds, lim.head_timeout_seconds, lim.body_timeout_seconds) if t > 0)
         while True:
-            await asyncio.sleep(self.keepalive_seconds / 4)
-            limit = time.monotonic() - self.keepalive_seconds
+            await asyncio.sleep(every / 4)
+            now, clock = time.monotonic(), time.perf_counter()
+            idle = now - self.keepalive_seconds if self.keepalive_seconds > 0 else -1.0
             for conn in list(self.connections):
-                if conn.last_active < limit and not conn.busy:
+                if not conn.deaf:  # (a deaf one reads no more: it answers what it has, then closes)
+                    if conn.in_head and now - conn.head_started > lim.head_timeout_seconds:
+                        conn.fail(408, "request head not received in time")
+                        continue
+                    req = conn.current
+                    if req is not None and (
+                        clock - req.body_clock > lim.body_timeout_seconds + req.size / max(lim.min_body_rate, 1)
+                    ):
+                        conn.fail(408, "request body not received in time")
+                        continue
+                if conn.last_active < idle and not conn.busy:
                     conn.abort()
 
     async def stop(self, drain_seconds: float) -> None:
@@ -328,13 +388,22 @@ class Server:
 
 class _Connection(asyncio.Protocol):
     __slots__ = (
+        "_failure",
+        "_head_fresh",
+        "_head_size",
+        "_head_spill",
         "_headers",
+        "_max_head",
+        "_max_headers",
         "_paused",
         "_url",
         "busy",
         "client_ip",
         "closed",
         "current",
+        "deaf",
+        "head_started",
+        "in_head",
         "last_active",
         "loop",
         "parser",
@@ -357,17 +426,32 @@ class _Connection(asyncio.Protocol):
         self.busy = False
         self.closed = False
         self.upgraded = False
+        self.deaf = False  # reads nothing more: after an Upgrade, a request that ends the connection, a failure
+        self._failure: tuple[int, str] | None = None  # the answer owed once the requests before it are answered
         self._paused = False
         self._url = b""
         self._headers: list[tuple[str, str]] = []
         self.last_active = time.monotonic()  # bytes in or the last answer out; read by the server's sweep
+        # The head being received: since when, its bytes in complete lines, and in chunks it spans whole.
+        self.in_head = False
+        self.head_started = 0.0
+        self._head_size = 0
+        self._head_spill = 0
+        self._head_fresh = False
+        self._max_head, self._max_headers = server.limits.max_head_bytes, server.limits.max_headers
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) else ""
-        self.server.connections.add(self)
+        server = self.server
+        if len(server.connections) >= server.limits.max_connections:
+            self.deaf = self.closed = True
+            transport.write(_refusal(503, b"too many connections", server.date_header()))  # type: ignore[attr-defined]
+            transport.close()
+            return
+        server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -378,41 +462,93 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
-        if self.upgraded:
-            return  # bytes of a protocol this server does not speak: the connection closes after the answer
+        if self.deaf:
+            return  # after an Upgrade, a request that closes the connection, or a failure: nothing more is read
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             # An Upgrade (h2c, websocket) is optional for the server: answer in HTTP/1.1, then close.
             # As under uvicorn, the parser hands over what follows the head, so such a request has no body.
-            self.upgraded = True
+            self.upgraded = self.deaf = True
             for req in (self.serving, self.current, *self.pending):
                 if req is not None:
                     req.keep_alive = False
         except httptools.HttpParserError as e:
-            self._reject(f"malformed request: {e}")
+            if not self.deaf:  # else a callback already decided, or what follows a closing request is ignored
+                self.fail(400, f"malformed request: {e}")
+            return
+        if self.in_head:  # a head still incomplete: httptools holds its partial line, so count whole chunks
+            if self._head_fresh:
+                self._head_fresh = False  # the chunk it began in (at most one read) is not counted
+            else:
+                self._head_spill += len(data)
+                if self._head_spill > self._max_head:
+                    self.fail(431, "request head too large")
 
-    def _reject(self, why: str) -> None:
-        body = why.encode("latin-1", "replace")
-        if self.transport is not None and not self.busy:
-            self.transport.write(
-                b"HTTP/1.1 400 Bad Request\r\n%bcontent-type: text/plain\r\ncontent-length: %d\r\n"
-                b"connection: close\r\n\r\n%b" % (self.server.date_header(), len(body), body)
-            )
-        self.abort()
+    def fail(self, status: int, why: str) -> None:
+        """Read nothing more; answer the requests already parsed, in order, then `status`, then close."""
+        if self._failure is not None or self.closed:
+            return
+        self._failure = (status, why)
+        self.deaf = True
+        self.in_head = False
+        req = self.current
+        self.current = None
+        if req is not None:
+            req.failed = True
+            if req is self.serving:
+                req._wake()  # its handler stops waiting for the body; the answer is the failure
+            elif req in self.pending:
+                self.pending.remove(req)  # never started
+        if not self.busy:
+            self._send_failure()
+
+    def _send_failure(self) -> None:
+        failure, transport = self._failure, self.transport
+        if failure is None or transport is None or self.closed:
+            self.abort()
+            return
+        transport.write(_refusal(failure[0], failure[1].encode("latin-1", "replace"), self.server.date_header()))
+        # A lingering close: a client still sending would get a reset, which can destroy the answer before it
+        # reads it. Half-close, discard what still comes (deaf), and close when it does or after _LINGER.
+        self.closed = True
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.loop.call_later(_LINGER_SECONDS, transport.close)
+        else:
+            transport.close()
+
+    def eof_received(self) -> bool:
+        return False  # the client is done: close (after what is being written)
 
     # httptools callbacks
     def on_message_begin(self) -> None:
+        if self.deaf:
+            raise ValueError("no request is read after one that closes the connection")
         self._url = b""
         self._headers = []
+        self.in_head = self._head_fresh = True
+        self.head_started = self.last_active
+        self._head_size = self._head_spill = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > self._max_head:
+            self.fail(431, "request line too long")
+            raise ValueError("refused")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        headers = self._headers
+        headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        self._head_size += len(name) + len(value)
+        if self._head_size + len(self._url) > self._max_head or len(headers) > self._max_headers:
+            self.fail(
+                431, "request header fields too large" if len(headers) <= self._max_headers else "too many headers"
+            )
+            raise ValueError("refused")
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
         url = self._url
         if url[:1] == b"/":
             raw, _, query = url.partition(b"?")
@@ -422,7 +558,12 @@ class _Connection(asyncio.Protocol):
             raw_path, query = (parsed.path or b"/").decode("latin-1"), parsed.query or b""
         path = unquote(raw_path) if "%" in raw_path else raw_path
         method = self.parser.get_method().decode("ascii", "replace")
-        req = Request(method, path, query.decode("latin-1"), Headers(self._headers), self.client_ip)
+        headers = Headers(self._headers)
+        if "transfer-encoding" in headers and self.parser.get_http_version() == "1.0":
+            # RFC 9112 6.1: the framing of such a message is faulty; as nginx does, refuse it.
+            self.fail(400, "Transfer-Encoding in an HTTP/1.0 request")
+            raise ValueError("refused")
+        req = Request(method, path, query.decode("latin-1"), headers, self.client_ip)
         req.raw_path = raw_path
         req.keep_alive = self.parser.should_keep_alive() and not self.upgraded
         req.limit = self.server.body_limit()
@@ -451,6 +592,8 @@ class _Connection(asyncio.Protocol):
             req.complete = True
             req._wake()
             self.current = None
+            if not req.keep_alive:
+                self.deaf = True  # what follows a request that ends the connection is never served
 
     # serving
     def _next(self) -> None:
@@ -460,6 +603,9 @@ class _Connection(asyncio.Protocol):
             self.loop.create_task(self._serve(self.serving))
         else:
             self.busy, self.serving = False, None
+            if self._failure is not None:
+                self._send_failure()  # every request before it is answered
+                return
             if self._paused and self.transport is not None:
                 self._paused = False
                 self.transport.resume_reading()
@@ -472,8 +618,14 @@ class _Connection(asyncio.Protocol):
             if handler is not None:
                 reply = await handler(req)
                 status, body, lines = reply.status, reply.body, len(reply.headers)
+                more = reply.more
                 # The joins loop in C; each line then ends with CRLF, checked below.
-                joined = "\r\n".join(map(": ".join, reply.headers.items()))
+                if more:
+                    pairs = [*reply.headers.items(), *more]
+                    lines = len(pairs)
+                    joined = "\r\n".join(map(": ".join, pairs))
+                else:
+                    joined = "\r\n".join(map(": ".join, reply.headers.items()))
                 head = (joined + "\r\n").encode("latin-1", "replace") if lines else b""
             else:
                 buffered = await server.call_asgi(req)
@@ -484,6 +636,9 @@ class _Connection(asyncio.Protocol):
         if head.count(b"\n") != lines or head.count(b"\r") != lines:  # a stray CR or LF would split the head
             log.error("refusing a response head with a bare line break on %s %s", req.method, req.path)
             status, head, body, lines = 500, b"content-type: text/plain\r\n", b"internal error", 1
+        if req.failed:  # its bytes broke off: the connection's failure is its answer
+            self._send_failure()
+            return
         # A body that did not fully arrive (too large, or unread) leaves the stream mid-message: close after.
         keep = req.keep_alive and req.complete and not req.overflow
         transport = self.transport
@@ -518,6 +673,16 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+
+def _refusal(status: int, why: bytes, date: bytes) -> bytes:
+    return b"HTTP/1.1 %d %b\r\n%bcontent-type: text/plain\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%b" % (
+        status,
+        _REASONS.get(status, b""),
+        date,
+        len(why),
+        why,
+    )
 
 
 class _Lifespan:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from mpaas.http1 import Request, Server
+from mpaas.http1 import Headers, Limits, Request, Server
 
 pytestmark = pytest.mark.unit
 
@@ -20,6 +20,7 @@ class Reply:
     status: int
     headers: dict[str, str]
     body: bytes = b""
+    more: list[tuple[str, str]] | None = None
 
 
 @dataclass
@@ -202,3 +203,163 @@ async def test_a_header_with_a_line_break_never_leaves(server: Server, query: st
     assert r.status_code == status and "x-injected" not in r.headers
     if status == 200:
         assert r.headers["x-bad"] == "ok" and r.headers["x-fine"] == "a: b"
+
+
+# --- limits and failures: what a client may hold, and answers never lost -------------------------------------
+
+LIMITS = Limits(
+    max_head_bytes=2048,
+    max_headers=20,
+    head_timeout_seconds=0.4,
+    body_timeout_seconds=0.4,
+    min_body_rate=1000,
+    max_connections=4,
+)
+
+
+@pytest_asyncio.fixture
+async def limited() -> AsyncIterator[Server]:
+    s = Server(Asgi(), "127.0.0.1", 0, router=lambda p: echo if p.startswith("/h") else None, limits=LIMITS)
+    await s.start()
+    yield s
+    await s.stop(1.0)
+
+
+async def status_of(port: int, data: bytes, seconds: float = 3) -> bytes:
+    """The whole exchange until the server closes (the test fails if it does not)."""
+    return await exchange(port, data, until=lambda b: False, seconds=seconds)
+
+
+async def test_a_huge_head_is_refused_431_whether_it_comes_at_once_or_in_pieces(limited: Server) -> None:
+    got = await status_of(limited.port, b"GET /h HTTP/1.1\r\nx-big: " + b"a" * 5000 + b"\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 431") and b"connection: close" in got
+    got = await status_of(limited.port, b"GET /h?" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 431")
+    # A head that never ends, sent in pieces: refused once it passes the limit, not buffered on.
+    reader, writer = await asyncio.open_connection("127.0.0.1", limited.port)
+    writer.write(b"GET /h HTTP/1.1\r\nx-big: ")
+    answer = b""
+    for _ in range(200):
+        try:
+            writer.write(b"a" * 512)
+            await writer.drain()
+        except ConnectionError:
+            break
+        await asyncio.sleep(0)
+        if reader.at_eof() or reader._buffer:  # type: ignore[attr-defined]
+            break
+    answer = await asyncio.wait_for(reader.read(), 3)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 431")
+
+
+async def test_too_many_headers_are_refused_431(limited: Server) -> None:
+    head = b"GET /h HTTP/1.1\r\n" + b"".join(b"x-%d: 1\r\n" % i for i in range(21)) + b"\r\n"
+    got = await status_of(limited.port, head)
+    assert got.startswith(b"HTTP/1.1 431") and b"too many headers" in got
+    fine = b"GET /h HTTP/1.1\r\n" + b"".join(b"x-%d: 1\r\n" % i for i in range(20)) + b"connection: close\r\n\r\n"
+    assert (await status_of(limited.port, fine)).startswith(b"HTTP/1.1 431")  # 21 lines with connection
+    fine = b"GET /h HTTP/1.1\r\n" + b"".join(b"x-%d: 1\r\n" % i for i in range(19)) + b"connection: close\r\n\r\n"
+    assert (await status_of(limited.port, fine)).startswith(b"HTTP/1.1 200")
+
+
+async def test_a_slow_head_is_answered_408(limited: Server) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", limited.port)
+    started = asyncio.get_running_loop().time()
+    got = b""
+    for ch in b"GET /h HTTP/1.1\r\nx-slow: 1234567890\r\n\r\n":
+        if reader.at_eof():
+            break
+        try:
+            writer.write(bytes([ch]))
+        except ConnectionError:
+            break
+        await asyncio.sleep(0.05)  # each byte keeps the connection active, the head never completes in time
+        if len(reader._buffer):  # type: ignore[attr-defined]
+            break
+    got = await asyncio.wait_for(reader.read(), 3)
+    writer.close()
+    assert got.startswith(b"HTTP/1.1 408") and b"head" in got
+    assert asyncio.get_running_loop().time() - started < 2
+
+
+async def test_a_body_never_sent_or_too_slow_is_answered_408(limited: Server) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", limited.port)
+    writer.write(b"POST /h HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nab")  # 98 bytes never come
+    got = await asyncio.wait_for(reader.read(), 3)
+    writer.close()
+    assert got.startswith(b"HTTP/1.1 408") and b"body" in got
+    # A body trickling below min_body_rate: 10 bytes/s against 1000 bytes/s after a 0.4 s grace.
+    reader, writer = await asyncio.open_connection("127.0.0.1", limited.port)
+    writer.write(b"POST /h HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n")
+    for _ in range(30):
+        if len(reader._buffer) or reader.at_eof():  # type: ignore[attr-defined]
+            break
+        try:
+            writer.write(b"a")
+        except ConnectionError:
+            break
+        await asyncio.sleep(0.1)
+    got = await asyncio.wait_for(reader.read(), 3)
+    writer.close()
+    assert got.startswith(b"HTTP/1.1 408")
+
+
+async def test_connections_over_the_cap_get_503(limited: Server) -> None:
+    held = [await asyncio.open_connection("127.0.0.1", limited.port) for _ in range(4)]
+    await asyncio.sleep(0.05)
+    reader, writer = await asyncio.open_connection("127.0.0.1", limited.port)
+    got = await asyncio.wait_for(reader.read(), 3)
+    assert got.startswith(b"HTTP/1.1 503") and b"connection: close" in got
+    writer.close()
+    for _, w in held:
+        w.close()
+    await asyncio.sleep(0.1)
+    got = await status_of(limited.port, b"GET /h HTTP/1.1\r\nconnection: close\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 200")  # room again once they closed
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        b"GET /h2 HTTP/1.1\r\n\r\n",  # a request after one that ends the connection
+        b"\x00\x01junk",
+    ],
+)
+async def test_a_request_that_ends_the_connection_is_answered_and_what_follows_ignored(
+    server: Server, after: bytes
+) -> None:
+    got = await status_of(server.port, b"POST /h1 HTTP/1.1\r\nconnection: close\r\ncontent-length: 2\r\n\r\nab" + after)
+    assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"ba") and got.count(b"HTTP/1.1") == 1
+    got = await status_of(server.port, b"POST /h1 HTTP/1.0\r\ncontent-length: 2\r\n\r\nab" + after)
+    assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"ba") and got.count(b"HTTP/1.1") == 1
+
+
+async def test_pipelined_answers_come_before_the_refusal_of_junk(server: Server) -> None:
+    reqs = b"POST /slow HTTP/1.1\r\ncontent-length: 1\r\n\r\nz" + b"GET /h9 HTTP/1.1\r\n\r\n" + b"\x00junk\r\n\r\n"
+    got = await status_of(server.port, reqs)
+    first, second, refusal = got.find(b"X-Path: /slow"), got.find(b"X-Path: /h9"), got.find(b"HTTP/1.1 400")
+    assert 0 < first < second < refusal and got.count(b"HTTP/1.1 ") == 3, got
+
+
+async def test_http10_with_transfer_encoding_is_refused_and_never_served(server: Server) -> None:
+    smuggle = (
+        b"POST /h1 HTTP/1.0\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n"
+        b"GET /h2 HTTP/1.1\r\n\r\n"
+    )
+    got = await status_of(server.port, smuggle)
+    assert got.startswith(b"HTTP/1.1 400") and b"X-Path" not in got and got.count(b"HTTP/1.1") == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"zz\r\nab\r\n0\r\n\r\n", b"3\r\nabcdef\r\n0\r\n\r\n", b"3;" + b"x" * 10 + b"\nabc\r\n0\r\n\r\n"],
+)
+async def test_a_malformed_chunked_body_is_answered_400(server: Server, body: bytes) -> None:
+    got = await status_of(server.port, b"POST /h HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n" + body)
+    assert got.startswith(b"HTTP/1.1 400") and b"connection: close" in got
+
+
+async def test_repeated_headers_reach_the_handler_in_order() -> None:
+    h = Headers([("cookie", "a=1"), ("appid", "A"), ("cookie", "b=2")])
+    assert h.get("cookie") == "a=1" and h.repeated() == {"cookie"} and Headers([("a", "1")]).repeated() == set()

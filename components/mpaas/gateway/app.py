@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import logging
 import random
 import re
@@ -33,9 +32,9 @@ from prometheus_client import Counter, Gauge, Histogram
 from ..config import LiveConfig
 from ..crypto import envelope
 from ..crypto.signing import canonical
-from ..http1 import AsgiRequest, Headers
+from ..http1 import AsgiRequest, Headers, Limits
 from ..http1 import Request as Incoming
-from ..rules import percent_of
+from ..rules import parse_uint, percent_of
 from ..service import component_app, trace_id_var
 from ..stores import FallbackHotStore, HotStore, open_hotstore
 from ..tally import CounterTally, HistogramTally
@@ -57,7 +56,7 @@ from .routes import (
     secrets_named,
 )
 from .settings import GatewaySettings
-from .upstream_http import ConnectFailed, UpstreamBroken, UpstreamClient
+from .upstream_http import ConnectFailed, EndpointBusy, ResponseTooLarge, UpstreamBroken, UpstreamClient
 from .upstream_http import Response as UpstreamResponse
 
 log = logging.getLogger("mpaas.gateway")
@@ -105,9 +104,48 @@ _HOP_HEADERS = {
     "traceparent",
     "mgw-key",
     "mgw-key-type",
-    "x-user-id",  # only the gateway's session check may set it
     "expect",
+    # What the upstream learns of who calls, and what: set by the gateway from what it checked, never copied.
+    "appid",
+    "workspaceid",
+    "operation-type",
+    "x-user-id",  # only the gateway's session check may set it
+    "mgw-traceid",
+    "x-forwarded-for",
 }
+# Protocol headers that hold one value: sent twice they would be read one way and forwarded another (3005).
+# The API's session header counts too (table.session.header).
+_SINGLE_VALUED = frozenset(
+    {
+        "host",
+        "content-type",
+        "content-length",
+        "transfer-encoding",
+        "expect",
+        "appid",
+        "workspaceid",
+        "operation-type",
+        "ts",
+        "nonce",
+        "sign",
+        "mgw-key",
+        "mgw-key-type",
+        "mgw-traceid",
+        "traceparent",
+        "if-none-match",
+        "x-user-id",
+        "did",
+        "uid",
+        "app-version",
+        "os-version",
+        "platform",
+        "brand",
+        "model",
+        "city",
+        "network",
+        "channel",
+    }
+)
 
 
 # Names are compared with "_" as "-" (CGI-style upstreams read X_User_Id as X-User-Id): every spelling.
@@ -120,8 +158,6 @@ def _spellings(name: str) -> set[str]:
 
 _NOT_FORWARDED = frozenset(v for name in _HOP_HEADERS for v in _spellings(name))
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
-_EPOCH_MS = re.compile(r"[0-9]{1,15}")
-_CODE = re.compile(r"[0-9]{4}")
 _random_bytes = random.randbytes
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 # Rule attributes the client sends as headers (canary rules, docs/gateway.md).
@@ -146,9 +182,11 @@ class Outcome:
     headers: dict[str, str]
     body: bytes = b""
     upstream: str = ""
+    more: list[tuple[str, str]] | None = None  # header lines whose names repeat (set-cookie), after `headers`
 
     async def send(self, send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
-        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+        pairs = [*self.headers.items(), *(self.more or ())]
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
         raw.append((b"content-length", str(len(self.body)).encode()))
         await send({"type": "http.response.start", "status": self.status, "headers": raw})
         await send({"type": "http.response.body", "body": self.body})
@@ -197,7 +235,11 @@ class Gateway:
         self.concurrency = Concurrency()
         self.cache = ResponseCache()
         # Plain-HTTP upstreams: the lean client (docs/benchmarks.md); https ones: aiohttp.
-        self.lean = UpstreamClient(max_idle=settings.upstream_max_connections)
+        self.lean = UpstreamClient(
+            max_idle=settings.upstream_max_connections,
+            max_connections=settings.upstream_max_connections,
+            max_response_bytes=settings.upstream_max_response_bytes,
+        )
         self.sessions = SessionCache()
         self.http: aiohttp.ClientSession | None = None
 
@@ -205,7 +247,7 @@ class Gateway:
         # aiohttp, not httpx, for upstream calls: measured 5.1k vs 0.3k requests/s (docs/benchmarks.md).
         self.http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
-                limit=self.settings.upstream_max_connections, keepalive_timeout=30, ttl_dns_cache=30
+                limit_per_host=self.settings.upstream_max_connections, keepalive_timeout=30, ttl_dns_cache=30
             ),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
@@ -272,6 +314,15 @@ class Gateway:
     ) -> Outcome:
         if table is EMPTY:
             return _result(codes.GATEWAY_NOT_READY, trace_id, rest=rest)
+        headers = request.headers
+        if len(headers) != len(headers.items()):  # a name repeats (rare: checked only then)
+            twice = headers.repeated()
+            doubled = sorted(twice & _SINGLE_VALUED)
+            if table.session is not None and table.session.header in twice:
+                doubled.append(table.session.header)
+            if doubled:
+                memo = f"{codes.DUPLICATE_HEADER.memo}: {', '.join(doubled)}"
+                return _result(codes.DUPLICATE_HEADER, trace_id, rest=rest, memo=memo)
         if not op:
             return _result(codes.OPERATION_TYPE_MISSING, trace_id, rest=rest)
         api = table.apis.get(op)
@@ -284,9 +335,11 @@ class Gateway:
             return _result(codes.ACCESS_DENIED, trace_id, rest=rest)
         if not api.online:
             return _result(codes.API_OFFLINE, trace_id, rest=rest)
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > table.max_body_bytes:
-            return _result(codes.REQUEST_TOO_LARGE, trace_id, rest=rest)
+        declared = headers.get("content-length")
+        if declared is not None:
+            size = parse_uint(declared)  # the server checked it (ASCII digits); other servers may not
+            if size is None or size > table.max_body_bytes:
+                return _result(codes.REQUEST_TOO_LARGE, trace_id, rest=rest)
         request.mark("route")
         limit = table.max_body_bytes
         read = request.whole_body(limit) if request.complete else await request.body(limit)
@@ -307,11 +360,13 @@ class Gateway:
             session_key, body = opened
             request.mark("decrypt")
         if body:
-            ctype = request.headers.get("content-type", "")
+            ctype = headers.get("content-type", "")
             try:
                 bodycheck.check(ctype, body)
             except ValueError as e:
                 return _result(codes.MALFORMED_BODY, trace_id, rest=rest, memo=f"body is not valid {ctype}: {e}")
+            except RecursionError:  # the checks are bounded; should one not be, the answer is still 3004
+                return _result(codes.MALFORMED_BODY, trace_id, rest=rest, memo=f"body is not valid {ctype}")
         if api.rate_limit and not await self.hot.take_tokens(
             f"rl:{table.gateway}:api:{op}", rate=api.rate_limit[0], burst=api.rate_limit[1]
         ):
@@ -342,10 +397,7 @@ class Gateway:
             cache_key = ResponseCache.key(op, app_id, workspace_id, api.cache[1], body, scope_)
         cached = self.cache.get(cache_key) if cache_key is not None else None
         if api.mock is not None:
-            try:
-                request_json = json.loads(body) if body else None
-            except ValueError:
-                request_json = None
+            request_json = bodycheck.load_json(body) if body else None  # bounded, whatever the Content-Type
             out = Outcome(
                 codes.SUCCESS.code,
                 api.mock.status if rest else 200,
@@ -369,7 +421,9 @@ class Gateway:
             )
         else:
             upstream = self._choose_upstream(request, table, api, op, app_id, workspace_id)
-            out = await self._forward(request, table, api, upstream, body, trace_id, traceparent, rest, extra)
+            out = await self._forward(
+                request, table, api, upstream, body, trace_id, traceparent, rest, extra, (app_id, workspace_id)
+            )
             if cache_key is not None and api.cache is not None and out.code == codes.SUCCESS.code:
                 item = self.cache.put(
                     cache_key, api.cache[0], out.status, out.headers.get("Content-Type", ""), out.body
@@ -455,10 +509,11 @@ class Gateway:
         if not sign:
             return codes.SIGNATURE_MISSING
         ts = h.get("ts", "")
-        if not _EPOCH_MS.fullmatch(ts):
+        ts_ms = parse_uint(ts, 15)  # epoch milliseconds: 13 digits until the year 2286
+        if ts_ms is None:
             return codes.TIMESTAMP_MISSING
         now = time.time()
-        if abs(now * 1000 - int(ts)) > app.timestamp_window_ms:
+        if abs(now * 1000 - ts_ms) > app.timestamp_window_ms:
             return codes.TIMESTAMP_EXPIRED
         nonce = h.get("nonce", "")
         if app.require_nonce and not nonce:
@@ -509,20 +564,32 @@ class Gateway:
         traceparent: str,
         rest: bool,
         extra_headers: dict[str, str] | None = None,
+        identity: tuple[str, str] = ("", ""),  # (AppId, WorkspaceId) as the gateway checked them
     ) -> Outcome:
         assert self.http is not None
-        out_headers = {k: v for k, v in request.headers.items() if k not in _NOT_FORWARDED}
+        headers = request.headers
+        # Pairs, not a dict: names that repeat (cookie) reach the upstream as sent.
+        out_headers = [pair for pair in headers.items() if pair[0] not in _NOT_FORWARDED]
         for src, dst in api.header_mappings:
-            value = request.headers.get(src)
-            if value is not None and dst.lower() not in _NOT_FORWARDED:
-                out_headers[dst] = value
-        if extra_headers:  # last: nothing from the client overrides what the gateway vouches for
-            out_headers.update(extra_headers)
-        out_headers["mgw-traceid"] = trace_id
-        out_headers["traceparent"] = traceparent
+            value = headers.get(src)
+            name = dst.lower()
+            if value is not None and name not in _NOT_FORWARDED:
+                out_headers = [pair for pair in out_headers if pair[0] != name]
+                out_headers.append((name, value))
+        # Who calls and what, as the gateway checked it (the client's own copies were dropped above).
+        app_id, workspace_id = identity
+        if app_id:
+            out_headers.append(("appid", app_id))
+        if workspace_id:
+            out_headers.append(("workspaceid", workspace_id))
+        out_headers.append(("operation-type", api.operation_type))
+        if extra_headers:
+            out_headers.extend(extra_headers.items())
+        out_headers.append(("mgw-traceid", trace_id))
+        out_headers.append(("traceparent", traceparent))
         client_ip = request.client_ip
-        prior = request.headers.get("x-forwarded-for")
-        out_headers["x-forwarded-for"] = f"{prior}, {client_ip}" if prior else client_ip
+        prior = headers.get("x-forwarded-for")
+        out_headers.append(("x-forwarded-for", f"{prior}, {client_ip}" if prior else client_ip))
         params = (request.query or None) if rest else None
         idempotent = api.method in IDEMPOTENT
         tried: set[str] = set()
@@ -558,6 +625,13 @@ class Gateway:
                 resp = await self._call(api, url, body, out_headers, params)
             except TimeoutError:
                 failure, last, retry = "timeout", codes.UPSTREAM_TIMEOUT, idempotent
+            except EndpointBusy as e:
+                # This replica's own connection limit, not the endpoint failing: another endpoint may take it.
+                log.warning("upstream %s endpoint %s: %s", upstream.name, url, e)
+                failure, last, retry = "busy", codes.OVERLOADED, True
+            except ResponseTooLarge as e:
+                log.warning("upstream %s endpoint %s: %s", upstream.name, url, e)
+                failure, last, retry = "too_large", codes.UPSTREAM_RESPONSE_TOO_LARGE, False
             except (aiohttp.ClientConnectorError, ConnectFailed) as e:
                 # The connection was never made: safe to retry whatever the method.
                 log.warning("upstream %s endpoint %s unreachable: %s", upstream.name, url, e)
@@ -571,7 +645,10 @@ class Gateway:
                 if limited:
                     self.concurrency.leave(upstream.name)
             if failure:
-                self._failed(upstream, url, failure)
+                if failure in ("busy", "too_large"):  # the endpoint answers; the breaker is not told
+                    UPSTREAM_ERRORS.labels(upstream.name, failure).inc()
+                else:
+                    self._failed(upstream, url, failure)
                 if retry:
                     continue
                 break
@@ -612,7 +689,7 @@ class Gateway:
         self.breakers.record(upstream.name, url, upstream.breaker, failed=True)
 
     async def _call(
-        self, api: CompiledApi, base: str, body: bytes, headers: dict[str, str], params: str | None
+        self, api: CompiledApi, base: str, body: bytes, headers: list[tuple[str, str]], params: str | None
     ) -> UpstreamResponse:
         if base.startswith("http://"):
             return await self.lean.request(
@@ -635,7 +712,17 @@ class Gateway:
             timeout=aiohttp.ClientTimeout(total=api.timeout_seconds),
             allow_redirects=False,
         ) as resp:
-            return UpstreamResponse(resp.status, resp.headers, await resp.read())
+            limit = self.settings.upstream_max_response_bytes
+            if (resp.content_length or 0) > limit:
+                raise ResponseTooLarge(f"the answer declares {resp.content_length} bytes, over {limit}")
+            parts, size = [], 0
+            async for chunk in resp.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise ResponseTooLarge(f"the answer is over {limit} bytes")
+                parts.append(chunk)
+            cookies = resp.headers.getall("set-cookie", None)
+            return UpstreamResponse(resp.status, resp.headers, b"".join(parts), list(cookies) if cookies else None)
 
     @staticmethod
     def _relay(resp: UpstreamResponse, trace_id: str, rest: bool, upstream: str) -> Outcome:
@@ -645,20 +732,22 @@ class Gateway:
             headers["Content-Type"] = _latin1(ctype)
         if "tips" in resp.headers:  # text for the user, whatever the outcome
             headers["Tips"] = _latin1(resp.headers["tips"])
-        business = resp.headers.get("result-status", "")
-        if _CODE.fullmatch(business) and int(business) in codes.BUSINESS_CODES:
-            headers["Result-Status"] = business
+        # Set-Cookie lines pass through, every one (the only upstream header whose name repeats).
+        more = [("Set-Cookie", c) for c in resp.cookies] if resp.cookies else None
+        business = parse_uint(resp.headers.get("result-status", ""), 4)
+        if business is not None and business in codes.BUSINESS_CODES:
+            headers["Result-Status"] = str(business)
             headers["Memo"] = _latin1(resp.headers.get("memo", ""))
             status = 200 if not rest else resp.status
-            return Outcome(int(business), status, headers, resp.content, upstream)
+            return Outcome(business, status, headers, resp.content, upstream, more)
         if resp.status >= 400:
             code = codes.UPSTREAM_ERROR
             headers.update({"Result-Status": str(code.code), "Memo": f"{code.memo} (HTTP {resp.status})"})
             status = code.http_status if rest else 200
-            return Outcome(code.code, status, headers, resp.content, upstream)
+            return Outcome(code.code, status, headers, resp.content, upstream, more)
         headers.update({"Result-Status": str(codes.SUCCESS.code), "Memo": codes.SUCCESS.memo})
         status = resp.status if rest else 200
-        return Outcome(codes.SUCCESS.code, status, headers, resp.content, upstream)
+        return Outcome(codes.SUCCESS.code, status, headers, resp.content, upstream, more)
 
 
 class GatewayASGI:
@@ -690,6 +779,19 @@ class GatewayASGI:
 
     def body_limit(self) -> int:
         return self.gateway.live.current.max_body_bytes
+
+    @property
+    def server_limits(self) -> Limits:
+        """What a client may hold of the HTTP/1.1 server serving this app (mpaas.http1.Server reads it)."""
+        s = self.gateway.settings
+        return Limits(
+            max_head_bytes=s.max_head_bytes,
+            max_headers=s.max_headers,
+            head_timeout_seconds=s.head_timeout_seconds,
+            body_timeout_seconds=s.body_timeout_seconds,
+            min_body_rate=s.min_body_rate,
+            max_connections=s.max_connections,
+        )
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         handler = self.route(scope["path"]) if scope["type"] == "http" else None

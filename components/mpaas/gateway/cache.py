@@ -8,6 +8,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from . import bodycheck
+
 
 @dataclass(frozen=True)
 class Cached:
@@ -36,10 +38,7 @@ class ResponseCache:
     ) -> str | None:
         """None when the request cannot be keyed (key fields asked for, body not a JSON object)."""
         if key_fields:
-            try:
-                data = json.loads(body) if body else {}
-            except ValueError:
-                return None
+            data = bodycheck.load_json(body) if body else {}  # bounded: None when not JSON or too deep
             if not isinstance(data, dict):
                 return None
             part = json.dumps([data.get(f) for f in key_fields], sort_keys=True, default=str)

@@ -31,10 +31,14 @@ OPERATION_TYPE_UNKNOWN = ResultCode(3001, "OperationTypeUnknown", 404, "no API r
 API_OFFLINE = ResultCode(3002, "ApiOffline", 503, "this API is offline")
 REQUEST_TOO_LARGE = ResultCode(3003, "RequestTooLarge", 413, "request body exceeds the gateway's limit")
 MALFORMED_BODY = ResultCode(3004, "MalformedBody", 400, "request body does not match its Content-Type")
+DUPLICATE_HEADER = ResultCode(3005, "DuplicateHeader", 400, "a single-valued protocol header was sent more than once")
 UPSTREAM_TIMEOUT = ResultCode(4001, "UpstreamTimeout", 504, "upstream did not answer in time")
 UPSTREAM_UNAVAILABLE = ResultCode(4002, "UpstreamUnavailable", 502, "upstream could not be reached")
 UPSTREAM_ERROR = ResultCode(4003, "UpstreamError", 502, "upstream answered with an error")
 CIRCUIT_OPEN = ResultCode(4004, "CircuitOpen", 503, "too many upstream endpoints failing; failing fast")
+UPSTREAM_RESPONSE_TOO_LARGE = ResultCode(
+    4005, "UpstreamResponseTooLarge", 502, "upstream response exceeds the gateway's limit"
+)
 INTERNAL_ERROR = ResultCode(5000, "InternalError", 500, "gateway internal error")
 GATEWAY_NOT_READY = ResultCode(5001, "GatewayNotReady", 503, "gateway has no configuration yet")
 SIGNATURE_MISSING = ResultCode(7001, "SignatureMissing", 401, "Sign header missing")
