@@ -136,10 +136,8 @@ def crd(kind: Kind) -> dict[str, Any]:
                 "properties": {
                     "apiVersion": {"type": "string", "description": f"Versioned schema of this object: {API_VERSION}."},
                     "kind": {"type": "string", "description": f"Kind of this object: {kind.kind}."},
-                    "metadata": {
-                        "type": "object",
-                        "description": "Standard object metadata: name, namespace, labels, annotations, ...",
-                    },
+                    # The API server allows nothing but the type here: kubectl explain shows ObjectMeta's own docs.
+                    "metadata": {"type": "object"},
                     "spec": spec_schema,
                     "status": status_schema,
                 },
