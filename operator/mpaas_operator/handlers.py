@@ -126,9 +126,9 @@ def _watch_children(kind: str, with_generation: bool) -> None:
             if changed:
                 await _heal(client, owner, child, deleted=False)
             elif owner["kind"] == MPAAS_GATEWAY.kind:
-                await gateway.refresh(client, owner, child)
+                await gateway.refresh(client, owner)
             elif owner["kind"] == PUSH_CHANNEL.kind:
-                await push_channel.refresh(client, owner, child)
+                await push_channel.refresh(client, owner)
         except (ApiError, kopf.TemporaryError) as e:
             log.warning("handling a change of %s %s failed: %s", kind, child["metadata"].get("name"), e)
 

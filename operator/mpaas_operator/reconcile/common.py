@@ -12,11 +12,13 @@ A change of the Ready condition is also posted as a Kubernetes Event.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from mpaas.api import InvalidResource, Kind
-from mpaas.kube import KubeClient
+from mpaas.kube import DEPLOYMENTS, KubeClient
 
 from .. import conditions, events
 from ..kubeapi import patch_status
@@ -92,6 +94,30 @@ async def _post_ready_change(
             return
     type_ = events.WARNING if ready["status"] == "False" and ready["reason"] in WARNING_REASONS else events.NORMAL
     await events.post(client, body, type_, ready["reason"], ready["message"] or ready["reason"])
+
+
+_status_locks: dict[str, asyncio.Lock] = {}
+WorkloadStatus = Callable[[dict[str, Any] | None], tuple[list[dict[str, Any]], dict[str, Any]]]
+
+
+async def report_workload(
+    client: KubeClient, kind: Kind, body: dict[str, Any], deployment_name: str, compute: WorkloadStatus
+) -> dict[str, Any] | None:
+    """Status of a resource with a Deployment, from the Deployment as it is now.
+
+    A reconcile and Deployment events report concurrently; each write for one resource takes its lock
+    and reads the Deployment inside it, so an older view never overwrites a newer one.
+    """
+    namespace, name, generation = identity(body)
+    lock = _status_locks.setdefault(body["metadata"].get("uid", f"{namespace}/{name}"), asyncio.Lock())
+    async with lock:
+        current = await client.get(kind.resource, namespace, name)
+        if current is None or current["metadata"].get("deletionTimestamp"):
+            return None
+        if int((current.get("status") or {}).get("observedGeneration") or 0) > generation:
+            return None  # a newer spec was handled meanwhile; its reconcile reports
+        conds, fields = compute(await client.get(DEPLOYMENTS, namespace, deployment_name))
+        return await report(client, kind, {**body, "status": current.get("status")}, conds, **fields)
 
 
 def workload_conditions(deployment: dict[str, Any] | None) -> tuple[dict[str, Any], bool, str, dict[str, int]]:

@@ -13,7 +13,7 @@ from ..builders import gateway as builder
 from ..builders.common import selector_string
 from ..kubeapi import apply_children
 from ..settings import SETTINGS
-from .common import identity, kstatus, report, report_invalid, workload_conditions
+from .common import identity, kstatus, report_invalid, report_workload, workload_conditions
 
 
 async def reconcile(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] | None:
@@ -46,32 +46,31 @@ async def reconcile(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] 
         pull_policy=SETTINGS.image_pull_policy,
         redis_url=SETTINGS.redis_url,
     )
-    applied = await apply_children(client, body, children)
-    return await report_from(client, body, spec, applied.get("Deployment"))
+    await apply_children(client, body, children)
+    return await report_from(client, body, spec)
 
 
-async def report_from(
-    client: KubeClient, body: dict[str, Any], spec: GatewaySpec, deployment: dict[str, Any] | None
-) -> dict[str, Any]:
-    ready, reconciling, progress, counts = workload_conditions(deployment)
-    return await report(
-        client,
-        MPAAS_GATEWAY,
-        body,
-        [*kstatus(ready, reconciling=reconciling, progress=progress), shared_state_condition(spec)],
-        **counts,
-        selector=selector_string(builder.selector(body["metadata"]["name"])),
-        apiCount=len(spec.apis),
-    )
+async def report_from(client: KubeClient, body: dict[str, Any], spec: GatewaySpec) -> dict[str, Any] | None:
+    def compute(deployment: dict[str, Any] | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        ready, reconciling, progress, counts = workload_conditions(deployment)
+        conds = [*kstatus(ready, reconciling=reconciling, progress=progress), shared_state_condition(spec)]
+        fields = {
+            **counts,
+            "selector": selector_string(builder.selector(body["metadata"]["name"])),
+            "apiCount": len(spec.apis),
+        }
+        return conds, fields
+
+    return await report_workload(client, MPAAS_GATEWAY, body, builder.child_name(body["metadata"]["name"]), compute)
 
 
-async def refresh(client: KubeClient, body: dict[str, Any], deployment: dict[str, Any] | None) -> None:
+async def refresh(client: KubeClient, body: dict[str, Any]) -> None:
     """Recompute status after the Deployment changed (pods became ready, scaled, ...)."""
     try:
         spec: GatewaySpec = MPAAS_GATEWAY.parse_spec(body)  # type: ignore[assignment]
     except InvalidResource:
         return  # the InvalidSpec condition stays until the spec is fixed
-    await report_from(client, body, spec, deployment)
+    await report_from(client, body, spec)
 
 
 def shared_state_condition(spec: GatewaySpec) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from .. import conditions
 from ..builders import link as builder
 from ..kubeapi import apply_children
 from ..settings import SETTINGS
-from .common import NOT_IMPLEMENTED, identity, kstatus, report, report_invalid, workload_conditions
+from .common import NOT_IMPLEMENTED, identity, kstatus, report, report_invalid, report_workload, workload_conditions
 
 
 def _spec(body: dict[str, Any]) -> PushChannelSpec:
@@ -34,12 +34,12 @@ async def reconcile(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] 
         return None
     if spec.type == ChannelType.LINK:
         link = spec.link or LinkSettings()
-        applied = await apply_children(
+        await apply_children(
             client,
             body,
             builder.build(name, namespace, link, image=SETTINGS.image, pull_policy=SETTINGS.image_pull_policy),
         )
-        return await refresh(client, body, applied.get("Deployment"))
+        return await refresh(client, body)
     # Vendor channel: no workload of its own yet; make sure its credentials are usable.
     problem = await credentials_problem(client, namespace, spec)
     if problem:
@@ -71,20 +71,21 @@ async def credentials_problem(client: KubeClient, namespace: str, spec: PushChan
     return None
 
 
-async def refresh(client: KubeClient, body: dict[str, Any], deployment: dict[str, Any] | None) -> dict[str, Any] | None:
+async def refresh(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] | None:
+    """Status of a Link channel from its Deployment (after a reconcile, or when the Deployment changed)."""
     try:
         _spec(body)
     except InvalidResource:
         return None
-    ready, reconciling, progress, counts = workload_conditions(deployment)
-    if ready["status"] == "True":
-        ready = conditions.condition(
-            "Ready", False, NOT_IMPLEMENTED, f"{progress}; the link pods serve health only, no connections yet"
-        )
-    return await report(
-        client,
-        PUSH_CHANNEL,
-        body,
-        kstatus(ready, reconciling=reconciling, progress=progress),
-        readyReplicas=counts.get("readyReplicas", 0),
-    )
+
+    def compute(deployment: dict[str, Any] | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        ready, reconciling, progress, counts = workload_conditions(deployment)
+        if ready["status"] == "True":
+            ready = conditions.condition(
+                "Ready", False, NOT_IMPLEMENTED, f"{progress}; the link pods serve health only, no connections yet"
+            )
+        return kstatus(ready, reconciling=reconciling, progress=progress), {
+            "readyReplicas": counts.get("readyReplicas", 0)
+        }
+
+    return await report_workload(client, PUSH_CHANNEL, body, builder.child_name(body["metadata"]["name"]), compute)
