@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Starts the test environment on 127.0.0.1 and writes $MPAAS_RUN/env.sh for the tests.
-#   up.sh [all|api|cluster|stores]...   (default: all)
+#   up.sh [all|api|cluster|stores|node]...   (default: all)
 # api     = etcd + kube-apiserver
 # cluster = api + kube-controller-manager + kube-scheduler + kwok with one fake node
 # stores  = redis + kafka (KRaft) + SeaweedFS (S3)
+# node    = cluster + a real node: containerd, kubelet and kube-proxy running real pods of the
+#           project's image (node.sh; built with hack/build-image)
 # Every process is stopped by down.sh through its pid file.
 source "$(dirname "$0")/lib.sh"
 
@@ -13,6 +15,11 @@ REDIS_PORT="${REDIS_PORT:-16379}"
 KAFKA_PORT="${KAFKA_PORT:-19092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-19093}"
 S3_PORT="${S3_PORT:-18333}"
+SEAWEED_MASTER_PORT="${SEAWEED_MASTER_PORT:-19333}"
+SEAWEED_VOLUME_PORT="${SEAWEED_VOLUME_PORT:-18080}"
+SEAWEED_FILER_PORT="${SEAWEED_FILER_PORT:-18888}"
+# The real node's address, on a bridge of its own (node.sh): the kubelet refuses a loopback one.
+NODE_IP="${NODE_IP:-10.243.0.1}"
 S3_ACCESS_KEY="mpaas-test"
 S3_SECRET_KEY="mpaas-test-secret"
 K8S="$MPAAS_CACHE/kubernetes-$K8S_VERSION"
@@ -23,12 +30,15 @@ mkdir -p "$PKI" "$LOGS"
 running() { [[ -f $MPAAS_RUN/$1.pid ]] && kill -0 "$(cat "$MPAAS_RUN/$1.pid")" 2>/dev/null; }
 
 # start NAME CMD...: run in the background, log to logs/NAME.log, remember the pid.
+# The child writes its own pid before it execs: `$!` of a backgrounded setsid is the pid of a setsid
+# that already forked and exited whenever the calling shell has job control.
 start() {
   local name=$1; shift
   if running "$name"; then log "$name already running"; return; fi
-  setsid "$@" >"$LOGS/$name.log" 2>&1 < /dev/null &
-  echo $! > "$MPAAS_RUN/$name.pid"
-  log "started $name (pid $!)"
+  rm -f "$MPAAS_RUN/$name.pid"
+  setsid bash -c 'echo $$ > "$0"; exec "$@"' "$MPAAS_RUN/$name.pid" "$@" >"$LOGS/$name.log" 2>&1 < /dev/null &
+  for _ in $(seq 50); do [[ -s $MPAAS_RUN/$name.pid ]] && break; sleep 0.02; done
+  log "started $name (pid $(cat "$MPAAS_RUN/$name.pid"))"
 }
 
 # wait_for NAME SECONDS CMD...: poll until CMD succeeds; show the log tail on failure.
@@ -52,7 +62,9 @@ pki() {
     -keyout "$PKI/ca.key" -out "$PKI/ca.crt" 2>/dev/null
   openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout "$PKI/apiserver.key" \
     -out "$PKI/apiserver.csr" 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\n' > "$PKI/san.ext"
+  # Pods reach the apiserver as the `kubernetes` Service (10.96.0.1) through the node's address.
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc,IP:10.96.0.1,IP:%s\n' "$NODE_IP" \
+    > "$PKI/san.ext"
   openssl x509 -req -in "$PKI/apiserver.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
     -days 3650 -extfile "$PKI/san.ext" -out "$PKI/apiserver.crt" 2>/dev/null
   local token; token="$(openssl rand -hex 24)"
@@ -84,13 +96,14 @@ up_api() {
     --initial-cluster "default=http://127.0.0.1:$((ETCD_PORT + 1))" --log-level warn
   wait_for etcd 30 curl -sf "http://127.0.0.1:$ETCD_PORT/health"
   start kube-apiserver "$K8S/kube-apiserver" --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
+    --bind-address 127.0.0.1 --advertise-address "$NODE_IP" --secure-port "$APISERVER_PORT" \
     --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
     --client-ca-file "$PKI/ca.crt" --token-auth-file "$PKI/tokens.csv" \
     --authorization-mode RBAC --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
-    --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true --disable-admission-plugins ServiceAccount \
-    --enable-priority-and-fairness=false
+    --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true \
+    --enable-admission-plugins PodNodeSelector,PodTolerationRestriction \
+    --kubelet-preferred-address-types InternalIP --enable-priority-and-fairness=false
   wait_for kube-apiserver 90 kubectl_ get --raw /readyz
 }
 
@@ -111,7 +124,7 @@ up_cluster() {
   start kube-scheduler "$K8S/kube-scheduler" --kubeconfig "$MPAAS_RUN/kubeconfig" --leader-elect=false \
     --secure-port 0
   start kwok "$MPAAS_CACHE/kwok-$KWOK_VERSION/kwok" --kubeconfig "$MPAAS_RUN/kubeconfig" \
-    --manage-all-nodes=true --config "$MPAAS_CACHE/kwok-$KWOK_VERSION/stages.yaml" \
+    --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake --config "$MPAAS_CACHE/kwok-$KWOK_VERSION/stages.yaml" \
     --node-lease-duration-seconds 40 --server-address 127.0.0.1:0
   sleep 1
   "$ROOT_DIR/.venv/bin/python" "$HACK_DIR/testenv/fake_node.py" "$MPAAS_RUN/kubeconfig"
@@ -176,7 +189,8 @@ up_s3() {
   "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
 S3
   start s3 "$weed" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$dir/data" -s3 -s3.port="$S3_PORT" \
-    -s3.config="$dir/s3.json" -master.port=19333 -volume.port=18080 -filer.port=18888 \
+    -s3.config="$dir/s3.json" -master.port="$SEAWEED_MASTER_PORT" -volume.port="$SEAWEED_VOLUME_PORT" \
+    -filer.port="$SEAWEED_FILER_PORT" \
     -master.volumeSizeLimitMB=64 -volume.max=64 -metricsPort=0
   wait_for s3 60 curl -s -o /dev/null "http://127.0.0.1:$S3_PORT/healthz"
 }
@@ -196,6 +210,7 @@ export MPAAS_TEST_S3_ACCESS_KEY="$S3_ACCESS_KEY"
 export MPAAS_TEST_S3_SECRET_KEY="$S3_SECRET_KEY"
 export MPAAS_TEST_RUN="$MPAAS_RUN"
 ENV
+  if [[ -f $MPAAS_RUN/node/env.sh ]]; then cat "$MPAAS_RUN/node/env.sh" >> "$MPAAS_RUN/env.sh"; fi
 }
 
 targets=("${@:-all}")
@@ -208,6 +223,7 @@ for t in "${targets[@]}"; do
     s3) up_s3 ;;
     stores) up_redis; up_kafka; up_s3 ;;
     all) up_cluster; up_redis; up_kafka; up_s3 ;;
+    node) up_cluster; source "$HACK_DIR/testenv/node.sh"; up_node ;;
     *) die "unknown target $t" ;;
   esac
 done
