@@ -18,7 +18,7 @@ GATEWAY = yaml.safe_load((ROOT / "examples" / "demo" / "gateway.yaml").read_text
 
 def obj(rv: str, **spec_changes: object) -> dict:
     o = copy.deepcopy(GATEWAY)
-    o["metadata"]["resourceVersion"] = rv
+    o["metadata"].update(namespace="default", resourceVersion=rv)  # as the API server returns it
     o["spec"].update(spec_changes)
     return o
 
