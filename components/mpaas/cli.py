@@ -82,7 +82,7 @@ def run_dev(args: argparse.Namespace) -> int:
         await platform.start()
         await asyncio.wait_for(platform.gateway.state.live.ready.wait(), 10)
         print(f"mpaas dev: platform up, resources from {args.config_dir}")
-        for name in platform.servers:
+        for name in ["gateway", *platform.servers]:
             print(f"  {name:<13} {platform.url(name)}")
         try:
             if args.simulate:

@@ -1,4 +1,9 @@
-"""Run every component in one asyncio loop, config read from a folder of YAML."""
+"""Run every component in one asyncio loop, config read from a folder of YAML.
+
+The gateway runs on the server it runs on in production (`mpaas.http1`, with its RPC router and
+body limit), so what a developer tries locally is what the cluster serves; the other components
+and the demo backend run under uvicorn, as they do in production.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from .. import components
 from ..gateway.app import GatewayASGI
 from ..gateway.app import create_app as create_gateway
 from ..gateway.settings import GatewaySettings
+from ..http1 import Server as Http1Server
 from ..service import ComponentSettings
 from . import demo_backend
 
@@ -38,7 +44,14 @@ class DevPlatform:
         self.gateway_app = create_gateway(
             GatewaySettings(config_source="dir", config_dir=config_dir, host=host, port=self.ports.gateway)
         )
-        apps: dict[str, Any] = {"gateway": self.gateway_app, "demo-backend": demo_backend.app}
+        self.gateway_server = Http1Server(
+            self.gateway_app,
+            host,
+            self.ports.gateway,
+            router=self.gateway_app.route,
+            body_limit=self.gateway_app.body_limit,
+        )
+        apps: dict[str, Any] = {"demo-backend": demo_backend.app}
         for name in components.KINDS_READ:
             settings = ComponentSettings(
                 config_source="dir", config_dir=config_dir, host=host, port=getattr(self.ports, name)
@@ -65,6 +78,7 @@ class DevPlatform:
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(s.serve(), name=n) for n, s in self.servers.items()]
+        await self.gateway_server.start()
         while not all(s.started for s in self.servers.values()):
             for t in self._tasks:
                 if t.done():
@@ -80,6 +94,7 @@ class DevPlatform:
         await self.stopped.wait()
 
     async def stop(self) -> None:
+        await self.gateway_server.stop(drain_seconds=1.0)
         for s in self.servers.values():
             s.should_exit = True
         for t in self._tasks:
