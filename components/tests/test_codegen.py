@@ -1,4 +1,5 @@
-"""Generated clients compile: TypeScript with tsc --strict, Kotlin with kotlinc (both from the test cache)."""
+"""Generated clients: the code generated (unit), and that it compiles (component tier: TypeScript with tsc --strict,
+Kotlin with kotlinc, both from the test environment's cache)."""
 
 import json
 import subprocess
@@ -11,8 +12,6 @@ from mpaas.gateway import codegen
 from mpaas.gateway.admin import openapi_document
 from mpaas.gateway.routes import EMPTY, KIND, RouteTable, compiler
 from testenv_paths import kotlin_classpath, kotlin_stdlib, tsc
-
-pytestmark = pytest.mark.unit
 
 ITEM = {
     "type": "object",
@@ -56,15 +55,23 @@ def export() -> dict:
     return openapi_document(live.current, live, "APP")
 
 
+@pytest.mark.unit
 def test_names() -> None:
     assert codegen.camel("com.shop.item-get") == "comShopItemGet"
     assert codegen.pascal("com.shop.item_get") == "ComShopItemGet"
 
 
-def test_typescript_client_compiles(tmp_path: Path) -> None:
+@pytest.mark.unit
+def test_typescript_client_code() -> None:
     code = codegen.typescript(export())
     assert "comShopItemGet(request: ComShopItemGetRequest): Promise<ComShopItemGetResponse>" in code
     assert '"kind"?: "book" | "game";' in code and '"id": number;' in code
+    assert "export class GatewayClient" in code and "export class GatewayError" in code
+
+
+@pytest.mark.component
+def test_typescript_client_compiles(tmp_path: Path) -> None:
+    code = codegen.typescript(export())
     (tmp_path / "gateway.ts").write_text(code)
     (tmp_path / "use.ts").write_text(
         'import { GatewayClient, GatewayError } from "./gateway";\n'
@@ -99,10 +106,17 @@ def test_typescript_client_compiles(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_kotlin_client_compiles(tmp_path: Path) -> None:
+@pytest.mark.unit
+def test_kotlin_client_code() -> None:
     code = codegen.kotlin(export(), "com.example.shop")
     assert "fun comShopItemGet(request: ComShopItemGetRequest): ComShopItemGetResponse" in code
     assert "val id: Long" in code and "val tags: List<String>? = null" in code
+    assert "package com.example.shop" in code and "class GatewayClient" in code
+
+
+@pytest.mark.component
+def test_kotlin_client_compiles(tmp_path: Path) -> None:
+    code = codegen.kotlin(export(), "com.example.shop")
     (tmp_path / "Gateway.kt").write_text(code)
     r = subprocess.run(
         [
@@ -126,6 +140,7 @@ def test_kotlin_client_compiles(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "com" / "example" / "shop" / "GatewayClient.class").exists()
 
 
+@pytest.mark.unit
 def test_cli_writes_a_client(tmp_path: Path) -> None:
     from mpaas.cli import main
 
