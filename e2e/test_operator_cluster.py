@@ -1,4 +1,4 @@
-"""The operator against a control plane with controller-manager, scheduler and kwok nodes."""
+"""The operator against a control plane with controller-manager, scheduler and kwok nodes (pods are faked)."""
 
 import copy
 from collections.abc import Callable
@@ -23,7 +23,9 @@ pytestmark = pytest.mark.cluster
 EXAMPLES = ROOT / "examples" / "demo"
 
 
-async def test_gateway_lifecycle(operator: Process, namespace: str) -> None:
+async def test_gateway_children_and_status_on_kwok_pods(operator: Process, namespace: str) -> None:
+    """What the operator creates and reports for a gateway. kwok marks the pods Running and Ready: this checks
+    the operator, not real pods (the pods tier runs real ones)."""
     assert apply_yaml(namespace, example("MpaasGateway")).returncode == 0
 
     # Deployment -> pods Running on the kwok node -> Ready=True with replica counts.
