@@ -14,6 +14,10 @@ from conftest import apply_yaml, eventually, free_port, hits
 pytestmark = pytest.mark.component
 
 
+APP_SPEC = {"appId": "DEMO_APP", "workspaceId": "default"}
+APP = {"AppId": "DEMO_APP", "WorkspaceId": "default"}
+
+
 def resource(namespace: str, upstreams: dict[str, str], apis: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": "mpaas.io/v1alpha1",
@@ -25,6 +29,7 @@ def resource(namespace: str, upstreams: dict[str, str], apis: list[dict[str, Any
                 {"name": "auth", "endpoints": [{"url": upstreams["beta"]}]},
             ],
             "apis": apis,
+            "apps": [APP_SPEC],  # a gateway serves only the apps it knows
             **spec,
         },
     }
@@ -32,7 +37,9 @@ def resource(namespace: str, upstreams: dict[str, str], apis: list[dict[str, Any
 
 def post(url: str, op: str, body: bytes = b"{}", **headers: str) -> httpx.Response:
     return httpx.post(
-        url + "/mgw.htm", content=body, headers={"Operation-Type": op, "Content-Type": "application/json", **headers}
+        url + "/mgw.htm",
+        content=body,
+        headers={"Operation-Type": op, "Content-Type": "application/json", **APP, **headers},
     )
 
 
@@ -171,6 +178,10 @@ def test_http2_and_http1_on_one_port(
                 "POST",
                 "-H",
                 "Operation-Type: h.echo",
+                "-H",
+                "AppId: DEMO_APP",
+                "-H",
+                "WorkspaceId: default",
                 "-o",
                 "/dev/null",
                 "-w",
@@ -240,7 +251,7 @@ async def test_config_change_keeps_in_flight_requests(
     apis = [{"operationType": "f.slow", "upstream": "alpha", "path": "/slow", "timeoutMilliseconds": 5000}]
     url = start_gateway(namespace, resource(namespace, upstreams, apis))
     async with httpx.AsyncClient(timeout=10) as http:
-        flight = asyncio.create_task(http.post(url + "/mgw.htm", headers={"Operation-Type": "f.slow"}))
+        flight = asyncio.create_task(http.post(url + "/mgw.htm", headers={"Operation-Type": "f.slow", **APP}))
         await asyncio.sleep(0.5)
         changed = resource(namespace, upstreams, [{"operationType": "f.other", "upstream": "alpha"}])
         assert apply_yaml(namespace, changed).returncode == 0

@@ -58,6 +58,13 @@ class Resource:
 Resources = dict[str, dict[Key, Resource]]  # kind -> (namespace, name) -> resource
 
 
+def unlisted(kind: str) -> str:
+    """Where the resources a component compiles name the objects of a named kind that are watched but not listed
+    yet: their absence says nothing yet (a watch still waiting for access), unlike the absence of an object from a
+    listing (deleted). Placeholders, `spec` None."""
+    return f"{kind}/unlisted"
+
+
 def validate(kind: str, obj: dict[str, Any]) -> Resource:
     meta = obj.get("metadata") or {}
     spec: ApiModel | dict[str, Any]
@@ -195,9 +202,21 @@ class LiveConfig(Generic[T]):
             merged.update(snapshot)
         return merged
 
+    def _compiled_from(self) -> Resources:
+        """The resources, with the named objects not listed yet under `unlisted(kind)`."""
+        pending = {
+            kind: watches.keys() - self._named_snapshots[kind].keys() for kind, watches in self._named_watches.items()
+        }
+        if not any(pending.values()):
+            return self.resources
+        out = dict(self.resources)
+        for kind, keys in pending.items():
+            out[unlisted(kind)] = {key: Resource(kind, key[0], key[1], 0, "", None, {}) for key in keys}
+        return out
+
     def recompile(self) -> bool:
         try:
-            compiled = self._compile(self.resources)
+            compiled = self._compile(self._compiled_from())
         except Exception as e:
             CONFIG_RELOADS.labels(self.component, "error").inc()
             log.exception("%s: config compilation failed, keeping the last good config: %s", self.component, e)
@@ -271,4 +290,13 @@ def _resource_type(kind: str) -> ResourceType:
     return KINDS[kind].resource if kind in KINDS else SECRETS
 
 
-__all__ = ["DirectorySource", "KubeWatchSource", "LiveConfig", "Resource", "Resources", "object_key", "validate"]
+__all__ = [
+    "DirectorySource",
+    "KubeWatchSource",
+    "LiveConfig",
+    "Resource",
+    "Resources",
+    "object_key",
+    "unlisted",
+    "validate",
+]

@@ -144,7 +144,7 @@ def create_admin_app(gateway: Gateway) -> FastAPI:
     )
     async def openapi_for_app(app_id: str, workspace_id: str | None = None) -> dict[str, Any]:
         t = table()
-        if t.apps and not any(a == app_id and (workspace_id is None or w == workspace_id) for a, w in t.apps):
+        if not any(a == app_id and (workspace_id is None or w == workspace_id) for a, w in t.apps):
             raise HTTPException(404, f"app {app_id} is not registered on this gateway")
         return openapi_document(t, gateway.live, app_id)
 

@@ -40,7 +40,7 @@ from ..stores import FallbackHotStore, HotStore, open_hotstore
 from ..tally import CounterTally, HistogramTally
 from . import bodycheck, codes
 from .admin import create_admin_app
-from .cache import ResponseCache, SessionCache
+from .cache import ResponseCache, SessionCache, credentials
 from .codes import ResultCode
 from .guards import Breakers, Concurrency
 from .routes import (
@@ -157,6 +157,32 @@ def _spellings(name: str) -> set[str]:
 
 
 _NOT_FORWARDED = frozenset(v for name in _HOP_HEADERS for v in _spellings(name))
+# Headers of an upstream's answer passed on to the client (docs/gateway.md), lower-case name -> name sent;
+# Set-Cookie too (every one, kept apart: it repeats), and X-* names but those below. Never hop-by-hop ones
+# (Connection, Keep-Alive, Transfer-Encoding, ...) nor those the gateway sets itself (Result-Status, Memo, Tips,
+# Mgw-*, Content-Type, Content-Length; ETag on a cached API).
+_RELAYED = {
+    name.lower(): name
+    for name in (
+        "Cache-Control",
+        "Location",
+        "Retry-After",
+        "ETag",
+        "Last-Modified",
+        "Content-Language",
+        "Content-Disposition",
+        "Vary",
+        "Expires",
+        "WWW-Authenticate",
+    )
+}
+# X-* names the gateway keeps to itself: what it tells upstreams of who calls.
+_RESERVED_X = frozenset(v for name in ("x-user-id", "x-forwarded-for") for v in _spellings(name)) | {
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-real-ip",
+}
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _random_bytes = random.randbytes
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
@@ -190,6 +216,26 @@ class Outcome:
         raw.append((b"content-length", str(len(self.body)).encode()))
         await send({"type": "http.response.start", "status": self.status, "headers": raw})
         await send({"type": "http.response.body", "body": self.body})
+
+
+# Headers of an answer the gateway sets per request; a cached answer keeps the others (those relayed).
+_PER_REQUEST = frozenset({"Result-Status", "Memo", "Mgw-TraceId", "Content-Type", "ETag", "Tips"})
+
+
+def storable(out: Outcome) -> bool:
+    """Whether the response cache may keep an answer: not one that sets a cookie or says it is private."""
+    if out.more:  # Set-Cookie lines
+        return False
+    control = out.headers.get("Cache-Control")
+    if control:
+        directives = {d.split("=", 1)[0].strip().lower() for d in control.split(",")}
+        if directives & {"private", "no-store", "no-cache"}:
+            return False
+    return True
+
+
+def kept(out: Outcome) -> tuple[tuple[str, str], ...]:
+    return tuple((k, v) for k, v in out.headers.items() if k not in _PER_REQUEST)
 
 
 def _result(code: ResultCode, trace_id: str, *, rest: bool, memo: str | None = None) -> Outcome:
@@ -329,7 +375,7 @@ class Gateway:
         if api is None:
             return _result(codes.OPERATION_TYPE_UNKNOWN, trace_id, rest=rest)
         app = table.apps.get((app_id, workspace_id))
-        if table.apps and app is None:
+        if app is None:  # never an app it does not know, also when it knows none (spec.apps empty)
             return _result(codes.UNKNOWN_APP, trace_id, rest=rest)
         if api.allowed_apps and app_id not in api.allowed_apps:
             return _result(codes.ACCESS_DENIED, trace_id, rest=rest)
@@ -347,13 +393,13 @@ class Gateway:
             return _result(codes.REQUEST_TOO_LARGE, trace_id, rest=rest)
         body = read
         request.mark("read body")
-        if app is not None and app.algorithm and not request.trusted:
+        if app.algorithm and not request.trusted:
             refused = await self._verify(request, app, op, body)  # covers the body as sent (sealed or not)
             if refused is not None:
                 return _result(refused, trace_id, rest=rest)
             request.mark("signature")
         session_key = None
-        if app is not None and app.encryption != "Disabled":
+        if app.encryption != "Disabled":
             opened = self._open(request, app, op, body)
             if isinstance(opened, ResultCode):
                 return _result(opened, trace_id, rest=rest)
@@ -372,12 +418,8 @@ class Gateway:
         ):
             RATE_LIMITED.labels("api").inc()
             return _result(codes.RATE_LIMITED, trace_id, rest=rest, memo=f"rate limit of {op} reached")
-        if (
-            app is not None
-            and app.rate_limit
-            and not await self.hot.take_tokens(
-                f"rl:{table.gateway}:app:{app_id}:{workspace_id}", rate=app.rate_limit[0], burst=app.rate_limit[1]
-            )
+        if app.rate_limit and not await self.hot.take_tokens(
+            f"rl:{table.gateway}:app:{app_id}:{workspace_id}", rate=app.rate_limit[0], burst=app.rate_limit[1]
         ):
             RATE_LIMITED.labels("app").inc()
             return _result(codes.RATE_LIMITED, trace_id, rest=rest, memo=f"rate limit of app {app_id} reached")
@@ -392,8 +434,17 @@ class Gateway:
             request.mark("login")
         cache_key = None
         if api.cache is not None:
-            # Per user on login-required APIs; the REST path's query string is part of the request too.
-            scope_ = f"{extra.get('x-user-id', '')}\n{request.method if rest else ''}\n{request.query if rest else ''}"
+            # Per user on login-required APIs, per credentials (Authorization, Cookie, the session header) always;
+            # the REST path's query string is part of the request too.
+            session_header = table.session.header if table.session is not None else ""
+            scope_ = "\n".join(
+                (
+                    extra.get("x-user-id", ""),
+                    request.method if rest else "",
+                    request.query if rest else "",
+                    credentials(headers, session_header),
+                )
+            )
             cache_key = ResponseCache.key(op, app_id, workspace_id, api.cache[1], body, scope_)
         cached = self.cache.get(cache_key) if cache_key is not None else None
         if api.mock is not None:
@@ -410,6 +461,7 @@ class Gateway:
                 codes.SUCCESS.code,
                 cached.status,
                 {
+                    **dict(cached.headers),
                     "Result-Status": "1000",
                     "Memo": "success (cached)",
                     "Mgw-TraceId": trace_id,
@@ -424,16 +476,16 @@ class Gateway:
             out = await self._forward(
                 request, table, api, upstream, body, trace_id, traceparent, rest, extra, (app_id, workspace_id)
             )
-            if cache_key is not None and api.cache is not None and out.code == codes.SUCCESS.code:
+            if cache_key is not None and api.cache is not None and out.code == codes.SUCCESS.code and storable(out):
                 item = self.cache.put(
-                    cache_key, api.cache[0], out.status, out.headers.get("Content-Type", ""), out.body
+                    cache_key, api.cache[0], out.status, out.headers.get("Content-Type", ""), out.body, kept(out)
                 )
                 out.headers["ETag"] = item.etag
         request.mark(out.upstream or "answer")
         etag_ = out.headers.get("ETag")
         if etag_ and request.headers.get("if-none-match") == etag_:
             out.status, out.body = 304, b""
-        if session_key is not None and app is not None and out.body:
+        if session_key is not None and out.body:
             out.headers["Mgw-Content-Type"] = out.headers.get("Content-Type", "")
             out.headers["Content-Type"] = "application/octet-stream"
             out.headers["Mgw-Encrypted"] = "1"
@@ -721,8 +773,16 @@ class Gateway:
                 if size > limit:
                     raise ResponseTooLarge(f"the answer is over {limit} bytes")
                 parts.append(chunk)
-            cookies = resp.headers.getall("set-cookie", None)
-            return UpstreamResponse(resp.status, resp.headers, b"".join(parts), list(cookies) if cookies else None)
+            # As the lean client keeps them: lower-case names, repeated ones joined with ", ", Set-Cookie apart.
+            got: dict[str, str] = {}
+            cookies: list[str] = []
+            for name, value in resp.headers.items():
+                key, text = name.lower(), _latin1(value)
+                if key == "set-cookie":
+                    cookies.append(text)
+                else:
+                    got[key] = f"{got[key]}, {text}" if key in got else text
+            return UpstreamResponse(resp.status, got, b"".join(parts), cookies or None)
 
     @staticmethod
     def _relay(resp: UpstreamResponse, trace_id: str, rest: bool, upstream: str) -> Outcome:
@@ -730,6 +790,12 @@ class Gateway:
         ctype = resp.headers.get("content-type")
         if ctype:
             headers["Content-Type"] = _latin1(ctype)
+        for name, value in resp.headers.items():  # lower-case names, Latin-1 values (see _call)
+            out_name = _RELAYED.get(name)
+            if out_name is not None:
+                headers[out_name] = value
+            elif name.startswith("x-") and name not in _RESERVED_X:
+                headers[name] = value
         if "tips" in resp.headers:  # text for the user, whatever the outcome
             headers["Tips"] = _latin1(resp.headers["tips"])
         # Set-Cookie lines pass through, every one (the only upstream header whose name repeats).

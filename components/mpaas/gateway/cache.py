@@ -8,6 +8,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from ..http1 import Headers
 from . import bodycheck
 
 
@@ -18,6 +19,7 @@ class Cached:
     status: int
     content_type: str
     body: bytes
+    headers: tuple[tuple[str, str], ...] = ()  # the upstream's headers passed on with the answer
 
 
 class ResponseCache:
@@ -56,13 +58,35 @@ class ResponseCache:
         self._items.move_to_end(key)
         return item
 
-    def put(self, key: str, ttl: int, status: int, content_type: str, body: bytes) -> Cached:
-        item = Cached(time.monotonic() + ttl, etag(body), status, content_type, body)
+    def put(
+        self,
+        key: str,
+        ttl: int,
+        status: int,
+        content_type: str,
+        body: bytes,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> Cached:
+        item = Cached(time.monotonic() + ttl, etag(body), status, content_type, body, headers)
         self._items[key] = item
         self._items.move_to_end(key)
         while len(self._items) > self.max_entries:
             self._items.popitem(last=False)
         return item
+
+
+def credentials(headers: Headers, session_header: str = "") -> str:
+    """A digest of who the request speaks for (Authorization, every Cookie, the session header), "" without any:
+    part of the cache key, so one caller's cached answer never reaches another."""
+    parts = [
+        f"{name}={value}"
+        for name, value in headers.items()
+        if name in _CREDENTIALS or (session_header and name == session_header)
+    ]
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest() if parts else ""
+
+
+_CREDENTIALS = frozenset({"authorization", "cookie", "proxy-authorization"})
 
 
 def etag(body: bytes) -> str:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from ..api.gateway import DEFAULT_TIMEOUT_MS, ApiState, CircuitBreaker, GatewayApp, GatewaySpec, Upstream
-from ..config import Resource, Resources
+from ..config import Resource, Resources, unlisted
 from ..crypto import envelope, signing
 from ..rules import Predicate, compile_rule
 
@@ -169,7 +169,7 @@ class RouteTable:
     gateway: str  # namespace/name of the resource this table came from
     generation: int
     apis: dict[str, CompiledApi] = field(default_factory=dict)
-    apps: dict[tuple[str, str], CompiledApp] = field(default_factory=dict)  # empty: no app check
+    apps: dict[tuple[str, str], CompiledApp] = field(default_factory=dict)  # empty: every call refused (1003)
     upstreams: dict[str, CompiledUpstream] = field(default_factory=dict)
     max_body_bytes: int = 1_048_576
     session: CompiledSession | None = None
@@ -240,10 +240,13 @@ KeyChain = tuple[tuple[K, float | None], ...]
 class KeyRing:
     """Every app's keys (signature verifiers, session-key unwrappers) across config changes.
 
-    When an app's Secret changes, the previous key stays usable for the app's
-    `keyOverlapSeconds`, so clients still on the old key keep working while
-    they pick up the new one. A Secret that goes missing or breaks keeps the
-    last good key in use (and the problem is reported).
+    When an app's Secret changes its key (rotation), the previous key stays
+    usable for the app's `keyOverlapSeconds`, so clients still on the old key
+    keep working while they pick up the new one. A Secret that is deleted, or
+    no longer holds the key, revokes it at once, with every previous key: that
+    is how an operator withdraws a leaked key. A key that does not load (broken
+    PEM, too short) keeps the last good key in use, as does a Secret not yet
+    known (its watch still waiting for access); the problem is reported.
     """
 
     def __init__(self, clock: Callable[[], float] = time.time):
@@ -252,16 +255,27 @@ class KeyRing:
         self._previous: dict[tuple[str, ...], list[tuple[Any, float]]] = {}
 
     def chain(
-        self, key: tuple[str, ...], material: bytes | None, build: Callable[[bytes], K], overlap: int
+        self,
+        key: tuple[str, ...],
+        material: bytes | None,
+        build: Callable[[bytes], K],
+        overlap: int,
+        *,
+        known: bool = True,
     ) -> tuple[KeyChain[K], str | None]:
-        """The usable keys for `key` given the Secret's current `material` (None: Secret or entry missing)."""
+        """The usable keys for `key` given the Secret's current `material` (None: Secret or entry missing;
+        `known` False: the Secret's content is not known yet, so its absence is not a deletion)."""
+        if not material and known:  # deleted, or the entry removed: revoked now, previous keys too
+            revoked = self._current.pop(key, None) is not None
+            revoked = bool(self._previous.pop(key, None)) or revoked
+            return (), "credentials Secret or key entry not found" + (" (key revoked)" if revoked else "")
         now = self.clock()
         previous = [(v, until) for v, until in self._previous.get(key, []) if until > now]
         problem = None
         current = None
         seen = self._current.get(key)
         if not material:
-            problem = "credentials Secret or key entry not found"
+            problem = "credentials Secret not readable yet"
         elif seen is not None and seen[0] == material:
             current = seen[1]
         else:
@@ -282,11 +296,12 @@ class KeyRing:
 
 
 def _secret_data(resources: Resources, namespace: str, name: str | None) -> dict[str, bytes] | None:
+    """The Secret's decoded data; {} when it does not exist; None when it is not known yet (watch not listed)."""
     if not name:
-        return None
+        return {}
     res = resources.get(SECRET, {}).get((namespace, name))
     if res is None:
-        return None
+        return None if (namespace, name) in resources.get(unlisted(SECRET), {}) else {}
     out = {}
     for k, v in (res.spec or {}).items():
         try:
@@ -321,12 +336,13 @@ class Compiler:
         if algorithm:
             ref = app.credentials_secret_ref.name if app.credentials_secret_ref else None
             algo = signing.ALGORITHMS[algorithm]
-            secret = _secret_data(resources, res.namespace, ref) or {}
+            secret = _secret_data(resources, res.namespace, ref)
             verifiers, problem = self.keyring.chain(
                 ("sign", algorithm, res.namespace, app.app_id, app.workspace_id),
-                secret.get(algo.secret_key),
+                (secret or {}).get(algo.secret_key),
                 algo.make_verifier,
                 app.key_overlap_seconds,
+                known=secret is not None,
             )
             if problem:
                 log.warning("app %s/%s: %s (Secret %s/%s)", app.app_id, app.workspace_id, problem, res.namespace, ref)
@@ -350,13 +366,14 @@ class Compiler:
         if app.encryption.mode == "Disabled":
             return out
         ref = app.credentials_secret_ref.name if app.credentials_secret_ref else None
-        data = _secret_data(resources, res.namespace, ref) or {}
+        data = _secret_data(resources, res.namespace, ref)
         for wrap in map(str, app.encryption.key_wraps):
             chain, problem = self.keyring.chain(
                 ("wrap", wrap, res.namespace, app.app_id, app.workspace_id),
-                data.get(envelope.SECRET_KEYS[wrap]),
+                (data or {}).get(envelope.SECRET_KEYS[wrap]),
                 functools.partial(envelope.unwrapper, wrap),
                 app.key_overlap_seconds,
+                known=data is not None,
             )
             if problem:
                 log.warning(

@@ -10,7 +10,7 @@ Bounded like the server side: at most `max_connections` per endpoint, idle
 and busy together (a request that finds them all busy waits up to
 `connect_timeout` for one, then fails with `EndpointBusy`), and at most
 `max_response_bytes` of an answer, head and body (`ResponseTooLarge`).
-Header names that repeat in an answer are kept only for `set-cookie`.
+Header names that repeat in an answer are joined with ", ", but for `set-cookie`: a list.
 """
 
 from __future__ import annotations
@@ -118,8 +118,10 @@ class _Connection(asyncio.Protocol):
             if self._cookies is None:
                 self._cookies = []
             self._cookies.append(value.decode("latin-1"))
-        else:
-            self._headers[key] = value.decode("latin-1")
+        else:  # a repeated name: its values joined, as RFC 9110 5.3 allows
+            text = value.decode("latin-1")
+            seen = self._headers.get(key)
+            self._headers[key] = text if seen is None else f"{seen}, {text}"
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
