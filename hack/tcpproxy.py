@@ -12,6 +12,8 @@ class TcpProxy:
         self.server: asyncio.Server | None = None
         self.port = 0
         self._conns: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def start(self, port: int = 0) -> int:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", port or self.port)
@@ -31,6 +33,13 @@ class TcpProxy:
     async def restore(self) -> None:
         await self.start(self.port)
 
+    def hang(self) -> None:
+        """Keep every connection open but pass no more bytes: a server that stopped answering."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
@@ -42,6 +51,7 @@ class TcpProxy:
         async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             with contextlib.suppress(Exception):
                 while data := await r.read(65536):
+                    await self._flowing.wait()
                     w.write(data)
                     await w.drain()
             w.close()

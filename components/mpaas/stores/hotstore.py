@@ -12,6 +12,9 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +85,16 @@ class HotStore(ABC):
 
 class RedisHotStore(HotStore):
     def __init__(self, url: str):
-        self.redis = aioredis.from_url(url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30)
+        # A pooled connection the server closed (a Redis restart, an idle timeout) fails its next command:
+        # retried once at once on a fresh connection instead of being reported as an outage.
+        self.redis = aioredis.from_url(
+            url,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+            health_check_interval=30,
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[RedisConnectionError],
+        )
         self._bucket = self.redis.register_script(_TOKEN_BUCKET)
         self._append = self.redis.register_script(_APPEND)
 
@@ -252,17 +264,36 @@ class FallbackHotStore(HotStore):
     """A shared store (Redis) that falls back to this process's memory while it is unreachable.
 
     For state where a per-replica answer beats no answer: rate-limit buckets
-    keep limiting and nonces keep being checked (per replica) through an
-    outage; after `retry_seconds` the shared store is tried again.
+    keep limiting and nonces keep being checked through an outage.
+
+    - Each call to the shared store gets `call_budget_seconds`: a Redis that hangs (stopped, not closed)
+      costs the requests in flight that budget once, not its socket timeout each; the first failure
+      switches every call to local state at once, and after `retry_seconds` the shared store is tried
+      again (a breaker).
+    - Keys taken with `set_if_absent` (nonces, idempotency keys) are also remembered here for their TTL
+      (the newest `mirror_max_keys`), so during an outage this process still refuses one it saw before
+      the outage; those taken during the outage are written back to the shared store when it returns,
+      so no replica accepts them afterwards. What an outage cannot give: a key taken by another
+      replica during the outage is unknown here until it returns.
     """
 
     def __init__(
-        self, shared: HotStore, *, retry_seconds: float = 2.0, on_change: Callable[[bool], None] | None = None
+        self,
+        shared: HotStore,
+        *,
+        retry_seconds: float = 2.0,
+        call_budget_seconds: float = 0.25,
+        mirror_max_keys: int = 200_000,
+        on_change: Callable[[bool], None] | None = None,
     ):
         self.shared, self.local = shared, MemoryHotStore()
-        self.retry_seconds = retry_seconds
+        self.retry_seconds, self.call_budget_seconds = retry_seconds, call_budget_seconds
+        self.mirror_max_keys = mirror_max_keys
         self._down_until = 0.0
         self._on_change = on_change
+        self._mirror: OrderedDict[str, tuple[bytes, float]] = OrderedDict()  # key -> (value, expires)
+        self._taken_while_down: dict[str, tuple[bytes, float]] = {}
+        self._write_back: asyncio.Task[None] | None = None
 
     @property
     def degraded(self) -> bool:
@@ -271,17 +302,54 @@ class FallbackHotStore(HotStore):
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if not self.degraded:
             try:
-                result = await getattr(self.shared, method)(*args, **kwargs)
-                if self._down_until and self._on_change:
-                    self._on_change(False)
+                result = await asyncio.wait_for(getattr(self.shared, method)(*args, **kwargs), self.call_budget_seconds)
+                if self._down_until:
+                    self._recovered()
                 self._down_until = 0.0
                 return result
-            except Exception as e:  # connection refused, timeout, READONLY, ...
-                log.warning("hot store unreachable, using local state for %.0fs: %s", self.retry_seconds, e)
+            except Exception as e:  # connection refused, timeout, READONLY, over budget, ...
+                if not self._down_until or not self.degraded:
+                    log.warning(
+                        "hot store unreachable, using local state for %.0fs: %s", self.retry_seconds, e or type(e)
+                    )
                 self._down_until = time.monotonic() + self.retry_seconds
                 if self._on_change:
                     self._on_change(True)
         return await getattr(self.local, method)(*args, **kwargs)
+
+    def _recovered(self) -> None:
+        if self._on_change:
+            self._on_change(False)
+        if self._taken_while_down and (self._write_back is None or self._write_back.done()):
+            taken, self._taken_while_down = self._taken_while_down, {}
+            self._write_back = asyncio.get_running_loop().create_task(self._give_back(taken))
+
+    async def _give_back(self, taken: dict[str, tuple[bytes, float]]) -> None:
+        """Write the keys taken during the outage to the shared store, for what is left of their TTL."""
+        now = time.monotonic()
+        try:
+            for key, (value, expires) in taken.items():
+                if expires > now:
+                    await self.shared.set_if_absent(key, value, ttl_seconds=expires - now)
+            log.info("hot store back: %d keys taken during the outage written back", len(taken))
+        except Exception as e:
+            log.warning("writing keys taken during the outage back failed: %s", e)
+
+    def _remember(self, key: str, value: bytes, ttl_seconds: float) -> None:
+        mirror = self._mirror
+        mirror[key] = (value, time.monotonic() + ttl_seconds)
+        mirror.move_to_end(key)
+        while len(mirror) > self.mirror_max_keys:
+            mirror.popitem(last=False)
+
+    def _remembered(self, key: str) -> bool:
+        seen = self._mirror.get(key)
+        if seen is None:
+            return False
+        if seen[1] <= time.monotonic():
+            del self._mirror[key]
+            return False
+        return True
 
     async def get(self, key: str) -> bytes | None:
         return cast(bytes | None, await self._call("get", key))
@@ -290,9 +358,18 @@ class FallbackHotStore(HotStore):
         await self._call("set", key, value, ttl_seconds=ttl_seconds)
 
     async def set_if_absent(self, key: str, value: bytes, *, ttl_seconds: float) -> bool:
-        return bool(await self._call("set_if_absent", key, value, ttl_seconds=ttl_seconds))
+        if self._remembered(key):
+            return False
+        taken = bool(await self._call("set_if_absent", key, value, ttl_seconds=ttl_seconds))
+        if taken:
+            self._remember(key, value, ttl_seconds)
+            if self.degraded:
+                self._taken_while_down[key] = (value, time.monotonic() + ttl_seconds)
+        return taken
 
     async def delete(self, key: str) -> bool:
+        self._mirror.pop(key, None)
+        self._taken_while_down.pop(key, None)
         return bool(await self._call("delete", key))
 
     async def incr(self, key: str, amount: int = 1, *, ttl_seconds: float | None = None) -> int:
