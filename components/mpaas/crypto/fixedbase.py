@@ -21,21 +21,52 @@ thread (the gateway runs one event loop). Measured figures: docs/benchmarks.md.
 Tables cost memory (C: 86 KiB per key; OpenSSL P-256: ~150 KiB and ~40 ms to
 build, SM2 ~40 KiB, ~1.5 ms): at most `MAX_TABLES` keys get one, the rest
 verify the general way.
+
+`MPAAS_CRYPTO_BACKEND=openssl` (read once, at import) keeps the C module out
+even when it is built: it is not imported, and every key verifies with the
+OpenSSL fallback, for when the C code is suspect. `auto` (the default) takes
+the C module when it is built from the source here. `backend()` says which
+one verifies.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
+import os
 from ctypes import c_char_p, c_int, c_size_t, c_void_p
 from functools import cache
+from types import ModuleType
 
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from ..compiled import extension
 from .sm2 import DEFAULT_ID, _lib
 
-_ec = extension("mpaas.crypto._ec")  # None: the OpenSSL fallback below
+BACKEND_ENV = "MPAAS_CRYPTO_BACKEND"
+BACKENDS = ("auto", "openssl")
+log = logging.getLogger("mpaas.crypto")
+
+
+def _native(setting: str | None) -> ModuleType | None:
+    """The C module for `setting` (the value of MPAAS_CRYPTO_BACKEND): None for `openssl`, which never imports it."""
+    choice = (setting or "auto").strip().lower()
+    if choice not in BACKENDS:
+        raise ValueError(f"{BACKEND_ENV}={setting!r}: expected one of {', '.join(BACKENDS)}")
+    if choice == "openssl":
+        log.warning("%s=openssl: signatures are verified by OpenSSL, the C module is not used", BACKEND_ENV)
+        return None
+    return extension("mpaas.crypto._ec")
+
+
+_ec = _native(os.environ.get(BACKEND_ENV))  # None: the OpenSSL fallback below
+
+
+def backend() -> str:
+    """Which implementation verifies ECDSA P-256 and SM2 signatures: "C" or "OpenSSL"."""
+    return "C" if _ec is not None else "OpenSSL"
+
 
 NID_P256 = 415  # NID_X9_62_prime256v1
 NID_SM2 = 1172
