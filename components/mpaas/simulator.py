@@ -63,6 +63,7 @@ class MobileClient:
             **(extra or {}),
         }
         if self._sign is not None:
+            # Always a Nonce: it makes the signed request single-use, whether the app requires one or not.
             headers.setdefault("Nonce", uuid.uuid4().hex)
             msg = canonical(
                 "POST",

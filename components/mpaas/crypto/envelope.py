@@ -15,11 +15,14 @@ Wrapping, with the gateway's key from the app's Secret:
 
 | keyWrap     | Secret key            | wrapped session key                                       |
 |-------------|-----------------------|-----------------------------------------------------------|
-| `RsaOaep`   | `rsaPrivateKey` (PEM) | RSA-OAEP, SHA-256 (MGF1 SHA-256)                          |
+| `RsaOaep`   | `rsaPrivateKey` (PEM) | RSA-OAEP, SHA-256, empty label; MGF1 SHA-256 or SHA-1     |
 | `EciesP256` | `ecPrivateKey` (PEM)  | ephemeral P-256 point (65 B) || nonce (12 B) || sealed    |
 | `Sm2`       | `sm2PrivateKey` (PEM) | SM2 encryption (C1C3C2, ASN.1)                            |
 
 ECIES seals the session key with AES-128-GCM under HKDF-SHA256(ECDH secret, info "mpaas-ecies").
+RSA-OAEP takes MGF1 with SHA-256 (what OpenSSL, BouncyCastle, iOS and WebCrypto mean by OAEP with SHA-256) and
+with SHA-1 (what Java's "RSA/ECB/OAEPWithSHA-256AndMGF1Padding" makes by default, SunJCE and Android alike);
+the reference client wraps with SHA-256. Test vectors: docs/gateway.md.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from . import sm2
 SECRET_KEYS = {"RsaOaep": "rsaPrivateKey", "EciesP256": "ecPrivateKey", "Sm2": "sm2PrivateKey"}
 KEY_BYTES, NONCE_BYTES, TAG_BYTES = 16, 12, 16
 _OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+# Java's OAEPWithSHA-256AndMGF1Padding without an OAEPParameterSpec: SHA-256 for the label, SHA-1 in MGF1.
+_OAEP_MGF1_SHA1 = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA256(), label=None)
 
 Unwrap = Callable[[bytes], bytes]
 
@@ -66,7 +71,14 @@ def unwrapper(key_wrap: str, private_pem: bytes) -> Unwrap:
         if not isinstance(private, rsa.RSAPrivateKey) or private.key_size < 2048:
             raise EnvelopeError("rsaPrivateKey must be an RSA key of at least 2048 bits")
         rsa_key = private
-        return lambda wrapped: rsa_key.decrypt(wrapped, _OAEP)
+
+        def unwrap_rsa(wrapped: bytes) -> bytes:
+            try:
+                return rsa_key.decrypt(wrapped, _OAEP)
+            except ValueError:  # not MGF1-SHA-256: perhaps Java's default, MGF1-SHA-1 (the same error if not)
+                return rsa_key.decrypt(wrapped, _OAEP_MGF1_SHA1)
+
+        return unwrap_rsa
     if key_wrap == "EciesP256":
         if not isinstance(private, ec.EllipticCurvePrivateKey) or private.curve.name != "secp256r1":
             raise EnvelopeError("ecPrivateKey must be an EC P-256 key")
@@ -81,13 +93,14 @@ def unwrapper(key_wrap: str, private_pem: bytes) -> Unwrap:
     raise EnvelopeError(f"unknown key wrap {key_wrap!r}")
 
 
-def wrap(key_wrap: str, public_pem: bytes, session_key: bytes) -> bytes:
-    """The client side: wrap a session key for the gateway's public key."""
+def wrap(key_wrap: str, public_pem: bytes, session_key: bytes, *, mgf1_sha1: bool = False) -> bytes:
+    """The client side: wrap a session key for the gateway's public key (`mgf1_sha1`: RSA-OAEP as Java's
+    default makes it)."""
     if key_wrap == "Sm2":
         return sm2.PublicKey.from_pem(public_pem).encrypt(session_key)
     public = serialization.load_pem_public_key(public_pem)
     if key_wrap == "RsaOaep" and isinstance(public, rsa.RSAPublicKey):
-        return public.encrypt(session_key, _OAEP)
+        return public.encrypt(session_key, _OAEP_MGF1_SHA1 if mgf1_sha1 else _OAEP)
     if key_wrap == "EciesP256" and isinstance(public, ec.EllipticCurvePublicKey):
         eph = ec.generate_private_key(ec.SECP256R1())
         nonce = os.urandom(NONCE_BYTES)
