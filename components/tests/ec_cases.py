@@ -421,17 +421,20 @@ def differential(seed: int, keys: int, messages: int) -> list[Case]:
                 if previous is not None:
                     cases.append(case(f"msg {m}: another key", sig, msg, previous))
             cases += [case("DER garbage", g, b"garbage") for g in _der_garbage(rng)[k::keys]]
-            # Digest-level: mutations of the digest itself, which no message reaches on purpose.
-            digest = rng.randbytes(32)
-            dsig, e = sign_digest(digest), int.from_bytes(digest, "big")
-            for what, dg in (
-                ("valid", digest),
-                ("digest with a flipped bit", _flip(digest, rng.randrange(256))),
-                ("digest + n (where it fits in 256 bits)", ((e + n) if e + n < 1 << 256 else e).to_bytes(32, "big")),
-                ("digest = 0", bytes(32)),
-                ("digest = 2^256 - 1", b"\xff" * 32),
+            # Digest-level: mutations of the digest itself, which no message reaches on purpose. A digest
+            # below 2^256 - n also has a twin e + n that fits in 32 bytes: the same value mod n.
+            digest, small = rng.randbytes(32), bytes(5) + rng.randbytes(27)
+            dsig, small_sig, e = sign_digest(digest), sign_digest(small), int.from_bytes(small, "big")
+            for what, dg, sg in (
+                ("valid", digest, dsig),
+                ("digest with a flipped bit", _flip(digest, rng.randrange(256)), dsig),
+                ("digest = 0", bytes(32), dsig),
+                ("digest = 2^256 - 1", b"\xff" * 32, dsig),
+                ("small digest", small, small_sig),
+                ("small digest + n", (e + n).to_bytes(32, "big"), small_sig),
+                ("small digest + 1", (e + 1).to_bytes(32, "big"), small_sig),
             ):
-                cases.append(Case(f"{tag}: digest-level, {what}", algorithm, pem, point, None, dg, dsig, None))
+                cases.append(Case(f"{tag}: digest-level, {what}", algorithm, pem, point, None, dg, sg, None))
             previous = point
     return [dataclasses.replace(c, expected=openssl_answer(c)) for c in cases]
 
