@@ -7,9 +7,11 @@ watches and writes run on the event loop without threads.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +38,10 @@ class ApiError(Exception):
     @property
     def reason(self) -> str:
         return self.body.get("reason", "") if isinstance(self.body, dict) else ""
+
+
+_REACHABLE_CACHE_SECONDS = 0.2
+_REACHABLE_CONNECT_SECONDS = 0.3
 
 
 class Gone(ApiError):
@@ -111,6 +117,7 @@ class KubeClient:
                 ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
             verify = ctx
         self.host = cfg.host.rstrip("/")
+        self._reachable, self._reachable_at = False, -1.0
         self._http = httpx.AsyncClient(
             base_url=self.host,
             verify=verify,
@@ -132,6 +139,26 @@ class KubeClient:
 
     async def close(self) -> None:
         await self._http.aclose()
+
+    async def reachable(self) -> bool:
+        """Whether the API server accepts TCP connections now: one connect, no request (cheap while it is away).
+
+        Watches backing off after an outage probe this, so they resume as soon as the server is back.
+        Probes within `_REACHABLE_CACHE_SECONDS` of each other share one answer.
+        """
+        now = time.monotonic()
+        if now - self._reachable_at < _REACHABLE_CACHE_SECONDS:
+            return self._reachable
+        self._reachable_at = now
+        url = httpx.URL(self.host)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(url.host, port), _REACHABLE_CONNECT_SECONDS)
+            writer.close()
+            self._reachable = True
+        except (OSError, TimeoutError):
+            self._reachable = False
+        return self._reachable
 
     async def __aenter__(self) -> KubeClient:
         return self

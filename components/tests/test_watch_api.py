@@ -2,6 +2,7 @@
 
 import asyncio
 import copy
+import time
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +60,12 @@ async def test_gone_resource_version_triggers_a_relist(namespace: str, kube: Kub
 
 
 async def test_last_good_config_survives_an_api_outage_and_catches_up(
-    namespace: str, kubeconfig: str, tmp_path: Path
+    namespace: str, kubeconfig: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Cut the connection to the API server: the config stays; edits made meanwhile arrive after."""
+    from mpaas.config import sources
+
+    monkeypatch.setattr(sources.random, "uniform", lambda low, high: high)  # backoff without jitter: 0.2, 0.4, ...
     real = KubeClient(kubeconfig)
     host, port = real.host.removeprefix("https://").rsplit(":", 1)
     await real.close()
@@ -84,10 +88,14 @@ async def test_last_good_config_survives_an_api_outage_and_catches_up(
         await asyncio.sleep(1.5)
         assert "com.demo.echo" in live.current.apis  # still serving the last good config
         assert "com.added.during.outage" not in live.current.apis
+        await asyncio.sleep(5.5)  # the watch backs off 3.2 s, then 6.4 s from about 6.2 s into the outage
         await proxy.restore()
+        back = time.monotonic()
         await eventually(
             lambda: "com.added.during.outage" in live.current.apis, timeout=20, what="the edit made during the outage"
         )
+        # The watch resumes on the server's return, not at the end of its backoff.
+        assert time.monotonic() - back < 1.0, time.monotonic() - back
     finally:
         await live.stop()
         await client.close()

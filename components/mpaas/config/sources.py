@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
 from ..kube import ApiError, Gone, KubeClient, ResourceType
@@ -43,6 +44,9 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+PROBE_SECONDS = 0.25
 
 
 class KubeWatchSource:
@@ -121,8 +125,25 @@ class KubeWatchSource:
             except (ApiError, OSError, ValueError, Exception) as e:
                 self.errors += 1
                 delay = backoff.next()
-                log.warning("watch of %s failed (%s); retrying in %.1fs", self.rt.plural, e, delay)
-                await asyncio.sleep(delay)
+                log.warning("watch of %s failed (%s); retrying in at most %.1fs", self.rt.plural, e, delay)
+                await self._wait_for_return(delay, unreachable=isinstance(e, (OSError, httpx.TransportError)))
+
+    async def _wait_for_return(self, delay: float, *, unreachable: bool) -> None:
+        """Back off, but when the API server was unreachable, resume as soon as it accepts connections again.
+
+        The probe is one TCP connect every `PROBE_SECONDS` (shared by the watches of one client), so an edit
+        made right after the server's return arrives within about a second, and a server that is away
+        gets no requests meanwhile.
+        """
+        deadline = asyncio.get_running_loop().time() + delay
+        was_away = False  # resume early only on a return: a server that answers TCP but fails gets the backoff
+        while (left := deadline - asyncio.get_running_loop().time()) > 0:
+            await asyncio.sleep(min(left, PROBE_SECONDS))
+            if unreachable:
+                if not await self.client.reachable():
+                    was_away = True
+                elif was_away:
+                    return
 
 
 class DirectorySource:
