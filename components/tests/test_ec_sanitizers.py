@@ -10,6 +10,7 @@ Needs only the system C compiler: without one the test fails, it does not skip.
 """
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -29,11 +30,12 @@ REPORTS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer", 
 
 
 def _libasan(cc: str) -> Path:
-    name = subprocess.run([cc, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
-    path = Path(name)
-    if not path.is_absolute() or not path.exists():
-        pytest.fail(f"{cc} has no AddressSanitizer runtime (libasan.so; on Debian: apt-get install libasan8)")
-    return path.resolve()
+    """The ASan runtime the compiler links against (GCC: libasan.so, Clang: libclang_rt.asan-<arch>.so)."""
+    for name in ("libasan.so", f"libclang_rt.asan-{platform.machine()}.so"):
+        found = subprocess.run([cc, f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+        if Path(found).is_absolute() and Path(found).exists():
+            return Path(found).resolve()
+    pytest.fail(f"{cc} has no AddressSanitizer runtime (libasan.so; on Debian: apt-get install libasan8)")
 
 
 def _cc() -> str:
