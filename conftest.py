@@ -287,6 +287,16 @@ def condition(obj: dict[str, Any] | None, type_: str = "Ready") -> dict[str, Any
     return {}
 
 
+async def ready_reason(namespace: str, kind: str, name: str, reason: str, *, timeout: float = 30) -> dict[str, Any]:
+    """The Ready condition of `kind/name`, once its reason is `reason`."""
+
+    def check() -> dict[str, Any] | None:
+        ready = condition(kget(namespace, kind, name))
+        return ready if ready.get("reason") == reason else None
+
+    return await eventually(check, timeout=timeout, what=f"{kind}/{name} Ready reason {reason}")  # type: ignore[no-any-return]
+
+
 def events_of(namespace: str, name: str) -> list[dict[str, Any]]:
     out = kget(namespace, "events", "--field-selector", f"involvedObject.name={name}")
     return (out or {}).get("items") or []

@@ -15,6 +15,7 @@ from conftest import (
     eventually,
     example,
     kubectl,
+    ready_reason,
     start_operator,
 )
 from conftest import kget as get
@@ -109,14 +110,7 @@ async def test_invalid_spec_is_reported_not_retried(operator: Process, namespace
     gw["spec"]["upstreams"].append({"name": "canary", "endpoints": [{"url": "http://127.0.0.1:1"}]})
     gw["spec"]["apis"][0]["canary"] = {"upstream": "canary", "rule": "DEVICE_ID MOD 100 IN (0..9"}
     assert apply_yaml(namespace, gw).returncode == 0  # the schema cannot parse rules; the operator can
-    cond = await eventually(
-        lambda: (
-            condition(get(namespace, "mpaasgateway", "demo-gateway")).get("reason") == "InvalidSpec"
-            and condition(get(namespace, "mpaasgateway", "demo-gateway"))
-        ),
-        timeout=30,
-        what="InvalidSpec",
-    )
+    cond = await ready_reason(namespace, "mpaasgateway", "demo-gateway", "InvalidSpec", timeout=30)
     assert cond["status"] == "False" and "canary.rule" in cond["message"] and "expected ')'" in cond["message"]
     assert get(namespace, "deployment", "mgw-demo-gateway") is None
     obj = get(namespace, "mpaasgateway", "demo-gateway")
@@ -151,14 +145,7 @@ async def test_only_allowed_images_run(operator: Process, namespace: str) -> Non
     gw = example("MpaasGateway")
     gw["spec"]["image"] = "docker.io/someone/else:latest"
     assert apply_yaml(namespace, gw).returncode == 0
-    cond = await eventually(
-        lambda: (
-            condition(get(namespace, "mpaasgateway", "demo-gateway")).get("reason") == "InvalidSpec"
-            and condition(get(namespace, "mpaasgateway", "demo-gateway"))
-        ),
-        timeout=30,
-        what="InvalidSpec",
-    )
+    cond = await ready_reason(namespace, "mpaasgateway", "demo-gateway", "InvalidSpec", timeout=30)
     assert "spec.image docker.io/someone/else:latest is not allowed" in cond["message"]
     assert get(namespace, "deployment", "mgw-demo-gateway") is None
     gw["spec"]["image"] = "registry.example/mpaas:e2e-2"  # another tag of the operator's own image
@@ -172,14 +159,7 @@ async def test_workers_without_shared_state_are_refused(operator: Process, names
     gw = example("MpaasGateway")
     gw["spec"]["workersPerPod"] = 2
     assert apply_yaml(namespace, gw).returncode == 0
-    cond = await eventually(
-        lambda: (
-            condition(get(namespace, "mpaasgateway", "demo-gateway")).get("reason") == "InvalidSpec"
-            and condition(get(namespace, "mpaasgateway", "demo-gateway"))
-        ),
-        timeout=30,
-        what="InvalidSpec",
-    )
+    cond = await ready_reason(namespace, "mpaasgateway", "demo-gateway", "InvalidSpec", timeout=30)
     assert "spec.workersPerPod > 1 needs spec.sharedState" in cond["message"]
     assert get(namespace, "deployment", "mgw-demo-gateway") is None
     gw["spec"]["sharedState"] = {"urlSecretRef": {"name": "gateway-redis", "key": "url"}}
@@ -193,14 +173,7 @@ async def test_workers_without_shared_state_are_refused(operator: Process, names
 async def test_link_channel_and_vendor_credentials(operator: Process, namespace: str) -> None:
     apply_yaml(namespace, example("PushChannel"))
     # The link pods run, but serve health only: the channel says so instead of claiming Ready.
-    cond = await eventually(
-        lambda: (
-            condition(get(namespace, "pushchannel", "demo-link")).get("reason") == "NotImplemented"
-            and condition(get(namespace, "pushchannel", "demo-link"))
-        ),
-        timeout=60,
-        what="link channel settled",
-    )
+    cond = await ready_reason(namespace, "pushchannel", "demo-link", "NotImplemented", timeout=60)
     assert cond["status"] == "False" and "2/2 replicas ready" in cond["message"]
     assert get(namespace, "pushchannel", "demo-link")["status"]["readyReplicas"] == 2  # type: ignore[index]
     dep = get(namespace, "deployment", "link-demo-link")
@@ -218,26 +191,12 @@ async def test_link_channel_and_vendor_credentials(operator: Process, namespace:
         },
     }
     apply_yaml(namespace, fcm)
-    cond = await eventually(
-        lambda: (
-            condition(get(namespace, "pushchannel", "fcm")).get("reason") == "CredentialsMissing"
-            and condition(get(namespace, "pushchannel", "fcm"))
-        ),
-        timeout=30,
-        what="CredentialsMissing",
-    )
+    cond = await ready_reason(namespace, "pushchannel", "fcm", "CredentialsMissing", timeout=30)
     assert "fcm-creds not found" in cond["message"]
     assert condition(get(namespace, "pushchannel", "fcm"), "Stalled")["status"] == "True"
     # The Secret appears: its watch re-checks the channel at once (no timer, no edit of the channel).
     kubectl("create", "secret", "generic", "fcm-creds", "-n", namespace, "--from-literal=serviceAccount={}")
-    cond = await eventually(
-        lambda: (
-            condition(get(namespace, "pushchannel", "fcm")).get("reason") == "NotImplemented"
-            and condition(get(namespace, "pushchannel", "fcm"))
-        ),
-        timeout=10,
-        what="credentials found through the Secret watch",
-    )
+    cond = await ready_reason(namespace, "pushchannel", "fcm", "NotImplemented", timeout=10)
     assert "has every key FCM needs" in cond["message"]
     assert condition(get(namespace, "pushchannel", "fcm"), "Stalled")["status"] == "False"
 
@@ -253,30 +212,18 @@ async def test_delivery_task_and_sync_topic_status(operator: Process, namespace:
         timeout=30,
     )
     assert task["status"]["currentPercent"] == 10 and condition(task)["status"] == "False"
-    await eventually(
-        lambda: condition(get(namespace, "synctopic", "demo-messages")).get("reason") == "NotImplemented", timeout=30
-    )
+    await ready_reason(namespace, "synctopic", "demo-messages", "NotImplemented", timeout=30)
     twin = copy.deepcopy(example("SyncTopic"))
     twin["metadata"]["name"] = "demo-messages-twin"
     apply_yaml(namespace, twin)
-    cond = await eventually(
-        lambda: (
-            condition(get(namespace, "synctopic", "demo-messages-twin")).get("reason") == "Conflict"
-            and condition(get(namespace, "synctopic", "demo-messages-twin"))
-        ),
-        timeout=30,
-    )
+    cond = await ready_reason(namespace, "synctopic", "demo-messages-twin", "Conflict", timeout=30)
     assert "demo-messages already serves" in cond["message"]
 
 
 async def test_two_operators_do_not_fight(peering: str, namespace: str, spawn: Callable[..., Process]) -> None:
     high = start_operator(spawn, "high", priority=20)
     apply_yaml(namespace, example("SyncTopic"))
-    await eventually(
-        lambda: condition(get(namespace, "synctopic", "demo-messages")).get("reason") == "NotImplemented",
-        timeout=30,
-        what="the active operator to reconcile",
-    )
+    await ready_reason(namespace, "synctopic", "demo-messages", "NotImplemented", timeout=30)
     low = start_operator(spawn, "low", priority=10)
     # A new replica starts paused and stays so while a higher-priority peer is alive.
     await eventually(
@@ -288,19 +235,11 @@ async def test_two_operators_do_not_fight(peering: str, namespace: str, spawn: C
     twin = copy.deepcopy(example("SyncTopic"))
     twin["metadata"]["name"] = "while-standing-by"
     apply_yaml(namespace, twin)
-    await eventually(
-        lambda: condition(get(namespace, "synctopic", "while-standing-by")).get("reason") == "Conflict",
-        timeout=30,
-        what="the active operator to handle the new topic",
-    )
+    await ready_reason(namespace, "synctopic", "while-standing-by", "Conflict", timeout=30)
     assert "Handler 'reconcile'" not in low.output()  # the standby handled nothing
     high.stop()  # a graceful stop takes the leader out of the peering at once
     await eventually(
         lambda: "Resuming operations after the pause" in low.output(), timeout=10, what="the standby to take over"
     )
     apply_yaml(namespace, example("DeliveryTask"))
-    await eventually(
-        lambda: condition(get(namespace, "deliverytask", "demo-android-2-1-0")).get("reason") == "NotImplemented",
-        timeout=30,
-        what="the new active operator to reconcile",
-    )
+    await ready_reason(namespace, "deliverytask", "demo-android-2-1-0", "NotImplemented", timeout=30)
