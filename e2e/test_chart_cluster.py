@@ -20,6 +20,14 @@ def helm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([helm_path(), *args], capture_output=True, text=True, timeout=180)
 
 
+def install(release: str, namespace: str, *values: str) -> subprocess.CompletedProcess[str]:
+    """helm install of the chart (pods are kwok's); the session already installed the CRDs."""
+    sets = [arg for v in ("image.tag=e2e", "crds.enabled=false", *values) for arg in ("--set", v)]
+    return helm(
+        "install", release, str(CHART), "-n", namespace, "--create-namespace", "--wait", "--timeout", "120s", *sets
+    )
+
+
 def test_chart_lints_and_renders() -> None:
     r = helm("lint", str(CHART), "--strict")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -75,22 +83,7 @@ def test_chart_lints_and_renders() -> None:
 def test_helm_install_runs_the_operator_with_least_privilege(crds: None) -> None:
     ns = f"mpaas-{uuid.uuid4().hex[:6]}"
     release = f"r{uuid.uuid4().hex[:6]}"
-    # The session already installed the CRDs; the chart's CRD templates are checked above.
-    r = helm(
-        "install",
-        release,
-        str(CHART),
-        "--namespace",
-        ns,
-        "--create-namespace",
-        "--wait",
-        "--timeout",
-        "120s",
-        "--set",
-        "image.tag=e2e",
-        "--set",
-        "crds.enabled=false",
-    )
+    r = install(release, ns)
     try:
         assert r.returncode == 0, r.stdout + r.stderr
         dep = json.loads(kubectl("get", "-n", ns, "deployment", f"{release}-mpaas-operator", "-o", "json").stdout)
@@ -125,23 +118,7 @@ def test_watching_chosen_namespaces_grants_nothing_elsewhere(crds: None) -> None
     ns, team = f"mpaas-{uuid.uuid4().hex[:6]}", f"team-{uuid.uuid4().hex[:6]}"
     release = f"r{uuid.uuid4().hex[:6]}"
     kubectl("create", "namespace", team)
-    r = helm(
-        "install",
-        release,
-        str(CHART),
-        "--namespace",
-        ns,
-        "--create-namespace",
-        "--wait",
-        "--timeout",
-        "120s",
-        "--set",
-        "image.tag=e2e",
-        "--set",
-        "crds.enabled=false",
-        "--set",
-        f"watchNamespaces={{{team}}}",
-    )
+    r = install(release, ns, f"watchNamespaces={{{team}}}")
     try:
         assert r.returncode == 0, r.stdout + r.stderr
         sa = f"system:serviceaccount:{ns}:{release}-mpaas-operator"
