@@ -351,7 +351,63 @@ def operator(peering: str, spawn: Callable[..., Process]) -> Process:
     return start_operator(spawn, peering=peering)
 
 
-TIERS = {"unit", "contract", "api", "component", "cluster"}
+# --- pods tier: the real node of `hack/testenv/up.sh node` ------------------------
+
+
+@pytest.fixture(scope="session")
+def real_node(kubeconfig: str, crds: None) -> str:
+    """The real node's name, once it is Ready; the tier fails (never skips) without one."""
+    name = need_env("MPAAS_TEST_NODE")
+    r = kubectl("get", "node", name, "-o", "json", check=False)
+    node = json.loads(r.stdout) if r.returncode == 0 else None
+    ready = condition(node, "Ready").get("status") == "True"
+    if not ready:
+        pytest.fail(f"real node {name} is not Ready: start it with hack/testenv/up.sh node", pytrace=False)
+    return name
+
+
+def create_node_namespace(node: str) -> str:
+    """A fresh namespace whose pods all run on the real node `node` (and on no fake one).
+
+    The real node is tainted, so the kwok tiers never land there; the apiserver's PodTolerationRestriction
+    and PodNodeSelector admission plugins give every pod created here the toleration and a nodeSelector,
+    the operator's own Deployments included."""
+    name = f"p-{uuid.uuid4().hex[:10]}"
+    taint = need_env("MPAAS_TEST_NODE_TAINT")
+    ns = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": name,
+            "annotations": {
+                "scheduler.alpha.kubernetes.io/defaultTolerations": json.dumps(
+                    [{"key": taint, "operator": "Exists", "effect": "NoSchedule"}]
+                ),
+                "scheduler.alpha.kubernetes.io/node-selector": f"kubernetes.io/hostname={node}",
+            },
+        },
+    }
+    kubectl("apply", "-f", "-", input=yaml.safe_dump(ns))
+    return name
+
+
+@pytest.fixture
+def node_namespace(real_node: str) -> Iterator[str]:
+    """A fresh namespace of real pods (create_node_namespace), deleted afterwards."""
+    name = create_node_namespace(real_node)
+    yield name
+    delete_node_namespace(name)
+
+
+def delete_node_namespace(name: str) -> None:
+    """Pods first, waited for (the next test gets the CPU they held), then the namespace: the namespace
+    controller alone would wait out the longest grace period (30 s) before it looked again."""
+    kubectl("delete", "mpaasgateways", "--all", "-n", name, "--wait=true", "--timeout=60s", check=False)
+    kubectl("delete", "deployments,replicasets,pods", "--all", "-n", name, "--wait=true", "--timeout=60s", check=False)
+    kubectl("delete", "namespace", name, "--wait=true", "--timeout=60s", check=False)
+
+
+TIERS = {"unit", "contract", "api", "component", "cluster", "pods"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,4 +1,4 @@
-"""A test upstream that says who it is: `python hack/upstream.py NAME PORT`.
+"""A test upstream that says who it is: `python hack/upstream.py NAME PORT [HOST]` (HOST: 127.0.0.1).
 
 Paths: /slow sleeps 2 s, /fail answers 500, /biz answers a 6001 business code,
 /session/validate accepts Session-Id "good-<user>", /_count tells how many
@@ -56,4 +56,5 @@ app = Starlette(routes=[Route("/{path:path}", handle, methods=["GET", "POST", "P
 if __name__ == "__main__":
     import uvicorn
 
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning", access_log=False)
+    host = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
+    uvicorn.run(app, host=host, port=int(sys.argv[2]), log_level="warning", access_log=False)

@@ -189,7 +189,13 @@ stop_pidfile() {
   rm -f "$f"
 }
 
-alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# alive PIDFILE: the process runs (a zombie nobody reaped yet does not count).
+alive() {
+  [[ -f $1 ]] || return 1
+  local state
+  state="$(awk '{print $3}' "/proc/$(cat "$1")/stat" 2>/dev/null)" || return 1
+  [[ -n $state && $state != Z ]]
+}
 
 # iptables_sweep PREFIX: remove the chains named PREFIX* from every table, and the jumps to them.
 iptables_sweep() {
@@ -244,12 +250,18 @@ down_node() {
     for c in $(ctr_ tasks ls -q 2>/dev/null); do ctr_ tasks kill -s KILL "$c" >/dev/null 2>&1 || true; done
   fi
   stop_pidfile "$NODE/containerd.pid"
-  # Shims and their containers outlive containerd: stop them by the pids containerd recorded.
+  # Shims and their containers outlive containerd: stop them by the pids containerd recorded, and the
+  # shims by pid too, found by the socket of this node's containerd they were started for.
   local f pid
   for f in "$NODE"/containerd/state/io.containerd.runtime.v2.task/*/*/{init,shim}.pid; do
     [[ -f $f ]] || continue
     pid="$(cat "$f")"
     [[ -n $pid ]] && kill -KILL "$pid" 2>/dev/null && log "killed $(basename "$f" .pid) pid $pid"
+  done
+  for f in /proc/[0-9]*/cmdline; do
+    tr '\0' ' ' < "$f" 2>/dev/null | grep -q "^[^ ]*containerd-shim[^ ]* .*-address $CTRD_SOCK " || continue
+    pid="${f#/proc/}"; pid="${pid%/cmdline}"
+    kill -KILL "$pid" 2>/dev/null && log "killed shim pid $pid"
   done
   # Anything still in the pods' cgroups is a container process of this node.
   local procs
