@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -34,9 +34,7 @@ class Response:
 
     __slots__ = ("content", "cookies", "headers", "status")
 
-    def __init__(
-        self, status: int, headers: Mapping[str, str], content: bytes, cookies: list[str] | None = None
-    ) -> None:
+    def __init__(self, status: int, headers: dict[str, str], content: bytes, cookies: list[str] | None = None) -> None:
         self.status = status
         self.headers = headers  # lower-case names
         self.content = content
