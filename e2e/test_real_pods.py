@@ -66,6 +66,31 @@ def exec_py(namespace: str, pod: str, code: str) -> str:
     return r.stdout
 
 
+# uid and gid 10001, read-only root (EROFS), seccomp filter mode (RuntimeDefault), no capabilities,
+# no_new_privs: what the chart's and the operator's securityContext ask for, as the kernel applies it.
+ENFORCED = {"uid": 10001, "gid": 10001, "ro": True, "seccomp": "2", "capeff": "0" * 16, "nnp": "1"}
+
+
+def security_facts(namespace: str, pod: str) -> dict[str, Any]:
+    return dict(
+        json.loads(
+            exec_py(
+                namespace,
+                pod,
+                "import json, os\n"
+                "status = dict(l.split(':\\t', 1) for l in open('/proc/1/status').read().splitlines())\n"
+                "try:\n"
+                "    open('/opt/x', 'w'); ro = False\n"
+                "except OSError as e:\n"
+                "    ro = e.errno == 30\n"
+                "open('/tmp/x', 'w').write('emptyDir')\n"
+                "print(json.dumps({'uid': os.getuid(), 'gid': os.getgid(), 'ro': ro, 'seccomp': status['Seccomp'],"
+                " 'capeff': status['CapEff'], 'nnp': status['NoNewPrivs']}))",
+            )
+        )
+    )
+
+
 def describe_failure(namespace: str) -> str:
     out = kubectl("get", "pods,events", "-n", namespace, "-o", "wide", check=False)
     return out.stdout[-4000:]
@@ -185,22 +210,7 @@ async def test_chart_runs_the_operator_as_real_pods(operator_release: tuple[str,
     assert {p["status"]["containerStatuses"][0]["image"] for p in ops} == {need_env("MPAAS_TEST_IMAGE")}
 
     # The chart's securityContext, as the kernel enforces it in the container.
-    facts = json.loads(
-        exec_py(
-            namespace,
-            ops[0]["metadata"]["name"],
-            "import json, os\n"
-            "status = dict(l.split(':\\t', 1) for l in open('/proc/1/status').read().splitlines())\n"
-            "try:\n"
-            "    open('/opt/x', 'w'); ro = False\n"
-            "except OSError as e:\n"
-            "    ro = e.errno == 30\n"
-            "open('/tmp/x', 'w').write('emptyDir')\n"
-            "print(json.dumps({'uid': os.getuid(), 'gid': os.getgid(), 'ro': ro, 'seccomp': status['Seccomp'],"
-            " 'capeff': status['CapEff'], 'nnp': status['NoNewPrivs']}))",
-        )
-    )
-    assert facts == {"uid": 10001, "gid": 10001, "ro": True, "seccomp": "2", "capeff": "0" * 16, "nnp": "1"}
+    assert security_facts(namespace, ops[0]["metadata"]["name"]) == ENFORCED
 
     # Leader election through kopf peering: both replicas register in the release's peering object (their ids
     # name their pods); the one of highest priority works, the other waits. The active one goes: the standby
@@ -257,6 +267,7 @@ async def test_gateway_pods_serve_mobile_requests_through_their_service(
     assert kget(namespace, "serviceaccount", sa)["metadata"]["ownerReferences"][0]["kind"] == "MpaasGateway"  # type: ignore[index]
     assert any("serviceAccountToken" in str(v.get("projected", {})) for v in spec["volumes"])
     assert container["lifecycle"]["preStop"]["sleep"]["seconds"] == 5
+    assert security_facts(namespace, gws[0]["metadata"]["name"]) == ENFORCED
 
     svc = kget(namespace, "service", "mgw-shop")
     assert svc is not None

@@ -35,7 +35,7 @@ NODE_SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_
   net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables)
 # Paths the kubelet and containerd write whatever their configuration says.
 NODE_HOST_PATHS=(/var/lib/kubelet /var/log/pods /var/log/containers /run/containerd /var/lib/cni
-  /usr/libexec/kubernetes)
+  /usr/libexec/kubernetes /run/netns)
 
 ctr_() { ctr --address "$CTRD_SOCK" -n k8s.io "$@"; }
 
@@ -300,7 +300,9 @@ down_node() {
   if [[ -f $NODE/host-paths.before ]]; then
     local p
     for p in "${NODE_HOST_PATHS[@]}"; do
-      grep -qxF "$p" "$NODE/host-paths.before" || rm -rf "$p"
+      grep -qxF "$p" "$NODE/host-paths.before" && continue
+      # The network namespaces' folder only when empty: a namespace in it is someone else's.
+      if [[ $p == /run/netns ]]; then rmdir "$p" 2>/dev/null || true; else rm -rf "$p"; fi
     done
   fi
   rm -rf "$NODE"
