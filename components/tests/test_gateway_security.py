@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import apply_yaml, closed_url, eventually, hits, need_env
+from conftest import apply_yaml, closed_url, eventually, hits, kubectl, need_env
 from mpaas.crypto import envelope
 from mpaas.crypto.signing import generate_keypair
 from mpaas.simulator import MobileClient
@@ -139,6 +139,30 @@ async def test_key_rotation_keeps_the_old_key_for_the_overlap(
     assert old_client.call("op.echo").result_status == "1000"  # still inside the overlap
     await eventually(lambda: old_client.call("op.echo").result_status == "7002", timeout=10, what="old key expiry")
     assert time.monotonic() - rotated >= 3
+
+
+async def test_deleting_the_secret_revokes_its_keys_at_once(
+    namespace: str, upstreams: dict[str, str], start_gateway: Callable[..., str]
+) -> None:
+    """A leaked key withdrawn: deleting the Secret ends the overlap a rotation began, for every key in it."""
+    old, new = b"k" * 32, b"n" * 32
+    url = start_gateway(
+        namespace,
+        gateway(namespace, upstreams, apps=[{**signed_app("HmacSha256"), "keyOverlapSeconds": 300}]),
+        extra=[secret("app-keys", hmacKey=old)],
+    )
+    old_client = MobileClient(url, "APP", "prod", sign_algorithm="HmacSha256", sign_key=old)
+    new_client = MobileClient(url, "APP", "prod", sign_algorithm="HmacSha256", sign_key=new)
+    assert old_client.call("op.echo").result_status == "1000"
+    apply_yaml(namespace, secret("app-keys", hmacKey=new))
+    await eventually(lambda: new_client.call("op.echo").result_status == "1000", timeout=5, what="the new key")
+    assert old_client.call("op.echo").result_status == "1000"  # the rotation's overlap
+    kubectl("delete", "secret", "app-keys", "-n", namespace)
+    await eventually(lambda: new_client.call("op.echo").result_status == "7007", timeout=5, what="revocation")
+    assert old_client.call("op.echo").result_status == "7007"  # the overlap ended with the Secret
+    apply_yaml(namespace, secret("app-keys", hmacKey=new))
+    await eventually(lambda: new_client.call("op.echo").result_status == "1000", timeout=5, what="the key back")
+    assert old_client.call("op.echo").result_status == "7002"
 
 
 async def test_rate_limit_is_shared_across_replicas(
