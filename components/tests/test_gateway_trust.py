@@ -82,6 +82,8 @@ class Upstream:
                     extra = [("Cache-Control", path.partition(b"?")[2].decode() or "private, max-age=60")]
                 elif path == b"/cookie":
                     extra = [("Set-Cookie", "session=mine")]
+                elif path == b"/vary":
+                    extra = [("Vary", "Accept-Language")]
                 body = b'{"n":%d}' % len(self.heads)
                 lines = "".join(f"{k}: {v}\r\n" for k, v in extra).encode()
                 writer.write(
@@ -124,6 +126,7 @@ def gateway_spec(port: int, apps: list[dict[str, Any]] | None = None) -> dict[st
                 {"operationType": "private.op", "upstream": "main", "path": "/private", "cache": cache},
                 {"operationType": "nostore.op", "upstream": "main", "path": "/private?no-store", "cache": cache},
                 {"operationType": "cookie.op", "upstream": "main", "path": "/cookie", "cache": cache},
+                {"operationType": "vary.op", "upstream": "main", "path": "/vary", "cache": cache},
             ],
         },
     }
@@ -279,8 +282,8 @@ async def test_the_cache_never_serves_one_callers_answer_to_another(
     assert len(up.heads) == before  # still from the cache
 
 
-@pytest.mark.parametrize("op", ["private.op", "nostore.op", "cookie.op"])
-async def test_private_answers_and_cookies_are_never_stored(
+@pytest.mark.parametrize("op", ["private.op", "nostore.op", "cookie.op", "vary.op"])
+async def test_private_answers_cookies_and_varying_answers_are_never_stored(
     gw: tuple[Server, Upstream, LiveConfig[RouteTable]], op: str
 ) -> None:
     server, up, _ = gw

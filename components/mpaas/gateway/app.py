@@ -223,8 +223,9 @@ _PER_REQUEST = frozenset({"Result-Status", "Memo", "Mgw-TraceId", "Content-Type"
 
 
 def storable(out: Outcome) -> bool:
-    """Whether the response cache may keep an answer: not one that sets a cookie or says it is private."""
-    if out.more:  # Set-Cookie lines
+    """Whether the response cache may keep an answer: not one that sets a cookie, says it is private, or varies
+    by request headers the cache's key does not hold."""
+    if out.more or "Vary" in out.headers:  # Set-Cookie lines; Vary
         return False
     control = out.headers.get("Cache-Control")
     if control:
