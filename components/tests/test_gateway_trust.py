@@ -83,7 +83,9 @@ class Upstream:
                 elif path == b"/cookie":
                     extra = [("Set-Cookie", "session=mine")]
                 elif path == b"/vary":
-                    extra = [("Vary", "Accept-Language")]
+                    extra = [("Vary", "Accept-Encoding, Accept-Language")]
+                elif path == b"/vary-encoding":
+                    extra = [("Vary", "Accept-Encoding")]
                 body = b'{"n":%d}' % len(self.heads)
                 lines = "".join(f"{k}: {v}\r\n" for k, v in extra).encode()
                 writer.write(
@@ -127,6 +129,7 @@ def gateway_spec(port: int, apps: list[dict[str, Any]] | None = None) -> dict[st
                 {"operationType": "nostore.op", "upstream": "main", "path": "/private?no-store", "cache": cache},
                 {"operationType": "cookie.op", "upstream": "main", "path": "/cookie", "cache": cache},
                 {"operationType": "vary.op", "upstream": "main", "path": "/vary", "cache": cache},
+                {"operationType": "encoding.op", "upstream": "main", "path": "/vary-encoding", "cache": cache},
             ],
         },
     }
@@ -291,6 +294,14 @@ async def test_private_answers_cookies_and_varying_answers_are_never_stored(
     second = await call(server.port, "/mgw.htm", f"Operation-Type: {op}", *OPEN)
     assert first[0] == second[0] == "1000" and first[2] != second[2] and len(up.heads) == 2
     assert not any(n.lower() == "etag" for n, _ in first[1])
+
+
+async def test_varying_by_encoding_alone_is_stored(gw: tuple[Server, Upstream, LiveConfig[RouteTable]]) -> None:
+    server, up, _ = gw
+    first = await call(server.port, "/mgw.htm", "Operation-Type: encoding.op", *OPEN)
+    second = await call(server.port, "/mgw.htm", "Operation-Type: encoding.op", *OPEN)
+    assert first[0] == "1000" and first[2] == second[2] and len(up.heads) == 1
+    assert ("Vary", "Accept-Encoding") in second[1]  # the cached answer keeps the upstream's headers
 
 
 # --- answer headers ------------------------------------------------------------------------------------------------

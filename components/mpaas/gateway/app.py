@@ -225,7 +225,11 @@ _PER_REQUEST = frozenset({"Result-Status", "Memo", "Mgw-TraceId", "Content-Type"
 def storable(out: Outcome) -> bool:
     """Whether the response cache may keep an answer: not one that sets a cookie, says it is private, or varies
     by request headers the cache's key does not hold."""
-    if out.more or "Vary" in out.headers:  # Set-Cookie lines; Vary
+    if out.more:  # Set-Cookie lines
+        return False
+    vary = out.headers.get("Vary")
+    # Accept-Encoding aside: the client's never reaches the upstream (_HOP_HEADERS), so answers cannot vary by it.
+    if vary and any(name.strip().lower() not in ("", "accept-encoding") for name in vary.split(",")):
         return False
     control = out.headers.get("Cache-Control")
     if control:
