@@ -66,6 +66,7 @@ def main() -> int:
                 "kind": "MpaasGateway",
                 "metadata": {"name": "bench", "namespace": ns},
                 "spec": {
+                    "apps": [{"appId": "BENCH", "workspaceId": "bench"}],
                     "upstreams": [
                         {"name": n, "endpoints": [{"url": f"http://127.0.0.1:{p}"}]} for n, p in ports.items()
                     ],
@@ -99,7 +100,7 @@ def main() -> int:
             if time.monotonic() > deadline:
                 sys.exit("gateway not ready")
             time.sleep(0.1)
-        headers = {"Operation-Type": "bench.op"}
+        headers = {"Operation-Type": "bench.op", "AppId": "BENCH", "WorkspaceId": "bench"}
 
         def served_by() -> str:
             return str(client.post(url + "/mgw.htm", headers=headers, content=b"{}").json().get("upstream"))
