@@ -197,6 +197,23 @@ def call(client: httpx.Client, url: str) -> httpx.Response:
     )
 
 
+async def service_url(namespace: str) -> str:
+    """The gateway's Service URL, once kube-proxy routes it (its rules follow the endpoints a moment later)."""
+    svc = kget(namespace, "service", "mgw-shop")
+    assert svc is not None
+    url = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+
+    def routed() -> bool:
+        try:
+            with httpx.Client(timeout=2) as client:
+                return call(client, url).headers.get("Result-Status") == "1000"
+        except httpx.HTTPError:
+            return False
+
+    await eventually(routed, timeout=30, interval=0.2, what=f"{url} routed by kube-proxy")
+    return url
+
+
 # --- the operator chart ---------------------------------------------------------
 
 
@@ -269,9 +286,7 @@ async def test_gateway_pods_serve_mobile_requests_through_their_service(
     assert container["lifecycle"]["preStop"]["sleep"]["seconds"] == 5
     assert security_facts(namespace, gws[0]["metadata"]["name"]) == ENFORCED
 
-    svc = kget(namespace, "service", "mgw-shop")
-    assert svc is not None
-    url = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+    url = await service_url(namespace)
     with httpx.Client(timeout=10) as client:
         for _ in range(20):
             r = call(client, url)
@@ -298,16 +313,16 @@ async def test_rolling_restart_under_traffic_fails_no_request(
     assert apply_yaml(namespace, gateway_resource(upstream_on_node)).returncode == 0
     gw = await gateway_ready(namespace)
     before = {p["metadata"]["name"] for p in pods(namespace, gw["status"]["selector"])}
-    svc = kget(namespace, "service", "mgw-shop")
-    assert svc is not None
-    url = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+    url = await service_url(namespace)
 
     results: dict[str, int] = {"ok": 0}
     failures: list[str] = []
     stop = threading.Event()
+    t0 = time.monotonic()
 
     def traffic(keep_alive: bool) -> None:
         # Keep-alive clients, as phones and load balancers hold connections; and new connections.
+        kind = "keep-alive" if keep_alive else "new connection"
         limits = httpx.Limits(max_keepalive_connections=1 if keep_alive else 0)
         with httpx.Client(timeout=10, limits=limits) as client:
             while not stop.is_set():
@@ -316,9 +331,9 @@ async def test_rolling_restart_under_traffic_fails_no_request(
                     if r.status_code == 200 and r.headers.get("Result-Status") == "1000":
                         results["ok"] += 1
                     else:
-                        failures.append(f"{r.status_code} {r.headers.get('Result-Status')} {r.text[:200]}")
+                        failures.append(f"{kind}: {r.status_code} {r.headers.get('Result-Status')} {r.text[:200]}")
                 except httpx.HTTPError as e:
-                    failures.append(f"{type(e).__name__}: {e}")
+                    failures.append(f"{kind} at {time.monotonic() - t0:.1f} s: {type(e).__name__}: {e}")
                 time.sleep(0.01)
 
     threads = [threading.Thread(target=traffic, args=(k,)) for k in (True, True, False)]
@@ -328,6 +343,7 @@ async def test_rolling_restart_under_traffic_fails_no_request(
         await asyncio.sleep(2)
         started = time.monotonic()
         kubectl("rollout", "restart", "-n", namespace, "deployment/mgw-shop")
+        print(f"rollout restart at {started - t0:.1f} s")
         r = await asyncio.to_thread(
             kubectl, "rollout", "status", "-n", namespace, "deployment/mgw-shop", "--timeout=120s", check=False
         )
