@@ -46,6 +46,9 @@ log = logging.getLogger("mpaas.http")
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _MAX_PIPELINED = 16  # queued requests per connection before reading pauses
+# On stop, an idle keep-alive connection stays open this long (within the drain): a request its client
+# sent meanwhile is answered, with `Connection: close`, instead of being lost to a closing socket.
+IDLE_GRACE_SECONDS = 2.0
 _LINGER_SECONDS = 2.0  # after refusing a request, how long what the client still sends is read and dropped
 
 
@@ -256,6 +259,7 @@ class Server:
         self.limits: Limits = limits or (app_limits if isinstance(app_limits, Limits) else Limits())
         self.reuse_port = reuse_port  # several processes on one port (mpaas.workers)
         self.connections: set[_Connection] = set()
+        self.stopping = False  # after stop(): every answer that leaves a connection idle closes it
         self.lifespan_state: dict[str, Any] = {}
         self._server: asyncio.AbstractServer | None = None
         self._date = (0, b"")
@@ -319,8 +323,10 @@ class Server:
             self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
+        self.stopping = True
+        grace = min(IDLE_GRACE_SECONDS, drain_seconds)
         for conn in list(self.connections):
-            conn.finish()
+            conn.finish(grace)
         if self.connections:
             self._all_closed = asyncio.get_running_loop().create_future()
             try:
@@ -640,7 +646,8 @@ class _Connection(asyncio.Protocol):
             self._send_failure()
             return
         # A body that did not fully arrive (too large, or unread) leaves the stream mid-message: close after.
-        keep = req.keep_alive and req.complete and not req.overflow
+        # Stopping: close once nothing more was received, so every request that arrived gets its answer.
+        keep = req.keep_alive and req.complete and not req.overflow and not (server.stopping and not self.pending)
         transport = self.transport
         if transport is not None and not self.closed:
             transport.write(
@@ -660,14 +667,19 @@ class _Connection(asyncio.Protocol):
                 self.closed = True
         self._next()
 
-    def finish(self) -> None:
-        """On stop: close now when idle, else after the request in hand."""
+    def finish(self, grace: float) -> None:
+        """On stop: answer what was received, the last answer closing the connection (see `_serve`); an idle
+        connection is closed after `grace` unless a request arrived on it meanwhile.
+
+        Closing an idle keep-alive connection at once loses a request its client has already sent (kube-proxy
+        keeps established connections on a pod that left the endpoints): the client gets a reset, not an answer.
+        """
         if not self.busy and not self.pending:
+            self.loop.call_later(grace, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        if not self.closed and not self.busy and not self.pending and not self.in_head:
             self.abort()
-        for req in (self.serving, self.current, *self.pending):
-            if req is not None:
-                req.keep_alive = False
-        self.pending.clear()
 
     def abort(self) -> None:
         self.closed = True

@@ -2,6 +2,7 @@
 limits, malformed requests, the ASGI fallback with its lifespan, and the drain on stop."""
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +11,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from mpaas import http1
 from mpaas.http1 import Headers, Limits, Request, Server
 
 pytestmark = pytest.mark.unit
@@ -194,6 +196,30 @@ async def test_stop_drains_the_request_in_flight(server: Server) -> None:
         assert r.status_code == 200 and r.content == b"ba" and r.headers["connection"] == "close"
         with pytest.raises(httpx.ConnectError):  # no longer accepting
             await c.post("/h", content=b"x")
+
+
+async def test_stop_answers_what_idle_keepalive_clients_send_during_the_grace(server: Server) -> None:
+    """A pod leaving its Service keeps getting requests on established connections: each is answered (closing
+    the connection), never lost to a socket closed under it; an idle one is closed after the grace."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    request = b"POST /h HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nab"
+    writer.write(request)
+    first = await reader.readuntil(b"ba")
+    assert b"connection: close" not in first
+    quiet_reader, quiet_writer = await asyncio.open_connection("127.0.0.1", server.port)
+    quiet_writer.write(request)
+    await quiet_reader.readuntil(b"ba")
+    stopping = asyncio.create_task(server.stop(5.0))
+    await asyncio.sleep(0.3)  # the server is stopping; the client does not know yet
+    writer.write(request + request)  # two pipelined requests on the old connection
+    rest = await asyncio.wait_for(reader.read(), 3)  # until the server closes
+    assert rest.count(b"HTTP/1.1 200") == 2 and rest.count(b"connection: close") == 1 and rest.endswith(b"ba")
+    started = time.monotonic()
+    assert await asyncio.wait_for(quiet_reader.read(), 5) == b""  # the idle one closed, after the grace
+    assert 0.5 < time.monotonic() - started + 0.3 < http1.IDLE_GRACE_SECONDS + 1
+    await asyncio.wait_for(stopping, 5)
+    writer.close()
+    quiet_writer.close()
 
 
 @pytest.mark.parametrize(("query", "status"), [("aLFb", 500), ("aCRb", 500), ("aCRLFX-Injected: 1", 500), ("ok", 200)])
