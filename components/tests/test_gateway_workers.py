@@ -64,6 +64,7 @@ async def test_two_workers(namespace: str, upstreams: dict[str, str], spawn: obj
             "kind": "MpaasGateway",
             "metadata": {"name": "gw", "namespace": namespace},
             "spec": {
+                "apps": [{"appId": "W", "workspaceId": "w"}],
                 "upstreams": [{"name": "alpha", "endpoints": [{"url": upstreams["alpha"]}]}],
                 "apis": [{"operationType": "w.echo", "upstream": "alpha", "path": "/echo"}],
             },
@@ -94,7 +95,9 @@ async def test_two_workers(namespace: str, upstreams: dict[str, str], spawn: obj
     assert all(readyz(url)[0] == 200 for _ in range(10))
 
     def call() -> None:  # a new connection each time: SO_REUSEPORT spreads connections, not requests
-        r = httpx.post(url + "/mgw.htm", content=b"{}", headers={"Operation-Type": "w.echo"})
+        r = httpx.post(
+            url + "/mgw.htm", content=b"{}", headers={"Operation-Type": "w.echo", "AppId": "W", "WorkspaceId": "w"}
+        )
         assert r.headers["result-status"] == "1000", r.headers
 
     for _ in range(40):
