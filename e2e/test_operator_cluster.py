@@ -80,15 +80,15 @@ async def test_gateway_children_and_status_on_kwok_pods(operator: Process, names
 
     # Drift is healed at once through the children's watches (there is no resync timer).
     kubectl("delete", "-n", namespace, "service", "mgw-demo-gateway")
-    await eventually(lambda: get(namespace, "service", "mgw-demo-gateway"), timeout=5, what="Service recreated")
+    await eventually(lambda: get(namespace, "service", "mgw-demo-gateway"), timeout=10, what="Service recreated")
     kubectl("scale", "-n", namespace, "deployment", "mgw-demo-gateway", "--replicas=4")
     await eventually(
         lambda: (get(namespace, "deployment", "mgw-demo-gateway") or {}).get("spec", {}).get("replicas") == 1,
-        timeout=5,
+        timeout=10,
         what="a hand-scaled Deployment scaled back",
     )
     kubectl("delete", "-n", namespace, "deployment", "mgw-demo-gateway")
-    await eventually(lambda: get(namespace, "deployment", "mgw-demo-gateway"), timeout=5, what="Deployment recreated")
+    await eventually(lambda: get(namespace, "deployment", "mgw-demo-gateway"), timeout=10, what="Deployment recreated")
     reasons = {e["reason"] for e in events_of(namespace, "demo-gateway")}
     assert {"Created", "Scaled", "Deleted", "Restoring", "DriftCorrected", "Available"} <= reasons, reasons
 

@@ -48,7 +48,7 @@ async def test_a_hung_redis_costs_the_requests_in_flight_one_budget(proxy: TcpPr
     assert max(in_flight) < 0.6, in_flight  # the budget, not the 2 s socket timeout
     assert store.degraded
     after = [await timed(store.take_tokens(key, rate=100, burst=100)) for _ in range(20)]
-    assert max(after) < 0.05, after  # the breaker is open: local state at once
+    assert max(after) < 0.15, after  # the breaker is open: local state at once, not the 0.2 s budget
     await store.close()
 
 

@@ -95,7 +95,9 @@ async def test_last_good_config_survives_an_api_outage_and_catches_up(
             lambda: "com.added.during.outage" in live.current.apis, timeout=20, what="the edit made during the outage"
         )
         # The watch resumes on the server's return, not at the end of its backoff.
-        assert time.monotonic() - back < 1.0, time.monotonic() - back
+        resumed = time.monotonic() - back
+        print(f"edit made during the outage applied {resumed:.2f} s after the API server's return")
+        assert resumed < 1.0, resumed
     finally:
         await live.stop()
         await client.close()
