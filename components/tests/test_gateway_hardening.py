@@ -22,7 +22,9 @@ pytestmark = pytest.mark.unit
 
 
 class Upstream:
-    """Records each request head it gets; answers with two cookies, or a body too large when asked."""
+    """Records each request head it gets; answers with two cookies, or a body too large when asked.
+
+    Other tests subclass it and override `answer`."""
 
     def __init__(self) -> None:
         self.heads: list[bytes] = []
@@ -38,16 +40,19 @@ class Upstream:
                 )
                 await reader.readexactly(length)
                 self.heads.append(head)
-                body = b"x" * 70000 if b" /big" in head.split(b"\r\n")[0] else b'{"ok":true}'
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nset-cookie: a=1\r\nset-cookie: b=2\r\n"
-                    b"content-length: %d\r\n\r\n%b" % (len(body), body)
-                )
+                writer.write(self.answer(head))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             writer.close()
+
+    def answer(self, head: bytes) -> bytes:
+        body = b"x" * 70000 if b" /big" in head.split(b"\r\n")[0] else b'{"ok":true}'
+        return (
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nset-cookie: a=1\r\nset-cookie: b=2\r\n"
+            b"content-length: %d\r\n\r\n%b" % (len(body), body)
+        )
 
     def got(self, name: bytes) -> list[bytes]:
         """Values of header `name` in the last request."""

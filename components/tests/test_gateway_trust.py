@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from test_gateway_hardening import Upstream as HardeningUpstream
 
 from mpaas.config import LiveConfig, Resource, unlisted
 from mpaas.crypto.signing import canonical
@@ -56,47 +57,30 @@ RICH = [
 ]
 
 
-class Upstream:
+class Upstream(HardeningUpstream):
     """Answers /headers with RICH, /private and /cookie with a Cache-Control or a cookie, anything else plainly;
     every body counts the requests so far, so a cached answer shows."""
 
-    def __init__(self) -> None:
-        self.heads: list[bytes] = []
-        self.port = 0
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    (int(x.split(b":")[1]) for x in head.split(b"\r\n") if x.lower().startswith(b"content-length:")),
-                    0,
-                )
-                await reader.readexactly(length)
-                self.heads.append(head)
-                path = head.split(b"\r\n")[0].split(b" ")[1]
-                extra: list[tuple[str, str]] = []
-                if path == b"/headers":
-                    extra = RICH
-                elif path.startswith(b"/private"):
-                    extra = [("Cache-Control", path.partition(b"?")[2].decode() or "private, max-age=60")]
-                elif path == b"/cookie":
-                    extra = [("Set-Cookie", "session=mine")]
-                elif path == b"/vary":
-                    extra = [("Vary", "Accept-Encoding, Accept-Language")]
-                elif path == b"/vary-encoding":
-                    extra = [("Vary", "Accept-Encoding")]
-                body = b'{"n":%d}' % len(self.heads)
-                lines = "".join(f"{k}: {v}\r\n" for k, v in extra).encode()
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n%bcontent-length: %d\r\n\r\n%b"
-                    % (lines, len(body), body)
-                )
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    def answer(self, head: bytes) -> bytes:
+        path = head.split(b"\r\n")[0].split(b" ")[1]
+        extra: list[tuple[str, str]] = []
+        if path == b"/headers":
+            extra = RICH
+        elif path.startswith(b"/private"):
+            extra = [("Cache-Control", path.partition(b"?")[2].decode() or "private, max-age=60")]
+        elif path == b"/cookie":
+            extra = [("Set-Cookie", "session=mine")]
+        elif path == b"/vary":
+            extra = [("Vary", "Accept-Encoding, Accept-Language")]
+        elif path == b"/vary-encoding":
+            extra = [("Vary", "Accept-Encoding")]
+        body = b'{"n":%d}' % len(self.heads)
+        lines = "".join(f"{k}: {v}\r\n" for k, v in extra).encode()
+        return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n%bcontent-length: %d\r\n\r\n%b" % (
+            lines,
+            len(body),
+            body,
+        )
 
 
 def gateway_spec(port: int, apps: list[dict[str, Any]] | None = None) -> dict[str, Any]:
