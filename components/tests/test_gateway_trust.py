@@ -168,8 +168,9 @@ async def call(port: int, path: str, *headers: str, body: bytes = b"{}") -> tupl
 OPEN = ("AppId: OPEN", "WorkspaceId: w")
 
 
-def signed(op: str, key: bytes, body: bytes = b"{}") -> tuple[str, ...]:
-    ts, nonce = str(int(time.time() * 1000)), hashlib.sha256(str(time.perf_counter_ns()).encode()).hexdigest()[:16]
+def signed(op: str, key: bytes, body: bytes = b"{}", nonce: str = "") -> tuple[str, ...]:
+    ts = str(int(time.time() * 1000))
+    nonce = nonce or hashlib.sha256(str(time.perf_counter_ns()).encode()).hexdigest()[:16]
     msg = canonical("POST", "/mgw.htm", "", op, "SIGNED", "w", ts, nonce, body)
     sign = base64.b64encode(hmac.new(key, msg, hashlib.sha256).digest()).decode()
     return (f"Operation-Type: {op}", "AppId: SIGNED", "WorkspaceId: w", f"Ts: {ts}", f"Nonce: {nonce}", f"Sign: {sign}")
@@ -189,6 +190,22 @@ async def test_a_gateway_without_apps_refuses_every_call(gw: tuple[Server, Upstr
         status, _, _ = await call(server.port, "/api/open.op", *headers)
         assert status == "1003"
     assert up.heads == []  # nothing reached the upstream
+
+
+# --- nonces ---------------------------------------------------------------------------------------------------------
+
+
+async def test_a_long_nonce_is_kept_as_its_digest_and_still_refused_twice(
+    gw: tuple[Server, Upstream, LiveConfig[RouteTable]],
+) -> None:
+    server, _, _ = gw
+    long_nonce = "n" * 20_000  # a client chooses the length, up to the head limit
+    headers = signed("open.op", KEY_A, nonce=long_nonce)
+    assert (await call(server.port, "/mgw.htm", *headers))[0] == "1000"
+    assert (await call(server.port, "/mgw.htm", *signed("open.op", KEY_A, nonce=long_nonce)))[0] == "7006"
+    hot = server.app.gateway.hot  # the shared store (memory here) and the outage memory in front of it
+    stored = [k for k in [*hot.shared._data, *hot._mirror] if k.startswith("nonce:")]
+    assert stored and max(map(len, stored)) < 200, [len(k) for k in stored]
 
 
 # --- revoking keys -------------------------------------------------------------------------------------------------

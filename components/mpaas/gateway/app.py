@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import logging
 import random
 import re
@@ -59,6 +60,7 @@ from .settings import GatewaySettings
 from .upstream_http import ConnectFailed, EndpointBusy, ResponseTooLarge, UpstreamBroken, UpstreamClient
 from .upstream_http import Response as UpstreamResponse
 
+_NONCE_KEPT_AS_IS = 64  # characters; longer nonces are stored as their SHA-256
 log = logging.getLogger("mpaas.gateway")
 digest_log = logging.getLogger("mpaas.gateway.digest")
 
@@ -588,6 +590,10 @@ class Gateway:
             return codes.SIGNATURE_INVALID
         if nonce:
             # Remember the nonce as long as its timestamp could still pass the window check.
+            # A long nonce (a client chooses its length, up to the head limit) is kept as its digest, so every
+            # stored key, in Redis and in the outage memory, has a bounded size.
+            if len(nonce) > _NONCE_KEPT_AS_IS:
+                nonce = "#" + hashlib.sha256(nonce.encode("latin-1", "replace")).hexdigest()
             key = f"nonce:{app.app_id}:{app.workspace_id}:{nonce}"
             if not await self.hot.set_if_absent(key, b"1", ttl_seconds=2 * app.timestamp_window_ms / 1000):
                 return codes.NONCE_REPLAYED
