@@ -364,7 +364,10 @@ class FallbackHotStore(HotStore):
         if taken:
             self._remember(key, value, ttl_seconds)
             if self.degraded:
-                self._taken_while_down[key] = (value, time.monotonic() + ttl_seconds)
+                down = self._taken_while_down
+                down[key] = (value, time.monotonic() + ttl_seconds)
+                if len(down) > self.mirror_max_keys:  # a long outage: give back the newest, as the mirror keeps
+                    del down[next(iter(down))]
         return taken
 
     async def delete(self, key: str) -> bool:

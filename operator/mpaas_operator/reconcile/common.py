@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -96,7 +97,8 @@ async def _post_ready_change(
     await events.post(client, body, type_, ready["reason"], ready["message"] or ready["reason"])
 
 
-_status_locks: dict[str, asyncio.Lock] = {}
+# Held only while a status is written: a resource's lock goes away with its last writer.
+_status_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 WorkloadStatus = Callable[[dict[str, Any] | None], tuple[list[dict[str, Any]], dict[str, Any]]]
 
 
@@ -109,7 +111,10 @@ async def report_workload(
     and reads the Deployment inside it, so an older view never overwrites a newer one.
     """
     namespace, name, generation = identity(body)
-    lock = _status_locks.setdefault(body["metadata"].get("uid", f"{namespace}/{name}"), asyncio.Lock())
+    key = body["metadata"].get("uid", f"{namespace}/{name}")
+    lock = _status_locks.get(key)
+    if lock is None:
+        lock = _status_locks[key] = asyncio.Lock()
     async with lock:
         current = await client.get(kind.resource, namespace, name)
         if current is None or current["metadata"].get("deletionTimestamp"):
