@@ -309,8 +309,11 @@ class Server:
                         conn.fail(408, "request head not received in time")
                         continue
                     req = conn.current
-                    if req is not None and (
-                        clock - req.body_clock > lim.body_timeout_seconds + req.size / max(lim.min_body_rate, 1)
+                    if (
+                        req is not None
+                        and not conn._paused  # its body cannot arrive while reading waits on queued requests
+                        and not _awaiting_continue(req)  # nor before 100 Continue, sent when its handler reads
+                        and clock - req.body_clock > lim.body_timeout_seconds + req.size / max(lim.min_body_rate, 1)
                     ):
                         conn.fail(408, "request body not received in time")
                         continue
@@ -685,6 +688,11 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+
+def _awaiting_continue(req: Request) -> bool:
+    """Sent `Expect: 100-continue` and not yet told to go on (`body()` restarts its body clock when it is)."""
+    return req.body_clock == req.received and req.headers.get("expect", "").lower() == "100-continue"
 
 
 def _refusal(status: int, why: bytes, date: bytes) -> bytes:

@@ -389,3 +389,30 @@ async def test_a_malformed_chunked_body_is_answered_400(server: Server, body: by
 async def test_repeated_headers_reach_the_handler_in_order() -> None:
     h = Headers([("cookie", "a=1"), ("appid", "A"), ("cookie", "b=2")])
     assert h.get("cookie") == "a=1" and h.repeated() == {"cookie"} and Headers([("a", "1")]).repeated() == set()
+
+
+async def test_a_body_that_waits_for_100_continue_behind_a_slow_request_is_not_timed_out() -> None:
+    """The body clock runs only once the client may send: a queued `Expect: 100-continue` request is told to go
+    on when its handler reads, which may be long after the body deadline of a request sent at once."""
+
+    async def handler(req: Request) -> Reply:
+        if req.path == "/hwait":
+            await asyncio.sleep(1.0)  # longer than the 0.4 s body deadline
+        return await echo(req)
+
+    s = Server(Asgi(), "127.0.0.1", 0, router=lambda p: handler if p.startswith("/h") else None, limits=LIMITS)
+    await s.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+        writer.write(
+            b"POST /hwait HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
+            b"POST /h HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 2\r\nconnection: close\r\n\r\n"
+        )
+        got = await asyncio.wait_for(reader.readuntil(b"100 Continue\r\n\r\n"), 5)
+        assert got.startswith(b"HTTP/1.1 200") and b"408" not in got
+        writer.write(b"ab")
+        rest = await asyncio.wait_for(reader.read(), 5)
+        assert rest.startswith(b"HTTP/1.1 200") and rest.endswith(b"ba"), rest
+        writer.close()
+    finally:
+        await s.stop(1.0)
