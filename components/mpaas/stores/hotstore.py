@@ -308,7 +308,7 @@ class FallbackHotStore(HotStore):
                 self._down_until = 0.0
                 return result
             except Exception as e:  # connection refused, timeout, READONLY, over budget, ...
-                if not self._down_until or not self.degraded:
+                if not self._down_until:  # the first failure of an outage (later retries fail quietly)
                     log.warning(
                         "hot store unreachable, using local state for %.0fs: %s", self.retry_seconds, e or type(e)
                     )
