@@ -31,8 +31,19 @@ MODULES = (
     "mpaas.http1",
     "mpaas.tally",
     "mpaas.gateway.app",
+    "mpaas.gateway.outcome",
     "mpaas.gateway.bodycheck",
     "mpaas.gateway.upstream_http",
+    # the pipeline's stages (gateway/stages/__init__.py), so each step is a native call
+    "mpaas.gateway.stages.route",
+    "mpaas.gateway.stages.signature",
+    "mpaas.gateway.stages.encryption",
+    "mpaas.gateway.stages.rate_limit",
+    "mpaas.gateway.stages.session",
+    "mpaas.gateway.stages.cache",
+    "mpaas.gateway.stages.mock",
+    "mpaas.gateway.stages.canary",
+    "mpaas.gateway.stages.forward",
 )
 # C module -> its source, relative to this package
 EXTENSIONS = {"mpaas.crypto._ec": "crypto/_ec.c"}  # table-backed ECDSA P-256 and SM2 verification

@@ -10,7 +10,7 @@ import pytest
 from mpaas.config import LiveConfig
 from mpaas.gateway import codegen
 from mpaas.gateway.admin import openapi_document
-from mpaas.gateway.routes import EMPTY, KIND, RouteTable, compiler
+from mpaas.gateway.stages.route import EMPTY, KIND, RouteTable, compiler
 from testenv_paths import kotlin_classpath, kotlin_stdlib, tsc
 
 ITEM = {

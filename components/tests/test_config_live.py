@@ -9,7 +9,7 @@ import yaml
 
 from mpaas.config import LiveConfig, Resources
 from mpaas.config.sources import DirectorySource
-from mpaas.gateway.routes import EMPTY, KIND, RouteTable, compiler
+from mpaas.gateway.stages.route import EMPTY, KIND, RouteTable, compiler
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]

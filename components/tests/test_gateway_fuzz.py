@@ -21,8 +21,8 @@ from mpaas.config import LiveConfig
 from mpaas.crypto import envelope
 from mpaas.gateway import codes
 from mpaas.gateway.app import GatewayASGI, create_app
-from mpaas.gateway.routes import EMPTY, KIND, SECRET, RouteTable, compiler
 from mpaas.gateway.settings import GatewaySettings
+from mpaas.gateway.stages.route import EMPTY, KIND, SECRET, RouteTable, compiler
 
 pytestmark = pytest.mark.unit
 

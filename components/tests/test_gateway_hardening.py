@@ -14,8 +14,8 @@ import pytest_asyncio
 
 from mpaas.config import LiveConfig
 from mpaas.gateway.app import GatewayASGI, create_app
-from mpaas.gateway.routes import EMPTY, KIND, SECRET, RouteTable, compiler
 from mpaas.gateway.settings import GatewaySettings
+from mpaas.gateway.stages.route import EMPTY, KIND, SECRET, RouteTable, compiler
 from mpaas.http1 import Limits, Server
 
 pytestmark = pytest.mark.unit

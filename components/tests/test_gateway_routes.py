@@ -5,7 +5,8 @@ import collections
 import pytest
 
 from mpaas.config import validate
-from mpaas.gateway.routes import compile_gateway
+from mpaas.gateway.stages import forward
+from mpaas.gateway.stages.route import compile_gateway
 
 pytestmark = pytest.mark.unit
 
@@ -39,9 +40,9 @@ def test_timeouts_inherit_from_the_upstream_and_weights_split_traffic() -> None:
         )
     )
     assert table.generation == 4 and table.gateway == "ns/g"
-    assert table.apis["a"].timeout_seconds == 1.5 and table.apis["b"].timeout_seconds == 0.2
-    assert table.apis["c"].upstream.base_urls == ("http://backend.ns.svc:8080",)
-    picks = collections.Counter(table.apis["a"].upstream.pick() for _ in range(20000))
+    assert table.apis["a"].forward.timeout_seconds == 1.5 and table.apis["b"].forward.timeout_seconds == 0.2
+    assert table.apis["c"].forward.upstream.base_urls == ("http://backend.ns.svc:8080",)
+    picks = collections.Counter(table.apis["a"].forward.upstream.pick() for _ in range(20000))
     assert set(picks) == {"http://a:1", "http://b:1"}  # weight 0 takes no traffic
     assert 2.6 < picks["http://a:1"] / picks["http://b:1"] < 3.4
 
@@ -88,9 +89,9 @@ def cluster_groups() -> object:
 
 def test_a_cluster_group_mixes_its_members_by_weight() -> None:
     table = cluster_groups()
-    group = table.apis["op"].upstream  # type: ignore[attr-defined]
+    group = table.apis["op"].forward.upstream
     assert group.members == ("a", "standby", "b") and group.base_urls == ()
-    picks = collections.Counter(table.member(group).name for _ in range(20000))  # type: ignore[attr-defined]
+    picks = collections.Counter(forward.member(table.upstreams, group).name for _ in range(20000))
     assert set(picks) == {"a", "b"}  # the standby takes nothing while the others can
     assert 2.6 < picks["b"] / picks["a"] < 3.4
 
@@ -100,7 +101,7 @@ def test_alternatives_are_the_siblings_by_weight_then_standbys_then_the_failover
     up = table.upstreams  # type: ignore[attr-defined]
 
     def names(first: str, used: str) -> list[str]:
-        return [u.name for u in table.alternatives(up[first], up[used])]  # type: ignore[attr-defined]
+        return [u.name for u in forward.alternatives(table.upstreams, up[first], up[used])]
 
     assert names("bj", "a") == ["b", "standby", "dr"]
     assert names("bj", "b") == ["a", "standby", "dr"]
@@ -149,5 +150,5 @@ def test_header_mappings_match_any_spelling_of_the_name() -> None:
             }
         )
     )
-    ((src, _),) = table.apis["a"].header_mappings
+    ((src, _),) = table.apis["a"].forward.header_mappings
     assert Headers([("x-device", "phone-1")]).get(src) == "phone-1"  # names arrive lower-cased

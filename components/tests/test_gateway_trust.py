@@ -19,9 +19,10 @@ from test_gateway_hardening import Upstream as HardeningUpstream
 from mpaas.config import LiveConfig, Resource, unlisted
 from mpaas.crypto.signing import canonical
 from mpaas.gateway.app import GatewayASGI, create_app
-from mpaas.gateway.routes import EMPTY, KIND, SECRET, KeyRing, RouteTable, compiler
 from mpaas.gateway.settings import GatewaySettings
+from mpaas.gateway.stages.route import EMPTY, KIND, SECRET, RouteTable, compiler
 from mpaas.http1 import Server
+from mpaas.keyring import KeyRing
 
 pytestmark = pytest.mark.unit
 
@@ -220,7 +221,10 @@ async def test_deleting_the_secret_revokes_its_key_at_once(gw: tuple[Server, Ups
     live.on_snapshot(SECRET, {})  # deleted: both keys refused now, overlap or not
     for key in (KEY_A, KEY_B):
         assert (await call(server.port, "/mgw.htm", *signed("open.op", key)))[0] == "7007"
-    assert live.current.apps[("SIGNED", "w")].key_problem == "credentials Secret or key entry not found (key revoked)"
+    assert (
+        live.current.apps[("SIGNED", "w")].signature.key_problem
+        == "credentials Secret or key entry not found (key revoked)"
+    )
     live.on_snapshot(SECRET, {("default", "keys"): secret(hmacKey=KEY_B)})  # back: B only, A stays revoked
     assert (await call(server.port, "/mgw.htm", *signed("open.op", KEY_B)))[0] == "1000"
     assert (await call(server.port, "/mgw.htm", *signed("open.op", KEY_A)))[0] == "7002"
@@ -247,16 +251,16 @@ def test_a_secret_not_listed_yet_keeps_the_last_good_key() -> None:
     live: LiveConfig[RouteTable] = LiveConfig("t", [KIND, SECRET], compile_, EMPTY)
     live.on_snapshot(SECRET, {("default", "keys"): secret(hmacKey=KEY_A)})
     live.on_snapshot(KIND, {("default", "trust"): gateway_spec(1)})
-    assert live.current.apps[("SIGNED", "w")].verifiers
+    assert live.current.apps[("SIGNED", "w")].signature.verifiers
     moved = gateway_spec(1)
     moved["metadata"]["resourceVersion"] = "2"
     moved["spec"]["apps"][1]["credentialsSecretRef"] = {"name": "next-keys"}
     live._absorb(KIND, {("default", "trust"): moved})  # the app now names a Secret whose watch has not listed
     pending = Resource(SECRET, "default", "next-keys", 0, "", None, {})
     waiting = compile_({**live.resources, unlisted(SECRET): {("default", "next-keys"): pending}})
-    assert waiting.apps[("SIGNED", "w")].verifiers  # the last good key, while the new Secret is not readable
+    assert waiting.apps[("SIGNED", "w")].signature.verifiers  # the last good key, while the new Secret is not readable
     gone = compile_(live.resources)
-    assert not gone.apps[("SIGNED", "w")].verifiers  # listed and absent: revoked
+    assert not gone.apps[("SIGNED", "w")].signature.verifiers  # listed and absent: revoked
 
 
 # --- the response cache and credentials ---------------------------------------------------------------------------

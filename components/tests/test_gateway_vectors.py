@@ -23,8 +23,8 @@ from mpaas.config import LiveConfig
 from mpaas.crypto import envelope, sm2
 from mpaas.crypto.signing import canonical, signer
 from mpaas.gateway.app import Gateway
-from mpaas.gateway.routes import EMPTY, KIND, SECRET, CompiledApp, RouteTable, compiler
 from mpaas.gateway.settings import GatewaySettings
+from mpaas.gateway.stages.route import EMPTY, KIND, SECRET, CompiledApp, RouteTable, compiler
 from mpaas.http1 import Request
 from mpaas.stores import open_hotstore
 
@@ -125,7 +125,7 @@ def table(algorithm: str) -> RouteTable:
 
 def app(algorithm: str) -> CompiledApp:
     compiled = table(algorithm).apps[("DEMO_APP", "default")]
-    assert compiled.key_problem is None
+    assert compiled.signature is not None and compiled.signature.key_problem is None
     return compiled
 
 
@@ -160,7 +160,9 @@ def test_canonical_strings(name: str) -> None:
 @pytest.mark.parametrize("vector", of("signature"), ids=ids("signature", "algorithm", "request"))
 def test_signatures(vector: dict[str, Any]) -> None:
     msg, sign = message(REQUESTS[vector["request"]]), base64.b64decode(vector["sign"])
-    verifiers = app(vector["algorithm"]).verifiers
+    sig = app(vector["algorithm"]).signature
+    assert sig is not None
+    verifiers = sig.verifiers
     assert verifiers and verifiers[0][0](sign, msg)
     assert not verifiers[0][0](sign, msg + b" ")
     mine = signer(vector["algorithm"], KEYS[vector["key"]].encode())(msg)
@@ -191,7 +193,9 @@ def test_sealed_bodies(vector: dict[str, Any], fixed_nonce: list[bytes]) -> None
 
 @pytest.mark.parametrize("vector", of("key-wrap"), ids=ids("key-wrap", "keyWrap", "oaep"))
 def test_key_wraps(vector: dict[str, Any]) -> None:
-    chain = app("HmacSha256").unwrappers[vector["keyWrap"]]
+    enc = app("HmacSha256").encryption
+    assert enc is not None
+    chain = enc.unwrappers[vector["keyWrap"]]
     wrapped = base64.b64decode(vector["mgwKey"])
     assert chain[0][0](wrapped) == bytes.fromhex(vector["sessionKey"])
     if vector["keyWrap"] != "EciesP256":

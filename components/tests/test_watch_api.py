@@ -13,7 +13,7 @@ from conftest import apply_yaml, eventually, kubectl
 from mpaas.api import MPAAS_GATEWAY
 from mpaas.config import LiveConfig
 from mpaas.config.sources import KubeWatchSource
-from mpaas.gateway.routes import EMPTY, KIND, RouteTable, compiler
+from mpaas.gateway.stages.route import EMPTY, KIND, RouteTable, compiler
 from mpaas.kube import KubeClient
 from tcpproxy import TcpProxy
 
@@ -112,7 +112,7 @@ async def test_secrets_are_watched_by_name_with_only_the_access_the_operator_gra
     import base64
 
     from mpaas.api.gateway import GatewaySpec
-    from mpaas.gateway.routes import SECRET, secrets_named
+    from mpaas.gateway.stages.route import SECRET, secrets_named
     from mpaas.kube import SECRETS, ApiError
     from mpaas_operator.builders import gateway as gateway_builder
 
@@ -159,7 +159,7 @@ async def test_secrets_are_watched_by_name_with_only_the_access_the_operator_gra
     try:
         await asyncio.wait_for(live.ready.wait(), 10)
         assert set(live.resources[SECRET]) == {(namespace, "a-keys")}
-        assert live.current.apps[("APP", "prod")].key_problem is None
+        assert live.current.apps[("APP", "prod")].signature.key_problem is None
         with pytest.raises(ApiError) as denied:  # every other Secret stays out of reach
             await client.list(SECRETS, namespace)
         assert denied.value.status == 403
@@ -170,7 +170,7 @@ async def test_secrets_are_watched_by_name_with_only_the_access_the_operator_gra
         grant(gw)
         apply_yaml(namespace, gw)
         await eventually(lambda: set(live.resources[SECRET]) == {(namespace, "b-keys")}, timeout=10)
-        assert live.current.apps[("APP", "prod")].key_problem is None
+        assert live.current.apps[("APP", "prod")].signature.key_problem is None
         assert len(live._named_watches[SECRET]) == 1  # the watch of a-keys was stopped
     finally:
         await live.stop()

@@ -19,7 +19,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field, StringConstraints
 
 from ..http1 import Request
-from .routes import EMPTY, CompiledApi, RouteTable
+from .stages.route import EMPTY, CompiledApi, RouteTable
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -154,12 +154,12 @@ def create_admin_app(gateway: Gateway) -> FastAPI:
 def _summary(a: CompiledApi) -> ApiSummary:
     return ApiSummary(
         operationType=a.operation_type,
-        upstream=a.upstream.name,
-        endpoints=list(a.upstream.base_urls),
-        clusters=list(a.upstream.members),
-        method=a.method,
-        path=a.path,
-        timeoutMilliseconds=a.timeout_seconds * 1000,
+        upstream=a.forward.upstream.name,
+        endpoints=list(a.forward.upstream.base_urls),
+        clusters=list(a.forward.upstream.members),
+        method=a.forward.method,
+        path=a.forward.path,
+        timeoutMilliseconds=a.forward.timeout_seconds * 1000,
         online=a.online,
         apps=sorted(a.allowed_apps),
         canary=a.canary.upstream if a.canary else None,

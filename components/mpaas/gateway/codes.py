@@ -19,6 +19,10 @@ class ResultCode:
     http_status: int
     memo: str
 
+    def because(self, memo: str) -> ResultCode:
+        """The same code with a memo that says what exactly was wrong."""
+        return ResultCode(self.code, self.name, self.http_status, memo)
+
 
 SUCCESS = ResultCode(1000, "Success", 200, "success")
 ACCESS_DENIED = ResultCode(1001, "AccessDenied", 403, "this app may not call this operation type")
