@@ -11,10 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, cast
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
+from .redis_common import connect_redis
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +82,7 @@ class HotStore(ABC):
 
 class RedisHotStore(HotStore):
     def __init__(self, url: str):
-        # A pooled connection the server closed (a Redis restart, an idle timeout) fails its next command:
-        # retried once at once on a fresh connection instead of being reported as an outage.
-        self.redis = aioredis.from_url(
-            url,
-            socket_timeout=2,
-            socket_connect_timeout=2,
-            health_check_interval=30,
-            retry=Retry(NoBackoff(), 1),
-            retry_on_error=[RedisConnectionError],
-        )
+        self.redis = connect_redis(url)
         self._bucket = self.redis.register_script(_TOKEN_BUCKET)
         self._append = self.redis.register_script(_APPEND)
 
