@@ -37,6 +37,7 @@ from mpaas.stores import (
     RouteTable,
     S3ObjectStore,
     SequencedLog,
+    open_objectstore,
     redis_common,
 )
 from mpaas.stores import counters as counters_module
@@ -204,11 +205,11 @@ async def test_inbox_pull_after_ack_and_acked_entries_are_dropped(make_log: Make
 @contract
 async def test_each_entry_expires_on_its_own_ttl(make_log: MakeLog) -> None:
     inbox = make_log(max_len=10, overflow="reject", idle_ttl_seconds=30)
-    await inbox.append("d", b"short", ttl_seconds=0.2)
+    await inbox.append("d", b"short", ttl_seconds=1.0)
     await inbox.append("d", b"long", ttl_seconds=20)
-    await inbox.append("d", b"short too", ttl_seconds=0.2)
+    await inbox.append("d", b"short too", ttl_seconds=1.0)
     assert await inbox.length("d") == 3
-    await asyncio.sleep(0.35)
+    await asyncio.sleep(1.3)
     batch = await inbox.read("d", reader="device")
     assert batch.entries == [(2, b"long")] and batch.last_seq == 3  # a gap: 1 and 3 expired unread
     assert await inbox.length("d") == 1
@@ -238,10 +239,10 @@ async def test_full_log_rejects_until_acks_or_expiry_make_room(make_log: MakeLog
         await oplog.append("stream", b"full again")
 
     for i in range(3):
-        await oplog.append("expiring", f"{i}".encode(), ttl_seconds=0.2)
+        await oplog.append("expiring", f"{i}".encode(), ttl_seconds=1.0)
     with pytest.raises(LogFull):
         await oplog.append("expiring", b"x")
-    await asyncio.sleep(0.35)
+    await asyncio.sleep(1.3)
     assert await oplog.append("expiring", b"room after expiry") == 4
 
 
@@ -334,12 +335,12 @@ async def test_a_stale_connection_cannot_touch_a_newer_route(routes: RouteTable)
 
 @contract
 async def test_routes_expire_without_heartbeats(routes: RouteTable) -> None:
-    lease = await routes.claim("dev-3", "link-0", ttl_seconds=0.2)
-    await asyncio.sleep(0.1)
-    assert await routes.heartbeat(lease, ttl_seconds=0.2)
-    await asyncio.sleep(0.15)
+    lease = await routes.claim("dev-3", "link-0", ttl_seconds=1.0)
+    await asyncio.sleep(0.5)
+    assert await routes.heartbeat(lease, ttl_seconds=1.0)
+    await asyncio.sleep(0.7)
     assert await routes.route("dev-3") == "link-0"  # the heartbeat extended it
-    await asyncio.sleep(0.25)
+    await asyncio.sleep(0.6)
     assert await routes.route("dev-3") is None  # the pod stopped beating: no route, nothing to clean
     assert await routes.heartbeat(lease, ttl_seconds=5)  # the connection is alive after all: route again
     assert await routes.route("dev-3") == "link-0"
@@ -363,10 +364,10 @@ async def test_counters_add_up_and_expire(counters: Counters) -> None:
     assert await counters.get("hits") == 0
     await asyncio.gather(*(counters.incr("hits", 2, ttl_seconds=30) for _ in range(50)))
     assert await counters.get("hits") == 100
-    await counters.incr("short", ttl_seconds=0.2)
-    await asyncio.sleep(0.1)
-    await counters.incr("short", ttl_seconds=0.2)  # the TTL set at creation is not extended
-    await asyncio.sleep(0.15)
+    await counters.incr("short", ttl_seconds=1.0)
+    await asyncio.sleep(0.5)
+    await counters.incr("short", ttl_seconds=1.0)  # the TTL set at creation is not extended
+    await asyncio.sleep(0.7)
     assert await counters.get("short") == 0
     assert await counters.delete("hits", "absent") == 1
 
@@ -398,9 +399,9 @@ async def test_hyperloglog_keys_of_two_slots_are_refused(counters: Counters) -> 
 
 @contract
 async def test_hyperloglog_ttl(counters: Counters) -> None:
-    await counters.pfadd("uv:{ttl}:d", ["a", "b"], ttl_seconds=0.2)
+    await counters.pfadd("uv:{ttl}:d", ["a", "b"], ttl_seconds=1.0)
     assert await counters.pfcount("uv:{ttl}:d") == 2
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(1.3)
     assert await counters.pfcount("uv:{ttl}:d") == 0
 
 
@@ -616,6 +617,8 @@ def test_local_signatures_bind_method_key_and_expiry(tmp_path: Path) -> None:
     assert not store.verify("GET", key, stale)
     other = LocalObjectStore(tmp_path, signing_key=b"x" * 32)
     assert not other.verify("GET", key, query)  # another key signs differently
+    opened = open_objectstore(f"file://{tmp_path}", url_base="https://dl.example.com/objects", signing_key=b"k" * 32)
+    assert isinstance(opened, LocalObjectStore) and opened.verify("GET", key, query)
 
 
 # --- Redis Cluster safety -------------------------------------------------------------

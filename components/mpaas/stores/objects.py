@@ -271,6 +271,7 @@ class S3ObjectStore(ObjectStore):
         return ObjectInfo(key, digest.size, hexdigest, content_type)
 
     async def presign_get(self, key: str, *, expires_seconds: int = 3600) -> str:
+        # Signed for the endpoint this store was given: it must be one the URL's users can reach.
         return await asyncio.to_thread(
             self.client.presigned_get_object, self.bucket, _check_key(key), timedelta(seconds=expires_seconds)
         )

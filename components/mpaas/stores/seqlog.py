@@ -12,9 +12,10 @@ One mechanism, two roles:
 
 Sequence numbers start at 1, never repeat while the log exists, and readers see them in order. Gaps
 are normal: an entry can expire (its TTL) or be evicted (`drop_oldest`) before it is read, so a reader
-must not wait for a missing number. When a whole log has been idle for `idle_ttl_seconds` it is
-removed, counter and cursors included, and numbering starts again at 1; a client holding its own
-cursor sees `LogBatch.last_seq` below it and starts over.
+must not wait for a missing number. When a log has had no append, ack or reader change for
+`idle_ttl_seconds` it is removed whole, counter and cursors included (reads do not keep it), and
+numbering starts again at 1; a client holding its own cursor sees `LogBatch.last_seq` below it and
+starts over.
 
 When the log holds `max_len` entries, an append either fails with `LogFull` (`overflow="reject"`:
 back-pressure, the sender decides) or first evicts the oldest entries (`overflow="drop_oldest"`: the
