@@ -44,6 +44,7 @@ from mpaas.stores import counters as counters_module
 from mpaas.stores import presence as presence_module
 from mpaas.stores import seqlog as seqlog_module
 from mpaas.stores import sets as sets_module
+from mpaas.stores.expiring import ExpiringMap
 from mpaas.stores.redis_common import slot
 
 contract = pytest.mark.contract
@@ -619,6 +620,49 @@ def test_local_signatures_bind_method_key_and_expiry(tmp_path: Path) -> None:
     assert not other.verify("GET", key, query)  # another key signs differently
     opened = open_objectstore(f"file://{tmp_path}", url_base="https://dl.example.com/objects", signing_key=b"k" * 32)
     assert isinstance(opened, LocalObjectStore) and opened.verify("GET", key, query)
+
+
+# --- the twins stay bounded ---------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.unit
+def test_expired_entries_are_removed_as_writes_happen() -> None:
+    """The twins' memory is what was written within the TTLs, however long the process runs."""
+    clock = FakeClock()
+    entries: ExpiringMap[int] = ExpiringMap(clock)
+    for i in range(10_000):
+        entries.set(f"k{i}", i, ttl_seconds=10)
+    entries.set("forever", 1)
+    assert entries.get("k1") == 1 and len(entries) == 10_001
+    clock.now += 11
+    assert entries.get("k1") is None  # hidden at once
+    for i in range(1000):  # each write removes a few of the expired ones
+        entries.set(f"new{i}", i, ttl_seconds=10)
+    assert len(entries) == 1000 + 1
+    assert entries.get("forever") == 1
+
+
+@pytest.mark.unit
+async def test_memory_twins_forget_idle_devices() -> None:
+    clock = FakeClock()
+    inboxes = MemorySequencedLog(max_len=10, overflow="drop_oldest", idle_ttl_seconds=60, clock=clock)
+    table = MemoryRouteTable(seen_ttl_seconds=60, clock=clock)
+    for i in range(1000):
+        await inboxes.append(f"dev-{i}", b"hello", ttl_seconds=30)
+        await table.claim(f"dev-{i}", "link-0", ttl_seconds=30)
+    clock.now += 61
+    for i in range(200):
+        await inboxes.append(f"other-{i}", b"hello", ttl_seconds=30)
+        await table.claim(f"other-{i}", "link-0", ttl_seconds=30)
+    assert len(inboxes._logs) == 200 and len(table._routes) == 200 and len(table._seen) == 200
 
 
 # --- Redis Cluster safety -------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
@@ -26,11 +26,8 @@ class ExpiringMap(Generic[V]):
         self._due: list[tuple[float, str]] = []
 
     def __len__(self) -> int:
+        """Entries held, expired or not (what the memory is spent on)."""
         return len(self._data)
-
-    def __iter__(self) -> Iterator[str]:
-        now = self.clock()
-        return iter([k for k, (_, exp) in self._data.items() if exp is None or exp > now])
 
     def get(self, key: str) -> V | None:
         item = self._data.get(key)
@@ -40,10 +37,6 @@ class ExpiringMap(Generic[V]):
             del self._data[key]
             return None
         return item[0]
-
-    def expires_at(self, key: str) -> float | None:
-        item = self._data.get(key)
-        return item[1] if item is not None else None
 
     def set(self, key: str, value: V, *, ttl_seconds: float | None = None, keep_ttl: bool = False) -> None:
         """Store `value` for `ttl_seconds`; with `keep_ttl` a live entry that has an expiry keeps it.
@@ -59,13 +52,6 @@ class ExpiringMap(Generic[V]):
             if expires is not None:
                 heapq.heappush(self._due, (expires, key))
         self._sweep()
-
-    def expire(self, key: str, ttl_seconds: float) -> bool:
-        value = self.get(key)
-        if value is None:
-            return False
-        self.set(key, value, ttl_seconds=ttl_seconds)
-        return True
 
     def pop(self, key: str) -> V | None:
         value = self.get(key)

@@ -17,6 +17,9 @@ must not wait for a missing number. When a log has had no append, ack or reader 
 numbering starts again at 1; a client holding its own cursor sees `LogBatch.last_seq` below it and
 starts over.
 
+An append whose reply is lost (the connection drops after Redis ran it) is retried once by the client
+and can then be stored twice under two numbers: put an id in the value where a duplicate matters.
+
 When the log holds `max_len` entries, an append either fails with `LogFull` (`overflow="reject"`:
 back-pressure, the sender decides) or first evicts the oldest entries (`overflow="drop_oldest"`: the
 newest messages win). Expired entries are removed before the length is checked.
