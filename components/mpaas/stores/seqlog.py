@@ -160,7 +160,7 @@ if held >= max_len then
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - 1)
 end
 local seq = redis.call('INCR', KEYS[2])
-redis.call('ZADD', KEYS[1], seq, seq .. ':' .. ARGV[1])
+redis.call('ZADD', KEYS[1], seq, string.format('%d:', seq) .. ARGV[1])
 local expires = tonumber(ARGV[3])
 if expires > 0 then redis.call('ZADD', KEYS[3], expires, seq) end
 touch(tonumber(ARGV[6]))
