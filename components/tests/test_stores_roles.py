@@ -41,6 +41,7 @@ from mpaas.stores import (
     redis_common,
 )
 from mpaas.stores import counters as counters_module
+from mpaas.stores import hotstore as hotstore_module
 from mpaas.stores import presence as presence_module
 from mpaas.stores import seqlog as seqlog_module
 from mpaas.stores import sets as sets_module
@@ -695,6 +696,12 @@ def test_every_scripts_keys_share_one_hash_slot(name: str) -> None:
 
     # and the slot is the one Redis computes for the tag alone (CRC16 of the text between the braces)
     assert slot(log_keys[0]) == slot(name)
+
+
+@pytest.mark.unit
+def test_the_hot_stores_scripts_touch_one_key() -> None:
+    for script in (hotstore_module._TOKEN_BUCKET, hotstore_module._APPEND):
+        assert _highest_key(script) == 1
 
 
 @pytest.mark.unit

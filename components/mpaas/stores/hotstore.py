@@ -30,14 +30,18 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return ok
 """
 
-# Append with an integer id, atomically: the id counter and the entry move together,
-# so concurrent appenders never write out of order. KEYS: stream, counter; ARGV: value, maxlen (0 = none).
+# Append with an integer id, atomically: the next id is the stream's newest plus one, read and written in
+# one script, so concurrent appenders never write out of order. Trimming keeps the newest entry, so it is
+# always there to count from. One key: safe on a Redis Cluster. KEYS: stream; ARGV: value, maxlen (0 = none).
 _APPEND = """
-local seq = redis.call('INCR', KEYS[2])
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local seq = 1
+if #newest > 0 then seq = tonumber(string.match(newest[1][1], '^(%d+)')) + 1 end
+local id = string.format('%d-1', seq)
 if tonumber(ARGV[2]) > 0 then
-  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], seq .. '-1', 'v', ARGV[1])
+  redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[2], id, 'v', ARGV[1])
 else
-  redis.call('XADD', KEYS[1], seq .. '-1', 'v', ARGV[1])
+  redis.call('XADD', KEYS[1], id, 'v', ARGV[1])
 end
 return seq
 """
@@ -110,7 +114,7 @@ class RedisHotStore(HotStore):
         return bool(await self._bucket(keys=[key], args=[rate, burst, n, int(time.time() * 1000)]))
 
     async def append(self, stream: str, value: bytes, *, max_len: int | None = None) -> int:
-        return int(await self._append(keys=[stream, f"{stream}:seq"], args=[value, max_len or 0]))
+        return int(await self._append(keys=[stream], args=[value, max_len or 0]))
 
     async def read_after(self, stream: str, after_id: int, *, count: int = 100) -> list[tuple[int, bytes]]:
         rows = cast(
