@@ -583,8 +583,13 @@ async def test_presigned_get_and_put(objects: ObjectStore) -> None:
         assert got.status_code == 200 and got.content == data
 
         upload = okey("upload.bin")
-        put = await http.put(await objects.presign_put(upload, expires_seconds=60), content=b"from a client")
+        put_url = await objects.presign_put(upload, expires_seconds=60)
+        put = await http.put(put_url, content=b"from a client")
         assert put.status_code == 200
+        assert await objects.get(upload) == b"from a client"
+        assert (await http.get(put_url)).status_code == 403  # the method is signed too
+        get_url = await objects.presign_get(upload, expires_seconds=60)
+        assert (await http.put(get_url, content=b"overwritten")).status_code == 403
         assert await objects.get(upload) == b"from a client"
 
         other = okey("other.bin")
