@@ -557,6 +557,26 @@ async def test_streamed_upload_checks_the_expected_digest(objects: ObjectStore) 
 
 
 @contract
+async def test_a_failed_streamed_upload_leaves_nothing(objects: ObjectStore) -> None:
+    key = okey("broken.bin")
+
+    async def source_fails_midway() -> AsyncIterator[bytes]:
+        async for chunk in pattern_chunks(7 * MiB, MiB):
+            yield chunk
+        raise ConnectionResetError("the uploading client went away")
+
+    with pytest.raises(ConnectionResetError):
+        await objects.put_stream(key, source_fails_midway(), part_size=5 * MiB)
+    assert await objects.stat(key) is None
+    if isinstance(objects, S3ObjectStore):  # the parts already sent are not left on the server
+        pending = await asyncio.to_thread(objects.client._list_multipart_uploads, objects.bucket, prefix=key)
+        assert pending.uploads == []
+    else:
+        assert isinstance(objects, LocalObjectStore)
+        assert [p.name for p in objects.root.rglob("*") if "broken" in p.name] == []  # no temporary file
+
+
+@contract
 async def test_streamed_upload_of_small_and_empty_objects(objects: ObjectStore) -> None:
     small, empty = okey("small.bin"), okey("empty.bin")
     info = await objects.put_stream(small, pattern_chunks(1000, 300))
