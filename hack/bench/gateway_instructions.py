@@ -1,13 +1,15 @@
 """Instructions the gateway executes per plain request: a figure this noisy machine cannot move.
 
-    .venv/bin/python hack/bench/gateway_instructions.py [--requests 1000]
+    .venv/bin/python hack/bench/gateway_instructions.py [--requests 1000] [--signed]
 
 Throughput on a shared 2-core VM moves by ±30 % from one minute to the next
 (steal time); the number of user-space instructions per request does not. So
 hot-path changes are compared by this figure (docs/benchmarks.md): the gateway
 runs under valgrind's callgrind, its counters are zeroed after a warm-up and
 dumped after N requests over one keep-alive connection to the same backend as
-hack/bench/gateway.py. Kernel work (the socket calls) is not counted.
+hack/bench/gateway.py. Kernel work (the socket calls) is not counted. `--signed`
+sends HMAC-SHA256-signed requests, each with a fresh nonce (signature stage and
+nonce store included).
 
 Needs valgrind (Debian package; installed when missing). Takes about two minutes.
 """
@@ -15,6 +17,7 @@ Needs valgrind (Debian package; installed when missing). Takes about two minutes
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import re
 import shutil
@@ -32,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gateway import BODY, OP, ROOT, free_port, wait_http
 
 from mpaas import compiled
+from mpaas.crypto.signing import canonical, signer
 
 
 def ensure_valgrind() -> None:
@@ -44,6 +48,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--signed", action="store_true", help="HMAC-SHA256-signed requests with a fresh nonce each")
     ap.add_argument("--keep", metavar="FILE", help="keep the callgrind dump here (for callgrind_annotate)")
     args = ap.parse_args()
     ensure_valgrind()
@@ -64,18 +69,35 @@ def main() -> int:
         )
         cfg = tmp / "config"
         cfg.mkdir()
+        hmac_key = os.urandom(32)
         (cfg / "gateway.yaml").write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "mpaas.io/v1alpha1",
-                    "kind": "MpaasGateway",
-                    "metadata": {"name": "bench", "namespace": "default"},
-                    "spec": {
-                        "apps": [{"appId": "PLAIN", "workspaceId": "bench"}],
-                        "upstreams": [{"name": "backend", "endpoints": [{"url": f"http://127.0.0.1:{up_port}"}]}],
-                        "apis": [{"operationType": OP, "upstream": "backend", "path": "/profile"}],
+            yaml.safe_dump_all(
+                [
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Secret",
+                        "metadata": {"name": "keys", "namespace": "default"},
+                        "data": {"hmacKey": base64.b64encode(hmac_key).decode()},
                     },
-                }
+                    {
+                        "apiVersion": "mpaas.io/v1alpha1",
+                        "kind": "MpaasGateway",
+                        "metadata": {"name": "bench", "namespace": "default"},
+                        "spec": {
+                            "apps": [
+                                {"appId": "PLAIN", "workspaceId": "bench"},
+                                {
+                                    "appId": "SIGNED",
+                                    "workspaceId": "bench",
+                                    "credentialsSecretRef": {"name": "keys"},
+                                    "signature": {"algorithm": "HmacSha256", "requireNonce": True},
+                                },
+                            ],
+                            "upstreams": [{"name": "backend", "endpoints": [{"url": f"http://127.0.0.1:{up_port}"}]}],
+                            "apis": [{"operationType": OP, "upstream": "backend", "path": "/profile"}],
+                        },
+                    },
+                ]
             )
         )
         out = tmp / "callgrind.out"
@@ -101,12 +123,20 @@ def main() -> int:
         procs.append(gateway)
         wait_http(f"http://127.0.0.1:{up_port}/")
         wait_http(f"http://127.0.0.1:{gw_port}/healthz", timeout=300)  # valgrind runs ~50x slower
-        headers = {"Content-Type": "application/json", "Operation-Type": OP, "AppId": "PLAIN", "WorkspaceId": "bench"}
+        app_id = "SIGNED" if args.signed else "PLAIN"
+        headers = {"Content-Type": "application/json", "Operation-Type": OP, "AppId": app_id, "WorkspaceId": "bench"}
+        sign = signer("HmacSha256", hmac_key)
+
+        def signed() -> dict[str, str]:
+            ts, nonce = str(int(time.time() * 1000)), os.urandom(12).hex()
+            msg = canonical("POST", "/mgw.htm", "", OP, app_id, "bench", ts, nonce, BODY)
+            return {**headers, "Ts": ts, "Nonce": nonce, "Sign": base64.b64encode(sign(msg)).decode()}
+
         with httpx.Client(base_url=f"http://127.0.0.1:{gw_port}", timeout=60) as client:
 
             def send(n: int) -> None:
                 for _ in range(n):
-                    r = client.post("/mgw.htm", content=BODY, headers=headers)
+                    r = client.post("/mgw.htm", content=BODY, headers=signed() if args.signed else headers)
                     if r.headers.get("result-status") != "1000":
                         raise RuntimeError(f"the gateway answered {r.status_code} {dict(r.headers)}")
 
@@ -124,7 +154,8 @@ def main() -> int:
         if args.keep:
             shutil.copy(dumps[-1], args.keep)
         hot = "compiled" if all(compiled.loaded_compiled().values()) else "interpreted"
-        print(f"gateway plain ({hot}): {per_request / 1000:.1f} k instructions per request (user space, callgrind)")
+        kind = "HMAC-signed" if args.signed else "plain"
+        print(f"gateway {kind} ({hot}): {per_request / 1000:.1f} k instructions per request (user space, callgrind)")
         print(f"  {args.requests} requests after {args.warmup} of warm-up, {elapsed:.0f} s under valgrind")
         return 0
     finally:
