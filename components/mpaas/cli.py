@@ -1,4 +1,4 @@
-"""`mpaas`: one command, a subcommand per component.
+"""`mpaas`: one command, a subcommand per component (mpaas.component.REGISTRY).
 
     mpaas gateway | delivery | push | link | sync | analytics   run one component
     mpaas operator                                              run the operator
@@ -19,8 +19,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-
-COMPONENTS = ("gateway", "delivery", "push", "link", "sync", "analytics")
+from .component import REGISTRY
 
 
 def _examples_dir() -> str:
@@ -42,47 +41,43 @@ def _apply_common(args: argparse.Namespace) -> None:
 
 
 def run_component(name: str) -> None:
-    from .service import ComponentSettings, serve, setup_logging
+    from pydantic import ValidationError
 
-    if name == "gateway":
-        from .gateway.app import create_app
-        from .gateway.settings import GatewaySettings
+    from .component import load
+    from .service import serve, setup_logging
 
-        gs = GatewaySettings()
-        setup_logging(gs.log_level, gs.log_format)
-        if gs.workers > 1:
-            if gs.redis_url.startswith("memory://"):
-                raise SystemExit(
-                    "MPAAS_WORKERS > 1 needs MPAAS_REDIS_URL: nonces and rate limits must be shared by the workers"
-                )
-            from .workers import supervise
-
-            raise SystemExit(supervise("gateway", gs.workers, drain_seconds=gs.drain_seconds))
-        app = create_app(gs)
-        admin = [(app.admin, gs.admin_host, gs.admin_port)] if gs.admin_port else []
-        serve(app, gs, extra=admin, router=app.route, body_limit=app.body_limit, reuse_port=gs.reuse_port)
-        return
-    from . import components
-
-    settings = ComponentSettings()
+    component = load(name)
+    try:
+        settings = component.settings()
+    except ValidationError as e:
+        raise SystemExit(f"mpaas {name}: invalid MPAAS_* settings:\n{e}") from None
     setup_logging(settings.log_level, settings.log_format)
-    serve(components.create_app(name, settings), settings)
+    problem = component.check(settings)
+    if problem:
+        raise SystemExit(problem)
+    if settings.workers > 1:
+        if not component.workers:
+            raise SystemExit(f"mpaas {name} runs as one process per pod: unset MPAAS_WORKERS")
+        from .workers import supervise
+
+        raise SystemExit(supervise(name, settings.workers, drain_seconds=settings.drain_seconds))
+    serve(component.build(settings), settings)
 
 
 def run_dev(args: argparse.Namespace) -> int:
-    from .dev.platform import DevPlatform, Ports
+    from .dev.platform import DevPlatform
     from .service import setup_logging
     from .simulator import run_demo
 
     setup_logging(args.log_level, "text")
-    ports = Ports(gateway=args.port)
+    ports = {"gateway": args.port}
 
     async def main() -> int:
         platform = DevPlatform(args.config_dir, host=args.host, ports=ports)
         await platform.start()
         await asyncio.wait_for(platform.gateway.state.live.ready.wait(), 10)
         print(f"mpaas dev: platform up, resources from {args.config_dir}")
-        for name in ["gateway", *platform.servers]:
+        for name in platform.ports:
             print(f"  {name:<13} {platform.url(name)}")
         try:
             if args.simulate:
@@ -131,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="mpaas", description="Kubernetes-native mobile backend platform")
     p.add_argument("--version", action="version", version=f"mpaas {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    for name in COMPONENTS:
-        c = sub.add_parser(name, help=f"run the {name} component")
+    from .component import load
+
+    for name in REGISTRY:
+        c = sub.add_parser(name, help=f"run {name}: {load(name).summary}")
         c.add_argument("--port", type=int)
         c.add_argument("--host")
         c.add_argument("--config-dir", help="read resources from this folder instead of the Kubernetes API")
@@ -155,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--workspace-id", default="default")
     args = p.parse_args(argv)
 
-    if args.command in COMPONENTS:
+    if args.command in REGISTRY:
         _apply_common(args)
         run_component(args.command)
         return 0

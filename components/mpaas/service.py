@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import json
 import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from . import tally
+
+if TYPE_CHECKING:
+    from .component import Served
 
 trace_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("trace_id", default="")
 
@@ -47,6 +52,9 @@ class ComponentSettings(BaseSettings):
     # Serve HTTP/2 (h2c, and h2 over TLS) besides HTTP/1.1 on the main port, through hypercorn.
     # Off by default: the HTTP/1.1 servers are faster (docs/benchmarks.md).
     http2: bool = False
+    # Worker processes sharing the port (mpaas.workers), for a pod with more than one core.
+    workers: int = Field(default=1, ge=1, le=64)
+    reuse_port: bool = False  # set for each worker by the supervisor
 
 
 class JsonFormatter(logging.Formatter):
@@ -90,26 +98,49 @@ def component_app(
     on_start: list[Hook] | None = None,
     on_stop: list[Hook] | None = None,
     ready: ReadyCheck | None = None,
+    background: dict[str, Callable[[], Coroutine[Any, Any, None]]] | None = None,
     **fastapi_kwargs: Any,
 ) -> FastAPI:
-    """A FastAPI app with the platform's health, readiness and metrics endpoints."""
+    """A FastAPI app with the platform's health, readiness and metrics endpoints.
+
+    `on_start` hooks run in order before the first request, `on_stop` hooks in reverse after the last.
+    `background` tasks (name -> coroutine function) run from start to stop; one that ends with an error is
+    logged and turns readiness false (naming it), so the pod is taken out of its Service instead of serving
+    half a component.
+    """
+    log = logging.getLogger(f"mpaas.{name}")
+    failed: dict[str, str] = {}
+
+    def watch(task_name: str, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            failed[task_name] = repr(task.exception())
+            log.error("background task %s stopped", task_name, exc_info=task.exception())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for hook in on_start or []:
             await hook()
+        loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task[None]] = []
+        for task_name, run in (background or {}).items():
+            task: asyncio.Task[None] = loop.create_task(run(), name=f"{name}:{task_name}")
+            task.add_done_callback(functools.partial(watch, task_name))
+            tasks.append(task)
         app.state.started = True
-        flusher = asyncio.get_running_loop().create_task(tally.flush_forever())
+        flusher = loop.create_task(tally.flush_forever())
         try:
             yield
         finally:
             flusher.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             tally.flush()  # the last second's counts, into the files other workers' scrapes read
             for hook in reversed(on_stop or []):
                 try:
                     await hook()
                 except Exception:
-                    logging.getLogger(name).exception("stop hook failed")
+                    log.exception("stop hook failed")
 
     app = FastAPI(title=f"mpaas {name}", lifespan=lifespan, **fastapi_kwargs)
     app.state.started = False
@@ -124,6 +155,8 @@ def component_app(
         ok, why = True, "ready"
         if app.state.draining:
             ok, why = False, "draining"
+        elif failed:
+            ok, why = False, "; ".join(f"background task {n} stopped: {e}" for n, e in sorted(failed.items()))
         elif ready is not None:
             res = ready()
             ok, why = (await res) if not isinstance(res, tuple) else res
@@ -152,16 +185,8 @@ def _metrics_registry() -> Any:
     return registry
 
 
-def serve(
-    app: Any,
-    settings: ComponentSettings,
-    *,
-    extra: list[tuple[Any, str, int]] | None = None,
-    router: Any = None,
-    body_limit: Callable[[], int] | None = None,
-    reuse_port: bool = False,
-) -> None:
-    """Serve `app`, plus `extra` (app, host, port) servers in the same loop (an admin port).
+def serve(served: Served, settings: ComponentSettings) -> None:
+    """Serve a component's app, plus its `extra` (app, host, port) servers in the same loop (an admin port).
 
     With a `router` (path -> handler, the gateway's RPC paths) every server is the
     lean HTTP/1.1 server of `mpaas.http1`; otherwise uvicorn; with `http2`
@@ -170,8 +195,9 @@ def serve(
     """
     import asyncio
 
-    if router is not None and not settings.http2:
-        _serve_http1(app, settings, extra or [], router, body_limit, reuse_port)
+    app, extra = served.app, served.extra
+    if served.router is not None and not settings.http2:
+        _serve_http1(served, settings)
         return
 
     import uvicorn
@@ -191,7 +217,7 @@ def serve(
         )
 
     servers = [] if settings.http2 else [uvicorn.Server(config(app, settings.host, settings.port))]
-    servers += [uvicorn.Server(config(a, host, port)) for a, host, port in extra or []]
+    servers += [uvicorn.Server(config(a, host, port)) for a, host, port in extra]
     h2_stop = asyncio.Event()
 
     def stop_all(sig: int, frame: Any) -> None:
@@ -214,18 +240,19 @@ def serve(
     _run(main())
 
 
-def _serve_http1(
-    app: Any,
-    settings: ComponentSettings,
-    extra: list[tuple[Any, str, int]],
-    router: Any,
-    body_limit: Callable[[], int] | None,
-    reuse_port: bool,
-) -> None:
+def _serve_http1(served: Served, settings: ComponentSettings) -> None:
     from .http1 import Server, serve_forever
 
-    main = Server(app, settings.host, settings.port, router=router, body_limit=body_limit, reuse_port=reuse_port)
-    servers = [main, *(Server(a, host, port) for a, host, port in extra)]
+    app = served.app
+    main = Server(
+        app,
+        settings.host,
+        settings.port,
+        router=served.router,
+        body_limit=served.body_limit,
+        reuse_port=settings.reuse_port,
+    )
+    servers = [main, *(Server(a, host, port) for a, host, port in served.extra)]
 
     def draining() -> None:
         state = getattr(app, "state", None)

@@ -1,8 +1,8 @@
-"""Run every component in one asyncio loop, config read from a folder of YAML.
+"""Run every registered component in one asyncio loop, config read from a folder of YAML.
 
-The gateway runs on the server it runs on in production (`mpaas.http1`, with its RPC router and
-body limit), so what a developer tries locally is what the cluster serves; the other components
-and the demo backend run under uvicorn, as they do in production.
+Each component runs on the server it runs on in production: the lean HTTP/1.1 server (`mpaas.http1`) for
+those that serve through a router (the gateway), uvicorn for the others; so what a developer tries locally is
+what the cluster serves. The demo backend (the example gateway's upstream) runs beside them.
 """
 
 from __future__ import annotations
@@ -11,75 +11,62 @@ import asyncio
 import contextlib
 import logging
 import signal
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import uvicorn
 
-from .. import components
-from ..gateway.app import GatewayASGI
-from ..gateway.app import create_app as create_gateway
-from ..gateway.settings import GatewaySettings
+from ..component import Served, registered
 from ..http1 import Server as Http1Server
-from ..service import ComponentSettings
 from . import demo_backend
 
 log = logging.getLogger("mpaas.dev")
 
-
-@dataclass
-class Ports:
-    gateway: int = 8080
-    delivery: int = 8081
-    push: int = 8082
-    link: int = 8083
-    sync: int = 8084
-    analytics: int = 8085
-    demo_backend: int = 9090
+DEMO_BACKEND = "demo-backend"
+DEMO_BACKEND_PORT = 9090
 
 
 class DevPlatform:
-    def __init__(self, config_dir: str, host: str = "127.0.0.1", ports: Ports | None = None):
-        self.config_dir, self.host, self.ports = config_dir, host, ports or Ports()
-        self.gateway_app = create_gateway(
-            GatewaySettings(config_source="dir", config_dir=config_dir, host=host, port=self.ports.gateway)
-        )
-        self.gateway_server = Http1Server(
-            self.gateway_app,
-            host,
-            self.ports.gateway,
-            router=self.gateway_app.route,
-            body_limit=self.gateway_app.body_limit,
-        )
-        apps: dict[str, Any] = {"demo-backend": demo_backend.app}
-        for name in components.KINDS_READ:
-            settings = ComponentSettings(
-                config_source="dir", config_dir=config_dir, host=host, port=getattr(self.ports, name)
-            )
-            apps[name] = components.create_app(name, settings)
-        self.servers = {
+    """`ports`: component name (or "demo-backend") -> port, for those not on their `dev_port`."""
+
+    def __init__(self, config_dir: str, host: str = "127.0.0.1", ports: Mapping[str, int] | None = None):
+        self.config_dir, self.host = config_dir, host
+        components = registered()
+        self.ports = {c.name: c.dev_port for c in components} | {DEMO_BACKEND: DEMO_BACKEND_PORT} | dict(ports or {})
+        self.served: dict[str, Served] = {}
+        for c in components:
+            settings = c.settings(config_source="dir", config_dir=config_dir, host=host, port=self.ports[c.name])
+            self.served[c.name] = c.build(settings)
+        self.http1: dict[str, Http1Server] = {}
+        apps: dict[str, Any] = {DEMO_BACKEND: demo_backend.app}
+        for name, served in self.served.items():
+            if served.router is not None:
+                self.http1[name] = Http1Server(
+                    served.app, host, self.ports[name], router=served.router, body_limit=served.body_limit
+                )
+            else:
+                apps[name] = served.app
+        self.uvicorn = {
             name: uvicorn.Server(
-                uvicorn.Config(app, host=host, port=self.port(name), log_config=None, access_log=False, lifespan="on")
+                uvicorn.Config(app, host=host, port=self.ports[name], log_config=None, access_log=False, lifespan="on")
             )
             for name, app in apps.items()
         }
         self._tasks: list[asyncio.Task[None]] = []
         self.stopped = asyncio.Event()
 
-    def port(self, component: str) -> int:
-        return int(getattr(self.ports, component.replace("-", "_")))
-
     def url(self, component: str) -> str:
-        return f"http://{self.host}:{self.port(component)}"
+        return f"http://{self.host}:{self.ports[component]}"
 
     @property
-    def gateway(self) -> GatewayASGI:
-        return self.gateway_app
+    def gateway(self) -> Any:
+        return self.served["gateway"].app
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(s.serve(), name=n) for n, s in self.servers.items()]
-        await self.gateway_server.start()
-        while not all(s.started for s in self.servers.values()):
+        self._tasks = [asyncio.create_task(s.serve(), name=n) for n, s in self.uvicorn.items()]
+        for server in self.http1.values():
+            await server.start()
+        while not all(s.started for s in self.uvicorn.values()):
             for t in self._tasks:
                 if t.done():
                     t.result()  # a server failed to start (port in use, ...): raise it
@@ -94,8 +81,9 @@ class DevPlatform:
         await self.stopped.wait()
 
     async def stop(self) -> None:
-        await self.gateway_server.stop(drain_seconds=1.0)
-        for s in self.servers.values():
+        for server in self.http1.values():
+            await server.stop(drain_seconds=1.0)
+        for s in self.uvicorn.values():
             s.should_exit = True
         for t in self._tasks:
             with contextlib.suppress(Exception):

@@ -9,20 +9,7 @@ codes, passed through unchanged when the upstream sets `Result-Status`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class ResultCode:
-    code: int
-    name: str
-    http_status: int
-    memo: str
-
-    def because(self, memo: str) -> ResultCode:
-        """The same code with a memo that says what exactly was wrong."""
-        return ResultCode(self.code, self.name, self.http_status, memo)
-
+from ..resultcodes import ResultCode, table
 
 SUCCESS = ResultCode(1000, "Success", 200, "success")
 ACCESS_DENIED = ResultCode(1001, "AccessDenied", 403, "this app may not call this operation type")
@@ -56,6 +43,6 @@ DECRYPTION_FAILED = ResultCode(7010, "DecryptionFailed", 400, "the request body 
 ENCRYPTION_REQUIRED = ResultCode(7011, "EncryptionRequired", 400, "this app must encrypt its request bodies")
 
 # Every code defined above, in order: the table in docs/gateway.md is checked against it.
-ALL = sorted((v for v in dict(globals()).values() if isinstance(v, ResultCode)), key=lambda c: c.code)
+ALL = table(dict(globals()))
 BY_CODE = {c.code: c for c in ALL}
 BUSINESS_CODES = range(6000, 7000)

@@ -26,9 +26,6 @@ class GatewaySettings(ComponentSettings):
     # The admin API (test calls without signatures): loopback by default, reach it with a port-forward; 0 turns it off.
     admin_host: str = "127.0.0.1"
     admin_port: int = 9901
-    # Worker processes sharing the port (mpaas.workers); more than one needs redis_url.
-    workers: int = Field(default=1, ge=1, le=64)
-    reuse_port: bool = False  # set for each worker by the supervisor
     # A worker joins the shared port only once it has a config (its siblings may be serving already), waiting
     # at most this long so that /healthz still answers when the API server stays away.
     first_config_wait_seconds: float = Field(default=10.0, ge=0)

@@ -1,0 +1,17 @@
+"""Link: the long-connection gateway phones hold open, carrying push and sync messages.
+
+So far it reads its PushChannel resources live and serves health, readiness and metrics; it accepts no
+long connection yet, and the operator reports a Link PushChannel Ready=False with reason NotImplemented.
+"""
+
+from ..component import Component, resource_counts
+from ..service import ComponentSettings
+
+COMPONENT = Component(
+    name="link",
+    summary="long connections to phones (Link PushChannel); serves health only so far",
+    kinds=("PushChannel",),
+    settings=ComponentSettings,
+    build=resource_counts("link", ("PushChannel",)),
+    dev_port=8083,
+)
