@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 MERGE_CONTENT_TYPE = "application/merge-patch+json"
+STRATEGIC_MERGE_CONTENT_TYPE = "application/strategic-merge-patch+json"
 
 
 class ApiError(Exception):
@@ -283,6 +284,21 @@ class KubeClient:
     ) -> dict[str, Any]:
         return await self.request(
             "PATCH", rt.path(namespace, name, subresource), body=patch, content_type=MERGE_CONTENT_TYPE
+        )
+
+    async def strategic_patch(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str,
+        patch: dict[str, Any],
+        *,
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
+        """Strategic merge patch (built-in kinds only): lists with a merge key, such as a Pod's conditions, are
+        merged entry by entry instead of replaced, so the kubelet's own entries stay."""
+        return await self.request(
+            "PATCH", rt.path(namespace, name, subresource), body=patch, content_type=STRATEGIC_MERGE_CONTENT_TYPE
         )
 
     async def create(self, rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,10 @@ A component declares the kinds it reads and a `compile` function that turns
 valid resources into an immutable, request-ready config object. `LiveConfig`
 feeds the sources' snapshots through validation and compilation and swaps the
 result in atomically. Invalid resources and failed compilations keep the last
-good config; the reason is logged, counted and kept in `errors`.
+good config; the reason is logged, counted and kept in `errors`. With
+`report_applied`, each swap also tells the component's own Pod which
+generation of its resource the config in use was compiled from
+(`mpaas.applied`), for the operator to put in that resource's status.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any, Generic, TypeVar
 from prometheus_client import Counter, Gauge
 
 from ..api import KINDS, ApiModel, InvalidResource
+from ..applied import AppliedReporter, pod_from_env, worker_from_env
 from ..kube import SECRETS, KubeClient, ResourceType
 from ..service import ComponentSettings
 from .sources import DirectorySource, Key, KubeWatchSource, Snapshot, object_key
@@ -122,9 +126,46 @@ class LiveConfig(Generic[T]):
         self._kube: KubeClient | None = None  # set once watching the API server: named kinds follow their names
         self._named_watches: dict[str, dict[Key, asyncio.Task[None]]] = {k: {} for k in self._named}
         self._named_snapshots: dict[str, dict[Key, Snapshot]] = {k: {} for k in self._named}
+        self._compiled_resources: Resources = {}  # what the current config was compiled from
+        self._report: tuple[str, str | None, str, tuple[str, str] | None] | None = None  # kind, ns, name, pod
+        self.reporter: AppliedReporter | None = None
 
     def subscribe(self, listener: Callable[[T], None]) -> None:
         self._listeners.append(listener)
+
+    def report_applied(
+        self, kind: str, name: str, *, namespace: str | None = None, pod: tuple[str, str] | None = None
+    ) -> None:
+        """Tell on this process's Pod which generation of the resource `kind` `name` the config in use was compiled
+        from (`mpaas.applied`), each time that changes. `namespace`: the resource's, by default the Pod's; `pod`:
+        (namespace, name) of the Pod, by default from the downward API (POD_NAMESPACE, POD_NAME).
+
+        Call it before or after `start()`. Only a config from the API server is reported: from a folder of YAML
+        (`mpaas dev`), or outside a pod, nothing is."""
+        self._report = (kind, namespace, name, pod)
+        if self._kube is not None:
+            self._start_reporter()
+
+    def _start_reporter(self) -> None:
+        if self._report is None or self.reporter is not None or self._kube is None:
+            return
+        kind, namespace, name, pod = self._report
+        pod = pod or pod_from_env()
+        if pod is None:
+            log.info("%s: no POD_NAME/POD_NAMESPACE: the applied generation is not reported", self.component)
+            return
+        self.reporter = AppliedReporter(
+            self._kube, pod=pod, kind=kind, namespace=namespace or pod[0], name=name, worker=worker_from_env()
+        )
+        self._tasks.append(asyncio.create_task(self.reporter.run(), name=f"report-applied-{kind}"))
+        self._tell_applied()
+
+    def _tell_applied(self) -> None:
+        if self.reporter is None:
+            return
+        r = self._compiled_resources.get(self.reporter.kind, {}).get((self.reporter.namespace, self.reporter.name))
+        if r is not None:
+            self.reporter.applied(r.generation)
 
     def on_snapshot(self, kind: str, snapshot: Snapshot) -> None:
         """Validate one kind's snapshot, then recompile and swap if anything changed."""
@@ -215,18 +256,21 @@ class LiveConfig(Generic[T]):
         return out
 
     def recompile(self) -> bool:
+        resources = self._compiled_from()
         try:
-            compiled = self._compile(self._compiled_from())
+            compiled = self._compile(resources)
         except Exception as e:
             CONFIG_RELOADS.labels(self.component, "error").inc()
             log.exception("%s: config compilation failed, keeping the last good config: %s", self.component, e)
             return False
         self.current = compiled  # the swap: readers take `current` once per request
+        self._compiled_resources = dict(resources)
         self.version += 1
         self.applied_at = time.time()
         CONFIG_RELOADS.labels(self.component, "ok").inc()
         CONFIG_APPLIED.labels(self.component).set(self.applied_at)
         self.ready.set()
+        self._tell_applied()
         for listener in self._listeners:
             try:
                 listener(compiled)
@@ -255,6 +299,7 @@ class LiveConfig(Generic[T]):
                 field_selector=sel.get("fieldSelector"),
             )
             self._tasks.append(asyncio.create_task(src.run(self.on_snapshot), name=f"watch-{kind}"))
+        self._start_reporter()
 
     def start_directory(self, path: str, *, interval: float = 0.25) -> DirectorySource:
         src = DirectorySource(path, set(self.kinds), interval=interval)
@@ -281,6 +326,7 @@ class LiveConfig(Generic[T]):
             watches.clear()
             self._named_snapshots[kind].clear()
         self._kube = None
+        self.reporter = None
         if self._client is not None:
             await self._client.close()
             self._client = None
