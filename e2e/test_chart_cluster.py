@@ -104,6 +104,13 @@ def test_helm_install_runs_the_operator_with_least_privilege(crds: None) -> None
         assert kubectl("get", "clusterkopfpeering", f"{release}-mpaas-operator", check=False).returncode == 0
         assert not can("create", "secrets") and not can("delete", "mpaasgateways.mpaas.io")
         assert not can("create", "pods") and not can("create", "clusterroles.rbac.authorization.k8s.io")
+        # Pods: watched, never written; pods/status held only to grant it to the workloads.
+        assert can("watch", "pods") and not can("patch", "pods")
+        status = ["auth", "can-i", "patch", "pods", "--subresource=status", "-n", "default", "--as", sa]
+        assert kubectl(*status, check=False).stdout.strip() == "yes"
+        pod = dep["spec"]["template"]
+        assert pod["metadata"]["annotations"]["prometheus.io/port"] == "8082"
+        assert {"name": "metrics", "containerPort": 8082, "protocol": "TCP"} in container["ports"]
         crd = json.loads(kubectl("get", "crd", "mpaasgateways.mpaas.io", "-o", "json").stdout)
         assert crd["spec"]["versions"][0]["subresources"]["scale"]
     finally:

@@ -19,6 +19,8 @@ from typing import Any
 from mpaas.api.base import now
 from mpaas.kube import ApiError, KubeClient, ResourceType
 
+from . import metrics
+
 log = logging.getLogger(__name__)
 
 EVENTS = ResourceType("", "v1", "events")
@@ -75,6 +77,7 @@ async def post(client: KubeClient, obj: dict[str, Any], type_: str, reason: str,
             existing = await client.get(EVENTS, namespace, name)
             count = int((existing or {}).get("count") or 1) + 1
             await client.merge_patch(EVENTS, namespace, name, {"count": count, "lastTimestamp": stamp})
+        metrics.EVENTS.labels(type_, reason).inc()
         log.info("event %s %s on %s %s/%s: %s", type_, reason, obj.get("kind"), namespace, meta["name"], message)
     except ApiError as e:
         log.warning("could not post event %s on %s/%s: %s", reason, namespace, meta["name"], e)

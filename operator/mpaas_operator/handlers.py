@@ -3,7 +3,9 @@
 Create, update and resume all run the same idempotent reconcile. Watches on
 the children the operator owns heal drift at once: a deleted child is
 recreated, a child changed by hand (a scaled Deployment, an edited Service) is
-applied back, and Deployment status changes refresh the owner's status. A
+applied back, and Deployment status changes refresh the owner's status, as do
+changes of the workloads' pods (ready or not, and the spec generation each one
+reports it has applied, `mpaas.applied`). A
 change to a Secret that a vendor PushChannel names re-checks that channel's
 credentials. Nothing runs on a timer, so no resource carries a finalizer:
 deleting one never needs the operator (garbage collection removes the
@@ -12,7 +14,9 @@ children), and it can be deleted after the operator is uninstalled.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,9 +25,10 @@ import kopf
 from mpaas.api import DELIVERY_TASK, GROUP, KINDS, MPAAS_GATEWAY, PUSH_CHANNEL, SYNC_TOPIC, VERSION
 from mpaas.kube import BUILTIN, ApiError, KubeClient
 
-from . import events
+from . import events, kubeapi, metrics
 from .builders.common import MANAGED_BY, OWNER_KIND_LABEL, OWNER_NAME_LABEL
 from .reconcile import delivery_task, gateway, push_channel, sync_topic
+from .reconcile.applied import pod_signature
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +47,24 @@ CHILDREN_WITHOUT_GENERATION = ("Service", "ServiceAccount", "Role", "RoleBinding
 
 
 async def _run(reconcile: Reconcile, client: KubeClient, body: dict[str, Any]) -> Any:
+    kind, outcome = str(body.get("kind") or ""), "error"
+    metrics.OUTCOME.set("ok")
+    started = time.perf_counter()
     try:
-        return await reconcile(client, body)
+        result = await reconcile(client, body)
+        outcome = metrics.OUTCOME.get()  # `report` marks a stalled one
+        return result
     except ApiError as e:
         if e.status in (409, 429) or e.status >= 500:
+            outcome = "retry"
             raise kopf.TemporaryError(f"API server: {e}", delay=5) from e
         if e.status == 404:
+            outcome = "gone"
             return None  # the resource went away while we worked
         raise kopf.TemporaryError(str(e), delay=30) from e
+    finally:
+        metrics.RECONCILES.labels(kind, outcome).inc()
+        metrics.RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
 
 
 def _register(plural: str, reconcile: Reconcile) -> None:
@@ -82,13 +97,13 @@ async def _heal(client: KubeClient, owner: dict[str, Any], child: dict[str, Any]
     kind, name = child["kind"], child["metadata"]["name"]
     if deleted:
         await events.post(client, owner, events.NORMAL, "Restoring", f"{kind} {name} was deleted; recreating it")
-    status = await _run(RECONCILERS[owner["kind"]], client, owner)
-    if deleted or status is None:
-        return
-    # Did our apply change it back? Generation moves with spec changes; kinds without it, with any write.
-    key = "generation" if kind in CHILDREN_WITH_GENERATION else "resourceVersion"
-    now = await client.get(BUILTIN[kind], child["metadata"]["namespace"], name)
-    if now is not None and now["metadata"].get(key) != child["metadata"].get(key):
+    changed: set[tuple[str, str]] = set()
+    token = kubeapi.CHANGED.set(changed)  # apply_children notes the existing children its apply changed back
+    try:
+        await _run(RECONCILERS[owner["kind"]], client, owner)
+    finally:
+        kubeapi.CHANGED.reset(token)
+    if not deleted and (kind, name) in changed:
         await events.post(
             client, owner, events.NORMAL, "DriftCorrected", f"{kind} {name} was changed outside the operator; restored"
         )
@@ -141,6 +156,51 @@ for _child in CHILDREN_WITH_GENERATION:
     _watch_children(_child, with_generation=True)
 for _child in CHILDREN_WITHOUT_GENERATION:
     _watch_children(_child, with_generation=False)
+
+
+# Pod events of one resource within this window are folded into one status refresh (a rollout, or a new spec
+# applied by every pod at once, changes many pods within milliseconds).
+POD_REFRESH_DELAY_SECONDS = 0.3
+_pod_refresh_pending: set[tuple[str, str, str]] = set()  # (namespace, owner kind, owner name)
+_pod_seen: dict[str, tuple[Any, ...]] = {}  # pod uid -> what the status reads from it, as last seen
+
+
+@kopf.on.event("", "v1", "pods", labels=MANAGED, id="pod-applied")
+async def pod_event(memo: kopf.Memo, event: kopf.RawEvent, **_: Any) -> None:
+    """Refresh the owner's status when one of its pods becomes ready or not, reports a newly applied generation
+    (mpaas.applied), or goes away. The initial listing changes nothing: the resume handlers report every owner."""
+    pod: dict[str, Any] = dict(event["object"])
+    meta = pod.get("metadata") or {}
+    uid, namespace = meta.get("uid", ""), meta.get("namespace") or ""
+    lbls = meta.get("labels") or {}
+    if lbls.get(OWNER_KIND_LABEL) not in (MPAAS_GATEWAY.kind, PUSH_CHANNEL.kind):
+        return
+    if event["type"] == "DELETED":
+        _pod_seen.pop(uid, None)
+    else:
+        signature, previous = pod_signature(pod), _pod_seen.get(uid)
+        _pod_seen[uid] = signature
+        if event["type"] is None or signature == previous:
+            return
+    key = (namespace, lbls[OWNER_KIND_LABEL], lbls.get(OWNER_NAME_LABEL, ""))
+    if key in _pod_refresh_pending:
+        return  # a refresh is waiting: it reads the pods after this change
+    _pod_refresh_pending.add(key)
+    try:
+        await asyncio.sleep(POD_REFRESH_DELAY_SECONDS)
+    finally:
+        _pod_refresh_pending.discard(key)
+    client: KubeClient = memo.kube
+    try:
+        owner = await _owner(client, {**pod, "metadata": meta})
+        if owner is None:
+            return
+        if owner["kind"] == MPAAS_GATEWAY.kind:
+            await gateway.refresh(client, owner)
+        else:
+            await push_channel.refresh(client, owner)
+    except (ApiError, kopf.TemporaryError) as e:
+        log.warning("refreshing the status of %s %s/%s after a pod change failed: %s", key[1], namespace, key[2], e)
 
 
 @kopf.index(GROUP, VERSION, PUSH_CHANNEL.plural)

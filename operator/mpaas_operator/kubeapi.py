@@ -9,6 +9,7 @@ Deployment's replica count is posted as an Event on the owner.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from typing import Any
 
@@ -20,6 +21,11 @@ from .builders.common import MANAGED_BY, Children
 from .settings import SETTINGS
 
 log = logging.getLogger(__name__)
+
+# Set by a caller that wants to know which existing children an apply changed back (kind, name): drift healing.
+CHANGED: contextvars.ContextVar[set[tuple[str, str]] | None] = contextvars.ContextVar("changed", default=None)
+# Children whose spec changes bump metadata.generation; for the others any write moves resourceVersion.
+_WITH_GENERATION = frozenset({"Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget"})
 
 
 def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
@@ -43,6 +49,11 @@ async def apply_children(client: KubeClient, owner: dict[str, Any], children: Ch
         child["metadata"]["ownerReferences"] = [ref]
         before = await client.get(BUILTIN[kind], namespace, name)
         applied[kind] = await client.apply(BUILTIN[kind], child, field_manager=SETTINGS.field_manager)
+        changed = CHANGED.get()
+        if changed is not None and before is not None:
+            key = "generation" if kind in _WITH_GENERATION else "resourceVersion"
+            if applied[kind]["metadata"].get(key) != before["metadata"].get(key):
+                changed.add((kind, name))
         if before is None:
             await events.post(client, owner, events.NORMAL, "Created", f"Created {kind} {name}")
         elif kind == "Deployment":

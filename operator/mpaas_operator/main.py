@@ -12,7 +12,8 @@ import kopf
 from mpaas.kube import KubeClient, ResourceType
 from mpaas.service import setup_logging
 
-from . import handlers  # noqa: F401  (registers the handlers)
+from . import handlers, metrics
+from .builders.common import selector_string
 from .settings import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.connect_timeout = 10
     settings.posting.enabled = False  # the operator posts its own Events (events.py), folded like client-go's
     settings.execution.max_workers = 8
+    # Only the pods of the workloads the operator runs, filtered by the API server: not every pod in the cluster.
+    settings.watching.label_selectors["", "v1", "pods"] = selector_string(handlers.MANAGED)
+    if SETTINGS.metrics_port:
+        memo.metrics = await metrics.serve("0.0.0.0", SETTINGS.metrics_port)
     memo.kube = KubeClient()
     if not SETTINGS.standalone:
         await check_peering(memo.kube, settings.peering.name, SETTINGS.watched_namespaces())
@@ -75,6 +80,8 @@ async def check_peering(client: KubeClient, name: str, namespaces: list[str]) ->
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
     await memo.kube.close()
+    if getattr(memo, "metrics", None) is not None:
+        await memo.metrics.cleanup()
 
 
 @kopf.on.probe(id="apiserver")

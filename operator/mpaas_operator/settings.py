@@ -33,6 +33,9 @@ class OperatorSettings(BaseSettings):
     standalone: bool = False
     field_manager: str = "mpaas-operator"
     health_port: int = 8081
+    # Prometheus metrics (mpaas_operator.metrics) at http://0.0.0.0:<port>/metrics; 0: not served. The chart
+    # sets 8082.
+    metrics_port: int = 0
     log_format: str = "json"
     log_level: str = "INFO"
 

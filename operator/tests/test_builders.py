@@ -44,8 +44,12 @@ def test_gateway_children() -> None:
             "resources": ["mpaasgateways"],
             "verbs": ["get", "list", "watch"],
             "resourceNames": ["shop"],
-        }
+        },
+        # the applied generation, on its own Pod: the status subresource only, never the Pod's labels or spec
+        {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["get", "patch"]},
     ]
+    fields = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in c["env"]}
+    assert fields["POD_NAME"] == "metadata.name" and fields["POD_NAMESPACE"] == "metadata.namespace"
 
 
 def test_gateway_reads_only_the_secrets_its_apps_name() -> None:
@@ -133,6 +137,11 @@ def test_link_children() -> None:
     assert out["Deployment"]["metadata"]["name"] == "link-chat"
     assert out["Service"]["spec"]["ports"][0]["port"] == 9443
     assert "PodDisruptionBudget" not in out
+    # The same applied-generation reporting as the gateway: its own Pod named, pods/status only.
+    env = {e["name"] for e in out["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert {"POD_NAME", "POD_NAMESPACE"} <= env
+    assert {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["get", "patch"]} in out["Role"]["rules"]
+    assert not any("pods" in r["resources"] for r in out["Role"]["rules"])
 
 
 def deployment(

@@ -240,4 +240,4 @@ def test_server_side_apply_merges_apis_by_operation_type(namespace: str) -> None
 def test_printer_columns(namespace: str) -> None:
     apply_yaml(namespace, example("MpaasGateway"))
     out = kubectl("get", "-n", namespace, "mpaasgateways").stdout.splitlines()[0].split()
-    assert out[:5] == ["NAME", "DESIRED", "READY", "APIS", "STATUS"]
+    assert out[:6] == ["NAME", "DESIRED", "READY", "APPLIED", "APIS", "STATUS"]

@@ -114,6 +114,25 @@ class CommonStatus(ApiModel):
     )
 
 
+class WorkloadStatus(CommonStatus):
+    """Observed state of a resource served by pods, with the spec generation they have applied. A pod tells
+    it with a condition on itself (mpaas.io/ConfigApplied), written when it swaps in a config compiled from a
+    new generation."""
+
+    applied_generation: int | None = Field(
+        default=None,
+        ge=0,
+        description="The metadata.generation every ready pod has applied (the oldest of theirs). Absent until "
+        "every ready pod has reported one, or while no pod is ready.",
+    )
+    pods_on_current_generation: int | None = Field(
+        default=None,
+        ge=0,
+        description="Ready pods that have applied the current metadata.generation. Fewer than the ready pods while "
+        "some still run an older spec (then Reconciling=True, reason ConfigPending) or have not reported yet.",
+    )
+
+
 def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 

@@ -12,11 +12,11 @@ from .base import (
     DNS_LABEL,
     ApiModel,
     Autoscaling,
-    CommonStatus,
     RateLimit,
     ResourceRequirements,
     SecretKeyRef,
     SecretRef,
+    WorkloadStatus,
     cel,
     named_list,
 )
@@ -727,7 +727,7 @@ class GatewaySpec(ApiModel):
         return sorted({a.credentials_secret_ref.name for a in self.apps if a.credentials_secret_ref is not None})
 
 
-class GatewayStatus(CommonStatus):
+class GatewayStatus(WorkloadStatus):
     """Observed state of an MpaasGateway: its pods, as the operator last saw them."""
 
     replicas: int | None = Field(
@@ -765,6 +765,12 @@ KIND_INFO: dict[str, Any] = {
     "printerColumns": [
         {"name": "Desired", "type": "integer", "jsonPath": ".spec.replicas"},
         {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
+        {
+            "name": "Applied",
+            "type": "integer",
+            "jsonPath": ".status.podsOnCurrentGeneration",
+            "description": "Ready pods that have applied the current spec generation",
+        },
         {"name": "APIs", "type": "integer", "jsonPath": ".status.apiCount"},
         {"name": "Status", "type": "string", "jsonPath": ".status.conditions[?(@.type=='Ready')].status"},
         {"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.type=='Ready')].reason"},

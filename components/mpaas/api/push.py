@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field
 
-from .base import APP_ID, ApiModel, Autoscaling, CommonStatus, ResourceRequirements, SecretRef, cel, immutable
+from .base import APP_ID, ApiModel, Autoscaling, ResourceRequirements, SecretRef, WorkloadStatus, cel, immutable
 
 
 class ChannelType(StrEnum):
@@ -182,7 +182,7 @@ class PushChannelSpec(ApiModel):
     )
 
 
-class PushChannelStatus(CommonStatus):
+class PushChannelStatus(WorkloadStatus):
     """Observed state of a PushChannel."""
 
     connections: int | None = Field(
@@ -211,6 +211,12 @@ KIND_INFO: dict[str, Any] = {
         {"name": "App", "type": "string", "jsonPath": ".spec.appId"},
         {"name": "Type", "type": "string", "jsonPath": ".spec.type"},
         {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas", "description": "Link pods ready"},
+        {
+            "name": "Applied",
+            "type": "integer",
+            "jsonPath": ".status.podsOnCurrentGeneration",
+            "description": "Ready link pods that have applied the current spec generation",
+        },
         {"name": "Status", "type": "string", "jsonPath": ".status.conditions[?(@.type=='Ready')].status"},
         {"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.type=='Ready')].reason"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -73,6 +73,9 @@ def component_container(
         "args": [component],
         "env": [
             {"name": "MPAAS_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            # The pod writes the generation it has applied on itself (mpaas.applied): it names its own Pod.
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": "MPAAS_PORT", "value": str(port)},
             *({"name": k, "value": v} for k, v in sorted(env.items())),
             *(
@@ -192,11 +195,16 @@ def reader_rbac(
     `only` narrows the mpaas.io kinds to those object names, `secrets` names the Secrets it may read; a
     component watches each such object by name (a list or watch by `metadata.name` is checked against
     resourceNames). No names, no Secret access: an empty resourceNames would grant them all.
+
+    Every component may also get and patch `pods/status` in its namespace, to tell on its own Pod which
+    generation of its resource it has applied (mpaas.applied). Pod names are not known in advance, so the
+    rule cannot name them; `pods` itself (labels, spec) is not granted.
     """
     read = ["get", "list", "watch"]
     rules: list[dict[str, Any]] = [
         {"apiGroups": [GROUP], "resources": plurals, "verbs": read, **({"resourceNames": only} if only else {})}
     ]
+    rules.append({"apiGroups": [""], "resources": ["pods/status"], "verbs": ["get", "patch"]})
     if secrets:
         rules.append({"apiGroups": [""], "resources": ["secrets"], "verbs": read, "resourceNames": sorted(secrets)})
     return [

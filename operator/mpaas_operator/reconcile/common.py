@@ -19,9 +19,10 @@ from collections.abc import Callable
 from typing import Any
 
 from mpaas.api import InvalidResource, Kind
-from mpaas.kube import DEPLOYMENTS, KubeClient
+from mpaas.kube import DEPLOYMENTS, PODS, KubeClient
 
-from .. import conditions, events
+from .. import conditions, events, metrics
+from ..builders.common import selector_string
 from ..kubeapi import patch_status
 
 log = logging.getLogger(__name__)
@@ -43,15 +44,17 @@ def previous_conditions(body: dict[str, Any]) -> list[dict[str, Any]]:
     return (body.get("status") or {}).get("conditions") or []
 
 
-def kstatus(ready: dict[str, Any], *, reconciling: bool = False, progress: str = "") -> list[dict[str, Any]]:
-    """Ready plus the Reconciling and Stalled conditions derived from it."""
+def kstatus(
+    ready: dict[str, Any], *, reconciling: bool = False, progress: str = "", reason: str = "RolloutInProgress"
+) -> list[dict[str, Any]]:
+    """Ready plus the Reconciling and Stalled conditions derived from it; `reason`: Reconciling's while True."""
     stalled = ready["status"] == "False" and ready["reason"] in STALLED_REASONS
     return [
         ready,
         conditions.condition(
             "Reconciling",
             reconciling,
-            "RolloutInProgress" if reconciling else "Reconciled",
+            reason if reconciling else "Reconciled",
             progress if reconciling else "",
         ),
         conditions.condition(
@@ -77,6 +80,9 @@ async def report(
         **fields,
     }
     await patch_status(client, kind, namespace, name, status)
+    ready = conditions.get(conds, "Ready")
+    if ready is not None and ready["status"] == "False" and ready["reason"] in STALLED_REASONS:
+        metrics.mark("stalled")
     await _post_ready_change(client, body, conditions.get(previous_conditions(body), "Ready"), conds)
     return status
 
@@ -99,16 +105,22 @@ async def _post_ready_change(
 
 # Held only while a status is written: a resource's lock goes away with its last writer.
 _status_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-WorkloadStatus = Callable[[dict[str, Any] | None], tuple[list[dict[str, Any]], dict[str, Any]]]
+# (the Deployment or None, the workload's pods) -> conditions, other status fields
+WorkloadStatus = Callable[[dict[str, Any] | None, list[dict[str, Any]]], tuple[list[dict[str, Any]], dict[str, Any]]]
 
 
 async def report_workload(
-    client: KubeClient, kind: Kind, body: dict[str, Any], deployment_name: str, compute: WorkloadStatus
+    client: KubeClient,
+    kind: Kind,
+    body: dict[str, Any],
+    deployment_name: str,
+    selector: dict[str, str],
+    compute: WorkloadStatus,
 ) -> dict[str, Any] | None:
-    """Status of a resource with a Deployment, from the Deployment as it is now.
+    """Status of a resource with a Deployment, from the Deployment and its pods (`selector`) as they are now.
 
-    A reconcile and Deployment events report concurrently; each write for one resource takes its lock
-    and reads the Deployment inside it, so an older view never overwrites a newer one.
+    A reconcile, Deployment events and pod events report concurrently; each write for one resource takes its
+    lock and reads the Deployment and pods inside it, so an older view never overwrites a newer one.
     """
     namespace, name, generation = identity(body)
     key = body["metadata"].get("uid", f"{namespace}/{name}")
@@ -121,7 +133,9 @@ async def report_workload(
             return None
         if int((current.get("status") or {}).get("observedGeneration") or 0) > generation:
             return None  # a newer spec was handled meanwhile; its reconcile reports
-        conds, fields = compute(await client.get(DEPLOYMENTS, namespace, deployment_name))
+        deployment = await client.get(DEPLOYMENTS, namespace, deployment_name)
+        pods = await client.list(PODS, namespace, label_selector=selector_string(selector))
+        conds, fields = compute(deployment, pods.get("items") or [])
         return await report(client, kind, {**body, "status": current.get("status")}, conds, **fields)
 
 

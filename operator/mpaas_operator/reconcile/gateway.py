@@ -13,6 +13,7 @@ from ..builders import gateway as builder
 from ..builders.common import selector_string
 from ..kubeapi import apply_children
 from ..settings import SETTINGS
+from .applied import summarize, with_lag
 from .common import identity, kstatus, report_invalid, report_workload, workload_conditions
 
 
@@ -51,17 +52,27 @@ async def reconcile(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] 
 
 
 async def report_from(client: KubeClient, body: dict[str, Any], spec: GatewaySpec) -> dict[str, Any] | None:
-    def compute(deployment: dict[str, Any] | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    namespace, name, generation = identity(body)
+
+    def compute(
+        deployment: dict[str, Any] | None, pods: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         ready, reconciling, progress, counts = workload_conditions(deployment)
-        conds = [*kstatus(ready, reconciling=reconciling, progress=progress), shared_state_condition(spec)]
+        applied = summarize(pods, MPAAS_GATEWAY.kind, namespace, name, generation)
+        ready, reconciling, progress, reason = with_lag(applied, ready, reconciling, progress)
+        conds = [
+            *kstatus(ready, reconciling=reconciling, progress=progress, reason=reason),
+            shared_state_condition(spec),
+        ]
         fields = {
             **counts,
+            **applied.fields(),
             "selector": selector_string(builder.selector(body["metadata"]["name"])),
             "apiCount": len(spec.apis),
         }
         return conds, fields
 
-    return await report_workload(client, MPAAS_GATEWAY, body, builder.child_name(body["metadata"]["name"]), compute)
+    return await report_workload(client, MPAAS_GATEWAY, body, builder.child_name(name), builder.selector(name), compute)
 
 
 async def refresh(client: KubeClient, body: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from .. import conditions
 from ..builders import link as builder
 from ..kubeapi import apply_children
 from ..settings import SETTINGS
+from .applied import summarize, with_lag
 from .common import NOT_IMPLEMENTED, identity, kstatus, report, report_invalid, report_workload, workload_conditions
 
 
@@ -78,14 +79,21 @@ async def refresh(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] | 
     except InvalidResource:
         return None
 
-    def compute(deployment: dict[str, Any] | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    namespace, name, generation = identity(body)
+
+    def compute(
+        deployment: dict[str, Any] | None, pods: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         ready, reconciling, progress, counts = workload_conditions(deployment)
         if ready["status"] == "True":
             ready = conditions.condition(
                 "Ready", False, NOT_IMPLEMENTED, f"{progress}; the link pods serve health only, no connections yet"
             )
-        return kstatus(ready, reconciling=reconciling, progress=progress), {
-            "readyReplicas": counts.get("readyReplicas", 0)
+        applied = summarize(pods, PUSH_CHANNEL.kind, namespace, name, generation)
+        ready, reconciling, progress, reason = with_lag(applied, ready, reconciling, progress)
+        return kstatus(ready, reconciling=reconciling, progress=progress, reason=reason), {
+            "readyReplicas": counts.get("readyReplicas", 0),
+            **applied.fields(),
         }
 
-    return await report_workload(client, PUSH_CHANNEL, body, builder.child_name(body["metadata"]["name"]), compute)
+    return await report_workload(client, PUSH_CHANNEL, body, builder.child_name(name), builder.selector(name), compute)
