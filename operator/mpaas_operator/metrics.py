@@ -1,10 +1,9 @@
 """Prometheus metrics of the operator, served on `MPAAS_OPERATOR_METRICS_PORT` at /metrics (0: not served).
 
-- `mpaas_operator_reconciles_total{kind, outcome}`: reconciles (create, update, resume, and the
+- `mpaas_operator_reconciles_total{kind, outcome}`: reconciles (create, update, resume, re-checks, and the
   re-applies after a child was deleted or changed), by outcome: `ok`; `stalled` (the resource needs a
   change from its owner: InvalidSpec, CredentialsMissing, Conflict, ProgressDeadlineExceeded); `gone`
-  (deleted meanwhile); `retry` (a conflict, throttling or a server error: retried in 5 s); `error`
-  (any other failure: retried in 30 s).
+  (deleted meanwhile); `retry` (a conflict, throttling or a server error); `error` (any other failure).
 - `mpaas_operator_reconcile_duration_seconds{kind}`: how long a reconcile took, every outcome.
 - `mpaas_operator_events_total{type, reason}`: Kubernetes Events posted (a folded repeat counts too).
 """
