@@ -24,8 +24,8 @@ def gateway_process(client: KubeClient, namespace: str, pod: str) -> LiveConfig[
     live: LiveConfig[RouteTable] = LiveConfig(
         "gateway", [KIND, SECRET], compiler(namespace, NAME), EMPTY, named={SECRET: secrets_named}
     )
+    live.report_applied(KIND, NAME, pod=(namespace, pod))  # before start: the reporter starts with the watches
     live.start_kube(client, namespace=namespace, selectors={KIND: {"fieldSelector": f"metadata.name={NAME}"}})
-    live.report_applied(KIND, NAME, pod=(namespace, pod))
     return live
 
 

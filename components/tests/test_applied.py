@@ -188,6 +188,15 @@ async def test_the_gateway_reports_on_its_own_pod_with_the_rights_the_operator_g
         assert (now or {})["metadata"]["labels"] == {"app": "gw"}
         assert live.reporter is not None and live.reporter.failures == 0
 
+        # A second worker process of the same pod writes its own condition; neither replaces the other.
+        second = AppliedReporter(
+            client, pod=(namespace, pod_name), kind=KIND, namespace=namespace, name="demo-gateway", worker=1
+        )
+        await second.report(2)
+        now = await kube.get(PODS, namespace, pod_name)
+        assert (_condition(now, CONDITION_TYPE) or {}).get("message", "").endswith("generation 2")
+        assert (_condition(now, f"{CONDITION_TYPE}.1") or {}).get("message", "").endswith("generation 2")
+
         with pytest.raises(ApiError) as denied:  # pods/status only: the Pod itself (labels, spec) is out of reach
             await client.merge_patch(PODS, namespace, pod_name, {"metadata": {"labels": {"app": "other"}}})
         assert denied.value.status == 403
