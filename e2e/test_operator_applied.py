@@ -2,6 +2,7 @@
 metrics. kwok's pods are fake: for each one a gateway config is compiled live here, against the real API server,
 and reported on that Pod object, as the gateway process in it would."""
 
+import copy
 import re
 from collections.abc import Callable
 from typing import Any
@@ -115,6 +116,24 @@ async def test_status_says_which_generation_the_pods_have_applied(
         assert st["podsOnCurrentGeneration"] == 2
         assert condition({"status": st}, "Reconciling")["status"] == "False"
         assert "older spec" not in condition({"status": st})["message"]
+
+        # A spec both refuse (a gray rule that does not parse, which the schema cannot tell): the pods keep
+        # generation 2, and the status says so.
+        bad = copy.deepcopy(gw)
+        bad["spec"]["upstreams"].append({"name": "canary", "endpoints": [{"url": "http://127.0.0.1:1"}]})
+        bad["spec"]["apis"][0]["canary"] = {"upstream": "canary", "rule": "DEVICE_ID MOD 100 IN (0..9"}
+        assert apply_yaml(namespace, bad).returncode == 0
+        obj = await eventually(
+            lambda: (
+                (o := get(namespace, "mpaasgateway", NAME))
+                and condition(o).get("reason") == "InvalidSpec"
+                and o["status"].get("podsOnCurrentGeneration") == 0
+                and o
+            ),
+            timeout=30,
+            what="InvalidSpec, no pod on generation 3\n" + operator.output()[-3000:],
+        )
+        assert obj["metadata"]["generation"] == 3 and obj["status"]["appliedGeneration"] == 2
     finally:
         for live in lives.values():
             await live.stop()

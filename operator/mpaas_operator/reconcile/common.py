@@ -24,6 +24,7 @@ from mpaas.kube import DEPLOYMENTS, PODS, KubeClient
 from .. import conditions, events, metrics
 from ..builders.common import selector_string
 from ..kubeapi import patch_status
+from .applied import summarize
 
 log = logging.getLogger(__name__)
 
@@ -122,21 +123,52 @@ async def report_workload(
     A reconcile, Deployment events and pod events report concurrently; each write for one resource takes its
     lock and reads the Deployment and pods inside it, so an older view never overwrites a newer one.
     """
+    namespace = identity(body)[0]
+    async with _lock(body):
+        current = await _current(client, kind, body)
+        if current is None:
+            return None
+        deployment = await client.get(DEPLOYMENTS, namespace, deployment_name)
+        conds, fields = compute(deployment, await _pods(client, namespace, selector))
+        return await report(client, kind, {**body, "status": current.get("status")}, conds, **fields)
+
+
+async def report_applied_only(client: KubeClient, kind: Kind, body: dict[str, Any], selector: dict[str, str]) -> None:
+    """The applied-generation fields alone, from the pods as they are now, for a resource whose spec the operator
+    refused: its conditions stay (InvalidSpec), its children stay as the last valid spec left them, and its pods
+    go on telling which generation they run (a rule only the operator checks, such as the image allow-list,
+    does not stop them from applying the rest of the spec)."""
     namespace, name, generation = identity(body)
+    async with _lock(body):
+        if await _current(client, kind, body) is None:
+            return
+        applied = summarize(await _pods(client, namespace, selector), kind.kind, namespace, name, generation)
+        await patch_status(client, kind, namespace, name, applied.fields())
+
+
+def _lock(body: dict[str, Any]) -> asyncio.Lock:
+    namespace, name, _ = identity(body)
     key = body["metadata"].get("uid", f"{namespace}/{name}")
     lock = _status_locks.get(key)
     if lock is None:
         lock = _status_locks[key] = asyncio.Lock()
-    async with lock:
-        current = await client.get(kind.resource, namespace, name)
-        if current is None or current["metadata"].get("deletionTimestamp"):
-            return None
-        if int((current.get("status") or {}).get("observedGeneration") or 0) > generation:
-            return None  # a newer spec was handled meanwhile; its reconcile reports
-        deployment = await client.get(DEPLOYMENTS, namespace, deployment_name)
-        pods = await client.list(PODS, namespace, label_selector=selector_string(selector))
-        conds, fields = compute(deployment, pods.get("items") or [])
-        return await report(client, kind, {**body, "status": current.get("status")}, conds, **fields)
+    return lock
+
+
+async def _current(client: KubeClient, kind: Kind, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The resource as it is now, or None when it is going or a newer spec was handled meanwhile (whose reconcile
+    reports)."""
+    namespace, name, generation = identity(body)
+    current = await client.get(kind.resource, namespace, name)
+    if current is None or current["metadata"].get("deletionTimestamp"):
+        return None
+    if int((current.get("status") or {}).get("observedGeneration") or 0) > generation:
+        return None
+    return current
+
+
+async def _pods(client: KubeClient, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+    return (await client.list(PODS, namespace, label_selector=selector_string(selector))).get("items") or []
 
 
 def workload_conditions(deployment: dict[str, Any] | None) -> tuple[dict[str, Any], bool, str, dict[str, int]]:

@@ -14,7 +14,7 @@ from ..builders.common import selector_string
 from ..kubeapi import apply_children
 from ..settings import SETTINGS
 from .applied import summarize, with_lag
-from .common import identity, kstatus, report_invalid, report_workload, workload_conditions
+from .common import identity, kstatus, report_applied_only, report_invalid, report_workload, workload_conditions
 
 
 async def reconcile(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] | None:
@@ -38,6 +38,7 @@ async def reconcile(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] 
             )
     except InvalidResource as e:
         await report_invalid(client, MPAAS_GATEWAY, body, e)
+        await report_applied_only(client, MPAAS_GATEWAY, body, builder.selector(name))
         return None
     children = builder.build(
         name,
@@ -79,8 +80,9 @@ async def refresh(client: KubeClient, body: dict[str, Any]) -> None:
     """Recompute status after the Deployment changed (pods became ready, scaled, ...)."""
     try:
         spec: GatewaySpec = MPAAS_GATEWAY.parse_spec(body)  # type: ignore[assignment]
-    except InvalidResource:
-        return  # the InvalidSpec condition stays until the spec is fixed
+    except InvalidResource:  # the InvalidSpec condition stays until the spec is fixed
+        await report_applied_only(client, MPAAS_GATEWAY, body, builder.selector(body["metadata"]["name"]))
+        return
     await report_from(client, body, spec)
 
 

@@ -19,7 +19,16 @@ from ..builders import link as builder
 from ..kubeapi import apply_children
 from ..settings import SETTINGS
 from .applied import summarize, with_lag
-from .common import NOT_IMPLEMENTED, identity, kstatus, report, report_invalid, report_workload, workload_conditions
+from .common import (
+    NOT_IMPLEMENTED,
+    identity,
+    kstatus,
+    report,
+    report_applied_only,
+    report_invalid,
+    report_workload,
+    workload_conditions,
+)
 
 
 def _spec(body: dict[str, Any]) -> PushChannelSpec:
@@ -32,6 +41,7 @@ async def reconcile(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] 
         spec = _spec(body)
     except InvalidResource as e:
         await report_invalid(client, PUSH_CHANNEL, body, e)
+        await _applied_of_invalid(client, body)
         return None
     if spec.type == ChannelType.LINK:
         link = spec.link or LinkSettings()
@@ -72,11 +82,18 @@ async def credentials_problem(client: KubeClient, namespace: str, spec: PushChan
     return None
 
 
+async def _applied_of_invalid(client: KubeClient, body: dict[str, Any]) -> None:
+    """A refused Link channel's pods (of its last valid spec) go on telling which generation they run."""
+    if (body.get("spec") or {}).get("type") == ChannelType.LINK:
+        await report_applied_only(client, PUSH_CHANNEL, body, builder.selector(body["metadata"]["name"]))
+
+
 async def refresh(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] | None:
     """Status of a Link channel from its Deployment (after a reconcile, or when the Deployment changed)."""
     try:
         _spec(body)
     except InvalidResource:
+        await _applied_of_invalid(client, body)
         return None
 
     namespace, name, generation = identity(body)
