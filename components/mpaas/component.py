@@ -4,9 +4,11 @@ A component is a package `mpaas/<name>/` whose `COMPONENT` says what it is:
 its settings class, the resource kinds it reads live, how it builds what it
 serves (routes, protocol servers, background tasks: `build`), its result codes
 and docs, and the prefix of its metrics. The CLI (`mpaas <name>`), `mpaas dev`
-(every component in one process), the operator's workload builders and the
-docs checks iterate `REGISTRY`; nothing else names a component. A new
-component is a package plus one line in `REGISTRY`.
+(every component in one process) and the docs checks iterate `REGISTRY`; the
+operator's workload builders take a component's name, port and the kinds it
+may read from its entry. A new component is a package plus one line in
+`REGISTRY` (and, to run on a cluster, an operator builder for the resource
+that asks for it).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class Component:
     settings: type[ComponentSettings]
     build: Callable[[Any], Served]  # settings -> what it serves; starts nothing before the app's lifespan
     dev_port: int  # its port under `mpaas dev`
+    port: int = 8080  # its container port in a pod the operator builds
     codes: Sequence[ResultCode] = ()  # documented in docs/<name>.md, checked by a test
     # Several worker processes on one port (MPAAS_WORKERS, mpaas.workers): only on the lean HTTP/1.1 server,
     # which binds with SO_REUSEPORT, and only where what workers must share lives in shared stores.

@@ -235,3 +235,23 @@ def test_pods_outlive_their_endpoints_before_draining() -> None:
 def test_replicas_without_shared_state_are_degraded(fields: dict[str, Any], degraded: str) -> None:
     parsed = spec(**fields)
     assert shared_state_condition(parsed)["status"] == degraded
+
+
+@pytest.mark.parametrize(
+    "children",
+    [
+        gateway.build("shop", "prod", spec(), image="i", pull_policy="IfNotPresent"),
+        link.build("chat", "ns", LinkSettings(port=9443, replicas=1), image="i", pull_policy="IfNotPresent"),
+    ],
+    ids=["gateway", "link"],
+)
+def test_workloads_run_registered_components_with_the_rights_their_entry_names(children: gateway.Children) -> None:
+    from mpaas.api import KINDS
+    from mpaas.component import REGISTRY, load
+
+    out = by_kind(children)
+    container = out["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    name = container["args"][0]
+    assert name in REGISTRY and container["name"] == name
+    read = [r["resources"] for r in out["Role"]["rules"] if r["apiGroups"] == ["mpaas.io"]]
+    assert read == [[KINDS[kind].plural for kind in load(name).kinds]]

@@ -322,6 +322,8 @@ def create_app(settings: GatewaySettings | None = None, live: LiveConfig[RouteTa
     async def start_config() -> None:
         if external:
             return
+        if settings.gateway_name:  # in a pod the operator made: tell which generation this process serves
+            live.report_applied(KIND, settings.gateway_name, namespace=settings.namespace)
         live.start(settings, selectors)
         if settings.reuse_port:
             # With SO_REUSEPORT the kernel hands this worker connections as soon as it binds, while the pod is

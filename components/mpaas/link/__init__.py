@@ -10,8 +10,8 @@ from ..service import ComponentSettings
 COMPONENT = Component(
     name="link",
     summary="long connections to phones (Link PushChannel); serves health only so far",
-    kinds=("PushChannel",),
+    kinds=("PushChannel", "SyncTopic"),
     settings=ComponentSettings,
-    build=resource_counts("link", ("PushChannel",)),
+    build=resource_counts("link", ("PushChannel", "SyncTopic")),
     dev_port=8083,
 )

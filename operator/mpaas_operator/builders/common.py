@@ -6,12 +6,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mpaas import __version__
-from mpaas.api import GROUP
+from mpaas.api import GROUP, KINDS
 from mpaas.api.base import Autoscaling
+from mpaas.component import Component
 
 MANAGED_BY = "mpaas-operator"
 OWNER_KIND_LABEL = f"{GROUP}/owner-kind"
 OWNER_NAME_LABEL = f"{GROUP}/owner-name"
+
+
+def reads_of(component: Component) -> list[str]:
+    """The plurals of the mpaas.io kinds a registered component reads: what its Role lets it list and watch."""
+    return [KINDS[kind].plural for kind in component.kinds]
 
 
 def selector_labels(component: str, instance: str) -> dict[str, str]:

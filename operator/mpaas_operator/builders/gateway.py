@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from mpaas.api.gateway import GatewaySpec
+from mpaas.component import load
 
-from .common import Children, Workload, selector_labels, workload_children
+from .common import Children, Workload, reads_of, selector_labels, workload_children
 
-COMPONENT = "gateway"
-PORT = 8080
+GATEWAY = load("gateway")
+COMPONENT = GATEWAY.name
+PORT = GATEWAY.port
 SERVICE_PORT = 80
 
 
@@ -48,7 +50,7 @@ def build(
             resources=spec.resources.wire(),
             replicas=spec.replicas,
             autoscaling=spec.autoscaling,
-            reads=["mpaasgateways"],
+            reads=reads_of(GATEWAY),
             reads_only=[name],  # its own resource, watched by name
             reads_secrets=spec.secret_names(),
         )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from mpaas.api.push import LinkSettings
+from mpaas.component import load
 
-from .common import Children, Workload, selector_labels, workload_children
+from .common import Children, Workload, reads_of, selector_labels, workload_children
 
-COMPONENT = "link"
+LINK = load("link")
+COMPONENT = LINK.name
 
 
 def child_name(channel: str) -> str:
@@ -37,6 +39,6 @@ def build(name: str, namespace: str, link: LinkSettings, *, image: str, pull_pol
             resources=link.resources.wire(),
             replicas=link.replicas,
             autoscaling=link.autoscaling,
-            reads=["pushchannels", "synctopics"],
+            reads=reads_of(LINK),
         )
     )
