@@ -88,10 +88,15 @@ def secret_data(resources: Resources, namespace: str, name: str | None) -> dict[
     res = resources.get(SECRET, {}).get((namespace, name))
     if res is None:
         return None if (namespace, name) in resources.get(unlisted(SECRET), {}) else {}
+    return decode_secret(res.spec or {})
+
+
+def decode_secret(data: dict[str, Any]) -> dict[str, bytes]:
+    """A Secret's `data`, decoded; an entry that is not base64 is left out (as if missing)."""
     out = {}
-    for k, v in (res.spec or {}).items():
+    for k, v in data.items():
         try:
-            out[k] = base64.b64decode(v)
+            out[k] = base64.b64decode(v, validate=True)
         except (ValueError, TypeError):
             continue
     return out

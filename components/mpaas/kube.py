@@ -49,6 +49,11 @@ class Gone(ApiError):
     """HTTP 410: the resourceVersion we resumed from is too old; re-list."""
 
 
+def api_error(status: int, body: Any, method: str, path: str) -> ApiError:
+    """The error for a failed call or watch: Gone for 410, so a watcher knows to re-list."""
+    return (Gone if status == 410 else ApiError)(status, body, method, path)
+
+
 @dataclass(frozen=True)
 class ResourceType:
     group: str  # "" for the core group
@@ -189,8 +194,7 @@ class KubeClient:
             else resp.text
         )
         if resp.status_code >= 400:
-            cls = Gone if resp.status_code == 410 else ApiError
-            raise cls(resp.status_code, data, method, path)
+            raise api_error(resp.status_code, data, method, path)
         return data if isinstance(data, dict) else {"raw": data}
 
     async def get(self, rt: ResourceType, namespace: str | None, name: str) -> dict[str, Any] | None:
@@ -242,16 +246,14 @@ class KubeClient:
         async with self._http.stream("GET", path, params=params, headers=self._headers(), timeout=timeout) as resp:
             if resp.status_code >= 400:
                 body = await resp.aread()
-                cls = Gone if resp.status_code == 410 else ApiError
-                raise cls(resp.status_code, body.decode(errors="replace"), "WATCH", path)
+                raise api_error(resp.status_code, body.decode(errors="replace"), "WATCH", path)
             async for line in resp.aiter_lines():
                 if not line:
                     continue
                 event = json.loads(line)
                 if event.get("type") == "ERROR":
                     status = event.get("object", {})
-                    code = int(status.get("code") or 500)
-                    raise (Gone if code == 410 else ApiError)(code, status, "WATCH", path)
+                    raise api_error(int(status.get("code") or 500), status, "WATCH", path)
                 yield event
 
     async def apply(

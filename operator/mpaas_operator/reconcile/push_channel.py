@@ -7,11 +7,11 @@ NotImplemented once everything the operator does for it is in place.
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from mpaas.api import PUSH_CHANNEL, InvalidResource
 from mpaas.api.push import REQUIRED_SECRET_KEYS, ChannelType, LinkSettings, PushChannelSpec
+from mpaas.keyring import decode_secret
 from mpaas.kube import SECRETS, KubeClient
 
 from .. import conditions
@@ -73,10 +73,8 @@ async def credentials_problem(client: KubeClient, namespace: str, spec: PushChan
     secret = await client.get(SECRETS, namespace, ref.name)
     if secret is None:
         return f"Secret {namespace}/{ref.name} not found"
-    data = secret.get("data") or {}
-    missing = [
-        k for k in REQUIRED_SECRET_KEYS[ChannelType(spec.type)] if not base64.b64decode(data.get(k) or "").strip()
-    ]
+    data = decode_secret(secret.get("data") or {})  # an entry that is not base64 counts as missing
+    missing = [k for k in REQUIRED_SECRET_KEYS[ChannelType(spec.type)] if not data.get(k, b"").strip()]
     if missing:
         return f"Secret {namespace}/{ref.name} lacks {', '.join(missing)} (needed for {spec.type})"
     return None
