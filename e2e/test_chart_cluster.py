@@ -3,11 +3,13 @@
 import json
 import subprocess
 import uuid
+from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from conftest import ROOT, kubectl, kubectl_path, need_env
+from conftest import ROOT, eventually, kubectl, kubectl_path, need_env
 
 pytestmark = pytest.mark.cluster
 CHART = ROOT / "charts" / "mpaas-operator"
@@ -145,3 +147,85 @@ def test_watching_chosen_namespaces_grants_nothing_elsewhere(crds: None) -> None
         kubectl("delete", "namespace", ns, "--wait=false", check=False)
     assert kubectl("get", "kopfpeering", "-n", team, f"{release}-mpaas-operator", check=False).returncode != 0
     kubectl("delete", "namespace", team, "--wait=false", check=False)
+
+
+async def test_workloads_write_only_the_mpaas_conditions_of_their_own_pod(
+    namespace: str, kubeconfig: str, tmp_path: Path
+) -> None:
+    """The chart's admission policy: a gateway's service account, which may patch pods/status in its namespace,
+    writes its applied generation on the Pod its token was issued for, and nothing else."""
+    from mpaas.api.gateway import GatewaySpec
+    from mpaas.applied import AppliedReporter
+    from mpaas.kube import PODS, ApiError, KubeClient
+    from mpaas_operator.builders import gateway as gateway_builder
+
+    release = f"r{uuid.uuid4().hex[:6]}"
+    r = helm(
+        "template", release, str(CHART), "--kube-version", "1.34.1", "--show-only", "templates/pod-status-policy.yaml"
+    )
+    assert r.returncode == 0, r.stderr
+    policy = r.stdout
+    clients: list[KubeClient] = []
+    try:
+        spec = GatewaySpec.model_validate({"upstreams": [{"name": "u", "endpoints": [{"url": "http://127.0.0.1:1"}]}]})
+        for child in gateway_builder.build("x", namespace, spec, image="i", pull_policy="Never").apply:
+            if child["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
+                kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(child))
+        for pod in ("p1", "p2"):
+            manifest = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": pod, "namespace": namespace},
+                "spec": {
+                    "serviceAccountName": "mgw-x",
+                    "automountServiceAccountToken": False,
+                    "nodeName": "no-such-node",  # never runs: only its status matters here
+                    "containers": [{"name": "gateway", "image": "registry.example/mpaas:e2e"}],
+                },
+            }
+            kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+
+        def as_token(*bound: str) -> KubeClient:
+            token = kubectl("create", "token", "-n", namespace, "mgw-x", *bound).stdout.strip()
+            cfg = yaml.safe_load(Path(kubeconfig).read_text())
+            cfg["users"][0]["user"] = {"token": token}
+            path = tmp_path / f"token-{len(clients)}.kubeconfig"
+            path.write_text(yaml.safe_dump(cfg))
+            clients.append(KubeClient(str(path)))
+            return clients[-1]
+
+        p1 = as_token("--bound-object-kind", "Pod", "--bound-object-name", "p1")  # what runs in p1 holds
+
+        def reporter(client: KubeClient, pod: str) -> AppliedReporter:
+            return AppliedReporter(client, pod=(namespace, pod), kind="MpaasGateway", namespace=namespace, name="x")
+
+        async def denied(write: Any, why: str = "only the mpaas.io/ conditions of its Pod") -> bool:
+            try:
+                await write
+            except ApiError as e:
+                assert e.status == 403 and why in str(e), e
+                return True
+            return False
+
+        await reporter(p1, "p2").report(1)  # without the policy, the Role alone lets it write any pod's status
+        kubectl("apply", "-f", "-", input=policy)
+        # The policy takes effect within a moment of its creation: another pod's status is refused.
+        await eventually(
+            lambda: denied(reporter(p1, "p2").report(2), "its own Pod only"), timeout=30, what="the policy in effect"
+        )
+        await reporter(p1, "p1").report(1)  # its own pod: allowed
+        pod = json.loads(kubectl("get", "pod", "-n", namespace, "p1", "-o", "json").stdout)
+        assert [c["message"] for c in pod["status"]["conditions"] if c["type"].startswith("mpaas.io/")] == [
+            f"MpaasGateway {namespace}/x generation 1"
+        ]
+        # Anything else of its own pod's status is refused: another condition, its IP.
+        other = {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+        assert await denied(p1.strategic_patch(PODS, namespace, "p1", other, subresource="status"))
+        ip = {"status": {"podIP": "10.9.9.9"}}
+        assert await denied(p1.strategic_patch(PODS, namespace, "p1", ip, subresource="status"))
+        # A token not issued for a pod names no pod of its own.
+        assert await denied(reporter(as_token(), "p1").report(2), "its own Pod only")
+    finally:
+        for client in clients:
+            await client.close()
+        kubectl("delete", "-f", "-", input=policy, check=False)

@@ -162,7 +162,8 @@ async def test_the_gateway_reports_on_its_own_pod_with_the_rights_the_operator_g
     kubelets = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "test"}
     await kube.strategic_patch(PODS, namespace, pod_name, {"status": {"conditions": [kubelets]}}, subresource="status")
 
-    token = kubectl("create", "token", "-n", namespace, "mgw-demo-gateway").stdout.strip()
+    bound = ("--bound-object-kind", "Pod", "--bound-object-name", pod_name)  # as the pod's own token is
+    token = kubectl("create", "token", "-n", namespace, "mgw-demo-gateway", *bound).stdout.strip()
     cfg = yaml.safe_load(Path(kubeconfig).read_text())
     cfg["users"][0]["user"] = {"token": token}
     as_gateway = tmp_path / "gateway.kubeconfig"
