@@ -7,4 +7,5 @@ Layout:
   builders/      pure functions: spec -> child manifests (no API calls)
   kubeapi.py     every API write: server-side apply, owner references, status
   conditions.py  status conditions with stable transition times
+  metrics.py     Prometheus metrics (reconciles, their duration, Events) and their /metrics endpoint
 """
