@@ -255,3 +255,48 @@ def test_workloads_run_registered_components_with_the_rights_their_entry_names(c
     assert name in REGISTRY and container["name"] == name
     read = [r["resources"] for r in out["Role"]["rules"] if r["apiGroups"] == ["mpaas.io"]]
     assert read == [[KINDS[kind].plural for kind in load(name).kinds]]
+
+
+def test_the_chart_lets_the_operator_grant_every_right_a_workload_needs() -> None:
+    """Kubernetes lets a Role grant only what its creator holds: the chart's operator rules must cover the Role of
+    every workload built for a registered component."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    rbac = (Path(__file__).resolve().parents[2] / "charts/mpaas-operator/templates/rbac.yaml").read_text()
+    block = re.search(r'define "mpaas-operator.namespacedRules" -}}\n(.*?)\{\{- end }}', rbac, re.S)
+    assert block is not None
+    held = {
+        (group, resource, verb)
+        for rule in yaml.safe_load(block.group(1))
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    workloads = [
+        gateway.build(
+            "shop",
+            "prod",
+            spec(
+                apps=[
+                    {
+                        "appId": "A",
+                        "workspaceId": "w",
+                        "credentialsSecretRef": {"name": "k"},
+                        "signature": {"algorithm": "HmacSha256"},
+                    }
+                ]
+            ),
+            image="i",
+            pull_policy="IfNotPresent",
+        ),
+        link.build("chat", "ns", LinkSettings(port=9443, replicas=1), image="i", pull_policy="IfNotPresent"),
+    ]
+    for children in workloads:
+        for rule in by_kind(children)["Role"]["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    for verb in rule["verbs"]:
+                        assert (group, resource, verb) in held, f"the chart's operator cannot grant {verb} {resource}"
