@@ -87,3 +87,31 @@ async def test_a_background_task_that_fails_takes_the_component_out_of_service()
             r = await client.get("/readyz")
     assert r.status_code == 503
     assert r.json()["reason"] == "background task consumer stopped: RuntimeError('lost the store')"
+
+
+async def test_a_protocol_server_runs_between_the_start_and_stop_hooks() -> None:
+    """How a component serves a protocol of its own (WebSocket, file downloads) beside its HTTP app."""
+    import httpx
+    from aiohttp import web
+
+    from conftest import free_port
+    from mpaas.service import component_app
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="from the side server")
+
+    site_app = web.Application()
+    site_app.router.add_get("/", hello)
+    runner = web.AppRunner(site_app)
+    port = free_port()
+
+    async def start() -> None:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    app = component_app("probe", on_start=[start], on_stop=[runner.cleanup])
+    async with app.router.lifespan_context(app), httpx.AsyncClient() as client:
+        assert (await client.get(f"http://127.0.0.1:{port}/")).text == "from the side server"
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get(f"http://127.0.0.1:{port}/")
