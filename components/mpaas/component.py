@@ -14,6 +14,7 @@ that asks for it).
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,14 +90,22 @@ def registered() -> list[Component]:
     return [load(name) for name in REGISTRY]
 
 
-def resource_counts(name: str, kinds: Sequence[str]) -> Callable[[ComponentSettings], Served]:
+def resource_counts(
+    name: str, kinds: Sequence[str], *, own: tuple[str, str] | None = None
+) -> Callable[[ComponentSettings], Served]:
     """`build` for a component that so far reads its resources live and serves health, readiness (once they are
-    loaded) and metrics, and nothing else: its readiness reason counts what it has read."""
+    loaded) and metrics, and nothing else: its readiness reason counts what it has read.
+
+    `own`: (kind, environment variable) of the resource a pod of it serves, named by the operator's builder; its
+    pods then report the generation of that resource they have applied (LiveConfig.report_applied)."""
 
     def build(settings: ComponentSettings) -> Served:
         live: LiveConfig[dict[str, int]] = LiveConfig(name, list(kinds), _count, {})
 
         async def start() -> None:
+            resource = os.environ.get(own[1]) if own else None
+            if own and resource:
+                live.report_applied(own[0], resource, namespace=settings.namespace)
             if kinds:
                 live.start(settings)
             else:

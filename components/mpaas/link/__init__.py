@@ -12,6 +12,7 @@ COMPONENT = Component(
     summary="long connections to phones (Link PushChannel); serves health only so far",
     kinds=("PushChannel", "SyncTopic"),
     settings=ComponentSettings,
-    build=resource_counts("link", ("PushChannel", "SyncTopic")),
+    # The operator's link builder names the Link PushChannel a pod serves.
+    build=resource_counts("link", ("PushChannel", "SyncTopic"), own=("PushChannel", "MPAAS_PUSH_CHANNEL")),
     dev_port=8083,
 )
