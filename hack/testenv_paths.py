@@ -38,6 +38,13 @@ def tsc() -> str:
     return str(cache() / f"typescript-{versions()['TYPESCRIPT_VERSION']}" / "node_modules" / ".bin" / "tsc")
 
 
+def peer_sdks() -> str:
+    """node_modules holding the peers' SDKs (hack/testenv/fetch-peer-sdks.sh)."""
+    v = versions()
+    name = f"peer-sdks-posthog-{v['POSTHOG_NODE_VERSION']}-countly-{v['COUNTLY_SDK_NODEJS_VERSION']}"
+    return str(cache() / name / "node_modules")
+
+
 def kotlin_stdlib() -> str:
     v = versions()["KOTLIN_VERSION"]
     return str(cache() / f"kotlin-{v}" / "libs" / f"kotlin-stdlib-{v}.jar")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -56,7 +57,13 @@ class KafkaEventLog(EventLog):
             linger_ms=2,
             compression_type="gzip",
         )
-        await self._producer.start()
+        try:
+            await self._producer.start()
+        except BaseException:  # broker unreachable: leave nothing half-started, so start() can be called again
+            producer, self._producer = self._producer, None
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise
 
     async def close(self) -> None:
         for c in self._consumers.values():

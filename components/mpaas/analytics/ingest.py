@@ -1,0 +1,192 @@
+"""The analytics ingestion endpoints: uploads are read (bounded), checked event by event, produced to the event
+log, and answered only once the log has acknowledged every accepted event (Kafka: acks=all, idempotent).
+
+When the log is slow or unreachable the answer is 429 with Retry-After, so a client keeps its events and sends
+them again; nothing is acknowledged that the log has not. Peer SDKs get the answers they expect (PostHog:
+status codes, Countly: a JSON `result`), docs/analytics.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from ..config import LiveConfig
+from ..resultcodes import ResultCode
+from ..stores import EventLog
+from . import codes, events, upload
+from .apps import AppDirectory
+from .settings import AnalyticsSettings
+
+log = logging.getLogger("mpaas.analytics")
+
+UPLOADS = Counter("mpaas_analytics_uploads_total", "Uploads, by format and result code", ["source", "code"])
+EVENTS = Counter("mpaas_analytics_events_total", "Events, by format and outcome", ["source", "outcome"])
+PENDING = Gauge("mpaas_analytics_pending_events", "Events handed to the event log, not yet acknowledged")
+PUBLISH = Histogram(
+    "mpaas_analytics_publish_seconds",
+    "From an upload's events handed to the event log to their acknowledgement",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+POSTHOG_PATHS = frozenset(p + slash for p in ("/batch", "/capture", "/e", "/i/v0/e", "/track") for slash in ("", "/"))
+COUNTLY_PATH = "/i"
+NATIVE_PATH = "/v1/events"
+
+
+class Publisher:
+    """Hands events to the event log with a bound on what is in flight; False when the log cannot take them now."""
+
+    def __init__(self, log_: EventLog, topic: str, max_pending: int, timeout: float):
+        self.log, self.topic, self.max_pending, self.timeout = log_, topic, max_pending, timeout
+        self.pending = 0
+        self._started = False
+        self._retry_at = 0.0
+        self._lock = asyncio.Lock()
+        self._warned = False
+
+    async def start(self) -> bool:
+        """Connect the event log if it is not; False while it cannot be reached (one attempt a second)."""
+        if self._started:
+            return True
+        if time.monotonic() < self._retry_at:
+            return False
+        async with self._lock:
+            if self._started:
+                return True
+            try:
+                await asyncio.wait_for(self.log.start(), self.timeout)
+                self._started, self._warned = True, False
+            except Exception as e:
+                self._retry_at = time.monotonic() + 1.0  # at most one attempt a second while it is away
+                if not self._warned:
+                    self._warned = True
+                    log.warning("event log unreachable, answering 429 until it is back: %s", e)
+                return False
+        return True
+
+    async def publish(self, records: list[tuple[bytes, bytes]]) -> bool:
+        if self.pending + len(records) > self.max_pending or not await self.start():
+            return False
+        self.pending += len(records)
+        PENDING.set(self.pending)
+        started = time.perf_counter()
+        try:
+            sends = [self.log.publish(self.topic, value, key=key) for key, value in records]
+            await asyncio.wait_for(asyncio.gather(*sends), self.timeout)
+            PUBLISH.observe(time.perf_counter() - started)
+            return True
+        except Exception as e:  # timeout, broker errors: the client keeps the events and retries (same ids)
+            log.warning("event log did not acknowledge %d events: %r", len(records), e)
+            return False
+        finally:
+            self.pending -= len(records)
+            PENDING.set(self.pending)
+
+    async def close(self) -> None:
+        if self._started:
+            await self.log.close()
+
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def _answer(send: Send, status: int, doc: object, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = json.dumps(doc, ensure_ascii=False).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Ingest:
+    """The ingestion routes, as a bare ASGI app (docs/benchmarks.md, "Serving stacks"); `route` says which."""
+
+    def __init__(self, settings: AnalyticsSettings, live: LiveConfig[AppDirectory], publisher: Publisher):
+        self.settings, self.live, self.publisher = settings, live, publisher
+        self.checker = events.Checker(settings.max_future_seconds, settings.max_age_seconds)
+
+    @staticmethod
+    def handles(path: str) -> bool:
+        return path in POSTHOG_PATHS or path == COUNTLY_PATH or path == NATIVE_PATH
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
+        path, method = scope["path"], scope["method"]
+        source = "posthog" if path in POSTHOG_PATHS else "countly" if path == COUNTLY_PATH else "native"
+        allowed = ("GET", "POST") if source == "countly" else ("POST",)
+        if method not in allowed:
+            await _answer(send, 405, {"error": "method not allowed"}, [(b"allow", ", ".join(allowed).encode())])
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        s = self.settings
+        try:
+            body = await upload.read(
+                receive, headers, max_body_bytes=s.max_body_bytes, max_inflated_bytes=s.max_inflated_bytes
+            )
+            batch = self._parse(source, scope, headers, body)
+        except upload.TooLarge as e:
+            return await self._refuse(send, source, codes.REQUEST_TOO_LARGE, str(e))
+        except OverflowError as e:
+            return await self._refuse(send, source, codes.REQUEST_TOO_LARGE, str(e))
+        except (upload.Malformed, events.BadUpload) as e:
+            return await self._refuse(send, source, codes.MALFORMED_BODY, str(e))
+        except PermissionError as e:
+            return await self._refuse(send, source, codes.UNKNOWN_APP, str(e))
+        if batch.app is None:
+            return await self._refuse(send, source, codes.UNKNOWN_APP, codes.UNKNOWN_APP.memo)
+        received = self.checker.now_ms()
+        records = [e.record(received) for e in batch.events]
+        if records and not await self.publisher.publish(records):
+            return await self._refuse(send, source, codes.BUSY, codes.BUSY.memo)
+        code = codes.PARTIAL if batch.refused else codes.SUCCESS
+        UPLOADS.labels(source, str(code.code)).inc()
+        if batch.events:
+            EVENTS.labels(source, "accepted").inc(len(batch.events))
+        for r in batch.refused:
+            EVENTS.labels(source, r.code.name).inc()
+        if source == "posthog":
+            await _answer(send, 200, {"status": "Ok"})
+        elif source == "countly":
+            await _answer(send, 200, {"result": "Success"})
+        else:
+            await _answer(
+                send,
+                200,
+                {
+                    "code": code.code,
+                    "accepted": len(batch.events),
+                    "refused": [
+                        {"index": r.index, "code": r.code.code, "name": r.code.name, "detail": r.detail}
+                        for r in batch.refused
+                    ],
+                },
+            )
+
+    def _parse(self, source: str, scope: dict[str, Any], headers: dict[str, str], body: bytes) -> events.Batch:
+        resolve = self.live.current.resolve
+        limit = self.settings.max_events_per_request
+        if source == "posthog":
+            return events.posthog(body, resolve, self.checker, limit)
+        if source == "countly":
+            params = events.countly_params(scope.get("query_string", b""), body, headers.get("content-type", ""))
+            return events.countly(params, resolve, self.checker, limit)
+        return events.native(body, resolve, self.checker, limit)
+
+    async def _refuse(self, send: Send, source: str, code: ResultCode, detail: str) -> None:
+        UPLOADS.labels(source, str(code.code)).inc()
+        retry = [(b"retry-after", str(self.settings.retry_after_seconds).encode())] if code is codes.BUSY else []
+        if source == "countly":
+            # Countly's SDK keeps a request until it reads a `result`: it retries whatever else it gets.
+            result = "App does not exist" if code is codes.UNKNOWN_APP else detail
+            await _answer(send, code.http_status, {"result": result}, retry)
+        elif source == "posthog":
+            # posthog-node retries 408, 429 and 5xx, halves the batch on 413 and drops it on other 4xx.
+            status = 401 if code is codes.UNKNOWN_APP else code.http_status
+            await _answer(send, status, {"type": "validation_error", "code": code.name, "detail": detail}, retry)
+        else:
+            await _answer(send, code.http_status, {"code": code.code, "name": code.name, "detail": detail}, retry)

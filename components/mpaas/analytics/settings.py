@@ -1,0 +1,26 @@
+"""The analytics process's settings (environment variables MPAAS_*)."""
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from ..service import ComponentSettings
+
+
+class AnalyticsSettings(ComponentSettings):
+    model_config = SettingsConfigDict(env_prefix="MPAAS_", extra="ignore")
+    # Where accepted events go: kafka://host:port[,host:port], or memory:// for one process (mpaas dev).
+    kafka_url: str = "memory://"
+    events_topic: str = "mpaas.analytics.events"
+    # Limits on one upload (docs/analytics.md, "Limits").
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)  # as sent (compressed or not): 413
+    max_inflated_bytes: int = Field(default=16 << 20, ge=1024)  # after gzip: 413
+    max_events_per_request: int = Field(default=1000, ge=1)  # more: 413
+    # Back pressure: events handed to the event log and not yet acknowledged by it, across requests; an upload
+    # that would pass this, or that is not acknowledged within the timeout, gets 429 with Retry-After.
+    max_pending_events: int = Field(default=20_000, ge=1)
+    publish_timeout_seconds: float = Field(default=5.0, gt=0)
+    retry_after_seconds: int = Field(default=2, ge=1)
+    # Client clocks: an event stamped further ahead of the server, or older, is refused (the rest of its batch
+    # is kept).
+    max_future_seconds: int = Field(default=3600, ge=0)
+    max_age_seconds: int = Field(default=30 * 86400, ge=60)
