@@ -83,6 +83,9 @@ def test_native_bad_events_never_drop_the_good_ones() -> None:
         "ts": NOW_MS,
         "received": NOW_MS + 5,
         "props": {"page": "home"},
+        "platform": "",
+        "version": "",
+        "channel": "",
     }
 
 

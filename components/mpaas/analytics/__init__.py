@@ -1,8 +1,9 @@
-"""Analytics (MAS): mobile logs and events in, through Kafka.
+"""Analytics (MAS): mobile logs and events in, through Kafka, and real-time figures out.
 
 Built so far: ingestion (`ingest.py`) of the platform's JSON events, PostHog's capture API and Countly's `/i`,
-from apps registered in an MpaasGateway, into the event log with back pressure (docs/analytics.md). Not built
-yet: real-time metrics, crash grouping and symbolication, history queries, remote log pull.
+from apps registered in an MpaasGateway, into the event log with back pressure; real-time aggregates per app
+and day (`realtime.py`) as Prometheus metrics and a query API (`query.py`) (docs/analytics.md). Not built yet:
+crash grouping and symbolication, history queries, remote log pull.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from ..stores import open_eventlog
 from . import codes
 from .apps import EMPTY, KIND, AppDirectory, compile_apps
 from .ingest import Ingest, Publisher
+from .query import create_query_app
+from .realtime import consume_forever, open_aggregates
 from .settings import AnalyticsSettings
 
 
@@ -35,12 +38,9 @@ class AnalyticsASGI:
 
 def _build(settings: AnalyticsSettings) -> Served:
     live: LiveConfig[AppDirectory] = LiveConfig("analytics", [KIND], compile_apps, EMPTY)
-    publisher = Publisher(
-        open_eventlog(settings.kafka_url),
-        settings.events_topic,
-        settings.max_pending_events,
-        settings.publish_timeout_seconds,
-    )
+    events = open_eventlog(settings.kafka_url)
+    publisher = Publisher(events, settings.events_topic, settings.max_pending_events, settings.publish_timeout_seconds)
+    aggregates = open_aggregates(settings.aggregates_url, settings.aggregates_prefix)
     warm: list[asyncio.Task[bool]] = []
 
     async def start() -> None:
@@ -52,10 +52,26 @@ def _build(settings: AnalyticsSettings) -> Served:
             return False, "waiting for the first configuration"
         return True, f"{len(live.current.keys)} app keys"
 
-    app = component_app("analytics", on_start=[start], on_stop=[live.stop, publisher.close], ready=ready)
+    async def stop() -> None:
+        for task in warm:
+            task.cancel()
+
+    async def realtime() -> None:
+        await consume_forever(events, settings.events_topic, settings.realtime_group, aggregates)
+
+    app = component_app(
+        "analytics",
+        on_start=[start],
+        on_stop=[stop, live.stop, publisher.close, aggregates.close],
+        ready=ready,
+        background={"realtime": realtime} if settings.realtime else None,
+    )
     app.state.live = live
     app.state.publisher = publisher
-    return Served(AnalyticsASGI(Ingest(settings, live, publisher), app))
+    app.state.aggregates = aggregates
+    query = create_query_app(live, aggregates)
+    extra = [(query, settings.admin_host, settings.admin_port)] if settings.admin_port else []
+    return Served(AnalyticsASGI(Ingest(settings, live, publisher), app), extra=extra)
 
 
 COMPONENT = Component(

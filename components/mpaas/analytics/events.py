@@ -36,6 +36,7 @@ class Event:
     ts_ms: int  # the client's time of the event
     id: str  # unique per event; a retried upload repeats it, so consumers drop repeats
     props: dict[str, Any] = field(default_factory=dict)
+    dims: tuple[str, str, str] = ("", "", "")  # (platform, app version, channel): what metrics are split by
 
     def record(self, received_ms: int) -> tuple[bytes, bytes]:
         """(key, value) for the event log: keyed by app and device, so one device's events stay in order."""
@@ -50,6 +51,9 @@ class Event:
             "ts": self.ts_ms,
             "received": received_ms,
             "props": self.props,
+            "platform": self.dims[0],
+            "version": self.dims[1],
+            "channel": self.dims[2],
         }
         key = f"{self.app_id}\n{self.workspace_id}\n{self.device_id}".encode()
         return key, json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
@@ -121,6 +125,11 @@ def _iso_millis(value: object) -> int | None:
     return int(dt.timestamp() * 1000)
 
 
+def _dim(value: object) -> str:
+    """A metric dimension from the client: short text, else nothing (it becomes a label value)."""
+    return value if isinstance(value, str) and len(value) <= 64 and value.isprintable() else ""
+
+
 def _json(text: str | bytes, what: str) -> Any:
     try:
         return json.loads(text)
@@ -157,6 +166,7 @@ def native(body: bytes, resolve: Resolve, checker: Checker, max_events: int) -> 
         raise OverflowError(f"{len(items)} events, over {max_events}")
     user = doc.get("userId", "")
     user = user if isinstance(user, str) and len(user) <= _NAME else ""
+    dims = (_dim(doc.get("platform")), _dim(doc.get("appVersion")), _dim(doc.get("channel")))
     app = resolve(f"{app_id}/{workspace_id}")
     batch = Batch(app)
     if app is None:
@@ -170,7 +180,7 @@ def native(body: bytes, resolve: Resolve, checker: Checker, max_events: int) -> 
         if name is None or ts is None or not isinstance(props, dict) or (given is not None and _text(given) is None):
             _add(batch, checker, i, None, "event (text), ts (epoch milliseconds) and props (object) are required")
             continue
-        event = Event(*app, "native", name, device, user, ts, given or str(uuid.uuid4()), props)
+        event = Event(*app, "native", name, device, user, ts, given or str(uuid.uuid4()), props, dims)
         _add(batch, checker, i, event)
     return batch
 
@@ -229,7 +239,8 @@ def posthog(body: bytes, resolve: Resolve, checker: Checker, max_events: int) ->
             continue
         device = _text(props.get("$device_id")) or distinct
         given = _text(item.get("uuid"))
-        event = Event(*batch.app, "posthog", name, device, distinct, ts, given or str(uuid.uuid4()), props)
+        dims = (_dim(props.get("$os")), _dim(props.get("$app_version")), _dim(props.get("$app_channel")))
+        event = Event(*batch.app, "posthog", name, device, distinct, ts, given or str(uuid.uuid4()), props, dims)
         _add(batch, checker, i, event)
     return batch
 
@@ -261,8 +272,10 @@ def countly(params: dict[str, str], resolve: Resolve, checker: Checker, max_even
         return batch
     sent = _millis(params.get("timestamp")) if "timestamp" in params else checker.now_ms()
     found: list[tuple[str, int | None, dict[str, Any] | None]] = []  # (name, ts, props): props None = invalid
+    metrics = _json(params["metrics"], "metrics") if "metrics" in params else {}
+    m = metrics if isinstance(metrics, dict) else {}
+    dims = (_dim(m.get("_os")), _dim(m.get("_app_version")), _dim(m.get("_store")))
     if params.get("begin_session") == "1":
-        metrics = _json(params["metrics"], "metrics") if "metrics" in params else {}
         found.append(("$session_start", sent, metrics if isinstance(metrics, dict) else None))
     if "session_duration" in params or params.get("end_session") == "1":
         duration = _millis(params.get("session_duration", "0"))
@@ -292,5 +305,5 @@ def countly(params: dict[str, str], resolve: Resolve, checker: Checker, max_even
         if not name or ts is None or fields is None:
             _add(batch, checker, i, None, "an event needs a key, an object and a valid timestamp")
             continue
-        _add(batch, checker, i, Event(*batch.app, "countly", name, device, user, ts, f"{base}-{i}", fields))
+        _add(batch, checker, i, Event(*batch.app, "countly", name, device, user, ts, f"{base}-{i}", fields, dims))
     return batch

@@ -24,3 +24,12 @@ class AnalyticsSettings(ComponentSettings):
     # is kept).
     max_future_seconds: int = Field(default=3600, ge=0)
     max_age_seconds: int = Field(default=30 * 86400, ge=60)
+    # Real-time aggregates (realtime.py): computed by a consumer group from the events topic, kept in Redis
+    # (redis://host:port/db) or in-process (memory://, one process only).
+    realtime: bool = True
+    realtime_group: str = "mpaas-analytics-realtime"  # the consumer group; a new one reads the topic from its start
+    aggregates_url: str = "memory://"
+    aggregates_prefix: str = "rt:"  # of every Redis key, to share one Redis with other users
+    # The query API (/v1/apps/...): on its own port, loopback by default (reach it with a port-forward); 0: off.
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 9902

@@ -1,0 +1,302 @@
+"""Real-time aggregates from the event log, per app and UTC day, counted once per event id.
+
+A consumer group (`MPAAS_REALTIME_GROUP`) reads the events topic; each event is applied to the aggregate
+store in one atomic step that first records its id (kept 3 days), so an event read again after a restart
+(offsets are committed after applying, every half second) is not counted twice. Pods share the work by
+partition; the store (Redis, or in-process under `mpaas dev`) holds the totals every pod answers from.
+
+What counts as what (docs/analytics.md, "Real-time metrics"): launches, sessions and their length, startup
+times, crashes, stalls and freezes (with mPaaS's thresholds), custom events; distinct devices per day and
+month (HyperLogLog), new devices, devices that crashed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from prometheus_client import Counter, Histogram
+
+from ..stores import EventLog
+from ..stores.counters import HyperLogLog
+from ..stores.expiring import ExpiringMap
+from ..stores.redis_common import connect_redis
+
+log = logging.getLogger("mpaas.analytics.realtime")
+
+SEEN_SECONDS = 3 * 86400  # an event id is remembered this long: replays within it are not counted again
+KEEP_SECONDS = 40 * 86400  # a day's aggregates are kept this long
+CUSTOM_EVENT_NAMES = 200  # per app and day; more distinct names are counted under "_other"
+
+# mPaaS's stall thresholds: the main thread busy this long in one method (milliseconds), by platform.
+STALL_MS = {"android": 2250, "ios": 2000}
+
+EVENTS = Counter(
+    "mpaas_analytics_app_events_total",
+    "Events applied to the real-time aggregates, by app, platform and kind",
+    ["app", "platform", "kind"],
+)
+STARTUP = Histogram(
+    "mpaas_analytics_startup_seconds",
+    "App startup times reported by the apps",
+    ["app", "platform", "start"],
+    buckets=(0.25, 0.5, 1, 1.5, 2, 3, 5, 8, 13, 30),
+)
+REPLAYED = Counter(
+    "mpaas_analytics_replayed_events", "Events read again (after a restart) and not counted a second time"
+)
+LAG = Histogram(
+    "mpaas_analytics_realtime_lag_seconds",
+    "From an event's upload accepted to its aggregates updated",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+)
+
+
+def platform_of(value: str) -> str:
+    """A bounded label value for the platform a client names."""
+    v = value.lower()
+    if v in ("android", "ios", "harmonyos", "web"):
+        return v
+    if v in ("iphone os", "ipados", "ios_native"):
+        return "ios"
+    return "other" if v else ""
+
+
+@dataclass(frozen=True)
+class Update:
+    """What one event adds to its app's aggregates for its day."""
+
+    counts: dict[str, int]  # field -> amount
+    crashed: bool
+
+
+def classify(event: dict[str, Any]) -> tuple[str, Update]:
+    """(kind, update) of an event record (events.Event.record)."""
+    name, props, platform = event["event"], event.get("props") or {}, platform_of(event.get("platform", ""))
+    counts: dict[str, int] = {"events": 1}
+    kind = "custom"
+    if name in ("launch", "$session_start", "Application Opened"):
+        kind = "launch"
+        counts["launches"] = 1
+    elif name in ("session_end", "$session_end"):
+        kind = "session"
+        seconds = props.get("durationSeconds", props.get("duration"))
+        counts["sessions"] = 1
+        if isinstance(seconds, int) and not isinstance(seconds, bool) and 0 <= seconds < 86400:
+            counts["session_seconds"] = seconds
+    elif name in ("crash", "$crash", "$exception"):
+        kind = "crash"
+        counts["crashes"] = 1
+    elif name == "startup":
+        kind = "startup"
+        counts["startups"] = 1
+    elif name == "stall":
+        ms = props.get("ms")
+        stalled = isinstance(ms, int | float) and not isinstance(ms, bool) and ms >= STALL_MS.get(platform, 2000)
+        kind = "stall" if stalled else "short_stall"  # under the threshold: not a stall by mPaaS's measure
+        if stalled:
+            counts["stalls"] = 1
+    elif name == "freeze":
+        kind = "freeze"
+        counts["freezes"] = 1
+    if kind == "custom":
+        counts[f"event:{name}"] = 1
+    return kind, Update(counts, crashed=kind == "crash")
+
+
+def day_of(ts_ms: int) -> tuple[str, str]:
+    d = datetime.fromtimestamp(ts_ms / 1000, UTC)
+    return d.strftime("%Y-%m-%d"), d.strftime("%Y-%m")
+
+
+class Aggregates(ABC):
+    """The aggregate store: `apply` is atomic and idempotent per event id."""
+
+    @abstractmethod
+    async def apply(self, app: str, event_id: str, device: str, day: str, month: str, update: Update) -> bool:
+        """Apply once; False when this event id was applied before (a replay)."""
+
+    @abstractmethod
+    async def day(self, app: str, day: str, month: str) -> dict[str, Any]:
+        """The day's figures: counts, distinct devices (day and month), new and crashed devices."""
+
+    async def close(self) -> None:
+        return None
+
+
+def _figures(counts: dict[str, int], dau: int, mau: int, crashed: int) -> dict[str, Any]:
+    events = {k.removeprefix("event:"): v for k, v in counts.items() if k.startswith("event:")}
+    out: dict[str, Any] = {
+        k: counts.get(k, 0)
+        for k in ("events", "launches", "sessions", "session_seconds", "startups", "crashes", "stalls", "freezes")
+    }
+    out.update(
+        new_devices=counts.get("new_devices", 0),
+        active_devices=dau,
+        monthly_active_devices=mau,
+        crashed_devices=crashed,
+        crash_free_devices_rate=round(1 - crashed / dau, 6) if dau else None,
+        custom_events=events,
+    )
+    return out
+
+
+# Keys share the app's hash tag, so the script runs in one Redis Cluster slot.
+_APPLY = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) == false then return 0 end
+local keep = tonumber(ARGV[2])
+local new = redis.call('PFADD', KEYS[5], ARGV[3])
+redis.call('PFADD', KEYS[3], ARGV[3]) redis.call('EXPIRE', KEYS[3], keep)
+redis.call('PFADD', KEYS[4], ARGV[3]) redis.call('EXPIRE', KEYS[4], keep)
+if ARGV[4] == '1' then redis.call('PFADD', KEYS[6], ARGV[3]) redis.call('EXPIRE', KEYS[6], keep) end
+if new == 1 then redis.call('HINCRBY', KEYS[2], 'new_devices', 1) end
+local limit = tonumber(ARGV[5])
+for i = 6, #ARGV, 2 do
+  local field = ARGV[i]
+  if string.sub(field, 1, 6) == 'event:' and redis.call('HEXISTS', KEYS[2], field) == 0 then
+    if redis.call('HINCRBY', KEYS[2], 'names', 1) > limit then field = 'event:_other' end
+  end
+  redis.call('HINCRBY', KEYS[2], field, tonumber(ARGV[i + 1]))
+end
+redis.call('EXPIRE', KEYS[2], keep)
+return 1
+"""
+
+
+class RedisAggregates(Aggregates):
+    def __init__(self, redis: str | aioredis.Redis, prefix: str = "rt:"):
+        self.redis = connect_redis(redis) if isinstance(redis, str) else redis
+        self.prefix = prefix
+        self._apply = self.redis.register_script(_APPLY)
+
+    def _keys(self, app: str, event_id: str, day: str, month: str) -> list[str]:
+        t = f"{self.prefix}{{{app}}}"
+        return [
+            f"{t}:seen:{event_id}",
+            f"{t}:day:{day}",
+            f"{t}:dau:{day}",
+            f"{t}:mau:{month}",
+            f"{t}:devices",
+            f"{t}:crashed:{day}",
+        ]
+
+    async def apply(self, app: str, event_id: str, device: str, day: str, month: str, update: Update) -> bool:
+        args: list[Any] = [SEEN_SECONDS, KEEP_SECONDS, device, "1" if update.crashed else "0", CUSTOM_EVENT_NAMES]
+        for k, v in update.counts.items():
+            args += [k, v]
+        return bool(await self._apply(keys=self._keys(app, event_id, day, month), args=args))
+
+    async def day(self, app: str, day: str, month: str) -> dict[str, Any]:
+        _, day_key, dau, mau, _, crashed = self._keys(app, "-", day, month)
+        async with self.redis.pipeline(transaction=False) as p:
+            p.hgetall(day_key)
+            p.pfcount(dau)
+            p.pfcount(mau)
+            p.pfcount(crashed)
+            raw, n_dau, n_mau, n_crashed = await p.execute()
+        counts = {k.decode(): int(v) for k, v in raw.items() if k != b"names"}
+        return _figures(counts, n_dau, n_mau, n_crashed)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+class MemoryAggregates(Aggregates):
+    """The in-process twin (`mpaas dev`): the same figures, HyperLogLogs included; seen ids expire."""
+
+    def __init__(self) -> None:
+        self.seen: ExpiringMap[bool] = ExpiringMap()
+        self.counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.hll: dict[tuple[str, str], HyperLogLog] = defaultdict(HyperLogLog)
+
+    async def apply(self, app: str, event_id: str, device: str, day: str, month: str, update: Update) -> bool:
+        seen_key = f"{app}\n{event_id}"
+        if self.seen.get(seen_key) is not None:
+            return False
+        self.seen.set(seen_key, True, ttl_seconds=SEEN_SECONDS)
+        member = device.encode()
+        counts = self.counts[(app, day)]
+        if self.hll[(app, "devices")].add(member):
+            counts["new_devices"] += 1
+        self.hll[(app, f"dau:{day}")].add(member)
+        self.hll[(app, f"mau:{month}")].add(member)
+        if update.crashed:
+            self.hll[(app, f"crashed:{day}")].add(member)
+        names = sum(1 for k in counts if k.startswith("event:"))
+        for field, amount in update.counts.items():
+            if field.startswith("event:") and field not in counts and names >= CUSTOM_EVENT_NAMES:
+                field = "event:_other"
+            counts[field] += amount
+        return True
+
+    async def day(self, app: str, day: str, month: str) -> dict[str, Any]:
+        def count(key: str) -> int:
+            h = self.hll.get((app, key))
+            return h.count() if h is not None else 0
+
+        return _figures(
+            dict(self.counts.get((app, day), {})), count(f"dau:{day}"), count(f"mau:{month}"), count(f"crashed:{day}")
+        )
+
+
+def open_aggregates(url: str, prefix: str = "rt:") -> Aggregates:
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisAggregates(url, prefix)
+    if url.startswith("memory:"):
+        return MemoryAggregates()
+    raise ValueError(f"unsupported aggregate store URL {url!r}: use redis://host:port/db or memory://")
+
+
+async def apply_record(store: Aggregates, value: bytes) -> bool:
+    """Apply one event record; False for a replay or a record that is not an event (logged, skipped)."""
+    try:
+        event = json.loads(value)
+        app = f"{event['app']}/{event['workspace']}"
+        day, month = day_of(int(event["ts"]))
+        kind, update = classify(event)
+    except (ValueError, KeyError, TypeError, OverflowError, OSError) as e:
+        log.warning("skipping a record that is not an event: %r", e)
+        return False
+    if not await store.apply(app, str(event["id"]), str(event["device"]), day, month, update):
+        REPLAYED.inc()
+        return False
+    platform = platform_of(event.get("platform", ""))
+    EVENTS.labels(event["app"], platform, kind).inc()
+    startup_ms = (event.get("props") or {}).get("ms")
+    if kind == "startup" and isinstance(startup_ms, int | float) and not isinstance(startup_ms, bool):
+        start = "cold" if (event.get("props") or {}).get("cold") else "warm"
+        STARTUP.labels(event["app"], platform, start).observe(startup_ms / 1000)
+    received = event.get("received")
+    if isinstance(received, int):
+        LAG.observe(max(0.0, time.time() - received / 1000))
+    return True
+
+
+async def consume_forever(
+    events: EventLog, topic: str, group: str, store: Aggregates, *, commit_every: float = 0.5
+) -> None:
+    """The consumer: applies every event of `topic`, committing the group's offsets after applying."""
+    while True:
+        try:
+            last, committed_at = None, time.monotonic()
+            async for record in events.consume(topic, group, idle_timeout=30):
+                await apply_record(store, record.value)
+                last = record
+                if time.monotonic() - committed_at >= commit_every:
+                    await events.commit(group, record)
+                    last, committed_at = None, time.monotonic()
+            if last is not None:
+                await events.commit(group, last)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the log or the store away: what was not committed is read again, not counted twice
+            log.warning("real-time consumer: %r; resuming in 1 s", e)
+            await asyncio.sleep(1)

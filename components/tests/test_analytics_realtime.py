@@ -1,0 +1,111 @@
+"""Real-time aggregates: what counts as what, and an event applied twice counted once (Redis and in-process)."""
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from conftest import need_env
+from mpaas.analytics.realtime import (
+    Aggregates,
+    MemoryAggregates,
+    RedisAggregates,
+    apply_record,
+    classify,
+)
+
+DAY_MS = 1_796_000_000_000  # 2026-11-30 00:53 UTC
+
+
+def record(event: str, device: str = "d1", platform: str = "Android", **props: object) -> bytes:
+    return json.dumps(
+        {
+            "id": uuid.uuid4().hex,
+            "app": "SHOP",
+            "workspace": "prod",
+            "source": "native",
+            "event": event,
+            "device": device,
+            "user": "",
+            "ts": DAY_MS,
+            "received": DAY_MS,
+            "props": props,
+            "platform": platform,
+            "version": "1.0",
+            "channel": "",
+        }
+    ).encode()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("event", "props", "platform", "kind", "counts"),
+    [
+        ("launch", {}, "android", "launch", {"launches": 1}),
+        ("$session_start", {}, "", "launch", {"launches": 1}),
+        ("$session_end", {"duration": 30}, "", "session", {"sessions": 1, "session_seconds": 30}),
+        ("crash", {}, "ios", "crash", {"crashes": 1}),
+        ("$exception", {}, "", "crash", {"crashes": 1}),
+        ("stall", {"ms": 2300}, "android", "stall", {"stalls": 1}),
+        ("stall", {"ms": 2100}, "android", "short_stall", {}),  # under Android's 2.25 s
+        ("stall", {"ms": 2100}, "ios", "stall", {"stalls": 1}),  # over iOS's 2 s
+        ("stall", {"ms": True}, "ios", "short_stall", {}),
+        ("freeze", {}, "", "freeze", {"freezes": 1}),
+        ("buy", {}, "", "custom", {"event:buy": 1}),
+    ],
+)
+def test_what_counts_as_what(event: str, props: dict, platform: str, kind: str, counts: dict) -> None:
+    got_kind, update = classify({"event": event, "props": props, "platform": platform})
+    assert got_kind == kind and update.counts == {"events": 1, **counts}
+
+
+@pytest_asyncio.fixture(params=["redis", "memory"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Aggregates]:
+    s: Aggregates
+    if request.param == "redis":
+        s = RedisAggregates(need_env("MPAAS_TEST_REDIS_URL"), prefix=f"rt-{uuid.uuid4().hex[:8]}:")
+    else:
+        s = MemoryAggregates()
+    yield s
+    await s.close()
+
+
+@pytest.mark.contract
+async def test_a_replayed_event_is_counted_once(store: Aggregates) -> None:
+    records = [record("launch", "d1"), record("launch", "d2"), record("crash", "d2", "iOS"), record("buy", "d1")]
+    records += [record("$session_end", "d1", duration=40)]
+    assert [await apply_record(store, r) for r in records] == [True] * 5
+    assert [await apply_record(store, r) for r in records] == [False] * 5  # read again after a restart
+    figures = await store.day("SHOP/prod", "2026-11-30", "2026-11")
+    assert {k: figures[k] for k in ("events", "launches", "crashes", "sessions", "session_seconds")} == {
+        "events": 5,
+        "launches": 2,
+        "crashes": 1,
+        "sessions": 1,
+        "session_seconds": 40,
+    }
+    assert figures["active_devices"] == 2 and figures["monthly_active_devices"] == 2
+    assert figures["new_devices"] == 2 and figures["crashed_devices"] == 1
+    assert figures["crash_free_devices_rate"] == 0.5 and figures["custom_events"] == {"buy": 1}
+    other_day = await store.day("SHOP/prod", "2026-12-01", "2026-11")
+    assert other_day["events"] == 0 and other_day["active_devices"] == 0 and other_day["monthly_active_devices"] == 2
+
+
+@pytest.mark.contract
+async def test_custom_event_names_are_bounded(store: Aggregates, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mpaas.analytics import realtime
+
+    monkeypatch.setattr(realtime, "CUSTOM_EVENT_NAMES", 3)
+    for name in ("a", "b", "c", "d", "e", "a"):
+        await apply_record(store, record(name))
+    figures = await store.day("SHOP/prod", "2026-11-30", "2026-11")
+    assert figures["custom_events"] == {"a": 2, "b": 1, "c": 1, "_other": 2}
+
+
+@pytest.mark.unit
+async def test_a_record_that_is_not_an_event_is_skipped() -> None:
+    s = MemoryAggregates()
+    assert not await apply_record(s, b"not json")
+    assert not await apply_record(s, b'{"app": "SHOP"}')
