@@ -249,3 +249,22 @@ async def _replayed(url: str, client: httpx.AsyncClient) -> bool:
     # The replaying process applies nothing (every id seen): it counts each event as a replay, not an event.
     text = (await client.get(url + "/metrics")).text
     return "mpaas_analytics_replayed_events_total 14.0" in text
+
+
+async def test_an_app_over_its_event_rate_gets_429(spawn: Callable[..., Process], tmp_path: Path, topic: str) -> None:
+    limits = {"MPAAS_APP_EVENTS_PER_SECOND": "1", "MPAAS_MAX_EVENTS_PER_REQUEST": "10"}
+    url = start(spawn, tmp_path, f"kafka://{need_env('MPAAS_TEST_KAFKA')}", topic, limits)
+    now = int(time.time() * 1000)
+    body = {
+        "appId": "SHOP",
+        "workspaceId": "prod",
+        "deviceId": "d",
+        "events": [{"event": "e", "ts": now, "id": f"e{i}"} for i in range(10)],
+    }
+    async with httpx.AsyncClient(timeout=10) as client:
+        assert (await client.post(url + "/v1/events", json=body)).json()["accepted"] == 10  # the burst
+        r = await client.post(url + "/v1/events", json=body)
+        assert (r.status_code, r.json()["code"], r.headers["retry-after"]) == (429, 1002, "1")
+        batch = [{"event": "e", "distinct_id": "u", "properties": {}}] * 10  # 10 tokens: none is back this soon
+        r = await client.post(url + "/batch/", json={"api_key": "SHOP", "batch": batch})
+        assert r.status_code == 429

@@ -14,7 +14,7 @@ from typing import Any
 from ..component import Component, Served
 from ..config import LiveConfig
 from ..service import component_app
-from ..stores import open_eventlog
+from ..stores import FallbackHotStore, open_eventlog, open_hotstore
 from . import codes
 from .apps import EMPTY, KIND, AppDirectory, compile_apps
 from .ingest import Ingest, Publisher
@@ -41,6 +41,7 @@ def _build(settings: AnalyticsSettings) -> Served:
     events = open_eventlog(settings.kafka_url)
     publisher = Publisher(events, settings.events_topic, settings.max_pending_events, settings.publish_timeout_seconds)
     aggregates = open_aggregates(settings.aggregates_url, settings.aggregates_prefix)
+    hot = FallbackHotStore(open_hotstore(settings.redis_url))  # local buckets while Redis is away
     warm: list[asyncio.Task[bool]] = []
 
     async def start() -> None:
@@ -62,7 +63,7 @@ def _build(settings: AnalyticsSettings) -> Served:
     app = component_app(
         "analytics",
         on_start=[start],
-        on_stop=[stop, live.stop, publisher.close, aggregates.close],
+        on_stop=[stop, live.stop, publisher.close, aggregates.close, hot.close],
         ready=ready,
         background={"realtime": realtime} if settings.realtime else None,
     )
@@ -71,7 +72,7 @@ def _build(settings: AnalyticsSettings) -> Served:
     app.state.aggregates = aggregates
     query = create_query_app(live, aggregates)
     extra = [(query, settings.admin_host, settings.admin_port)] if settings.admin_port else []
-    return Served(AnalyticsASGI(Ingest(settings, live, publisher), app), extra=extra)
+    return Served(AnalyticsASGI(Ingest(settings, live, publisher, hot), app), extra=extra)
 
 
 COMPONENT = Component(

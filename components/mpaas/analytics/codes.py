@@ -10,6 +10,7 @@ from ..resultcodes import ResultCode, table
 
 SUCCESS = ResultCode(1000, "Success", 200, "every event accepted")
 PARTIAL = ResultCode(1001, "PartlyAccepted", 200, "some events refused; the others accepted")
+RATE_LIMITED = ResultCode(1002, "RateLimited", 429, "the app's event rate limit is reached: retry after Retry-After")
 UNKNOWN_APP = ResultCode(1003, "UnknownApp", 403, "no MpaasGateway registers this app")
 REQUEST_TOO_LARGE = ResultCode(3003, "RequestTooLarge", 413, "upload over the size, inflated size or event limit")
 MALFORMED_BODY = ResultCode(3004, "MalformedBody", 400, "the upload is not valid gzip, JSON or form data")

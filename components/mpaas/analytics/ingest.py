@@ -19,7 +19,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from ..config import LiveConfig
 from ..resultcodes import ResultCode
-from ..stores import EventLog
+from ..stores import EventLog, HotStore
 from . import codes, events, upload
 from .apps import AppDirectory
 from .settings import AnalyticsSettings
@@ -107,8 +107,12 @@ async def _answer(send: Send, status: int, doc: object, headers: list[tuple[byte
 class Ingest:
     """The ingestion routes, as a bare ASGI app (docs/benchmarks.md, "Serving stacks"); `route` says which."""
 
-    def __init__(self, settings: AnalyticsSettings, live: LiveConfig[AppDirectory], publisher: Publisher):
-        self.settings, self.live, self.publisher = settings, live, publisher
+    def __init__(
+        self, settings: AnalyticsSettings, live: LiveConfig[AppDirectory], publisher: Publisher, hot: HotStore
+    ):
+        self.settings, self.live, self.publisher, self.hot = settings, live, publisher, hot
+        rate = settings.app_events_per_second
+        self.burst = max(settings.app_events_burst or rate, settings.max_events_per_request)
         self.checker = events.Checker(settings.max_future_seconds, settings.max_age_seconds)
 
     @staticmethod
@@ -139,6 +143,13 @@ class Ingest:
             return await self._refuse(send, source, codes.UNKNOWN_APP, str(e))
         if batch.app is None:
             return await self._refuse(send, source, codes.UNKNOWN_APP, codes.UNKNOWN_APP.memo)
+        rate = self.settings.app_events_per_second
+        if rate and batch.events:
+            app_id, workspace_id = batch.app
+            if not await self.hot.take_tokens(
+                f"analytics:rl:{app_id}:{workspace_id}", rate=rate, burst=self.burst, n=len(batch.events)
+            ):
+                return await self._refuse(send, source, codes.RATE_LIMITED, codes.RATE_LIMITED.memo)
         received = self.checker.now_ms()
         records = [e.record(received) for e in batch.events]
         if records and not await self.publisher.publish(records):
@@ -179,7 +190,11 @@ class Ingest:
 
     async def _refuse(self, send: Send, source: str, code: ResultCode, detail: str) -> None:
         UPLOADS.labels(source, str(code.code)).inc()
-        retry = [(b"retry-after", str(self.settings.retry_after_seconds).encode())] if code is codes.BUSY else []
+        retry = []
+        if code is codes.BUSY:
+            retry = [(b"retry-after", str(self.settings.retry_after_seconds).encode())]
+        elif code is codes.RATE_LIMITED:
+            retry = [(b"retry-after", b"1")]
         if source == "countly":
             # Countly's SDK keeps a request until it reads a `result`: it retries whatever else it gets.
             result = "App does not exist" if code is codes.UNKNOWN_APP else detail

@@ -20,6 +20,11 @@ class AnalyticsSettings(ComponentSettings):
     max_pending_events: int = Field(default=20_000, ge=1)
     publish_timeout_seconds: float = Field(default=5.0, gt=0)
     retry_after_seconds: int = Field(default=2, ge=1)
+    # Per-app rate limit, in events per second (0: none), with a burst of at least one upload's worth; the
+    # buckets live in the hot store, shared by every pod when it is Redis.
+    app_events_per_second: int = Field(default=0, ge=0)
+    app_events_burst: int | None = Field(default=None, ge=1)
+    redis_url: str = "memory://"
     # Client clocks: an event stamped further ahead of the server, or older, is refused (the rest of its batch
     # is kept).
     max_future_seconds: int = Field(default=3600, ge=0)
