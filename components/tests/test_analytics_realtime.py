@@ -109,3 +109,62 @@ async def test_a_record_that_is_not_an_event_is_skipped() -> None:
     s = MemoryAggregates()
     assert not await apply_record(s, b"not json")
     assert not await apply_record(s, b'{"app": "SHOP"}')
+
+
+NPE = """java.lang.NullPointerException: Attempt to invoke virtual method on a null object
+    at com.shop.cart.CartView.render(CartView.kt:{line})
+    at com.shop.cart.CartView$lambda${n}.invoke(CartView.kt:88)
+    at android.os.Handler.dispatchMessage(Handler.java:106)"""
+
+
+@pytest.mark.unit
+def test_one_bug_is_one_group_across_builds_and_runs() -> None:
+    from mpaas.analytics.crashes import group, of_event
+
+    a, b = group(NPE.format(line=120, n=3)), group(NPE.format(line=131, n=7))
+    assert a.fingerprint == b.fingerprint and a.type == "java.lang.NullPointerException"
+    other = group(NPE.replace("CartView.render", "CartView.layout").format(line=1, n=1))
+    assert other.fingerprint != a.fingerprint
+    js1 = group("TypeError: x is undefined\n    at render (/app/main.js:10:5)\n    at /app/main.js:20:1")
+    js2 = group("TypeError: x is undefined\n    at render (/app/main.js:11:9)\n    at /app/main.js:25:3")
+    assert js1.fingerprint == js2.fingerprint and js1.type == "TypeError"
+    ios1 = group("0   MyApp  0x0000000100a3c1f4 -[CartViewController render] + 52")
+    ios2 = group("0   MyApp  0x0000000100b4d2e8 -[CartViewController render] + 60")
+    assert ios1.fingerprint == ios2.fingerprint
+    assert of_event("$crash", {"_error": NPE.format(line=1, n=1)}).fingerprint == a.fingerprint  # Countly
+    posthog = of_event(
+        "$exception",
+        {
+            "$exception_list": [
+                {
+                    "type": "ValueError",
+                    "value": "bad",
+                    "stacktrace": {"frames": [{"module": "shop.cart", "function": "render"}]},
+                }
+            ]
+        },
+    )
+    assert posthog is not None and posthog.type == "ValueError"
+    assert of_event("crash", {}) is None  # nothing to group by: counted, not grouped
+    assert len(group("x" * 100 + "\n" + "y" * 10_000).sample.encode()) <= 4096
+
+
+@pytest.mark.contract
+async def test_top_crashes_per_version_with_devices_and_first_seen(store: Aggregates) -> None:
+    def crash(device: str, version: str, line: int, stack: str = NPE) -> bytes:
+        rec = json.loads(record("crash", device, stack=stack.format(line=line, n=line)))
+        rec["version"] = version
+        return json.dumps(rec).encode()
+
+    layout = NPE.replace("CartView.render", "CartView.layout")
+    sent = [crash("d1", "1.0", 10), crash("d2", "1.1", 11), crash("d2", "1.1", 12), crash("d3", "1.1", 5, layout)]
+    for r in sent:
+        assert await apply_record(store, r)
+    assert not await apply_record(store, sent[0])  # a replay changes nothing
+    everything = await store.crashes("SHOP/prod", None, 10)
+    assert [(g["count"], g["affectedDevices"], g["firstVersion"]) for g in everything] == [(3, 2, "1.0"), (1, 1, "1.1")]
+    top = everything[0]
+    assert top["type"] == "java.lang.NullPointerException" and top["title"].startswith("java.lang.NullPointerException")
+    assert top["firstSeen"] == DAY_MS == top["lastSeen"] and "CartView.render" in top["sample"]
+    in_11 = await store.crashes("SHOP/prod", "1.1", 10)
+    assert [g["count"] for g in in_11] == [2, 1] and await store.crashes("SHOP/prod", "9.9", 10) == []

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Query
 
 from ..config import LiveConfig
 from .apps import AppDirectory
@@ -28,5 +28,17 @@ def create_query_app(live: LiveConfig[AppDirectory], store: Aggregates) -> FastA
             raise HTTPException(400, "day must be YYYY-MM-DD")
         out = await store.day(f"{app_id}/{workspace_id}", day, day[:7])
         return {"appId": app_id, "workspaceId": workspace_id, "day": day, **out}
+
+    @app.get("/v1/apps/{app_id}/{workspace_id}/crashes")
+    async def top_crashes(
+        app_id: str,
+        workspace_id: str,
+        version: str | None = Query(default=None, max_length=64),
+        limit: int = Query(default=20, ge=1, le=100),
+    ) -> dict[str, Any]:
+        if live.current.resolve(f"{app_id}/{workspace_id}") is None:
+            raise HTTPException(404, f"app {app_id}/{workspace_id} is not registered")
+        groups = await store.crashes(f"{app_id}/{workspace_id}", version, limit)
+        return {"appId": app_id, "workspaceId": workspace_id, "version": version, "groups": groups}
 
     return app

@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from prometheus_client import Counter, Histogram
@@ -29,12 +29,15 @@ from ..stores import EventLog
 from ..stores.counters import HyperLogLog
 from ..stores.expiring import ExpiringMap
 from ..stores.redis_common import connect_redis
+from . import crashes
+from .crashes import Crash
 
 log = logging.getLogger("mpaas.analytics.realtime")
 
 SEEN_SECONDS = 3 * 86400  # an event id is remembered this long: replays within it are not counted again
 KEEP_SECONDS = 40 * 86400  # a day's aggregates are kept this long
 CUSTOM_EVENT_NAMES = 200  # per app and day; more distinct names are counted under "_other"
+CRASH_GROUPS = 1000  # the most frequent kept per app version (and for all versions); rarer ones drop out
 
 # mPaaS's stall thresholds: the main thread busy this long in one method (milliseconds), by platform.
 STALL_MS = {"android": 2250, "ios": 2000}
@@ -76,6 +79,9 @@ class Update:
 
     counts: dict[str, int]  # field -> amount
     crashed: bool
+    crash: Crash | None = None  # the crash's group, when it carries a stack or message
+    version: str = ""  # the app version, for crash groups
+    ts_ms: int = 0  # the event's time
 
 
 def classify(event: dict[str, Any]) -> tuple[str, Update]:
@@ -109,7 +115,9 @@ def classify(event: dict[str, Any]) -> tuple[str, Update]:
         counts["freezes"] = 1
     if kind == "custom":
         counts[f"event:{name}"] = 1
-    return kind, Update(counts, crashed=kind == "crash")
+    crash = crashes.of_event(name, props) if kind == "crash" else None
+    version = str(event.get("version") or "")
+    return kind, Update(counts, crashed=kind == "crash", crash=crash, version=version, ts_ms=int(event.get("ts") or 0))
 
 
 def day_of(ts_ms: int) -> tuple[str, str]:
@@ -128,8 +136,30 @@ class Aggregates(ABC):
     async def day(self, app: str, day: str, month: str) -> dict[str, Any]:
         """The day's figures: counts, distinct devices (day and month), new and crashed devices."""
 
+    @abstractmethod
+    async def crashes(self, app: str, version: str | None, limit: int) -> list[dict[str, Any]]:
+        """The top crash groups (of one app version, or of all), most frequent first."""
+
     async def close(self) -> None:
         return None
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _group(fingerprint: str, count: int, fields: dict[str, str], devices: int) -> dict[str, Any]:
+    return {
+        "fingerprint": fingerprint,
+        "count": count,
+        "type": fields.get("type", ""),
+        "title": fields.get("title", ""),
+        "firstSeen": int(fields.get("first_seen", 0)),
+        "lastSeen": int(fields.get("last_seen", 0)),
+        "firstVersion": fields.get("first_version", ""),
+        "affectedDevices": devices,
+        "sample": fields.get("sample", ""),
+    }
 
 
 def _figures(counts: dict[str, int], dau: int, mau: int, crashed: int) -> dict[str, Any]:
@@ -158,8 +188,27 @@ redis.call('PFADD', KEYS[3], ARGV[3]) redis.call('EXPIRE', KEYS[3], keep)
 redis.call('PFADD', KEYS[4], ARGV[3]) redis.call('EXPIRE', KEYS[4], keep)
 if ARGV[4] == '1' then redis.call('PFADD', KEYS[6], ARGV[3]) redis.call('EXPIRE', KEYS[6], keep) end
 if new == 1 then redis.call('HINCRBY', KEYS[2], 'new_devices', 1) end
+if ARGV[6] ~= '' then
+  local ts = tonumber(ARGV[10])
+  if redis.call('HINCRBY', KEYS[7], 'count', 1) == 1 then
+    redis.call('HSET', KEYS[7], 'type', ARGV[7], 'title', ARGV[8], 'sample', ARGV[9], 'first_seen', ARGV[10],
+               'last_seen', ARGV[10], 'first_version', ARGV[11])
+  else
+    if ts > tonumber(redis.call('HGET', KEYS[7], 'last_seen')) then redis.call('HSET', KEYS[7], 'last_seen', ts) end
+    if ts < tonumber(redis.call('HGET', KEYS[7], 'first_seen')) then
+      redis.call('HSET', KEYS[7], 'first_seen', ts, 'first_version', ARGV[11])
+    end
+  end
+  redis.call('PFADD', KEYS[8], ARGV[3])
+  redis.call('ZINCRBY', KEYS[9], 1, ARGV[6])
+  redis.call('ZINCRBY', KEYS[10], 1, ARGV[6])
+  local groups = tonumber(ARGV[12])
+  redis.call('ZREMRANGEBYRANK', KEYS[9], 0, -groups - 1)
+  redis.call('ZREMRANGEBYRANK', KEYS[10], 0, -groups - 1)
+  for i = 7, 10 do redis.call('EXPIRE', KEYS[i], keep) end
+end
 local limit = tonumber(ARGV[5])
-for i = 6, #ARGV, 2 do
+for i = 13, #ARGV, 2 do
   local field = ARGV[i]
   if string.sub(field, 1, 6) == 'event:' and redis.call('HEXISTS', KEYS[2], field) == 0 then
     if redis.call('HINCRBY', KEYS[2], 'names', 1) > limit then field = 'event:_other' end
@@ -188,11 +237,36 @@ class RedisAggregates(Aggregates):
             f"{t}:crashed:{day}",
         ]
 
+    def _crash_keys(self, app: str, fingerprint: str, version: str | None) -> list[str]:
+        t = f"{self.prefix}{{{app}}}"
+        top = f"{t}:crashes:all" if version is None else f"{t}:crashes:v:{version}"
+        return [f"{t}:crash:{fingerprint}", f"{t}:crashdev:{fingerprint}", top]
+
     async def apply(self, app: str, event_id: str, device: str, day: str, month: str, update: Update) -> bool:
+        c = update.crash
+        group_keys = self._crash_keys(app, c.fingerprint, update.version) if c else ["-", "-", "-"]
+        keys = [*self._keys(app, event_id, day, month), group_keys[0], group_keys[1], group_keys[2]]
+        keys.append(self._crash_keys(app, "-", None)[2])
         args: list[Any] = [SEEN_SECONDS, KEEP_SECONDS, device, "1" if update.crashed else "0", CUSTOM_EVENT_NAMES]
+        if c is not None:
+            args += [c.fingerprint, c.type, c.title, c.sample, update.ts_ms, update.version, CRASH_GROUPS]
+        else:
+            args += ["", "", "", "", 0, "", CRASH_GROUPS]
         for k, v in update.counts.items():
             args += [k, v]
-        return bool(await self._apply(keys=self._keys(app, event_id, day, month), args=args))
+        return bool(await self._apply(keys=keys, args=args))
+
+    async def crashes(self, app: str, version: str | None, limit: int) -> list[dict[str, Any]]:
+        top = self._crash_keys(app, "-", version)[2]
+        ranked = cast(list[tuple[bytes, float]], await self.redis.zrevrange(top, 0, limit - 1, withscores=True))
+        out = []
+        for member, score in ranked:
+            fp = _text(member)
+            group_key, devices_key, _ = self._crash_keys(app, fp, version)
+            raw = await self.redis.hgetall(group_key)
+            fields = {_text(k): _text(v) for k, v in raw.items()}
+            out.append(_group(fp, int(score), fields, await self.redis.pfcount(devices_key)))
+        return out
 
     async def day(self, app: str, day: str, month: str) -> dict[str, Any]:
         _, day_key, dau, mau, _, crashed = self._keys(app, "-", day, month)
@@ -216,6 +290,8 @@ class MemoryAggregates(Aggregates):
         self.seen: ExpiringMap[bool] = ExpiringMap()
         self.counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.hll: dict[tuple[str, str], HyperLogLog] = defaultdict(HyperLogLog)
+        self.groups: dict[tuple[str, str], dict[str, Any]] = {}  # (app, fingerprint) -> fields
+        self.ranked: dict[tuple[str, str | None], dict[str, int]] = defaultdict(dict)  # (app, version) -> fp -> n
 
     async def apply(self, app: str, event_id: str, device: str, day: str, month: str, update: Update) -> bool:
         seen_key = f"{app}\n{event_id}"
@@ -230,12 +306,43 @@ class MemoryAggregates(Aggregates):
         self.hll[(app, f"mau:{month}")].add(member)
         if update.crashed:
             self.hll[(app, f"crashed:{day}")].add(member)
+        if update.crash is not None:
+            self._crash(app, member, update.crash, update.version, update.ts_ms)
         names = sum(1 for k in counts if k.startswith("event:"))
         for field, amount in update.counts.items():
             if field.startswith("event:") and field not in counts and names >= CUSTOM_EVENT_NAMES:
                 field = "event:_other"
             counts[field] += amount
         return True
+
+    def _crash(self, app: str, device: bytes, crash: Crash, version: str, ts: int) -> None:
+        g = self.groups.get((app, crash.fingerprint))
+        if g is None:
+            g = self.groups[(app, crash.fingerprint)] = {
+                "type": crash.type,
+                "title": crash.title,
+                "sample": crash.sample,
+                "first_seen": ts,
+                "last_seen": ts,
+                "first_version": version,
+            }
+        g["last_seen"] = max(g["last_seen"], ts)
+        if ts < g["first_seen"]:
+            g["first_seen"], g["first_version"] = ts, version
+        self.hll[(app, f"crashdev:{crash.fingerprint}")].add(device)
+        for key in ((app, version), (app, None)):
+            ranked = self.ranked[key]
+            ranked[crash.fingerprint] = ranked.get(crash.fingerprint, 0) + 1
+            if len(ranked) > CRASH_GROUPS:
+                del ranked[min(ranked, key=lambda fp: ranked[fp])]
+
+    async def crashes(self, app: str, version: str | None, limit: int) -> list[dict[str, Any]]:
+        ranked = sorted(self.ranked.get((app, version), {}).items(), key=lambda kv: -kv[1])[:limit]
+        out = []
+        for fp, n in ranked:
+            fields = {k: str(v) for k, v in self.groups.get((app, fp), {}).items()}
+            out.append(_group(fp, n, fields, self.hll[(app, f"crashdev:{fp}")].count()))
+        return out
 
     async def day(self, app: str, day: str, month: str) -> dict[str, Any]:
         def count(key: str) -> int:

@@ -1,0 +1,90 @@
+"""Crash grouping: a crash's stack, normalized into a fingerprint, so one bug is one group across devices.
+
+The fingerprint is the exception's type and its top frames (function names with their module or class), with
+what changes between builds and runs taken out: line and column numbers, addresses and offsets, numbered
+lambdas and anonymous classes. Stacks from the JVM (Java, Kotlin), JavaScript engines, Apple crash reports
+and Python are read; anything else is grouped by its first line with the numbers taken out. Stacks are
+grouped as sent: symbolication (R8/ProGuard mappings, dSYMs) is not built yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+TOP_FRAMES = 8
+SAMPLE_BYTES = 4096
+TITLE_CHARS = 200
+
+_JVM = re.compile(r"^\s*at\s+([\w$.<>]+)\(")
+_JS = re.compile(r"^\s*at\s+(?:async\s+)?(?:new\s+)?([^\s(]+)\s+\(")
+_JS_ANONYMOUS = re.compile(r"^\s*at\s+(?:async\s+)?\(?([^\s()]+?):\d+:\d+\)?\s*$")
+_APPLE = re.compile(r"^\s*\d+\s+(\S+)\s+0x[0-9a-fA-F]+\s+(.+?)(?:\s+\+\s+\d+)?\s*$")
+_PYTHON = re.compile(r'^\s*File "([^"]+)", line \d+, in (\S+)')
+_NUMBERED = re.compile(r"\$(?:lambda\$)?[\w]*?\d+|0x[0-9a-fA-F]+|\d+")
+
+
+@dataclass(frozen=True)
+class Crash:
+    fingerprint: str
+    type: str
+    title: str
+    sample: str
+
+
+def _clean(text: str) -> str:
+    return _NUMBERED.sub("#", text)
+
+
+def frames(stack: str) -> list[str]:
+    out: list[str] = []
+    for line in stack.splitlines():
+        if m := _JVM.match(line):
+            out.append(_clean(m.group(1)))
+        elif m := _APPLE.match(line):
+            out.append(f"{m.group(1)} {_clean(m.group(2))}")
+        elif m := _PYTHON.match(line):
+            out.append(f"{m.group(1).rsplit('/', 1)[-1]}:{m.group(2)}")
+        elif m := _JS.match(line):
+            out.append(_clean(m.group(1)))
+        elif m := _JS_ANONYMOUS.match(line):
+            out.append(_clean(m.group(1).rsplit("/", 1)[-1]))
+        if len(out) == TOP_FRAMES:
+            break
+    return out
+
+
+def group(stack: str, type_: str = "") -> Crash:
+    first = next((line.strip() for line in stack.splitlines() if line.strip()), "")
+    if type_ or frames(first):  # given, or a report that starts with its frames (no exception line)
+        kind = type_[:TITLE_CHARS]
+    else:
+        kind = (first.split(":", 1)[0].strip() if ":" in first else first)[:TITLE_CHARS]
+    top = frames(stack)
+    basis = "\n".join([kind, *top]) if top else _clean(first)
+    fingerprint = hashlib.sha256(basis.encode("utf-8", "replace")).hexdigest()[:16]
+    sample = stack.encode("utf-8", "replace")[:SAMPLE_BYTES].decode("utf-8", "ignore")
+    return Crash(fingerprint, kind, first[:TITLE_CHARS], sample)
+
+
+def of_event(name: str, props: dict[str, Any]) -> Crash | None:
+    """The crash an event reports, in each format's own fields; None when it carries no stack or message."""
+    if name == "$exception":  # PostHog: $exception_list (structured) or the raw stack
+        listed = props.get("$exception_list")
+        if isinstance(listed, list) and listed and isinstance(listed[0], dict):
+            first = listed[0]
+            frames_ = ((first.get("stacktrace") or {}).get("frames")) or []
+            lines = [f"{first.get('type', '')}: {first.get('value', '')}"]
+            for f in frames_ if isinstance(frames_, list) else []:
+                if isinstance(f, dict):
+                    lines.append(f"    at {f.get('module') or ''}.{f.get('function') or '?'}(x)")
+            return group("\n".join(lines), str(first.get("type") or ""))
+        raw = props.get("$exception_stack_trace_raw") or props.get("$exception_message")
+        return group(raw, str(props.get("$exception_type") or "")) if isinstance(raw, str) and raw else None
+    stack = props.get("_error") if name == "$crash" else props.get("stack")  # Countly's field, the platform's
+    if isinstance(stack, str) and stack.strip():
+        given = props.get("type") if name == "crash" else props.get("_name")
+        return group(stack, given if isinstance(given, str) else "")
+    return None
