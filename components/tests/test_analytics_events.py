@@ -204,3 +204,13 @@ def test_uploads_inflate_gzip_by_header_or_magic_within_limits() -> None:
         read(gzip.compress(data) + b"junk", {"content-encoding": "gzip"})
     with pytest.raises(upload.Malformed):
         read(zlib.compress(data), {"content-encoding": "deflate"})
+
+
+def test_an_upload_becomes_one_log_record_per_device_within_the_size_limit() -> None:
+    from mpaas.analytics.ingest import pack
+
+    events_ = [(b"a", b"1" * 10), (b"b", b"2" * 10), (b"a", b"3" * 10), (b"a", b"4" * 10)]
+    assert pack(events_) == [(b"a", b"1" * 10 + b"\n" + b"3" * 10 + b"\n" + b"4" * 10), (b"b", b"2" * 10)]
+    split = pack(events_, max_bytes=25)  # two events of 10 bytes and a newline fit; the third starts a record
+    assert split == [(b"a", b"1" * 10 + b"\n" + b"3" * 10), (b"a", b"4" * 10), (b"b", b"2" * 10)]
+    assert pack([(b"a", b"x" * 100)], max_bytes=10) == [(b"a", b"x" * 100)]  # one event alone, however big

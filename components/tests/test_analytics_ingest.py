@@ -1,5 +1,6 @@
 """An analytics process ingesting into the real Kafka: the platform's JSON, and PostHog's and Countly's real SDKs."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -68,13 +69,16 @@ def analytics(spawn: Callable[..., Process], tmp_path: Path, topic: str) -> str:
 
 
 async def consumed(topic: str, n: int) -> list[dict[str, Any]]:
-    """The first `n` records of `topic`, as Kafka has them."""
+    """The first `n` events of `topic`, as Kafka has them (a record holds an upload's events of one device)."""
     log = KafkaEventLog(need_env("MPAAS_TEST_KAFKA"))
     await log.start()
     try:
-        out = []
-        async for record in log.consume(topic, f"check-{uuid.uuid4().hex[:6]}", max_records=n, idle_timeout=15):
-            out.append(json.loads(record.value))
+        out: list[dict[str, Any]] = []
+        async with contextlib.aclosing(log.consume(topic, f"check-{uuid.uuid4().hex[:6]}", idle_timeout=15)) as records:
+            async for record in records:
+                out += [json.loads(line) for line in record.value.split(b"\n")]
+                if len(out) >= n:
+                    break
         return out
     finally:
         await log.close()

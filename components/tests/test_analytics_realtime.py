@@ -168,3 +168,12 @@ async def test_top_crashes_per_version_with_devices_and_first_seen(store: Aggreg
     assert top["firstSeen"] == DAY_MS == top["lastSeen"] and "CartView.render" in top["sample"]
     in_11 = await store.crashes("SHOP/prod", "1.1", 10)
     assert [g["count"] for g in in_11] == [2, 1] and await store.crashes("SHOP/prod", "9.9", 10) == []
+
+
+@pytest.mark.unit
+async def test_a_log_record_holds_json_lines() -> None:
+    from mpaas.analytics.realtime import apply_records
+
+    s = MemoryAggregates()
+    lines = b"\n".join([record("launch", "d1"), record("launch", "d2"), b"not json"])
+    assert await apply_records(s, lines) == 2 and await apply_records(s, lines) == 0

@@ -21,8 +21,9 @@ Starts, all on 127.0.0.1 and stopped by PID at the end (temp dirs removed):
   off unless `--realtime`: ingestion is measured alone.
 
 Both topics have 3 partitions. Events per second count the `accepted` of the
-answers; at the end the benchmark reads the topic's offsets (at least that
-many records) and consumes a few records to check them. Server CPU is
+answers; at the end the benchmark reads the whole topic (a record holds an
+upload's events of one device, as JSON lines), checks it holds at least that
+many events, and checks a few of them. Server CPU is
 utime + stime of the analytics process from /proc; the perf test's is its
 JVM's (start-up included). With `--rounds` the two runs alternate and the
 median round of each is reported: on a shared machine the load drifts over
@@ -314,7 +315,8 @@ def perf_test(java: Java, bootstrap: str, topic: str, records: int, payload: Pat
 
 
 def consumed(bootstrap: str, topic: str, run: str, n: int = 5) -> tuple[int, list[dict[str, Any]]]:
-    """(records the topic holds, the first `n` records of the benchmark's run)."""
+    """(events the topic holds, the first `n` events of the benchmark's run). A record holds an upload's events
+    of one device, as JSON lines: the whole topic is read to count them."""
 
     async def read() -> tuple[int, list[dict[str, Any]]]:
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -325,12 +327,17 @@ def consumed(bootstrap: str, topic: str, run: str, n: int = 5) -> tuple[int, lis
             ends, starts = await consumer.end_offsets(parts), await consumer.beginning_offsets(parts)
             total = sum(ends[p] - starts[p] for p in parts)
             await consumer.seek_to_beginning(*parts)
-            got: list[dict[str, Any]] = []
-            deadline = time.monotonic() + 20
-            while len(got) < n and time.monotonic() < deadline:
-                for msgs in (await consumer.getmany(timeout_ms=1000, max_records=n)).values():
-                    got += [json.loads(m.value) for m in msgs if m.value and run.encode() in m.value]
-            return total, got[:n]
+            records, events, got = 0, 0, []
+            deadline = time.monotonic() + 120
+            while records < total and time.monotonic() < deadline:
+                for msgs in (await consumer.getmany(timeout_ms=1000, max_records=500)).values():
+                    for m in msgs:
+                        records += 1
+                        lines = (m.value or b"").split(b"\n")
+                        events += len(lines)
+                        if len(got) < n:
+                            got += [json.loads(line) for line in lines if run.encode() in line][: n - len(got)]
+            return events, got
         finally:
             await consumer.stop()
 
@@ -617,7 +624,7 @@ def main() -> int:
         held, sample = consumed(bootstrap, ingest_topic, run)
         accepted_all = warmed + sum(i.accepted for i in ingests)
         if held < accepted_all:
-            raise RuntimeError(f"Kafka holds {held} records of {ingest_topic}, fewer than the {accepted_all} accepted")
+            raise RuntimeError(f"Kafka holds {held} events of {ingest_topic}, fewer than the {accepted_all} accepted")
         if not sample or any(e.get("app") != "SHOP" or e.get("source") != "native" for e in sample):
             raise RuntimeError(f"unexpected records in {ingest_topic}: {sample}")
 
@@ -657,7 +664,7 @@ def main() -> int:
             )
         )
         print(
-            f"checked: {ingest_topic} holds {held} records (accepted, warm-up included: {accepted_all}); "
+            f"checked: {ingest_topic} holds {held} events (accepted, warm-up included: {accepted_all}); "
             f"first of them: {sample[0]['event']} from {sample[0]['device']}, id {sample[0]['id']}"
         )
         print(

@@ -40,6 +40,24 @@ COUNTLY_PATH = "/i"
 NATIVE_PATH = "/v1/events"
 
 
+RECORD_BYTES = 512 * 1024  # a log record's most: under Kafka's default 1 MiB message limit, with room
+
+
+def pack(events_: list[tuple[bytes, bytes]], max_bytes: int = RECORD_BYTES) -> list[tuple[bytes, bytes]]:
+    """One log record per device of an upload (in order), its events as JSON lines, split to stay under
+    `max_bytes`: the log's cost is per record, so an upload of 100 events costs about one."""
+    by_key: dict[bytes, list[list[bytes]]] = {}
+    sizes: dict[bytes, int] = {}
+    for key, value in events_:
+        chunks = by_key.setdefault(key, [[]])
+        if chunks[-1] and sizes[key] + len(value) + 1 > max_bytes:
+            chunks.append([])
+            sizes[key] = 0
+        chunks[-1].append(value)
+        sizes[key] = sizes.get(key, 0) + len(value) + 1
+    return [(key, b"\n".join(chunk)) for key, chunks in by_key.items() for chunk in chunks]
+
+
 class Publisher:
     """Hands events to the event log with a bound on what is in flight; False when the log cannot take them now."""
 
@@ -71,10 +89,11 @@ class Publisher:
                 return False
         return True
 
-    async def publish(self, records: list[tuple[bytes, bytes]]) -> bool:
-        if self.pending + len(records) > self.max_pending or not await self.start():
+    async def publish(self, records: list[tuple[bytes, bytes]], events_: int) -> bool:
+        """Produce `records` (holding `events_` events) and wait for every acknowledgement."""
+        if self.pending + events_ > self.max_pending or not await self.start():
             return False
-        self.pending += len(records)
+        self.pending += events_
         PENDING.set(self.pending)
         started = time.perf_counter()
         try:
@@ -83,10 +102,10 @@ class Publisher:
             PUBLISH.observe(time.perf_counter() - started)
             return True
         except Exception as e:  # timeout, broker errors: the client keeps the events and retries (same ids)
-            log.warning("event log did not acknowledge %d events: %r", len(records), e)
+            log.warning("event log did not acknowledge %d events: %r", events_, e)
             return False
         finally:
-            self.pending -= len(records)
+            self.pending -= events_
             PENDING.set(self.pending)
 
     async def close(self) -> None:
@@ -151,8 +170,8 @@ class Ingest:
             ):
                 return await self._refuse(send, source, codes.RATE_LIMITED, codes.RATE_LIMITED.memo)
         received = self.checker.now_ms()
-        records = [e.record(received) for e in batch.events]
-        if records and not await self.publisher.publish(records):
+        records = pack([e.record(received) for e in batch.events])
+        if records and not await self.publisher.publish(records, len(batch.events)):
             return await self._refuse(send, source, codes.BUSY, codes.BUSY.memo)
         code = codes.PARTIAL if batch.refused else codes.SUCCESS
         UPLOADS.labels(source, str(code.code)).inc()

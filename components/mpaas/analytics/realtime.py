@@ -362,8 +362,17 @@ def open_aggregates(url: str, prefix: str = "rt:") -> Aggregates:
     raise ValueError(f"unsupported aggregate store URL {url!r}: use redis://host:port/db or memory://")
 
 
+async def apply_records(store: Aggregates, value: bytes) -> int:
+    """Apply a log record's events (JSON lines); returns how many were new."""
+    applied = 0
+    for line in value.split(b"\n"):
+        if line.strip():
+            applied += await apply_record(store, line)
+    return applied
+
+
 async def apply_record(store: Aggregates, value: bytes) -> bool:
-    """Apply one event record; False for a replay or a record that is not an event (logged, skipped)."""
+    """Apply one event; False for a replay or a line that is not an event (logged, skipped)."""
     try:
         event = json.loads(value)
         app = f"{event['app']}/{event['workspace']}"
@@ -395,7 +404,7 @@ async def consume_forever(
         try:
             last, committed_at = None, time.monotonic()
             async for record in events.consume(topic, group, idle_timeout=30):
-                await apply_record(store, record.value)
+                await apply_records(store, record.value)
                 last = record
                 if time.monotonic() - committed_at >= commit_every:
                     await events.commit(group, record)

@@ -66,7 +66,7 @@ class KafkaEventLog(EventLog):
             raise
 
     async def close(self) -> None:
-        for c in self._consumers.values():
+        for c in list(self._consumers.values()):  # a consumer's own generator may remove it meanwhile
             await c.stop()
         self._consumers.clear()
         if self._producer is not None:
