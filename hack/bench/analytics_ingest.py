@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -423,6 +424,26 @@ def run_clients(args_list: list[tuple[Any, ...]], timeout: float) -> list[dict[s
     return results
 
 
+def realtime_lag(port: int, settle_seconds: float = 5.0) -> str:
+    """The real-time lag (upload accepted -> aggregates updated) from the histogram analytics exports, after
+    letting the consumer catch up: its p50/p99 bucket bounds and how many events it measured."""
+    time.sleep(settle_seconds)
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    buckets = [
+        (float("inf") if m.group(1) == "+Inf" else float(m.group(1)), float(m.group(2)))
+        for m in re.finditer(r'^mpaas_analytics_realtime_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M)
+    ]
+    total = buckets[-1][1] if buckets else 0.0
+    if not total:
+        return "real-time lag: no event measured"
+
+    def quantile(q: float) -> str:
+        bound = next(b for b, n in buckets if n >= q * total)
+        return f"<= {bound:g} s" if bound != float("inf") else "> the largest bucket"
+
+    return f"real-time lag over {total:.0f} events: p50 {quantile(0.5)}, p99 {quantile(0.99)} (target p99 <= 2 s)"
+
+
 def start_analytics(tmp: Path, bootstrap: str, topic: str, realtime: bool) -> tuple[subprocess.Popen[bytes], int, Path]:
     config = tmp / "config"
     config.mkdir()
@@ -667,6 +688,8 @@ def main() -> int:
             f"checked: {ingest_topic} holds {held} events (accepted, warm-up included: {accepted_all}); "
             f"first of them: {sample[0]['event']} from {sample[0]['device']}, id {sample[0]['id']}"
         )
+        if args.realtime:
+            print(realtime_lag(port))
         print(
             f"analytics ingest: {ingest.events_s:.0f} events/s ({ingest.uploads_s:.0f} uploads/s of {args.batch}), "
             f"Kafka perf-test: {perf.rps:.0f} records/s, ratio {ratio:.2f} (target >= 0.3): "
