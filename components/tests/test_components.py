@@ -115,3 +115,17 @@ async def test_a_protocol_server_runs_between_the_start_and_stop_hooks() -> None
     async with httpx.AsyncClient() as client:
         with pytest.raises(httpx.ConnectError):
             await client.get(f"http://127.0.0.1:{port}/")
+
+
+def test_every_metric_a_shipped_dashboard_queries_exists() -> None:
+    import json
+
+    registered()  # every component's modules imported: their metrics registered
+    names = set(METRICS._names_to_collectors)
+    for path in sorted((ROOT / "charts/mpaas-operator/dashboards").glob("*.json")):
+        dashboard = json.loads(path.read_text())
+        exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+        assert exprs, path.name
+        for expr in exprs:
+            for metric in re.findall(r"\b(mpaas_[a-z0-9_]+)", expr):
+                assert metric in names, f"{path.name} queries {metric}, which no component exports"
