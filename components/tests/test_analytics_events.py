@@ -149,7 +149,7 @@ def test_countly_session_events_and_crash_in_one_request() -> None:
         f"&timestamp={NOW_MS}&events=%5B%7B%22key%22%3A%22page_view%22%2C%22count%22%3A1%2C%22segmentation%22"
         f"%3A%7B%22page%22%3A%22home%22%7D%2C%22timestamp%22%3A{NOW_MS + 1}%7D%2C%7B%22count%22%3A1%7D%5D"
     )
-    params = events.countly_params(query.encode(), b"", "")
+    params = events.countly_params(query.encode(), b"", "", 1 << 20)
     batch = events.countly(params, directory().resolve, checker, 100)
     assert [(e.name, e.ts_ms) for e in batch.events] == [("$session_start", NOW_MS), ("page_view", NOW_MS + 1)]
     assert batch.events[0].props == {"_os": "Android"} and batch.events[1].props["segmentation"] == {"page": "home"}
@@ -160,14 +160,14 @@ def test_countly_session_events_and_crash_in_one_request() -> None:
 
 def test_countly_form_posts_and_missing_keys() -> None:
     params = events.countly_params(
-        b"", b"app_key=SHOP&device_id=d&end_session=1&session_duration=30", "application/x-www-form-urlencoded"
+        b"", b"app_key=SHOP&device_id=d&end_session=1&session_duration=30", "application/x-www-form-urlencoded", 1 << 20
     )
     batch = events.countly(params, directory().resolve, checker, 100)
     assert [(e.name, e.props) for e in batch.events] == [("$session_end", {"duration": 30})]
     with pytest.raises(events.BadUpload, match="app_key"):
         events.countly({"device_id": "d"}, directory().resolve, checker, 100)
     with pytest.raises(events.BadUpload):
-        events.countly_params(b"", b"app_key=SHOP", "application/json")
+        events.countly_params(b"", b"app_key=SHOP", "application/json", 1 << 20)
 
 
 def receiver(body: bytes, chunk: int = 1000):  # type: ignore[no-untyped-def]

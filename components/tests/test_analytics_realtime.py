@@ -43,11 +43,11 @@ def record(event: str, device: str = "d1", platform: str = "Android", **props: o
 @pytest.mark.parametrize(
     ("event", "props", "platform", "kind", "counts"),
     [
-        ("launch", {}, "android", "launch", {"launches": 1}),
-        ("$session_start", {}, "", "launch", {"launches": 1}),
+        ("launch", {}, "android", "launch", {"launches": 1, "v.launches": 1}),
+        ("$session_start", {}, "", "launch", {"launches": 1, "v.launches": 1}),
         ("$session_end", {"duration": 30}, "", "session", {"sessions": 1, "session_seconds": 30}),
-        ("crash", {}, "ios", "crash", {"crashes": 1}),
-        ("$exception", {}, "", "crash", {"crashes": 1}),
+        ("crash", {}, "ios", "crash", {"crashes": 1, "v.crashes": 1}),
+        ("$exception", {}, "", "crash", {"crashes": 1, "v.crashes": 1}),
         ("stall", {"ms": 2300}, "android", "stall", {"stalls": 1}),
         ("stall", {"ms": 2100}, "android", "short_stall", {}),  # under Android's 2.25 s
         ("stall", {"ms": 2100}, "ios", "stall", {"stalls": 1}),  # over iOS's 2 s
@@ -87,7 +87,7 @@ async def test_a_replayed_event_is_counted_once(store: Aggregates) -> None:
         "session_seconds": 40,
     }
     assert figures["active_devices"] == 2 and figures["monthly_active_devices"] == 2
-    assert figures["new_devices"] == 2 and figures["crashed_devices"] == 1
+    assert figures["crashed_devices"] == 1
     assert figures["crash_free_devices_rate"] == 0.5 and figures["custom_events"] == {"buy": 1}
     other_day = await store.day("SHOP/prod", "2026-12-01", "2026-11")
     assert other_day["events"] == 0 and other_day["active_devices"] == 0 and other_day["monthly_active_devices"] == 2
@@ -177,3 +177,62 @@ async def test_a_log_record_holds_json_lines() -> None:
     s = MemoryAggregates()
     lines = b"\n".join([record("launch", "d1"), record("launch", "d2"), b"not json"])
     assert await apply_records(s, lines) == 2 and await apply_records(s, lines) == 0
+
+
+@pytest.mark.contract
+async def test_launches_and_crashes_per_app_version(store: Aggregates, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mpaas.analytics import realtime
+
+    monkeypatch.setattr(realtime, "VERSIONS", 2)
+
+    def versioned(event: str, version: str) -> bytes:
+        rec = json.loads(record(event))
+        rec["version"] = version
+        return json.dumps(rec).encode()
+
+    for event, version in [
+        ("launch", "1.0"),
+        ("launch", "1.0"),
+        ("crash", "1.0"),
+        ("launch", "1.1"),
+        ("launch", "2.0"),
+        ("crash", "2.0"),
+        ("buy", "1.0"),
+    ]:
+        assert await apply_record(store, versioned(event, version))
+    figures = await store.day("SHOP/prod", "2026-11-30", "2026-11")
+    assert figures["versions"] == {
+        "1.0": {"launches": 2, "crashes": 1, "crashes_per_launch": 0.5},
+        "1.1": {"launches": 1, "crashes": 0, "crashes_per_launch": 0.0},
+        "_other": {"launches": 1, "crashes": 1, "crashes_per_launch": 1.0},  # a third version, over the bound
+    }
+
+
+@pytest.mark.contract
+async def test_a_crash_that_keeps_coming_rises_into_a_full_ranking(
+    store: Aggregates, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mpaas.analytics import realtime
+
+    monkeypatch.setattr(realtime, "CRASH_GROUPS", 2)
+
+    def crash(where: str) -> bytes:
+        return record("crash", "d1", stack=NPE.replace("CartView.render", where).format(line=1, n=1))
+
+    for where, times in (("A.a", 3), ("B.b", 2), ("C.c", 5)):
+        for _ in range(times):
+            assert await apply_record(store, crash(where))
+    top = await store.crashes("SHOP/prod", None, 10)
+    assert len(top) == 2 and "C.c" in top[0]["sample"] and top[0]["count"] >= 5
+
+
+@pytest.mark.unit
+def test_countly_ids_ignore_what_the_sdk_changes_per_attempt() -> None:
+    from mpaas.analytics import events
+
+    directory = {"SHOP": ("SHOP", "prod")}.get
+    checker = events.Checker(3600, 86400)
+    first = {"app_key": "SHOP", "device_id": "d", "begin_session": "1", "rr": "5"}
+    again = {**first, "rr": "3", "checksum256": "ab"}
+    ids = [events.countly(p, directory, checker, 10).events[0].id for p in (first, again)]
+    assert ids[0] == ids[1]

@@ -17,11 +17,14 @@ from typing import Any
 TOP_FRAMES = 8
 SAMPLE_BYTES = 4096
 TITLE_CHARS = 200
+LINE_CHARS = 300  # of each stack line read for frames, and at most LINES lines: the work per crash is bounded
+LINES = 200
 
 _JVM = re.compile(r"^\s*at\s+([\w$.<>]+)\(")
 _JS = re.compile(r"^\s*at\s+(?:async\s+)?(?:new\s+)?([^\s(]+)\s+\(")
 _JS_ANONYMOUS = re.compile(r"^\s*at\s+(?:async\s+)?\(?([^\s()]+?):\d+:\d+\)?\s*$")
-_APPLE = re.compile(r"^\s*\d+\s+(\S+)\s+0x[0-9a-fA-F]+\s+(.+?)(?:\s+\+\s+\d+)?\s*$")
+_APPLE = re.compile(r"^\s*\d+\s+(\S+)\s+0x[0-9a-fA-F]+\s+(\S.*)$")
+_OFFSET = re.compile(r"\s+\+\s+\d+\s*$")
 _PYTHON = re.compile(r'^\s*File "([^"]+)", line \d+, in (\S+)')
 _NUMBERED = re.compile(r"\$(?:lambda\$)?[\w]*?\d+|0x[0-9a-fA-F]+|\d+")
 
@@ -40,11 +43,12 @@ def _clean(text: str) -> str:
 
 def frames(stack: str) -> list[str]:
     out: list[str] = []
-    for line in stack.splitlines():
+    for raw in stack.splitlines()[:LINES]:
+        line = raw[:LINE_CHARS]
         if m := _JVM.match(line):
             out.append(_clean(m.group(1)))
         elif m := _APPLE.match(line):
-            out.append(f"{m.group(1)} {_clean(m.group(2))}")
+            out.append(f"{m.group(1)} {_clean(_OFFSET.sub('', m.group(2)))}")
         elif m := _PYTHON.match(line):
             out.append(f"{m.group(1).rsplit('/', 1)[-1]}:{m.group(2)}")
         elif m := _JS.match(line):
@@ -57,7 +61,8 @@ def frames(stack: str) -> list[str]:
 
 
 def group(stack: str, type_: str = "") -> Crash:
-    first = next((line.strip() for line in stack.splitlines() if line.strip()), "")
+    stack = stack[: LINES * LINE_CHARS]
+    first = next((line.strip()[:LINE_CHARS] for line in stack.splitlines()[:LINES] if line.strip()), "")
     if type_ or frames(first):  # given, or a report that starts with its frames (no exception line)
         kind = type_[:TITLE_CHARS]
     else:
@@ -70,16 +75,26 @@ def group(stack: str, type_: str = "") -> Crash:
 
 
 def of_event(name: str, props: dict[str, Any]) -> Crash | None:
-    """The crash an event reports, in each format's own fields; None when it carries no stack or message."""
+    """The crash an event reports, in each format's own fields; None when it carries no stack or message (or
+    fields of the wrong shape: the event still counts as a crash, it is just not grouped)."""
+    try:
+        return _of_event(name, props)
+    except (TypeError, ValueError, AttributeError, KeyError):
+        return None
+
+
+def _of_event(name: str, props: dict[str, Any]) -> Crash | None:
     if name == "$exception":  # PostHog: $exception_list (structured) or the raw stack
         listed = props.get("$exception_list")
         if isinstance(listed, list) and listed and isinstance(listed[0], dict):
             first = listed[0]
-            frames_ = ((first.get("stacktrace") or {}).get("frames")) or []
+            trace = first.get("stacktrace")
+            found = trace.get("frames") if isinstance(trace, dict) else None
+            frames_ = [f for f in found if isinstance(f, dict)] if isinstance(found, list) else []
             lines = [f"{first.get('type', '')}: {first.get('value', '')}"]
-            for f in frames_ if isinstance(frames_, list) else []:
-                if isinstance(f, dict):
-                    lines.append(f"    at {f.get('module') or ''}.{f.get('function') or '?'}(x)")
+            # Sentry's order, which PostHog keeps: outermost first, the crash site last.
+            for f in reversed(frames_[-TOP_FRAMES:]):
+                lines.append(f"    at {f.get('module') or ''}.{f.get('function') or '?'}(x)")
             return group("\n".join(lines), str(first.get("type") or ""))
         raw = props.get("$exception_stack_trace_raw") or props.get("$exception_message")
         return group(raw, str(props.get("$exception_type") or "")) if isinstance(raw, str) and raw else None

@@ -55,8 +55,13 @@ class Event:
             "version": self.dims[1],
             "channel": self.dims[2],
         }
-        key = f"{self.app_id}\n{self.workspace_id}\n{self.device_id}".encode()
-        return key, json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+        key = f"{self.app_id}\n{self.workspace_id}\n{self.device_id}"
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        try:
+            data = text.encode()
+        except UnicodeEncodeError:  # a lone surrogate from the client: escaped, never bytes that are not UTF-8
+            data = json.dumps(value, separators=(",", ":")).encode()
+        return key.encode("utf-8", "backslashreplace"), data
 
 
 @dataclass
@@ -130,16 +135,32 @@ def _dim(value: object) -> str:
     return value if isinstance(value, str) and len(value) <= 64 and value.isprintable() else ""
 
 
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > 20:  # a huge number costs quadratic time to convert, and is never a figure
+        raise ValueError(f"a number of {len(text)} digits")
+    return int(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN and Infinity: Python reads them, other consumers would not
+
+
 def _json(text: str | bytes, what: str) -> Any:
     try:
-        return json.loads(text)
+        return json.loads(text, parse_int=_bounded_int, parse_constant=_no_constant)
     except (ValueError, RecursionError) as e:
-        raise BadUpload(f"{what} is not JSON: {e}") from None
+        raise BadUpload(f"{what} is not JSON: {str(e)[:100]}") from None
+
+
+MAX_EVENT_BYTES = 64 * 1024  # an event's properties, as JSON
 
 
 def _add(batch: Batch, checker: Checker, index: int, event: Event | None, why: str = "") -> None:
     if event is None:
         batch.refused.append(Refused(index, codes.INVALID_EVENT, why))
+        return
+    if len(json.dumps(event.props, separators=(",", ":"))) > MAX_EVENT_BYTES:
+        batch.refused.append(Refused(index, codes.INVALID_EVENT, f"properties over {MAX_EVENT_BYTES} bytes"))
         return
     problem = checker.time_problem(event.ts_ms)
     if problem is not None:
@@ -225,7 +246,7 @@ def posthog(body: bytes, resolve: Resolve, checker: Checker, max_events: int) ->
             _add(batch, checker, i, None, "an event must be a JSON object")
             continue
         own = _posthog_token(item)
-        if own is not None and own != token:
+        if own is not None and own != token and resolve(own) != batch.app:
             batch.refused.append(Refused(i, codes.OTHER_APP, "the event's token is not the batch's"))
             continue
         props = item.get("properties", {})
@@ -248,18 +269,26 @@ def posthog(body: bytes, resolve: Resolve, checker: Checker, max_events: int) ->
 # ---- Countly ------------------------------------------------------------------------------------------------
 
 
-def countly_params(query: bytes, body: bytes, content_type: str) -> dict[str, str]:
+def countly_params(query: bytes, body: bytes, content_type: str, max_bytes: int) -> dict[str, str]:
     """The request's parameters: the query string, and a form body (the SDK posts long requests)."""
-    params = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True, max_num_fields=64))
+    if len(query) > max_bytes:
+        raise OverflowError(f"query string over {max_bytes} bytes")
+    try:
+        params = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True, max_num_fields=64))
+    except ValueError as e:
+        raise BadUpload(f"the query string does not parse: {str(e)[:100]}") from None
     if body:
         if not content_type.lower().startswith("application/x-www-form-urlencoded"):
             raise BadUpload("a Countly POST body must be application/x-www-form-urlencoded")
         try:
             form = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=64, strict_parsing=True)
         except (UnicodeDecodeError, ValueError) as e:
-            raise BadUpload(f"the form body does not parse: {e}") from None
+            raise BadUpload(f"the form body does not parse: {str(e)[:100]}") from None
         params.update(form)
     return params
+
+
+_COUNTLY_PER_ATTEMPT = frozenset({"rr", "checksum", "checksum256"})
 
 
 def countly(params: dict[str, str], resolve: Resolve, checker: Checker, max_events: int) -> Batch:
@@ -300,7 +329,9 @@ def countly(params: dict[str, str], resolve: Resolve, checker: Checker, max_even
     user = _text(params.get("user_id")) or ""
     # Countly events carry no id; the SDK resends a request unchanged until it is acknowledged, so an id from the
     # request's content lets consumers drop the repeats.
-    base = hashlib.sha256(json.dumps(sorted(params.items())).encode()).hexdigest()[:24]
+    # Left out: what the SDK changes on each attempt (Android's `rr`, requests left in its queue) and checksums.
+    stable = sorted((k, v) for k, v in params.items() if k not in _COUNTLY_PER_ATTEMPT)
+    base = hashlib.sha256(json.dumps(stable).encode()).hexdigest()[:24]
     for i, (name, ts, fields) in enumerate(found):
         if not name or ts is None or fields is None:
             _add(batch, checker, i, None, "an event needs a key, an object and a valid timestamp")

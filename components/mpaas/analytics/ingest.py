@@ -91,7 +91,7 @@ class Publisher:
 
     async def publish(self, records: list[tuple[bytes, bytes]], events_: int) -> bool:
         """Produce `records` (holding `events_` events) and wait for every acknowledgement."""
-        if self.pending + events_ > self.max_pending or not await self.start():
+        if not await self.start() or self.pending + events_ > self.max_pending:  # checked after any wait
             return False
         self.pending += events_
         PENDING.set(self.pending)
@@ -139,19 +139,35 @@ class Ingest:
         return path in POSTHOG_PATHS or path == COUNTLY_PATH or path == NATIVE_PATH
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
+        try:
+            await self._handle(scope, receive, send)
+        except Exception:  # never a traceback to the client; the SDKs retry a 500
+            log.exception("upload failed inside analytics")
+            UPLOADS.labels("_unknown", str(codes.INTERNAL_ERROR.code)).inc()
+            await _answer(send, 500, {"code": codes.INTERNAL_ERROR.code, "name": codes.INTERNAL_ERROR.name})
+
+    async def _handle(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         path, method = scope["path"], scope["method"]
         source = "posthog" if path in POSTHOG_PATHS else "countly" if path == COUNTLY_PATH else "native"
         allowed = ("GET", "POST") if source == "countly" else ("POST",)
         if method not in allowed:
             await _answer(send, 405, {"error": "method not allowed"}, [(b"allow", ", ".join(allowed).encode())])
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers: dict[str, str] = {}
+        for k, v in scope["headers"]:
+            name = k.decode("latin-1").lower()
+            if name in headers and name in ("content-encoding", "content-length", "content-type"):
+                return await self._refuse(send, source, codes.MALFORMED_BODY, f"{name} sent twice")
+            headers[name] = v.decode("latin-1")
         s = self.settings
         try:
-            body = await upload.read(
-                receive, headers, max_body_bytes=s.max_body_bytes, max_inflated_bytes=s.max_inflated_bytes
+            body = await asyncio.wait_for(
+                upload.read(receive, headers, max_body_bytes=s.max_body_bytes, max_inflated_bytes=s.max_inflated_bytes),
+                s.body_timeout_seconds,
             )
             batch = self._parse(source, scope, headers, body)
+        except TimeoutError:
+            return await self._refuse(send, source, codes.REQUEST_TIMEOUT, codes.REQUEST_TIMEOUT.memo)
         except upload.TooLarge as e:
             return await self._refuse(send, source, codes.REQUEST_TOO_LARGE, str(e))
         except OverflowError as e:
@@ -203,21 +219,26 @@ class Ingest:
         if source == "posthog":
             return events.posthog(body, resolve, self.checker, limit)
         if source == "countly":
-            params = events.countly_params(scope.get("query_string", b""), body, headers.get("content-type", ""))
+            query, ctype = scope.get("query_string", b""), headers.get("content-type", "")
+            params = events.countly_params(query, body, ctype, self.settings.max_body_bytes)
             return events.countly(params, resolve, self.checker, limit)
         return events.native(body, resolve, self.checker, limit)
 
     async def _refuse(self, send: Send, source: str, code: ResultCode, detail: str) -> None:
         UPLOADS.labels(source, str(code.code)).inc()
+        detail = detail[:200]  # never the client's whole input echoed back
         retry = []
         if code is codes.BUSY:
             retry = [(b"retry-after", str(self.settings.retry_after_seconds).encode())]
         elif code is codes.RATE_LIMITED:
             retry = [(b"retry-after", b"1")]
         if source == "countly":
-            # Countly's SDK keeps a request until it reads a `result`: it retries whatever else it gets.
-            result = "App does not exist" if code is codes.UNKNOWN_APP else detail
-            await _answer(send, code.http_status, {"result": result}, retry)
+            # Countly's SDK keeps a request until it reads `Success`, and sends nothing behind it meanwhile: one
+            # that can never be taken is answered Success (and counted above), only a passing refusal is not.
+            if code in (codes.BUSY, codes.RATE_LIMITED, codes.REQUEST_TIMEOUT):
+                await _answer(send, code.http_status, {"result": detail}, retry)
+            else:
+                await _answer(send, 200, {"result": "Success", "refused": code.name})
         elif source == "posthog":
             # posthog-node retries 408, 429 and 5xx, halves the batch on 413 and drops it on other 4xx.
             status = 401 if code is codes.UNKNOWN_APP else code.http_status

@@ -7,7 +7,7 @@ partition; the store (Redis, or in-process under `mpaas dev`) holds the totals e
 
 What counts as what (docs/analytics.md, "Real-time metrics"): launches, sessions and their length, startup
 times, crashes, stalls and freezes (with mPaaS's thresholds), custom events; distinct devices per day and
-month (HyperLogLog), new devices, devices that crashed.
+month (HyperLogLog), devices that crashed.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ log = logging.getLogger("mpaas.analytics.realtime")
 SEEN_SECONDS = 3 * 86400  # an event id is remembered this long: replays within it are not counted again
 KEEP_SECONDS = 40 * 86400  # a day's aggregates are kept this long
 CUSTOM_EVENT_NAMES = 200  # per app and day; more distinct names are counted under "_other"
+VERSIONS = 50  # app versions with their own launch and crash counts, per app and day; more count as "_other"
 CRASH_GROUPS = 1000  # the most frequent kept per app version (and for all versions); rarer ones drop out
 
 # mPaaS's stall thresholds: the main thread busy this long in one method (milliseconds), by platform.
@@ -92,6 +93,7 @@ def classify(event: dict[str, Any]) -> tuple[str, Update]:
     if name in ("launch", "$session_start", "Application Opened"):
         kind = "launch"
         counts["launches"] = 1
+        counts["v.launches"] = 1
     elif name in ("session_end", "$session_end"):
         kind = "session"
         seconds = props.get("durationSeconds", props.get("duration"))
@@ -101,6 +103,7 @@ def classify(event: dict[str, Any]) -> tuple[str, Update]:
     elif name in ("crash", "$crash", "$exception"):
         kind = "crash"
         counts["crashes"] = 1
+        counts["v.crashes"] = 1
     elif name == "startup":
         kind = "startup"
         counts["startups"] = 1
@@ -134,7 +137,7 @@ class Aggregates(ABC):
 
     @abstractmethod
     async def day(self, app: str, day: str, month: str) -> dict[str, Any]:
-        """The day's figures: counts, distinct devices (day and month), new and crashed devices."""
+        """The day's figures: counts, distinct devices (day and month), crashed devices, per-version counts."""
 
     @abstractmethod
     async def crashes(self, app: str, version: str | None, limit: int) -> list[dict[str, Any]]:
@@ -164,17 +167,26 @@ def _group(fingerprint: str, count: int, fields: dict[str, str], devices: int) -
 
 def _figures(counts: dict[str, int], dau: int, mau: int, crashed: int) -> dict[str, Any]:
     events = {k.removeprefix("event:"): v for k, v in counts.items() if k.startswith("event:")}
+    versions: dict[str, dict[str, Any]] = {}
+    for k, v in counts.items():
+        if k.startswith("v:"):
+            version, _, what = k[2:].rpartition(":")
+            versions.setdefault(version, {"launches": 0, "crashes": 0})[what] = v
+    for figures in versions.values():  # the signal a release's automatic pause reads
+        figures["crashes_per_launch"] = (
+            round(figures["crashes"] / figures["launches"], 6) if figures["launches"] else None
+        )
     out: dict[str, Any] = {
         k: counts.get(k, 0)
         for k in ("events", "launches", "sessions", "session_seconds", "startups", "crashes", "stalls", "freezes")
     }
     out.update(
-        new_devices=counts.get("new_devices", 0),
         active_devices=dau,
         monthly_active_devices=mau,
         crashed_devices=crashed,
         crash_free_devices_rate=round(1 - crashed / dau, 6) if dau else None,
         custom_events=events,
+        versions=versions,
     )
     return out
 
@@ -183,11 +195,9 @@ def _figures(counts: dict[str, int], dau: int, mau: int, crashed: int) -> dict[s
 _APPLY = """
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) == false then return 0 end
 local keep = tonumber(ARGV[2])
-local new = redis.call('PFADD', KEYS[5], ARGV[3])
 redis.call('PFADD', KEYS[3], ARGV[3]) redis.call('EXPIRE', KEYS[3], keep)
 redis.call('PFADD', KEYS[4], ARGV[3]) redis.call('EXPIRE', KEYS[4], keep)
 if ARGV[4] == '1' then redis.call('PFADD', KEYS[6], ARGV[3]) redis.call('EXPIRE', KEYS[6], keep) end
-if new == 1 then redis.call('HINCRBY', KEYS[2], 'new_devices', 1) end
 if ARGV[6] ~= '' then
   local ts = tonumber(ARGV[10])
   if redis.call('HINCRBY', KEYS[7], 'count', 1) == 1 then
@@ -200,18 +210,38 @@ if ARGV[6] ~= '' then
     end
   end
   redis.call('PFADD', KEYS[8], ARGV[3])
-  redis.call('ZINCRBY', KEYS[9], 1, ARGV[6])
-  redis.call('ZINCRBY', KEYS[10], 1, ARGV[6])
+  -- Space-saving top-k (Metwally et al.): when the ranking is full, a new group takes the place of the least
+  -- frequent one with its count plus one, so a crash that keeps coming rises instead of being cut at once.
   local groups = tonumber(ARGV[12])
-  redis.call('ZREMRANGEBYRANK', KEYS[9], 0, -groups - 1)
-  redis.call('ZREMRANGEBYRANK', KEYS[10], 0, -groups - 1)
+  for i = 9, 10 do
+    if redis.call('ZSCORE', KEYS[i], ARGV[6]) == false and redis.call('ZCARD', KEYS[i]) >= groups then
+      local least = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+      redis.call('ZREM', KEYS[i], least[1])
+      redis.call('ZADD', KEYS[i], tonumber(least[2]) + 1, ARGV[6])
+    else
+      redis.call('ZINCRBY', KEYS[i], 1, ARGV[6])
+    end
+  end
   for i = 7, 10 do redis.call('EXPIRE', KEYS[i], keep) end
 end
 local limit = tonumber(ARGV[5])
-for i = 13, #ARGV, 2 do
+local version = nil
+for i = 14, #ARGV, 2 do
   local field = ARGV[i]
   if string.sub(field, 1, 6) == 'event:' and redis.call('HEXISTS', KEYS[2], field) == 0 then
     if redis.call('HINCRBY', KEYS[2], 'names', 1) > limit then field = 'event:_other' end
+  elseif string.sub(field, 1, 2) == 'v.' then
+    if version == nil then
+      version = ARGV[11]
+      local mark = redis.call('HGET', KEYS[2], 'vs:' .. version)
+      if not mark then
+        mark = '1'
+        if redis.call('HINCRBY', KEYS[2], 'versions', 1) > tonumber(ARGV[13]) then mark = '0' end
+        redis.call('HSET', KEYS[2], 'vs:' .. version, mark)
+      end
+      if mark == '0' then version = '_other' end
+    end
+    field = 'v:' .. version .. ':' .. string.sub(field, 3)
   end
   redis.call('HINCRBY', KEYS[2], field, tonumber(ARGV[i + 1]))
 end
@@ -244,14 +274,16 @@ class RedisAggregates(Aggregates):
 
     async def apply(self, app: str, event_id: str, device: str, day: str, month: str, update: Update) -> bool:
         c = update.crash
-        group_keys = self._crash_keys(app, c.fingerprint, update.version) if c else ["-", "-", "-"]
+        # Without a crash the script leaves these alone; they still name the app's slot (Redis Cluster).
+        group_keys = self._crash_keys(app, c.fingerprint if c else "-", update.version)
         keys = [*self._keys(app, event_id, day, month), group_keys[0], group_keys[1], group_keys[2]]
         keys.append(self._crash_keys(app, "-", None)[2])
         args: list[Any] = [SEEN_SECONDS, KEEP_SECONDS, device, "1" if update.crashed else "0", CUSTOM_EVENT_NAMES]
         if c is not None:
             args += [c.fingerprint, c.type, c.title, c.sample, update.ts_ms, update.version, CRASH_GROUPS]
         else:
-            args += ["", "", "", "", 0, "", CRASH_GROUPS]
+            args += ["", "", "", "", 0, update.version, CRASH_GROUPS]
+        args.append(VERSIONS)
         for k, v in update.counts.items():
             args += [k, v]
         return bool(await self._apply(keys=keys, args=args))
@@ -276,7 +308,7 @@ class RedisAggregates(Aggregates):
             p.pfcount(mau)
             p.pfcount(crashed)
             raw, n_dau, n_mau, n_crashed = await p.execute()
-        counts = {k.decode(): int(v) for k, v in raw.items() if k != b"names"}
+        counts = {k.decode(): int(v) for k, v in raw.items() if k not in (b"names", b"versions")}
         return _figures(counts, n_dau, n_mau, n_crashed)
 
     async def close(self) -> None:
@@ -300,8 +332,6 @@ class MemoryAggregates(Aggregates):
         self.seen.set(seen_key, True, ttl_seconds=SEEN_SECONDS)
         member = device.encode()
         counts = self.counts[(app, day)]
-        if self.hll[(app, "devices")].add(member):
-            counts["new_devices"] += 1
         self.hll[(app, f"dau:{day}")].add(member)
         self.hll[(app, f"mau:{month}")].add(member)
         if update.crashed:
@@ -309,9 +339,18 @@ class MemoryAggregates(Aggregates):
         if update.crash is not None:
             self._crash(app, member, update.crash, update.version, update.ts_ms)
         names = sum(1 for k in counts if k.startswith("event:"))
+        version = update.version
+        if any(f.startswith("v.") for f in update.counts):
+            if f"vs:{version}" not in counts:  # 1: counted under its own name; 0: over the bound, as "_other"
+                counts["versions"] += 1
+                counts[f"vs:{version}"] = int(counts["versions"] <= VERSIONS)
+            if not counts[f"vs:{version}"]:
+                version = "_other"
         for field, amount in update.counts.items():
             if field.startswith("event:") and field not in counts and names >= CUSTOM_EVENT_NAMES:
                 field = "event:_other"
+            elif field.startswith("v."):
+                field = f"v:{version}:{field[2:]}"
             counts[field] += amount
         return True
 
@@ -330,11 +369,13 @@ class MemoryAggregates(Aggregates):
         if ts < g["first_seen"]:
             g["first_seen"], g["first_version"] = ts, version
         self.hll[(app, f"crashdev:{crash.fingerprint}")].add(device)
-        for key in ((app, version), (app, None)):
+        for key in ((app, version), (app, None)):  # space-saving top-k, as the Redis script
             ranked = self.ranked[key]
-            ranked[crash.fingerprint] = ranked.get(crash.fingerprint, 0) + 1
-            if len(ranked) > CRASH_GROUPS:
-                del ranked[min(ranked, key=lambda fp: ranked[fp])]
+            if crash.fingerprint not in ranked and len(ranked) >= CRASH_GROUPS:
+                least = min(ranked, key=lambda fp: ranked[fp])
+                ranked[crash.fingerprint] = ranked.pop(least) + 1
+            else:
+                ranked[crash.fingerprint] = ranked.get(crash.fingerprint, 0) + 1
 
     async def crashes(self, app: str, version: str | None, limit: int) -> list[dict[str, Any]]:
         ranked = sorted(self.ranked.get((app, version), {}).items(), key=lambda kv: -kv[1])[:limit]
@@ -378,7 +419,7 @@ async def apply_record(store: Aggregates, value: bytes) -> bool:
         app = f"{event['app']}/{event['workspace']}"
         day, month = day_of(int(event["ts"]))
         kind, update = classify(event)
-    except (ValueError, KeyError, TypeError, OverflowError, OSError) as e:
+    except Exception as e:  # one bad line must never hold up the partition behind it
         log.warning("skipping a record that is not an event: %r", e)
         return False
     if not await store.apply(app, str(event["id"]), str(event["device"]), day, month, update):

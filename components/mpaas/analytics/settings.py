@@ -13,7 +13,8 @@ class AnalyticsSettings(ComponentSettings):
     events_topic: str = "mpaas.analytics.events"
     # Limits on one upload (docs/analytics.md, "Limits").
     max_body_bytes: int = Field(default=1 << 20, ge=1024)  # as sent (compressed or not): 413
-    max_inflated_bytes: int = Field(default=16 << 20, ge=1024)  # after gzip: 413
+    max_inflated_bytes: int = Field(default=4 << 20, ge=1024)  # after gzip: 413
+    body_timeout_seconds: float = Field(default=30.0, gt=0)  # the whole body must arrive in this: 408
     max_events_per_request: int = Field(default=1000, ge=1)  # more: 413
     # Back pressure: events handed to the event log and not yet acknowledged by it, across requests; an upload
     # that would pass this, or that is not acknowledged within the timeout, gets 429 with Retry-After.

@@ -58,7 +58,9 @@ async def read(
     if encoding not in ("", "identity", "gzip"):
         raise Malformed(f"unsupported Content-Encoding {encoding!r}: send gzip or nothing")
     declared = headers.get("content-length")
-    if declared is not None and (not declared.isascii() or not declared.isdigit() or int(declared) > max_body_bytes):
+    if declared is not None and (
+        not declared.isascii() or not declared.isdigit() or len(declared) > 19 or int(declared) > max_body_bytes
+    ):
         raise TooLarge(f"body over {max_body_bytes} bytes")
     inflater = _Inflater(max_inflated_bytes) if encoding == "gzip" else None
     plain: list[bytes] = []
