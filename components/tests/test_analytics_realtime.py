@@ -170,13 +170,14 @@ async def test_top_crashes_per_version_with_devices_and_first_seen(store: Aggreg
     assert [g["count"] for g in in_11] == [2, 1] and await store.crashes("SHOP/prod", "9.9", 10) == []
 
 
-@pytest.mark.unit
-async def test_a_log_record_holds_json_lines() -> None:
+@pytest.mark.contract
+async def test_a_log_record_holds_json_lines_applied_together(store: Aggregates) -> None:
     from mpaas.analytics.realtime import apply_records
 
-    s = MemoryAggregates()
-    lines = b"\n".join([record("launch", "d1"), record("launch", "d2"), b"not json"])
-    assert await apply_records(s, lines) == 2 and await apply_records(s, lines) == 0
+    lines = b"\n".join([record("launch", "d1"), record("launch", "d2"), b"not json", record("crash", "d2")])
+    assert await apply_records(store, lines) == 3 and await apply_records(store, lines) == 0
+    figures = await store.day("SHOP/prod", "2026-11-30", "2026-11")
+    assert (figures["launches"], figures["crashes"], figures["active_devices"]) == (2, 1, 2)
 
 
 @pytest.mark.contract

@@ -128,12 +128,19 @@ def day_of(ts_ms: int) -> tuple[str, str]:
     return d.strftime("%Y-%m-%d"), d.strftime("%Y-%m")
 
 
+Applied = tuple[str, str, str, str, str, "Update"]  # (app, event id, device, day, month, update)
+
+
 class Aggregates(ABC):
     """The aggregate store: `apply` is atomic and idempotent per event id."""
 
     @abstractmethod
     async def apply(self, app: str, event_id: str, device: str, day: str, month: str, update: Update) -> bool:
         """Apply once; False when this event id was applied before (a replay)."""
+
+    async def apply_many(self, items: list[Applied]) -> list[bool]:
+        """Apply several events (one log record's); the store may send them together."""
+        return [await self.apply(*item) for item in items]
 
     @abstractmethod
     async def day(self, app: str, day: str, month: str) -> dict[str, Any]:
@@ -273,6 +280,20 @@ class RedisAggregates(Aggregates):
         return [f"{t}:crash:{fingerprint}", f"{t}:crashdev:{fingerprint}", top]
 
     async def apply(self, app: str, event_id: str, device: str, day: str, month: str, update: Update) -> bool:
+        keys, args = self._call(app, event_id, device, day, month, update)
+        return bool(await self._apply(keys=keys, args=args))
+
+    async def apply_many(self, items: list[Applied]) -> list[bool]:
+        """One round trip for a record's events: the scripts pipelined (each still atomic on its own)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for item in items:
+                keys, args = self._call(*item)
+                await self._apply(keys=keys, args=args, client=pipe)
+            return [bool(r) for r in await pipe.execute()]
+
+    def _call(
+        self, app: str, event_id: str, device: str, day: str, month: str, update: Update
+    ) -> tuple[list[str], list[Any]]:
         c = update.crash
         # Without a crash the script leaves these alone; they still name the app's slot (Redis Cluster).
         group_keys = self._crash_keys(app, c.fingerprint if c else "-", update.version)
@@ -286,7 +307,7 @@ class RedisAggregates(Aggregates):
         args.append(VERSIONS)
         for k, v in update.counts.items():
             args += [k, v]
-        return bool(await self._apply(keys=keys, args=args))
+        return keys, args
 
     async def crashes(self, app: str, version: str | None, limit: int) -> list[dict[str, Any]]:
         top = self._crash_keys(app, "-", version)[2]
@@ -405,53 +426,68 @@ def open_aggregates(url: str, prefix: str = "rt:") -> Aggregates:
 
 async def apply_records(store: Aggregates, value: bytes) -> int:
     """Apply a log record's events (JSON lines); returns how many were new."""
-    applied = 0
-    for line in value.split(b"\n"):
-        if line.strip():
-            applied += await apply_record(store, line)
-    return applied
+    parsed = [p for p in (_parse(line) for line in value.split(b"\n") if line.strip()) if p is not None]
+    if not parsed:
+        return 0
+    results = await store.apply_many([item for item, _ in parsed])
+    for (_, event), new in zip(parsed, results, strict=True):
+        _observe(event, new)
+    return sum(results)
 
 
 async def apply_record(store: Aggregates, value: bytes) -> bool:
     """Apply one event; False for a replay or a line that is not an event (logged, skipped)."""
+    parsed = _parse(value)
+    if parsed is None:
+        return False
+    item, event = parsed
+    new = await store.apply(*item)
+    _observe(event, new)
+    return new
+
+
+def _parse(line: bytes) -> tuple[Applied, dict[str, Any]] | None:
     try:
-        event = json.loads(value)
+        event = json.loads(line)
         app = f"{event['app']}/{event['workspace']}"
         day, month = day_of(int(event["ts"]))
         kind, update = classify(event)
+        event["_kind"] = kind
+        return (app, str(event["id"]), str(event["device"]), day, month, update), event
     except Exception as e:  # one bad line must never hold up the partition behind it
         log.warning("skipping a record that is not an event: %r", e)
-        return False
-    if not await store.apply(app, str(event["id"]), str(event["device"]), day, month, update):
+        return None
+
+
+def _observe(event: dict[str, Any], new: bool) -> None:
+    """Metrics of an applied event; a replay only counts as one."""
+    if not new:
         REPLAYED.inc()
-        return False
-    platform = platform_of(event.get("platform", ""))
+        return
+    kind, platform = event["_kind"], platform_of(event.get("platform", ""))
     EVENTS.labels(event["app"], platform, kind).inc()
-    startup_ms = (event.get("props") or {}).get("ms")
+    props = event.get("props") or {}
+    startup_ms = props.get("ms")
     if kind == "startup" and isinstance(startup_ms, int | float) and not isinstance(startup_ms, bool):
-        start = "cold" if (event.get("props") or {}).get("cold") else "warm"
-        STARTUP.labels(event["app"], platform, start).observe(startup_ms / 1000)
+        STARTUP.labels(event["app"], platform, "cold" if props.get("cold") else "warm").observe(startup_ms / 1000)
     received = event.get("received")
     if isinstance(received, int):
         LAG.observe(max(0.0, time.time() - received / 1000))
-    return True
 
 
 async def consume_forever(
     events: EventLog, topic: str, group: str, store: Aggregates, *, commit_every: float = 0.5
 ) -> None:
-    """The consumer: applies every event of `topic`, committing the group's offsets after applying."""
+    """The consumer: applies every event of `topic`, committing the group's offsets after applying. Its member
+    stays joined while the topic is quiet (no rebalance every idle spell)."""
     while True:
         try:
-            last, committed_at = None, time.monotonic()
-            async for record in events.consume(topic, group, idle_timeout=30):
+            committed_at = time.monotonic()
+            async for record in events.consume(topic, group, idle_timeout=None):
                 await apply_records(store, record.value)
-                last = record
                 if time.monotonic() - committed_at >= commit_every:
                     await events.commit(group, record)
-                    last, committed_at = None, time.monotonic()
-            if last is not None:
-                await events.commit(group, last)
+                    committed_at = time.monotonic()
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the log or the store away: what was not committed is read again, not counted twice

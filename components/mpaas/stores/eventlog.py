@@ -34,9 +34,10 @@ class EventLog(ABC):
 
     @abstractmethod
     def consume(
-        self, topic: str, group: str, *, max_records: int | None = None, idle_timeout: float = 5.0
+        self, topic: str, group: str, *, max_records: int | None = None, idle_timeout: float | None = 5.0
     ) -> AsyncIterator[Record]:
-        """Records after the group's committed position; stops after `max_records` or when idle."""
+        """Records after the group's committed position; stops after `max_records`, or when idle for
+        `idle_timeout` seconds (None: never, the group's member stays joined)."""
 
     @abstractmethod
     async def commit(self, group: str, record: Record) -> None:
@@ -78,7 +79,7 @@ class KafkaEventLog(EventLog):
         return Record(topic, md.partition, md.offset, key, value)
 
     async def consume(
-        self, topic: str, group: str, *, max_records: int | None = None, idle_timeout: float = 5.0
+        self, topic: str, group: str, *, max_records: int | None = None, idle_timeout: float | None = 5.0
     ) -> AsyncIterator[Record]:
         consumer = AIOKafkaConsumer(
             topic,
@@ -93,8 +94,10 @@ class KafkaEventLog(EventLog):
         seen = 0
         try:
             while max_records is None or seen < max_records:
-                batch = await consumer.getmany(timeout_ms=int(idle_timeout * 1000))
+                batch = await consumer.getmany(timeout_ms=int((idle_timeout or 5.0) * 1000))
                 if not batch:
+                    if idle_timeout is None:
+                        continue
                     return
                 for tp, msgs in batch.items():
                     for m in msgs:
@@ -134,7 +137,7 @@ class MemoryEventLog(EventLog):
         return rec
 
     async def consume(
-        self, topic: str, group: str, *, max_records: int | None = None, idle_timeout: float = 5.0
+        self, topic: str, group: str, *, max_records: int | None = None, idle_timeout: float | None = 5.0
     ) -> AsyncIterator[Record]:
         pos = self._committed.get((group, topic), 0)
         seen = 0
@@ -143,8 +146,10 @@ class MemoryEventLog(EventLog):
             if pos >= len(log):
                 try:
                     async with self._changed:
-                        await asyncio.wait_for(self._changed.wait(), idle_timeout)
+                        await asyncio.wait_for(self._changed.wait(), idle_timeout or 5.0)
                 except TimeoutError:
+                    if idle_timeout is None:
+                        continue
                     return
                 continue
             yield log[pos]
