@@ -284,9 +284,7 @@ class KubeClient:
         *,
         subresource: str | None = None,
     ) -> dict[str, Any]:
-        return await self.request(
-            "PATCH", rt.path(namespace, name, subresource), body=patch, content_type=MERGE_CONTENT_TYPE
-        )
+        return await self._patch(rt, namespace, name, patch, subresource, MERGE_CONTENT_TYPE)
 
     async def strategic_patch(
         self,
@@ -299,9 +297,18 @@ class KubeClient:
     ) -> dict[str, Any]:
         """Strategic merge patch (built-in kinds only): lists with a merge key, such as a Pod's conditions, are
         merged entry by entry instead of replaced, so the kubelet's own entries stay."""
-        return await self.request(
-            "PATCH", rt.path(namespace, name, subresource), body=patch, content_type=STRATEGIC_MERGE_CONTENT_TYPE
-        )
+        return await self._patch(rt, namespace, name, patch, subresource, STRATEGIC_MERGE_CONTENT_TYPE)
+
+    async def _patch(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        name: str,
+        patch: dict[str, Any],
+        subresource: str | None,
+        content_type: str,
+    ) -> dict[str, Any]:
+        return await self.request("PATCH", rt.path(namespace, name, subresource), body=patch, content_type=content_type)
 
     async def create(self, rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
         return await self.request("POST", rt.path(obj["metadata"].get("namespace")), body=obj)
