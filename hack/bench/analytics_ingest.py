@@ -39,7 +39,6 @@ import gzip
 import http.client
 import json
 import logging
-import multiprocessing as mp
 import os
 import random
 import re
@@ -62,6 +61,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving_stacks import run_clients  # noqa: E402  (the same forked load clients)
+
 from mpaas.analytics.events import Event  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")
@@ -395,35 +397,6 @@ def client(
     }
 
 
-def _client_entry(args: tuple[Any, ...], q: Any) -> None:
-    try:
-        q.put(client(*args))
-    except Exception as e:  # reported to the parent
-        q.put(f"client error: {e!r}")
-
-
-def run_clients(args_list: list[tuple[Any, ...]], timeout: float) -> list[dict[str, Any]]:
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_client_entry, args=(a, q), daemon=True) for a in args_list]
-    for p in procs:
-        p.start()
-    results = []
-    try:
-        for _ in procs:
-            results.append(q.get(timeout=timeout))
-    finally:
-        for p in procs:
-            p.join(5)
-            if p.is_alive() and p.pid is not None:
-                os.kill(p.pid, signal.SIGKILL)
-                p.join(5)
-    for r in results:
-        if isinstance(r, str):
-            raise RuntimeError(r)
-    return results
-
-
 def realtime_lag(port: int, settle_seconds: float = 5.0) -> str:
     """The real-time lag (upload accepted -> aggregates updated) from the histogram analytics exports, after
     letting the consumer catch up: its p50/p99 bucket bounds and how many events it measured."""
@@ -544,7 +517,7 @@ def load(
     broker0 = cpu_seconds(broker) if broker else 0.0
     while time.time() < start:
         time.sleep(0.001)
-    results = run_clients(jobs, timeout=args.seconds + 90)
+    results = run_clients(client, jobs, timeout=args.seconds + 90)
     cpu = cpu_seconds(pid) - cpu0
     broker_cpu = cpu_seconds(broker) - broker0 if broker else None
     wall = max(r["end"] for r in results) - start
