@@ -45,6 +45,12 @@ def peer_sdks() -> str:
     return str(cache() / name / "node_modules")
 
 
+def proguard_classpath() -> str:
+    """ProGuard's jars (hack/testenv/fetch-proguard.sh)."""
+    libs = cache() / f"proguard-{versions()['PROGUARD_VERSION']}" / "libs"
+    return ":".join(str(p) for p in sorted(libs.glob("*.jar")))
+
+
 def kotlin_stdlib() -> str:
     v = versions()["KOTLIN_VERSION"]
     return str(cache() / f"kotlin-{v}" / "libs" / f"kotlin-stdlib-{v}.jar")

@@ -2,8 +2,9 @@
 
 Built so far: ingestion (`ingest.py`) of the platform's JSON events, PostHog's capture API and Countly's `/i`,
 from apps registered in an MpaasGateway, into the event log with back pressure; real-time aggregates per app
-and day (`realtime.py`) as Prometheus metrics and a query API (`query.py`) (docs/analytics.md). Not built yet:
-crash grouping and symbolication, history queries, remote log pull.
+and day with crash groups (`realtime.py`, `crashes.py`, Android stacks retraced with the version's mapping in
+`symbols.py`) as Prometheus metrics and a query API (`query.py`) (docs/analytics.md). Not built yet: Apple
+dSYMs, history queries, remote log pull.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from typing import Any
 from ..component import Component, Served
 from ..config import LiveConfig
 from ..service import component_app
-from ..stores import FallbackHotStore, open_eventlog, open_hotstore
+from ..stores import FallbackHotStore, open_eventlog, open_hotstore, open_objectstore
 from . import codes
 from .apps import EMPTY, KIND, AppDirectory, compile_apps
 from .ingest import Ingest, Publisher
 from .query import create_query_app
 from .realtime import consume_forever, open_aggregates
 from .settings import AnalyticsSettings
+from .symbols import Symbolicator
 
 
 class AnalyticsASGI:
@@ -42,6 +44,12 @@ def _build(settings: AnalyticsSettings) -> Served:
     publisher = Publisher(events, settings.events_topic, settings.max_pending_events, settings.publish_timeout_seconds)
     aggregates = open_aggregates(settings.aggregates_url, settings.aggregates_prefix)
     hot = FallbackHotStore(open_hotstore(settings.redis_url))  # local buckets while Redis is away
+    symbols = None
+    if settings.objects_url:
+        objects = open_objectstore(
+            settings.objects_url, access_key=settings.objects_access_key, secret_key=settings.objects_secret_key
+        )
+        symbols = Symbolicator(objects)
     warm: list[asyncio.Task[bool]] = []
 
     async def start() -> None:
@@ -58,7 +66,7 @@ def _build(settings: AnalyticsSettings) -> Served:
             task.cancel()
 
     async def realtime() -> None:
-        await consume_forever(events, settings.events_topic, settings.realtime_group, aggregates)
+        await consume_forever(events, settings.events_topic, settings.realtime_group, aggregates, symbols=symbols)
 
     app = component_app(
         "analytics",
@@ -70,7 +78,7 @@ def _build(settings: AnalyticsSettings) -> Served:
     app.state.live = live
     app.state.publisher = publisher
     app.state.aggregates = aggregates
-    query = create_query_app(live, aggregates)
+    query = create_query_app(live, aggregates, symbols)
     extra = [(query, settings.admin_host, settings.admin_port)] if settings.admin_port else []
     return Served(AnalyticsASGI(Ingest(settings, live, publisher, hot), app), extra=extra)
 

@@ -96,10 +96,18 @@ def _of_event(name: str, props: dict[str, Any]) -> Crash | None:
             for f in reversed(frames_[-TOP_FRAMES:]):
                 lines.append(f"    at {f.get('module') or ''}.{f.get('function') or '?'}(x)")
             return group("\n".join(lines), str(first.get("type") or ""))
+    found = raw_stack(name, props)
+    return group(*found) if found is not None else None
+
+
+def raw_stack(name: str, props: dict[str, Any]) -> tuple[str, str] | None:
+    """(stack as text, exception type or "") of a crash event that carries its stack as text."""
+    if name == "$exception":
         raw = props.get("$exception_stack_trace_raw") or props.get("$exception_message")
-        return group(raw, str(props.get("$exception_type") or "")) if isinstance(raw, str) and raw else None
-    stack = props.get("_error") if name == "$crash" else props.get("stack")  # Countly's field, the platform's
-    if isinstance(stack, str) and stack.strip():
+        given = props.get("$exception_type")
+    else:
+        raw = props.get("_error") if name == "$crash" else props.get("stack")  # Countly's field, the platform's
         given = props.get("type") if name == "crash" else props.get("_name")
-        return group(stack, given if isinstance(given, str) else "")
+    if isinstance(raw, str) and raw.strip():
+        return raw, given if isinstance(given, str) else ""
     return None

@@ -13,6 +13,7 @@ month (HyperLogLog), devices that crashed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -31,6 +32,7 @@ from ..stores.expiring import ExpiringMap
 from ..stores.redis_common import connect_redis
 from . import crashes
 from .crashes import Crash
+from .symbols import Symbolicator
 
 log = logging.getLogger("mpaas.analytics.realtime")
 
@@ -424,11 +426,14 @@ def open_aggregates(url: str, prefix: str = "rt:") -> Aggregates:
     raise ValueError(f"unsupported aggregate store URL {url!r}: use redis://host:port/db or memory://")
 
 
-async def apply_records(store: Aggregates, value: bytes) -> int:
-    """Apply a log record's events (JSON lines); returns how many were new."""
+async def apply_records(store: Aggregates, value: bytes, symbols: Symbolicator | None = None) -> int:
+    """Apply a log record's events (JSON lines); returns how many were new. With `symbols`, a crash stack of
+    an app version with a mapping is retraced before it is grouped."""
     parsed = [p for p in (_parse(line) for line in value.split(b"\n") if line.strip()) if p is not None]
     if not parsed:
         return 0
+    if symbols is not None:
+        parsed = [(await _symbolicated(symbols, item, event), event) for item, event in parsed]
     results = await store.apply_many([item for item, _ in parsed])
     for (_, event), new in zip(parsed, results, strict=True):
         _observe(event, new)
@@ -444,6 +449,21 @@ async def apply_record(store: Aggregates, value: bytes) -> bool:
     new = await store.apply(*item)
     _observe(event, new)
     return new
+
+
+async def _symbolicated(symbols: Symbolicator, item: Applied, event: dict[str, Any]) -> Applied:
+    update = item[5]
+    found = crashes.raw_stack(event["event"], event.get("props") or {}) if update.crash is not None else None
+    if found is None:
+        return item
+    try:
+        retraced = await symbols.retrace(item[0], update.version, found[0])
+    except Exception as e:  # the object store away, a broken mapping: grouped as sent
+        log.warning("symbolication of %s %s failed: %r", item[0], update.version, e)
+        return item
+    if retraced is None:
+        return item
+    return (*item[:5], dataclasses.replace(update, crash=crashes.group(retraced, found[1])))
 
 
 def _parse(line: bytes) -> tuple[Applied, dict[str, Any]] | None:
@@ -476,7 +496,13 @@ def _observe(event: dict[str, Any], new: bool) -> None:
 
 
 async def consume_forever(
-    events: EventLog, topic: str, group: str, store: Aggregates, *, commit_every: float = 0.5
+    events: EventLog,
+    topic: str,
+    group: str,
+    store: Aggregates,
+    *,
+    symbols: Symbolicator | None = None,
+    commit_every: float = 0.5,
 ) -> None:
     """The consumer: applies every event of `topic`, committing the group's offsets after applying. Its member
     stays joined while the topic is quiet (no rebalance every idle spell)."""
@@ -484,7 +510,7 @@ async def consume_forever(
         try:
             committed_at = time.monotonic()
             async for record in events.consume(topic, group, idle_timeout=None):
-                await apply_records(store, record.value)
+                await apply_records(store, record.value, symbols)
                 if time.monotonic() - committed_at >= commit_every:
                     await events.commit(group, record)
                     committed_at = time.monotonic()

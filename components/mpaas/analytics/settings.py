@@ -39,3 +39,8 @@ class AnalyticsSettings(ComponentSettings):
     # The query API (/v1/apps/...): on its own port, loopback by default (reach it with a port-forward); 0: off.
     admin_host: str = "127.0.0.1"
     admin_port: int = 9902
+    # Where crash-symbol mappings are kept: s3://bucket?endpoint=..., file:///path, or "" (none: mappings cannot
+    # be uploaded and stacks are grouped as sent). The S3 keys come from the environment (a Secret in a pod).
+    objects_url: str = ""
+    objects_access_key: str = ""
+    objects_secret_key: str = ""
