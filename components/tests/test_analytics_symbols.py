@@ -95,3 +95,26 @@ async def test_crashes_of_a_version_with_a_mapping_are_grouped_by_original_names
     assert retraced["fingerprint"] == group(build["plain"]).fingerprint
     (as_sent,) = await store.crashes("SHOP/prod", "1.0", 10)  # no mapping for 1.0: grouped as sent
     assert as_sent["sample"] == build["obfuscated"]
+
+
+async def test_mappings_are_uploaded_through_the_query_api(build: dict[str, str], tmp_path: Path) -> None:
+    import httpx
+
+    from mpaas.analytics.apps import AppDirectory
+    from mpaas.analytics.query import create_query_app
+
+    class Live:
+        current = AppDirectory({"SHOP/prod": ("SHOP", "prod")})
+
+    symbols = Symbolicator(LocalObjectStore(tmp_path / "objects"))
+    with_store = create_query_app(Live(), MemoryAggregates(), symbols)  # type: ignore[arg-type]
+    without = create_query_app(Live(), MemoryAggregates())  # type: ignore[arg-type]
+    url = "/v1/apps/SHOP/prod/versions/2.0/mapping"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=with_store), base_url="http://x") as client:
+        r = await client.put(url, content=build["mapping"])
+        assert (r.status_code, r.json()["classes"]) == (200, 2)
+        assert (await client.put(url, content=b"not a mapping")).status_code == 400
+        assert (await client.put("/v1/apps/NOPE/prod/versions/2.0/mapping", content=b"x")).status_code == 404
+    assert await symbols.retrace("SHOP/prod", "2.0", build["obfuscated"]) == build["plain"]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=without), base_url="http://x") as client:
+        assert (await client.put(url, content=build["mapping"])).status_code == 503
