@@ -3,8 +3,8 @@
 Built so far: ingestion (`ingest.py`) of the platform's JSON events, PostHog's capture API and Countly's `/i`,
 from apps registered in an MpaasGateway, into the event log with back pressure; real-time aggregates per app
 and day with crash groups (`realtime.py`, `crashes.py`, Android stacks retraced with the version's mapping in
-`symbols.py`) as Prometheus metrics and a query API (`query.py`) (docs/analytics.md). Not built yet: Apple
-dSYMs, history queries, remote log pull.
+`symbols.py`) as Prometheus metrics and a query API (`query.py`); remote log pull (`logpull.py`)
+(docs/analytics.md). Not built yet: Apple dSYMs, history queries.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from typing import Any
 from ..component import Component, Served
 from ..config import LiveConfig
 from ..service import component_app
-from ..stores import FallbackHotStore, open_eventlog, open_hotstore, open_objectstore
+from ..stores import FallbackHotStore, LocalObjectStore, open_eventlog, open_hotstore, open_objectstore
 from . import codes
 from .apps import EMPTY, KIND, AppDirectory, compile_apps
 from .ingest import Ingest, Publisher
+from .logpull import MAX_LOG_BYTES, LogPulls
+from .objects_route import ObjectsRoute
 from .query import create_query_app
 from .realtime import consume_forever, open_aggregates
 from .settings import AnalyticsSettings
@@ -26,14 +28,18 @@ from .symbols import Symbolicator
 
 
 class AnalyticsASGI:
-    """Upload paths go straight to the ingestion app (no framework per upload); the rest to FastAPI."""
+    """Upload paths go straight to the ingestion app (no framework per upload); with a local folder as the
+    object store, its presigned URLs (device log uploads, downloads) are served here too; the rest to FastAPI."""
 
-    def __init__(self, ingest: Ingest, app: Any):
+    def __init__(self, ingest: Ingest, app: Any, folder: LocalObjectStore | None = None):
         self.ingest, self.app, self.state = ingest, app, app.state
+        self.folder = ObjectsRoute(folder, MAX_LOG_BYTES) if folder is not None else None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and Ingest.handles(scope["path"]):
             await self.ingest(scope, receive, send)
+        elif self.folder is not None and scope["type"] == "http" and self.folder.handles(scope["path"]):
+            await self.folder(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
@@ -44,12 +50,13 @@ def _build(settings: AnalyticsSettings) -> Served:
     publisher = Publisher(events, settings.events_topic, settings.max_pending_events, settings.publish_timeout_seconds)
     aggregates = open_aggregates(settings.aggregates_url, settings.aggregates_prefix)
     hot = FallbackHotStore(open_hotstore(settings.redis_url))  # local buckets while Redis is away
-    symbols = None
+    symbols, pulls, folder = None, None, None
     if settings.objects_url:
         objects = open_objectstore(
             settings.objects_url, access_key=settings.objects_access_key, secret_key=settings.objects_secret_key
         )
-        symbols = Symbolicator(objects)
+        symbols, pulls = Symbolicator(objects), LogPulls(hot, objects)
+        folder = objects if isinstance(objects, LocalObjectStore) else None
     warm: list[asyncio.Task[bool]] = []
 
     async def start() -> None:
@@ -78,9 +85,9 @@ def _build(settings: AnalyticsSettings) -> Served:
     app.state.live = live
     app.state.publisher = publisher
     app.state.aggregates = aggregates
-    query = create_query_app(live, aggregates, symbols)
+    query = create_query_app(live, aggregates, symbols, pulls)
     extra = [(query, settings.admin_host, settings.admin_port)] if settings.admin_port else []
-    return Served(AnalyticsASGI(Ingest(settings, live, publisher, hot), app), extra=extra)
+    return Served(AnalyticsASGI(Ingest(settings, live, publisher, hot, pulls), app, folder), extra=extra)
 
 
 COMPONENT = Component(

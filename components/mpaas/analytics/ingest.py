@@ -22,6 +22,7 @@ from ..resultcodes import ResultCode
 from ..stores import EventLog, HotStore
 from . import codes, events, upload
 from .apps import AppDirectory
+from .logpull import LogPulls
 from .settings import AnalyticsSettings
 
 log = logging.getLogger("mpaas.analytics")
@@ -127,9 +128,14 @@ class Ingest:
     """The ingestion routes, as a bare ASGI app (docs/benchmarks.md, "Serving stacks"); `route` says which."""
 
     def __init__(
-        self, settings: AnalyticsSettings, live: LiveConfig[AppDirectory], publisher: Publisher, hot: HotStore
+        self,
+        settings: AnalyticsSettings,
+        live: LiveConfig[AppDirectory],
+        publisher: Publisher,
+        hot: HotStore,
+        pulls: LogPulls | None = None,
     ):
-        self.settings, self.live, self.publisher, self.hot = settings, live, publisher, hot
+        self.settings, self.live, self.publisher, self.hot, self.pulls = settings, live, publisher, hot, pulls
         rate = settings.app_events_per_second
         self.burst = max(settings.app_events_burst or rate, settings.max_events_per_request)
         self.checker = events.Checker(settings.max_future_seconds, settings.max_age_seconds)
@@ -200,18 +206,22 @@ class Ingest:
         elif source == "countly":
             await _answer(send, 200, {"result": "Success"})
         else:
-            await _answer(
-                send,
-                200,
-                {
-                    "code": code.code,
-                    "accepted": len(batch.events),
-                    "refused": [
-                        {"index": r.index, "code": r.code.code, "name": r.code.name, "detail": r.detail}
-                        for r in batch.refused
-                    ],
-                },
-            )
+            answer: dict[str, Any] = {
+                "code": code.code,
+                "accepted": len(batch.events),
+                "refused": [
+                    {"index": r.index, "code": r.code.code, "name": r.code.name, "detail": r.detail}
+                    for r in batch.refused
+                ],
+            }
+            if self.pulls is not None and batch.events:  # a log pull waiting for this device or user
+                first = batch.events[0]
+                pull = await self.pulls.for_upload(
+                    f"{first.app_id}/{first.workspace_id}", first.device_id, first.user_id
+                )
+                if pull is not None:
+                    answer["logPull"] = pull
+            await _answer(send, 200, answer)
 
     def _parse(self, source: str, scope: dict[str, Any], headers: dict[str, str], body: bytes) -> events.Batch:
         resolve = self.live.current.resolve

@@ -1,6 +1,10 @@
-"""The analytics query API, on the admin port: a registered app's real-time figures for a UTC day.
+"""The analytics query API, on the admin port (loopback by default; docs/analytics.md):
 
-GET /v1/apps/{appId}/{workspaceId}/days/{YYYY-MM-DD}
+- GET /v1/apps/{appId}/{workspaceId}/days/{YYYY-MM-DD}: a registered app's real-time figures for a UTC day;
+- GET /v1/apps/{appId}/{workspaceId}/crashes[?version=V][&limit=N]: top crash groups, most frequent first;
+- PUT /v1/apps/{appId}/{workspaceId}/versions/{version}/mapping: an R8 / ProGuard mapping.txt;
+- POST /v1/apps/{appId}/{workspaceId}/log-pulls: ask a device (or a user's) for its log files;
+- GET /v1/apps/{appId}/{workspaceId}/log-pulls/{id}: the pull's status, and a download URL once uploaded.
 """
 
 from __future__ import annotations
@@ -9,17 +13,58 @@ import re
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
+from pydantic import BaseModel, Field, model_validator
 
 from ..config import LiveConfig
 from .apps import AppDirectory
+from .logpull import LogPulls
 from .realtime import Aggregates
 from .symbols import MAX_MAPPING_BYTES, MappingError, Symbolicator
 
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
-def create_query_app(live: LiveConfig[AppDirectory], store: Aggregates, symbols: Symbolicator | None = None) -> FastAPI:
+class PullRequest(BaseModel):
+    device_id: str | None = Field(default=None, alias="deviceId", min_length=1, max_length=200)
+    user_id: str | None = Field(default=None, alias="userId", min_length=1, max_length=200)
+    reason: str = Field(default="", max_length=500)
+
+    @model_validator(mode="after")
+    def one_target(self) -> PullRequest:
+        if (self.device_id is None) == (self.user_id is None):
+            raise ValueError("name exactly one of deviceId and userId")
+        return self
+
+
+def create_query_app(
+    live: LiveConfig[AppDirectory],
+    store: Aggregates,
+    symbols: Symbolicator | None = None,
+    pulls: LogPulls | None = None,
+) -> FastAPI:
     app = FastAPI(title="mpaas analytics query API")
+
+    def registered(app_id: str, workspace_id: str) -> str:
+        if live.current.resolve(f"{app_id}/{workspace_id}") is None:
+            raise HTTPException(404, f"app {app_id}/{workspace_id} is not registered")
+        return f"{app_id}/{workspace_id}"
+
+    def pulling() -> LogPulls:
+        if pulls is None:
+            raise HTTPException(503, "no object store configured (MPAAS_OBJECTS_URL): logs cannot be kept")
+        return pulls
+
+    @app.post("/v1/apps/{app_id}/{workspace_id}/log-pulls", status_code=201)
+    async def start_pull(app_id: str, workspace_id: str, body: PullRequest) -> dict[str, Any]:
+        key = registered(app_id, workspace_id)
+        return await pulling().start(key, device=body.device_id or "", user=body.user_id or "", reason=body.reason)
+
+    @app.get("/v1/apps/{app_id}/{workspace_id}/log-pulls/{pull_id}")
+    async def pull_status(app_id: str, workspace_id: str, pull_id: str) -> dict[str, Any]:
+        found = await pulling().status(registered(app_id, workspace_id), pull_id)
+        if found is None:
+            raise HTTPException(404, f"no log pull {pull_id[:64]} (or it is older than 7 days)")
+        return found
 
     @app.put("/v1/apps/{app_id}/{workspace_id}/versions/{version}/mapping")
     async def upload_mapping(app_id: str, workspace_id: str, version: str, request: Request) -> dict[str, Any]:
