@@ -53,6 +53,8 @@ async def test_a_device_is_asked_for_its_logs_and_they_land(tmp_path: Path) -> N
         assert "logPull" not in (await phone.post("/v1/events", json=upload("d-0") | {"userId": ""})).json()
         asked = (await phone.post("/v1/events", json=upload("d-1"))).json()["logPull"]
         assert asked["id"] == pull_id
+        # Another device naming the same user (ids are the client's word) is not handed the URL.
+        assert "logPull" not in (await phone.post("/v1/events", json=upload("d-2"))).json()
         status = (await engineer.get(f"/v1/apps/SHOP/prod/log-pulls/{pull_id}")).json()
         assert (status["status"], status["requestedFrom"]) == ("requested", "d-1")
         url = urlsplit(asked["uploadUrl"])
@@ -60,10 +62,21 @@ async def test_a_device_is_asked_for_its_logs_and_they_land(tmp_path: Path) -> N
         assert (await phone.put(forged, content=b"x")).status_code == 403
         assert (await phone.put(f"{url.path}?{url.query}", content=b"log line 1\nlog line 2\n")).status_code == 200
         assert "logPull" not in (await phone.post("/v1/events", json=upload("d-1"))).json()  # asked no more
+        assert (await phone.put(f"{url.path}?{url.query}", content=b"forged")).status_code == 409  # written once
         done = (await engineer.get(f"/v1/apps/SHOP/prod/log-pulls/{pull_id}")).json()
         assert (done["status"], done["size"]) == ("uploaded", 22)
         down = urlsplit(done["downloadUrl"])
-        assert (await phone.get(f"{down.path}?{down.query}")).content == b"log line 1\nlog line 2\n"
+        got = await phone.get(f"{down.path}?{down.query}")
+        assert got.content == b"log line 1\nlog line 2\n" and got.headers["content-disposition"] == "attachment"
+        head = await phone.head(f"{down.path}?{down.query}")
+        assert (head.status_code, head.headers["content-length"]) == (200, "22")
+        for query in (
+            "expires=99999999999&signature=%E9",
+            "expires=\u0661\u0662&signature=" + "0" * 64,
+            "&".join(f"k{i}=v" for i in range(20)),
+        ):
+            assert (await phone.get(f"{down.path}?{query}")).status_code in (400, 403)
+        assert (await engineer.get("/v1/apps/SHOP/prod/log-pulls/user:u-1")).status_code == 404
         assert (await phone.put(f"{down.path}?{down.query}", content=b"overwrite")).status_code == 403
         assert (await engineer.get("/v1/apps/SHOP/prod/log-pulls/nope")).status_code == 404
         assert (await engineer.post("/v1/apps/NOPE/prod/log-pulls", json={"deviceId": "d"})).status_code == 404

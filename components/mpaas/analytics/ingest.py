@@ -216,9 +216,13 @@ class Ingest:
             }
             if self.pulls is not None and batch.events:  # a log pull waiting for this device or user
                 first = batch.events[0]
-                pull = await self.pulls.for_upload(
-                    f"{first.app_id}/{first.workspace_id}", first.device_id, first.user_id
-                )
+                try:
+                    pull = await self.pulls.for_upload(
+                        f"{first.app_id}/{first.workspace_id}", first.device_id, first.user_id
+                    )
+                except Exception as e:  # the events are in: never a failed answer for them (the SDK would resend)
+                    log.warning("log pull lookup failed: %r", e)
+                    pull = None
                 if pull is not None:
                     answer["logPull"] = pull
             await _answer(send, 200, answer)

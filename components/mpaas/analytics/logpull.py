@@ -1,7 +1,8 @@
 """Remote log pull: an engineer asks one device (or a user's device) for its local log files.
 
 The request waits in the hot store (7 days) until the device next uploads events in the platform's format:
-that answer carries `logPull` with a presigned PUT URL of the object store, where the device puts its logs
+that answer carries `logPull` with a presigned PUT URL of the object store (15 minutes; only the first device
+told gets it, and the object is written once), where the device puts its logs
 (push and link will carry the request at once when they exist). Status and a download URL come from the
 query API. Only the platform's own upload format carries the request: the peers' SDKs would not read it.
 """
@@ -9,6 +10,7 @@ query API. Only the platform's own upload format carries the request: the peers'
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from typing import Any
@@ -16,7 +18,8 @@ from typing import Any
 from ..stores import HotStore, ObjectStore
 
 KEEP_SECONDS = 7 * 86400
-URL_SECONDS = 3600  # a presigned URL's life
+URL_SECONDS = 900  # a presigned URL's life
+_PULL_ID = re.compile(r"[0-9a-f]{32}")
 MAX_LOG_BYTES = 32 << 20  # what a device may upload for one pull (the local folder's route enforces it)
 
 
@@ -30,7 +33,7 @@ class LogPulls:
 
     @staticmethod
     def _index(app: str, what: str, who: str) -> str:
-        return f"analytics:logpull:{app}:{what}:{who}"
+        return f"analytics:logpull-target:{app}:{what}:{who}"
 
     @staticmethod
     def object_key(app: str, pull_id: str) -> str:
@@ -69,6 +72,8 @@ class LogPulls:
                 pull["status"] = "uploaded"
                 await self.hot.set(self._key(app, pull["id"]), json.dumps(pull).encode(), ttl_seconds=KEEP_SECONDS)
                 continue
+            if pull["status"] == "requested" and pull.get("requestedFrom") != device:
+                continue  # the first device told is the one that uploads: no other gets the URL
             if pull["status"] == "pending":
                 pull.update(status="requested", requested=int(time.time() * 1000), requestedFrom=device)
                 await self.hot.set(self._key(app, pull["id"]), json.dumps(pull).encode(), ttl_seconds=KEEP_SECONDS)
@@ -78,6 +83,8 @@ class LogPulls:
 
     async def status(self, app: str, pull_id: str) -> dict[str, Any] | None:
         """The pull as recorded, `uploaded` with its size and a download URL once the logs have landed."""
+        if not _PULL_ID.fullmatch(pull_id):
+            return None
         pull = await self._get(app, pull_id)
         if pull is None:
             return None

@@ -28,8 +28,8 @@ from ..stores import ObjectStore
 MAX_MAPPING_BYTES = 64 << 20  # a mapping of a large app is tens of MiB
 
 _CLASS = re.compile(r"^(\S+) -> (\S+):$")
-_METHOD = re.compile(r"^\s+(?:(\d+):(\d+):)?(\S+) ([^\s(]+)\(([^)]*)\)(?::(\d+)(?::(\d+))?)? -> (\S+)$")
-_FRAME = re.compile(r"^(\s*at\s+)([\w$.]+)\.([\w$<>]+)\(([^:()]*)(?::(\d+))?\)(.*)$")
+_METHOD = re.compile(r"^\s+(?:(\d{1,9}):(\d{1,9}):)?(\S+) ([^\s(]+)\(([^)]*)\)(?::(\d{1,9})(?::(\d{1,9}))?)? -> (\S+)$")
+_FRAME = re.compile(r"^(\s*at\s+)([\w$.]+)\.([\w$<>]+)\(([^:()]*)(?::(\d{1,9}))?\)(.*)$")
 
 
 class MappingError(ValueError):
@@ -67,6 +67,15 @@ class Mapping:
 
     @classmethod
     def parse(cls, text: str) -> Mapping:
+        try:
+            return cls._parse(text)
+        except MappingError:
+            raise
+        except (ValueError, RecursionError) as e:  # whatever else a hostile file finds: still "not a mapping"
+            raise MappingError(f"not a mapping: {str(e)[:100]}") from None
+
+    @classmethod
+    def _parse(cls, text: str) -> Mapping:
         classes: dict[str, _Class] = {}
         current: _Class | None = None
         for number, line in enumerate(text.splitlines(), 1):
@@ -76,7 +85,7 @@ class Mapping:
                 if current is not None and '"sourceFile"' in line:
                     try:
                         current.file = str(json.loads(line.lstrip("# ")).get("fileName") or current.file)
-                    except ValueError:
+                    except (ValueError, RecursionError, AttributeError):
                         pass
                 continue
             if not line[0].isspace():
@@ -201,6 +210,8 @@ class Symbolicator:
             return None
         info = await self.objects.stat(key)
         if info is None or info.size > MAX_MAPPING_BYTES:
+            if len(self._missing) >= 10_000:  # versions devices name are endless: the oldest notes go
+                self._missing.pop(next(iter(self._missing)))
             self._missing[(app, version)] = time.monotonic() + self.recheck_seconds
             return None
         data = await self.objects.get(key)

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import io
 import os
+import re
 import secrets
 import time
 import uuid
@@ -132,9 +133,16 @@ class _Digest:
         return digest
 
 
+_EXPIRES = re.compile(r"[0-9]{1,12}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+# No empty segment (a//b, a trailing /), none starting with "." (".", "..", the local folder's temporary
+# files), no control character or backslash.
+_SEGMENT = re.compile(r"[^./\\\x00-\x1f\x7f][^/\\\x00-\x1f\x7f]*")
+
+
 def _check_key(key: str) -> str:
-    if not key or key.startswith("/") or ".." in key.split("/"):
-        raise ValueError(f"invalid object key {key!r}")
+    if not key or len(key) > 1024 or not all(_SEGMENT.fullmatch(part) for part in key.split("/")):
+        raise ValueError(f"invalid object key {key[:100]!r}")
     return key
 
 
@@ -311,14 +319,18 @@ class LocalObjectStore(ObjectStore):
         `key` is the URL path after `url_base`, percent-decoded. HEAD is allowed by a GET URL.
         """
         method = "GET" if method.upper() == "HEAD" else method.upper()
+        given, signature = str(query.get("expires", "")), str(query.get("signature", ""))
+        # ASCII digits only (int() would take others), a signature of 64 hex digits (compare_digest wants ASCII).
+        if not _EXPIRES.fullmatch(given) or not _HEX64.fullmatch(signature):
+            return False
         try:
-            expires = int(query.get("expires", ""))
             _check_key(key)
         except ValueError:
             return False
+        expires = int(given)
         if expires < time.time():
             return False
-        return hmac.compare_digest(self._signature(method, key, expires), str(query.get("signature", "")))
+        return hmac.compare_digest(self._signature(method, key, expires), signature)
 
     async def presign_get(self, key: str, *, expires_seconds: int = 3600) -> str:
         return self._presign("GET", key, expires_seconds)
@@ -372,7 +384,7 @@ class LocalObjectStore(ObjectStore):
 
         def write() -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # writers of one key never share it
             tmp.write_bytes(data)
             os.replace(tmp, path)
             path.with_name(f".{path.name}.meta").write_text(f"{digest}\n{content_type}\n")
