@@ -214,3 +214,42 @@ def test_an_upload_becomes_one_log_record_per_device_within_the_size_limit() -> 
     split = pack(events_, max_bytes=25)  # two events of 10 bytes and a newline fit; the third starts a record
     assert split == [(b"a", b"1" * 10 + b"\n" + b"3" * 10), (b"a", b"4" * 10), (b"b", b"2" * 10)]
     assert pack([(b"a", b"x" * 100)], max_bytes=10) == [(b"a", b"x" * 100)]  # one event alone, however big
+
+
+def mpaas_line(header: str, fields: dict[int, str], size: int) -> str:
+    row = ["-"] * size
+    row[0], row[1], row[2], row[3] = header, "2026-11-30 08:53:20.000", "SHOP_ANDROID-prod", "1.2.0"
+    for i, v in fields.items():
+        row[i] = v
+    return ",".join(row)
+
+
+def test_mpaas_log_lines_by_their_published_positions() -> None:
+    vm = mpaas_line("D-VM", {6: "s-1", 7: "u-1", 15: "reportActive", 25: "utdid-1", 37: "huawei"}, 48)
+    custom = mpaas_line("D-VM", {15: "buy", 22: "sku=42^price=9", 25: "utdid-1"}, 48)
+    mm = mpaas_line("D-MM", {11: "performance", 12: "time_startup", 13: "812", 14: "0", 23: "utdid-1"}, 37)
+    other_app = vm.replace("SHOP_ANDROID-prod", "MULTI_IOS-test")
+    short = "D-VM,2026-11-30 08:53:20.000,SHOP_ANDROID-prod"
+    body = "\n".join([vm, custom, mm, other_app, short, "X-YZ" + vm[4:]]).encode()
+    local = events.Checker(3600, 86400, clock=lambda: NOW + 8 * 3600)  # the lines' time is UTC+8
+    batch = events.mpaas_lines(body, directory().resolve, local, 100, tz_minutes=480)
+    assert batch.app == ("SHOP", "prod")
+    launch, buy, startup = batch.events
+    assert (launch.name, launch.device_id, launch.user_id, launch.dims) == (
+        "launch",
+        "utdid-1",
+        "u-1",
+        ("android", "1.2.0", "huawei"),
+    )
+    assert launch.ts_ms == NOW_MS and launch.props == {"session": "s-1"}  # 08:53:20 at UTC+8
+    assert buy.props == {"sku": "42", "price": "9"}
+    assert (startup.name, startup.props) == ("startup", {"ms": 812, "cold": True})
+    assert [(r.index, r.code) for r in batch.refused] == [
+        (3, codes.OTHER_APP),
+        (4, codes.INVALID_EVENT),
+        (5, codes.INVALID_EVENT),
+    ]
+    again = events.mpaas_lines(body, directory().resolve, local, 100, tz_minutes=480)
+    assert [e.id for e in again.events] == [e.id for e in batch.events]  # a line sent again is the same event
+    with pytest.raises(events.BadUpload):
+        events.mpaas_lines(b"D-VM,x,nonsense", directory().resolve, local, 100)

@@ -119,3 +119,17 @@ async def test_a_malformed_crash_never_holds_up_the_real_time_consumer() -> None
         }
     ).encode()
     assert await apply_records(MemoryAggregates(), line) == 1  # counted as a crash, not grouped, not stuck
+
+
+async def test_mpaas_log_lines_go_through_v1_logs() -> None:
+    row = ["-"] * 48
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S.000", time.gmtime())
+    row[0], row[1], row[2], row[15], row[25] = "D-VM", stamp, "SHOP_IOS-prod", "reportActive", "u"
+    app, log = ingest()
+    status, doc = await call(app, "/v1/logs", ",".join(row).encode(), query=b"tz=0")
+    assert (status, doc["accepted"]) == (200, 1)
+    (record,) = [r async for r in log.consume("t", "g", idle_timeout=0.1)]
+    assert json.loads(record.value)["event"] == "launch" and json.loads(record.value)["source"] == "mpaas"
+    for query in (b"tz=9999", b"tz=%D9%A1", b"&".join(b"k%d=v" % i for i in range(20))):
+        status, doc = await call(app, "/v1/logs", ",".join(row).encode(), query=query)
+        assert (status, doc["code"]) == (400, codes.MALFORMED_BODY.code)

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -337,4 +337,84 @@ def countly(params: dict[str, str], resolve: Resolve, checker: Checker, max_even
             _add(batch, checker, i, None, "an event needs a key, an object and a valid timestamp")
             continue
         _add(batch, checker, i, Event(*batch.app, "countly", name, device, user, ts, f"{base}-{i}", fields, dims))
+    return batch
+
+
+# ---- mPaaS log lines ----------------------------------------------------------------------------------------
+# One comma-separated line per log, the meaning of each field given by its position and the line's header
+# (field 00). The positions are those of mPaaS's published log models (counted from 00): behaviour and custom
+# events `D-VM`, performance `D-MM`. A field of "-" is empty.
+
+_MPAAS_FIELDS = {"D-VM": 26, "D-MM": 24}  # the fewest fields a line of each header must have
+_MPAAS_TIME = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def _mpaas_app(field: str) -> tuple[str, str, str] | None:
+    """(appId, platform, workspaceId) of field 02, `<appId>_<PLATFORM>-<workspaceId>` (the app id may hold "_")."""
+    app, sep, rest = field.rpartition("_")
+    platform, dash, workspace = rest.partition("-")
+    return (app, platform.lower(), workspace) if sep and dash and app and platform and workspace else None
+
+
+def _mpaas_props(field: str) -> dict[str, str]:
+    """Field 22 of D-VM: `k=v^k=v`."""
+    out: dict[str, str] = {}
+    for pair in field.split("^")[:64]:
+        k, sep, v = pair.partition("=")
+        if sep and k:
+            out[k[:100]] = v[:1000]
+    return out
+
+
+def mpaas_lines(body: bytes, resolve: Resolve, checker: Checker, max_events: int, tz_minutes: int = 0) -> Batch:
+    """Newline-separated mPaaS log lines (UTF-8). Field 01, the client's time, has no zone: it is read in
+    `tz_minutes` east of UTC (the upload's `tz` parameter, as Countly's SDKs send it), UTC by default."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadUpload(f"the body is not UTF-8: {e}") from None
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) > max_events:
+        raise OverflowError(f"{len(lines)} lines, over {max_events}")
+    first = lines[0].split(",", 3) if lines else []
+    named = _mpaas_app(first[2]) if len(first) > 2 else None
+    if named is None:
+        raise BadUpload("the first line's field 02 must be <appId>_<PLATFORM>-<workspaceId>")
+    batch = Batch(resolve(f"{named[0]}/{named[2]}"))
+    if batch.app is None:
+        return batch
+    for i, line in enumerate(lines):
+        f = [x if x != "-" else "" for x in line.split(",")]
+        need = _MPAAS_FIELDS.get(f[0])
+        if need is None or len(f) < need:
+            _add(batch, checker, i, None, f"a D-VM line of at least 26 fields or a D-MM line of 24, not {f[0][:8]!r}")
+            continue
+        app = _mpaas_app(f[2])
+        if app is None or (app[0], app[2]) != batch.app:
+            batch.refused.append(Refused(i, codes.OTHER_APP, "field 02 names another app than the first line"))
+            continue
+        try:
+            local = datetime.strptime(f[1], _MPAAS_TIME).replace(tzinfo=UTC)
+            ts = int(local.timestamp() * 1000) - tz_minutes * 60_000
+        except ValueError:
+            _add(batch, checker, i, None, "field 01 must be the time as yyyy-MM-dd HH:mm:ss.SSS")
+            continue
+        if f[0] == "D-VM":
+            device, name, channel = f[25], f[15], f[37] if len(f) > 37 else ""
+            name = "launch" if name == "reportActive" else name
+            props: dict[str, Any] = _mpaas_props(f[22])
+        else:  # D-MM: field 12 the measure, 13 its value, 14 "0" for a first (cold) start
+            device, channel = f[23], f[22]
+            value = _millis(f[13])
+            if f[12] == "time_startup":
+                name, props = "startup", {"ms": value, "cold": f[14] == "0"}
+            else:
+                name, props = f"perf:{f[12]}", {"value": value}
+        if not name or not device or len(name) > _NAME or len(device) > _NAME:
+            _add(batch, checker, i, None, "the line names no event or no device")
+            continue
+        props |= {"session": f[6]} if f[6] else {}
+        dims = (app[1], _dim(f[3]), _dim(channel))
+        ident = hashlib.sha256(line.encode()).hexdigest()[:32]  # the same line sent again is the same event
+        _add(batch, checker, i, Event(*batch.app, "mpaas", name, device, f[7][:_NAME], ts, ident, props, dims))
     return batch

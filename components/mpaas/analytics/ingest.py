@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -39,6 +41,7 @@ PUBLISH = Histogram(
 POSTHOG_PATHS = frozenset(p + slash for p in ("/batch", "/capture", "/e", "/i/v0/e", "/track") for slash in ("", "/"))
 COUNTLY_PATH = "/i"
 NATIVE_PATH = "/v1/events"
+MPAAS_PATH = "/v1/logs"
 
 
 RECORD_BYTES = 512 * 1024  # a log record's most: under Kafka's default 1 MiB message limit, with room
@@ -142,7 +145,7 @@ class Ingest:
 
     @staticmethod
     def handles(path: str) -> bool:
-        return path in POSTHOG_PATHS or path == COUNTLY_PATH or path == NATIVE_PATH
+        return path in POSTHOG_PATHS or path in (COUNTLY_PATH, NATIVE_PATH, MPAAS_PATH)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         try:
@@ -154,7 +157,15 @@ class Ingest:
 
     async def _handle(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
         path, method = scope["path"], scope["method"]
-        source = "posthog" if path in POSTHOG_PATHS else "countly" if path == COUNTLY_PATH else "native"
+        source = (
+            "posthog"
+            if path in POSTHOG_PATHS
+            else "countly"
+            if path == COUNTLY_PATH
+            else "mpaas"
+            if path == MPAAS_PATH
+            else "native"
+        )
         allowed = ("GET", "POST") if source == "countly" else ("POST",)
         if method not in allowed:
             await _answer(send, 405, {"error": "method not allowed"}, [(b"allow", ", ".join(allowed).encode())])
@@ -236,6 +247,15 @@ class Ingest:
             query, ctype = scope.get("query_string", b""), headers.get("content-type", "")
             params = events.countly_params(query, body, ctype, self.settings.max_body_bytes)
             return events.countly(params, resolve, self.checker, limit)
+        if source == "mpaas":
+            try:
+                query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), max_num_fields=8))
+            except ValueError:
+                raise events.BadUpload("the query string does not parse") from None
+            tz = query.get("tz", "0")
+            if not re.fullmatch(r"-?[0-9]{1,4}", tz) or abs(int(tz)) > 14 * 60:
+                raise events.BadUpload("tz: minutes east of UTC, -840 to 840")
+            return events.mpaas_lines(body, resolve, self.checker, limit, int(tz))
         return events.native(body, resolve, self.checker, limit)
 
     async def _refuse(self, send: Send, source: str, code: ResultCode, detail: str) -> None:
