@@ -175,6 +175,30 @@ async def test_committed_position_survives_a_consumer_restart(events: EventLog) 
     assert other == list(range(10))  # groups are independent
 
 
+async def test_batches_tell_idle_time_and_commit_where_they_ended(events: EventLog) -> None:
+    topic = f"contract-{uuid.uuid4().hex[:8]}"
+    for i in range(12):
+        await events.publish(topic, f"{i}".encode(), key=f"k{i % 3}".encode())
+    seen: list[int] = []
+    empty = 0
+    batches = events.batches(topic, "archive", wait=0.3, max_records=5)
+    async for batch in batches:
+        assert len(batch) <= 5
+        if not batch:
+            empty += 1  # the topic is quiet: an empty batch comes back within the wait
+            if len(seen) == 12:
+                break
+            continue
+        seen += [int(r.value) for r in batch]
+        if len(seen) >= 7 and empty == 0:
+            await events.commit_batch("archive", batch)  # the last record of every partition in it
+    await batches.aclose()
+    assert sorted(seen) == list(range(12)) and empty >= 1
+    rest = [int(r.value) async for r in events.consume(topic, "archive", max_records=12, idle_timeout=2)]
+    committed = sorted(set(range(12)) - set(rest))
+    assert committed and len(committed) + len(rest) == 12  # each record either committed or read again, once
+
+
 # --- ObjectStore -------------------------------------------------------------------
 
 

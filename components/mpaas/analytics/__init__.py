@@ -10,6 +10,7 @@ and day with crash groups (`realtime.py`, `crashes.py`, Android stacks retraced 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ..component import Component, Served
@@ -17,6 +18,7 @@ from ..config import LiveConfig
 from ..service import component_app
 from ..stores import FallbackHotStore, LocalObjectStore, open_eventlog, open_hotstore, open_objectstore
 from . import codes
+from . import history as history_
 from .apps import EMPTY, KIND, AppDirectory, compile_apps
 from .ingest import Ingest, Publisher
 from .logpull import MAX_LOG_BYTES, LogPulls
@@ -50,13 +52,20 @@ def _build(settings: AnalyticsSettings) -> Served:
     publisher = Publisher(events, settings.events_topic, settings.max_pending_events, settings.publish_timeout_seconds)
     aggregates = open_aggregates(settings.aggregates_url, settings.aggregates_prefix)
     hot = FallbackHotStore(open_hotstore(settings.redis_url))  # local buckets while Redis is away
-    symbols, pulls, folder = None, None, None
+    symbols, pulls, folder, archiver, history = None, None, None, None, None
     if settings.objects_url:
         objects = open_objectstore(
             settings.objects_url, access_key=settings.objects_access_key, secret_key=settings.objects_secret_key
         )
         symbols, pulls = Symbolicator(objects), LogPulls(hot, objects)
         folder = objects if isinstance(objects, LocalObjectStore) else None
+        archiver = history_.Archiver(objects) if settings.history else None
+        history = history_.History(
+            objects,
+            cache_dir=settings.history_cache_dir or None,
+            cache_bytes=settings.history_cache_bytes,
+            max_query_bytes=settings.history_max_query_bytes,
+        )
     warm: list[asyncio.Task[bool]] = []
 
     async def start() -> None:
@@ -75,17 +84,39 @@ def _build(settings: AnalyticsSettings) -> Served:
     async def realtime() -> None:
         await consume_forever(events, settings.events_topic, settings.realtime_group, aggregates, symbols=symbols)
 
+    async def archive() -> None:
+        assert archiver is not None
+        await history_.archive_forever(
+            events,
+            settings.events_topic,
+            settings.history_group,
+            archiver,
+            flush_seconds=settings.history_flush_seconds,
+            flush_bytes=settings.history_flush_bytes,
+        )
+
+    background: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {}
+    if settings.realtime:
+        background["realtime"] = realtime
+    if archiver is not None:
+        background["history"] = archive
+
+    async def close_history() -> None:
+        if history is not None:
+            history.close()
+
     app = component_app(
         "analytics",
         on_start=[start],
-        on_stop=[stop, live.stop, publisher.close, aggregates.close, hot.close],
+        on_stop=[stop, live.stop, publisher.close, aggregates.close, hot.close, close_history],
         ready=ready,
-        background={"realtime": realtime} if settings.realtime else None,
+        background=background or None,
     )
     app.state.live = live
     app.state.publisher = publisher
     app.state.aggregates = aggregates
     query = create_query_app(live, aggregates, symbols, pulls)
+    history_.add_routes(query, live, history)
     extra = [(query, settings.admin_host, settings.admin_port)] if settings.admin_port else []
     return Served(AnalyticsASGI(Ingest(settings, live, publisher, hot, pulls), app, folder), extra=extra)
 

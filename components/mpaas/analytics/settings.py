@@ -44,3 +44,12 @@ class AnalyticsSettings(ComponentSettings):
     objects_url: str = ""
     objects_access_key: str = ""
     objects_secret_key: str = ""
+    # History (history.py): every event archived as Parquet in the object store by its own consumer group, in
+    # batches of at most these seconds or bytes, and queried with DuckDB through a local cache of the files read.
+    history: bool = True  # needs objects_url
+    history_group: str = "mpaas-analytics-history"
+    history_flush_seconds: float = Field(default=60.0, gt=0)
+    history_flush_bytes: int = Field(default=64 << 20, ge=1 << 16)
+    history_cache_dir: str = ""  # "": a temporary folder
+    history_cache_bytes: int = Field(default=2 << 30, ge=1 << 20)
+    history_max_query_bytes: int = Field(default=1 << 30, ge=1 << 20)  # of files one query reads: more is a 400

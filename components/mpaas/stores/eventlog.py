@@ -40,8 +40,22 @@ class EventLog(ABC):
         `idle_timeout` seconds (None: never, the group's member stays joined)."""
 
     @abstractmethod
+    def batches(self, topic: str, group: str, *, wait: float, max_records: int = 10_000) -> AsyncIterator[list[Record]]:
+        """Endless batches of the records after the group's committed position, each within `wait` seconds:
+        an empty one when none came (a consumer that flushes on time learns the time passed), the member stays
+        joined meanwhile."""
+
+    @abstractmethod
     async def commit(self, group: str, record: Record) -> None:
         """Mark `record` (and everything before it in its partition) processed for `group`."""
+
+    async def commit_batch(self, group: str, records: list[Record]) -> None:
+        """Mark every record of `records` processed: the last one of each partition is committed."""
+        last: dict[tuple[str, int], Record] = {}
+        for r in records:
+            last[(r.topic, r.partition)] = r
+        for r in last.values():
+            await self.commit(group, r)
 
 
 class KafkaEventLog(EventLog):
@@ -109,6 +123,29 @@ class KafkaEventLog(EventLog):
             self._consumers.pop(group, None)
             await consumer.stop()
 
+    async def batches(
+        self, topic: str, group: str, *, wait: float, max_records: int = 10_000
+    ) -> AsyncIterator[list[Record]]:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=self.bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+        )
+        await consumer.start()
+        self._consumers[group] = consumer
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=int(wait * 1000), max_records=max_records)
+                yield [
+                    Record(tp.topic, tp.partition, m.offset, m.key, m.value) for tp, msgs in batch.items() for m in msgs
+                ]
+        finally:
+            self._consumers.pop(group, None)
+            await consumer.stop()
+
     async def commit(self, group: str, record: Record) -> None:
         consumer = self._consumers[group]
         await consumer.commit({TopicPartition(record.topic, record.partition): record.offset + 1})
@@ -155,6 +192,23 @@ class MemoryEventLog(EventLog):
             yield log[pos]
             pos += 1
             seen += 1
+
+    async def batches(
+        self, topic: str, group: str, *, wait: float, max_records: int = 10_000
+    ) -> AsyncIterator[list[Record]]:
+        pos = self._committed.get((group, topic), 0)
+        while True:
+            log = self._topics[topic]
+            if pos >= len(log):
+                try:
+                    async with self._changed:
+                        await asyncio.wait_for(self._changed.wait(), wait)
+                except TimeoutError:
+                    yield []
+                continue
+            batch = log[pos : pos + max_records]
+            pos += len(batch)
+            yield batch
 
     async def commit(self, group: str, record: Record) -> None:
         key = (group, record.topic)
