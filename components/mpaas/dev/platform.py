@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import signal
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,8 +36,13 @@ class DevPlatform:
         components = registered()
         self.ports = {c.name: c.dev_port for c in components} | {DEMO_BACKEND: DEMO_BACKEND_PORT} | dict(ports or {})
         self.served: dict[str, Served] = {}
+        # One local folder as the object store of every component that keeps objects (mappings, log pulls, the
+        # analytics history), unless MPAAS_OBJECTS_URL names one: it goes with the process.
+        self.objects_dir = tempfile.mkdtemp(prefix="mpaas-dev-objects-")
         for c in components:
             settings = c.settings(config_source="dir", config_dir=config_dir, host=host, port=self.ports[c.name])
+            if getattr(settings, "objects_url", None) == "":
+                settings = settings.model_copy(update={"objects_url": f"file://{self.objects_dir}"})
             self.served[c.name] = c.build(settings)
         self.http1: dict[str, Http1Server] = {}
         apps: dict[str, Any] = {DEMO_BACKEND: demo_backend.app}
@@ -88,3 +95,4 @@ class DevPlatform:
         for t in self._tasks:
             with contextlib.suppress(Exception):
                 await t
+        shutil.rmtree(self.objects_dir, ignore_errors=True)
