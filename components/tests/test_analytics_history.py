@@ -186,7 +186,12 @@ async def test_concurrent_queries_fetch_a_file_once(tmp_path: Path) -> None:
     objects.get = counting_get  # type: ignore[method-assign]
     cache = FileCache(objects, tmp_path / "cache", 1 << 20)
     keys = await archived(objects)
-    paths = await asyncio.gather(*(cache.paths(keys) for _ in range(5)))
+
+    async def read() -> list[Path]:
+        async with cache.use(keys) as paths:
+            return paths
+
+    paths = await asyncio.gather(*(read() for _ in range(5)))
     assert len(fetched) == 1 and all(p == paths[0] for p in paths)
 
 
@@ -279,8 +284,8 @@ async def test_an_archiver_killed_mid_way_loses_nothing_and_counts_stay_exact(s3
             got = {d["event"]: d for d in c["days"]["2026-11-02"]}
             assert got["launch"]["events"] == 1500 and got["pay"]["events"] == 500  # each event once
             assert got["launch"]["devices"] == 50
-            paths = await h.cache.paths(await h.keys(app, "prod", [D0]))
-            raw = await asyncio.to_thread(_raw_rows, paths)
+            async with h.cache.use(await h.keys(app, "prod", [D0])) as paths:
+                raw = await asyncio.to_thread(_raw_rows, paths)
             assert raw > 2000  # the repeated batch is in the archive twice, and the figures still exact
         finally:
             done.cancel()
@@ -292,3 +297,44 @@ async def test_an_archiver_killed_mid_way_loses_nothing_and_counts_stay_exact(s3
 
 def _raw_rows(paths: list[Path]) -> int:
     return duckdb.connect().execute("SELECT count(*) FROM read_parquet(?)", [[str(p) for p in paths]]).fetchone()[0]
+
+
+@pytest.mark.unit
+async def test_a_device_that_floods_a_step_costs_linear_time_and_a_repeated_step_needs_a_second_event(
+    tmp_path: Path,
+) -> None:
+    objects = LocalObjectStore(tmp_path / "objects")
+    flood = [event(i, "bot", "view" if i % 2 else "cart", 0, i // 4) for i in range(40_000)]
+    flood += [event(1, "once", "view"), event(1, "twice", "view"), event(2, "twice", "view", 0, 5)]
+    # A time no event can have is left out, not a batch that can never be archived.
+    flood += [event(3, "late", "view") | {"ts": 10**17}, event(4, "early", "view") | {"ts": -5}]
+    await Archiver(objects).write([json.dumps(e).encode() for e in flood])
+    h = History(objects, cache_dir=tmp_path / "cache")
+    started = asyncio.get_running_loop().time()
+    f = await h.funnel("SHOP", "prod", D0, D0, ["view", "cart", "view", "cart"], window_seconds=60)
+    assert asyncio.get_running_loop().time() - started < 10  # 20 000 starts x 20 000 carts, were it quadratic
+    assert [s["count"] for s in f["steps"]] == [3, 1, 1, 1]
+    twice = await h.funnel("SHOP", "prod", D0, D0, ["view", "view"], window_seconds=60)
+    assert [s["count"] for s in twice["steps"]] == [3, 2]  # bot and twice: "once" has one view, not two
+    h.close()
+
+
+@pytest.mark.unit
+async def test_files_a_running_query_reads_are_not_dropped_by_another(tmp_path: Path) -> None:
+    objects = LocalObjectStore(tmp_path / "objects")
+    archiver = Archiver(objects)
+    for d in range(2):
+        await archiver.write([json.dumps(event(i, f"d{i}", "launch", d)).encode() for i in range(500)])
+    day0, day1 = (await h_keys(objects, 0)), (await h_keys(objects, 1))
+    cache = FileCache(objects, tmp_path / "cache", max_bytes=1)  # any second file is past the bound
+    async with cache.use(day0) as first:
+        async with cache.use(day1) as second:
+            assert second[0].exists()
+        assert first[0].exists()  # the other query's trim left it: this one still reads it
+        assert not second[0].exists()
+    assert not first[0].exists()
+
+
+async def h_keys(objects: ObjectStore, day: int) -> list[str]:
+    d = date.fromordinal(D0.toordinal() + day).isoformat()
+    return [k for k in await archived(objects) if f"/day={d}/" in k]

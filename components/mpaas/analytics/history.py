@@ -23,10 +23,9 @@ import re
 import secrets
 import shutil
 import tempfile
-import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -78,11 +77,17 @@ class QueryError(ValueError):
     """A query that cannot be answered as asked (the message says what to change)."""
 
 
-def _connect(threads: int = 1, memory_limit: str = "1GB") -> duckdb.DuckDBPyConnection:
+def _connect(spill: Path, threads: int = 1, memory_limit: str = "1GB") -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
     con.execute(f"SET threads = {int(threads)}")
     con.execute(f"SET memory_limit = '{memory_limit}'")  # a constant of ours, not client input
+    # Past the memory limit DuckDB spills here, not into the working directory (read-only in a pod).
+    con.execute(f"SET temp_directory = {_literal(str(spill))}")
     return con
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def partition(app: str, workspace: str, day: str) -> str:
@@ -127,7 +132,7 @@ def _to_parquet(values: Sequence[bytes], tmp: Path) -> tuple[list[tuple[tuple[st
             f.write(value)
             if not value.endswith(b"\n"):
                 f.write(b"\n")
-    con = _connect()
+    con = _connect(tmp / "spill")
     try:
         con.execute(
             "CREATE TEMP TABLE raw AS SELECT * FROM read_json(?, format = 'newline_delimited', "
@@ -139,9 +144,12 @@ def _to_parquet(values: Sequence[bytes], tmp: Path) -> tuple[list[tuple[tuple[st
         con.execute(
             "CREATE TEMP TABLE batch AS SELECT dense_rank() OVER (ORDER BY app, workspace, day) AS grp, * FROM ("
             " SELECT id, app, workspace, strftime(epoch_ms(ts), '%Y-%m-%d') AS day, source, event, device,"
-            ' "user", epoch_ms(ts) AS ts, epoch_ms(received) AS received, platform, version, channel,'
+            ' "user", epoch_ms(ts) AS ts, CASE WHEN received BETWEEN 0 AND 253402300799999'
+            " THEN epoch_ms(received) END AS received, platform, version, channel,"
             " CAST(props AS VARCHAR) AS props FROM raw"
-            " WHERE id IS NOT NULL AND app IS NOT NULL AND workspace IS NOT NULL AND ts IS NOT NULL)"
+            # years 1970 to 9999 only: a time no event has would stop every batch it is in
+            " WHERE id IS NOT NULL AND app IS NOT NULL AND workspace IS NOT NULL"
+            " AND ts BETWEEN 0 AND 253402300799999)"
         )
         groups = con.execute(
             "SELECT grp, app, workspace, day, count(*) FROM batch GROUP BY ALL ORDER BY grp"
@@ -154,7 +162,7 @@ def _to_parquet(values: Sequence[bytes], tmp: Path) -> tuple[list[tuple[tuple[st
             path = tmp / f"{int(grp)}.parquet"
             con.execute(
                 f"COPY (SELECT * EXCLUDE (grp, day) FROM batch WHERE grp = {int(grp)} ORDER BY ts) "
-                f"TO '{path}' (FORMAT parquet, COMPRESSION zstd)"
+                f"TO {_literal(str(path))} (FORMAT parquet, COMPRESSION zstd)"
             )
             files.append(((app, workspace, day), path))
             written += count
@@ -196,17 +204,19 @@ async def archive_forever(
 
 
 class FileCache:
-    """Archived files copied to a local folder for DuckDB, least recently used dropped past `max_bytes`."""
+    """Archived files copied to a local folder for DuckDB, least recently used dropped past `max_bytes` (never
+    one a running query reads)."""
 
     def __init__(self, objects: ObjectStore, folder: str | Path | None, max_bytes: int):
         self.objects = objects
         self.folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="mpaas-history-cache-"))
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.spill = self.folder / "spill"
         self.max_bytes = max_bytes
         self._files: OrderedDict[str, int] = OrderedDict()  # cache name -> size, least recently used first
         self._bytes = 0
+        self._pins: dict[str, int] = {}  # cache name -> running queries reading it
         self._fetching: dict[str, asyncio.Future[Path]] = {}
-        self._lock = threading.Lock()
         for stale in self.folder.glob("*.parquet"):  # left by an earlier process: not tracked, so removed
             with contextlib.suppress(OSError):
                 stale.unlink()
@@ -215,9 +225,20 @@ class FileCache:
     def _name(key: str) -> str:
         return quote(key, safe="") + ".parquet"
 
-    async def paths(self, keys: Sequence[str]) -> list[Path]:
-        """Local copies of `keys`, fetched at most once each even by concurrent queries."""
-        return list(await asyncio.gather(*(self._path(k) for k in keys)))
+    @contextlib.asynccontextmanager
+    async def use(self, keys: Sequence[str]) -> AsyncIterator[list[Path]]:
+        """Local copies of `keys` (fetched at most once each, even by concurrent queries), kept while in use."""
+        names = [self._name(k) for k in keys]
+        for name in names:
+            self._pins[name] = self._pins.get(name, 0) + 1
+        try:
+            yield list(await asyncio.gather(*(self._path(k) for k in keys)))
+        finally:
+            for name in names:
+                self._pins[name] -= 1
+                if not self._pins[name]:
+                    del self._pins[name]
+            self.trim()
 
     async def _path(self, key: str) -> Path:
         name = self._name(key)
@@ -238,20 +259,22 @@ class FileCache:
             self._bytes += len(data)
             future.set_result(self.folder / name)
             return self.folder / name
-        except BaseException as e:
+        except Exception as e:
             future.set_exception(e)
             future.exception()  # retrieved: no warning when no other query waited on it
+            raise
+        except BaseException:
+            future.cancel()
             raise
         finally:
             del self._fetching[name]
 
-    def trim(self, keep: Sequence[Path]) -> None:
-        """Drop the least recently used files past the bound, never those of `keep` (a query's own)."""
-        kept = {p.name for p in keep}
+    def trim(self) -> None:
+        """Drop the least recently used files past the bound."""
         for name in list(self._files):
             if self._bytes <= self.max_bytes:
                 break
-            if name in kept:
+            if name in self._pins:
                 continue
             self._bytes -= self._files.pop(name)
             with contextlib.suppress(OSError):
@@ -281,7 +304,7 @@ class History:
         listed = await asyncio.gather(*(self.objects.list(partition(app, workspace, d.isoformat())) for d in days))
         return [k for keys in listed for k in keys if k.endswith(".parquet")]
 
-    async def _files(self, app: str, workspace: str, days: Sequence[date]) -> list[Path]:
+    async def _keys_within_bounds(self, app: str, workspace: str, days: Sequence[date]) -> list[str]:
         keys = await self.keys(app, workspace, days)
         sizes = await asyncio.gather(*(self.objects.stat(k) for k in keys))
         total = sum(s.size for s in sizes if s is not None)
@@ -290,22 +313,24 @@ class History:
                 f"the range holds {total} bytes of events, more than this server reads for one query "
                 f"({self.max_query_bytes}): ask for fewer days"
             )
-        return await self.cache.paths(keys)
+        return keys
 
-    async def _run(self, name: str, app: str, workspace: str, days: Sequence[date], sql: str, params: list[Any]):
+    async def _run(
+        self, name: str, app: str, workspace: str, days: Sequence[date], sql: str, params: list[Any]
+    ) -> list[tuple[Any, ...]]:
         started = time.perf_counter()
         async with self._slots:
-            paths = await self._files(app, workspace, days)
+            keys = await self._keys_within_bounds(app, workspace, days)
+            if not keys:
+                return []
             try:
-                if not paths:
-                    return []
-                return await asyncio.to_thread(self._execute, sql, [[str(p) for p in paths], *params])
+                async with self.cache.use(keys) as paths:
+                    return await asyncio.to_thread(self._execute, sql, [[str(p) for p in paths], *params])
             finally:
-                self.cache.trim(paths)
                 QUERY.labels(name).observe(time.perf_counter() - started)
 
     def _execute(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-        con = _connect(self.threads)
+        con = _connect(self.cache.spill, self.threads)
         try:
             return con.execute(sql, params).fetchall()
         finally:
@@ -404,7 +429,7 @@ class History:
             raise QueryError(f"windowSeconds: from 1 to {MAX_FUNNEL_WINDOW_SECONDS}")
         who = _who(by)
         span = _days(first, last + timedelta(seconds=window_seconds))
-        # Each step joins the earliest next event after the one before, per start: the earliest keeps the most
+        # Each step takes the earliest next event after the one before, per start: the earliest keeps the most
         # room for the steps after it, so no path that completes is missed.
         ctes = [
             f"e AS (SELECT DISTINCT ON (id) {who} AS who, event, ts FROM read_parquet($1) WHERE {who} <> ''"
@@ -412,10 +437,13 @@ class History:
             "s1 AS (SELECT who, ts AS t0, ts AS t FROM e WHERE event = $2[1] AND CAST(ts AS DATE) BETWEEN $3 AND $4)",
         ]
         for i in range(2, len(steps) + 1):
+            # ASOF: per start, the nearest next event at or after the step before (strictly after when the step
+            # repeats the previous one's name, so one event is not two steps): linear, however many a device sends.
+            after = ">" if steps[i - 1] == steps[i - 2] else ">="
             ctes.append(
-                f"s{i} AS (SELECT p.who, p.t0, min(e.ts) AS t FROM s{i - 1} p JOIN e ON e.who = p.who"
-                f" AND e.event = $2[{i}] AND e.ts >= p.t AND e.ts <= p.t0 + to_seconds($5::BIGINT)"
-                " GROUP BY p.who, p.t0)"
+                f"s{i} AS (SELECT p.who, p.t0, x.ts AS t FROM s{i - 1} p ASOF JOIN"
+                f" (SELECT who, ts FROM e WHERE event = $2[{i}]) x ON x.who = p.who AND x.ts {after} p.t"
+                " WHERE x.ts <= p.t0 + to_seconds($5::BIGINT))"
             )
         counts = " UNION ALL ".join(
             f"SELECT {i} AS step, count(DISTINCT who) FROM s{i}" for i in range(1, len(steps) + 1)
