@@ -3,8 +3,9 @@
 The fingerprint is the exception's type and its top frames (function names with their module or class), with
 what changes between builds and runs taken out: line and column numbers, addresses and offsets, numbered
 lambdas and anonymous classes. Stacks from the JVM (Java, Kotlin), JavaScript engines, Apple crash reports
-and Python are read; anything else is grouped by its first line with the numbers taken out. Stacks are
-grouped as sent: symbolication (R8/ProGuard mappings, dSYMs) is not built yet.
+and Python are read; anything else is grouped by its first line with the numbers taken out. Stacks come
+here symbolicated when their app uploaded what it takes (symbols.py: R8/ProGuard mappings, dSYMs), so an
+Apple frame reads `function (file:line)` and groups by the function's name and file; else as sent.
 """
 
 from __future__ import annotations

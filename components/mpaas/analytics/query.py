@@ -3,13 +3,18 @@
 - GET /v1/apps/{appId}/{workspaceId}/days/{YYYY-MM-DD}: a registered app's real-time figures for a UTC day;
 - GET /v1/apps/{appId}/{workspaceId}/crashes[?version=V][&limit=N]: top crash groups, most frequent first;
 - PUT /v1/apps/{appId}/{workspaceId}/versions/{version}/mapping: an R8 / ProGuard mapping.txt;
+- PUT /v1/apps/{appId}/{workspaceId}/dsyms[?version=V][&name=N]: a zipped .dSYM bundle or a Mach-O file's DWARF;
 - POST /v1/apps/{appId}/{workspaceId}/log-pulls: ask a device (or a user's) for its log files;
 - GET /v1/apps/{appId}/{workspaceId}/log-pulls/{id}: the pull's status, and a download URL once uploaded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -17,6 +22,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from ..config import LiveConfig
 from .apps import AppDirectory
+from .dsyms import MAX_UPLOAD_BYTES, DsymError
 from .logpull import LogPulls
 from .realtime import Aggregates
 from .symbols import MAX_MAPPING_BYTES, MappingError, Symbolicator
@@ -82,6 +88,33 @@ def create_query_app(
         except MappingError as e:
             raise HTTPException(400, str(e)) from None
         return {"appId": app_id, "workspaceId": workspace_id, "version": version, "classes": classes}
+
+    @app.put("/v1/apps/{app_id}/{workspace_id}/dsyms")
+    async def upload_dsyms(
+        app_id: str,
+        workspace_id: str,
+        request: Request,
+        version: str = Query(default="", max_length=64),
+        name: str = Query(default="", max_length=255),
+    ) -> dict[str, Any]:
+        key = registered(app_id, workspace_id)
+        if symbols is None:
+            raise HTTPException(503, "no object store configured (MPAAS_OBJECTS_URL): dSYMs cannot be kept")
+        work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="mpaas-dsym-"))
+        try:
+            upload, size = work / "upload", 0
+            with upload.open("wb") as f:  # to disk as it arrives: a dSYM is often hundreds of MiB
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > MAX_UPLOAD_BYTES:
+                        raise HTTPException(413, f"a dSYM upload of at most {MAX_UPLOAD_BYTES} bytes")
+                    f.write(chunk)
+            kept = await symbols.apple.store(key, upload, version=version, name=name)
+        except DsymError as e:
+            raise HTTPException(400, str(e)) from None
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
+        return {"appId": app_id, "workspaceId": workspace_id, "version": version or None, "dsyms": kept}
 
     @app.get("/v1/apps/{app_id}/{workspace_id}/days/{day}")
     async def figures(app_id: str, workspace_id: str, day: str) -> dict[str, Any]:

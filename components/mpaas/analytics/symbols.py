@@ -1,9 +1,11 @@
-"""Symbolication of Android (JVM) stacks with the R8 / ProGuard mapping of the app version that crashed.
+"""Symbolication of crash stacks before grouping: Android (JVM) stacks with the R8 / ProGuard mapping of the
+app version that crashed, Apple crash reports with the dSYMs of their images (dsyms.py).
 
 A mapping is uploaded per app version through the query API (`PUT /v1/apps/{app}/{ws}/versions/{v}/mapping`)
 and kept in the object store; the real-time consumer loads it when a crash of that version arrives (a few
 kept parsed in memory) and retraces the stack before grouping it, so groups and samples carry the original
-class, method, file and line names. Apple dSYMs are not read yet.
+class, method, file and line names. dSYMs are uploaded per app (`PUT /v1/apps/{app}/{ws}/dsyms`) and found
+by the debug ids a report names.
 
 The mapping format (ProGuard's `-printmapping`, R8's `mapping.txt`):
 
@@ -24,6 +26,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ..stores import ObjectStore
+from .dsyms import AppleSymbols, is_report
 
 MAX_MAPPING_BYTES = 64 << 20  # a mapping of a large app is tens of MiB
 
@@ -171,11 +174,15 @@ _VERSION = re.compile(r"[A-Za-z0-9._+-]{1,64}")
 
 
 class Symbolicator:
-    """Mappings by app and version: stored in the object store, parsed on first use, a few kept."""
+    """Mappings by app and version, and dSYMs by app and debug id: stored in the object store, read on first
+    use, a few kept."""
 
-    def __init__(self, objects: ObjectStore, *, cache_size: int = 8, recheck_seconds: float = 60.0):
+    def __init__(
+        self, objects: ObjectStore, *, cache_size: int = 8, recheck_seconds: float = 60.0, symcaches: int = 16
+    ):
         self.objects = objects
         self.cache = MappingCache(cache_size)
+        self.apple = AppleSymbols(objects, cache_size=symcaches, recheck_seconds=recheck_seconds)
         self.recheck_seconds = recheck_seconds
         self._missing: dict[tuple[str, str], float] = {}  # checked and absent: when to look again
         self._bucket = False
@@ -220,6 +227,9 @@ class Symbolicator:
         return mapping
 
     async def retrace(self, app: str, version: str, stack: str) -> str | None:
-        """The stack in original names, or None without a mapping for that version."""
+        """The stack in original names: an Apple crash report with the dSYMs of its images, any other stack
+        with the version's mapping; None when there is nothing to read it with."""
+        if is_report(stack):
+            return await self.apple.symbolicate(app, version, stack)
         mapping = await self.mapping(app, version) if version else None
         return mapping.retrace(stack) if mapping is not None else None
