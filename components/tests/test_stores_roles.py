@@ -425,6 +425,25 @@ async def test_set_membership(sets: MemberSets) -> None:
 
 
 @contract
+async def test_exactly_cap_members_admitted_by_concurrent_askers(sets: MemberSets) -> None:
+    # Two replicas' worth of askers (a second Redis client on the same keys), 600 devices racing for 100 seats.
+    other = (
+        RedisMemberSets(need_env("MPAAS_TEST_REDIS_URL"), prefix=sets.prefix)
+        if isinstance(sets, RedisMemberSets)
+        else sets
+    )
+    askers = [sets, other]
+    results = await asyncio.gather(*(askers[i % 2].add_capped("window:seats", f"dev-{i}", 100) for i in range(600)))
+    assert sum(results) == 100 == await sets.size("window:seats")
+    admitted = [i for i, ok in enumerate(results) if ok]
+    assert await other.add_capped("window:seats", f"dev-{admitted[0]}", 100)  # a seat holder asks again: still in
+    assert not await sets.add_capped("window:seats", "dev-late", 100)
+    assert await sets.add_capped("window:seats", "dev-late", 101)  # a larger cap opens one more seat
+    if other is not sets:
+        await other.close()
+
+
+@contract
 async def test_replace_a_whole_set_of_100k_members(sets: MemberSets) -> None:
     await sets.add("push:whitelist", "old-1", "old-2")
     size = await sets.replace("push:whitelist", (f"user-{i}" for i in range(100_000)))

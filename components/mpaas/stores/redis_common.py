@@ -48,18 +48,29 @@ async def run_script(script: AsyncScript, keys: list[str], args: Sequence[Any]) 
     return await script(keys=keys, args=list(args))
 
 
+MAX_CONNECTIONS = 64
+POOL_WAIT_SECONDS = 5
+
+
 def connect_redis(url: str) -> aioredis.Redis:
     """Short timeouts; a pooled connection the server closed (a Redis restart, an idle timeout) fails its
     next command, so it is retried once at once on a fresh connection instead of being reported as an outage.
+    Past `MAX_CONNECTIONS` commands in flight, a command waits (up to `POOL_WAIT_SECONDS`) for a connection
+    instead of failing at once as redis-py's default pool does.
     """
-    return aioredis.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=POOL_WAIT_SECONDS,
         socket_timeout=2,
         socket_connect_timeout=2,
         health_check_interval=30,
         retry=Retry(NoBackoff(), 1),
         retry_on_error=[RedisConnectionError],
     )
+    client = aioredis.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # as from_url does: closing the client closes its pool
+    return client
 
 
 class RedisRole:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, Iterable
-from typing import cast
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -73,14 +73,29 @@ class MemberSets(ABC):
     @abstractmethod
     async def delete(self, name: str) -> bool: ...
 
+    @abstractmethod
+    async def add_capped(self, name: str, member: str | bytes, cap: int) -> bool:
+        """Atomically: True when `member` is in the set, or was added because the set held fewer than `cap`;
+        False when the set is full without it (exactly `cap` members admitted, whoever asks concurrently)."""
+
     async def close(self) -> None:
         return None
+
+
+# KEYS[1] set; ARGV member, cap. One script: the check and the add cannot interleave with another replica's.
+_ADD_CAPPED = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('SADD', KEYS[1], ARGV[1])
+return 1
+"""
 
 
 class RedisMemberSets(RedisRole, MemberSets):
     def __init__(self, redis: str | aioredis.Redis, *, prefix: str = "set:", chunk_size: int = REPLACE_CHUNK):
         RedisRole.__init__(self, redis, prefix)
         self.chunk_size = chunk_size
+        self._add_capped: Any = None
 
     def key(self, name: str) -> str:
         return tagged(self.prefix, name)
@@ -138,6 +153,11 @@ class RedisMemberSets(RedisRole, MemberSets):
     async def delete(self, name: str) -> bool:
         return bool(await self.redis.delete(self.key(name)))
 
+    async def add_capped(self, name: str, member: str | bytes, cap: int) -> bool:
+        if self._add_capped is None:
+            self._add_capped = self.redis.register_script(_ADD_CAPPED)
+        return bool(await self._add_capped(keys=[self.key(name)], args=[_as_bytes(member), int(cap)]))
+
 
 class MemoryMemberSets(MemberSets):
     """In-process sets; `replace` builds the new set aside and swaps it in."""
@@ -188,3 +208,12 @@ class MemoryMemberSets(MemberSets):
 
     async def delete(self, name: str) -> bool:
         return self._sets.pop(name, None) is not None
+
+    async def add_capped(self, name: str, member: str | bytes, cap: int) -> bool:
+        current, m = self._get(name), _as_bytes(member)
+        if m in current:
+            return True
+        if len(current) >= cap:
+            return False
+        self._sets.setdefault(name, current).add(m)  # in place: a window's seats may number millions
+        return True
