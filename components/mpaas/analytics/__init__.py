@@ -4,7 +4,8 @@ Built so far: ingestion (`ingest.py`) of the platform's JSON events, PostHog's c
 from apps registered in an MpaasGateway, into the event log with back pressure; real-time aggregates per app
 and day with crash groups (`realtime.py`, `crashes.py`, Android stacks retraced with the version's mapping in
 `symbols.py`, Apple crash reports symbolicated with uploaded dSYMs in `dsyms.py`) as Prometheus metrics and a
-query API (`query.py`); remote log pull (`logpull.py`) (docs/analytics.md). Not built yet: history queries.
+query API (`query.py`); remote log pull (`logpull.py`); every event archived as Parquet and queried for
+retention, funnels and counts with DuckDB (`history.py`) (docs/analytics.md).
 """
 
 from __future__ import annotations
