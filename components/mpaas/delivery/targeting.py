@@ -1,0 +1,265 @@
+"""Who gets which release: DeliveryTasks compiled once per change into per-app release lists, and the check a
+client's attributes go through, in microseconds.
+
+A release is offered to a device when, in this order:
+
+1. it is not rolled back, and its time window (if any) is open;
+2. the device or its user is on the whitelist (then percent and filters are skipped), or, unless the release
+   is whitelist-only, the device passes the filters, the rule and the current percent;
+3. the release is newer than what the client has (its app version for an AppUpgrade, else the installed
+   version of that resource it reports);
+4. with a window's `maxUsers`, the device holds one of its seats (taken atomically across replicas, by the
+   caller, since it is the only step that needs a store: see `Seats`).
+
+Percent is sticky: a device is inside when a stable hash of its id, salted with the task's namespace and name,
+falls in the first `percent` of 100 buckets, so a device inside at 5 % is inside at 20 %. Of several live
+releases of one app, platform and type, the newest version that applies wins (the latest created on a tie).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ..api.delivery import DeliveryTaskSpec, Filters, ResourceType
+from ..config import Resources
+from ..rules import Predicate, compile_rule, percent_of, version_key
+from ..stores.sets import MemberSets
+
+KIND = "DeliveryTask"
+
+
+@dataclass(frozen=True)
+class Client:
+    """What an update check tells about the device (every field as sent; absent: empty)."""
+
+    app_id: str
+    workspace_id: str
+    platform: str
+    device_id: str
+    user_id: str = ""
+    app_version: str = ""
+    os_version: str = ""
+    installed_version: str = ""  # of the resource asked about (hotfix, bundle); the app version for upgrades
+    city: str = ""
+    model: str = ""
+    brand: str = ""
+    network: str = ""
+    channel: str = ""
+
+    def attributes(self) -> dict[str, str]:
+        """The gray-rule attributes (rules.ATTRIBUTES) of this client."""
+        return {
+            "DEVICE_ID": self.device_id,
+            "USER_ID": self.user_id,
+            "APP_VERSION": self.app_version,
+            "OS_VERSION": self.os_version,
+            "PLATFORM": self.platform,
+            "BRAND": self.brand,
+            "MODEL": self.model,
+            "CITY": self.city,
+            "NETWORK": self.network,
+            "CHANNEL": self.channel,
+            "APP_ID": self.app_id,
+            "WORKSPACE_ID": self.workspace_id,
+        }
+
+
+@dataclass(frozen=True)
+class Release:
+    namespace: str
+    name: str
+    uid: str
+    spec: DeliveryTaskSpec
+    version: tuple[int, ...]  # of the package (a Switch: its generation, so each edit is newer)
+    created: str  # metadata.creationTimestamp: RFC 3339 in UTC sorts as text
+    percent: int  # the current stage's, as the operator reports it in status
+    withdrawn: bool
+    window: tuple[float, float, int | None] | None  # (start, end) as POSIX times, maxUsers
+    devices: frozenset[str] = frozenset()
+    users: frozenset[str] = frozenset()
+    whitelist_only: bool = False
+    filters: tuple[Predicate, ...] = ()
+    salt: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.namespace, self.name
+
+    def listed(self, client: Client) -> bool:
+        return client.device_id in self.devices or (bool(client.user_id) and client.user_id in self.users)
+
+    def targets(self, client: Client, attrs: Mapping[str, str], now: float) -> bool:
+        """Steps 1 and 2 of the module's list (the seat of a capped window is the caller's)."""
+        if self.withdrawn:
+            return False
+        if self.window is not None and not self.window[0] <= now < self.window[1]:
+            return False
+        if self.listed(client):
+            return True
+        if self.whitelist_only or not client.device_id:
+            return False
+        if not all(f(attrs) for f in self.filters):
+            return False
+        return percent_of(client.device_id, self.percent, self.salt)
+
+    def newer_than(self, installed: str) -> bool:
+        if not installed:
+            return True
+        have = version_key(installed)
+        return have is None or self.version > have  # a version that does not parse: offer the release
+
+
+def _set(values: list[str], key: str) -> Predicate:
+    allowed = frozenset(v.casefold() for v in values)
+    return lambda a: a.get(key, "").casefold() in allowed
+
+
+def _range(key: str, low: str | None, high: str | None) -> Predicate:
+    lo = version_key(low) if low else None
+    hi = version_key(high) if high else None
+
+    def inside(a: Mapping[str, str]) -> bool:
+        v = version_key(a.get(key, ""))
+        if v is None or (not v and not a.get(key)):  # absent or unreadable: outside any bounded range
+            return False
+        return (lo is None or v >= lo) and (hi is None or v <= hi)
+
+    return inside
+
+
+def compile_filters(filters: Filters | None, rule: str | None) -> tuple[Predicate, ...]:
+    out: list[Predicate] = []
+    if filters is not None:
+        for values, key in (
+            (filters.cities, "CITY"),
+            (filters.models, "MODEL"),
+            (filters.brands, "BRAND"),
+            ([str(n) for n in filters.networks], "NETWORK"),
+            (filters.channels, "CHANNEL"),
+        ):
+            if values:
+                out.append(_set(values, key))
+        for vr, key in ((filters.os_version, "OS_VERSION"), (filters.app_version, "APP_VERSION")):
+            if vr is not None and (vr.min or vr.max):
+                out.append(_range(key, vr.min, vr.max))
+    if rule:
+        out.append(compile_rule(rule))  # checked by the operator; a rule that does not parse raises here too
+    return tuple(out)
+
+
+def _timestamp(value: datetime) -> float:
+    return value.timestamp()
+
+
+def compile_release(namespace: str, name: str, spec: DeliveryTaskSpec, raw: Mapping[str, Any]) -> Release:
+    meta = raw.get("metadata") or {}
+    status = raw.get("status") or {}
+    t = spec.targeting
+    if spec.package is not None:
+        version = version_key(spec.package.version) or ()
+    else:
+        version = (int(meta.get("generation") or 0),)
+    reported = status.get("currentPercent")
+    # Until the operator has reported a stage, the first stage's percent (or targeting.percent) holds.
+    percent = (
+        int(reported)
+        if isinstance(reported, int) and not isinstance(reported, bool)
+        else (spec.stages[0].percent if spec.stages else t.percent)
+    )
+    window = None
+    if t.window is not None:
+        window = (_timestamp(t.window.start), _timestamp(t.window.end), t.window.max_users)
+    wl = t.whitelist
+    return Release(
+        namespace=namespace,
+        name=name,
+        uid=str(meta.get("uid") or f"{namespace}/{name}/{meta.get('creationTimestamp') or ''}"),
+        spec=spec,
+        version=version,
+        created=str(meta.get("creationTimestamp") or ""),
+        percent=0 if spec.rollback else percent,
+        withdrawn=spec.rollback,
+        window=window,
+        devices=frozenset(wl.device_ids) if wl else frozenset(),
+        users=frozenset(wl.user_ids) if wl else frozenset(),
+        whitelist_only=bool(wl and wl.only),
+        filters=compile_filters(t.filters, t.rule),
+        salt=f"{namespace}/{name}/",
+    )
+
+
+Shelf = tuple[str, str, str, str]  # (appId, workspaceId, platform, resourceType)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Every live release, by app, workspace, platform and type, newest first."""
+
+    shelves: dict[Shelf, tuple[Release, ...]] = field(default_factory=dict)
+    errors: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def releases(self, client: Client, resource_type: ResourceType | str) -> tuple[Release, ...]:
+        return self.shelves.get((client.app_id, client.workspace_id, client.platform, str(resource_type)), ())
+
+    def candidates(self, client: Client, resource_type: ResourceType | str, now: float) -> list[Release]:
+        """The releases this client may get, best first: the caller offers the first whose seat it holds."""
+        shelf = self.releases(client, resource_type)
+        if not shelf:
+            return []
+        attrs = client.attributes()
+        installed = client.app_version if str(resource_type) == ResourceType.APP_UPGRADE else client.installed_version
+        return [r for r in shelf if r.newer_than(installed) and r.targets(client, attrs, now)]
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.shelves.values())
+
+
+EMPTY = Catalog()
+
+
+def compile_catalog(resources: Resources) -> Catalog:
+    shelves: dict[Shelf, list[Release]] = defaultdict(list)
+    errors: dict[tuple[str, str], str] = {}
+    for (namespace, name), res in resources.get(KIND, {}).items():
+        spec: DeliveryTaskSpec = res.spec
+        try:
+            release = compile_release(namespace, name, spec, res.raw)
+        except ValueError as e:  # a rule the operator would refuse too: this task is left out, the rest served
+            errors[(namespace, name)] = str(e)
+            continue
+        shelves[(spec.app_id, spec.workspace_id, str(spec.platform), str(spec.resource_type))].append(release)
+    ordered = {
+        shelf: tuple(sorted(rs, key=lambda r: (r.version, r.created, r.name), reverse=True))
+        for shelf, rs in shelves.items()
+    }
+    return Catalog(ordered, errors)
+
+
+class Seats:
+    """The seats of capped windows: a set per release (named by its uid, so a task created again under the
+    same name starts empty), filled atomically up to `maxUsers` across every replica."""
+
+    def __init__(self, sets: MemberSets):
+        self.sets = sets
+
+    async def admit(self, release: Release, device_id: str) -> bool:
+        if release.window is None or release.window[2] is None:
+            return True
+        return await self.sets.add_capped(f"delivery:seats:{release.uid}", device_id, release.window[2])
+
+    async def taken(self, release: Release) -> int:
+        return await self.sets.size(f"delivery:seats:{release.uid}")
+
+
+async def choose(
+    catalog: Catalog, seats: Seats, client: Client, resource_type: ResourceType | str, now: float
+) -> Release | None:
+    """The release to offer `client`: the best candidate that, if its window is capped, has a seat for it."""
+    for release in catalog.candidates(client, resource_type, now):
+        if release.listed(client) or await seats.admit(release, client.device_id):  # whitelists take no seat
+            return release
+    return None
