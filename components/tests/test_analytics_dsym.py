@@ -16,11 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mpaas.analytics.apps import AppDirectory
 from mpaas.analytics.crashes import group
 from mpaas.analytics.query import create_query_app
 from mpaas.analytics.realtime import MemoryAggregates, apply_records
 from mpaas.analytics.symbols import Symbolicator
+from mpaas.apps import AppDirectory
 from mpaas.stores import LocalObjectStore
 
 pytestmark = pytest.mark.component

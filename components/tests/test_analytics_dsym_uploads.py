@@ -13,11 +13,11 @@ import httpx
 import pytest
 
 from mpaas.analytics import dsyms, query
-from mpaas.analytics.apps import AppDirectory
 from mpaas.analytics.dsyms import SymCacheCache, is_report, wanted
 from mpaas.analytics.query import create_query_app
 from mpaas.analytics.realtime import MemoryAggregates, apply_records
 from mpaas.analytics.symbols import Symbolicator
+from mpaas.apps import AppDirectory
 from mpaas.stores import LocalObjectStore
 
 pytestmark = pytest.mark.unit

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from mpaas.analytics import codes, events, upload
-from mpaas.analytics.apps import compile_apps
+from mpaas.apps import compile_apps
 from mpaas.config import validate
 
 pytestmark = pytest.mark.unit

@@ -16,10 +16,10 @@ import pytest_asyncio
 
 from conftest import need_env
 from mpaas.analytics import history
-from mpaas.analytics.apps import AppDirectory
 from mpaas.analytics.history import Archiver, FileCache, History, QueryError, archive_forever
 from mpaas.analytics.query import create_query_app
 from mpaas.analytics.realtime import MemoryAggregates
+from mpaas.apps import AppDirectory
 from mpaas.stores import EventLog, KafkaEventLog, LocalObjectStore, MemoryEventLog, ObjectStore, S3ObjectStore
 
 DAY_MS = 86_400_000

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from mpaas.analytics import codes
-from mpaas.analytics.apps import AppDirectory
 from mpaas.analytics.ingest import Ingest, Publisher
 from mpaas.analytics.realtime import MemoryAggregates, apply_records
 from mpaas.analytics.settings import AnalyticsSettings
+from mpaas.apps import AppDirectory
 from mpaas.stores import MemoryEventLog, MemoryHotStore
 
 pytestmark = pytest.mark.unit

@@ -9,12 +9,12 @@ import httpx
 import pytest
 
 from mpaas.analytics import AnalyticsASGI
-from mpaas.analytics.apps import AppDirectory
 from mpaas.analytics.ingest import Ingest, Publisher
 from mpaas.analytics.logpull import LogPulls
 from mpaas.analytics.query import create_query_app
 from mpaas.analytics.realtime import MemoryAggregates
 from mpaas.analytics.settings import AnalyticsSettings
+from mpaas.apps import AppDirectory
 from mpaas.service import component_app
 from mpaas.stores import LocalObjectStore, MemoryEventLog, MemoryHotStore
 

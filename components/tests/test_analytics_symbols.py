@@ -100,8 +100,8 @@ async def test_crashes_of_a_version_with_a_mapping_are_grouped_by_original_names
 async def test_mappings_are_uploaded_through_the_query_api(build: dict[str, str], tmp_path: Path) -> None:
     import httpx
 
-    from mpaas.analytics.apps import AppDirectory
     from mpaas.analytics.query import create_query_app
+    from mpaas.apps import AppDirectory
 
     class Live:
         current = AppDirectory({"SHOP/prod": ("SHOP", "prod")})

@@ -14,13 +14,13 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from ..apps import EMPTY, KIND, AppDirectory, compile_apps
 from ..component import Component, Served
 from ..config import LiveConfig
 from ..service import component_app
 from ..stores import FallbackHotStore, LocalObjectStore, open_eventlog, open_hotstore, open_objectstore
 from . import codes
 from . import history as history_
-from .apps import EMPTY, KIND, AppDirectory, compile_apps
 from .ingest import Ingest, Publisher
 from .logpull import MAX_LOG_BYTES, LogPulls
 from .objects_route import ObjectsRoute

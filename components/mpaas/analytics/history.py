@@ -36,9 +36,9 @@ from fastapi import FastAPI, HTTPException, Query
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from ..apps import AppDirectory
 from ..config import LiveConfig
 from ..stores import EventLog, ObjectStore
-from .apps import AppDirectory
 
 log = logging.getLogger("mpaas.analytics.history")
 

@@ -19,11 +19,11 @@ from urllib.parse import parse_qsl
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from ..apps import AppDirectory
 from ..config import LiveConfig
 from ..resultcodes import ResultCode
 from ..stores import EventLog, HotStore
 from . import codes, events, upload
-from .apps import AppDirectory
 from .logpull import LogPulls
 from .settings import AnalyticsSettings
 

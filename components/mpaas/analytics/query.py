@@ -20,8 +20,8 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Query, Request
 from pydantic import BaseModel, Field, model_validator
 
+from ..apps import AppDirectory
 from ..config import LiveConfig
-from .apps import AppDirectory
 from .dsyms import MAX_UPLOAD_BYTES, DsymError
 from .logpull import LogPulls
 from .realtime import Aggregates

@@ -1,9 +1,9 @@
-"""Which apps may send analytics, and the keys SDKs name them by: compiled from the MpaasGateway resources.
+"""The platform's apps, and the keys SDKs name them by: compiled from the MpaasGateway resources.
 
-An app registered in any MpaasGateway (`spec.apps[]`) may send. PostHog's project key and Countly's app key
-(set in the app's SDK) are the app's `appId/workspaceId`, or just its `appId` when that id is registered in
-one workspace only. The keys are public by design (both peers compile them into the app), so they are not
-Secrets; what an unknown key sends is refused.
+An app registered in any MpaasGateway (`spec.apps[]`) may send analytics and check for updates. PostHog's
+project key and Countly's app key (set in the app's SDK) are the app's `appId/workspaceId`, or just its
+`appId` when that id is registered in one workspace only. The keys are public by design (both peers compile
+them into the app), so they are not Secrets; what an unknown key sends is refused.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import cast
 
-from ..api.gateway import GatewaySpec
-from ..config import Resources
+from .api.gateway import GatewaySpec
+from .config import Resources
 
 KIND = "MpaasGateway"
 
