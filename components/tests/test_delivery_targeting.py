@@ -30,6 +30,7 @@ def task(name: str, version: str = "2.0.0", created: str = "2026-11-01T00:00:00Z
             "package": {"uri": f"s3://pkgs/{name}.apk", "version": version, "sha256": SHA, "sizeBytes": 1000},
             **spec,
         },
+        "status": {"conditions": [{"type": "PackageVerified", "status": "True"}]},
     }
     return body
 
@@ -69,7 +70,7 @@ def test_percent_is_sticky_as_stages_grow_and_independent_between_releases() -> 
 def test_the_operators_reported_stage_percent_is_what_is_served() -> None:
     body = task("up", stages=[{"percent": 10, "durationSeconds": 3600}, {"percent": 100}])
     assert 1600 <= len(inside(catalog(body))) <= 2400
-    body["status"] = {"currentStage": 1, "currentPercent": 100}
+    body["status"] |= {"currentStage": 1, "currentPercent": 100}
     assert len(inside(catalog(body))) == 20_000
 
 
@@ -122,6 +123,16 @@ def test_the_newest_release_that_applies_wins_and_only_when_newer_than_the_insta
     assert offered(same, client("d1")) == "b"  # a tie: the latest created
     assert offered(cat, Client("SHOP", "prod", "IOS", "d1")) is None  # another platform's shelf
     assert offered(cat, Client("SHOP", "test", "Android", "d1")) is None  # another workspace
+
+
+def test_only_a_verified_package_is_offered() -> None:
+    body = task("up")
+    body["status"] = {"conditions": [{"type": "PackageVerified", "status": "False", "reason": "Sha256Mismatch"}]}
+    assert offered(catalog(body), client("d1")) is None
+    del body["status"]
+    assert offered(catalog(body), client("d1")) is None
+    c = catalog(body)
+    assert c.candidates(client("d1"), "AppUpgrade", NOW, verified=lambda r: True)  # checked by the caller instead
 
 
 def test_rollback_and_a_closed_window_offer_nothing() -> None:

@@ -65,6 +65,7 @@ def build(tasks: int, apps: int, whitelist: int) -> Catalog:
                 },
                 "targeting": targeting,
             },
+            "status": {"conditions": [{"type": "PackageVerified", "status": "True"}]},
         }
         spec = DELIVERY_TASK.parse_spec(body)
         resources[("bench", f"t{i}")] = Resource("DeliveryTask", "bench", f"t{i}", 1, "1", spec, body)

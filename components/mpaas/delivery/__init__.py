@@ -1,18 +1,208 @@
 """Delivery (MDS): app upgrades, hot fixes, offline packages and switches, released by gray rules.
 
-So far it reads its DeliveryTask resources live and serves health, readiness and metrics; it delivers
-nothing yet, and the operator reports each DeliveryTask Ready=False with reason NotImplemented. The
-targeting decision (`targeting.py`: which release a client gets) is built and tested, not yet served.
+Built so far: the update check (`check.py`: which release each client gets, by `targeting.py`, from the live
+DeliveryTasks), package links (presigned URLs of the object store) and, for a local-folder store, the downloads
+(`downloads.py`: signed, expiring, ranges). A package is offered only once verified (`packages.py`): by the
+operator's PackageVerified condition, or here when resources come from a folder. Not built yet: the Expo
+Updates and CodePush protocols, install reports, diff packages, a download cache in front of S3
+(docs/delivery.md).
 """
 
-from ..component import Component, resource_counts
-from ..service import ComponentSettings
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from ..component import Component, Served
+from ..config import LiveConfig
+from ..service import component_app
+from ..stores import LocalObjectStore, ObjectStore, open_objectstore
+from ..stores.sets import MemoryMemberSets, RedisMemberSets
+from . import codes
+from .check import CHECK_PATH, EMPTY, KINDS, Checker, DeliveryConfig, compile_config
+from .downloads import PACKAGES_PATH, Downloads
+from .packages import locate, verify
+from .settings import DeliverySettings
+from .targeting import Release, Seats
+
+log = logging.getLogger("mpaas.delivery")
+
+
+class Links:
+    """The URL a client downloads an offered package from: an https:// package as it is, an object-store one
+    presigned (S3's own URL, or this service's downloads route for a local folder)."""
+
+    def __init__(self, objects: ObjectStore | None, expiry_seconds: int, public_url: str):
+        self.objects, self.expiry, self.public_url = objects, expiry_seconds, public_url.rstrip("/")
+
+    async def __call__(self, release: Release, base_url: str) -> str | None:
+        package = release.spec.package
+        assert package is not None
+        where = locate(package.uri)
+        if not where.bucket:
+            return where.url
+        if self.objects is None:
+            return None
+        url = await self.objects.presign_get(where.key, expires_seconds=self.expiry)
+        return (self.public_url or base_url) + url if url.startswith("/") else url
+
+
+class SelfVerified:
+    """Packages checked by this process (resources from a folder: no operator checks them): verified once per
+    URI, size and sha256, on each config change, in the background."""
+
+    def __init__(self, objects: ObjectStore | None):
+        self.objects = objects
+        self.ok: set[tuple[str, int, str]] = set()
+        self.problems: dict[tuple[str, int, str], str] = {}
+        self._running: asyncio.Task[None] | None = None
+        self._latest: DeliveryConfig | None = None
+
+    def __call__(self, release: Release) -> bool:
+        p = release.spec.package
+        return p is None or (p.uri, p.size_bytes, p.sha256) in self.ok
+
+    def changed(self, config: DeliveryConfig) -> None:
+        self._latest = config
+        if self._running is None or self._running.done():
+            self._running = asyncio.get_running_loop().create_task(self._check())
+
+    async def _check(self) -> None:
+        while self._latest is not None:  # a change while checking is checked next
+            config, self._latest = self._latest, None
+            for shelf in config.catalog.shelves.values():
+                for release in shelf:
+                    await self._one(release)
+
+    async def _one(self, release: Release) -> None:
+        p = release.spec.package
+        if p is None or (p.uri, p.size_bytes, p.sha256) in self.ok:
+            return
+        try:
+            problem = await verify(p, self.objects)
+        except Exception as e:  # the store away: looked at again on the next change
+            problem = f"could not be read: {e!r}"
+        if problem is None:
+            self.ok.add((p.uri, p.size_bytes, p.sha256))
+        elif self.problems.get((p.uri, p.size_bytes, p.sha256)) != problem:
+            self.problems[(p.uri, p.size_bytes, p.sha256)] = problem
+            log.warning("%s/%s is not offered: %s", release.namespace, release.name, problem)
+
+
+class DeliveryASGI:
+    """The check and the downloads go straight to their handlers (no framework per request); the rest (health,
+    metrics) to FastAPI."""
+
+    def __init__(self, checker: Checker, app: Any, settings: DeliverySettings, downloads: Downloads | None):
+        self.checker, self.app, self.state = checker, app, app.state
+        self.settings, self.downloads = settings, downloads
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == CHECK_PATH:
+            await self._check(scope, receive, send)
+        elif self.downloads is not None and scope["type"] == "http" and self.downloads.handles(scope["path"]):
+            await self.downloads(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _check(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["method"] != "POST":
+            code, body = codes.METHOD_NOT_ALLOWED, {"resultCode": 4005, "resultMsg": codes.METHOD_NOT_ALLOWED.memo}
+        else:
+            data = await _body(receive, self.settings.max_body_bytes)
+            if data is None:
+                code = codes.REQUEST_TOO_LARGE
+                body = {"resultCode": code.code, "resultMsg": code.memo}
+            else:
+                try:
+                    code, body = await self.checker.check(data, _base_url(scope))
+                except Exception:
+                    log.exception("update check failed")
+                    code = codes.INTERNAL_ERROR
+                    body = {"resultCode": code.code, "resultMsg": code.memo}
+        raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(raw)).encode()),
+            (b"result-status", str(code.code).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        await send({"type": "http.response.start", "status": code.http_status, "headers": headers})
+        await send({"type": "http.response.body", "body": raw})
+
+
+async def _body(receive: Any, limit: int) -> bytes | None:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _base_url(scope: dict[str, Any]) -> str:
+    host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+    return f"{scope.get('scheme', 'http')}://{host}" if host else ""
+
+
+def _build(settings: DeliverySettings) -> Served:
+    live: LiveConfig[DeliveryConfig] = LiveConfig("delivery", KINDS, compile_config, EMPTY)
+    sets = (
+        MemoryMemberSets()
+        if settings.redis_url.startswith("memory://")
+        else RedisMemberSets(settings.redis_url, prefix=settings.redis_prefix)
+    )
+    objects: ObjectStore | None = None
+    downloads = None
+    if settings.objects_url:
+        objects = open_objectstore(
+            settings.objects_url,
+            access_key=settings.objects_access_key,
+            secret_key=settings.objects_secret_key,
+            url_base=PACKAGES_PATH,
+        )
+        if isinstance(objects, LocalObjectStore):
+            downloads = Downloads(objects)
+    self_verify = settings.verify_packages
+    if self_verify is None:
+        self_verify = settings.config_source == "dir"
+    verified = SelfVerified(objects) if self_verify else None
+    checker = Checker(
+        live,
+        Seats(sets),
+        Links(objects, settings.url_expiry_seconds, settings.public_url),
+        verified if verified is not None else (lambda r: r.verified),
+    )
+
+    async def start() -> None:
+        if verified is not None:
+            live.subscribe(verified.changed)
+        live.start(settings)
+
+    def ready() -> tuple[bool, str]:
+        if not live.ready.is_set():
+            return False, "waiting for the first configuration"
+        return True, f"{len(live.current.catalog)} releases"
+
+    app = component_app("delivery", on_start=[start], on_stop=[live.stop, sets.close], ready=ready)
+    app.state.live = live
+    return Served(DeliveryASGI(checker, app, settings, downloads))
+
 
 COMPONENT = Component(
     name="delivery",
-    summary="updates by gray release (DeliveryTask); serves health only so far",
-    kinds=("DeliveryTask",),
-    settings=ComponentSettings,
-    build=resource_counts("delivery", ("DeliveryTask",)),
+    summary="update checks by gray release (DeliveryTask) and package downloads",
+    kinds=KINDS,
+    settings=DeliverySettings,
+    build=_build,
     dev_port=8081,
+    codes=codes.ALL,
 )

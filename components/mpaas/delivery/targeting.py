@@ -19,7 +19,7 @@ releases of one app, platform and type, the newest version that applies wins (th
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -74,7 +74,7 @@ class Release:
     name: str
     uid: str
     spec: DeliveryTaskSpec
-    version: tuple[int, ...]  # of the package (a Switch: its generation, so each edit is newer)
+    version: tuple[int, ...]  # of the package; () for a Switch
     created: str  # metadata.creationTimestamp: RFC 3339 in UTC sorts as text
     percent: int  # the current stage's, as the operator reports it in status
     withdrawn: bool
@@ -84,6 +84,8 @@ class Release:
     whitelist_only: bool = False
     filters: tuple[Predicate, ...] = ()
     salt: str = ""
+    stage: int = 0  # status.currentStage, for metrics
+    verified: bool = False  # the operator found the package as the task says (status condition PackageVerified)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -159,10 +161,8 @@ def compile_release(namespace: str, name: str, spec: DeliveryTaskSpec, raw: Mapp
     meta = raw.get("metadata") or {}
     status = raw.get("status") or {}
     t = spec.targeting
-    if spec.package is not None:
-        version = version_key(spec.package.version) or ()
-    else:
-        version = (int(meta.get("generation") or 0),)
+    # A Switch has no version: of two, the one created later wins.
+    version = (version_key(spec.package.version) or ()) if spec.package is not None else ()
     reported = status.get("currentPercent")
     # Until the operator has reported a stage, the first stage's percent (or targeting.percent) holds.
     percent = (
@@ -189,6 +189,13 @@ def compile_release(namespace: str, name: str, spec: DeliveryTaskSpec, raw: Mapp
         whitelist_only=bool(wl and wl.only),
         filters=compile_filters(t.filters, t.rule),
         salt=f"{namespace}/{name}/",
+        stage=status["currentStage"] if isinstance(status.get("currentStage"), int) else 0,
+        verified=spec.package is None
+        or any(
+            c.get("type") == "PackageVerified" and c.get("status") == "True"
+            for c in status.get("conditions") or ()
+            if isinstance(c, dict)
+        ),
     )
 
 
@@ -205,14 +212,21 @@ class Catalog:
     def releases(self, client: Client, resource_type: ResourceType | str) -> tuple[Release, ...]:
         return self.shelves.get((client.app_id, client.workspace_id, client.platform, str(resource_type)), ())
 
-    def candidates(self, client: Client, resource_type: ResourceType | str, now: float) -> list[Release]:
-        """The releases this client may get, best first: the caller offers the first whose seat it holds."""
+    def candidates(
+        self,
+        client: Client,
+        resource_type: ResourceType | str,
+        now: float,
+        verified: Callable[[Release], bool] = lambda r: r.verified,
+    ) -> list[Release]:
+        """The releases this client may get, best first: the caller offers the first whose seat it holds.
+        Only releases whose package was `verified` are candidates."""
         shelf = self.releases(client, resource_type)
         if not shelf:
             return []
         attrs = client.attributes()
         installed = client.app_version if str(resource_type) == ResourceType.APP_UPGRADE else client.installed_version
-        return [r for r in shelf if r.newer_than(installed) and r.targets(client, attrs, now)]
+        return [r for r in shelf if verified(r) and r.newer_than(installed) and r.targets(client, attrs, now)]
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.shelves.values())
@@ -256,10 +270,15 @@ class Seats:
 
 
 async def choose(
-    catalog: Catalog, seats: Seats, client: Client, resource_type: ResourceType | str, now: float
+    catalog: Catalog,
+    seats: Seats,
+    client: Client,
+    resource_type: ResourceType | str,
+    now: float,
+    verified: Callable[[Release], bool] = lambda r: r.verified,
 ) -> Release | None:
     """The release to offer `client`: the best candidate that, if its window is capped, has a seat for it."""
-    for release in catalog.candidates(client, resource_type, now):
+    for release in catalog.candidates(client, resource_type, now, verified):
         if release.listed(client) or await seats.admit(release, client.device_id):  # whitelists take no seat
             return release
     return None

@@ -348,7 +348,7 @@ class LocalObjectStore(ObjectStore):
         part_size: int = DEFAULT_PART_SIZE,
     ) -> ObjectInfo:
         """Chunks go to a temporary file as they come (`part_size` is S3's concern); renamed when whole."""
-        path = self._path(key)
+        path = self.path(key)
         digest = _Digest(sha256)
         await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
@@ -372,14 +372,15 @@ class LocalObjectStore(ObjectStore):
             raise
         return ObjectInfo(key, digest.size, hexdigest, content_type)
 
-    def _path(self, key: str) -> Path:
+    def path(self, key: str) -> Path:
+        """The file of `key` (ValueError for a key the store refuses)."""
         return self.root / _check_key(key)
 
     async def ensure_bucket(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
 
     async def put(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> ObjectInfo:
-        path = self._path(key)
+        path = self.path(key)
         digest = hashlib.sha256(data).hexdigest()
 
         def write() -> None:
@@ -393,7 +394,7 @@ class LocalObjectStore(ObjectStore):
         return ObjectInfo(key, len(data), digest, content_type)
 
     async def get(self, key: str, *, start: int = 0, length: int | None = None) -> bytes:
-        path = self._path(key)
+        path = self.path(key)
 
         def read() -> bytes:
             try:
@@ -406,7 +407,7 @@ class LocalObjectStore(ObjectStore):
         return await asyncio.to_thread(read)
 
     async def stat(self, key: str) -> ObjectInfo | None:
-        path = self._path(key)
+        path = self.path(key)
         if not path.is_file():
             return None
         meta = path.with_name(f".{path.name}.meta")
@@ -414,7 +415,7 @@ class LocalObjectStore(ObjectStore):
         return ObjectInfo(key, path.stat().st_size, digest, ctype or "application/octet-stream")
 
     async def delete(self, key: str) -> None:
-        path = self._path(key)
+        path = self.path(key)
         path.unlink(missing_ok=True)
         path.with_name(f".{path.name}.meta").unlink(missing_ok=True)
 

@@ -1,0 +1,217 @@
+"""The update check (mPaaS style): a client posts what it is and which resources it asks about, and gets, per
+resource, the release its targeting gives it or none (docs/delivery.md, "Update check").
+
+    POST /v1/delivery/check
+    {"appId": "SHOP", "workspaceId": "prod", "platform": "Android", "deviceId": "d-1", "userId": "u-1",
+     "appVersion": "2.0.1", "osVersion": "14", "city": "Hangzhou", "model": "X2", "brand": "Acme",
+     "network": "Wifi", "channel": "store",
+     "resources": [{"type": "AppUpgrade"}, {"type": "Hotfix", "installedVersion": "3"}, {"type": "Switch"}]}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Counter
+
+from ..api.delivery import ResourceType
+from ..apps import AppDirectory, compile_apps
+from ..config import LiveConfig, Resources
+from ..resultcodes import ResultCode
+from . import codes
+from .targeting import Catalog, Client, Release, Seats, choose, compile_catalog
+
+log = logging.getLogger("mpaas.delivery")
+
+CHECK_PATH = "/v1/delivery/check"
+MAX_FIELD_CHARS = 200
+PLATFORMS = {"android": "Android", "ios": "IOS", "harmony": "Harmony"}
+TYPES = {t.value for t in ResourceType}
+_FIELDS = {
+    "userId": "user_id",
+    "appVersion": "app_version",
+    "osVersion": "os_version",
+    "city": "city",
+    "model": "model",
+    "brand": "brand",
+    "network": "network",
+    "channel": "channel",
+}
+
+CHECKS = Counter("mpaas_delivery_checks_total", "Update checks, by result code", ["code"])
+OFFERS = Counter(
+    "mpaas_delivery_offers_total",
+    "Releases offered by update checks, by app, resource type, version and stage",
+    ["app", "type", "version", "stage"],
+)
+NOT_OFFERED = Counter(
+    "mpaas_delivery_not_offered_total",
+    "Releases a client's targeting gave but that could not be offered (no link to the package)",
+    ["app", "type"],
+)
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    catalog: Catalog
+    apps: AppDirectory
+
+
+EMPTY = DeliveryConfig(Catalog(), AppDirectory())
+KINDS = ("DeliveryTask", "MpaasGateway")
+
+
+def compile_config(resources: Resources) -> DeliveryConfig:
+    return DeliveryConfig(compile_catalog(resources), compile_apps(resources))
+
+
+class Refused(Exception):
+    def __init__(self, code: ResultCode):
+        super().__init__(code.memo)
+        self.code = code
+
+
+def _text(body: dict[str, Any], name: str, *, required: bool = False) -> str:
+    value = body.get(name)
+    if value is None or value == "":
+        if required:
+            raise Refused(codes.INVALID_REQUEST.because(f"{name} is required"))
+        return ""
+    if not isinstance(value, str):
+        raise Refused(codes.INVALID_REQUEST.because(f"{name} must be a string"))
+    if len(value) > MAX_FIELD_CHARS:
+        raise Refused(codes.INVALID_REQUEST.because(f"{name} is longer than {MAX_FIELD_CHARS} characters"))
+    return value
+
+
+def parse(data: bytes) -> tuple[Client, list[tuple[str, str]]]:
+    """The client and the (resource type, installed version) pairs it asks about; Refused when unreadable."""
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):
+        raise Refused(codes.MALFORMED_BODY) from None
+    if not isinstance(body, dict):
+        raise Refused(codes.MALFORMED_BODY)
+    platform = PLATFORMS.get(_text(body, "platform", required=True).lower())
+    if platform is None:
+        raise Refused(codes.INVALID_REQUEST.because("platform must be Android, IOS or Harmony"))
+    fields = {attr: _text(body, name) for name, attr in _FIELDS.items()}
+    client_base = dict(
+        app_id=_text(body, "appId", required=True),
+        workspace_id=_text(body, "workspaceId", required=True),
+        platform=platform,
+        device_id=_text(body, "deviceId", required=True),
+        **fields,
+    )
+    asked = body.get("resources", [{"type": ResourceType.APP_UPGRADE.value}])
+    if not isinstance(asked, list) or not asked or len(asked) > len(TYPES):
+        raise Refused(codes.INVALID_REQUEST.because(f"resources: a list of 1 to {len(TYPES)} objects"))
+    wanted: list[tuple[str, str]] = []
+    for item in asked:
+        if not isinstance(item, dict):
+            raise Refused(codes.INVALID_REQUEST.because("resources: each one an object with its type"))
+        kind = _text(item, "type", required=True)
+        if kind not in TYPES:
+            raise Refused(codes.INVALID_REQUEST.because(f"resources: type {kind[:40]!r} is not one of {sorted(TYPES)}"))
+        if any(kind == k for k, _ in wanted):
+            raise Refused(codes.INVALID_REQUEST.because(f"resources: {kind} asked twice"))
+        wanted.append((kind, _text(item, "installedVersion")))
+    return Client(**client_base), wanted
+
+
+Link = Callable[[Release, str], Awaitable[str | None]]  # (release, this service's base URL) -> package URL
+
+
+class Checker:
+    """Answers update checks from the live DeliveryTasks; `link` makes each offered package's URL."""
+
+    def __init__(
+        self,
+        live: LiveConfig[DeliveryConfig],
+        seats: Seats,
+        link: Link,
+        verified: Callable[[Release], bool] = lambda r: r.verified,
+    ):
+        self.live, self.seats, self.link, self.verified = live, seats, link, verified
+
+    async def check(self, data: bytes, base_url: str) -> tuple[ResultCode, dict[str, Any]]:
+        try:
+            client, wanted = parse(data)
+        except Refused as e:
+            CHECKS.labels(str(e.code.code)).inc()
+            return e.code, {"resultCode": e.code.code, "resultMsg": e.code.memo}
+        config = self.live.current
+        if config.apps.resolve(f"{client.app_id}/{client.workspace_id}") is None:
+            CHECKS.labels(str(codes.UNKNOWN_APP.code)).inc()
+            return codes.UNKNOWN_APP, {"resultCode": codes.UNKNOWN_APP.code, "resultMsg": codes.UNKNOWN_APP.memo}
+        now = time.time()
+        items = []
+        for kind, installed in wanted:
+            asking = client if not installed else _with_installed(client, installed)
+            if kind == ResourceType.SWITCH:
+                items.append(await self._switches(config.catalog, asking, now))
+            else:
+                items.append(await self._package(config.catalog, asking, kind, now, base_url))
+        CHECKS.labels(str(codes.SUCCESS.code)).inc()
+        return codes.SUCCESS, {"resultCode": codes.SUCCESS.code, "resultMsg": codes.SUCCESS.memo, "items": items}
+
+    async def _package(self, catalog: Catalog, client: Client, kind: str, now: float, base: str) -> dict[str, Any]:
+        release = await choose(catalog, self.seats, client, kind, now, self.verified)
+        if release is not None:
+            url = await self.link(release, base)
+            if url is None:
+                NOT_OFFERED.labels(client.app_id, kind).inc()
+            else:
+                spec, package = release.spec, release.spec.package
+                assert package is not None
+                OFFERS.labels(client.app_id, kind, package.version, str(release.stage)).inc()
+                offer: dict[str, Any] = {
+                    "type": kind,
+                    "update": True,
+                    "task": f"{release.namespace}/{release.name}",
+                    "version": package.version,
+                    "upgradeMode": str(spec.upgrade_mode),
+                    "package": {"url": url, "sha256": package.sha256, "sizeBytes": package.size_bytes},
+                }
+                if package.signature:
+                    offer["package"]["signature"] = package.signature
+                if spec.description:
+                    offer["description"] = spec.description
+                if spec.payload:
+                    offer["payload"] = spec.payload
+                return offer
+        answer: dict[str, Any] = {"type": kind, "update": False}
+        installed = client.app_version if kind == ResourceType.APP_UPGRADE else client.installed_version
+        withdrawn = _withdrawn(catalog, client, kind, installed)
+        if withdrawn is not None:  # the client runs a release that was rolled back: it should go back
+            answer |= {"rollback": True, "task": f"{withdrawn.namespace}/{withdrawn.name}"}
+        return answer
+
+    async def _switches(self, catalog: Catalog, client: Client, now: float) -> dict[str, Any]:
+        """Every switch release that applies, merged oldest first: a newer one's values win."""
+        values: dict[str, Any] = {}
+        tasks = []
+        for release in reversed(catalog.candidates(client, ResourceType.SWITCH, now, self.verified)):
+            if release.listed(client) or await self.seats.admit(release, client.device_id):
+                values |= release.spec.payload or {}
+                tasks.append(f"{release.namespace}/{release.name}")
+        return {"type": ResourceType.SWITCH.value, "update": bool(tasks), "values": values, "tasks": tasks}
+
+
+def _with_installed(client: Client, installed: str) -> Client:
+    return dataclasses.replace(client, installed_version=installed)
+
+
+def _withdrawn(catalog: Catalog, client: Client, kind: str, installed: str) -> Release | None:
+    if not installed:
+        return None
+    for release in catalog.releases(client, kind):
+        if release.withdrawn and release.spec.package is not None and release.spec.package.version == installed:
+            return release
+    return None

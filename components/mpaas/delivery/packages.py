@@ -1,0 +1,97 @@
+"""Where a DeliveryTask's package is, and the check that it is what the task says (before any client is offered it).
+
+A package URI is either the platform's object store, `s3://{bucket}/{key}` (the bucket of MPAAS_OBJECTS_URL; a
+local folder store answers to the bucket name `local`), or an `https://` URL the platform reads but does not
+keep. The check reads the whole package once: it must exist, have the task's size, and hash to its sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from ..api.delivery import Package
+from ..stores import LocalObjectStore, ObjectStore
+
+LOCAL_BUCKET = "local"
+READ_CHUNK = 8 << 20
+
+
+@dataclass(frozen=True)
+class Where:
+    bucket: str  # "" for an https:// URL
+    key: str
+    url: str
+
+
+def locate(uri: str) -> Where:
+    """The package's place; ValueError for a URI the platform cannot read."""
+    u = urlsplit(uri)
+    if u.scheme == "s3":
+        key = unquote(u.path.lstrip("/"))
+        if not u.netloc or not key:
+            raise ValueError(f"{uri}: an s3:// URI names a bucket and a key, s3://bucket/path/to/package")
+        return Where(u.netloc, key, uri)
+    if u.scheme == "https" or u.scheme == "http":
+        return Where("", "", uri)
+    raise ValueError(f"{uri}: packages are s3://bucket/key (the platform's object store) or https:// URLs")
+
+
+def bucket_of(objects: ObjectStore) -> str:
+    return LOCAL_BUCKET if isinstance(objects, LocalObjectStore) else str(getattr(objects, "bucket", ""))
+
+
+async def verify(package: Package, objects: ObjectStore | None, http: httpx.AsyncClient | None = None) -> str | None:
+    """None when the package is there with the task's size and sha256; else what is wrong, in words."""
+    try:
+        where = locate(package.uri)
+    except ValueError as e:
+        return str(e)
+    digest = hashlib.sha256()
+    size = 0
+    if where.bucket:
+        if objects is None:
+            return "no object store is configured (MPAAS_OBJECTS_URL) to read s3:// packages from"
+        if where.bucket != bucket_of(objects):
+            return f"bucket {where.bucket} is not the platform's object store ({bucket_of(objects)})"
+        try:
+            info = await objects.stat(where.key)
+        except ValueError as e:  # a key the store refuses
+            return str(e)
+        if info is None:
+            return f"{package.uri} does not exist"
+        if info.size != package.size_bytes:
+            return f"{package.uri} has {info.size} bytes, the task says {package.size_bytes}"
+        while size < info.size:
+            chunk = await objects.get(where.key, start=size, length=min(READ_CHUNK, info.size - size))
+            if not chunk:
+                return f"{package.uri} ended at {size} of {info.size} bytes"
+            digest.update(chunk)
+            size += len(chunk)
+    else:
+        own = http is None
+        client = http or httpx.AsyncClient(timeout=30, follow_redirects=True)
+        try:
+            async with client.stream("GET", where.url) as r:
+                if r.status_code != 200:
+                    return f"{package.uri} answered HTTP {r.status_code}"
+                async for chunk in r.aiter_bytes():
+                    size += len(chunk)
+                    if size > package.size_bytes:
+                        return f"{package.uri} is longer than the task's {package.size_bytes} bytes"
+                    digest.update(chunk)
+        except httpx.HTTPError as e:
+            return f"{package.uri} could not be read: {e!r}"
+        finally:
+            if own:
+                await client.aclose()
+        if size != package.size_bytes:
+            return f"{package.uri} has {size} bytes, the task says {package.size_bytes}"
+    found = digest.hexdigest()
+    if not hmac.compare_digest(found, package.sha256):
+        return f"{package.uri} has sha256 {found}, the task says {package.sha256}"
+    return None

@@ -1,0 +1,27 @@
+"""The delivery process's settings (environment variables MPAAS_*)."""
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from ..service import ComponentSettings
+
+
+class DeliverySettings(ComponentSettings):
+    model_config = SettingsConfigDict(env_prefix="MPAAS_", extra="ignore")
+    max_body_bytes: int = Field(default=16384, ge=1024)  # of one update check: 413 past it
+    # Seats of capped gray windows (maxUsers), shared by every replica: redis://host:port/db, or memory://
+    # (one process only).
+    redis_url: str = "memory://"
+    redis_prefix: str = "delivery:"
+    # Where packages are: s3://bucket?endpoint=... or file:///path (see docs/delivery.md, "Packages"). Clients
+    # get presigned URLs of it, valid this long.
+    objects_url: str = ""
+    objects_access_key: str = ""
+    objects_secret_key: str = ""
+    url_expiry_seconds: int = Field(default=3600, ge=60, le=7 * 86400)
+    # The address clients reach this service at, for the links it answers with (a local folder's packages
+    # are served here); "": taken from each request's Host header.
+    public_url: str = ""
+    # Check each package's size and sha256 here before offering it, instead of waiting for the operator's
+    # PackageVerified condition. None: when resources come from a folder (no operator).
+    verify_packages: bool | None = None

@@ -1,0 +1,206 @@
+"""The update check and the package downloads: a delivery process with its resources in a folder and its packages
+in a local object store, asked the way clients ask."""
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from conftest import Process, eventually, free_port, wait_ready
+from mpaas.delivery import codes
+from mpaas.delivery.check import Refused, parse
+from mpaas.delivery.downloads import byte_range
+
+GATEWAY = {
+    "apiVersion": "mpaas.io/v1alpha1",
+    "kind": "MpaasGateway",
+    "metadata": {"name": "apps", "namespace": "shop"},
+    "spec": {
+        "apps": [{"appId": "SHOP", "workspaceId": "prod"}],
+        "upstreams": [{"name": "u", "endpoints": [{"url": "http://127.0.0.1:1"}]}],
+    },
+}
+
+
+def task(name: str, kind: str, version: str, data: bytes | None, created: str = "", **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "mpaas.io/v1alpha1",
+        "kind": "DeliveryTask",
+        "metadata": {"name": name, "namespace": "shop", "creationTimestamp": created or "2026-11-01T00:00:00Z"},
+        "spec": {"appId": "SHOP", "workspaceId": "prod", "platform": "Android", "resourceType": kind, **spec},
+    }
+    if data is not None:
+        body["spec"]["package"] = {
+            "uri": f"s3://local/packages/{name}.bin",
+            "version": version,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "sizeBytes": len(data),
+        }
+    return body
+
+
+CHECK = {
+    "appId": "SHOP",
+    "workspaceId": "prod",
+    "platform": "android",
+    "deviceId": "device-1",
+    "appVersion": "1.0.0",
+    "city": "Hangzhou",
+}
+
+
+@pytest.mark.component
+def test_a_client_gets_its_release_and_downloads_it_with_ranges(spawn: Callable[..., Process], tmp_path: Path) -> None:
+    objects = tmp_path / "objects"
+    apk, patch = os.urandom(3_000_000), os.urandom(1000)
+    (objects / "packages").mkdir(parents=True)
+    (objects / "packages" / "v2.bin").write_bytes(apk)
+    (objects / "packages" / "fix-3.bin").write_bytes(patch)
+    (objects / "packages" / "bad.bin").write_bytes(b"not what the task says")
+    config = tmp_path / "config"
+    config.mkdir()
+    docs = [
+        GATEWAY,
+        task("v2", "AppUpgrade", "2.0.0", apk, upgradeMode="Force", description="Faster checkout"),
+        # Newer, but its package is not what the task says: never offered.
+        task("bad", "AppUpgrade", "9.0.0", apk),
+        task("fix-3", "Hotfix", "3", patch, targeting={"filters": {"appVersion": {"min": "1.0", "max": "1.9"}}}),
+        task("flags-old", "Switch", "", None, payload={"newCart": False, "theme": "blue"}),
+        task(
+            "flags",
+            "Switch",
+            "",
+            None,
+            "2026-11-02T00:00:00Z",
+            payload={"newCart": True},
+            targeting={"filters": {"cities": ["Hangzhou"]}},
+        ),
+    ]
+    (config / "all.yaml").write_text(yaml.safe_dump_all(docs))
+    port = free_port()
+    proc = spawn(
+        "delivery",
+        env={
+            "MPAAS_PORT": str(port),
+            "MPAAS_HOST": "127.0.0.1",
+            "MPAAS_CONFIG_SOURCE": "dir",
+            "MPAAS_CONFIG_DIR": str(config),
+            "MPAAS_OBJECTS_URL": f"file://{objects}",
+        },
+        name="delivery",
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, proc)
+    with httpx.Client(base_url=url, timeout=10) as client:
+
+        def check(**extra: Any) -> dict[str, Any]:
+            r = client.post("/v1/delivery/check", json=CHECK | extra)
+            assert r.headers["result-status"] == str(r.json()["resultCode"])
+            return r.json()
+
+        asked = [{"type": "AppUpgrade"}, {"type": "Hotfix", "installedVersion": "2"}, {"type": "Switch"}]
+
+        def settled() -> bool:  # the packages are verified in the background after start
+            return check(resources=asked)["items"][0]["update"]
+
+        import asyncio
+
+        asyncio.run(eventually(settled, timeout=20, what="the packages verified"))
+        items = check(resources=asked)["items"]
+        up, fix, switch = items
+        assert up["version"] == "2.0.0" and up["upgradeMode"] == "Force" and up["description"] == "Faster checkout"
+        assert up["package"]["sha256"] == hashlib.sha256(apk).hexdigest() and up["package"]["sizeBytes"] == len(apk)
+        assert fix["version"] == "3" and fix["update"] is True
+        assert switch == {
+            "type": "Switch",
+            "update": True,
+            "values": {"newCart": True, "theme": "blue"},
+            "tasks": ["shop/flags-old", "shop/flags"],
+        }
+        assert check(city="Beijing", resources=[{"type": "Switch"}])["items"][0]["values"] == {
+            "newCart": False,
+            "theme": "blue",
+        }
+        assert check(appVersion="2.0.0")["items"] == [{"type": "AppUpgrade", "update": False}]
+        assert check(resources=[{"type": "Hotfix", "installedVersion": "3"}])["items"][0]["update"] is False
+
+        # The download: whole, resumed from a byte, HEAD, conditional, and its link checked.
+        link = up["package"]["url"]
+        assert link.startswith(url + "/v1/delivery/packages/packages/v2.bin?")
+        whole = client.get(link)
+        assert whole.status_code == 200 and whole.content == apk
+        etag = whole.headers["etag"]
+        assert "immutable" in whole.headers["cache-control"]
+        part = client.get(link, headers={"Range": "bytes=1000000-"})
+        assert part.status_code == 206 and part.headers["content-range"] == f"bytes 1000000-{len(apk) - 1}/{len(apk)}"
+        assert hashlib.sha256(apk[:1000000] + part.content).hexdigest() == up["package"]["sha256"]
+        assert client.get(link, headers={"Range": "bytes=-10"}).content == apk[-10:]
+        assert client.get(link, headers={"Range": f"bytes={len(apk)}-"}).status_code == 416
+        assert client.get(link, headers={"Range": "bytes=0-1", "If-Range": '"other"'}).status_code == 200
+        assert client.get(link, headers={"If-None-Match": etag}).status_code == 304
+        head = client.head(link)
+        assert head.status_code == 200 and head.headers["content-length"] == str(len(apk)) and not head.content
+        tampered = link.replace("v2.bin", "bad.bin")
+        assert client.get(tampered).status_code == 403
+        expired = link.split("?")[0] + f"?expires={int(time.time()) - 1}&signature=" + "0" * 64
+        assert client.get(expired).status_code == 403
+        assert client.post(link).status_code == 405
+
+        # Bad checks: each its documented code.
+        def code_of(body: Any, **kw: Any) -> tuple[int, int]:
+            r = (
+                client.post("/v1/delivery/check", content=body, **kw)
+                if isinstance(body, bytes)
+                else client.post("/v1/delivery/check", json=body)
+            )
+            return r.status_code, r.json()["resultCode"]
+
+        assert code_of(b"{not json") == (400, codes.MALFORMED_BODY.code)
+        assert code_of(CHECK | {"appId": "NOPE"}) == (403, codes.UNKNOWN_APP.code)
+        assert code_of(CHECK | {"deviceId": ""}) == (400, codes.INVALID_REQUEST.code)
+        assert code_of(b"x" * 20000) == (413, codes.REQUEST_TOO_LARGE.code)
+        assert client.get("/v1/delivery/check").json()["resultCode"] == codes.METHOD_NOT_ALLOWED.code
+        metrics = client.get("/metrics").text
+        assert 'mpaas_delivery_offers_total{app="SHOP",stage="0",type="AppUpgrade",version="2.0.0"}' in metrics
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("body", "memo"),
+    [
+        ({"platform": "android"}, "appId is required"),
+        (CHECK | {"platform": "Symbian"}, "platform must be"),
+        (CHECK | {"deviceId": 7}, "deviceId must be a string"),
+        (CHECK | {"city": "x" * 201}, "longer than 200"),
+        (CHECK | {"resources": []}, "a list of 1 to"),
+        (CHECK | {"resources": [{"type": "Nope"}]}, "is not one of"),
+        (CHECK | {"resources": [{"type": "Hotfix"}, {"type": "Hotfix"}]}, "asked twice"),
+        (CHECK | {"resources": ["Hotfix"]}, "each one an object"),
+    ],
+)
+def test_malformed_checks_say_what_is_wrong(body: dict[str, Any], memo: str) -> None:
+    import json
+
+    with pytest.raises(Refused) as e:
+        parse(json.dumps(body).encode())
+    assert e.value.code.code == codes.INVALID_REQUEST.code and memo in e.value.code.memo
+
+
+@pytest.mark.unit
+def test_byte_ranges() -> None:
+    assert byte_range("bytes=0-99", 1000) == (0, 99)
+    assert byte_range("bytes=900-", 1000) == (900, 999)
+    assert byte_range("bytes=900-5000", 1000) == (900, 999)
+    assert byte_range("bytes=-100", 1000) == (900, 999)
+    assert byte_range("bytes=-5000", 1000) == (0, 999)
+    assert byte_range("bytes=1000-", 1000) is False
+    assert byte_range("bytes=5-4", 1000) is False
+    assert byte_range("bytes=-0", 1000) is False
+    for ignored in ("bytes=0-1,5-6", "items=0-1", "bytes=\uff10-1", "bytes=-", "bytes=" + "9" * 16 + "-"):
+        assert byte_range(ignored, 1000) is None, ignored
