@@ -5,6 +5,7 @@ import io
 import json
 import stat
 import struct
+import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -214,3 +215,31 @@ async def test_a_damaged_symcache_leaves_the_report_as_sent(tmp_path: Path) -> N
 def test_long_lines_are_not_read_as_frames() -> None:
     huge = "1   ShopApp " + " " * 500_000 + "0x1 0x1 + 1"
     assert not is_report(huge) and wanted(huge) == ([], [], "")
+
+
+def test_a_hostile_report_is_read_in_linear_time() -> None:
+    """A crash's stack is any device's text (at most 64 KiB of properties): reading it as a report must cost
+    milliseconds, whatever its lines are made of."""
+    frame = "1   ShopApp   0x0000000104a1b2c4 0x104a14000 + 29380"
+    shapes = [
+        "0x1 - 0x2 " + " " * 1000,  # an image line without its <uuid>
+        "0x1 - 0x2 (" + "(" * 1000,
+        "1 a" + " " * 1000,  # a frame line without its address
+        "1 a" + " 0x1" * 250,
+    ]
+    for shape in shapes:
+        report = "\n".join([frame] + [shape] * (64_000 // len(shape)))
+        started = time.perf_counter()
+        assert is_report(report)
+        wanted(report)
+        dsyms.symbolicated(report, {}, {})
+        assert time.perf_counter() - started < 0.5, shape[:20]
+    # 1 000 frames and 1 000 images: each frame's image found by bisection, not by a scan of all.
+    lines = [f"{n % 10}   App   0x{0x1000 + n:x} 0x1000 + {n}" for n in range(1000)]
+    lines += [
+        f"0x{0x100000 + 0x1000 * n:x} - 0x{0x100FFF + 0x1000 * n:x} Lib{n} arm64 <{uuid.UUID(int=n)}>"
+        for n in range(1000)
+    ]
+    started = time.perf_counter()
+    assert wanted("\n".join(lines)) == ([], [], "")
+    assert time.perf_counter() - started < 0.5

@@ -17,6 +17,7 @@ the dSYM was uploaded with `?version=` for the version that crashed.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
 import re
@@ -67,11 +68,15 @@ _NAME = re.compile(r"[^/\\\x00-\x1f\x7f]{1,255}")
 
 _UUID = r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
 # 0x104a14000 - 0x104a1ffff MyApp arm64  <uuid> /path/MyApp  (older reports: "+MyApp"; macOS: "(1.0 - 1)")
-_IMAGE = re.compile(rf"^\s*(0x[0-9a-fA-F]{{1,16}})\s*-\s*(0x[0-9a-fA-F]{{1,16}})\s+(.*?)\s*<({_UUID})>")
-# 3   MyApp   0x0000000104a1b2c4 0x104a14000 + 29380   (or "MyApp + 29380")
-_FRAME = re.compile(
-    r"^(\s*(\d{1,4})\s+(.+?)\s+(0x[0-9a-fA-F]{1,16})\s+)(?:(0x[0-9a-fA-F]{1,16})|(\S+))\s+\+\s+(\d{1,12})\s*$"
+# Possessive: a line a device sends must cost linear time (lazy groups next to \s* backtrack cubically).
+_IMAGE = re.compile(
+    rf"^\s*+(0x[0-9a-fA-F]{{1,16}}+)\s*+-\s*+(0x[0-9a-fA-F]{{1,16}}+)\s++((?:[^<]|<(?!{_UUID}>))*+)<({_UUID})>"
 )
+# 3   MyApp   0x0000000104a1b2c4 0x104a14000 + 29380   (or "MyApp + 29380"): read by tokens, see _frame_parts
+_TOKEN = re.compile(r"\S+")
+_HEX = re.compile(r"0x[0-9a-fA-F]{1,16}")
+_NUMBER = re.compile(r"[0-9]{1,4}")
+_OFFSET = re.compile(r"[0-9]{1,12}")
 _CODE_TYPE = re.compile(r"^Code Type:\s+(\S+)", re.MULTILINE)
 _ARCHS = {"arm64", "arm64e", "arm64_32", "armv7", "armv7s", "armv7k", "x86_64", "x86_64h", "i386"}
 _CODE_TYPES = {"ARM-64": "arm64", "ARM64": "arm64", "ARM64E": "arm64e", "X86-64": "x86_64", "ARM": "armv7"}
@@ -202,7 +207,11 @@ def _images(report: str) -> list[_Image]:
         if m is None:
             continue
         start, end, middle, uuid_text = m.groups()
-        words = re.sub(r"\s*\([^)]*\)\s*$", "", middle).lstrip("+").split()  # "(1.0 - 1)": a macOS version
+        middle = middle.rstrip()
+        cut = middle.rfind("(")
+        if middle.endswith(")") and cut >= 0 and ")" not in middle[cut + 1 : -1]:  # "(1.0 - 1)": a macOS version
+            middle = middle[:cut]
+        words = middle.lstrip("+").split()
         arch = words.pop() if len(words) > 1 and words[-1] in _ARCHS else ""
         found = debug_id(uuid_text)
         if found is not None:
@@ -210,6 +219,18 @@ def _images(report: str) -> list[_Image]:
             if len(out) >= MAX_IMAGES_PER_LIST:
                 break
     return out
+
+
+def _image_at(images: list[_Image], starts: list[int], address: int) -> _Image | None:
+    """The image (of `images`, sorted by start) an address is in: a bisection, as a report may list 2 000
+    images and 1 000 frames (loaded images never overlap)."""
+    i = bisect.bisect_right(starts, address) - 1
+    return images[i] if i >= 0 and address <= images[i].end else None
+
+
+def _by_start(images: list[_Image]) -> tuple[list[_Image], list[int]]:
+    ordered = sorted(images, key=lambda x: x.start)
+    return ordered, [x.start for x in ordered]
 
 
 @dataclass(frozen=True)
@@ -223,13 +244,33 @@ class _Frame:
     offset: int
 
 
+def _frame_parts(line: str) -> tuple[str, str, str, str, str | None, str | None, str] | None:
+    """(lead, number, image, address, base, word, offset) of a frame line; None for any other line.
+
+    The last four tokens are address, base (or a word), "+" and offset, the first the frame's number, the
+    image all between: linear in the line, where a pattern with a lazy image name backtracks."""
+    if len(line) > LINE_CHARS:
+        return None
+    tokens = list(_TOKEN.finditer(line))
+    if len(tokens) < 6:
+        return None
+    number, address, where, plus, offset = tokens[0], tokens[-4], tokens[-3], tokens[-2], tokens[-1]
+    if not (
+        _NUMBER.fullmatch(number[0]) and _HEX.fullmatch(address[0]) and plus[0] == "+" and _OFFSET.fullmatch(offset[0])
+    ):
+        return None
+    base = where[0] if _HEX.fullmatch(where[0]) else None
+    image = line[tokens[1].start() : tokens[-5].end()]
+    return line[: where.start()], number[0], image, address[0], base, None if base else where[0], offset[0]
+
+
 def _frames(lines: list[str]) -> list[_Frame]:
     out = []
     for i, line in enumerate(lines):
-        m = _FRAME.match(line) if len(line) <= LINE_CHARS else None
-        if m is None:
+        parts = _frame_parts(line)
+        if parts is None:
             continue
-        lead, number, image, address, base, word, offset = m.groups()
+        lead, number, image, address, base, word, offset = parts
         if word is not None and word != image:  # "main + 44": already a symbol, not an image's offset
             continue
         out.append(_Frame(i, lead, int(number), image, int(address, 16), int(base, 16) if base else None, int(offset)))
@@ -241,7 +282,7 @@ def _frames(lines: list[str]) -> list[_Frame]:
 def is_report(stack: str) -> bool:
     """Whether a stack is an Apple crash report (it has a frame with an address in an image)."""
     lines = stack.splitlines()[:MAX_FRAMES_PER_REPORT]
-    return any(len(line) <= LINE_CHARS and _FRAME.match(line) for line in lines)
+    return any(_frame_parts(line) is not None for line in lines)
 
 
 def symbolicated(report: str, caches: dict[str, SymCache], by_name: dict[str, str]) -> str | None:
@@ -250,9 +291,10 @@ def symbolicated(report: str, caches: dict[str, SymCache], by_name: dict[str, st
     `by_name` gives an image's debug id by name, for a report without its `Binary Images:`."""
     lines = report.splitlines()
     images = _images(report)
+    ordered, starts = _by_start(images)
     changed = False
     for frame in reversed(_frames(lines)):  # from the end: expanded frames do not move the ones before
-        image = next((x for x in images if x.start <= frame.address <= x.end), None)
+        image = _image_at(ordered, starts, frame.address)
         if image is not None:
             found, offset = image.debug_id, frame.address - image.start
         elif not images and frame.image in by_name:
@@ -287,11 +329,14 @@ def wanted(report: str) -> tuple[list[str], list[str], str]:
     lines = report.splitlines()
     images = _images(report)
     frames = _frames(lines)
+    ordered, starts = _by_start(images)
     ids: list[str] = []
     for frame in frames:
-        image = next((x for x in images if x.start <= frame.address <= x.end), None)
+        image = _image_at(ordered, starts, frame.address)
         if image is not None and image.debug_id not in ids:
             ids.append(image.debug_id)
+            if len(ids) >= MAX_IMAGES_PER_REPORT:
+                break
     names = [] if images else sorted({f.image for f in frames})
     code = _CODE_TYPE.search(report)
     arch = _CODE_TYPES.get(code.group(1).upper(), "") if code else ""
