@@ -243,3 +243,64 @@ def test_a_hostile_report_is_read_in_linear_time() -> None:
     started = time.perf_counter()
     assert wanted("\n".join(lines)) == ([], [], "")
     assert time.perf_counter() - started < 0.5
+
+
+def flagged_utf8(data: bytes, name: bytes, replaced: bytes) -> bytes:
+    """A zip whose entry names are flagged UTF-8 (bit 11) and `name` made `replaced`."""
+    out = bytearray(data)
+    for sig, at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        i = out.find(sig)
+        struct.pack_into("<H", out, i + at, struct.unpack_from("<H", out, i + at)[0] | 0x800)
+    return bytes(out).replace(name, replaced)
+
+
+def damaged(method: int) -> bytes:
+    """A zip of one DWARF entry compressed with `method`, its compressed data damaged."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", method) as z:
+        z.writestr(DWARF, macho_without_dwarf() * 100)
+    data = bytearray(out.getvalue())
+    start = 30 + len(DWARF)
+    data[start + 4 : start + 30] = bytes(0xFF ^ b for b in data[start + 4 : start + 30])
+    return bytes(data)
+
+
+def directory_moved(data: bytes, by: int) -> bytes:
+    """A zip whose end record places its central directory `by` bytes further: every entry's data before 0."""
+    out = bytearray(data)
+    i = out.rfind(b"PK\x05\x06")
+    struct.pack_into("<I", out, i + 16, struct.unpack_from("<I", out, i + 16)[0] + by)
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        flagged_utf8(zipped({DWARF: macho_without_dwarf()}), DWARF.encode(), DWARF.encode()[:-1] + b"\xff"),
+        directory_moved(zipped({DWARF: macho_without_dwarf()}), 1000),
+        zipped({DWARF: macho_without_dwarf()}).replace(DWARF.encode(), b"\x00" * len(DWARF)),
+        damaged(zipfile.ZIP_BZIP2),
+        damaged(zipfile.ZIP_LZMA),
+    ],
+    ids=["name-not-utf8", "data-before-the-file", "name-of-nul", "bzip2-damaged", "lzma-damaged"],
+)
+async def test_a_damaged_zip_is_a_400_not_a_500(tmp_path: Path, body: bytes) -> None:
+    status, detail = await put(tmp_path, body)
+    assert status == 400 and "not a readable zip" in detail, detail
+
+
+async def test_too_many_entries_are_refused_before_the_directory_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dsyms, "MAX_ZIP_ENTRIES", 5)
+    body = zipped({f"ShopApp.app.dSYM/f{i}": b"" for i in range(6)})
+    wide = zipped({f"ShopApp.app.dSYM/{'f' * 900}{i}": b"" for i in range(2)})  # few entries, a large directory
+    monkeypatch.setattr(dsyms, "MAX_DIRECTORY_BYTES", 1000)
+
+    def unread(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the directory was read: its entries are all in memory by now")
+
+    monkeypatch.setattr(dsyms.zipfile, "ZipFile", unread)
+    for refused in (body, wide):
+        status, detail = await put(tmp_path, refused)
+        assert status == 400 and "at most 5 entries" in detail, detail

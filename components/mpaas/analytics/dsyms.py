@@ -20,6 +20,7 @@ import asyncio
 import bisect
 import json
 import logging
+import lzma
 import re
 import shutil
 import stat
@@ -30,7 +31,7 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 from symbolic.debuginfo import Archive
 from symbolic.exceptions import SymbolicError
@@ -42,6 +43,7 @@ log = logging.getLogger("mpaas.analytics")
 
 MAX_UPLOAD_BYTES = 512 << 20  # as sent: a large app's zipped dSYMs are a few hundred MiB
 MAX_ZIP_ENTRIES = 10_000
+MAX_DIRECTORY_BYTES = MAX_ZIP_ENTRIES * 1024  # the zip's central directory: a real entry is ~200 bytes
 MAX_UNZIPPED_BYTES = 2 << 30
 MAX_OBJECTS = 32  # archs and frameworks in one upload
 MAX_SYMCACHE_BYTES = 512 << 20
@@ -142,6 +144,7 @@ def _objects(file: Path, image: str) -> list[DebugObject]:
 def _unzipped(path: Path, work: Path) -> list[tuple[Path, str]]:
     """The DWARF files of the .dSYM bundles in a zip, extracted under `work` by index (never by their names)."""
     try:
+        _check_directory(path)
         with zipfile.ZipFile(path) as z:
             entries = z.infolist()
             if len(entries) > MAX_ZIP_ENTRIES:
@@ -160,19 +163,41 @@ def _unzipped(path: Path, work: Path) -> list[tuple[Path, str]]:
             for index, entry in enumerate(wanted):
                 target = work / f"object-{index}"
                 with z.open(entry) as src, target.open("wb") as dst:
-                    while chunk := src.read(1 << 20):
+                    while chunk := _inflated(src, 1 << 20):
                         left -= len(chunk)
                         if left < 0:
                             raise DsymError(f"the zip's debug files inflate to more than {MAX_UNZIPPED_BYTES} bytes")
                         dst.write(chunk)
                 out.append((target, PurePosixPath(entry.filename).name))
             return out
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, RuntimeError, NotImplementedError, EOFError) as e:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        zlib.error,
+        RuntimeError,
+        NotImplementedError,
+        EOFError,
+        UnicodeDecodeError,  # a name flagged UTF-8 that is not
+    ) as e:
         raise DsymError(f"not a readable zip: {str(e)[:200]}") from None
+
+
+def _check_directory(path: Path) -> None:
+    """Refuse a zip of too many entries before zipfile reads its whole central directory into memory: a 512 MiB
+    upload of tiny entries is 11 million of them, gigabytes as ZipInfos."""
+    with path.open("rb") as f:
+        end = zipfile._EndRecData(f)  # type: ignore[attr-defined]
+    if end and (
+        end[zipfile._ECD_ENTRIES_TOTAL] > MAX_ZIP_ENTRIES  # type: ignore[attr-defined]
+        or end[zipfile._ECD_SIZE] > MAX_DIRECTORY_BYTES  # type: ignore[attr-defined]
+    ):
+        raise DsymError(f"a zip of at most {MAX_ZIP_ENTRIES} entries")
 
 
 def _check_entry(entry: zipfile.ZipInfo) -> None:
     name = entry.filename
+    if not name:  # zipfile cuts a name at its first NUL
+        raise DsymError("not a readable zip: an entry without a name")
     parts = name.replace("\\", "/").split("/")
     if (
         name.startswith(("/", "\\"))
@@ -182,13 +207,22 @@ def _check_entry(entry: zipfile.ZipInfo) -> None:
         or any(ord(c) < 32 for c in name)
     ):
         raise DsymError(f"zip entry {name[:200]!r}: absolute, parent or drive paths are refused")
+    if entry.header_offset < 0:  # its directory points before the file: a seek zipfile would fail with OSError
+        raise DsymError(f"zip entry {name[:200]!r}: not a readable zip (its data is before the file's start)")
     if stat.S_ISLNK(entry.external_attr >> 16):
         raise DsymError(f"zip entry {name[:200]!r}: symbolic links are refused")
 
 
 def _peek(z: zipfile.ZipFile, entry: zipfile.ZipInfo) -> bytes:
     with z.open(entry) as f:
-        return f.read(4)
+        return _inflated(f, 4)
+
+
+def _inflated(src: IO[bytes], size: int) -> bytes:
+    try:
+        return src.read(size)
+    except (OSError, lzma.LZMAError) as e:  # bzip2's and LZMA's damaged streams; writes are not in here
+        raise DsymError(f"not a readable zip: {str(e)[:200]}") from None
 
 
 @dataclass(frozen=True)
