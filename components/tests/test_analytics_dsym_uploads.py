@@ -304,3 +304,64 @@ async def test_too_many_entries_are_refused_before_the_directory_is_read(
     for refused in (body, wide):
         status, detail = await put(tmp_path, refused)
         assert status == 400 and "at most 5 entries" in detail, detail
+
+
+class FakeArchive:
+    """symbolic's Archive as read_upload sees it: `per_file` objects with debug information, SymCaches of
+    `symcache_bytes` each."""
+
+    per_file, symcache_bytes, opened = 1, 10, 0
+
+    class Object:
+        file_format, features, arch = "macho", frozenset({"debug"}), "arm64"
+
+        def __init__(self, n: int, size: int):
+            self.debug_id, self.size = str(uuid.UUID(int=n)), size
+
+        def make_symcache(self) -> "FakeArchive.Object":
+            return self
+
+        def open_stream(self) -> io.BytesIO:
+            return io.BytesIO(bytes(self.size))
+
+    @classmethod
+    def open(cls, path: str) -> type["FakeArchive"]:
+        cls.opened += 1
+        return cls
+
+    @classmethod
+    def iter_objects(cls) -> list["FakeArchive.Object"]:
+        start = cls.opened * 1000
+        return [cls.Object(start + n, cls.symcache_bytes) for n in range(cls.per_file)]
+
+
+async def test_an_upload_is_bounded_in_objects_and_symcache_bytes_and_versions_are_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dsyms, "Archive", FakeArchive)
+    # Two universal DWARF files of 20 slices each: 40 objects in one upload, over its bound of 32.
+    monkeypatch.setattr(FakeArchive, "per_file", 20)
+    two = zipped({DWARF: b"x", "Widget.framework.dSYM/Contents/Resources/DWARF/Widget": b"x"})
+    status, detail = await put(tmp_path, two)
+    assert status == 400 and "more than 32 objects" in detail, detail
+    # A SymCache over what the consumer loads would be stored and never used.
+    monkeypatch.setattr(FakeArchive, "per_file", 1)
+    monkeypatch.setattr(dsyms, "MAX_SYMCACHE_BYTES", 100)
+    monkeypatch.setattr(FakeArchive, "symcache_bytes", 101)
+    status, detail = await put(tmp_path, macho_without_dwarf(), URL + "?name=ShopApp")
+    assert status == 400 and "SymCache of more than 100 bytes" in detail, detail
+    monkeypatch.setattr(FakeArchive, "symcache_bytes", 100)
+    # A version that is no object key's segment is refused before anything is stored.
+    for n, version in enumerate(["..", ".hidden"]):
+        status, detail = await put(tmp_path / f"v{n}", macho_without_dwarf(), f"{URL}?version={version}&name=ShopApp")
+        assert status == 400 and "letters, digits" in detail, detail
+        assert not (tmp_path / f"v{n}" / "objects").exists()
+    status, text = await put(tmp_path, macho_without_dwarf(), URL + "?version=2.0&name=ShopApp")
+    assert status == 200 and json.loads(text)["dsyms"][0]["name"] == "ShopApp"
+
+
+async def test_a_mapping_version_that_is_no_key_segment_is_a_400(tmp_path: Path) -> None:
+    mapping = b"com.shop.Cart -> a.a:\n    7:7:int total(int) -> a\n"
+    for version in ("...", ".x"):
+        status, detail = await put(tmp_path, mapping, f"/v1/apps/SHOP/prod/versions/{version}/mapping")
+        assert status == 400 and "letters, digits" in detail, detail

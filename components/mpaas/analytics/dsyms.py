@@ -65,7 +65,7 @@ _MACHO_MAGIC = {
     b"\xca\xfe\xba\xbf",
 }
 _DWARF_DIR = "/Contents/Resources/DWARF/"
-_VERSION = re.compile(r"[A-Za-z0-9._+-]{1,64}")
+_VERSION = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,63}")  # no leading ".": ".." is no object key
 _NAME = re.compile(r"[^/\\\x00-\x1f\x7f]{1,255}")
 
 _UUID = r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
@@ -119,23 +119,25 @@ def read_upload(path: Path, work: Path, name: str = "") -> list[DebugObject]:
         raise DsymError("neither a zipped .dSYM bundle nor a Mach-O file")
     objects: list[DebugObject] = []
     for file, image in found:
-        objects += _objects(file, image)
+        objects += _objects(file, image, MAX_OBJECTS - len(objects))  # the bound is the upload's, not a file's
     if not objects:
         raise DsymError("no DWARF debug information: upload the .dSYM, not the app's (stripped) binary")
     return objects
 
 
-def _objects(file: Path, image: str) -> list[DebugObject]:
+def _objects(file: Path, image: str, room: int) -> list[DebugObject]:
     try:
         archive = Archive.open(str(file))
         out: list[DebugObject] = []
         for obj in archive.iter_objects():
             if obj.file_format != "macho" or "debug" not in obj.features:
                 continue
-            if len(out) >= MAX_OBJECTS:
+            if len(out) >= room:
                 raise DsymError(f"more than {MAX_OBJECTS} objects with debug information in one upload")
-            cache = obj.make_symcache()
-            out.append(DebugObject(obj.debug_id, obj.arch, image, cache.open_stream().read()))
+            data = obj.make_symcache().open_stream().read(MAX_SYMCACHE_BYTES + 1)
+            if len(data) > MAX_SYMCACHE_BYTES:  # it would be stored, and never loaded to symbolicate
+                raise DsymError(f"{image or obj.arch}: a SymCache of more than {MAX_SYMCACHE_BYTES} bytes")
+            out.append(DebugObject(obj.debug_id, obj.arch, image, data))
         return out
     except SymbolicError as e:
         raise DsymError(f"{image or 'the file'}: not a readable Mach-O file: {str(e)[:200]}") from None
@@ -434,7 +436,7 @@ class AppleSymbols:
     async def store(self, app: str, path: Path, *, version: str = "", name: str = "") -> list[dict[str, str]]:
         """Read an uploaded file and keep a SymCache per object with debug information; returns what was kept."""
         if version and not _VERSION.fullmatch(version):
-            raise DsymError(f"version {version[:64]!r}: letters, digits and . _ + - only, at most 64")
+            raise DsymError(f"version {version[:64]!r}: letters, digits and . _ + - only (not . first), at most 64")
         if name and (not _NAME.fullmatch(name) or name.startswith(".")):
             raise DsymError(f"name {name[:64]!r}: an image's file name, at most 255 characters")
         work = path.parent / "unzipped"

@@ -170,7 +170,7 @@ class MappingCache:
             self._items.popitem(last=False)
 
 
-_VERSION = re.compile(r"[A-Za-z0-9._+-]{1,64}")
+_VERSION = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,63}")  # no leading ".": ".." is no object key
 
 
 class Symbolicator:
@@ -196,7 +196,7 @@ class Symbolicator:
         """Check and keep a mapping; returns how many classes it maps."""
         key = self.key(app, version)
         if key is None:
-            raise MappingError(f"version {version[:64]!r}: letters, digits and . _ + - only, at most 64")
+            raise MappingError(f"version {version[:64]!r}: letters, digits and . _ + - only (not . first), at most 64")
         mapping = await asyncio.to_thread(Mapping.parse, data.decode("utf-8", "replace"))
         if not mapping.classes:
             raise MappingError("no class mapped: is this an R8 / ProGuard mapping.txt?")
