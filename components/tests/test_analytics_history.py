@@ -338,3 +338,45 @@ async def test_files_a_running_query_reads_are_not_dropped_by_another(tmp_path: 
 async def h_keys(objects: ObjectStore, day: int) -> list[str]:
     d = date.fromordinal(D0.toordinal() + day).isoformat()
     return [k for k in await archived(objects) if f"/day={d}/" in k]
+
+
+@pytest.mark.unit
+async def test_a_query_cancelled_mid_fetch_fails_no_other_and_leaves_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects = LocalObjectStore(tmp_path / "objects")
+    await Archiver(objects).write([json.dumps(event(1, "d1", "launch")).encode()])
+    keys = await archived(objects)
+    real_get = objects.get
+
+    async def slow_get(key: str, **kw: Any) -> bytes:
+        await asyncio.sleep(0.2)
+        return await real_get(key, **kw)
+
+    objects.get = slow_get  # type: ignore[method-assign]
+    cache = FileCache(objects, tmp_path / "cache", 1 << 20)
+
+    async def read() -> list[Path]:
+        async with cache.use(keys) as paths:
+            return paths
+
+    first = asyncio.create_task(read())
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(read())  # waits for the file the first one fetches
+    await asyncio.sleep(0.05)
+    first.cancel()
+    (path,) = await second
+    assert path.exists()
+
+    # A write that fails (the disk full) leaves no partial file behind.
+    objects.get = real_get  # type: ignore[method-assign]
+    full = FileCache(objects, tmp_path / "full", 1 << 20)
+
+    def no_room(src: Any, dst: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(history.os, "replace", no_room)
+    with pytest.raises(OSError):
+        async with full.use(keys):
+            pass
+    assert list((tmp_path / "full").iterdir()) == []

@@ -216,7 +216,7 @@ class FileCache:
         self._files: OrderedDict[str, int] = OrderedDict()  # cache name -> size, least recently used first
         self._bytes = 0
         self._pins: dict[str, int] = {}  # cache name -> running queries reading it
-        self._fetching: dict[str, asyncio.Future[Path]] = {}
+        self._fetching: dict[str, asyncio.Task[Path]] = {}
         for stale in self.folder.glob("*.parquet"):  # left by an earlier process: not tracked, so removed
             with contextlib.suppress(OSError):
                 stale.unlink()
@@ -245,27 +245,23 @@ class FileCache:
         if name in self._files:
             self._files.move_to_end(name)
             return self.folder / name
-        pending = self._fetching.get(name)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
-        self._fetching[name] = future
+        task = self._fetching.get(name)
+        if task is None:
+            # A task of its own: a query cancelled meanwhile neither fails the others that wait for the same
+            # file nor leaves a partial one behind.
+            task = self._fetching[name] = asyncio.get_running_loop().create_task(self._fetch(key, name))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved, even if none waits
+        return await asyncio.shield(task)
+
+    async def _fetch(self, key: str, name: str) -> Path:
         try:
             data = await self.objects.get(key)
-            part = self.folder / f".{secrets.token_hex(8)}.part"
-            await asyncio.to_thread(part.write_bytes, data)
-            os.replace(part, self.folder / name)
+            path = self.folder / name
+            await asyncio.to_thread(_write, self.folder / f".{secrets.token_hex(8)}.part", path, data)
             self._files[name] = len(data)
             self._bytes += len(data)
-            future.set_result(self.folder / name)
-            return self.folder / name
-        except Exception as e:
-            future.set_exception(e)
-            future.exception()  # retrieved: no warning when no other query waited on it
-            raise
-        except BaseException:
-            future.cancel()
-            raise
+            self.trim()  # the query that asked may be gone (unpinned): the bound still holds
+            return path
         finally:
             del self._fetching[name]
 
@@ -279,6 +275,15 @@ class FileCache:
             self._bytes -= self._files.pop(name)
             with contextlib.suppress(OSError):
                 (self.folder / name).unlink()
+
+
+def _write(part: Path, path: Path, data: bytes) -> None:
+    try:
+        part.write_bytes(data)
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
 
 
 class History:
