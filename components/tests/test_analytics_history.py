@@ -380,3 +380,23 @@ async def test_a_query_cancelled_mid_fetch_fails_no_other_and_leaves_no_partial_
         async with full.use(keys):
             pass
     assert list((tmp_path / "full").iterdir()) == []
+
+
+@pytest.mark.unit
+async def test_closing_keeps_what_a_configured_cache_folder_held_before(tmp_path: Path) -> None:
+    objects = LocalObjectStore(tmp_path / "objects")
+    await Archiver(objects).write([json.dumps(event(1, "d1", "launch")).encode()])
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("not the cache's")
+    (folder / ".0123456789abcdef.part").write_bytes(b"left by a process that died mid-fetch")
+    h = History(objects, cache_dir=folder)
+    assert not (folder / ".0123456789abcdef.part").exists()
+    assert (await h.counts("SHOP", "prod", D0, D0))["days"]["2026-11-02"][0]["events"] == 1
+    assert list(folder.glob("*.parquet"))
+    h.close()
+    assert sorted(p.name for p in folder.iterdir()) == ["keep.txt"]
+    own = History(objects)  # a folder of its own goes whole
+    await own.counts("SHOP", "prod", D0, D0)
+    own.close()
+    assert not own.cache.folder.exists()

@@ -209,6 +209,7 @@ class FileCache:
 
     def __init__(self, objects: ObjectStore, folder: str | Path | None, max_bytes: int):
         self.objects = objects
+        self._own = not folder  # a folder of ours goes whole on close; a configured one keeps what is not ours
         self.folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="mpaas-history-cache-"))
         self.folder.mkdir(parents=True, exist_ok=True)
         self.spill = self.folder / "spill"
@@ -217,9 +218,19 @@ class FileCache:
         self._bytes = 0
         self._pins: dict[str, int] = {}  # cache name -> running queries reading it
         self._fetching: dict[str, asyncio.Task[Path]] = {}
-        for stale in self.folder.glob("*.parquet"):  # left by an earlier process: not tracked, so removed
+        self._remove_ours()  # left by an earlier process: not tracked, so removed
+
+    def _remove_ours(self) -> None:
+        for stale in [*self.folder.glob("*.parquet"), *self.folder.glob(".*.part")]:
             with contextlib.suppress(OSError):
                 stale.unlink()
+        shutil.rmtree(self.spill, ignore_errors=True)
+
+    def close(self) -> None:
+        if self._own:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        else:
+            self._remove_ours()
 
     @staticmethod
     def _name(key: str) -> str:
@@ -521,7 +532,7 @@ class History:
         return sorted(found)
 
     def close(self) -> None:
-        shutil.rmtree(self.cache.folder, ignore_errors=True)
+        self.cache.close()
 
 
 def _who(by: str) -> str:
