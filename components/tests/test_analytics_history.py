@@ -400,3 +400,30 @@ async def test_closing_keeps_what_a_configured_cache_folder_held_before(tmp_path
     await own.counts("SHOP", "prod", D0, D0)
     own.close()
     assert not own.cache.folder.exists()
+
+
+@pytest.mark.unit
+async def test_an_object_store_that_fails_is_a_503(tmp_path: Path) -> None:
+    objects = LocalObjectStore(tmp_path / "objects")
+    await Archiver(objects).write([json.dumps(event(1, "d1", "launch")).encode()])
+
+    class Unreachable(Exception):  # as S3's client raises them: no OSError
+        pass
+
+    async def away(prefix: str = "") -> list[str]:
+        raise Unreachable("connection refused")
+
+    async def gone(key: str, **kw: Any) -> bytes:
+        raise KeyError(key)  # listed, then removed before it was read
+
+    live = Live()
+    for name, broken in (("list", away), ("get", gone)):
+        store = LocalObjectStore(tmp_path / "objects")
+        setattr(store, name, broken)
+        app = create_query_app(live, MemoryAggregates(), None, None)  # type: ignore[arg-type]
+        h = History(store, cache_dir=tmp_path / f"cache-{name}")
+        history.add_routes(app, live, h)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin") as client:
+            r = await client.get("/v1/apps/SHOP/prod/history/events", params={"from": "2026-11-02", "to": "2026-11-02"})
+        assert r.status_code == 503 and "try again" in r.json()["detail"], name
+        h.close()

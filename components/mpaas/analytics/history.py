@@ -590,8 +590,8 @@ def add_routes(app: FastAPI, live: LiveConfig[AppDirectory], history: History | 
             return await call
         except QueryError as e:
             raise HTTPException(400, str(e)) from None
-        except (duckdb.Error, OSError) as e:
-            log.warning("history query failed: %r", e)
+        except Exception as e:  # DuckDB, the disk, or the object store (S3's errors are no OSError), a file gone
+            log.warning("history query failed: %r", e, exc_info=not isinstance(e, duckdb.Error | OSError))
             raise HTTPException(503, "the history could not be read just now; try again") from None
 
     base = "/v1/apps/{app_id}/{workspace_id}/history"
