@@ -365,3 +365,23 @@ async def test_a_mapping_version_that_is_no_key_segment_is_a_400(tmp_path: Path)
     for version in ("...", ".x"):
         status, detail = await put(tmp_path, mapping, f"/v1/apps/SHOP/prod/versions/{version}/mapping")
         assert status == 400 and "letters, digits" in detail, detail
+
+
+async def test_the_symcaches_one_report_holds_stay_within_the_cache_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report may name 16 images: their SymCaches, held together while it is read, are bounded like the
+    cache (1 GiB), not 16 times the largest SymCache."""
+    objects = CountingStore(tmp_path / "objects")
+    ids = [str(uuid.UUID(int=n + 1)) for n in range(3)]
+    for debug_id in ids:
+        await objects.put(dsyms.AppleSymbols.key("SHOP/prod", debug_id), bytes(100))
+    monkeypatch.setattr(dsyms.SymCache, "from_bytes", staticmethod(lambda data: object()))
+    held: list[int] = []
+    monkeypatch.setattr(dsyms, "symbolicated", lambda report, caches, by_name: held.append(len(caches)))
+    apple = dsyms.AppleSymbols(objects)
+    apple.cache.max_bytes = 250
+    frames = [f"{n}   Lib{n}   0x{0x10000 * (n + 1) + 8:x} 0x{0x10000 * (n + 1):x} + 8" for n in range(3)]
+    images = [f"0x{0x10000 * (n + 1):x} - 0x{0x10000 * (n + 1) + 0xFFFF:x} Lib{n} arm64 <{ids[n]}>" for n in range(3)]
+    await apple.symbolicate("SHOP/prod", "2.0", "\n".join([*frames, "", "Binary Images:", *images]))
+    assert held == [2]  # 200 of 250 bytes: the third image's frames stay as sent

@@ -394,6 +394,10 @@ class SymCacheCache:
         self._items.move_to_end(key)
         return found[0]
 
+    def size_of(self, key: tuple[str, str]) -> int:
+        found = self._items.get(key)
+        return found[1] if found is not None else 0
+
     def put(self, key: tuple[str, str], cache: SymCache, size: int) -> None:
         self.drop(key)
         self._items[key] = (cache, size)
@@ -461,16 +465,19 @@ class AppleSymbols:
             self._versions.pop((app, version), None)
         return kept
 
-    async def symcache(self, app: str, debug_id: str) -> SymCache | None:
+    async def symcache(self, app: str, debug_id: str, room: int = MAX_SYMCACHE_BYTES) -> SymCache | None:
+        """The image's SymCache; None when there is none, or when it is larger than `room` bytes."""
         found = self.cache.get((app, debug_id))
         if found is not None:
-            return found
+            return found if self.cache.size_of((app, debug_id)) <= room else None
         if time.monotonic() < self._missing.get((app, debug_id), 0.0):
             return None
         key = self.key(app, debug_id)
         info = await self.objects.stat(key)
         if info is None or info.size > MAX_SYMCACHE_BYTES:
             self._note_missing((app, debug_id))
+            return None
+        if info.size > room:
             return None
         data = await self.objects.get(key)
         try:
@@ -520,10 +527,12 @@ class AppleSymbols:
                     by_name[name] = candidates[0]["debugId"]
             ids = list(by_name.values())
         caches = {}
+        held = 0  # a report holds its SymCaches until it is read: together within the cache's bound
         for found in ids:
-            cache = await self.symcache(app, found)
+            cache = await self.symcache(app, found, max(self.cache.max_bytes - held, 0))
             if cache is not None:
                 caches[found] = cache
+                held += self.cache.size_of((app, found))
         if not caches:
             return None
         return await asyncio.to_thread(symbolicated, report, caches, by_name)
