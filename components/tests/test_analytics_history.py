@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
@@ -427,3 +428,38 @@ async def test_an_object_store_that_fails_is_a_503(tmp_path: Path) -> None:
             r = await client.get("/v1/apps/SHOP/prod/history/events", params={"from": "2026-11-02", "to": "2026-11-02"})
         assert r.status_code == 503 and "try again" in r.json()["detail"], name
         h.close()
+
+
+@pytest.mark.unit
+async def test_a_cancelled_query_keeps_its_slot_and_files_until_duckdb_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objects = LocalObjectStore(tmp_path / "objects")
+    archiver = Archiver(objects)
+    for d in range(2):
+        await archiver.write([json.dumps(event(i, f"d{i}", "launch", d)).encode() for i in range(50)])
+    h = History(objects, cache_dir=tmp_path / "cache", cache_bytes=1, concurrency=1)  # any second file: trimmed
+    h.max_query_bytes = 1 << 20
+    runs: list[tuple[float, float, bool]] = []
+    real = h._execute
+
+    def slow(sql: str, params: list[Any], *rest: Any) -> list[tuple[Any, ...]]:
+        started = time.monotonic()
+        time.sleep(0.3)  # DuckDB at work, in its thread: a cancelled task does not stop it
+        files_there = all(Path(p).exists() for p in params[0])
+        out = real(sql, params, *rest) if files_there else []
+        runs.append((started, time.monotonic(), files_there))
+        return out
+
+    monkeypatch.setattr(h, "_execute", slow)
+    first = asyncio.create_task(h.counts("SHOP", "prod", D0, D0))
+    await asyncio.sleep(0.1)
+    first.cancel()
+    day1 = date.fromordinal(D0.toordinal() + 1)
+    await h.counts("SHOP", "prod", day1, day1)  # would take the slot, fetch its file and trim the first's
+    await asyncio.gather(first, return_exceptions=True)
+    await asyncio.sleep(0.4)
+    (_, a_end, a_files), (b_start, _, _) = sorted(runs)
+    assert a_files, "the cancelled query's files were trimmed while DuckDB still read them"
+    assert b_start >= a_end, "two queries ran at once with one slot"
+    h.close()

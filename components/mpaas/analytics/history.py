@@ -341,12 +341,30 @@ class History:
                 return []
             try:
                 async with self.cache.use(keys) as paths:
-                    return await asyncio.to_thread(self._execute, sql, [[str(p) for p in paths], *params])
+                    opened: list[duckdb.DuckDBPyConnection] = []
+                    work = asyncio.ensure_future(
+                        asyncio.to_thread(self._execute, sql, [[str(p) for p in paths], *params], opened)
+                    )
+                    try:
+                        return await asyncio.shield(work)
+                    except asyncio.CancelledError:
+                        # Cancelling the task does not stop DuckDB's thread: it is interrupted, and its slot
+                        # and files kept until it has stopped.
+                        for con in opened:
+                            con.interrupt()
+                        await asyncio.wait([work])
+                        if not work.cancelled():
+                            work.exception()  # retrieved: DuckDB's "interrupted"
+                        raise
             finally:
                 QUERY.labels(name).observe(time.perf_counter() - started)
 
-    def _execute(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    def _execute(
+        self, sql: str, params: list[Any], opened: list[duckdb.DuckDBPyConnection] | None = None
+    ) -> list[tuple[Any, ...]]:
         con = _connect(self.cache.spill, self.threads)
+        if opened is not None:
+            opened.append(con)
         try:
             return con.execute(sql, params).fetchall()
         finally:
