@@ -463,3 +463,20 @@ async def test_a_cancelled_query_keeps_its_slot_and_files_until_duckdb_stops(
     assert a_files, "the cancelled query's files were trimmed while DuckDB still read them"
     assert b_start >= a_end, "two queries ran at once with one slot"
     h.close()
+
+
+@pytest.mark.unit
+async def test_a_funnel_window_that_crosses_midnight_reads_the_next_day(tmp_path: Path) -> None:
+    objects = LocalObjectStore(tmp_path / "objects")
+    late = 14 * 3600 + 50 * 60  # T0 is 09:00: 23:50 that day
+    lines = [event(1, "d1", "view", 0, late), event(2, "d1", "cart", 0, late + 15 * 60)]  # 00:05 the next day
+    # A window of a day and an hour from 23:50: its last step two days on.
+    lines += [event(3, "d2", "view", 0, late), event(4, "d2", "cart", 0, late + 86400 + 30 * 60)]
+    await Archiver(objects).write([json.dumps(e).encode() for e in lines])
+    assert len(await archived(objects)) == 3
+    h = History(objects, cache_dir=tmp_path / "cache")
+    hour = await h.funnel("SHOP", "prod", D0, D0, ["view", "cart"], window_seconds=3600)
+    assert [s["count"] for s in hour["steps"]] == [2, 1]
+    longer = await h.funnel("SHOP", "prod", D0, D0, ["view", "cart"], window_seconds=86400 + 3600)
+    assert [s["count"] for s in longer["steps"]] == [2, 2]
+    h.close()

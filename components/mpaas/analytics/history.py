@@ -462,7 +462,8 @@ class History:
         if not 1 <= window_seconds <= MAX_FUNNEL_WINDOW_SECONDS:
             raise QueryError(f"windowSeconds: from 1 to {MAX_FUNNEL_WINDOW_SECONDS}")
         who = _who(by)
-        span = _days(first, last + timedelta(seconds=window_seconds))
+        # A start late on `last` ends its window up to that many whole days on (a date drops a timedelta's seconds).
+        span = _days(first, last + timedelta(days=-(-window_seconds // 86400)))
         # Each step takes the earliest next event after the one before, per start: the earliest keeps the most
         # room for the steps after it, so no path that completes is missed.
         ctes = [
