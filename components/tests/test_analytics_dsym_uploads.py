@@ -385,3 +385,10 @@ async def test_the_symcaches_one_report_holds_stay_within_the_cache_bound(
     images = [f"0x{0x10000 * (n + 1):x} - 0x{0x10000 * (n + 1) + 0xFFFF:x} Lib{n} arm64 <{ids[n]}>" for n in range(3)]
     await apple.symbolicate("SHOP/prod", "2.0", "\n".join([*frames, "", "Binary Images:", *images]))
     assert held == [2]  # 200 of 250 bytes: the third image's frames stay as sent
+
+
+async def test_a_version_or_name_too_long_is_the_documented_400(tmp_path: Path) -> None:
+    status, detail = await put(tmp_path, macho_without_dwarf(), URL + "?version=" + "1" * 65)
+    assert status == 400 and "at most 64" in detail, detail
+    status, detail = await put(tmp_path, macho_without_dwarf(), URL + "?name=" + "a" * 256)
+    assert status == 400 and "at most 255" in detail, detail

@@ -94,8 +94,8 @@ def create_query_app(
         app_id: str,
         workspace_id: str,
         request: Request,
-        version: str = Query(default="", max_length=64),
-        name: str = Query(default="", max_length=255),
+        version: str = Query(default=""),  # checked by the store: a 400 that says why, as documented
+        name: str = Query(default=""),
     ) -> dict[str, Any]:
         key = registered(app_id, workspace_id)
         if symbols is None:
