@@ -108,11 +108,9 @@ class Release:
             return False
         return percent_of(client.device_id, self.percent, self.salt)
 
-    def newer_than(self, installed: str) -> bool:
-        if not installed:
-            return True
-        have = version_key(installed)
-        return have is None or self.version > have  # a version that does not parse: offer the release
+    def newer_than(self, have: tuple[int, ...] | None) -> bool:
+        """`have`: the installed version's key (None: none sent, or one that does not parse: offer)."""
+        return have is None or self.version > have
 
 
 def _set(values: list[str], key: str) -> Predicate:
@@ -120,12 +118,23 @@ def _set(values: list[str], key: str) -> Predicate:
     return lambda a: a.get(key, "").casefold() in allowed
 
 
+def _version(attrs: Mapping[str, str], key: str) -> tuple[int, ...] | None:
+    """The version under `key`, parsed once per check (kept in the check's own attribute dict)."""
+    memo = "\0" + key
+    if memo in attrs:
+        return attrs[memo]  # type: ignore[return-value]
+    v = version_key(attrs.get(key, ""))
+    if isinstance(attrs, dict):
+        attrs[memo] = v
+    return v
+
+
 def _range(key: str, low: str | None, high: str | None) -> Predicate:
     lo = version_key(low) if low else None
     hi = version_key(high) if high else None
 
     def inside(a: Mapping[str, str]) -> bool:
-        v = version_key(a.get(key, ""))
+        v = _version(a, key)
         if v is None or (not v and not a.get(key)):  # absent or unreadable: outside any bounded range
             return False
         return (lo is None or v >= lo) and (hi is None or v <= hi)
@@ -226,7 +235,9 @@ class Catalog:
             return []
         attrs = client.attributes()
         installed = client.app_version if str(resource_type) == ResourceType.APP_UPGRADE else client.installed_version
-        return [r for r in shelf if verified(r) and r.newer_than(installed) and r.targets(client, attrs, now)]
+        have = version_key(installed) if installed else None
+        # The package check last: it is the caller's, and the others rule out most releases for less.
+        return [r for r in shelf if r.newer_than(have) and r.targets(client, attrs, now) and verified(r)]
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.shelves.values())
