@@ -46,28 +46,33 @@ class Package(ApiModel):
     uri: str = Field(
         max_length=2048,
         pattern=r"^(s3|https?)://[^\s]+$",
-        description="Not used yet: where the package is, an s3://bucket/key or http(s):// URL.",
+        description="Where the package is: s3://bucket/key in the platform's object store (whose bucket it must "
+        "name), or an http(s):// URL. The operator checks it there once (condition PackageVerified); clients get a "
+        "link to it.",
     )
     version: str = Field(
         max_length=32,
         pattern=VERSION_STRING,
-        description="Version of the released app or resource, dotted numbers, e.g. 3.2.0. Shown by kubectl get; "
-        "not used otherwise yet.",
+        description="Version of the released app or resource, dotted numbers, e.g. 3.2.0: clients that run an "
+        "older one get the update; of several live releases, the newest wins. Shown by kubectl get.",
     )
     sha256: str = Field(
         pattern=r"^[a-f0-9]{64}$",
         max_length=64,
-        description="Not used yet: SHA-256 of the package, 64 lower-case hex digits, for clients to check it.",
+        description="SHA-256 of the package, 64 lower-case hex digits: the operator checks the package against it "
+        "before it is offered, and clients get it to check their download.",
     )
     size_bytes: int = Field(
         ge=1,
         le=16 * 1024**3,
-        description="Not used yet: size of the package, in bytes, 1-17179869184 (16 GiB).",
+        description="Size of the package, in bytes, 1-17179869184 (16 GiB): checked by the operator with sha256, "
+        "and sent to clients.",
     )
     signature: str | None = Field(
         default=None,
         max_length=4096,
-        description="Not used yet: base64 signature over sha256, for clients to check with the app's delivery key.",
+        description="Base64 signature over sha256, sent to clients to check with the app's delivery key (the "
+        "platform passes it on without checking it).",
     )
 
 
@@ -77,17 +82,17 @@ class Whitelist(ApiModel):
     user_ids: list[str] = Field(
         default_factory=list,
         max_length=10000,
-        description="Not used yet: user ids that get the release whatever the percent and filters. At most 10000.",
+        description="User ids that get the release whatever the percent and filters. At most 10000.",
     )
     device_ids: list[str] = Field(
         default_factory=list,
         max_length=10000,
-        description="Not used yet: device ids that get the release whatever the percent and filters. At most 10000.",
+        description="Device ids that get the release whatever the percent and filters. At most 10000.",
     )
     only: bool = Field(
         default=False,
         description="Release to the whitelist alone, e.g. for internal testing; needs userIds or deviceIds. "
-        "Not used yet beyond that check. Default false.",
+        "Default false.",
     )
 
 
@@ -95,64 +100,57 @@ class TimeWindow(ApiModel):
     """A period the release is limited to."""
 
     __cel__ = [cel("timestamp(self.end) > timestamp(self.start)", "window.end must be after window.start")]
-    start: datetime = Field(description="Not used yet: when the release opens (RFC 3339 timestamp).")
-    end: datetime = Field(description="Not used yet: when the release closes (RFC 3339 timestamp); after start.")
+    start: datetime = Field(description="When the release opens (RFC 3339 timestamp).")
+    end: datetime = Field(description="When the release closes (RFC 3339 timestamp); after start.")
     max_users: int | None = Field(
         default=None,
         ge=1,
         le=1_000_000_000,
-        description="Not used yet: most users who get the release in the window, 1-1000000000. Unset: no cap.",
+        description="Most devices that get the release in the window, 1-1000000000, counted across every "
+        "delivery replica; whitelisted devices take no seat. Unset: no cap.",
     )
 
 
 class Filters(ApiModel):
     """Device attributes a client must match: any value of each list given, every filter given."""
 
-    cities: list[str] = Field(
-        default_factory=list, max_length=512, description="Not used yet: cities, as the client reports them."
-    )
-    models: list[str] = Field(default_factory=list, max_length=512, description="Not used yet: device models.")
-    brands: list[str] = Field(default_factory=list, max_length=128, description="Not used yet: device brands.")
+    cities: list[str] = Field(default_factory=list, max_length=512, description="Cities, as the client reports them.")
+    models: list[str] = Field(default_factory=list, max_length=512, description="Device models.")
+    brands: list[str] = Field(default_factory=list, max_length=128, description="Device brands.")
     networks: list[Network] = Field(
         default_factory=list,
         max_length=5,
-        description="Not used yet: network types: Wifi, Cellular, 5G, 4G or 3G.",
+        description="Network types: Wifi, Cellular, 5G, 4G or 3G.",
     )
     channels: list[str] = Field(
         default_factory=list,
         max_length=256,
-        description="Not used yet: distribution channels the app was installed from (app stores).",
+        description="Distribution channels the app was installed from (app stores).",
     )
-    os_version: VersionRange | None = Field(
-        default=None, description="Not used yet: range of operating-system versions. Unset: any."
-    )
-    app_version: VersionRange | None = Field(
-        default=None, description="Not used yet: range of installed app versions. Unset: any."
-    )
+    os_version: VersionRange | None = Field(default=None, description="Range of operating-system versions. Unset: any.")
+    app_version: VersionRange | None = Field(default=None, description="Range of installed app versions. Unset: any.")
 
 
 class Targeting(ApiModel):
-    """Who gets the release. No component picks devices yet: the operator only checks that rule parses and
-    reports percent."""
+    """Who gets the release: the whitelist, or else the filters, the rule and the percent, within the window."""
 
-    whitelist: Whitelist | None = Field(default=None, description="Not used yet: users and devices named one by one.")
+    whitelist: Whitelist | None = Field(default=None, description="Users and devices named one by one.")
     percent: int = Field(
         default=100,
         ge=0,
         le=100,
         description="Share of the targeted devices that get the release when stages is empty, in percent, 0-100, "
-        "reported as status.currentPercent. Not used yet to pick devices (meant: by a stable hash of the device "
-        "id). Default 100.",
+        "reported as status.currentPercent; a device is inside by a stable hash of its id. Default 100.",
     )
-    window: TimeWindow | None = Field(default=None, description="Not used yet: a period the release is limited to.")
+    window: TimeWindow | None = Field(default=None, description="A period the release is limited to.")
     filters: Filters | None = Field(
-        default=None, description="Not used yet: device attributes a client must match. Unset: any device."
+        default=None, description="Device attributes a client must match. Unset: any device."
     )
     rule: str | None = Field(
         default=None,
         max_length=2048,
         description="Gray-rule expression a client must match, e.g. APP_VERSION >= 3.0 && CITY IN (Hangzhou, "
-        "Shanghai); the operator checks that it parses. Not used yet to pick devices.",
+        "Shanghai); the operator checks that it parses.",
     )
 
 
@@ -169,16 +167,17 @@ class Stage(ApiModel):
         default=None,
         ge=60,
         le=86400 * 90,
-        description="How long the stage lasts before the next, in seconds, 60-7776000 (90 days); required on every "
-        "stage but the last. Not used yet: nothing moves a release to its next stage.",
+        description="How long the stage lasts before the operator starts the next, in seconds, 60-7776000 (90 "
+        "days), not counting the time it is held (paused or rolled back); required on every stage but the last, "
+        "which lasts until the task is deleted.",
     )
 
 
 class DeliveryTaskSpec(ApiModel):
     """Desired state of a DeliveryTask: the package, who gets it, and in which stages.
 
-    Not served yet: no component answers update checks or serves downloads. The operator validates the spec and
-    reports the current stage's percent in status.
+    The operator validates the spec, checks the package once and advances the stages; the delivery component
+    offers the package to the devices the targeting and the current percent pick.
     """
 
     __cel__ = [
@@ -189,23 +188,21 @@ class DeliveryTaskSpec(ApiModel):
         max_length=64,
         pattern=APP_ID,
         json_schema_extra=immutable("appId is immutable"),
-        description="The app whose clients get the release (their AppId). Immutable. Shown by kubectl get; "
-        "not used otherwise yet.",
+        description="The app whose clients get the release (their AppId). Immutable. Shown by kubectl get.",
     )
     workspace_id: str = Field(
         max_length=64,
         pattern=APP_ID,
-        description="Not used yet: the app's workspace (their WorkspaceId), e.g. prod.",
+        description="The app's workspace (their WorkspaceId), e.g. prod.",
     )
     platform: Platform = Field(
         json_schema_extra=immutable("platform is immutable"),
-        description="Not used yet: the client platform that gets the release: Android, IOS or Harmony. Immutable.",
+        description="The client platform that gets the release: Android, IOS or Harmony. Immutable.",
     )
     resource_type: ResourceType = Field(
         json_schema_extra=immutable("resourceType is immutable"),
         description="What is released: AppUpgrade (a new app version), Hotfix, H5Offline (an offline H5 bundle), "
-        "MiniProgram, Resource, or Switch (a payload without a package). Immutable. Shown by kubectl get; "
-        "not used otherwise yet.",
+        "MiniProgram, Resource, or Switch (a payload without a package). Immutable. Shown by kubectl get.",
     )
     package: Package | None = Field(
         default=None,
@@ -216,17 +213,18 @@ class DeliveryTaskSpec(ApiModel):
     payload: dict[str, Any] | None = Field(
         default=None,
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
-        description="Not used yet: free-form JSON the client receives with the update; for a Switch, its values.",
+        description="Free-form JSON the client receives with the update; for a Switch, its values (those of every "
+        "switch that applies are merged, a newer one's winning).",
     )
     upgrade_mode: UpgradeMode = Field(
         default=UpgradeMode.REMIND,
-        description="Not used yet: how the client offers the update: Silent (without asking), Remind (the user may "
-        "decline) or Force (the user must update). Default Remind.",
+        description="How the client offers the update: Silent (without asking), Remind (the user may decline) or "
+        "Force (the user must update). Default Remind.",
     )
     description: str | None = Field(
         default=None,
         max_length=4096,
-        description="Not used yet: release notes for the user, sent with the update. At most 4096 characters.",
+        description="Release notes for the user, sent with the update. At most 4096 characters.",
     )
     targeting: Targeting = Field(
         default_factory=Targeting, description="Who gets the release. Default: every device, all at once."
@@ -239,13 +237,13 @@ class DeliveryTaskSpec(ApiModel):
     )
     paused: bool = Field(
         default=False,
-        description="Hold the release at its current stage. Not used yet beyond the status: nothing advances "
-        "stages. Default false.",
+        description="Hold the release at its current stage: it is still served at that stage's percent, and the "
+        "stage's clock stops (on resume the stage has the time it had left). Default false.",
     )
     rollback: bool = Field(
         default=False,
-        description="Withdraw the release; status.currentPercent shows 0. Not used yet beyond the status: no "
-        "component serves releases. Default false.",
+        description="Withdraw the release: no device is offered it (status.currentPercent 0), clients that run "
+        "it are told to roll back, and the stage's clock stops as with paused. Default false.",
     )
 
 
@@ -255,17 +253,28 @@ class DeliveryTaskStatus(CommonStatus):
     current_stage: int | None = Field(
         default=None,
         ge=0,
-        description="Index of the current entry of spec.stages, from 0. Nothing advances it yet: it stays 0.",
+        description="Index of the current entry of spec.stages, from 0; advanced by the operator one stage at a "
+        "time. Unset until the package is verified.",
     )
     current_percent: int | None = Field(
         default=None,
         ge=0,
         le=100,
         description="Share of the targeted devices the release is open to, in percent: the current stage's "
-        "percent (targeting.percent without stages), 0 after a rollback.",
+        "percent (targeting.percent without stages); 0 before the package is verified and after a rollback.",
     )
     stage_started_at: datetime | None = Field(
-        default=None, description="Not written yet: when the current stage began (RFC 3339 timestamp)."
+        default=None, description="When the current stage began (RFC 3339 timestamp)."
+    )
+    paused_at: datetime | None = Field(
+        default=None,
+        description="While spec.paused or spec.rollback holds the current stage: since when (RFC 3339 timestamp).",
+    )
+    paused_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        description="Seconds the current stage was held before now (paused or rolled back): it ends that much "
+        "later than stageStartedAt + durationSeconds.",
     )
     hits: int | None = Field(default=None, ge=0, description="Not written yet: update checks that offered the release.")
     downloads: int | None = Field(default=None, ge=0, description="Not written yet: downloads of the package.")
