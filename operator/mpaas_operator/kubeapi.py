@@ -72,6 +72,18 @@ async def apply_children(client: KubeClient, owner: dict[str, Any], children: Ch
     return applied
 
 
-async def patch_status(client: KubeClient, kind: Kind, namespace: str, name: str, status: dict[str, Any]) -> None:
-    """Replace the fields we compute in status (merge patch on the status subresource)."""
-    await client.merge_patch(kind.resource, namespace, name, {"status": status}, subresource="status")
+async def patch_status(
+    client: KubeClient,
+    kind: Kind,
+    namespace: str,
+    name: str,
+    status: dict[str, Any],
+    *,
+    resource_version: str | None = None,
+) -> None:
+    """Replace the fields we compute in status (merge patch on the status subresource). With `resource_version`
+    the API server refuses the patch (409) unless the resource is still at that version."""
+    patch: dict[str, Any] = {"status": status}
+    if resource_version is not None:
+        patch["metadata"] = {"resourceVersion": resource_version}
+    await client.merge_patch(kind.resource, namespace, name, patch, subresource="status")

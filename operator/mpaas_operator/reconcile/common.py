@@ -64,23 +64,39 @@ def kstatus(
     ]
 
 
-async def report_invalid(client: KubeClient, kind: Kind, body: dict[str, Any], err: InvalidResource) -> None:
-    """Ready=False/InvalidSpec with what to fix. Children stay as the last valid spec left them."""
+async def report_invalid(
+    client: KubeClient, kind: Kind, body: dict[str, Any], err: InvalidResource, *, keep: tuple[str, ...] = ()
+) -> None:
+    """Ready=False/InvalidSpec with what to fix. Children stay as the last valid spec left them, and so do the
+    conditions of the types in `keep` (facts the spec change does not touch)."""
     namespace, name, _ = identity(body)
     log.warning("%s %s/%s has an invalid spec: %s", kind.kind, namespace, name, err.detail)
-    await report(client, kind, body, kstatus(conditions.condition("Ready", False, "InvalidSpec", err.detail)))
+    kept = [
+        {k: c.get(k, "") for k in ("type", "status", "reason", "message")}
+        for c in previous_conditions(body)
+        if c.get("type") in keep
+    ]
+    await report(client, kind, body, [*kstatus(conditions.condition("Ready", False, "InvalidSpec", err.detail)), *kept])
 
 
 async def report(
-    client: KubeClient, kind: Kind, body: dict[str, Any], conds: list[dict[str, Any]], **fields: Any
+    client: KubeClient,
+    kind: Kind,
+    body: dict[str, Any],
+    conds: list[dict[str, Any]],
+    *,
+    resource_version: str | None = None,
+    **fields: Any,
 ) -> dict[str, Any]:
+    """Write status as computed from `body`; with `resource_version`, only if the resource is still at it (a 409
+    ApiError otherwise)."""
     namespace, name, generation = identity(body)
     status = {
         "observedGeneration": generation,
         "conditions": conditions.merge(previous_conditions(body), conds, generation),
         **fields,
     }
-    await patch_status(client, kind, namespace, name, status)
+    await patch_status(client, kind, namespace, name, status, resource_version=resource_version)
     ready = conditions.get(conds, "Ready")
     if ready is not None and ready["status"] == "False" and ready["reason"] in STALLED_REASONS:
         metrics.mark("stalled")
@@ -124,7 +140,7 @@ async def report_workload(
     lock and reads the Deployment and pods inside it, so an older view never overwrites a newer one.
     """
     namespace = identity(body)[0]
-    async with _lock(body):
+    async with status_lock(body):
         current = await _current(client, kind, body)
         if current is None:
             return None
@@ -139,14 +155,15 @@ async def report_applied_only(client: KubeClient, kind: Kind, body: dict[str, An
     go on telling which generation they run (a rule only the operator checks, such as the image allow-list,
     does not stop them from applying the rest of the spec)."""
     namespace, name, generation = identity(body)
-    async with _lock(body):
+    async with status_lock(body):
         if await _current(client, kind, body) is None:
             return
         applied = summarize(await _pods(client, namespace, selector), kind.kind, namespace, name, generation)
         await patch_status(client, kind, namespace, name, applied.fields())
 
 
-def _lock(body: dict[str, Any]) -> asyncio.Lock:
+def status_lock(body: dict[str, Any]) -> asyncio.Lock:
+    """The lock every status write of this resource takes in this process."""
     namespace, name, _ = identity(body)
     key = body["metadata"].get("uid", f"{namespace}/{name}")
     lock = _status_locks.get(key)
