@@ -203,15 +203,17 @@ async def test_link_channel_and_vendor_credentials(operator: Process, namespace:
 
 async def test_delivery_task_and_sync_topic_status(operator: Process, namespace: str) -> None:
     apply_yaml(namespace, example("DeliveryTask"), example("SyncTopic"))
-    # Valid, and honest that nothing serves them yet.
+    # Valid; its package cannot be checked (this operator has no object store), so nothing is offered yet.
     task = await eventually(
         lambda: (
-            condition(get(namespace, "deliverytask", "demo-android-2-1-0")).get("reason") == "NotImplemented"
+            condition(get(namespace, "deliverytask", "demo-android-2-1-0"), "PackageVerified").get("reason")
+            == "NoObjectStore"
             and get(namespace, "deliverytask", "demo-android-2-1-0")
         ),
         timeout=30,
     )
-    assert task["status"]["currentPercent"] == 10 and condition(task)["status"] == "False"
+    assert (condition(task)["status"], condition(task)["reason"]) == ("False", "PackageNotVerified")
+    assert task["status"]["currentPercent"] == 0 and "currentStage" not in task["status"]
     await ready_reason(namespace, "synctopic", "demo-messages", "NotImplemented", timeout=30)
     twin = copy.deepcopy(example("SyncTopic"))
     twin["metadata"]["name"] = "demo-messages-twin"
@@ -242,4 +244,4 @@ async def test_two_operators_do_not_fight(peering: str, namespace: str, spawn: C
         lambda: "Resuming operations after the pause" in low.output(), timeout=10, what="the standby to take over"
     )
     apply_yaml(namespace, example("DeliveryTask"))
-    await ready_reason(namespace, "deliverytask", "demo-android-2-1-0", "NotImplemented", timeout=30)
+    await ready_reason(namespace, "deliverytask", "demo-android-2-1-0", "PackageNotVerified", timeout=30)

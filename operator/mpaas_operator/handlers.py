@@ -7,9 +7,12 @@ applied back, and Deployment status changes refresh the owner's status, as do
 changes of the workloads' pods (ready or not, and the spec generation each one
 reports it has applied, `mpaas.applied`). A
 change to a Secret that a vendor PushChannel names re-checks that channel's
-credentials. Nothing runs on a timer, so no resource carries a finalizer:
-deleting one never needs the operator (garbage collection removes the
-children), and it can be deleted after the operator is uninstalled.
+credentials. No kopf timer or daemon runs (kopf would put a finalizer on every
+resource one serves), so no resource carries a finalizer: deleting one never
+needs the operator (garbage collection removes the children), and it can be
+deleted after the operator is uninstalled. What runs by the clock, the
+DeliveryTask package checks and stages, is one operator-wide loop
+(releases.py), started with the operator.
 """
 
 from __future__ import annotations

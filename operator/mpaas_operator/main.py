@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import secrets
+import socket
 from typing import Any
 
 import kopf
 
 from mpaas.kube import KubeClient, ResourceType
 from mpaas.service import setup_logging
+from mpaas.stores import ObjectStore, open_objectstore
 
 from . import handlers, metrics
 from .builders.common import selector_string
+from .releases import CLUSTER_KOPF_PEERINGS, KOPF_PEERINGS, RELEASES, Peering
 from .settings import SETTINGS
 
 log = logging.getLogger(__name__)
 
-CLUSTER_KOPF_PEERINGS = ResourceType("kopf.dev", "v1", "clusterkopfpeerings")
-KOPF_PEERINGS = ResourceType("kopf.dev", "v1", "kopfpeerings")
+# This replica's key in the peering object, given to kopf, so the DeliveryTask loop can find its own entry.
+IDENTITY = f"{os.environ.get('POD_NAME') or socket.gethostname()}/{secrets.token_hex(6)}"
 
 
 @kopf.on.startup()
@@ -52,12 +57,32 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.kube = KubeClient()
     if not SETTINGS.standalone:
         await check_peering(memo.kube, settings.peering.name, SETTINGS.watched_namespaces())
+    peering = Peering(
+        memo.kube,
+        name=settings.peering.name,
+        identity=IDENTITY,
+        priority=settings.peering.priority,
+        namespaces=SETTINGS.watched_namespaces(),
+        standalone=SETTINGS.standalone,
+    )
+    RELEASES.start(memo.kube, object_store(), peering, SETTINGS.watched_namespaces())
     log.info(
         "operator starting: %s, priority %s, image %s",
         "standalone" if SETTINGS.standalone else f"peering {settings.peering.name}",
         settings.peering.priority,
         SETTINGS.image,
     )
+
+
+def object_store() -> ObjectStore | None:
+    if not SETTINGS.objects_url:
+        return None
+    try:
+        return open_objectstore(
+            SETTINGS.objects_url, access_key=SETTINGS.objects_access_key, secret_key=SETTINGS.objects_secret_key
+        )
+    except ValueError as e:
+        raise kopf.PermanentError(f"MPAAS_OBJECTS_URL: {e}") from None
 
 
 async def check_peering(client: KubeClient, name: str, namespaces: list[str]) -> None:
@@ -79,6 +104,7 @@ async def check_peering(client: KubeClient, name: str, namespaces: list[str]) ->
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    await RELEASES.stop()
     await memo.kube.close()
     if getattr(memo, "metrics", None) is not None:
         await memo.metrics.cleanup()
@@ -98,6 +124,7 @@ def run() -> int:
             namespaces=namespaces,
             liveness_endpoint=f"http://0.0.0.0:{SETTINGS.health_port}/healthz",
             memo=kopf.Memo(),
+            identity=IDENTITY,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str
         )
     )
     return 0

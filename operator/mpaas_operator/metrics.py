@@ -6,6 +6,8 @@
   (deleted meanwhile); `retry` (a conflict, throttling or a server error); `error` (any other failure).
 - `mpaas_operator_reconcile_duration_seconds{kind}`: how long a reconcile took, every outcome.
 - `mpaas_operator_events_total{type, reason}`: Kubernetes Events posted (a folded repeat counts too).
+- `mpaas_operator_package_checks_total{reason}`: DeliveryTask package checks that finished, by the reason of
+  their PackageVerified condition (`Verified`, `PackageMissing`, ...).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
 EVENTS = Counter("mpaas_operator_events_total", "Kubernetes Events posted, by type and reason", ["type", "reason"])
+PACKAGE_CHECKS = Counter(
+    "mpaas_operator_package_checks_total", "DeliveryTask package checks, by result (Verified or why not)", ["reason"]
+)
 
 # The outcome of the reconcile running in this task, when it is not `ok` but the reconcile still returns normally.
 OUTCOME: contextvars.ContextVar[str] = contextvars.ContextVar("reconcile_outcome", default="ok")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mpaas import __version__
@@ -21,6 +22,12 @@ class OperatorSettings(BaseSettings):
     allowed_images: str = ""
     # Shared state (Redis) for the gateways whose spec names none: redis://host:port/db.
     redis_url: str | None = None
+    # The platform's object store, where DeliveryTask packages are (s3://bucket?endpoint=http://host:port or
+    # file:///path), named as the components name it: the operator reads each package once to check its size
+    # and sha256 (condition PackageVerified). Empty: s3:// packages are never verified.
+    objects_url: str = Field(default="", validation_alias="MPAAS_OBJECTS_URL")
+    objects_access_key: str = Field(default="", validation_alias="MPAAS_OBJECTS_ACCESS_KEY")
+    objects_secret_key: str = Field(default="", validation_alias="MPAAS_OBJECTS_SECRET_KEY", repr=False)
     # Comma-separated namespaces to watch; empty: every namespace.
     namespaces: str = ""
     # Active/standby: replicas meet in this kopf peering object (the chart creates it); the highest

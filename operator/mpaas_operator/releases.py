@@ -1,0 +1,253 @@
+"""The operator-wide loop that checks DeliveryTask packages and advances their stages.
+
+Nothing here runs per resource on a kopf timer or daemon: kopf puts a finalizer on every resource a timer or
+daemon serves, and no resource carries one (handlers.py). One asyncio task, started by the startup handler,
+lists the DeliveryTasks every PERIOD_SECONDS (sooner when a stage ends or a check is due, at once when a spec
+changes or a check finishes), and brings each one's status up to date through `delivery_task.sync`.
+
+kopf pauses its handlers while another replica is the active peer, but gives the application no handle on
+that pause. So the loop reads the peering object itself and applies kopf's rule (`Peering` below): it works
+only while this replica's own entry is alive and no live peer has a priority as high. A handover can leave
+two replicas working for a moment, as it can kopf's handlers; every status write is conditional on the
+resourceVersion it was computed from, so of two writers one wins and the other recomputes.
+
+A package is checked once (it is immutable); a check that fails is repeated after 10 s, then 20 s, doubling
+up to 5 minutes; a new spec, or an operator start, checks it again at once. At most CONCURRENT_CHECKS run at a
+time, each in a thread of its own (package_check.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from mpaas.api import DELIVERY_TASK, GROUP, VERSION, InvalidResource
+from mpaas.api.delivery import Package
+from mpaas.kube import ApiError, KubeClient, ResourceType
+from mpaas.stores import ObjectStore
+
+from . import metrics, package_check
+from .package_check import Result, Stopped
+from .reconcile import delivery_task
+
+log = logging.getLogger(__name__)
+
+PERIOD_SECONDS = 5.0
+STANDBY_POLL_SECONDS = 1.0
+CONCURRENT_CHECKS = 2
+RETRY_FIRST_SECONDS = 10.0
+RETRY_MAX_SECONDS = 300.0
+
+CLUSTER_KOPF_PEERINGS = ResourceType("kopf.dev", "v1", "clusterkopfpeerings")
+KOPF_PEERINGS = ResourceType("kopf.dev", "v1", "kopfpeerings")
+
+
+def retry_delay(failures: int) -> float:
+    """Seconds until the next check after `failures` failed ones in a row (1, 2, ...)."""
+    return min(RETRY_FIRST_SECONDS * 2 ** max(failures - 1, 0), RETRY_MAX_SECONDS)
+
+
+class Peering:
+    """Whether this replica is the one kopf lets work: kopf's own rule, read from the peering objects."""
+
+    def __init__(
+        self, client: KubeClient, *, name: str, identity: str, priority: int, namespaces: list[str], standalone: bool
+    ):
+        self.client, self.name, self.identity, self.priority = client, name, identity, priority
+        self.namespaces, self.standalone = namespaces, standalone
+
+    async def active(self) -> bool:
+        if self.standalone:
+            return True
+        wanted: list[tuple[ResourceType, str | None]] = [(KOPF_PEERINGS, ns) for ns in self.namespaces]
+        for rt, ns in wanted or [(CLUSTER_KOPF_PEERINGS, None)]:
+            obj = await self.client.get(rt, ns, self.name)
+            if obj is None or not self.leads(obj.get("status") or {}, datetime.now(UTC)):
+                return False
+        return True
+
+    def leads(self, peers: dict[str, Any], now: datetime) -> bool:
+        """kopf pauses a replica that sees a live peer of a higher or equal priority; until its own first
+        keep-alive it has not joined (kopf starts paused)."""
+        mine = peers.get(self.identity)
+        if not isinstance(mine, dict) or not _alive(mine, now):
+            return False
+        return not any(
+            isinstance(info, dict) and _alive(info, now) and int(info.get("priority") or 0) >= self.priority
+            for peer, info in peers.items()
+            if peer != self.identity
+        )
+
+
+def _alive(info: dict[str, Any], now: datetime) -> bool:
+    seen = info.get("lastseen")
+    if not isinstance(seen, str):
+        return True  # kopf counts a peer without lastseen as seen now
+    try:
+        at = datetime.fromisoformat(seen.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return (now - at).total_seconds() < int(info.get("lifetime") or 60)
+
+
+@dataclass
+class CheckState:
+    """What this replica knows of one task's package check (lost on restart: a start checks again at once)."""
+
+    result: Result | None = None
+    failures: int = 0
+    due: float = 0.0  # time.monotonic() of the next check
+    running: asyncio.Task[None] | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+class Releases:
+    def __init__(self) -> None:
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._checks: dict[str, CheckState] = {}
+        self._slots = asyncio.Semaphore(CONCURRENT_CHECKS)
+
+    def start(self, client: KubeClient, objects: ObjectStore | None, peering: Peering, namespaces: list[str]) -> None:
+        self.client, self.objects, self.peering, self.namespaces = client, objects, peering, namespaces
+        delivery_task.spec_changed = self.recheck
+        if self._task is not None:  # a startup handler retried
+            self._task.cancel()
+        self._task = asyncio.create_task(self._run(), name="delivery releases")
+
+    async def stop(self) -> None:
+        delivery_task.spec_changed = delivery_task.no_loop
+        self._stop_checks()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def recheck(self, uid: str) -> None:
+        """A task's spec changed or it was resumed: a package not verified yet is checked at once."""
+        state = self._checks.get(uid)
+        if state is not None and state.running is None:
+            state.due = 0.0
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            delay = PERIOD_SECONDS
+            self._wake.clear()  # a wake-up during the pass (a check done) cuts the next wait short
+            try:
+                if await self.peering.active():
+                    delay = await self.run_pass()
+                else:
+                    # What this replica knew goes stale while another one works.
+                    self._stop_checks()
+                    self._checks.clear()
+                    delay = STANDBY_POLL_SECONDS
+            except asyncio.CancelledError:
+                raise
+            except ApiError as e:
+                log.warning("DeliveryTask pass failed: %s", e)
+            except Exception:
+                log.exception("DeliveryTask pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+
+    async def _list(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        wanted: list[str | None] = [*self.namespaces] or [None]
+        for ns in wanted:
+            items += (await self.client.list(DELIVERY_TASK.resource, ns)).get("items") or []
+        return items
+
+    async def run_pass(self) -> float:
+        """One look at every task; returns the seconds until the next is due."""
+        seen: set[str] = set()
+        wake = PERIOD_SECONDS
+        for body in await self._list():
+            meta = body.get("metadata") or {}
+            if meta.get("deletionTimestamp"):
+                continue
+            body.setdefault("apiVersion", f"{GROUP}/{VERSION}")
+            body.setdefault("kind", DELIVERY_TASK.kind)
+            uid = str(meta.get("uid") or "")
+            seen.add(uid)
+            try:
+                spec = delivery_task.parse(body)
+            except InvalidResource:
+                continue  # its reconcile reports InvalidSpec; the release holds where it is
+            state = self._checks.setdefault(uid, CheckState())
+            try:
+                end = await delivery_task.sync(self.client, body, spec=spec, result=state.result)
+            except ApiError as e:
+                log.warning("DeliveryTask %s/%s: status not written: %s", meta.get("namespace"), meta.get("name"), e)
+                continue
+            if end is not None:
+                wake = min(wake, (end - datetime.now(UTC)).total_seconds())
+            if spec.package is not None and not _verified(body) and not (state.result and state.result.ok):
+                if state.running is None:
+                    left = state.due - time.monotonic()
+                    if left <= 0:
+                        self._start_check(uid, meta, spec.package, state)
+                    else:
+                        wake = min(wake, left)
+        for uid in list(self._checks):
+            if uid not in seen:
+                self._checks.pop(uid).stop.set()
+        return max(wake, 0.05)
+
+    def _start_check(self, uid: str, meta: dict[str, Any], package: Package, state: CheckState) -> None:
+        state.stop = threading.Event()
+        state.running = asyncio.create_task(
+            self._check(uid, f"{meta.get('namespace')}/{meta.get('name')}", package, state),
+            name=f"package check {uid}",
+        )
+
+    async def _check(self, uid: str, who: str, package: Package, state: CheckState) -> None:
+        try:
+            async with self._slots:
+                if state.stop.is_set():
+                    return
+                log.info("DeliveryTask %s: checking package %s", who, package.uri)
+                result = await package_check.check(package, self.objects, state.stop)
+        except Stopped:
+            return
+        finally:
+            state.running = None
+        metrics.PACKAGE_CHECKS.labels(result.reason).inc()
+        if result.ok:
+            state.failures = 0
+            log.info("DeliveryTask %s: %s", who, result.message)
+        else:
+            state.failures += 1
+            delay = retry_delay(state.failures)
+            state.due = time.monotonic() + delay
+            result = Result(result.reason, f"{result.message}; checked again in {delay:.0f} s")
+            log.warning("DeliveryTask %s: package not verified (%s): %s", who, result.reason, result.message)
+        if self._checks.get(uid) is state:
+            state.result = result
+            self._wake.set()  # the next pass writes it
+
+    def _stop_checks(self) -> None:
+        for state in self._checks.values():
+            state.stop.set()
+            if state.running is not None:
+                state.running.cancel()
+
+
+def _verified(body: dict[str, Any]) -> bool:
+    return any(
+        c.get("type") == delivery_task.PACKAGE_VERIFIED and c.get("status") == "True"
+        for c in (body.get("status") or {}).get("conditions") or []
+        if isinstance(c, dict)
+    )
+
+
+RELEASES = Releases()
