@@ -1,0 +1,47 @@
+"""The chart gives the operator the platform's object store for DeliveryTask package checks."""
+
+import subprocess
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import ROOT, need_env
+
+pytestmark = pytest.mark.cluster
+CHART = ROOT / "charts" / "mpaas-operator"
+
+
+def template(*values: str) -> subprocess.CompletedProcess[str]:
+    from testenv_paths import helm
+
+    need_env("KUBECONFIG")
+    sets = [arg for v in values for arg in ("--set", v)]
+    return subprocess.run(
+        [helm(), "template", "t", str(CHART), "--kube-version", "1.34.1", *sets],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def operator_env(stdout: str) -> dict[str, Any]:
+    deployment = next(d for d in yaml.safe_load_all(stdout) if d and d["kind"] == "Deployment")
+    return {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_objects_url_and_keys_from_a_secret() -> None:
+    r = template("objects.url=s3://packages?endpoint=https://s3.example:9000", "objects.existingSecret=s3-keys")
+    assert r.returncode == 0, r.stderr
+    env = operator_env(r.stdout)
+    assert env["MPAAS_OBJECTS_URL"]["value"] == "s3://packages?endpoint=https://s3.example:9000"
+    assert env["MPAAS_OBJECTS_ACCESS_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "s3-keys", "key": "accessKey"}}
+    assert env["MPAAS_OBJECTS_SECRET_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "s3-keys", "key": "secretKey"}}
+
+
+def test_no_object_store_by_default_and_bad_urls_refused() -> None:
+    r = template()
+    assert r.returncode == 0, r.stderr
+    assert not any(name.startswith("MPAAS_OBJECTS_") for name in operator_env(r.stdout))
+    r = template("objects.url=http://s3.example")
+    assert r.returncode != 0 and "objects" in r.stderr  # values.schema.json: s3:// or file://
