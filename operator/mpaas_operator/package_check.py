@@ -34,6 +34,7 @@ _REASONS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"URI names a bucket and a key|^: packages are|invalid object key"), "InvalidUri"),
 ]
 UNREADABLE = "PackageUnreadable"  # a problem verify() words in a way not listed above
+MAX_MESSAGE = 1024  # a store's error can quote a whole response
 
 
 @dataclass(frozen=True)
@@ -117,11 +118,11 @@ async def check(
                     VERIFIED, f"{package.uri} has {package.size_bytes} bytes and sha256 {package.sha256}"
                 )
             else:
-                result = Result(classify(package.uri, problem), problem)
+                result = Result(classify(package.uri, problem), problem[:MAX_MESSAGE])
         except Stopped as e:
             result = e
         except Exception as e:  # the store failed: unreachable, refused, timed out
-            result = Result("StoreUnavailable", f"{package.uri} could not be read: {e}")
+            result = Result("StoreUnavailable", f"{package.uri} could not be read: {e}"[:MAX_MESSAGE])
         try:
             loop.call_soon_threadsafe(settle, result)
         except RuntimeError:  # the operator's loop is gone: it stopped meanwhile

@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 
+from mpaas.api import InvalidResource
 from mpaas.api.delivery import DeliveryTaskSpec, Package
+from mpaas.kube import ApiError
 from mpaas.stores import LocalObjectStore
 from mpaas_operator import conditions
 from mpaas_operator.package_check import UNREADABLE, Result, Stopped, check, classify
-from mpaas_operator.reconcile.delivery_task import desired, unchanged
+from mpaas_operator.reconcile.delivery_task import desired, parse, sync, unchanged
 from mpaas_operator.reconcile.stages import Progress, ends_at, percent, remaining_seconds, step
 from mpaas_operator.releases import RETRY_MAX_SECONDS, Peering, retry_delay
 
@@ -267,3 +269,55 @@ def test_classify(problem: str, reason: str) -> None:
     if problem.startswith("s3://b/does"):
         uri = "s3://b/does not exist/k"
     assert classify(uri, problem) == reason
+
+
+class FakeKube:
+    """Status patches and Events, in memory; the first status patch meets a newer resource (409)."""
+
+    def __init__(self, current: dict[str, Any]):
+        self.current, self.patches, self.events, self.conflicts = current, [], [], 1
+
+    async def merge_patch(self, rt: Any, namespace: str, name: str, patch: dict[str, Any], **_: Any) -> dict[str, Any]:
+        if rt.plural == "events":
+            return {}
+        if self.conflicts:
+            self.conflicts -= 1
+            raise ApiError(409, {"message": "the object has been modified"}, "PATCH", name)
+        assert patch["metadata"]["resourceVersion"] == self.current["metadata"]["resourceVersion"]
+        self.patches.append(patch)
+        return {}
+
+    async def get(self, rt: Any, namespace: str, name: str) -> dict[str, Any]:
+        return self.current
+
+    async def create(self, rt: Any, obj: dict[str, Any]) -> dict[str, Any]:
+        self.events.append(obj)
+        return obj
+
+
+async def test_a_conflict_recomputes_from_the_resource_as_it_is_now() -> None:
+    s = spec()
+    stale = {**body(), "spec": s.model_dump(by_alias=True, exclude_none=True)}
+    # Meanwhile another writer verified the package and started stage 0.
+    started = desired(s, stale, Result("Verified", "fine"), T0)
+    fresh = {
+        **stale,
+        "metadata": {**stale["metadata"], "resourceVersion": "8"},
+        "status": {"observedGeneration": 1, **started.fields, "conditions": conditions.merge([], started.conds, 1)},
+    }
+    kube = FakeKube(fresh)
+    end = await sync(kube, stale, spec=s, now=lambda: at(600))  # type: ignore[arg-type]
+    assert end == at(600 + 3600)
+    [patch] = kube.patches
+    assert patch["status"]["currentStage"] == 1 and patch["status"]["stageStartedAt"] == "2026-05-01T12:10:00Z"
+    assert [e["reason"] for e in kube.events] == ["StageStarted"]  # not a second "Verified"
+
+
+def test_a_package_uri_the_platform_cannot_read_is_an_invalid_spec() -> None:
+    raw = body()
+    raw["spec"] = spec().model_dump(by_alias=True, exclude_none=True)
+    raw["spec"]["package"]["uri"] = "s3://bucket-without-key"
+    with pytest.raises(
+        InvalidResource, match=r"spec\.package\.uri: s3://bucket-without-key: an s3:// URI names a bucket and a key"
+    ):
+        parse(raw)
