@@ -20,7 +20,18 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from conftest import Process, apply_yaml, condition, create_peering, eventually, free_port, kget, kubectl, need_env
+from conftest import (
+    Process,
+    apply_yaml,
+    closed_url,
+    condition,
+    create_peering,
+    eventually,
+    free_port,
+    kget,
+    kubectl,
+    need_env,
+)
 from mpaas.stores import S3ObjectStore
 
 pytestmark = pytest.mark.api
@@ -331,3 +342,26 @@ async def test_only_the_active_replica_checks_packages_and_advances_stages(
     obj = await wait_for(namespace, "standby", lambda o: condition(o).get("reason") == "Serving", "Serving", within=40)
     assert obj["status"]["currentStage"] == 0
     assert "checking package" in low.output()
+
+
+async def test_an_unreachable_store_is_reported(
+    namespace: str, own_peering: str, spawn: Callable[..., Process], packages: Packages
+) -> None:
+    spawn(
+        "operator",
+        env={
+            "MPAAS_OPERATOR_PEERING": own_peering,
+            "MPAAS_OPERATOR_HEALTH_PORT": str(free_port()),
+            "MPAAS_OPERATOR_IMAGE": "registry.example/mpaas:e2e",
+            "MPAAS_OBJECTS_URL": f"s3://{packages.store.bucket}?endpoint={closed_url()}",
+            "MPAAS_OBJECTS_ACCESS_KEY": "k",
+            "MPAAS_OBJECTS_SECRET_KEY": "s",
+        },
+        name="operator",
+    )
+    apply_yaml(namespace, task("down", packages, b"x", [{"percent": 100}]))
+    obj = await wait_for(
+        namespace, "down", lambda o: condition(o, "PackageVerified").get("reason") == "StoreUnavailable", "unavailable"
+    )
+    assert "could not be read" in condition(obj, "PackageVerified")["message"]
+    assert condition(obj)["reason"] == "PackageNotVerified" and obj["status"]["currentPercent"] == 0
