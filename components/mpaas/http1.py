@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import unquote
 
 import httptools
@@ -63,6 +63,10 @@ class Limits:
     body_timeout_seconds: float = 10.0
     min_body_rate: int = 8192
     max_connections: int = 10000  # open at once; more are answered 503 and closed
+    # A file reply (FileBody) may take `send_timeout_seconds`, plus one second per `min_send_rate` bytes; a
+    # client that reads slower has its connection closed.
+    send_timeout_seconds: float = 30.0
+    min_send_rate: int = 16384
 
 
 class Headers(Mapping[str, str]):
@@ -221,6 +225,19 @@ class Reply(Protocol):
     body: bytes
     more: list[tuple[str, str]] | None  # further lines, names that repeat (set-cookie), after `headers`
 
+
+class FileBody:
+    """A reply's body read from a file: `count` bytes from `offset` (a reply carries it as `file`, its `body`
+    empty). The server sends it with sendfile(2) where the loop can (asyncio's, without TLS), else through a
+    buffer with flow control, within the Limits' send time; it closes the file once done."""
+
+    __slots__ = ("count", "file", "offset")
+
+    def __init__(self, file: BinaryIO, offset: int, count: int):
+        self.file, self.offset, self.count = file, offset, count
+
+
+FILE_CHUNK = 256 * 1024  # per read when sendfile(2) cannot be used
 
 Handler = Callable[[Request], Awaitable[Reply]]
 Router = Callable[[str], Handler | None]  # path -> handler, or None for the ASGI app
@@ -397,6 +414,7 @@ class Server:
 
 class _Connection(asyncio.Protocol):
     __slots__ = (
+        "_drained",
         "_failure",
         "_head_fresh",
         "_head_size",
@@ -406,6 +424,7 @@ class _Connection(asyncio.Protocol):
         "_max_headers",
         "_paused",
         "_url",
+        "_write_paused",
         "busy",
         "client_ip",
         "closed",
@@ -438,6 +457,8 @@ class _Connection(asyncio.Protocol):
         self.deaf = False  # reads nothing more: after an Upgrade, a request that ends the connection, a failure
         self._failure: tuple[int, str] | None = None  # the answer owed once the requests before it are answered
         self._paused = False
+        self._write_paused = False  # the transport's buffer is full: a file reply waits (resume_writing)
+        self._drained: asyncio.Future[None] | None = None
         self._url = b""
         self._headers: list[tuple[str, str]] = []
         self.last_active = time.monotonic()  # bytes in or the last answer out; read by the server's sweep
@@ -465,9 +486,19 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.forget(self)
+        self.resume_writing()  # a file reply waiting to write learns the connection is gone
         for req in (self.current, *self.pending):
             if req is not None:
                 req._wake()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
@@ -623,10 +654,12 @@ class _Connection(asyncio.Protocol):
     async def _serve(self, req: Request) -> None:
         server = self.server
         handler = server.router(req.path)
+        file: FileBody | None = None
         try:
             if handler is not None:
                 reply = await handler(req)
                 status, body, lines = reply.status, reply.body, len(reply.headers)
+                file = getattr(reply, "file", None)
                 more = reply.more
                 # The joins loop in C; each line then ends with CRLF, checked below.
                 if more:
@@ -642,33 +675,83 @@ class _Connection(asyncio.Protocol):
         except Exception:
             log.exception("request handler failed on %s %s", req.method, req.path)
             status, head, body, lines = 500, b"content-type: text/plain\r\n", b"internal error", 1
-        if head.count(b"\n") != lines or head.count(b"\r") != lines:  # a stray CR or LF would split the head
-            log.error("refusing a response head with a bare line break on %s %s", req.method, req.path)
-            status, head, body, lines = 500, b"content-type: text/plain\r\n", b"internal error", 1
-        if req.failed:  # its bytes broke off: the connection's failure is its answer
-            self._send_failure()
-            return
-        # A body that did not fully arrive (too large, or unread) leaves the stream mid-message: close after.
-        # Stopping: close once nothing more was received, so every request that arrived gets its answer.
-        keep = req.keep_alive and req.complete and not req.overflow and not (server.stopping and not self.pending)
-        transport = self.transport
-        if transport is not None and not self.closed:
-            transport.write(
-                b"HTTP/1.1 %d %b\r\n%b%bcontent-length: %d\r\n%b\r\n%b"
-                % (
-                    status,
-                    _REASONS.get(status, b""),
-                    server.date_header(),
-                    head,
-                    len(body),
-                    b"" if keep else b"connection: close\r\n",
-                    b"" if req.method == "HEAD" else body,
+        try:
+            if head.count(b"\n") != lines or head.count(b"\r") != lines:  # a stray CR or LF would split the head
+                log.error("refusing a response head with a bare line break on %s %s", req.method, req.path)
+                status, head, body, lines = 500, b"content-type: text/plain\r\n", b"internal error", 1
+                if file is not None:
+                    file.file.close()
+                    file = None
+            if req.failed:  # its bytes broke off: the connection's failure is its answer
+                self._send_failure()
+                return
+            # A body that did not fully arrive (too large, or unread) leaves the stream mid-message: close after.
+            # Stopping: close once nothing more was received, so every request that arrived gets its answer.
+            keep = req.keep_alive and req.complete and not req.overflow and not (server.stopping and not self.pending)
+            transport = self.transport
+            if transport is not None and not self.closed:
+                sending = file is not None and req.method != "HEAD" and file.count > 0
+                transport.write(
+                    b"HTTP/1.1 %d %b\r\n%b%bcontent-length: %d\r\n%b\r\n%b"
+                    % (
+                        status,
+                        _REASONS.get(status, b""),
+                        server.date_header(),
+                        head,
+                        file.count if file is not None else len(body),
+                        b"" if keep else b"connection: close\r\n",
+                        b"" if req.method == "HEAD" or file is not None else body,
+                    )
                 )
-            )
-            if not keep:
-                transport.close()
-                self.closed = True
+                if sending and file is not None and not await self._send_file(file):
+                    # Part of the body is out: the connection cannot carry another answer. Dropped, not closed:
+                    # a close would wait to flush what a client that stopped reading never takes.
+                    self.closed = True
+                    transport.abort()
+                    return
+                if not keep:
+                    transport.close()
+                    self.closed = True
+        finally:
+            if file is not None:
+                file.file.close()
         self._next()
+
+    async def _send_file(self, body: FileBody) -> bool:
+        """Send `body` within the Limits' send time; False when it could not be sent whole."""
+        lim = self.server.limits
+        budget = lim.send_timeout_seconds + body.count / max(lim.min_send_rate, 1)
+        try:
+            await asyncio.wait_for(self._copy_file(body), budget)
+            return True
+        except (TimeoutError, OSError, ConnectionError, RuntimeError) as e:  # RuntimeError: a closed transport
+            log.debug("file reply not sent whole: %r", e)
+            return False
+
+    async def _copy_file(self, body: FileBody) -> None:
+        transport = self.transport
+        if transport is None or self.closed:
+            raise ConnectionError("connection closed")
+        try:
+            await self.loop.sendfile(transport, body.file, body.offset, body.count, fallback=False)
+            return
+        except (NotImplementedError, asyncio.SendfileNotAvailableError):  # uvloop, TLS: through a buffer
+            pass
+        await self.loop.run_in_executor(None, body.file.seek, body.offset)
+        left = body.count
+        while left > 0:
+            chunk = await self.loop.run_in_executor(None, body.file.read, min(FILE_CHUNK, left))
+            if not chunk:
+                raise ConnectionError("the file is shorter than the reply announced")
+            if self.closed:
+                raise ConnectionError("connection closed")
+            transport.write(chunk)
+            left -= len(chunk)
+            if self._write_paused:
+                self._drained = self.loop.create_future()
+                await self._drained
+                if self.closed:
+                    raise ConnectionError("connection closed")
 
     def finish(self, grace: float) -> None:
         """On stop: answer what was received, the last answer closing the connection (see `_serve`); an idle
