@@ -45,6 +45,9 @@ class Served:
     router: Callable[[str], Any] | None = None
     body_limit: Callable[[], int] | None = None  # the largest request body, read per request (live config)
     extra: list[tuple[Any, str, int]] = field(default_factory=list)  # (app, host, port): an admin port, ...
+    # The event loop of the process: uvloop (faster for small answers) or, False, asyncio's, whose sendfile(2)
+    # the lean server's file replies use (uvloop has none: they go through a buffer there).
+    uvloop: bool = True
 
     @property
     def live(self) -> LiveConfig[Any]:

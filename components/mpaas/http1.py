@@ -307,7 +307,8 @@ class Server:
             await self._lifespan.shutdown()  # the app started: let it stop cleanly before the error surfaces
             raise
         if self.port == 0:
-            self.port = self._server.sockets[0].getsockname()[1]
+            # getattr: uvloop's server gives a list where typeshed says tuple, which compiled code would refuse
+            self.port = getattr(self._server, "sockets")[0].getsockname()[1]  # noqa: B009
         self._sweeper = loop.create_task(self._sweep())
         log.info("listening on http://%s:%d", self.host, self.port)
 

@@ -259,11 +259,11 @@ def _serve_http1(served: Served, settings: ComponentSettings) -> None:
         if state is not None:
             state.draining = True
 
-    _run(serve_forever(servers, drain_seconds=settings.drain_seconds, on_stop=draining))
+    _run(serve_forever(servers, drain_seconds=settings.drain_seconds, on_stop=draining), fast_loop=served.uvloop)
 
 
-def _run(main: Coroutine[Any, Any, None]) -> None:
-    if _has("uvloop"):
+def _run(main: Coroutine[Any, Any, None], *, fast_loop: bool = True) -> None:
+    if fast_loop and _has("uvloop"):
         import uvloop
 
         uvloop.run(main)

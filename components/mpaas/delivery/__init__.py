@@ -13,14 +13,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..component import Component, Served
 from ..config import LiveConfig
+from ..http1 import AsgiRequest, Request
 from ..service import component_app
 from ..stores import LocalObjectStore, ObjectStore, open_objectstore
 from ..stores.sets import MemoryMemberSets, RedisMemberSets
 from . import codes
+from .answer import Answer, send_asgi
 from .check import CHECK_PATH, EMPTY, KINDS, Checker, DeliveryConfig, compile_config
 from .downloads import PACKAGES_PATH, Downloads
 from .packages import locate, verify
@@ -92,65 +95,56 @@ class SelfVerified:
 
 
 class DeliveryASGI:
-    """The check and the downloads go straight to their handlers (no framework per request); the rest (health,
-    metrics) to FastAPI."""
+    """The check and the downloads are handlers of the lean HTTP/1.1 server (`route`; files go out with
+    sendfile(2)); under an ASGI server (HTTP/2 through hypercorn, tests) the same handlers answer through
+    `__call__`. Health and metrics go to FastAPI."""
 
     def __init__(self, checker: Checker, app: Any, settings: DeliverySettings, downloads: Downloads | None):
         self.checker, self.app, self.state = checker, app, app.state
         self.settings, self.downloads = settings, downloads
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == CHECK_PATH:
-            await self._check(scope, receive, send)
-        elif self.downloads is not None and scope["type"] == "http" and self.downloads.handles(scope["path"]):
-            await self.downloads(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+    def route(self, path: str) -> Callable[[Request], Awaitable[Answer]] | None:
+        if path == CHECK_PATH:
+            return self.check
+        if self.downloads is not None and self.downloads.handles(path):
+            return self.downloads
+        return None
 
-    async def _check(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["method"] != "POST":
-            code, body = codes.METHOD_NOT_ALLOWED, {"resultCode": 4005, "resultMsg": codes.METHOD_NOT_ALLOWED.memo}
+    def body_limit(self) -> int:
+        return self.settings.max_body_bytes
+
+    async def check(self, req: Request) -> Answer:
+        if req.method != "POST":
+            code = codes.METHOD_NOT_ALLOWED
+            body: dict[str, Any] = {"resultCode": code.code, "resultMsg": code.memo}
         else:
-            data = await _body(receive, self.settings.max_body_bytes)
+            data = await req.body(self.settings.max_body_bytes)
             if data is None:
                 code = codes.REQUEST_TOO_LARGE
                 body = {"resultCode": code.code, "resultMsg": code.memo}
             else:
                 try:
-                    code, body = await self.checker.check(data, _base_url(scope))
+                    code, body = await self.checker.check(data, self._base_url(req))
                 except Exception:
                     log.exception("update check failed")
                     code = codes.INTERNAL_ERROR
                     body = {"resultCode": code.code, "resultMsg": code.memo}
         raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(raw)).encode()),
-            (b"result-status", str(code.code).encode()),
-            (b"cache-control", b"no-store"),
-        ]
-        await send({"type": "http.response.start", "status": code.http_status, "headers": headers})
-        await send({"type": "http.response.body", "body": raw})
+        headers = {"Content-Type": "application/json", "Result-Status": str(code.code), "Cache-Control": "no-store"}
+        return Answer(code.http_status, headers, raw)
 
+    def _base_url(self, req: Request) -> str:
+        if self.settings.public_url:
+            return self.settings.public_url.rstrip("/")
+        host = req.headers.get("host", "")
+        return f"http://{host}" if host else ""
 
-async def _body(receive: Any, limit: int) -> bytes | None:
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _base_url(scope: dict[str, Any]) -> str:
-    host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
-    return f"{scope.get('scheme', 'http')}://{host}" if host else ""
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        handler = self.route(scope["path"]) if scope["type"] == "http" else None
+        if handler is None:
+            await self.app(scope, receive, send)
+            return
+        await send_asgi(await handler(AsgiRequest(scope, receive)), scope["method"], send)
 
 
 def _build(settings: DeliverySettings) -> Served:
@@ -194,7 +188,9 @@ def _build(settings: DeliverySettings) -> Served:
 
     app = component_app("delivery", on_start=[start], on_stop=[live.stop, sets.close], ready=ready)
     app.state.live = live
-    return Served(DeliveryASGI(checker, app, settings, downloads))
+    served = DeliveryASGI(checker, app, settings, downloads)
+    # asyncio's loop: its sendfile(2) sends packages without copying them through Python (docs/delivery.md).
+    return Served(served, router=served.route, body_limit=served.body_limit, uvloop=False)
 
 
 COMPONENT = Component(

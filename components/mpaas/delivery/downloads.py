@@ -7,27 +7,23 @@ An S3 store's packages are not served here: clients get S3's own presigned URLs.
 from __future__ import annotations
 
 import asyncio
-import logging
+import os
 import re
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 from urllib.parse import parse_qsl
 
 from prometheus_client import Counter
 
+from ..http1 import FileBody, Request
 from ..stores import LocalObjectStore
-
-log = logging.getLogger("mpaas.delivery")
+from .answer import Answer
 
 PACKAGES_PATH = "/v1/delivery/packages"
-CHUNK = 1 << 20
 _RANGE = re.compile(r"bytes=([0-9]{0,15})-([0-9]{0,15})")
 
 DOWNLOADS = Counter("mpaas_delivery_downloads_total", "Package download requests, by HTTP status", ["status"])
 BYTES = Counter("mpaas_delivery_download_bytes_total", "Package bytes sent")
-
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def byte_range(header: str, size: int) -> tuple[int, int] | bool | None:
@@ -61,74 +57,61 @@ class Downloads:
     def handles(self, path: str) -> bool:
         return path.startswith(self.prefix)
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
-        try:
-            status = await self._serve(scope, send)
-        except (ConnectionError, OSError) as e:  # the client went away mid-file: nothing to answer
-            log.debug("download cut: %r", e)
-            status = 499
-        DOWNLOADS.labels(str(status)).inc()
+    async def __call__(self, req: Request) -> Answer:
+        answer = await self._answer(req)
+        DOWNLOADS.labels(str(answer.status)).inc()
+        if answer.file is not None and req.method != "HEAD":
+            BYTES.inc(answer.file.count)
+        return answer
 
-    async def _serve(self, scope: dict[str, Any], send: Send) -> int:
-        method = scope["method"]
-        if method not in ("GET", "HEAD"):
-            return await _plain(send, 405, b"GET or HEAD", [(b"allow", b"GET, HEAD")])
-        key = scope["path"][len(self.prefix) :]
+    async def _answer(self, req: Request) -> Answer:
+        if req.method not in ("GET", "HEAD"):
+            return _plain(405, "GET or HEAD", {"Allow": "GET, HEAD"})
+        key = req.path[len(self.prefix) :]
         try:
-            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), max_num_fields=8))
+            query = dict(parse_qsl(req.query, max_num_fields=8))
         except ValueError:
-            return await _plain(send, 400, b"query string")
-        if not self.folder.verify(method, key, query):
-            return await _plain(send, 403, b"this link is not valid, or it has expired")
-        info = await self.folder.stat(key)
-        if info is None:
-            return await _plain(send, 404, b"no such package")
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        etag = f'"{info.sha256}"' if info.sha256 else f'"{info.size:x}-{_mtime(self.folder.path(key))}"'
-        common = [
-            (b"etag", etag.encode()),
-            (b"accept-ranges", b"bytes"),
-            # The key names one package version for ever (content-addressed): caches may keep it.
-            (b"cache-control", b"public, max-age=31536000, immutable"),
-            (b"content-type", b"application/octet-stream"),
-            (b"x-content-type-options", b"nosniff"),
-        ]
-        if _matches(headers.get("if-none-match", ""), etag):
-            await send({"type": "http.response.start", "status": 304, "headers": common})
-            await send({"type": "http.response.body", "body": b""})
-            return 304
-        wanted = byte_range(headers["range"], info.size) if "range" in headers else None
-        if wanted is not None and "if-range" in headers and headers["if-range"].strip() != etag:
-            wanted = None  # the file changed since the client's first part: the whole file again
-        if wanted is False:
-            return await _plain(
-                send, 416, b"range not satisfiable", [(b"content-range", f"bytes */{info.size}".encode())]
-            )
-        first, last = wanted if isinstance(wanted, tuple) else (0, info.size - 1)
-        length = last - first + 1 if info.size else 0
-        status = 206 if isinstance(wanted, tuple) else 200
-        head = [*common, (b"content-length", str(length).encode())]
-        if status == 206:
-            head.append((b"content-range", f"bytes {first}-{last}/{info.size}".encode()))
-        await send({"type": "http.response.start", "status": status, "headers": head})
-        if method == "HEAD" or length == 0:
-            await send({"type": "http.response.body", "body": b""})
-            return status
+            return _plain(400, "query string")
+        if not self.folder.verify(req.method, key, query):
+            return _plain(403, "this link is not valid, or it has expired")
         path = self.folder.path(key)
-        f: BinaryIO = await asyncio.to_thread(path.open, "rb")
         try:
-            await asyncio.to_thread(f.seek, first)
-            left = length
-            while left > 0:
-                chunk = await asyncio.to_thread(f.read, min(CHUNK, left))
-                if not chunk:  # the file shrank under us: the response cannot be completed
-                    raise ConnectionError("package changed while being sent")
-                left -= len(chunk)
-                BYTES.inc(len(chunk))
-                await send({"type": "http.response.body", "body": chunk, "more_body": left > 0})
-        finally:
+            f: BinaryIO = await asyncio.to_thread(path.open, "rb")
+        except (FileNotFoundError, IsADirectoryError):
+            return _plain(404, "no such package")
+        try:
+            info = await self.folder.stat(key)
+            size = os.fstat(f.fileno()).st_size  # of the file opened: what is sent, whatever replaces it later
+            etag = f'"{info.sha256}"' if info is not None and info.sha256 else f'"{size:x}-{_mtime(path)}"'
+            headers = {
+                "ETag": etag,
+                "Accept-Ranges": "bytes",
+                # The key names one package version for ever (content-addressed): caches may keep it.
+                "Cache-Control": "public, max-age=31536000, immutable",
+                "Content-Type": "application/octet-stream",
+                "X-Content-Type-Options": "nosniff",
+            }
+            repeated = req.headers.repeated()
+            if _matches(req.headers.get("if-none-match", ""), etag):
+                f.close()
+                return Answer(304, headers)
+            # A repeated Range or If-Range is malformed: ignored, as a Range this server does not take is.
+            wanted = None
+            if "range" in req.headers and not {"range", "if-range"} & repeated:
+                wanted = byte_range(req.headers["range"], size)
+                if wanted is not None and "if-range" in req.headers and req.headers["if-range"].strip() != etag:
+                    wanted = None  # the file changed since the client's first part: the whole file again
+            if wanted is False:
+                f.close()
+                return _plain(416, "range not satisfiable", {"Content-Range": f"bytes */{size}"})
+            if isinstance(wanted, tuple):
+                first, last = wanted
+                headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+                return Answer(206, headers, file=FileBody(f, first, last - first + 1))
+            return Answer(200, headers, file=FileBody(f, 0, size))
+        except BaseException:
             f.close()
-        return status
+            raise
 
 
 def _mtime(path: Path) -> str:
@@ -145,8 +128,5 @@ def _matches(header: str, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
-async def _plain(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> int:
-    head = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode()), *(extra or [])]
-    await send({"type": "http.response.start", "status": status, "headers": head})
-    await send({"type": "http.response.body", "body": body})
-    return status
+def _plain(status: int, text: str, extra: dict[str, str] | None = None) -> Answer:
+    return Answer(status, {"Content-Type": "text/plain", **(extra or {})}, text.encode())
