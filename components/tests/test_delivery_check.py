@@ -204,3 +204,41 @@ def test_byte_ranges() -> None:
     assert byte_range("bytes=-0", 1000) is False
     for ignored in ("bytes=0-1,5-6", "items=0-1", "bytes=\uff10-1", "bytes=-", "bytes=" + "9" * 16 + "-"):
         assert byte_range(ignored, 1000) is None, ignored
+
+
+@pytest.mark.unit
+async def test_the_same_handlers_answer_over_asgi(tmp_path: Path) -> None:
+    """As under HTTP/2 (hypercorn): the check and a ranged download through the ASGI entry, files streamed."""
+    from mpaas.config import Resource
+    from mpaas.delivery import COMPONENT
+    from mpaas.delivery.check import compile_config
+
+    objects = tmp_path / "objects"
+    (objects / "packages").mkdir(parents=True)
+    data = os.urandom(300_000)
+    (objects / "packages" / "v2.bin").write_bytes(data)
+    body = task("v2", "AppUpgrade", "2.0.0", data)
+    body["status"] = {"conditions": [{"type": "PackageVerified", "status": "True"}]}
+    settings = COMPONENT.settings(
+        config_source="kube", objects_url=f"file://{objects}", public_url="http://delivery.example"
+    )
+    served = COMPONENT.build(settings)
+    resources: dict[str, Any] = {"DeliveryTask": {}, "MpaasGateway": {}}
+    for doc in (GATEWAY, body):
+        from mpaas.api import KINDS
+
+        key = (doc["metadata"]["namespace"], doc["metadata"]["name"])
+        spec = KINDS[doc["kind"]].parse_spec(doc)
+        resources[doc["kind"]][key] = Resource(doc["kind"], key[0], key[1], 1, "1", spec, doc)
+    served.live.current = compile_config(resources)
+    transport = httpx.ASGITransport(app=served.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://delivery.example") as client:
+        r = await client.post("/v1/delivery/check", json=CHECK)
+        assert r.status_code == 200 and r.headers["result-status"] == "1000"
+        link = r.json()["items"][0]["package"]["url"]
+        assert link.startswith("http://delivery.example/v1/delivery/packages/packages/v2.bin?")
+        part = await client.get(link, headers={"Range": "bytes=1000-"})
+        assert part.status_code == 206 and part.content == data[1000:]
+        both = await client.get(link, headers=[("Range", "bytes=0-1"), ("Range", "bytes=5-6")])
+        assert both.status_code == 200 and both.content == data  # a repeated Range is ignored
+        assert (await client.get("/v1/delivery/check")).json()["resultCode"] == codes.METHOD_NOT_ALLOWED.code
