@@ -133,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         c.add_argument("--port", type=int)
         c.add_argument("--host")
         c.add_argument("--config-dir", help="read resources from this folder instead of the Kubernetes API")
+        if name == "delivery":  # `mpaas delivery` runs the component; `mpaas delivery publish` releases a package
+            from .delivery import publish
+
+            publish.add_parser(c.add_subparsers(dest="action"))
     sub.add_parser("operator", help="run the operator (kopf)")
     d = sub.add_parser("dev", help="run the whole platform in one process with embedded defaults")
     d.add_argument("--config-dir", default=_examples_dir())
@@ -152,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--workspace-id", default="default")
     args = p.parse_args(argv)
 
+    if args.command == "delivery" and getattr(args, "action", None) == "publish":
+        from .delivery import publish
+
+        return publish.run(args)
     if args.command in REGISTRY:
         _apply_common(args)
         run_component(args.command)
