@@ -73,6 +73,15 @@ def check_gateway(spec: GatewaySpec) -> list[str]:
         unknown = [x for x in a.apps if app_ids and x not in app_ids]
         if unknown:
             problems.append(f"{where}.apps: {', '.join(unknown)} not listed in spec.apps")
+    # A CodePush client names its app by the key alone: one key, one deployment (across gateways: apps.py).
+    keys: dict[str, str] = {}
+    for i, app in enumerate(spec.apps):
+        for j, d in enumerate(app.code_push.deployments if app.code_push is not None else ()):
+            where = f"spec.apps[{i}].codePush.deployments[{j}].key"
+            if d.key in keys:
+                problems.append(f"{where}: the key of {keys[d.key]} already; each deployment needs its own key")
+            else:
+                keys[d.key] = f"{app.app_id}/{app.workspace_id} {d.platform} {d.name}"
     return problems
 
 

@@ -20,6 +20,7 @@ from .base import (
     cel,
     named_list,
 )
+from .delivery import Platform
 
 OPERATION_TYPE = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 DEFAULT_TIMEOUT_MS = 3000
@@ -102,6 +103,41 @@ class EncryptionPolicy(ApiModel):
     )
 
 
+CODE_PUSH_KEY = r"^[A-Za-z0-9_.=-]{8,128}$"
+
+
+class CodePushDeployment(ApiModel):
+    """A CodePush deployment of the app: the deployment key its React Native build compiles in names the app,
+    its workspace and platform to the delivery component's CodePush routes."""
+
+    name: str = Field(
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="The deployment's name, e.g. Production or Staging; a DeliveryTask whose "
+        "targeting.filters.channels is set serves the deployments it names (any case), one without channels "
+        "serves every deployment of its app and platform.",
+    )
+    platform: Platform = Field(description="The platform the deployment's builds run on: Android, IOS or Harmony.")
+    key: str = Field(
+        max_length=128,
+        pattern=CODE_PUSH_KEY,
+        description="The deployment key, 8-128 letters, digits, _ . = or -. Public by design (compiled into the "
+        "app), so not a Secret. Unique across the cluster: within one MpaasGateway a repeated key is refused; "
+        "of two MpaasGateways that list one key, the one created first keeps it.",
+    )
+
+
+class CodePush(ApiModel):
+    """The app's CodePush deployments (react-native-code-push clients), served by the delivery component."""
+
+    deployments: list[CodePushDeployment] = Field(
+        max_length=16,
+        min_length=1,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name", "platform"]},
+        description="The deployments, keyed by name and platform. 1 to 16.",
+    )
+
+
 class GatewayApp(ApiModel):
     """A mobile app allowed through this gateway, known by the AppId and WorkspaceId headers of its requests.
     Its keys live in the referenced Secret."""
@@ -141,6 +177,11 @@ class GatewayApp(ApiModel):
         le=86400,
         description="After the app's Secret changes, how long the previous keys still work, in seconds, 0-86400, "
         "so that clients can move to the new ones; 0: at once. Default 300.",
+    )
+    code_push: CodePush | None = Field(
+        default=None,
+        description="The app's CodePush deployment keys, for React Native apps built with react-native-code-push "
+        "(docs/delivery.md, CodePush). Unset: the app has no CodePush deployments.",
     )
 
     __cel__ = [
