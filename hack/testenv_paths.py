@@ -45,6 +45,11 @@ def peer_sdks() -> str:
     return str(cache() / name / "node_modules")
 
 
+def code_push_sdk() -> str:
+    """node_modules holding CodePush's acquisition SDK, the `code-push` package (hack/testenv/fetch-peer-sdks.sh)."""
+    return str(cache() / f"peer-sdks-code-push-{versions()['CODE_PUSH_VERSION']}" / "node_modules")
+
+
 def proguard_classpath() -> str:
     """ProGuard's jars (hack/testenv/fetch-proguard.sh)."""
     libs = cache() / f"proguard-{versions()['PROGUARD_VERSION']}" / "libs"

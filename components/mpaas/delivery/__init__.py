@@ -25,6 +25,7 @@ from ..stores.sets import MemoryMemberSets, RedisMemberSets
 from . import codes
 from .answer import Answer, send_asgi
 from .check import CHECK_PATH, EMPTY, KINDS, Checker, DeliveryConfig, compile_config
+from .codepush import CodePush
 from .downloads import PACKAGES_PATH, Downloads
 from .packages import locate, verify
 from .settings import DeliverySettings
@@ -102,13 +103,16 @@ class DeliveryASGI:
     def __init__(self, checker: Checker, app: Any, settings: DeliverySettings, downloads: Downloads | None):
         self.checker, self.app, self.state = checker, app, app.state
         self.settings, self.downloads = settings, downloads
+        self.codepush = CodePush(
+            checker.live, checker.seats, checker.link, checker.verified, settings.max_body_bytes, self._base_url
+        )
 
     def route(self, path: str) -> Callable[[Request], Awaitable[Answer]] | None:
         if path == CHECK_PATH:
             return self.check
         if self.downloads is not None and self.downloads.handles(path):
             return self.downloads
-        return None
+        return self.codepush.route(path)
 
     def body_limit(self) -> int:
         return self.settings.max_body_bytes

@@ -25,6 +25,8 @@ from ..apps import AppDirectory, compile_apps
 from ..config import LiveConfig, Resources
 from ..resultcodes import ResultCode
 from . import codes
+from .codepush import EMPTY as NO_DEPLOYMENTS
+from .codepush import Deployments, compile_deployments
 from .targeting import Catalog, Client, Release, Seats, choose, compile_catalog
 
 log = logging.getLogger("mpaas.delivery")
@@ -61,6 +63,7 @@ NOT_OFFERED = Counter(
 class DeliveryConfig:
     catalog: Catalog
     apps: AppDirectory
+    codepush: Deployments = NO_DEPLOYMENTS  # CodePush deployment keys (codepush.py)
 
 
 EMPTY = DeliveryConfig(Catalog(), AppDirectory())
@@ -68,7 +71,7 @@ KINDS = ("DeliveryTask", "MpaasGateway")
 
 
 def compile_config(resources: Resources) -> DeliveryConfig:
-    return DeliveryConfig(compile_catalog(resources), compile_apps(resources))
+    return DeliveryConfig(compile_catalog(resources), compile_apps(resources), compile_deployments(resources))
 
 
 class Refused(Exception):
