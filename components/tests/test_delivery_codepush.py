@@ -191,3 +191,34 @@ async def test_which_bundle_a_client_gets() -> None:
     with pytest.raises(Invalid) as e:
         await ask([v1], "clientUniqueId=d1", key="unknown-key")
     assert e.value.status == 404
+
+
+@pytest.mark.unit
+async def test_the_routes_answer_their_status_codes_over_asgi() -> None:
+    import httpx
+
+    from mpaas.delivery import COMPONENT
+
+    served = COMPONENT.build(COMPONENT.settings(config_source="kube"))
+    v1 = bundle("v1", "1")
+    v1["status"] = {"conditions": [{"type": "PackageVerified", "status": "True"}]}
+    served.live.current = compile_config(resources(gateway("g", [PROD]), v1))
+    transport = httpx.ASGITransport(app=served.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://delivery.example") as client:
+        query = {"deploymentKey": KEY, "appVersion": "1.0.0", "clientUniqueId": "d1"}
+        r = await client.get("/updateCheck", params=query)
+        assert r.status_code == 200 and r.json()["updateInfo"]["downloadURL"] == "https://cdn.example/v1.zip"
+        r = await client.get("/v0.1/public/codepush/update_check", params=query)
+        assert r.json()["update_info"]["download_url"] == "https://cdn.example/v1.zip"
+        assert (await client.get("/updateCheck", params=query | {"deploymentKey": "unknown-key"})).status_code == 404
+        bad = await client.get("/updateCheck", params=query | {"appVersion": "x"})
+        assert bad.status_code == 400 and "semver" in bad.text
+        assert (await client.post("/updateCheck")).headers["allow"] == "GET"
+        for path in ("/reportStatus/deploy", "/v0.1/public/codepush/report_status/download"):
+            body = {"deploymentKey": KEY, "appVersion": "1.0.0", "label": "v1", "status": "DeploymentSucceeded"}
+            ok = await client.post(path, json=body)
+            assert ok.status_code == 200 and ok.text == "OK"
+            assert (await client.post(path, json=body | {"deploymentKey": "unknown-key"})).status_code == 404
+            assert (await client.post(path, content=b"[1]")).status_code == 400
+            assert (await client.post(path, content=b" " * 20000)).status_code == 413
+            assert (await client.get(path)).status_code == 405
