@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from ..component import Component, Served
@@ -27,6 +28,7 @@ from .answer import Answer, send_asgi
 from .check import CHECK_PATH, EMPTY, KINDS, Checker, DeliveryConfig, compile_config
 from .codepush import CodePush
 from .downloads import PACKAGES_PATH, Downloads
+from .expo import Bundles, Expo
 from .packages import locate, verify
 from .settings import DeliverySettings
 from .targeting import Release, Seats
@@ -100,9 +102,16 @@ class DeliveryASGI:
     sendfile(2)); under an ASGI server (HTTP/2 through hypercorn, tests) the same handlers answer through
     `__call__`. Health and metrics go to FastAPI."""
 
-    def __init__(self, checker: Checker, app: Any, settings: DeliverySettings, downloads: Downloads | None):
+    def __init__(
+        self,
+        checker: Checker,
+        app: Any,
+        settings: DeliverySettings,
+        downloads: Downloads | None,
+        expo: Expo | None = None,
+    ):
         self.checker, self.app, self.state = checker, app, app.state
-        self.settings, self.downloads = settings, downloads
+        self.settings, self.downloads, self.expo = settings, downloads, expo
         self.codepush = CodePush(
             checker.live, checker.seats, checker.link, checker.verified, settings.max_body_bytes, self._base_url
         )
@@ -112,7 +121,13 @@ class DeliveryASGI:
             return self.check
         if self.downloads is not None and self.downloads.handles(path):
             return self.downloads
+        if self.expo is not None and self.expo.handles(path):
+            return self.expo_updates
         return self.codepush.route(path)
+
+    async def expo_updates(self, req: Request) -> Answer:
+        assert self.expo is not None
+        return await self.expo(req, self._base_url(req))
 
     def body_limit(self) -> int:
         return self.settings.max_body_bytes
@@ -190,11 +205,34 @@ def _build(settings: DeliverySettings) -> Served:
             return False, "waiting for the first configuration"
         return True, f"{len(live.current.catalog)} releases"
 
-    app = component_app("delivery", on_start=[start], on_stop=[live.stop, sets.close], ready=ready)
+    bundles = Bundles(objects, settings.expo_cache_dir or None)
+    expo = Expo(
+        lambda: live.current.catalog,
+        lambda: live.current.apps,
+        checker.seats,
+        bundles,
+        checker.verified,
+        Path(settings.expo_signing_key_file).read_bytes() if settings.expo_signing_key_file else None,
+        settings.expo_signing_key_id,
+    )
+
+    async def close_bundles() -> None:
+        bundles.close()
+
+    app = component_app("delivery", on_start=[start], on_stop=[live.stop, sets.close, close_bundles], ready=ready)
     app.state.live = live
-    served = DeliveryASGI(checker, app, settings, downloads)
+    served = DeliveryASGI(checker, app, settings, downloads, expo)
     # asyncio's loop: its sendfile(2) sends packages without copying them through Python (docs/delivery.md).
     return Served(served, router=served.route, body_limit=served.body_limit, uvloop=False)
+
+
+def _check(settings: DeliverySettings) -> str | None:
+    if settings.expo_signing_key_file:
+        try:
+            Expo.load_key(Path(settings.expo_signing_key_file).read_bytes())
+        except (OSError, ValueError) as e:
+            return f"MPAAS_EXPO_SIGNING_KEY_FILE: {e}"
+    return None
 
 
 COMPONENT = Component(
@@ -205,4 +243,5 @@ COMPONENT = Component(
     build=_build,
     dev_port=8081,
     codes=codes.ALL,
+    check=_check,
 )

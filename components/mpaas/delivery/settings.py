@@ -25,3 +25,9 @@ class DeliverySettings(ComponentSettings):
     # Check each package's size and sha256 here before offering it, instead of waiting for the operator's
     # PackageVerified condition. None: when resources come from a folder (no operator).
     verify_packages: bool | None = None
+    # Expo Updates (expo.py): the RSA private key (PEM file, mounted from a Secret) manifests are signed with
+    # when a client asks (expo-expect-signature), and its key id; where packages are extracted ("": a
+    # temporary folder).
+    expo_signing_key_file: str = ""
+    expo_signing_key_id: str = "main"
+    expo_cache_dir: str = ""
