@@ -1,11 +1,11 @@
 """Delivery (MDS): app upgrades, hot fixes, offline packages and switches, released by gray rules.
 
-Built so far: the update check (`check.py`: which release each client gets, by `targeting.py`, from the live
-DeliveryTasks), package links (presigned URLs of the object store) and, for a local-folder store, the downloads
-(`downloads.py`: signed, expiring, ranges). A package is offered only once verified (`packages.py`): by the
-operator's PackageVerified condition, or here when resources come from a folder. Not built yet: the Expo
-Updates and CodePush protocols, install reports, diff packages, a download cache in front of S3
-(docs/delivery.md).
+Built: the update check in the platform's JSON (`check.py`), CodePush's acquisition API (`codepush.py`) and
+Expo Updates (`expo.py`), all deciding by `targeting.py` from the live DeliveryTasks; package links
+(presigned URLs of the object store) and, for a local-folder store, the downloads (`downloads.py`: signed,
+expiring, ranges, sendfile); `mpaas delivery publish` (`publish.py`). A package is offered only once verified
+(`packages.py`): by the operator's PackageVerified condition, or here when resources come from a folder. Not
+built yet: install reports in status, diff packages, a download cache in front of S3 (docs/delivery.md).
 """
 
 from __future__ import annotations
