@@ -64,7 +64,8 @@ class Limits:
     min_body_rate: int = 8192
     max_connections: int = 10000  # open at once; more are answered 503 and closed
     # A file reply (FileBody) may take `send_timeout_seconds`, plus one second per `min_send_rate` bytes; a
-    # client that reads slower has its connection closed.
+    # client that reads slower has its connection closed. Each piece of it (SEND_PIECE bytes) has the same
+    # allowance, so a client that stops reading after a fast start is dropped then, not at the whole's end.
     send_timeout_seconds: float = 30.0
     min_send_rate: int = 16384
 
@@ -238,6 +239,7 @@ class FileBody:
 
 
 FILE_CHUNK = 256 * 1024  # per read when sendfile(2) cannot be used
+SEND_PIECE = 4 << 20  # per sendfile(2) step, each timed on its own (smaller steps cost throughput)
 
 Handler = Callable[[Request], Awaitable[Reply]]
 Router = Callable[[str], Handler | None]  # path -> handler, or None for the ASGI app
@@ -277,6 +279,7 @@ class Server:
         self.reuse_port = reuse_port  # several processes on one port (mpaas.workers)
         self.connections: set[_Connection] = set()
         self.stopping = False  # after stop(): every answer that leaves a connection idle closes it
+        self.idle_grace = IDLE_GRACE_SECONDS  # on stop, how long an idle connection may still bring a request
         self.lifespan_state: dict[str, Any] = {}
         self._server: asyncio.AbstractServer | None = None
         self._date = (0, b"")
@@ -322,7 +325,7 @@ class Server:
             now, clock = time.monotonic(), time.perf_counter()
             idle = now - self.keepalive_seconds if self.keepalive_seconds > 0 else -1.0
             for conn in list(self.connections):
-                if not conn.deaf:  # (a deaf one reads no more: it answers what it has, then closes)
+                if not conn.deaf and not conn.sending:  # (a deaf one reads no more; nor does one sending a file)
                     if conn.in_head and now - conn.head_started > lim.head_timeout_seconds:
                         conn.fail(408, "request head not received in time")
                         continue
@@ -345,7 +348,7 @@ class Server:
         if self._server is not None:
             self._server.close()
         self.stopping = True
-        grace = min(IDLE_GRACE_SECONDS, drain_seconds)
+        grace = self.idle_grace = min(IDLE_GRACE_SECONDS, drain_seconds)
         for conn in list(self.connections):
             conn.finish(grace)
         if self.connections:
@@ -437,6 +440,7 @@ class _Connection(asyncio.Protocol):
         "loop",
         "parser",
         "pending",
+        "sending",
         "server",
         "serving",
         "transport",
@@ -460,6 +464,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._write_paused = False  # the transport's buffer is full: a file reply waits (resume_writing)
         self._drained: asyncio.Future[None] | None = None
+        self.sending = False  # a file reply is going out: the next request's head and body clocks wait
         self._url = b""
         self._headers: list[tuple[str, str]] = []
         self.last_active = time.monotonic()  # bytes in or the last answer out; read by the server's sweep
@@ -651,6 +656,8 @@ class _Connection(asyncio.Protocol):
                 self._paused = False
                 self.transport.resume_reading()
             self.last_active = time.monotonic()
+            if self.server.stopping:  # an answer that outlasted stop() (a file) must not leave it open
+                self.loop.call_later(self.server.idle_grace, self._close_if_idle)
 
     async def _serve(self, req: Request) -> None:
         server = self.server
@@ -676,6 +683,9 @@ class _Connection(asyncio.Protocol):
         except Exception:
             log.exception("request handler failed on %s %s", req.method, req.path)
             status, head, body, lines = 500, b"content-type: text/plain\r\n", b"internal error", 1
+            if file is not None:  # the reply failed after naming its file: the 500 carries its own body
+                file.file.close()
+                file = None
         try:
             if head.count(b"\n") != lines or head.count(b"\r") != lines:  # a stray CR or LF would split the head
                 log.error("refusing a response head with a bare line break on %s %s", req.method, req.path)
@@ -691,17 +701,20 @@ class _Connection(asyncio.Protocol):
             keep = req.keep_alive and req.complete and not req.overflow and not (server.stopping and not self.pending)
             transport = self.transport
             if transport is not None and not self.closed:
-                sending = file is not None and req.method != "HEAD" and file.count > 0
+                bodiless = status == 304 or status == 204  # RFC 9110 8.6: no body, so no Content-Length of 0
+                sending = file is not None and req.method != "HEAD" and file.count > 0 and not bodiless
                 transport.write(
-                    b"HTTP/1.1 %d %b\r\n%b%bcontent-length: %d\r\n%b\r\n%b"
+                    b"HTTP/1.1 %d %b\r\n%b%b%b%b\r\n%b"
                     % (
                         status,
                         _REASONS.get(status, b""),
                         server.date_header(),
                         head,
-                        file.count if file is not None else len(body),
+                        b""
+                        if bodiless
+                        else b"content-length: %d\r\n" % (file.count if file is not None else len(body)),
                         b"" if keep else b"connection: close\r\n",
-                        b"" if req.method == "HEAD" or file is not None else body,
+                        b"" if req.method == "HEAD" or file is not None or bodiless else body,
                     )
                 )
                 if sending and file is not None and not await self._send_file(file):
@@ -722,24 +735,49 @@ class _Connection(asyncio.Protocol):
         """Send `body` within the Limits' send time; False when it could not be sent whole."""
         lim = self.server.limits
         budget = lim.send_timeout_seconds + body.count / max(lim.min_send_rate, 1)
+        self.sending = True
         try:
             await asyncio.wait_for(self._copy_file(body), budget)
             return True
         except (TimeoutError, OSError, ConnectionError, RuntimeError) as e:  # RuntimeError: a closed transport
             log.debug("file reply not sent whole: %r", e)
             return False
+        finally:
+            self.sending = False
+            self._restart_clocks()
+
+    def _restart_clocks(self) -> None:
+        """A request that arrived in part while a file went out could not arrive whole (reading waits on the
+        file): its head and body time start now."""
+        now = time.perf_counter()
+        if self.in_head:
+            self.head_started = time.monotonic()
+        req = self.current
+        if req is not None and not _awaiting_continue(req):
+            req.body_clock = now
+
+    def _piece_time(self, size: int) -> float:
+        lim = self.server.limits
+        return lim.send_timeout_seconds + size / max(lim.min_send_rate, 1)
 
     async def _copy_file(self, body: FileBody) -> None:
         transport = self.transport
         if transport is None or self.closed:
             raise ConnectionError("connection closed")
+        offset, left = body.offset, body.count
         try:
-            await self.loop.sendfile(transport, body.file, body.offset, body.count, fallback=False)
+            while left > 0:
+                piece = min(left, SEND_PIECE)
+                async with asyncio.timeout(self._piece_time(piece)):
+                    sent = await self.loop.sendfile(transport, body.file, offset, piece, fallback=False)
+                if sent != piece:  # sendfile(2) stops at the end of the file: one truncated while sent
+                    raise ConnectionError("the file is shorter than the reply announced")
+                offset += sent
+                left -= sent
             return
         except (NotImplementedError, asyncio.SendfileNotAvailableError):  # uvloop, TLS: through a buffer
             pass
-        await self.loop.run_in_executor(None, body.file.seek, body.offset)
-        left = body.count
+        await self.loop.run_in_executor(None, body.file.seek, offset)
         while left > 0:
             chunk = await self.loop.run_in_executor(None, body.file.read, min(FILE_CHUNK, left))
             if not chunk:
@@ -750,7 +788,8 @@ class _Connection(asyncio.Protocol):
             left -= len(chunk)
             if self._write_paused:
                 self._drained = self.loop.create_future()
-                await self._drained
+                async with asyncio.timeout(self._piece_time(len(chunk))):
+                    await self._drained
                 if self.closed:
                     raise ConnectionError("connection closed")
 

@@ -173,3 +173,165 @@ def test_a_client_that_leaves_mid_file_frees_the_file_and_the_connection(loop: s
 
     assert run(loop, scenario) == 0
     assert all(f.closed for f in files.opened)
+
+
+class Short(Files):
+    """Announces more bytes than the file holds (a package truncated on disk while it is sent)."""
+
+    async def handler(self, req: Request) -> Reply:
+        f = self.path.open("rb")
+        self.opened.append(f)
+        size = self.path.stat().st_size
+        return Reply(200, {}, file=FileBody(f, 0, size + 1000))
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_file_shorter_than_announced_ends_the_connection(loop: str, big: Path) -> None:
+    files = Short(big)
+
+    async def scenario() -> bytes:
+        server = await serve(files)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\n")
+        got = b""
+        try:
+            async with asyncio.timeout(5):
+                while chunk := await reader.read(1 << 20):
+                    got += chunk
+        finally:
+            writer.close()
+            await server.stop(1)
+        return got
+
+    got = run(loop, scenario)
+    # The connection ends short of the announced length: the next answer never lands inside this body.
+    assert got.count(b"HTTP/1.1 200") == 1 and len(got) < big.stat().st_size + 1000 + 200
+    assert all(f.closed for f in files.opened)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_client_that_stalls_after_a_fast_start_is_cut_off(loop: str, tmp_path: Path) -> None:
+    # 200 MiB at a minimum of 2 MiB/s is a 100 s budget in all; a client that stops reading after its
+    # first megabytes is dropped once a piece (SEND_PIECE, 2.5 s each) makes no progress.
+    path = tmp_path / "huge.bin"
+    with path.open("wb") as f:
+        f.truncate(200 * 1024 * 1024)
+    files = Files(path)
+    limits = Limits(send_timeout_seconds=0.5, min_send_rate=2 * 1024 * 1024)
+
+    async def scenario() -> float:
+        server = await serve(files, limits)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        writer.write(b"GET /whole HTTP/1.1\r\nhost: x\r\n\r\n")
+        await reader.readexactly(4 * 1024 * 1024)
+        writer.transport.pause_reading()  # stops reading, connection open
+        started = asyncio.get_running_loop().time()
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            if not server.connections:
+                break
+        took = asyncio.get_running_loop().time() - started
+        writer.close()
+        await server.stop(1)
+        return took
+
+    took = run(loop, scenario)
+    assert took < 6, "a stalled client kept its connection for the whole file's budget"
+    assert all(f.closed for f in files.opened)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_stopping_with_a_file_in_flight_closes_the_connection_once_it_is_sent(loop: str, big: Path) -> None:
+    files = Files(big)
+
+    async def scenario() -> tuple[bytes, float]:
+        server = await serve(files)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /whole HTTP/1.1\r\nhost: x\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\n")
+        loop_ = asyncio.get_running_loop()
+        started = loop_.time()
+        stopping = asyncio.create_task(server.stop(10))
+        await asyncio.sleep(0.2)
+        rest = await reader.read(-1)  # the whole file, then the end of the connection
+        await stopping
+        writer.close()
+        return rest, loop_.time() - started
+
+    rest, took = run(loop, scenario)
+    assert len(rest) == big.stat().st_size
+    assert took < 5, "the drain waited its whole time for a connection idle after its file"
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_request_pipelined_behind_a_slow_file_is_not_timed_out(loop: str, big: Path) -> None:
+    files = Files(big)
+    limits = Limits(head_timeout_seconds=1.0, body_timeout_seconds=1.0)
+
+    async def scenario() -> list[bytes]:
+        server = await serve(files, limits)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        # A second request's head arrives in part while the first one's file is being sent.
+        writer.write(b"GET /whole HTTP/1.1\r\nhost: x\r\n\r\nGET /part HTTP/1.1\r\n")
+        heads = [await reader.readuntil(b"\r\n\r\n")]
+        left = big.stat().st_size
+        while left > 8 << 20:  # slowly, about 2.5 s; then the rest (what the kernel holds) at once
+            chunk = await reader.read(256 * 1024)
+            left -= len(chunk)
+            await asyncio.sleep(0.05)
+        await reader.readexactly(left)
+        writer.write(b"host: x\r\n\r\n")
+        head, _body = await read_response(reader)
+        heads.append(head)
+        writer.close()
+        await server.stop(1)
+        return heads
+
+    heads = run(loop, scenario)
+    assert heads[0].startswith(b"HTTP/1.1 200") and heads[1].startswith(b"HTTP/1.1 206"), heads[1]
+
+
+class HeadRaises(Files):
+    async def handler(self, req: Request) -> Reply:
+        f = self.path.open("rb")
+        self.opened.append(f)
+        return Reply(200, {"X-Bad": 7}, file=FileBody(f, 0, 10))  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_reply_whose_head_cannot_be_made_sends_no_file(loop: str, big: Path) -> None:
+    files = HeadRaises(big)
+
+    async def scenario() -> bytes:
+        server = await serve(files)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n")
+        head, body = await read_response(reader)
+        writer.close()
+        await server.stop(1)
+        return head + body
+
+    got = run(loop, scenario)
+    assert got.startswith(b"HTTP/1.1 500") and got.endswith(b"internal error")
+    assert all(f.closed for f in files.opened)
+
+
+class NotModified(Files):
+    async def handler(self, req: Request) -> Reply:
+        return Reply(304, {"ETag": '"x"'})
+
+
+def test_a_304_carries_no_content_length(big: Path) -> None:
+    async def scenario() -> bytes:
+        server = await serve(NotModified(big))
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /x HTTP/1.1\r\nhost: x\r\n\r\nGET /x HTTP/1.1\r\nhost: x\r\n\r\n")
+        heads = await reader.readuntil(b"\r\n\r\n") + await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+        await server.stop(1)
+        return heads
+
+    heads = run("asyncio", scenario)
+    # RFC 9110 8.6: a 304's Content-Length, if any, is the full representation's; 0 would be wrong.
+    assert heads.count(b"HTTP/1.1 304") == 2 and b"content-length" not in heads.lower()
