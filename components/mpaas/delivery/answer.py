@@ -25,7 +25,9 @@ async def send_asgi(answer: Answer, method: str, send: Any) -> None:
     file = answer.file
     try:
         length = file.count if file is not None else len(answer.body)
-        pairs = [*answer.headers.items(), *(answer.more or ()), ("content-length", str(length))]
+        pairs = [*answer.headers.items(), *(answer.more or ())]
+        if answer.status != 304:  # a 304's Content-Length would be the whole file's, not 0 (RFC 9110 8.6)
+            pairs.append(("content-length", str(length)))
         raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
         await send({"type": "http.response.start", "status": answer.status, "headers": raw})
         if method == "HEAD" or file is None or file.count == 0:

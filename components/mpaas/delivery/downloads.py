@@ -20,7 +20,7 @@ from ..stores import LocalObjectStore
 from .answer import Answer
 
 PACKAGES_PATH = "/v1/delivery/packages"
-_RANGE = re.compile(r"bytes=([0-9]{0,15})-([0-9]{0,15})")
+_RANGE = re.compile(r"(?i:bytes)=([0-9]{0,15})-([0-9]{0,15})")  # the unit without case (RFC 9110 14.1)
 
 DOWNLOADS = Counter("mpaas_delivery_downloads_total", "Package download requests, by HTTP status", ["status"])
 BYTES = Counter("mpaas_delivery_download_bytes_total", "Package bytes sent")
