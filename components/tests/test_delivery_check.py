@@ -245,3 +245,92 @@ async def test_the_same_handlers_answer_over_asgi(tmp_path: Path) -> None:
         assert both.status_code == 200 and both.content == data  # a repeated Range is ignored
         same = await client.get(link, headers={"If-None-Match": both.headers["etag"]})
         assert same.status_code == 304 and "content-length" not in same.headers
+        assert (await client.get("/v1/delivery/check")).json()["resultCode"] == codes.METHOD_NOT_ALLOWED.code
+
+
+@pytest.mark.unit
+def test_text_that_is_not_unicode_is_refused() -> None:
+    # A lone surrogate ("\ud800" in JSON) is no UTF-8: refused at once, not a failure where it is stored.
+    data = json_bytes(CHECK).replace(b'"device-1"', b'"d\\ud800"')
+    with pytest.raises(Refused) as e:
+        parse(data)
+    assert e.value.code.code == codes.INVALID_REQUEST.code and "deviceId" in e.value.code.memo
+
+
+def json_bytes(body: Any) -> bytes:
+    import json
+
+    return json.dumps(body).encode()
+
+
+def _checker(tmp_path: Path, *bodies: dict[str, Any], seats: Any = None) -> Any:
+    from types import SimpleNamespace
+
+    from mpaas.api import KINDS
+    from mpaas.config import Resource
+    from mpaas.delivery.check import Checker, compile_config
+    from mpaas.delivery.targeting import Seats
+    from mpaas.stores.sets import MemoryMemberSets
+
+    resources: dict[str, Any] = {"DeliveryTask": {}, "MpaasGateway": {}}
+    for doc in (GATEWAY, *bodies):
+        key = (doc["metadata"]["namespace"], doc["metadata"]["name"])
+        doc.setdefault("status", {"conditions": [{"type": "PackageVerified", "status": "True"}]})
+        spec = KINDS[doc["kind"]].parse_spec(doc)
+        resources[doc["kind"]][key] = Resource(doc["kind"], key[0], key[1], 1, "1", spec, doc)
+    live = SimpleNamespace(current=compile_config(resources))
+
+    async def link(release: Any, base: str) -> str:
+        return f"{base}/{release.name}"
+
+    return Checker(live, seats or Seats(MemoryMemberSets()), link)  # type: ignore[arg-type]
+
+
+@pytest.mark.unit
+async def test_the_seat_store_down_answers_each_resource_not_a_500(tmp_path: Path) -> None:
+    from mpaas.delivery.targeting import Seats
+    from mpaas.stores.sets import MemoryMemberSets
+
+    class Down(MemoryMemberSets):
+        async def add_capped(self, name: str, member: str | bytes, cap: int) -> bool:
+            raise ConnectionError("Redis is down")
+
+    window = {"start": "2020-01-01T00:00:00Z", "end": "2099-01-01T00:00:00Z", "maxUsers": 10}
+    checker = _checker(
+        tmp_path,
+        task("up", "AppUpgrade", "2.0.0", b"x", targeting={"window": window}),
+        task("fix", "Hotfix", "3", b"y"),
+        task("flags", "Switch", "", None, payload={"on": True}),
+        seats=Seats(Down()),
+    )
+    asked = [{"type": "AppUpgrade"}, {"type": "Hotfix"}, {"type": "Switch"}]
+    code, body = await checker.check(json_bytes(CHECK | {"resources": asked}), "http://d")
+    assert code.code == codes.SUCCESS.code
+    up, fix, flags = body["items"]
+    assert up == {"type": "AppUpgrade", "update": False}  # capped: no seat can be taken, so none is offered
+    assert fix["update"] is True and flags["values"] == {"on": True}
+
+
+@pytest.mark.unit
+async def test_a_client_on_a_withdrawn_version_is_told_to_roll_back_whatever_its_spelling(tmp_path: Path) -> None:
+    checker = _checker(tmp_path, task("fix", "Hotfix", "3.1", b"y", rollback=True))
+    for installed in ("3.1", "3.1.0"):
+        asked = [{"type": "Hotfix", "installedVersion": installed}]
+        _, body = await checker.check(json_bytes(CHECK | {"resources": asked}), "http://d")
+        assert body["items"][0].get("rollback") is True, installed
+
+
+@pytest.mark.unit
+async def test_one_resource_that_fails_leaves_the_others_answered(tmp_path: Path) -> None:
+    checker = _checker(tmp_path, task("up", "AppUpgrade", "2.0.0", b"x"), task("fix", "Hotfix", "3", b"y"))
+
+    async def broken(release: Any, base: str) -> str:
+        if release.name == "up":
+            raise RuntimeError("the object store failed to sign")
+        return f"{base}/{release.name}"
+
+    checker.link = broken
+    asked = [{"type": "AppUpgrade"}, {"type": "Hotfix"}]
+    code, body = await checker.check(json_bytes(CHECK | {"resources": asked}), "http://d")
+    assert code.code == codes.SUCCESS.code
+    assert body["items"][0] == {"type": "AppUpgrade", "update": False} and body["items"][1]["update"] is True

@@ -172,3 +172,47 @@ def test_a_task_whose_rule_does_not_compile_is_left_out_and_the_rest_served() ->
     cat = compile_catalog({"DeliveryTask": resources})
     assert offered(cat, client("d1")) == "good"
     assert ("shop", "bad") in cat.errors and "position" in cat.errors[("shop", "bad")]
+
+
+class DownSets(MemoryMemberSets):
+    """A seat store that cannot be reached."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def add_capped(self, name: str, member: str | bytes, cap: int) -> bool:
+        self.calls += 1
+        raise ConnectionError("Redis is down")
+
+
+async def test_with_the_seat_store_down_a_capped_release_is_passed_over_and_the_next_one_served() -> None:
+    window = {"start": "2020-01-01T00:00:00Z", "end": "2099-01-01T00:00:00Z", "maxUsers": 3}
+    capped = task("capped", "3.0", targeting={"window": window})
+    cat = catalog(capped, task("plain", "2.0"))
+    sets = DownSets()
+    seats = Seats(sets)
+    found = await choose(cat, seats, client("d1"), "AppUpgrade", NOW)
+    assert found is not None and found.name == "plain"  # not a seat past the cap, not an error
+    for i in range(20):  # while it is down, checks do not each wait on it
+        await choose(cat, seats, client(f"d{i}"), "AppUpgrade", NOW)
+    assert sets.calls == 1
+
+
+def test_a_switch_applies_whatever_installed_version_the_client_reports() -> None:
+    flags = task("flags")
+    del flags["spec"]["package"]
+    flags["spec"] |= {"resourceType": "Switch", "payload": {"on": True}}
+    flags["status"] = {}
+    cat = catalog(flags)
+    for installed in ("", "0", "7", "x"):
+        c = client("d1", installed_version=installed)
+        assert [r.name for r in cat.candidates(c, "Switch", NOW)] == ["flags"], installed
+
+
+def test_a_task_with_an_odd_status_is_left_out_and_the_rest_served() -> None:
+    odd = task("odd", "9.0")
+    odd["status"] = {"conditions": 5}
+    cat = catalog(odd, task("good", "2.0"))
+    assert offered(cat, client("d1")) == "good"
+    assert ("shop", "odd") in cat.errors

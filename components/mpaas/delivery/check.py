@@ -24,6 +24,7 @@ from ..api.delivery import ResourceType
 from ..apps import AppDirectory, compile_apps
 from ..config import LiveConfig, Resources
 from ..resultcodes import ResultCode
+from ..rules import version_key
 from . import codes
 from .codepush import EMPTY as NO_DEPLOYMENTS
 from .codepush import Deployments, compile_deployments
@@ -90,6 +91,11 @@ def _text(body: dict[str, Any], name: str, *, required: bool = False) -> str:
         raise Refused(codes.INVALID_REQUEST.because(f"{name} must be a string"))
     if len(value) > MAX_FIELD_CHARS:
         raise Refused(codes.INVALID_REQUEST.because(f"{name} is longer than {MAX_FIELD_CHARS} characters"))
+    if not value.isascii():
+        try:  # JSON may carry lone surrogates ("\ud800"), which no store or hash takes as UTF-8
+            value.encode()
+        except UnicodeEncodeError:
+            raise Refused(codes.INVALID_REQUEST.because(f"{name} is not valid Unicode")) from None
     return value
 
 
@@ -157,10 +163,14 @@ class Checker:
         items = []
         for kind, installed in wanted:
             asking = client if not installed else _with_installed(client, installed)
-            if kind == ResourceType.SWITCH:
-                items.append(await self._switches(config.catalog, asking, now))
-            else:
-                items.append(await self._package(config.catalog, asking, kind, now, base_url))
+            try:
+                if kind == ResourceType.SWITCH:
+                    items.append(await self._switches(config.catalog, asking, now))
+                else:
+                    items.append(await self._package(config.catalog, asking, kind, now, base_url))
+            except Exception:  # one resource's failure must not cost the client the others' answers
+                log.exception("update check of %s failed for %s/%s", kind, client.app_id, client.workspace_id)
+                items.append({"type": kind, "update": False})
         CHECKS.labels(str(codes.SUCCESS.code)).inc()
         return codes.SUCCESS, {"resultCode": codes.SUCCESS.code, "resultMsg": codes.SUCCESS.memo, "items": items}
 
@@ -214,7 +224,8 @@ def _with_installed(client: Client, installed: str) -> Client:
 def _withdrawn(catalog: Catalog, client: Client, kind: str, installed: str) -> Release | None:
     if not installed:
         return None
+    have = version_key(installed)  # by number, as versions compare elsewhere: "3.1" is "3.1.0"
     for release in catalog.releases(client, kind):
-        if release.withdrawn and release.spec.package is not None and release.spec.package.version == installed:
+        if release.withdrawn and release.spec.package is not None and have is not None and release.version == have:
             return release
     return None

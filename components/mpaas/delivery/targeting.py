@@ -18,6 +18,8 @@ releases of one app, platform and type, the newest version that applies wins (th
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from ..rules import Predicate, compile_rule, percent_of, version_key
 from ..stores.sets import MemberSets
 
 KIND = "DeliveryTask"
+log = logging.getLogger("mpaas.delivery")
 
 
 @dataclass(frozen=True)
@@ -234,8 +237,10 @@ class Catalog:
         if not shelf:
             return []
         attrs = client.attributes()
-        installed = client.app_version if str(resource_type) == ResourceType.APP_UPGRADE else client.installed_version
-        have = version_key(installed) if installed else None
+        kind = str(resource_type)
+        installed = client.app_version if kind == ResourceType.APP_UPGRADE else client.installed_version
+        # A Switch has no version: whatever the client says it runs, none is "newer".
+        have = version_key(installed) if installed and kind != ResourceType.SWITCH else None
         # The package check last: it is the caller's, and the others rule out most releases for less.
         return [r for r in shelf if r.newer_than(have) and r.targets(client, attrs, now) and verified(r)]
 
@@ -253,8 +258,12 @@ def compile_catalog(resources: Resources) -> Catalog:
         spec: DeliveryTaskSpec = res.spec
         try:
             release = compile_release(namespace, name, spec, res.raw)
-        except ValueError as e:  # a rule the operator would refuse too: this task is left out, the rest served
+        except (ValueError, RecursionError) as e:  # a rule the operator would refuse too: left out, the rest served
             errors[(namespace, name)] = str(e)
+            continue
+        except Exception as e:  # an odd status or metadata (not validated): left out too, never the whole catalog
+            log.error("DeliveryTask %s/%s left out: %r", namespace, name, e)
+            errors[(namespace, name)] = repr(e)
             continue
         shelves[(spec.app_id, spec.workspace_id, str(spec.platform), str(spec.resource_type))].append(release)
     ordered = {
@@ -266,15 +275,30 @@ def compile_catalog(resources: Resources) -> Catalog:
 
 class Seats:
     """The seats of capped windows: a set per release (named by its uid, so a task created again under the
-    same name starts empty), filled atomically up to `maxUsers` across every replica."""
+    same name starts empty), filled atomically up to `maxUsers` across every replica.
+
+    With the store unreachable a capped release admits nobody (a cap is never exceeded; the caller goes on to
+    the next candidate), and for `RETRY_SECONDS` after a failure the store is not asked again, so checks do
+    not each wait out its timeout."""
+
+    RETRY_SECONDS = 1.0
 
     def __init__(self, sets: MemberSets):
         self.sets = sets
+        self._down_until = 0.0
 
     async def admit(self, release: Release, device_id: str) -> bool:
         if release.window is None or release.window[2] is None:
             return True
-        return await self.sets.add_capped(f"delivery:seats:{release.uid}", device_id, release.window[2])
+        if time.monotonic() < self._down_until:
+            return False
+        try:
+            return await self.sets.add_capped(f"delivery:seats:{release.uid}", device_id, release.window[2])
+        except Exception as e:
+            if time.monotonic() >= self._down_until:
+                log.warning("seat store unreachable, capped releases not offered for now: %r", e)
+            self._down_until = time.monotonic() + self.RETRY_SECONDS
+            return False
 
     async def taken(self, release: Release) -> int:
         return await self.sets.size(f"delivery:seats:{release.uid}")
