@@ -334,3 +334,28 @@ async def test_one_resource_that_fails_leaves_the_others_answered(tmp_path: Path
     code, body = await checker.check(json_bytes(CHECK | {"resources": asked}), "http://d")
     assert code.code == codes.SUCCESS.code
     assert body["items"][0] == {"type": "AppUpgrade", "update": False} and body["items"][1]["update"] is True
+
+
+@pytest.mark.unit
+async def test_a_package_served_drop_by_drop_is_given_up_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Packages are checked one after another: one that never finishes must not hold back all the others.
+    import asyncio
+
+    from mpaas.api.delivery import Package
+    from mpaas.delivery import packages
+
+    async def drip() -> Any:
+        for _ in range(100):
+            await asyncio.sleep(0.05)  # each read within httpx's timeout, the whole never done
+            yield b"x"
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=drip())
+
+    monkeypatch.setattr(packages, "READ_GRACE_SECONDS", 0.3, raising=False)
+    package = Package(uri="https://slow.example/p.bin", version="1", sha256="a" * 64, sizeBytes=100)
+    started = time.monotonic()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+        problem = await packages.verify(package, None, http)
+    assert problem is not None and "in time" in problem
+    assert time.monotonic() - started < 2

@@ -7,6 +7,7 @@ keep. The check reads the whole package once: it must exist, have the task's siz
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -19,6 +20,10 @@ from ..stores import LocalObjectStore, ObjectStore
 
 LOCAL_BUCKET = "local"
 READ_CHUNK = 8 << 20
+# A package is read within this, plus one second per MIN_READ_RATE bytes: packages are checked one after
+# another, so one served drop by drop (each read within the client's timeout) must not hold back the rest.
+READ_GRACE_SECONDS = 60.0
+MIN_READ_RATE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,14 @@ def bucket_of(objects: ObjectStore) -> str:
 
 async def verify(package: Package, objects: ObjectStore | None, http: httpx.AsyncClient | None = None) -> str | None:
     """None when the package is there with the task's size and sha256; else what is wrong, in words."""
+    try:
+        async with asyncio.timeout(READ_GRACE_SECONDS + package.size_bytes / MIN_READ_RATE):
+            return await _verify(package, objects, http)
+    except TimeoutError:
+        return f"{package.uri} could not be read in time"
+
+
+async def _verify(package: Package, objects: ObjectStore | None, http: httpx.AsyncClient | None) -> str | None:
     try:
         where = locate(package.uri)
     except ValueError as e:
