@@ -4,8 +4,10 @@ Built: the update check in the platform's JSON (`check.py`), CodePush's acquisit
 Expo Updates (`expo.py`), all deciding by `targeting.py` from the live DeliveryTasks; package links
 (presigned URLs of the object store) and, for a local-folder store, the downloads (`downloads.py`: signed,
 expiring, ranges, sendfile); `mpaas delivery publish` (`publish.py`). A package is offered only once verified
-(`packages.py`): by the operator's PackageVerified condition, or here when resources come from a folder. Not
-built yet: install reports in status, diff packages, a download cache in front of S3 (docs/delivery.md).
+(`packages.py`): by the operator's PackageVerified condition, or here when resources come from a folder. Hits,
+downloads, installs and failures are counted per task and stage (`reports.py`: the platform's reports and
+CodePush's), for the operator to put in status. Not built yet: diff packages, a download cache in front of S3
+(docs/delivery.md).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .codepush import CodePush
 from .downloads import PACKAGES_PATH, Downloads
 from .expo import Bundles, Expo
 from .packages import locate, verify
+from .reports import REPORT_PATH, Reports, Tally, open_counters
 from .settings import DeliverySettings
 from .targeting import Release, Seats
 
@@ -112,13 +115,17 @@ class DeliveryASGI:
     ):
         self.checker, self.app, self.state = checker, app, app.state
         self.settings, self.downloads, self.expo = settings, downloads, expo
+        tally = checker.tally or Tally(open_counters("memory://", settings.redis_prefix))
         self.codepush = CodePush(
-            checker.live, checker.seats, checker.link, checker.verified, settings.max_body_bytes, self._base_url
+            checker.live, checker.seats, checker.link, checker.verified, settings.max_body_bytes, self._base_url, tally
         )
+        self.reports = Reports(checker.live, tally, settings.max_body_bytes)
 
     def route(self, path: str) -> Callable[[Request], Awaitable[Answer]] | None:
         if path == CHECK_PATH:
             return self.check
+        if path == REPORT_PATH:
+            return self.reports
         if self.downloads is not None and self.downloads.handles(path):
             return self.downloads
         if self.expo is not None and self.expo.handles(path):
@@ -188,11 +195,13 @@ def _build(settings: DeliverySettings) -> Served:
     if self_verify is None:
         self_verify = settings.config_source == "dir"
     verified = SelfVerified(objects) if self_verify else None
+    tally = Tally(open_counters(settings.redis_url, settings.redis_prefix))
     checker = Checker(
         live,
         Seats(sets),
         Links(objects, settings.url_expiry_seconds, settings.public_url),
         verified if verified is not None else (lambda r: r.verified),
+        tally,
     )
 
     async def start() -> None:
@@ -219,7 +228,12 @@ def _build(settings: DeliverySettings) -> Served:
     async def close_bundles() -> None:
         bundles.close()
 
-    app = component_app("delivery", on_start=[start], on_stop=[live.stop, sets.close, close_bundles], ready=ready)
+    app = component_app(
+        "delivery",
+        on_start=[start, tally.start],
+        on_stop=[live.stop, tally.stop, sets.close, close_bundles],
+        ready=ready,
+    )
     app.state.live = live
     served = DeliveryASGI(checker, app, settings, downloads, expo)
     # asyncio's loop: its sendfile(2) sends packages without copying them through Python (docs/delivery.md).

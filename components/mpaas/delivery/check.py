@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
@@ -28,6 +28,9 @@ from ..rules import version_key
 from . import codes
 from .codepush import EMPTY as NO_DEPLOYMENTS
 from .codepush import Deployments, compile_deployments
+
+if TYPE_CHECKING:
+    from .reports import Tally
 from .targeting import Catalog, Client, Release, Seats, choose, compile_catalog
 
 log = logging.getLogger("mpaas.delivery")
@@ -146,8 +149,10 @@ class Checker:
         seats: Seats,
         link: Link,
         verified: Callable[[Release], bool] = lambda r: r.verified,
+        tally: Tally | None = None,
     ):
         self.live, self.seats, self.link, self.verified = live, seats, link, verified
+        self.tally = tally  # counts the hits of each task and stage (reports.py)
 
     async def check(self, data: bytes, base_url: str) -> tuple[ResultCode, dict[str, Any]]:
         try:
@@ -184,6 +189,8 @@ class Checker:
                 spec, package = release.spec, release.spec.package
                 assert package is not None
                 OFFERS.labels(client.app_id, kind, package.version, str(release.stage)).inc()
+                if self.tally is not None:
+                    self.tally.hit(release)
                 offer: dict[str, Any] = {
                     "type": kind,
                     "update": True,

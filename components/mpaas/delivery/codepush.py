@@ -36,6 +36,7 @@ from .targeting import Catalog, Client, Release, Seats, choose
 if TYPE_CHECKING:
     from ..config import LiveConfig
     from .check import DeliveryConfig
+    from .reports import Tally
 
 log = logging.getLogger("mpaas.delivery")
 
@@ -47,6 +48,7 @@ MAX_QUERY_FIELDS = 16
 # Semver as the SDK sends a binary version ("1.2.3", "2.0", "7", with a pre-release or build suffix).
 APP_VERSION = re.compile(r"^[0-9]+(\.[0-9]+){0,3}([-+][0-9A-Za-z.+-]{0,64})?$")
 STATUSES = ("DeploymentSucceeded", "DeploymentFailed")
+_EVENTS = {"DeploymentSucceeded": "Install", "DeploymentFailed": "InstallFailed"}  # as reports.py counts them
 
 REPORTS = Counter(
     "mpaas_delivery_reports_total",
@@ -250,9 +252,11 @@ class CodePush:
         verified: Callable[[Release], bool],
         max_body_bytes: int,
         base_url: Callable[[Request], str],
+        tally: Tally | None = None,
     ):
         self.live, self.seats, self.link, self.verified = live, seats, link, verified
         self.max_body_bytes, self.base_url = max_body_bytes, base_url
+        self.tally = tally  # the task's counts, as the platform's check and reports keep them (reports.py)
 
     def route(self, path: str) -> Callable[[Request], Awaitable[Answer]] | None:
         if path in CHECK_PATHS:
@@ -336,6 +340,8 @@ class CodePush:
                 _check.OFFERS.labels(
                     deployment.app_id, ResourceType.HOTFIX.value, package.version, str(release.stage)
                 ).inc()
+                if self.tally is not None:
+                    self.tally.hit(release)
                 info |= {
                     "downloadURL": url,
                     "description": release.spec.description or "",
@@ -391,6 +397,7 @@ class CodePush:
         if deployment is None:
             return _text_answer(404, "unknown deployment key")
         version = "binary"
+        release = None
         if report.label:
             client = Client(deployment.app_id, deployment.workspace_id, deployment.platform, "")
             release = next(
@@ -398,5 +405,14 @@ class CodePush:
             )
             # Only known versions become label values: what clients send cannot grow the series.
             version = release.spec.package.version if release is not None and release.spec.package else "unknown"
+        # The task's counts, as the platform's reports make them; a report without a device id cannot be
+        # counted once per device, so it is left out of them.
+        if release is not None and report.client_unique_id and self.tally is not None:
+            event = "Download" if kind == "download" else _EVENTS[report.status]
+            try:
+                await self.tally.report(release, event, report.client_unique_id)
+            except Exception as e:
+                log.warning("CodePush report on %s/%s not counted: %r", release.namespace, release.name, e)
+                return _text_answer(503, "the report could not be counted now: send it again later")
         REPORTS.labels(deployment.app_id, kind, version, report.status).inc()
         return _text_answer(200, "OK")

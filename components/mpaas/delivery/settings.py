@@ -9,8 +9,9 @@ from ..service import ComponentSettings
 class DeliverySettings(ComponentSettings):
     model_config = SettingsConfigDict(env_prefix="MPAAS_", extra="ignore")
     max_body_bytes: int = Field(default=16384, ge=1024)  # of one update check: 413 past it
-    # Seats of capped gray windows (maxUsers), shared by every replica: redis://host:port/db, or memory://
-    # (one process only).
+    # Seats of capped gray windows (maxUsers) and each task's counts (hits, downloads, installs, failures; the
+    # operator reads them into status), shared by every replica: redis://host:port/db, or memory:// (one
+    # process only).
     redis_url: str = "memory://"
     redis_prefix: str = "delivery:"
     # Where packages are: s3://bucket?endpoint=... or file:///path (see docs/delivery.md, "Packages"). Clients
