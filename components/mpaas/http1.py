@@ -427,6 +427,7 @@ class _Connection(asyncio.Protocol):
         "_max_head",
         "_max_headers",
         "_paused",
+        "_piece",
         "_url",
         "_write_paused",
         "busy",
@@ -465,6 +466,7 @@ class _Connection(asyncio.Protocol):
         self._write_paused = False  # the transport's buffer is full: a file reply waits (resume_writing)
         self._drained: asyncio.Future[None] | None = None
         self.sending = False  # a file reply is going out: the next request's head and body clocks wait
+        self._piece: asyncio.Future[int] | None = None  # asyncio's sendfile of a piece, while it runs
         self._url = b""
         self._headers: list[tuple[str, str]] = []
         self.last_active = time.monotonic()  # bytes in or the last answer out; read by the server's sweep
@@ -768,8 +770,19 @@ class _Connection(asyncio.Protocol):
         try:
             while left > 0:
                 piece = min(left, SEND_PIECE)
-                async with asyncio.timeout(self._piece_time(piece)):
-                    sent = await self.loop.sendfile(transport, body.file, offset, piece, fallback=False)
+                step = self._piece = asyncio.ensure_future(
+                    self.loop.sendfile(transport, body.file, offset, piece, fallback=False)
+                )
+                try:
+                    async with asyncio.timeout(self._piece_time(piece)):
+                        sent = await step
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if self.closed and step.cancelled() and (task is None or not task.cancelling()):
+                        raise ConnectionError("connection closed") from None  # by abort(), not a timeout
+                    raise
+                finally:
+                    self._piece = None
                 if sent != piece:  # sendfile(2) stops at the end of the file: one truncated while sent
                     raise ConnectionError("the file is shorter than the reply announced")
                 offset += sent
@@ -809,6 +822,11 @@ class _Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         self.closed = True
+        piece = self._piece
+        if piece is not None and not piece.done():
+            # Closing the socket under asyncio's sendfile breaks its transport: end the send; _serve then closes.
+            piece.cancel()
+            return
         if self.transport is not None:
             self.transport.close()
 

@@ -335,3 +335,34 @@ def test_a_304_carries_no_content_length(big: Path) -> None:
     heads = run("asyncio", scenario)
     # RFC 9110 8.6: a 304's Content-Length, if any, is the full representation's; 0 would be wrong.
     assert heads.count(b"HTTP/1.1 304") == 2 and b"content-length" not in heads.lower()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_drain_that_runs_out_mid_file_ends_the_send_cleanly(
+    loop: str, big: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = Files(big)
+
+    async def scenario() -> bytes:
+        server = await serve(files)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /whole HTTP/1.1\r\nhost: x\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(1 << 20)
+        await server.stop(0.3)  # the client reads no more: the file is still going out
+        for _ in range(20):
+            await asyncio.sleep(0.05)
+            if all(f.closed for f in files.opened):
+                break
+        rest = b""
+        async with asyncio.timeout(5):
+            while chunk := await reader.read(1 << 20):
+                rest += chunk
+        writer.close()
+        return rest
+
+    rest = run(loop, scenario)
+    assert len(rest) < big.stat().st_size  # cut off, and the connection ended
+    assert all(f.closed for f in files.opened)
+    # Closing the socket under asyncio's sendfile made its transport fail ("Exception in callback").
+    assert not [r for r in caplog.records if r.name == "asyncio" and r.levelname == "ERROR"]
