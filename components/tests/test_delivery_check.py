@@ -359,3 +359,32 @@ async def test_a_package_served_drop_by_drop_is_given_up_on(monkeypatch: pytest.
         problem = await packages.verify(package, None, http)
     assert problem is not None and "in time" in problem
     assert time.monotonic() - started < 2
+
+
+@pytest.mark.unit
+async def test_over_asgi_a_client_that_stops_reading_a_file_is_given_up_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under HTTP/2 (hypercorn) a client that stops reading blocks `send` for as long as it likes.
+    import asyncio
+
+    from mpaas.delivery import answer
+    from mpaas.delivery.answer import Answer, send_asgi
+    from mpaas.http1 import FileBody
+
+    monkeypatch.setattr(answer, "ASGI_FILE_CHUNK", 1000)
+    monkeypatch.setattr(answer, "ASGI_SEND_SECONDS", 0.2, raising=False)
+    path = tmp_path / "p.bin"
+    path.write_bytes(os.urandom(5000))
+    f = path.open("rb")
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if len(sent) > 2:
+            await asyncio.Event().wait()  # the client's window never opens again
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(send_asgi(Answer(200, {}, file=FileBody(f, 0, 5000)), "GET", send), 5)
+    assert time.monotonic() - started < 2 and f.closed

@@ -10,6 +10,10 @@ from typing import Any
 from ..http1 import FileBody
 
 ASGI_FILE_CHUNK = 1 << 20
+# Each chunk goes within this plus one second per ASGI_MIN_SEND_RATE bytes, as the lean server's pieces do
+# (http1.Limits): an ASGI server's `send` waits as long as a client that stopped reading likes.
+ASGI_SEND_SECONDS = 30.0
+ASGI_MIN_SEND_RATE = 16384
 
 
 @dataclass
@@ -40,7 +44,8 @@ async def send_asgi(answer: Answer, method: str, send: Any) -> None:
             if not chunk:
                 raise ConnectionError("the file is shorter than the answer announced")
             left -= len(chunk)
-            await send({"type": "http.response.body", "body": chunk, "more_body": left > 0})
+            async with asyncio.timeout(ASGI_SEND_SECONDS + len(chunk) / ASGI_MIN_SEND_RATE):
+                await send({"type": "http.response.body", "body": chunk, "more_body": left > 0})
     finally:
         if file is not None:
             file.file.close()
