@@ -216,3 +216,13 @@ def test_a_task_with_an_odd_status_is_left_out_and_the_rest_served() -> None:
     cat = catalog(odd, task("good", "2.0"))
     assert offered(cat, client("d1")) == "good"
     assert ("shop", "odd") in cat.errors
+
+
+async def test_a_release_whose_seats_cannot_be_named_does_not_close_the_others() -> None:
+    window = {"start": "2020-01-01T00:00:00Z", "end": "2099-01-01T00:00:00Z", "maxUsers": 3}
+    odd = task("odd", "3.0", targeting={"window": window})
+    odd["metadata"]["uid"] = "{braces}"  # a set name Redis Cluster could not place
+    cat = catalog(odd, task("capped", "2.0", targeting={"window": window}))
+    seats = Seats(MemoryMemberSets())
+    found = await choose(cat, seats, client("d1"), "AppUpgrade", NOW)
+    assert found is not None and found.name == "capped"

@@ -294,6 +294,8 @@ class Seats:
             return False
         try:
             return await self.sets.add_capped(f"delivery:seats:{release.uid}", device_id, release.window[2])
+        except ValueError:  # a set name the store refuses (a uid with braces): this release only, not the store
+            return False
         except Exception as e:
             if time.monotonic() >= self._down_until:
                 log.warning("seat store unreachable, capped releases not offered for now: %r", e)
