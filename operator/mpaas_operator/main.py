@@ -12,9 +12,10 @@ from typing import Any
 
 import kopf
 
+from mpaas.delivery.reports import counts_prefix
 from mpaas.kube import KubeClient, ResourceType
 from mpaas.service import setup_logging
-from mpaas.stores import ObjectStore, open_objectstore
+from mpaas.stores import Counters, ObjectStore, RedisCounters, open_objectstore
 
 from . import handlers, metrics
 from .builders.common import selector_string
@@ -65,7 +66,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         namespaces=SETTINGS.watched_namespaces(),
         standalone=SETTINGS.standalone,
     )
-    RELEASES.start(memo.kube, object_store(), peering, SETTINGS.watched_namespaces())
+    RELEASES.start(memo.kube, object_store(), peering, SETTINGS.watched_namespaces(), delivery_counters())
     log.info(
         "operator starting: %s, priority %s, image %s",
         "standalone" if SETTINGS.standalone else f"peering {settings.peering.name}",
@@ -83,6 +84,19 @@ def object_store() -> ObjectStore | None:
         )
     except ValueError as e:
         raise kopf.PermanentError(f"MPAAS_OBJECTS_URL: {e}") from None
+
+
+def delivery_counters() -> Counters | None:
+    """The delivery component's counts (mpaas.delivery.reports), read from its Redis."""
+    url = SETTINGS.delivery_redis_url
+    if not url:
+        return None
+    if url.startswith("memory:"):  # one process's own: nothing the components count is there
+        log.warning("MPAAS_REDIS_URL is %s: DeliveryTask counts are not read", url)
+        return None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise kopf.PermanentError("MPAAS_REDIS_URL: the delivery component's Redis, redis://host:port/db")
+    return RedisCounters(url, prefix=counts_prefix(SETTINGS.delivery_redis_prefix))
 
 
 async def check_peering(client: KubeClient, name: str, namespaces: list[str]) -> None:
@@ -104,7 +118,10 @@ async def check_peering(client: KubeClient, name: str, namespaces: list[str]) ->
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    counters = RELEASES.counters
     await RELEASES.stop()
+    if counters is not None:
+        await counters.close()
     await memo.kube.close()
     if getattr(memo, "metrics", None) is not None:
         await memo.metrics.cleanup()

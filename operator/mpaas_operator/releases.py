@@ -11,6 +11,10 @@ only while this replica's own entry is alive and no live peer has a priority as 
 two replicas working for a moment, as it can kopf's handlers; every status write is conditional on the
 resourceVersion it was computed from, so of two writers one wins and the other recomputes.
 
+Each pass also reads every started task's counts (hits, downloads, installs, failures per stage) from the
+delivery component's Redis, for `sync` to write into status and judge spec.autoPause on; a task that is gone
+has its counts dropped. With Redis down, the pass goes on without counts (what status holds stays).
+
 A package is checked once (it is immutable); a check that fails is repeated after 10 s, then 20 s, doubling
 up to 5 minutes; a new spec, or an operator start, checks it again at once. At most CONCURRENT_CHECKS run at a
 time, each in a thread of its own (package_check.py).
@@ -29,11 +33,13 @@ from typing import Any
 
 from mpaas.api import DELIVERY_TASK, GROUP, VERSION, InvalidResource
 from mpaas.api.delivery import Package
+from mpaas.delivery.reports import TaskCounts, forget, read_counts
 from mpaas.kube import ApiError, KubeClient, ResourceType
-from mpaas.stores import ObjectStore
+from mpaas.stores import Counters, ObjectStore
 
 from . import metrics, package_check
 from .package_check import Result, Stopped
+from .reconcile import counts as counting
 from .reconcile import delivery_task
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,7 @@ STANDBY_POLL_SECONDS = 1.0
 CONCURRENT_CHECKS = 2
 RETRY_FIRST_SECONDS = 10.0
 RETRY_MAX_SECONDS = 300.0
+NO_REDIS = "the operator has no Redis to read counts from: set MPAAS_REDIS_URL (chart: delivery.redis)"
 
 CLUSTER_KOPF_PEERINGS = ResourceType("kopf.dev", "v1", "clusterkopfpeerings")
 KOPF_PEERINGS = ResourceType("kopf.dev", "v1", "kopfpeerings")
@@ -107,6 +114,7 @@ class CheckState:
     due: float = 0.0  # time.monotonic() of the next check
     running: asyncio.Task[None] | None = None
     stop: threading.Event = field(default_factory=threading.Event)
+    stages: list[int] = field(default_factory=list)  # whose counts to drop when the task is gone
 
 
 class Releases:
@@ -115,9 +123,20 @@ class Releases:
         self._task: asyncio.Task[None] | None = None
         self._checks: dict[str, CheckState] = {}
         self._slots = asyncio.Semaphore(CONCURRENT_CHECKS)
+        self.counters: Counters | None = None
+        self._counts_failing = False
 
-    def start(self, client: KubeClient, objects: ObjectStore | None, peering: Peering, namespaces: list[str]) -> None:
+    def start(
+        self,
+        client: KubeClient,
+        objects: ObjectStore | None,
+        peering: Peering,
+        namespaces: list[str],
+        counters: Counters | None = None,
+    ) -> None:
         self.client, self.objects, self.peering, self.namespaces = client, objects, peering, namespaces
+        self.counters = counters
+        self._counts_failing = False
         delivery_task.spec_changed = self.recheck
         if self._task is not None:  # a startup handler retried
             self._task.cancel()
@@ -171,6 +190,8 @@ class Releases:
         """One look at every task; returns the seconds until the next is due."""
         seen: set[str] = set()
         wake = PERIOD_SECONDS
+        no_counts = "" if self.counters is not None else NO_REDIS
+        counts_down = False  # after one failure, not asked again this pass: each would wait out its timeout
         for body in await self._list():
             meta = body.get("metadata") or {}
             if meta.get("deletionTimestamp"):
@@ -184,8 +205,26 @@ class Releases:
             except InvalidResource:
                 continue  # its reconcile reports InvalidSpec; the release holds where it is
             state = self._checks.setdefault(uid, CheckState())
+            counts: TaskCounts | None = None
+            state.stages = counting.stage_indexes(body.get("status") or {})
+            if self.counters is not None and state.stages and not counts_down:
+                try:
+                    counts = await read_counts(self.counters, uid, state.stages)
+                    self._counts_failing = False
+                except Exception as e:
+                    counts_down = True
+                    if not self._counts_failing:
+                        log.warning("DeliveryTask counts not read (the delivery component's Redis): %r", e)
+                    self._counts_failing = True
             try:
-                end = await delivery_task.sync(self.client, body, spec=spec, result=state.result)
+                end = await delivery_task.sync(
+                    self.client,
+                    body,
+                    spec=spec,
+                    result=state.result,
+                    counts=counts,
+                    no_counts=no_counts or ("the delivery component's Redis did not answer" if counts_down else ""),
+                )
             except ApiError as e:
                 log.warning("DeliveryTask %s/%s: status not written: %s", meta.get("namespace"), meta.get("name"), e)
                 continue
@@ -200,8 +239,18 @@ class Releases:
                         wake = min(wake, left)
         for uid in list(self._checks):
             if uid not in seen:
-                self._checks.pop(uid).stop.set()
+                gone = self._checks.pop(uid)
+                gone.stop.set()
+                await self._forget(uid, gone.stages)
         return max(wake, 0.05)
+
+    async def _forget(self, uid: str, stages: list[int]) -> None:
+        if self.counters is None or not stages:
+            return
+        try:
+            await forget(self.counters, uid, stages)
+        except Exception as e:  # a few KiB left behind, no more
+            log.warning("counts of deleted DeliveryTask %s not dropped: %r", uid, e)
 
     def _start_check(self, uid: str, meta: dict[str, Any], package: Package, state: CheckState) -> None:
         state.stop = threading.Event()

@@ -28,6 +28,11 @@ class OperatorSettings(BaseSettings):
     objects_url: str = Field(default="", validation_alias="MPAAS_OBJECTS_URL")
     objects_access_key: str = Field(default="", validation_alias="MPAAS_OBJECTS_ACCESS_KEY")
     objects_secret_key: str = Field(default="", validation_alias="MPAAS_OBJECTS_SECRET_KEY", repr=False)
+    # The delivery component's Redis and key prefix (its MPAAS_REDIS_URL and MPAAS_REDIS_PREFIX, named as it names
+    # them), where it counts each DeliveryTask's hits, downloads, installs and failures: the operator reads them
+    # into status and judges spec.autoPause on them. Empty: no counts in status, and no task is auto-paused.
+    delivery_redis_url: str = Field(default="", validation_alias="MPAAS_REDIS_URL", repr=False)
+    delivery_redis_prefix: str = Field(default="delivery:", validation_alias="MPAAS_REDIS_PREFIX")
     # Comma-separated namespaces to watch; empty: every namespace.
     namespaces: str = ""
     # Active/standby: replicas meet in this kopf peering object (the chart creates it); the highest

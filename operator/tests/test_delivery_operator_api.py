@@ -365,3 +365,127 @@ async def test_an_unreachable_store_is_reported(
     )
     assert "could not be read" in condition(obj, "PackageVerified")["message"]
     assert condition(obj)["reason"] == "PackageNotVerified" and obj["status"]["currentPercent"] == 0
+
+
+GATEWAY = {
+    "apiVersion": "mpaas.io/v1alpha1",
+    "kind": "MpaasGateway",
+    "metadata": {"name": "apps"},
+    "spec": {
+        "apps": [{"appId": "SHOP", "workspaceId": "prod"}],
+        "upstreams": [{"name": "u", "endpoints": [{"url": "http://127.0.0.1:1"}]}],
+        "apis": [],
+    },
+}
+
+
+async def test_reports_drive_the_counts_in_status_and_a_stage_that_fails_pauses_itself(
+    namespace: str, packages: Packages, own_peering: str, spawn: Callable[..., Process]
+) -> None:
+    import httpx
+    import redis.asyncio as aioredis
+
+    from conftest import wait_ready
+
+    redis_url = need_env("MPAAS_TEST_REDIS_URL")
+    prefix = f"t-{uuid.uuid4().hex[:8]}:"
+    # The operator and delivery share the object store (delivery links packages in it) and the Redis of counts.
+    shared = {
+        "MPAAS_REDIS_URL": redis_url,
+        "MPAAS_REDIS_PREFIX": prefix,
+        "MPAAS_OBJECTS_URL": f"s3://{packages.store.bucket}?endpoint={os.environ['MPAAS_TEST_S3_ENDPOINT']}",
+        "MPAAS_OBJECTS_ACCESS_KEY": os.environ["MPAAS_TEST_S3_ACCESS_KEY"],
+        "MPAAS_OBJECTS_SECRET_KEY": os.environ["MPAAS_TEST_S3_SECRET_KEY"],
+    }
+    spawn(
+        "operator",
+        env={
+            "MPAAS_OPERATOR_PEERING": own_peering,
+            "MPAAS_OPERATOR_HEALTH_PORT": str(free_port()),
+            "MPAAS_OPERATOR_IMAGE": "registry.example/mpaas:e2e",
+            **shared,
+        },
+        name="operator",
+    )
+    data = b"release with a bad install"
+    await packages.put("fix", data)
+    stages = [{"percent": 100}]
+    spec = task("fix", packages, data, stages, autoPause={"maxFailurePercent": 20, "minInstalls": 5})
+    assert apply_yaml(namespace, GATEWAY, spec).returncode == 0
+    await wait_for(namespace, "fix", lambda o: condition(o).get("reason") == "Serving", "Serving")
+
+    port = free_port()
+    delivery = spawn(
+        "delivery",
+        env={
+            "MPAAS_PORT": str(port),
+            "MPAAS_HOST": "127.0.0.1",
+            "MPAAS_CONFIG_SOURCE": "kube",
+            "MPAAS_NAMESPACE": namespace,
+            **shared,
+        },
+        name="delivery",
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, delivery)
+    check = {"appId": "SHOP", "workspaceId": "prod", "platform": "Android", "deviceId": "d-1", "appVersion": "3.0"}
+    base = {"appId": "SHOP", "workspaceId": "prod", "task": f"{namespace}/fix", "version": "3.2.0"}
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+
+        async def offered() -> bool:
+            r = await client.post("/v1/delivery/check", json=check)
+            return bool(r.json()["items"][0]["update"])
+
+        await eventually(offered, timeout=20, what="the release offered")
+
+        async def report(device: str, event: str) -> None:
+            r = await client.post("/v1/delivery/report", json=base | {"deviceId": device, "event": event})
+            assert r.json()["resultCode"] == 1000, r.text
+
+        await report("d-1", "Download")
+        for device in ("d-1", "d-2", "d-3", "d-4", "d-1"):  # d-1 sent twice: one device
+            await report(device, "Install")
+
+        def counted(o: dict[str, Any]) -> bool:
+            st = o.get("status") or {}
+            return st.get("installs") == 4 and st.get("hits", 0) >= 1
+
+        obj = await wait_for(namespace, "fix", counted, "4 installs in status", within=20)
+        st = obj["status"]
+        assert (st["downloads"], st["failures"]) == (1, 0)
+        (entry,) = st["stages"]
+        assert entry["index"] == 0 and entry["percent"] == 100 and entry["installs"] == 4 and entry["hits"] >= 1
+        auto = condition(obj, "AutoPaused")
+        assert (auto["status"], auto["reason"]) == ("False", "WithinLimit"), auto
+
+        # 2 of 6 installs fail (33 % > 20 %): the release holds itself, and says why.
+        await report("d-5", "InstallFailed")
+        await report("d-6", "InstallFailed")
+        obj = await wait_for(namespace, "fix", lambda o: condition(o).get("reason") == "AutoPaused", "AutoPaused")
+        auto, ready = condition(obj, "AutoPaused"), condition(obj)
+        assert auto["status"] == "True" and auto["reason"] == "FailureRate"
+        assert "2 of 6 installs failed (33.3%), above autoPause.maxFailurePercent 20%" in auto["message"]
+        assert ready["status"] == "True" and auto["message"] in ready["message"]
+        st = obj["status"]
+        assert st["autoPause"]["pausedGeneration"] == obj["metadata"]["generation"] and st["pausedAt"]
+        assert st["currentPercent"] == 100 and "generation" not in (obj["spec"].get("autoPause") or {})
+        assert not obj["spec"].get("paused")  # a status-only pause: the spec is the owner's
+        warnings = events(namespace, "fix", "AutoPaused")
+        assert [e["type"] for e in warnings] == ["Warning"] and "2 of 6 installs failed" in warnings[0]["message"]
+        assert await offered()  # held at its stage, still served there
+
+        # The owner looks, and resumes by changing the spec: judged from here on.
+        set_spec(namespace, "fix", autoPause={"maxFailurePercent": 20, "minInstalls": 6})
+        obj = await wait_for(namespace, "fix", lambda o: condition(o).get("reason") == "Serving", "resumed")
+        assert condition(obj, "AutoPaused")["status"] == "False"
+        assert (obj["status"]["autoPause"]["installs"], obj["status"]["autoPause"]["failures"]) == (4, 2)
+        assert "pausedAt" not in obj["status"]
+
+    r = aioredis.from_url(redis_url)
+    try:
+        keys = [k async for k in r.scan_iter(match=f"{prefix}*")]
+        if keys:
+            for k in keys:
+                await r.delete(k)
+    finally:
+        await r.aclose()

@@ -167,6 +167,7 @@ def test_ready_and_package_conditions() -> None:
         "pausedAt": None,
         "pausedSeconds": None,
         "currentPercent": 5,
+        "stages": [{"index": 0, "percent": 5, "startedAt": "2026-05-01T12:00:00Z"}],
     }
     written = body({"observedGeneration": 1, **ok.fields, "conditions": conditions.merge([], ok.conds, 1)})
     # Once verified, a later failed result cannot take it back (the package is immutable), and nothing changed.

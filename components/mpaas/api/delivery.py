@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field
 
-from .base import APP_ID, VERSION_STRING, ApiModel, CommonStatus, VersionRange, cel, immutable
+from .base import APP_ID, VERSION_STRING, ApiModel, CommonStatus, VersionRange, cel, immutable, named_list
 
 
 class Platform(StrEnum):
@@ -173,6 +173,25 @@ class Stage(ApiModel):
     )
 
 
+class AutoPause(ApiModel):
+    """Pause the release by itself when too many of the current stage's installs fail."""
+
+    max_failure_percent: int = Field(
+        ge=0,
+        le=99,
+        description="Highest share of failed installs the current stage tolerates, in percent of its install "
+        "reports (installs plus failures), 0-99: above it the operator pauses the release (condition AutoPaused). "
+        "0: any failure pauses.",
+    )
+    min_installs: int = Field(
+        default=100,
+        ge=1,
+        le=10_000_000,
+        description="Fewest install reports (installs plus failures) of the current stage before its failure "
+        "share is judged, 1-10000000, so that 1 failure of 2 does not pause a release. Default 100.",
+    )
+
+
 class DeliveryTaskSpec(ApiModel):
     """Desired state of a DeliveryTask: the package, who gets it, and in which stages.
 
@@ -245,6 +264,54 @@ class DeliveryTaskSpec(ApiModel):
         description="Withdraw the release: no device is offered it (status.currentPercent 0), clients that run "
         "it are told to roll back, and the stage's clock stops as with paused. Default false.",
     )
+    auto_pause: AutoPause | None = Field(
+        default=None,
+        description="Pause the release by itself when the current stage's install-failure share passes a "
+        "threshold: it is held as with paused (served at its stage's percent, its clock stopped) until the spec "
+        "changes, and condition AutoPaused says why. Unset: never.",
+    )
+
+
+class StageStatus(ApiModel):
+    """One stage the release has served, with what clients did during it."""
+
+    index: int = Field(ge=0, le=19, description="Index of the stage in spec.stages, from 0.")
+    percent: int = Field(ge=0, le=100, description="The stage's percent of the targeted devices.")
+    started_at: datetime | None = Field(default=None, description="When the stage began (RFC 3339 timestamp).")
+    hits: int | None = Field(default=None, ge=0, description="Update checks that offered the release during the stage.")
+    downloads: int | None = Field(
+        default=None, ge=0, description="Devices that reported a download of the package during the stage."
+    )
+    installs: int | None = Field(
+        default=None, ge=0, description="Devices that reported the package installed during the stage."
+    )
+    failures: int | None = Field(
+        default=None, ge=0, description="Devices that reported a failed install during the stage."
+    )
+
+
+class AutoPauseStatus(ApiModel):
+    """What spec.autoPause keeps between the operator's passes."""
+
+    paused_at: datetime | None = Field(
+        default=None, description="While the release is auto-paused: since when (RFC 3339 timestamp)."
+    )
+    paused_generation: int | None = Field(
+        default=None,
+        ge=0,
+        description="The metadata.generation the release was auto-paused at; a spec change (a higher generation) "
+        "resumes it.",
+    )
+    stage: int | None = Field(default=None, ge=0, description="The stage installs and failures below were counted in.")
+    installs: int | None = Field(
+        default=None,
+        ge=0,
+        description="Installs of that stage when the release was last resumed: the failure share is judged on "
+        "what came after.",
+    )
+    failures: int | None = Field(
+        default=None, ge=0, description="Failed installs of that stage when the release was last resumed."
+    )
 
 
 class DeliveryTaskStatus(CommonStatus):
@@ -276,9 +343,30 @@ class DeliveryTaskStatus(CommonStatus):
         description="Seconds the current stage was held before now (paused or rolled back): it ends that much "
         "later than stageStartedAt + durationSeconds.",
     )
-    hits: int | None = Field(default=None, ge=0, description="Not written yet: update checks that offered the release.")
-    downloads: int | None = Field(default=None, ge=0, description="Not written yet: downloads of the package.")
-    installs: int | None = Field(default=None, ge=0, description="Not written yet: installs clients reported.")
+    hits: int | None = Field(
+        default=None,
+        ge=0,
+        description="Update checks that offered the release, every stage together (counted in the delivery "
+        "component's Redis; absent while the operator cannot read it).",
+    )
+    downloads: int | None = Field(
+        default=None, ge=0, description="Devices that reported a download of the package, every stage together."
+    )
+    installs: int | None = Field(
+        default=None, ge=0, description="Devices that reported the package installed, every stage together."
+    )
+    failures: int | None = Field(
+        default=None, ge=0, description="Devices that reported a failed install, every stage together."
+    )
+    stages: list[StageStatus] = Field(
+        default_factory=list,
+        max_length=20,
+        json_schema_extra=named_list("index"),
+        description="The stages served so far, in order, with their counts. At most 20.",
+    )
+    auto_pause: AutoPauseStatus | None = Field(
+        default=None, description="The state of spec.autoPause: whether and since when the release is auto-paused."
+    )
     diff_packages: list[dict[str, Any]] = Field(
         default_factory=list,
         max_length=64,

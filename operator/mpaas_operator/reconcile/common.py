@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 STALLED_REASONS = frozenset({"InvalidSpec", "CredentialsMissing", "Conflict", "ProgressDeadlineExceeded"})
 # Ready=False reasons worth a Warning event although the operator keeps working on them.
 WARNING_REASONS = STALLED_REASONS | {"Unavailable", "Degraded"}
+# Ready=True reasons someone should look at: the resource serves, but something went wrong (a release that
+# paused itself on its install failures).
+WARNING_TRUE_REASONS = frozenset({"AutoPaused"})
 # The kinds whose component is not built yet report Ready=False with this reason (never Ready=True).
 NOT_IMPLEMENTED = "NotImplemented"
 
@@ -116,7 +119,8 @@ async def _post_ready_change(
     if ready["reason"] not in STALLED_REASONS and before is not None:
         if (before.get("status"), before.get("reason")) == (ready["status"], ready["reason"]):
             return
-    type_ = events.WARNING if ready["status"] == "False" and ready["reason"] in WARNING_REASONS else events.NORMAL
+    warn = ready["reason"] in (WARNING_REASONS if ready["status"] == "False" else WARNING_TRUE_REASONS)
+    type_ = events.WARNING if warn else events.NORMAL
     await events.post(client, body, type_, ready["reason"], ready["message"] or ready["reason"])
 
 

@@ -4,7 +4,7 @@ Every bit of state is in status, so a restarted operator, or the replica that ta
 the last one stopped:
 
 - `currentStage`, `stageStartedAt`: the stage served, and when it began;
-- `pausedAt`: while `spec.paused` or `spec.rollback` holds the stage, since when;
+- `pausedAt`: while `spec.paused`, `spec.rollback` or an auto-pause holds the stage, since when;
 - `pausedSeconds`: how long the current stage was held before; its end moves by that much.
 
 The first stage starts when the package is verified. A stage ends at stageStartedAt + durationSeconds +
@@ -71,16 +71,17 @@ def last_stage(spec: DeliveryTaskSpec) -> int:
     return max(len(spec.stages) - 1, 0)
 
 
-def step(spec: DeliveryTaskSpec, progress: Progress, *, verified: bool, now: datetime) -> Progress:
-    """The progress after one step at `now`: start, hold, resume, or advance by at most one stage."""
+def step(spec: DeliveryTaskSpec, progress: Progress, *, verified: bool, now: datetime, hold: bool = False) -> Progress:
+    """The progress after one step at `now`: start, hold, resume, or advance by at most one stage. `hold`: held
+    although the spec does not say so (an auto-pause)."""
     if not progress.started:
         if not verified:
             return Progress()
-        return Progress(0, now, now if held(spec) else None, 0)
+        return Progress(0, now, now if held(spec) or hold else None, 0)
     p = replace(progress, stage=min(progress.stage or 0, last_stage(spec)))  # stages may have been removed
     if not verified:
         return p
-    if held(spec):
+    if held(spec) or hold:
         return p if p.paused_at is not None else replace(p, paused_at=now)
     if p.paused_at is not None:
         held_for = max(0, int((now - p.paused_at).total_seconds()))
@@ -113,6 +114,13 @@ def remaining_seconds(spec: DeliveryTaskSpec, p: Progress, now: datetime) -> int
         return None
     at = p.paused_at or now
     return max(0, int(duration + p.paused_seconds - (at - p.started_at).total_seconds()))
+
+
+def stage_percent(spec: DeliveryTaskSpec, stage: int) -> int:
+    """The percent a stage serves when it is served (rollback aside)."""
+    if not spec.stages:
+        return spec.targeting.percent
+    return spec.stages[min(stage, last_stage(spec))].percent
 
 
 def percent(spec: DeliveryTaskSpec, p: Progress) -> int:
