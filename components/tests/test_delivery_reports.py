@@ -125,6 +125,10 @@ async def test_counts_are_per_device_and_stage_and_hits_are_flushed() -> None:
     assert (await read_counts(counters, "uid-1", [0, 1])).total.installs == 0
     with pytest.raises(ValueError):
         key("a{b}", 0, "hits")  # a uid cannot move the hash tag
+    odd: Any = type("R", (), {"uid": "a{b}", "stage": 0, "spec": release.spec})()
+    tally.hit(odd)  # such a task is served, just not counted
+    await tally.report(odd, "Install", "a")
+    await tally.flush()
 
 
 @pytest.mark.unit

@@ -130,13 +130,21 @@ class Tally:
         self._failing = False
 
     def hit(self, release: Release) -> None:
-        k = key(release.uid, release.stage, "hits")
+        """Never raises: counting must not cost a client its answer."""
+        try:
+            k = key(release.uid, release.stage, "hits")
+        except ValueError:  # a uid no key can hold (only a hand-written one, from a folder): not counted
+            return
         self._hits[k] = self._hits.get(k, 0) + 1
 
     async def report(self, release: Release, event: str, device_id: str) -> None:
         """Count the device's event in the release's current stage; raises when the store does not answer."""
         count = EVENTS[event]
-        await self.counters.pfadd(key(release.uid, release.stage, count), [device_id])
+        try:
+            k = key(release.uid, release.stage, count)
+        except ValueError:  # as in hit()
+            return
+        await self.counters.pfadd(k, [device_id])
         package = release.spec.package
         version = package.version if package is not None else ""
         REPORTED[count].labels(release.spec.app_id, str(release.spec.resource_type), version, str(release.stage)).inc()
