@@ -31,6 +31,9 @@ EVENTS = Counter("mpaas_operator_events_total", "Kubernetes Events posted, by ty
 PACKAGE_CHECKS = Counter(
     "mpaas_operator_package_checks_total", "DeliveryTask package checks, by result (Verified or why not)", ["reason"]
 )
+AUTO_PAUSES = Counter(
+    "mpaas_operator_auto_pauses_total", "DeliveryTasks paused by their spec.autoPause (install failures)", ["namespace"]
+)
 
 # The outcome of the reconcile running in this task, when it is not `ok` but the reconcile still returns normally.
 OUTCOME: contextvars.ContextVar[str] = contextvars.ContextVar("reconcile_outcome", default="ok")

@@ -234,3 +234,32 @@ def test_entries_from_an_older_status_are_filled_in() -> None:
         },
     ]
     assert counting.stage_entries(s, [{"index": "x"}], Progress(), None) == []
+
+
+async def test_an_auto_pause_is_written_once_with_a_warning_and_counted() -> None:
+    from prometheus_client import REGISTRY
+
+    from mpaas_operator.reconcile.delivery_task import sync
+
+    class Kube:
+        def __init__(self) -> None:
+            self.patches: list[dict[str, Any]] = []
+            self.events: list[dict[str, Any]] = []
+
+        async def merge_patch(self, rt: Any, namespace: str, name: str, patch: dict[str, Any], **_: Any) -> Any:
+            self.patches.append(patch)
+            return {}
+
+        async def create(self, rt: Any, obj: dict[str, Any], **_: Any) -> Any:
+            self.events.append(obj)
+            return obj
+
+    def paused_total() -> float:
+        return REGISTRY.get_sample_value("mpaas_operator_auto_pauses_total", {"namespace": "n"}) or 0.0
+
+    kube, before = Kube(), paused_total()
+    await sync(kube, started(), spec=spec(), counts=counts((50, 11, 8, 3)), now=lambda: at(100))  # type: ignore[arg-type]
+    (patch,) = kube.patches
+    assert patch["status"]["autoPause"]["pausedAt"] == "2026-05-01T12:01:40Z"
+    assert [(e["type"], e["reason"]) for e in kube.events] == [("Warning", "AutoPaused")]
+    assert "3 of 11 installs failed" in kube.events[0]["message"] and paused_total() == before + 1

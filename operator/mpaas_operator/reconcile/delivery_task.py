@@ -32,7 +32,7 @@ from mpaas.delivery.packages import locate
 from mpaas.delivery.reports import TaskCounts
 from mpaas.kube import ApiError, KubeClient
 
-from .. import conditions, events
+from .. import conditions, events, metrics
 from ..package_check import CHECKING, NO_PACKAGE, Result
 from . import counts as counting
 from . import stages
@@ -324,6 +324,8 @@ async def sync(
 
 async def _post_changes(client: KubeClient, body: dict[str, Any], spec: DeliveryTaskSpec, d: Desired) -> None:
     """Events for a new package check result and a stage that started (report() posts Ready's)."""
+    if d.auto_paused:
+        metrics.AUTO_PAUSES.labels(identity(body)[0]).inc()  # its Warning Event is Ready's
     pkg, before = d.package, d.package_before
     if pkg["reason"] not in (CHECKING, NO_PACKAGE) and (
         before is None or (before.get("status"), before.get("reason")) != (pkg["status"], pkg["reason"])
