@@ -15,10 +15,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from ..api.delivery import Package
 from ..component import Component, Served
 from ..config import LiveConfig
 from ..http1 import AsgiRequest, Request
@@ -27,9 +31,10 @@ from ..stores import LocalObjectStore, ObjectStore, open_objectstore
 from ..stores.sets import MemoryMemberSets, RedisMemberSets
 from . import codes
 from .answer import Answer, send_asgi
+from .cache import PackageCache
 from .check import CHECK_PATH, EMPTY, KINDS, Checker, DeliveryConfig, compile_config
 from .codepush import CodePush
-from .downloads import PACKAGES_PATH, Downloads
+from .downloads import PACKAGES_PATH, CachedDownloads, Downloads, Signer
 from .expo import Bundles, Expo
 from .packages import locate, verify
 from .reports import REPORT_PATH, Reports, Tally, open_counters
@@ -40,11 +45,20 @@ log = logging.getLogger("mpaas.delivery")
 
 
 class Links:
-    """The URL a client downloads an offered package from: an https:// package as it is, an object-store one
-    presigned (S3's own URL, or this service's downloads route for a local folder)."""
+    """The URL a client downloads an offered package from: an https:// package as it is; an object-store one
+    through this service (a local folder's route, or the cache in front of S3: `signer`), or straight from
+    S3 (presigned) or a CDN (`cdn_url` + key) when downloads are redirected."""
 
-    def __init__(self, objects: ObjectStore | None, expiry_seconds: int, public_url: str):
+    def __init__(
+        self,
+        objects: ObjectStore | None,
+        expiry_seconds: int,
+        public_url: str,
+        signer: Signer | None = None,
+        cdn_url: str = "",
+    ):
         self.objects, self.expiry, self.public_url = objects, expiry_seconds, public_url.rstrip("/")
+        self.signer, self.cdn_url = signer, cdn_url.rstrip("/")
 
     async def __call__(self, release: Release, base_url: str) -> str | None:
         package = release.spec.package
@@ -54,6 +68,10 @@ class Links:
             return where.url
         if self.objects is None:
             return None
+        if self.signer is not None:
+            return (self.public_url or base_url) + self.signer.link(package.sha256, self.expiry)
+        if self.cdn_url:
+            return f"{self.cdn_url}/{quote(where.key)}"
         url = await self.objects.presign_get(where.key, expires_seconds=self.expiry)
         return (self.public_url or base_url) + url if url.startswith("/") else url
 
@@ -110,7 +128,7 @@ class DeliveryASGI:
         checker: Checker,
         app: Any,
         settings: DeliverySettings,
-        downloads: Downloads | None,
+        downloads: Downloads | CachedDownloads | None,
         expo: Expo | None = None,
     ):
         self.checker, self.app, self.state = checker, app, app.state
@@ -175,13 +193,24 @@ class DeliveryASGI:
 
 def _build(settings: DeliverySettings) -> Served:
     live: LiveConfig[DeliveryConfig] = LiveConfig("delivery", KINDS, compile_config, EMPTY)
+
+    def live_package(sha256: str) -> Package | None:
+        """The package of a live release with this sha256, if any (a cached link serves nothing else)."""
+        for shelf in live.current.catalog.shelves.values():
+            for release in shelf:
+                p = release.spec.package
+                if p is not None and p.sha256 == sha256 and checker.verified(release):
+                    return p
+        return None
+
     sets = (
         MemoryMemberSets()
         if settings.redis_url.startswith("memory://")
         else RedisMemberSets(settings.redis_url, prefix=settings.redis_prefix)
     )
     objects: ObjectStore | None = None
-    downloads = None
+    downloads: Downloads | CachedDownloads | None = None
+    signer = None
     if settings.objects_url:
         objects = open_objectstore(
             settings.objects_url,
@@ -191,6 +220,10 @@ def _build(settings: DeliverySettings) -> Served:
         )
         if isinstance(objects, LocalObjectStore):
             downloads = Downloads(objects)
+        elif settings.downloads == "cache":
+            signer = Signer(bytes.fromhex(settings.download_signing_key) or secrets.token_bytes(32))
+            folder = settings.cache_dir or tempfile.mkdtemp(prefix="mpaas-delivery-cache-")
+            downloads = CachedDownloads(PackageCache(objects, folder, settings.cache_bytes), signer, live_package)
     self_verify = settings.verify_packages
     if self_verify is None:
         self_verify = settings.config_source == "dir"
@@ -199,7 +232,7 @@ def _build(settings: DeliverySettings) -> Served:
     checker = Checker(
         live,
         Seats(sets),
-        Links(objects, settings.url_expiry_seconds, settings.public_url),
+        Links(objects, settings.url_expiry_seconds, settings.public_url, signer, settings.cdn_url),
         verified if verified is not None else (lambda r: r.verified),
         tally,
     )
@@ -241,6 +274,9 @@ def _build(settings: DeliverySettings) -> Served:
 
 
 def _check(settings: DeliverySettings) -> str | None:
+    key = settings.download_signing_key
+    if key and (len(key) < 64 or not all(c in "0123456789abcdefABCDEF" for c in key) or len(key) % 2):
+        return "MPAAS_DOWNLOAD_SIGNING_KEY: hex digits, 32 bytes (64 digits) or more"
     if settings.expo_signing_key_file:
         try:
             Expo.load_key(Path(settings.expo_signing_key_file).read_bytes())

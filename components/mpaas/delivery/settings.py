@@ -1,5 +1,7 @@
 """The delivery process's settings (environment variables MPAAS_*)."""
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -20,6 +22,15 @@ class DeliverySettings(ComponentSettings):
     objects_access_key: str = ""
     objects_secret_key: str = ""
     url_expiry_seconds: int = Field(default=3600, ge=60, le=7 * 86400)
+    # An S3 store's packages: "cache" serves them here from a local cache (sendfile); "redirect" gives clients
+    # S3's presigned URLs, or `cdn_url` + the key when set (a CDN in front of the bucket).
+    downloads: Literal["cache", "redirect"] = "cache"
+    cdn_url: str = ""
+    cache_dir: str = ""  # "": a temporary folder
+    cache_bytes: int = Field(default=20 << 30, ge=1 << 20)
+    # The key of cached-package links (hex, 32 bytes or more), the same for every replica (from a Secret);
+    # "": one drawn per process, so links die with it and replicas do not honour each other's.
+    download_signing_key: str = ""
     # The address clients reach this service at, for the links it answers with (a local folder's packages
     # are served here); "": taken from each request's Host header.
     public_url: str = ""
