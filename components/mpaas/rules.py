@@ -158,11 +158,15 @@ def bucket(value: str, modulus: int) -> int:
     return zlib.crc32(value.encode("utf-8", "surrogatepass")) % modulus
 
 
+MAX_NESTING = 32  # of ! and ( ): deeper would exhaust the recursion a rule is parsed and evaluated with
+
+
 class _Parser:
     def __init__(self, rule: str):
         self.rule = rule
         self.toks = _tokens(rule)
         self.i = 0
+        self.depth = 0
 
     @property
     def tok(self) -> _Tok:
@@ -206,6 +210,17 @@ class _Parser:
         return lambda a: all(p(a) for p in parts)
 
     def unary(self) -> Predicate:
+        if self.at("!") or self.at("("):
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                raise RuleError(self.rule, self.tok.pos, f"nested deeper than {MAX_NESTING} levels")
+            try:
+                return self._nested()
+            finally:
+                self.depth -= 1
+        return self._nested()
+
+    def _nested(self) -> Predicate:
         if self.at("!"):
             self.take()
             inner = self.unary()

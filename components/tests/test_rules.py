@@ -139,3 +139,11 @@ def test_any_text_compiles_or_raises_rule_error(text: str) -> None:
     except RuleError:
         return
     fn({"DEVICE_ID": "1", "CITY": "x", "APP_VERSION": "1.0"})
+
+
+def test_nesting_is_bounded_with_a_rule_error_not_a_recursion_error() -> None:
+    for deep in ("!" * 1000 + "CITY == a", "(" * 500 + "CITY == a" + ")" * 500):
+        with pytest.raises(RuleError, match="nested deeper than 32"):
+            compile_rule(deep)
+    ok = compile_rule("!" * 32 + "CITY == a")  # as deep as it may go: parsed and evaluated
+    assert ok({"CITY": "a"}) is True

@@ -192,6 +192,13 @@ class LiveConfig(Generic[T]):
                 log.error("%s: ignoring invalid %s, keeping its last good version: %s", self.component, kind, e)
                 if old is not None:
                     valid[key] = old
+            except Exception as e:  # a validator's own failure: this resource alone is left out, not every change
+                self.errors[(kind, key)] = f"could not be validated: {e!r}"
+                log.exception(
+                    "%s: %s %s could not be validated; keeping its last good version", self.component, kind, key
+                )
+                if old is not None:
+                    valid[key] = old
         for err_key in list(self.errors):
             if err_key[0] == kind and err_key[1] not in snapshot:
                 del self.errors[err_key]
