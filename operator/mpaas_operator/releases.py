@@ -11,9 +11,10 @@ only while this replica's own entry is alive and no live peer has a priority as 
 two replicas working for a moment, as it can kopf's handlers; every status write is conditional on the
 resourceVersion it was computed from, so of two writers one wins and the other recomputes.
 
-Each pass also reads every started task's counts (hits, downloads, installs, failures per stage) from the
-delivery component's Redis, for `sync` to write into status and judge spec.autoPause on; a task that is gone
-has its counts dropped. With Redis down, the pass goes on without counts (what status holds stays).
+Every COUNTS_SECONDS a pass also reads a started task's counts (hits, downloads, installs, failures per stage)
+from the delivery component's Redis, for `sync` to write into status and judge spec.autoPause on (not every
+pass: a busy release's hits change all the time, and each change is a status write); a task that is gone has
+its counts dropped. With Redis down, the pass goes on without counts (what status holds stays).
 
 A package is checked once (it is immutable); a check that fails is repeated after 10 s, then 20 s, doubling
 up to 5 minutes; a new spec, or an operator start, checks it again at once. At most CONCURRENT_CHECKS run at a
@@ -49,6 +50,7 @@ STANDBY_POLL_SECONDS = 1.0
 CONCURRENT_CHECKS = 2
 RETRY_FIRST_SECONDS = 10.0
 RETRY_MAX_SECONDS = 300.0
+COUNTS_SECONDS = 15.0
 NO_REDIS = "the operator has no Redis to read counts from: set MPAAS_REDIS_URL (chart: delivery.redis)"
 
 CLUSTER_KOPF_PEERINGS = ResourceType("kopf.dev", "v1", "clusterkopfpeerings")
@@ -115,6 +117,7 @@ class CheckState:
     running: asyncio.Task[None] | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     stages: list[int] = field(default_factory=list)  # whose counts to drop when the task is gone
+    counts_due: float = 0.0  # time.monotonic() of the next read of its counts
 
 
 class Releases:
@@ -207,9 +210,10 @@ class Releases:
             state = self._checks.setdefault(uid, CheckState())
             counts: TaskCounts | None = None
             state.stages = counting.stage_indexes(body.get("status") or {})
-            if self.counters is not None and state.stages and not counts_down:
+            if self.counters is not None and state.stages and not counts_down and state.counts_due <= time.monotonic():
                 try:
                     counts = await read_counts(self.counters, uid, state.stages)
+                    state.counts_due = time.monotonic() + COUNTS_SECONDS
                     self._counts_failing = False
                 except Exception as e:
                     counts_down = True

@@ -450,7 +450,7 @@ async def test_reports_drive_the_counts_in_status_and_a_stage_that_fails_pauses_
             st = o.get("status") or {}
             return st.get("installs") == 4 and st.get("hits", 0) >= 1
 
-        obj = await wait_for(namespace, "fix", counted, "4 installs in status", within=20)
+        obj = await wait_for(namespace, "fix", counted, "4 installs in status", within=40)  # read every 15 s
         st = obj["status"]
         assert (st["downloads"], st["failures"]) == (1, 0)
         (entry,) = st["stages"]
@@ -461,7 +461,9 @@ async def test_reports_drive_the_counts_in_status_and_a_stage_that_fails_pauses_
         # 2 of 6 installs fail (33 % > 20 %): the release holds itself, and says why.
         await report("d-5", "InstallFailed")
         await report("d-6", "InstallFailed")
-        obj = await wait_for(namespace, "fix", lambda o: condition(o).get("reason") == "AutoPaused", "AutoPaused")
+        obj = await wait_for(
+            namespace, "fix", lambda o: condition(o).get("reason") == "AutoPaused", "AutoPaused", within=40
+        )
         auto, ready = condition(obj, "AutoPaused"), condition(obj)
         assert auto["status"] == "True" and auto["reason"] == "FailureRate"
         assert "2 of 6 installs failed (33.3%), above autoPause.maxFailurePercent 20%" in auto["message"]
