@@ -1,12 +1,12 @@
 """Delivery (MDS): app upgrades, hot fixes, offline packages and switches, released by gray rules.
 
 Built: the update check in the platform's JSON (`check.py`), CodePush's acquisition API (`codepush.py`) and
-Expo Updates (`expo.py`), all deciding by `targeting.py` from the live DeliveryTasks; package links
-(presigned URLs of the object store) and, for a local-folder store, the downloads (`downloads.py`: signed,
-expiring, ranges, sendfile); `mpaas delivery publish` (`publish.py`). A package is offered only once verified
+Expo Updates (`expo.py`), all deciding by `targeting.py` from the live DeliveryTasks; package links and the
+downloads (`downloads.py`: signed, expiring, ranges, sendfile; an S3 store's through a bounded local cache,
+`cache.py`); `mpaas delivery publish` (`publish.py`). A package is offered only once verified
 (`packages.py`): by the operator's PackageVerified condition, or here when resources come from a folder. Hits,
 downloads, installs and failures are counted per task and stage (`reports.py`: the platform's reports and
-CodePush's), for the operator to put in status. Not built yet: diff packages, a download cache in front of S3
+CodePush's), for the operator to put in status. Not built yet: diff packages, whitelists held by reference
 (docs/delivery.md).
 """
 
