@@ -17,7 +17,7 @@ Grammar (keywords and attribute names are case-insensitive):
 of it otherwise, so "device id mod 1000 in 0..99" picks the same 10% of devices
 on every replica. Versions (APP_VERSION, OS_VERSION) compare numerically by
 dotted part. A rule is compiled once into nested closures; evaluating it costs
-a few microseconds.
+a few microseconds. `!` and parentheses nest at most 32 levels deep.
 
 Attribute values come from clients. Text becomes a number only through
 `parse_uint` (ASCII digits, bounded length); a value that is not one is
