@@ -271,6 +271,32 @@ def start_gateway(spawn: Callable[..., Process]) -> Callable[..., str]:
     return start
 
 
+@pytest.fixture
+def start_delivery(spawn: Callable[..., Process]) -> Callable[..., str]:
+    """Start a delivery process reading its resources from a folder (and its packages from `objects_url`),
+    wait until it is ready; returns its URL."""
+
+    def start(config: Path, objects_url: str = "", *, env: dict[str, str] | None = None) -> str:
+        port = free_port()
+        proc = spawn(
+            "delivery",
+            env={
+                "MPAAS_PORT": str(port),
+                "MPAAS_HOST": "127.0.0.1",
+                "MPAAS_CONFIG_SOURCE": "dir",
+                "MPAAS_CONFIG_DIR": str(config),
+                **({"MPAAS_OBJECTS_URL": objects_url} if objects_url else {}),
+                **(env or {}),
+            },
+            name="delivery",
+        )
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, proc)
+        return url
+
+    return start
+
+
 # --- cluster tier: the operator and the resources it reports on ------------------
 
 

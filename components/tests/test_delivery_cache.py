@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from conftest import Process, free_port, need_env, wait_ready
+from conftest import need_env
 from mpaas import cli
 from mpaas.api.delivery import Package
 from mpaas.delivery.cache import CacheError, PackageCache
@@ -105,7 +105,7 @@ async def test_least_recently_used_goes_and_a_reader_reads_on(tmp_path: Path) ->
 
 @pytest.mark.component
 def test_an_s3_package_is_served_through_the_cache_or_from_s3(
-    spawn: Callable[..., Process], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    start_delivery: Callable[..., str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """SeaweedFS as the object store: a published APK offered with a link to this service, which fetches it
     once into its cache and serves it with ranges; with downloads redirected, the link is S3's own."""
@@ -136,12 +136,7 @@ def test_an_s3_package_is_served_through_the_cache_or_from_s3(
     check = {"appId": "SHOP", "workspaceId": "prod", "platform": "Android", "deviceId": "d1", "appVersion": "1.0"}
 
     def start(**env: str) -> str:
-        port = free_port()
-        proc = spawn("delivery", env={"MPAAS_PORT": str(port), "MPAAS_HOST": "127.0.0.1", "MPAAS_CONFIG_SOURCE": "dir",
-                                      "MPAAS_CONFIG_DIR": str(config), "MPAAS_OBJECTS_URL": s3, **keys, **env},
-                     name="delivery")  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url, proc)
+        url = start_delivery(config, s3, env={**keys, **env})
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             item = httpx.post(url + "/v1/delivery/check", json=check, timeout=10).json()["items"][0]

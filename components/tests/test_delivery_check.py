@@ -12,7 +12,7 @@ import httpx
 import pytest
 import yaml
 
-from conftest import Process, eventually, free_port, wait_ready
+from conftest import eventually
 from mpaas.delivery import codes
 from mpaas.delivery.check import Refused, parse
 from mpaas.delivery.downloads import byte_range
@@ -56,7 +56,9 @@ CHECK = {
 
 
 @pytest.mark.component
-def test_a_client_gets_its_release_and_downloads_it_with_ranges(spawn: Callable[..., Process], tmp_path: Path) -> None:
+def test_a_client_gets_its_release_and_downloads_it_with_ranges(
+    start_delivery: Callable[..., str], tmp_path: Path
+) -> None:
     objects = tmp_path / "objects"
     apk, patch = os.urandom(3_000_000), os.urandom(1000)
     (objects / "packages").mkdir(parents=True)
@@ -83,20 +85,7 @@ def test_a_client_gets_its_release_and_downloads_it_with_ranges(spawn: Callable[
         ),
     ]
     (config / "all.yaml").write_text(yaml.safe_dump_all(docs))
-    port = free_port()
-    proc = spawn(
-        "delivery",
-        env={
-            "MPAAS_PORT": str(port),
-            "MPAAS_HOST": "127.0.0.1",
-            "MPAAS_CONFIG_SOURCE": "dir",
-            "MPAAS_CONFIG_DIR": str(config),
-            "MPAAS_OBJECTS_URL": f"file://{objects}",
-        },
-        name="delivery",
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url, proc)
+    url = start_delivery(config, f"file://{objects}")
     with httpx.Client(base_url=url, timeout=10) as client:
 
         def check(**extra: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from conftest import Process, eventually, free_port, wait_ready
+from conftest import eventually
 from testenv_paths import code_push_sdk
 
 PRODUCTION, STAGING = "prod-key-7Hc2WqLmZx", "staging-key-Q4nVb8Rt"
@@ -122,7 +122,7 @@ def _sdk_dir() -> str:
 
 @pytest.mark.component
 def test_the_codepush_sdk_checks_downloads_reports_and_rolls_back(
-    spawn: Callable[..., Process], tmp_path: Path
+    start_delivery: Callable[..., str], tmp_path: Path
 ) -> None:
     node_path = _sdk_dir()
     script = tmp_path / "client.js"
@@ -153,20 +153,7 @@ def test_the_codepush_sdk_checks_downloads_reports_and_rolls_back(
     config = tmp_path / "config"
     config.mkdir()
     (config / "all.yaml").write_text(yaml.safe_dump_all([GATEWAY, *tasks(set())]))
-    port = free_port()
-    proc = spawn(
-        "delivery",
-        env={
-            "MPAAS_PORT": str(port),
-            "MPAAS_HOST": "127.0.0.1",
-            "MPAAS_CONFIG_SOURCE": "dir",
-            "MPAAS_CONFIG_DIR": str(config),
-            "MPAAS_OBJECTS_URL": f"file://{objects}",
-        },
-        name="delivery",
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url, proc)
+    url = start_delivery(config, f"file://{objects}")
 
     def sdk(do: str, key: str = PRODUCTION, app_version: str = "1.2.0", **op: Any) -> Any:
         args = {"do": do, "server": url, "key": key, "appVersion": app_version, "device": "device-1", **op}

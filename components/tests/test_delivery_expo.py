@@ -18,7 +18,7 @@ import yaml
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from conftest import Process, eventually, free_port, wait_ready
+from conftest import eventually
 from mpaas import cli
 from mpaas.delivery.expo import ExpoError, negotiate, parse_sfv
 
@@ -75,7 +75,7 @@ def b64url_sha256(data: bytes) -> str:
 
 @pytest.mark.component
 def test_an_expo_app_gets_its_update_assets_and_directives(
-    spawn: Callable[..., Process], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    start_delivery: Callable[..., str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     objects, config = tmp_path / "objects", tmp_path / "config"
     config.mkdir()
@@ -94,21 +94,7 @@ def test_an_expo_app_gets_its_update_assets_and_directives(
     pem.write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
-    port = free_port()
-    proc = spawn(
-        "delivery",
-        env={
-            "MPAAS_PORT": str(port),
-            "MPAAS_HOST": "127.0.0.1",
-            "MPAAS_CONFIG_SOURCE": "dir",
-            "MPAAS_CONFIG_DIR": str(config),
-            "MPAAS_OBJECTS_URL": f"file://{objects}",
-            "MPAAS_EXPO_SIGNING_KEY_FILE": str(pem),
-        },
-        name="delivery",
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(url, proc)
+    url = start_delivery(config, f"file://{objects}", env={"MPAAS_EXPO_SIGNING_KEY_FILE": str(pem)})
     base = {
         "expo-protocol-version": "1",
         "expo-platform": "android",

@@ -59,31 +59,41 @@ def byte_range(header: str, size: int) -> tuple[int, int] | bool | None:
     return start, end
 
 
-class Downloads:
+class _DownloadRoute:
+    """What both download routes share: GET and HEAD only, the query read, the answer counted."""
+
+    prefix = ""
+
+    def handles(self, path: str) -> bool:
+        return path.startswith(self.prefix)
+
+    async def __call__(self, req: Request) -> Answer:
+        if req.method not in ("GET", "HEAD"):
+            answer = _plain(405, "GET or HEAD", {"Allow": "GET, HEAD"})
+        else:
+            try:
+                query = dict(parse_qsl(req.query, max_num_fields=8))
+            except ValueError:
+                answer = _plain(400, "query string")
+            else:
+                answer = await self._serve(req, req.path[len(self.prefix) :], query)
+        DOWNLOADS.labels(str(answer.status)).inc()
+        if answer.file is not None and req.method != "HEAD":
+            BYTES.inc(answer.file.count)
+        return answer
+
+    async def _serve(self, req: Request, name: str, query: dict[str, str]) -> Answer:
+        raise NotImplementedError
+
+
+class Downloads(_DownloadRoute):
     """GET and HEAD of `{PACKAGES_PATH}/{key}?expires=...&signature=...`, as presigned by `folder`."""
 
     def __init__(self, folder: LocalObjectStore):
         self.folder = folder
         self.prefix = folder.url_base + "/"
 
-    def handles(self, path: str) -> bool:
-        return path.startswith(self.prefix)
-
-    async def __call__(self, req: Request) -> Answer:
-        answer = await self._answer(req)
-        DOWNLOADS.labels(str(answer.status)).inc()
-        if answer.file is not None and req.method != "HEAD":
-            BYTES.inc(answer.file.count)
-        return answer
-
-    async def _answer(self, req: Request) -> Answer:
-        if req.method not in ("GET", "HEAD"):
-            return _plain(405, "GET or HEAD", {"Allow": "GET, HEAD"})
-        key = req.path[len(self.prefix) :]
-        try:
-            query = dict(parse_qsl(req.query, max_num_fields=8))
-        except ValueError:
-            return _plain(400, "query string")
+    async def _serve(self, req: Request, key: str, query: dict[str, str]) -> Answer:
         if not self.folder.verify(req.method, key, query):
             return _plain(403, "this link is not valid, or it has expired")
         path = self.folder.path(key)
@@ -160,31 +170,16 @@ class Signer:
         return hmac.compare_digest(self._mac(sha256, int(given)), signature)
 
 
-class CachedDownloads:
+class CachedDownloads(_DownloadRoute):
     """GET and HEAD of an S3 store's packages through the local cache, by signed links (`Signer`). Only a
     package a live task names, and that was verified, is served."""
+
+    prefix = CACHED_PATH + "/"
 
     def __init__(self, cache: PackageCache, signer: Signer, packages: Callable[[str], Package | None]):
         self.cache, self.signer, self.packages = cache, signer, packages
 
-    def handles(self, path: str) -> bool:
-        return path.startswith(CACHED_PATH + "/")
-
-    async def __call__(self, req: Request) -> Answer:
-        answer = await self._answer(req)
-        DOWNLOADS.labels(str(answer.status)).inc()
-        if answer.file is not None and req.method != "HEAD":
-            BYTES.inc(answer.file.count)
-        return answer
-
-    async def _answer(self, req: Request) -> Answer:
-        if req.method not in ("GET", "HEAD"):
-            return _plain(405, "GET or HEAD", {"Allow": "GET, HEAD"})
-        sha256 = req.path[len(CACHED_PATH) + 1 :]
-        try:
-            query = dict(parse_qsl(req.query, max_num_fields=8))
-        except ValueError:
-            return _plain(400, "query string")
+    async def _serve(self, req: Request, sha256: str, query: dict[str, str]) -> Answer:
         if not self.signer.allows(sha256, query):
             return _plain(403, "this link is not valid, or it has expired")
         package = self.packages(sha256)
