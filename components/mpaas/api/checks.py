@@ -94,7 +94,7 @@ def check_delivery_task(spec: DeliveryTaskSpec) -> list[str]:
     if any(s.duration_seconds is None for s in spec.stages[:-1]):
         problems.append("spec.stages: every stage but the last needs durationSeconds")
     wl = spec.targeting.whitelist
-    if wl is not None and wl.only and not (wl.user_ids or wl.device_ids):
+    if wl is not None and wl.only and not (wl.user_ids or wl.device_ids or wl.user_ids_object or wl.device_ids_object):
         problems.append("spec.targeting.whitelist.only is set but the whitelist is empty")
     return problems
 

@@ -89,10 +89,25 @@ class Whitelist(ApiModel):
         max_length=10000,
         description="Device ids that get the release whatever the percent and filters. At most 10000.",
     )
+    user_ids_object: str | None = Field(
+        default=None,
+        max_length=1024,
+        pattern=r"^[^\s/.][^\s]*$",
+        description="A longer list of user ids, held in the platform's object store: the key of a text object "
+        "with one id per line (UTF-8, at most 200 characters each, at most 10000000 lines and 256 MiB). Read by "
+        "the delivery component when the task changes and every minute after; until it is read, or when it "
+        "cannot be, the last good version counts (none at first).",
+    )
+    device_ids_object: str | None = Field(
+        default=None,
+        max_length=1024,
+        pattern=r"^[^\s/.][^\s]*$",
+        description="A longer list of device ids, held in the platform's object store, as userIdsObject.",
+    )
     only: bool = Field(
         default=False,
-        description="Release to the whitelist alone, e.g. for internal testing; needs userIds or deviceIds. "
-        "Default false.",
+        description="Release to the whitelist alone, e.g. for internal testing; needs userIds, deviceIds or "
+        "one of the lists in the object store. Default false.",
     )
 
 

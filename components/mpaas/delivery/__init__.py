@@ -6,8 +6,8 @@ downloads (`downloads.py`: signed, expiring, ranges, sendfile; an S3 store's thr
 `cache.py`); `mpaas delivery publish` (`publish.py`). A package is offered only once verified
 (`packages.py`): by the operator's PackageVerified condition, or here when resources come from a folder. Hits,
 downloads, installs and failures are counted per task and stage (`reports.py`: the platform's reports and
-CodePush's), for the operator to put in status. Not built yet: diff packages, whitelists held by reference
-(docs/delivery.md).
+CodePush's), for the operator to put in status. Long whitelists are read from the object store
+(`lists.py`). Not built yet: diff packages (docs/delivery.md).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from .check import CHECK_PATH, EMPTY, KINDS, Checker, DeliveryConfig, compile_co
 from .codepush import CodePush
 from .downloads import PACKAGES_PATH, CachedDownloads, Downloads, Signer
 from .expo import Bundles, Expo
+from .lists import IdLists
 from .packages import locate, verify
 from .reports import REPORT_PATH, Reports, Tally, open_counters
 from .settings import DeliverySettings
@@ -192,7 +193,8 @@ class DeliveryASGI:
 
 
 def _build(settings: DeliverySettings) -> Served:
-    live: LiveConfig[DeliveryConfig] = LiveConfig("delivery", KINDS, compile_config, EMPTY)
+    lists = IdLists(None)  # its store is set below, once opened
+    live: LiveConfig[DeliveryConfig] = LiveConfig("delivery", KINDS, lambda r: compile_config(r, lists), EMPTY)
 
     def live_package(sha256: str) -> Package | None:
         """The package of a live release with this sha256, if any (a cached link serves nothing else)."""
@@ -237,9 +239,23 @@ def _build(settings: DeliverySettings) -> Served:
         tally,
     )
 
+    lists.objects = objects
+
+    def named_lists(config: DeliveryConfig) -> None:
+        lists.want(
+            {
+                key
+                for shelf in config.catalog.shelves.values()
+                for r in shelf
+                for key in (r.device_list, r.user_list)
+                if key
+            }
+        )
+
     async def start() -> None:
         if verified is not None:
             live.subscribe(verified.changed)
+        live.subscribe(named_lists)
         live.start(settings)
 
     def ready() -> tuple[bool, str]:
@@ -263,6 +279,7 @@ def _build(settings: DeliverySettings) -> Served:
 
     app = component_app(
         "delivery",
+        background={"whitelists": lists.run},
         on_start=[start, tally.start],
         on_stop=[live.stop, tally.stop, sets.close, close_bundles],
         ready=ready,

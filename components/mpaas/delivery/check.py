@@ -31,6 +31,7 @@ from .codepush import Deployments, compile_deployments
 
 if TYPE_CHECKING:
     from .reports import Tally
+from .lists import IdLists
 from .targeting import Catalog, Client, Release, Seats, choose, compile_catalog
 
 log = logging.getLogger("mpaas.delivery")
@@ -74,8 +75,8 @@ EMPTY = DeliveryConfig(Catalog(), AppDirectory())
 KINDS = ("DeliveryTask", "MpaasGateway")
 
 
-def compile_config(resources: Resources) -> DeliveryConfig:
-    return DeliveryConfig(compile_catalog(resources), compile_apps(resources), compile_deployments(resources))
+def compile_config(resources: Resources, lists: IdLists | None = None) -> DeliveryConfig:
+    return DeliveryConfig(compile_catalog(resources, lists), compile_apps(resources), compile_deployments(resources))
 
 
 class Refused(Exception):

@@ -30,6 +30,7 @@ from ..api.delivery import DeliveryTaskSpec, Filters, ResourceType
 from ..config import Resources
 from ..rules import Predicate, compile_rule, percent_of, version_key
 from ..stores.sets import MemberSets
+from .lists import IdLists
 
 KIND = "DeliveryTask"
 log = logging.getLogger("mpaas.delivery")
@@ -87,6 +88,9 @@ class Release:
     whitelist_only: bool = False
     filters: tuple[Predicate, ...] = ()
     salt: str = ""
+    device_list: str = ""  # whitelist.deviceIdsObject: a list held in the object store (lists.py)
+    user_list: str = ""
+    lists: IdLists | None = None
     stage: int = 0  # status.currentStage, for metrics
     verified: bool = False  # the operator found the package as the task says (status condition PackageVerified)
 
@@ -95,7 +99,14 @@ class Release:
         return self.namespace, self.name
 
     def listed(self, client: Client) -> bool:
-        return client.device_id in self.devices or (bool(client.user_id) and client.user_id in self.users)
+        if client.device_id in self.devices or (bool(client.user_id) and client.user_id in self.users):
+            return True
+        lists = self.lists
+        if lists is None:
+            return False
+        if self.device_list and client.device_id in lists.get(self.device_list):
+            return True
+        return bool(self.user_list and client.user_id and client.user_id in lists.get(self.user_list))
 
     def targets(self, client: Client, attrs: Mapping[str, str], now: float) -> bool:
         """Steps 1 and 2 of the module's list (the seat of a capped window is the caller's)."""
@@ -169,7 +180,9 @@ def _timestamp(value: datetime) -> float:
     return value.timestamp()
 
 
-def compile_release(namespace: str, name: str, spec: DeliveryTaskSpec, raw: Mapping[str, Any]) -> Release:
+def compile_release(
+    namespace: str, name: str, spec: DeliveryTaskSpec, raw: Mapping[str, Any], lists: IdLists | None = None
+) -> Release:
     meta = raw.get("metadata") or {}
     status = raw.get("status") or {}
     t = spec.targeting
@@ -198,6 +211,9 @@ def compile_release(namespace: str, name: str, spec: DeliveryTaskSpec, raw: Mapp
         window=window,
         devices=frozenset(wl.device_ids) if wl else frozenset(),
         users=frozenset(wl.user_ids) if wl else frozenset(),
+        device_list=(wl.device_ids_object or "") if wl else "",
+        user_list=(wl.user_ids_object or "") if wl else "",
+        lists=lists,
         whitelist_only=bool(wl and wl.only),
         filters=compile_filters(t.filters, t.rule),
         salt=f"{namespace}/{name}/",
@@ -251,13 +267,13 @@ class Catalog:
 EMPTY = Catalog()
 
 
-def compile_catalog(resources: Resources) -> Catalog:
+def compile_catalog(resources: Resources, lists: IdLists | None = None) -> Catalog:
     shelves: dict[Shelf, list[Release]] = defaultdict(list)
     errors: dict[tuple[str, str], str] = {}
     for (namespace, name), res in resources.get(KIND, {}).items():
         spec: DeliveryTaskSpec = res.spec
         try:
-            release = compile_release(namespace, name, spec, res.raw)
+            release = compile_release(namespace, name, spec, res.raw, lists)
         except (ValueError, RecursionError) as e:  # a rule the operator would refuse too: left out, the rest served
             errors[(namespace, name)] = str(e)
             continue
