@@ -32,10 +32,15 @@ if ready == nil then
   hs.message = "Waiting for the operator"
   return hs
 end
-if ready.status == "True" then
+if ready.status == "True" and ready.reason == "AutoPaused" then
+  -- A release that held itself on its install failures: someone must look.
+  hs.status = "Degraded"
+elseif ready.status == "True" and ready.reason == "Paused" then
+  hs.status = "Suspended"
+elseif ready.status == "True" then
   hs.status = "Healthy"
-elseif ready.reason == "NotImplemented" then
-  -- Valid and handled as far as the platform goes today; nothing serves it yet.
+elseif ready.reason == "NotImplemented" or ready.reason == "RolledBack" then
+  -- Valid and handled as far as the platform goes today (nothing serves it yet), or withdrawn on purpose.
   hs.status = "Suspended"
 elseif ready.reason == "Unavailable" or ready.reason == "Degraded" then
   hs.status = "Degraded"
