@@ -92,9 +92,8 @@ class KafkaEventLog(EventLog):
         md = await self._producer.send_and_wait(topic, value, key=key)
         return Record(topic, md.partition, md.offset, key, value)
 
-    async def consume(
-        self, topic: str, group: str, *, max_records: int | None = None, idle_timeout: float | None = 5.0
-    ) -> AsyncIterator[Record]:
+    async def _join(self, topic: str, group: str) -> AIOKafkaConsumer:
+        """A started member of `group` on `topic`: manual commits, from the earliest offset, committed reads."""
         consumer = AIOKafkaConsumer(
             topic,
             bootstrap_servers=self.bootstrap,
@@ -105,6 +104,12 @@ class KafkaEventLog(EventLog):
         )
         await consumer.start()
         self._consumers[group] = consumer
+        return consumer
+
+    async def consume(
+        self, topic: str, group: str, *, max_records: int | None = None, idle_timeout: float | None = 5.0
+    ) -> AsyncIterator[Record]:
+        consumer = await self._join(topic, group)
         seen = 0
         try:
             while max_records is None or seen < max_records:
@@ -126,16 +131,7 @@ class KafkaEventLog(EventLog):
     async def batches(
         self, topic: str, group: str, *, wait: float, max_records: int = 10_000
     ) -> AsyncIterator[list[Record]]:
-        consumer = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=self.bootstrap,
-            group_id=group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-        )
-        await consumer.start()
-        self._consumers[group] = consumer
+        consumer = await self._join(topic, group)
         try:
             while True:
                 batch = await consumer.getmany(timeout_ms=int(wait * 1000), max_records=max_records)
