@@ -269,8 +269,8 @@ def _checker(tmp_path: Path, *bodies: dict[str, Any], seats: Any = None) -> Any:
         resources[doc["kind"]][key] = Resource(doc["kind"], key[0], key[1], 1, "1", spec, doc)
     live = SimpleNamespace(current=compile_config(resources))
 
-    async def link(release: Any, base: str) -> str:
-        return f"{base}/{release.name}"
+    async def link(package: Any, base: str) -> str:
+        return f"{base}/{package.uri.rsplit('/', 1)[-1]}"
 
     return Checker(live, seats or Seats(MemoryMemberSets()), link)  # type: ignore[arg-type]
 
@@ -313,10 +313,10 @@ async def test_a_client_on_a_withdrawn_version_is_told_to_roll_back_whatever_its
 async def test_one_resource_that_fails_leaves_the_others_answered(tmp_path: Path) -> None:
     checker = _checker(tmp_path, task("up", "AppUpgrade", "2.0.0", b"x"), task("fix", "Hotfix", "3", b"y"))
 
-    async def broken(release: Any, base: str) -> str:
-        if release.name == "up":
+    async def broken(package: Any, base: str) -> str:
+        if package.uri.endswith("/up.bin"):
             raise RuntimeError("the object store failed to sign")
-        return f"{base}/{release.name}"
+        return f"{base}/{package.uri.rsplit('/', 1)[-1]}"
 
     checker.link = broken
     asked = [{"type": "AppUpgrade"}, {"type": "Hotfix"}]

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 
 from mpaas.api import KINDS, InvalidResource
+from mpaas.api.delivery import Package
 from mpaas.config import validate
 from mpaas.delivery.check import DeliveryConfig, compile_config
 from mpaas.delivery.codepush import CodePush, Deployment, Invalid, compile_deployments, parse_check, parse_report
-from mpaas.delivery.targeting import Release, Seats
+from mpaas.delivery.targeting import Seats
 from mpaas.stores.sets import MemoryMemberSets
 
 KEY = "prod-key-7Hc2WqLmZx"
@@ -141,8 +142,8 @@ class Live:
 
 
 async def ask(docs: list[dict[str, Any]], query: str, key: str = KEY) -> dict[str, Any]:
-    async def link(release: Release, base: str) -> str:
-        return f"{base}/{release.name}.zip"
+    async def link(package: Package, base: str) -> str:
+        return f"{base}/{package.uri.rsplit('/', 1)[-1]}"
 
     live: Any = Live(compile_config(resources(gateway("g", [PROD]), *docs)))
     codepush = CodePush(live, Seats(MemoryMemberSets()), link, lambda r: True, 16384, lambda req: "")

@@ -66,7 +66,15 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         namespaces=SETTINGS.watched_namespaces(),
         standalone=SETTINGS.standalone,
     )
-    RELEASES.start(memo.kube, object_store(), peering, SETTINGS.watched_namespaces(), delivery_counters())
+    RELEASES.start(
+        memo.kube,
+        object_store(),
+        peering,
+        SETTINGS.watched_namespaces(),
+        delivery_counters(),
+        diff_max_bytes=SETTINGS.diff_max_bytes,
+        diff_timeout=SETTINGS.diff_timeout_seconds,
+    )
     log.info(
         "operator starting: %s, priority %s, image %s",
         "standalone" if SETTINGS.standalone else f"peering {settings.peering.name}",

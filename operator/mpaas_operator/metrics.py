@@ -31,6 +31,9 @@ EVENTS = Counter("mpaas_operator_events_total", "Kubernetes Events posted, by ty
 PACKAGE_CHECKS = Counter(
     "mpaas_operator_package_checks_total", "DeliveryTask package checks, by result (Verified or why not)", ["reason"]
 )
+DIFF_BUILDS = Counter(
+    "mpaas_operator_diff_builds_total", "DeliveryTask diff package builds, by result (Built or Failed)", ["result"]
+)
 AUTO_PAUSES = Counter(
     "mpaas_operator_auto_pauses_total", "DeliveryTasks paused by their spec.autoPause (install failures)", ["namespace"]
 )

@@ -16,6 +16,9 @@ from the delivery component's Redis, for `sync` to write into status and judge s
 pass: a busy release's hits change all the time, and each change is a status write); a task that is gone has
 its counts dropped. With Redis down, the pass goes on without counts (what status holds stays).
 
+A verified task with spec.diffs has its diff packages built (diff_builds.py): one build at a time across
+tasks, each in a child process; results go into status through `sync`, failures are tried again later.
+
 A package is checked once (it is immutable); a check that fails is repeated after 10 s, then 20 s, doubling
 up to 5 minutes; a new spec, or an operator start, checks it again at once. At most CONCURRENT_CHECKS run at a
 time, each in a thread of its own (package_check.py).
@@ -38,7 +41,7 @@ from mpaas.delivery.reports import TaskCounts, forget, read_counts
 from mpaas.kube import ApiError, KubeClient, ResourceType
 from mpaas.stores import Counters, ObjectStore
 
-from . import metrics, package_check
+from . import diff_builds, metrics, package_check
 from .package_check import Result, Stopped
 from .reconcile import counts as counting
 from .reconcile import delivery_task
@@ -118,6 +121,9 @@ class CheckState:
     stop: threading.Event = field(default_factory=threading.Event)
     stages: list[int] = field(default_factory=list)  # whose counts to drop when the task is gone
     counts_due: float = 0.0  # time.monotonic() of the next read of its counts
+    diffs_built: dict[str, dict[str, Any]] = field(default_factory=dict)  # from sha256 -> status entry
+    diffs_failed: dict[str, tuple[str, int, float]] = field(default_factory=dict)  # -> (why, failures, retry at)
+    diff_from: str | None = None  # the build running: from this sha256
 
 
 class Releases:
@@ -128,6 +134,8 @@ class Releases:
         self._slots = asyncio.Semaphore(CONCURRENT_CHECKS)
         self.counters: Counters | None = None
         self._counts_failing = False
+        self._diff_build: asyncio.Task[None] | None = None  # one at a time, across tasks
+        self.diff_max_bytes, self.diff_timeout = 512 << 20, 1800.0
 
     def start(
         self,
@@ -136,9 +144,13 @@ class Releases:
         peering: Peering,
         namespaces: list[str],
         counters: Counters | None = None,
+        *,
+        diff_max_bytes: int = 512 << 20,
+        diff_timeout: float = 1800.0,
     ) -> None:
         self.client, self.objects, self.peering, self.namespaces = client, objects, peering, namespaces
         self.counters = counters
+        self.diff_max_bytes, self.diff_timeout = diff_max_bytes, diff_timeout
         self._counts_failing = False
         delivery_task.spec_changed = self.recheck
         if self._task is not None:  # a startup handler retried
@@ -195,7 +207,8 @@ class Releases:
         wake = PERIOD_SECONDS
         no_counts = "" if self.counters is not None else NO_REDIS
         counts_down = False  # after one failure, not asked again this pass: each would wait out its timeout
-        for body in await self._list():
+        bodies = await self._list()
+        for body in bodies:
             meta = body.get("metadata") or {}
             if meta.get("deletionTimestamp"):
                 continue
@@ -220,6 +233,7 @@ class Releases:
                     if not self._counts_failing:
                         log.warning("DeliveryTask counts not read (the delivery component's Redis): %r", e)
                     self._counts_failing = True
+            view = self._diffs(body, spec, bodies, state)
             try:
                 end = await delivery_task.sync(
                     self.client,
@@ -228,6 +242,7 @@ class Releases:
                     result=state.result,
                     counts=counts,
                     no_counts=no_counts or ("the delivery component's Redis did not answer" if counts_down else ""),
+                    diffs=view,
                 )
             except ApiError as e:
                 log.warning("DeliveryTask %s/%s: status not written: %s", meta.get("namespace"), meta.get("name"), e)
@@ -247,6 +262,62 @@ class Releases:
                 gone.stop.set()
                 await self._forget(uid, gone.stages)
         return max(wake, 0.05)
+
+    def _diffs(
+        self, body: dict[str, Any], spec: Any, bodies: list[dict[str, Any]], state: CheckState
+    ) -> diff_builds.View | None:
+        """What is known of the task's diff packages; starts the next build that is due when none runs."""
+        if spec.diffs is None or spec.package is None:
+            return None
+        wanted = diff_builds.sources(body, spec, bodies) if diff_builds.package_verified(body) else []
+        listed = {
+            e.get("fromSha256") for e in (body.get("status") or {}).get("diffPackages") or [] if isinstance(e, dict)
+        }
+        now = time.monotonic()
+        if self._diff_build is None and self.objects is not None:
+            for source in wanted:
+                sha = source.package.sha256
+                if sha in listed or sha in state.diffs_built:
+                    continue
+                failed = state.diffs_failed.get(sha)
+                if failed is not None and failed[2] > now:
+                    continue
+                state.diff_from = sha
+                meta = body.get("metadata") or {}
+                self._diff_build = asyncio.create_task(
+                    self._build_diff(f"{meta.get('namespace')}/{meta.get('name')}", source, spec, state),
+                    name=f"diff build {meta.get('uid')}",
+                )
+                break
+        failed_now = {sha: why for sha, (why, _, _) in state.diffs_failed.items()}
+        if self.objects is None:
+            failed_now = {s.package.sha256: "no object store is configured (MPAAS_OBJECTS_URL)" for s in wanted}
+        return diff_builds.View(wanted, dict(state.diffs_built), failed_now, state.diff_from)
+
+    async def _build_diff(self, who: str, source: diff_builds.Source, spec: Any, state: CheckState) -> None:
+        sha = source.package.sha256
+        try:
+            log.info("DeliveryTask %s: building the diff from %s (%s)", who, source.package.version, source.task)
+            entry = await diff_builds.build(
+                source, spec.package, spec.resource_type, max_bytes=self.diff_max_bytes, seconds=self.diff_timeout
+            )
+            state.diffs_built[sha] = entry
+            state.diffs_failed.pop(sha, None)
+            metrics.DIFF_BUILDS.labels("Built").inc()
+            log.info("DeliveryTask %s: diff from %s built, %s bytes", who, source.package.version, entry["sizeBytes"])
+        except diff_builds.Failed as e:
+            failures = (state.diffs_failed.get(sha, ("", 0, 0.0))[1]) + 1
+            delay = diff_builds.retry_delay(failures)
+            state.diffs_failed[sha] = (f"{e}; tried again in {delay:.0f} s", failures, time.monotonic() + delay)
+            metrics.DIFF_BUILDS.labels("Failed").inc()
+            log.warning("DeliveryTask %s: diff from %s not built: %s", who, source.package.version, e)
+        except Exception as e:  # the child could not be started: tried again as a failure
+            state.diffs_failed[sha] = (f"{e!r}", 1, time.monotonic() + diff_builds.RETRY_FIRST_SECONDS)
+            log.exception("DeliveryTask %s: diff build failed", who)
+        finally:
+            state.diff_from = None
+            self._diff_build = None
+            self._wake.set()  # the next pass writes it, and starts the next build
 
     async def _forget(self, uid: str, stages: list[int]) -> None:
         if self.counters is None or not stages:
@@ -289,6 +360,8 @@ class Releases:
             self._wake.set()  # the next pass writes it
 
     def _stop_checks(self) -> None:
+        if self._diff_build is not None:
+            self._diff_build.cancel()  # kills the builder process (diff_builds.build)
         for state in self._checks.values():
             state.stop.set()
             if state.running is not None:

@@ -207,6 +207,20 @@ class AutoPause(ApiModel):
     )
 
 
+class Diffs(ApiModel):
+    """Diff packages to build for this release: from the packages of earlier releases to this one's."""
+
+    from_releases: int = Field(
+        ge=1,
+        le=10,
+        description="How many earlier releases to build a diff from, 1-10: the newest DeliveryTasks of the same "
+        "appId, workspaceId, platform and resourceType whose package is verified, of a lower version, and not "
+        "rolled back. Built by the operator once this task's package is verified, and listed in "
+        "status.diffPackages; a client that says which package it runs is offered the diff from it, with the "
+        "full package as fallback.",
+    )
+
+
 class DeliveryTaskSpec(ApiModel):
     """Desired state of a DeliveryTask: the package, who gets it, and in which stages.
 
@@ -285,6 +299,11 @@ class DeliveryTaskSpec(ApiModel):
         "threshold: it is held as with paused (served at its stage's percent, its clock stopped) until the spec "
         "changes, and condition AutoPaused says why. Unset: never.",
     )
+    diffs: Diffs | None = Field(
+        default=None,
+        description="Build diff packages from earlier releases' packages to this one (binary, HDiffPatch; for "
+        "H5Offline, zips of the files that changed), condition DiffPackages saying how far it got. Unset: none.",
+    )
 
 
 class StageStatus(ApiModel):
@@ -327,6 +346,24 @@ class AutoPauseStatus(ApiModel):
     failures: int | None = Field(
         default=None, ge=0, description="Failed installs of that stage when the release was last resumed."
     )
+
+
+class DiffPackage(ApiModel):
+    """A diff package in the object store: from an earlier release's package to this task's."""
+
+    from_version: str = Field(max_length=32, description="Version of the earlier package.")
+    from_sha256: str = Field(
+        pattern=r"^[a-f0-9]{64}$", max_length=64, description="SHA-256 of the earlier package the diff applies to."
+    )
+    from_task: str = Field(max_length=320, description="The earlier release's DeliveryTask, namespace/name.")
+    format: str = Field(
+        max_length=16,
+        description="hdiffpatch (HDiffPatch compressed diff of the whole file) or files (a zip of the changed "
+        "files with mpaas-diff.json), as docs/delivery.md describes.",
+    )
+    uri: str = Field(max_length=2048, description="Where the diff is: s3://bucket/key in the platform's object store.")
+    sha256: str = Field(pattern=r"^[a-f0-9]{64}$", max_length=64, description="SHA-256 of the diff.")
+    size_bytes: int = Field(ge=1, description="Size of the diff, in bytes.")
 
 
 class DeliveryTaskStatus(CommonStatus):
@@ -382,11 +419,11 @@ class DeliveryTaskStatus(CommonStatus):
     auto_pause: AutoPauseStatus | None = Field(
         default=None, description="The state of spec.autoPause: whether and since when the release is auto-paused."
     )
-    diff_packages: list[dict[str, Any]] = Field(
+    diff_packages: list[DiffPackage] = Field(
         default_factory=list,
-        max_length=64,
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
-        description="Not written yet: differential packages, from earlier versions to this one. At most 64.",
+        max_length=10,
+        json_schema_extra=named_list("fromSha256"),
+        description="Diff packages built for spec.diffs, from the newest earlier release down. At most 10.",
     )
 
 

@@ -61,9 +61,7 @@ class Links:
         self.objects, self.expiry, self.public_url = objects, expiry_seconds, public_url.rstrip("/")
         self.signer, self.cdn_url = signer, cdn_url.rstrip("/")
 
-    async def __call__(self, release: Release, base_url: str) -> str | None:
-        package = release.spec.package
-        assert package is not None
+    async def __call__(self, package: Package, base_url: str) -> str | None:
         where = locate(package.uri)
         if not where.bucket:
             return where.url
@@ -197,12 +195,18 @@ def _build(settings: DeliverySettings) -> Served:
     live: LiveConfig[DeliveryConfig] = LiveConfig("delivery", KINDS, lambda r: compile_config(r, lists), EMPTY)
 
     def live_package(sha256: str) -> Package | None:
-        """The package of a live release with this sha256, if any (a cached link serves nothing else)."""
+        """The package, or diff package, of a live release with this sha256, if any (a cached link serves
+        nothing else)."""
         for shelf in live.current.catalog.shelves.values():
             for release in shelf:
                 p = release.spec.package
-                if p is not None and p.sha256 == sha256 and checker.verified(release):
+                if p is None or not checker.verified(release):
+                    continue
+                if p.sha256 == sha256:
                     return p
+                for diff in release.diffs:
+                    if diff.package.sha256 == sha256:
+                        return diff.package
         return None
 
     sets = (

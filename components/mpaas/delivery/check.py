@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,11 +33,13 @@ from .codepush import Deployments, compile_deployments
 if TYPE_CHECKING:
     from .reports import Tally
 from .lists import IdLists
+from .packages import Link
 from .targeting import Catalog, Client, Release, Seats, choose, compile_catalog
 
 log = logging.getLogger("mpaas.delivery")
 
 CHECK_PATH = "/v1/delivery/check"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_FIELD_CHARS = 200
 PLATFORMS = {"android": "Android", "ios": "IOS", "harmony": "Harmony"}
 TYPES = {t.value for t in ResourceType}
@@ -103,8 +106,9 @@ def _text(body: dict[str, Any], name: str, *, required: bool = False) -> str:
     return value
 
 
-def parse(data: bytes) -> tuple[Client, list[tuple[str, str]]]:
-    """The client and the (resource type, installed version) pairs it asks about; Refused when unreadable."""
+def parse(data: bytes) -> tuple[Client, list[tuple[str, str, str]]]:
+    """The client and the (resource type, installed version, installed package's sha256) it asks about; Refused
+    when unreadable."""
     try:
         body = json.loads(data)
     except (ValueError, RecursionError):
@@ -125,20 +129,21 @@ def parse(data: bytes) -> tuple[Client, list[tuple[str, str]]]:
     asked = body.get("resources", [{"type": ResourceType.APP_UPGRADE.value}])
     if not isinstance(asked, list) or not asked or len(asked) > len(TYPES):
         raise Refused(codes.INVALID_REQUEST.because(f"resources: a list of 1 to {len(TYPES)} objects"))
-    wanted: list[tuple[str, str]] = []
+    wanted: list[tuple[str, str, str]] = []
     for item in asked:
         if not isinstance(item, dict):
             raise Refused(codes.INVALID_REQUEST.because("resources: each one an object with its type"))
         kind = _text(item, "type", required=True)
         if kind not in TYPES:
             raise Refused(codes.INVALID_REQUEST.because(f"resources: type {kind[:40]!r} is not one of {sorted(TYPES)}"))
-        if any(kind == k for k, _ in wanted):
+        if any(kind == k for k, _, _ in wanted):
             raise Refused(codes.INVALID_REQUEST.because(f"resources: {kind} asked twice"))
-        wanted.append((kind, _text(item, "installedVersion")))
+        sha = _text(item, "installedSha256")
+        if sha and not _SHA256.fullmatch(sha):
+            raise Refused(codes.INVALID_REQUEST.because("resources: installedSha256 must be 64 lower-case hex digits"))
+        wanted.append((kind, _text(item, "installedVersion"), sha))
     return Client(**client_base), wanted
 
-
-Link = Callable[[Release, str], Awaitable[str | None]]  # (release, this service's base URL) -> package URL
 
 
 class Checker:
@@ -167,8 +172,8 @@ class Checker:
             return codes.UNKNOWN_APP, {"resultCode": codes.UNKNOWN_APP.code, "resultMsg": codes.UNKNOWN_APP.memo}
         now = time.time()
         items = []
-        for kind, installed in wanted:
-            asking = client if not installed else _with_installed(client, installed)
+        for kind, installed, sha in wanted:
+            asking = client if not (installed or sha) else _with_installed(client, installed, sha)
             try:
                 if kind == ResourceType.SWITCH:
                     items.append(await self._switches(config.catalog, asking, now))
@@ -183,7 +188,8 @@ class Checker:
     async def _package(self, catalog: Catalog, client: Client, kind: str, now: float, base: str) -> dict[str, Any]:
         release = await choose(catalog, self.seats, client, kind, now, self.verified)
         if release is not None:
-            url = await self.link(release, base)
+            assert release.spec.package is not None
+            url = await self.link(release.spec.package, base)
             if url is None:
                 NOT_OFFERED.labels(client.app_id, kind).inc()
             else:
@@ -202,6 +208,18 @@ class Checker:
                 }
                 if package.signature:
                     offer["package"]["signature"] = package.signature
+                installed = client.app_version if kind == ResourceType.APP_UPGRADE else client.installed_version
+                diff = release.diff_for(client.installed_sha256, installed)
+                diff_url = await self.link(diff.package, base) if diff is not None else None
+                if diff is not None and diff_url is not None:
+                    offer["diff"] = {
+                        "url": diff_url,
+                        "sha256": diff.package.sha256,
+                        "sizeBytes": diff.package.size_bytes,
+                        "format": diff.format,
+                        "fromVersion": diff.package.version,
+                        "fromSha256": diff.from_sha256,
+                    }
                 if spec.description:
                     offer["description"] = spec.description
                 if spec.payload:
@@ -225,8 +243,8 @@ class Checker:
         return {"type": ResourceType.SWITCH.value, "update": bool(tasks), "values": values, "tasks": tasks}
 
 
-def _with_installed(client: Client, installed: str) -> Client:
-    return dataclasses.replace(client, installed_version=installed)
+def _with_installed(client: Client, installed: str, sha256: str) -> Client:
+    return dataclasses.replace(client, installed_version=installed, installed_sha256=sha256)
 
 
 def _withdrawn(catalog: Catalog, client: Client, kind: str, installed: str) -> Release | None:

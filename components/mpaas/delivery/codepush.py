@@ -31,6 +31,7 @@ from ..http1 import Request
 from ..rules import version_key
 from . import check as _check  # partly loaded when check.py loads this module: its names are read on use
 from .answer import Answer
+from .packages import Link
 from .targeting import Catalog, Client, Release, Seats, choose
 
 if TYPE_CHECKING:
@@ -238,7 +239,6 @@ def _range_text(release: Release) -> str:
     return " ".join(p for p in (f">={vr.min}" if vr.min else "", f"<={vr.max}" if vr.max else "") if p) or "*"
 
 
-Link = Callable[[Release, str], Awaitable[str | None]]
 
 
 class CodePush:
@@ -333,7 +333,8 @@ class CodePush:
         if release is not None and running is not None and not running.withdrawn and running.version >= release.version:
             release = None  # up to date, or on a newer live release than its targeting gives now: not taken back
         if release is not None:
-            url = await self.link(release, base_url)
+            assert release.spec.package is not None
+            url = await self.link(release.spec.package, base_url)
             package = release.spec.package
             assert package is not None
             if url is not None:

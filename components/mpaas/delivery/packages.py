@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -17,6 +18,9 @@ import httpx
 
 from ..api.delivery import Package
 from ..stores import LocalObjectStore, ObjectStore
+
+# (package, this service's base URL) -> the URL a client downloads it from; None when none can be made
+Link = Callable[[Package, str], Awaitable[str | None]]
 
 LOCAL_BUCKET = "local"
 READ_CHUNK = 8 << 20
@@ -50,16 +54,29 @@ def bucket_of(objects: ObjectStore) -> str:
     return LOCAL_BUCKET if isinstance(objects, LocalObjectStore) else str(getattr(objects, "bucket", ""))
 
 
-async def verify(package: Package, objects: ObjectStore | None, http: httpx.AsyncClient | None = None) -> str | None:
-    """None when the package is there with the task's size and sha256; else what is wrong, in words."""
+async def verify(
+    package: Package,
+    objects: ObjectStore | None,
+    http: httpx.AsyncClient | None = None,
+    *,
+    sink: Callable[[bytes], object] | None = None,
+) -> str | None:
+    """None when the package is there with the task's size and sha256; else what is wrong, in words. `sink`
+    is given each piece read, in order (to keep a copy: valid once this returned None)."""
     try:
         async with asyncio.timeout(READ_GRACE_SECONDS + package.size_bytes / MIN_READ_RATE):
-            return await _verify(package, objects, http)
+            return await _verify(package, objects, http, sink or _discard)
     except TimeoutError:
         return f"{package.uri} could not be read in time"
 
 
-async def _verify(package: Package, objects: ObjectStore | None, http: httpx.AsyncClient | None) -> str | None:
+def _discard(chunk: bytes) -> None:
+    pass
+
+
+async def _verify(
+    package: Package, objects: ObjectStore | None, http: httpx.AsyncClient | None, sink: Callable[[bytes], object]
+) -> str | None:
     try:
         where = locate(package.uri)
     except ValueError as e:
@@ -84,6 +101,7 @@ async def _verify(package: Package, objects: ObjectStore | None, http: httpx.Asy
             if not chunk:
                 return f"{package.uri} ended at {size} of {info.size} bytes"
             digest.update(chunk)
+            sink(chunk)
             size += len(chunk)
     else:
         own = http is None
@@ -97,6 +115,7 @@ async def _verify(package: Package, objects: ObjectStore | None, http: httpx.Asy
                     if size > package.size_bytes:
                         return f"{package.uri} is longer than the task's {package.size_bytes} bytes"
                     digest.update(chunk)
+                    sink(chunk)
         except httpx.HTTPError as e:
             return f"{package.uri} could not be read: {e!r}"
         finally:

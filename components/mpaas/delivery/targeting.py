@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ..api.delivery import DeliveryTaskSpec, Filters, ResourceType
+from pydantic import ValidationError
+
+from ..api.delivery import DeliveryTaskSpec, DiffPackage, Filters, Package, ResourceType
 from ..config import Resources
 from ..rules import Predicate, compile_rule, percent_of, version_key
 from ..stores.sets import MemberSets
@@ -48,6 +50,7 @@ class Client:
     app_version: str = ""
     os_version: str = ""
     installed_version: str = ""  # of the resource asked about (hotfix, bundle); the app version for upgrades
+    installed_sha256: str = ""  # of the package the client runs, when it says: picks the diff it gets
     city: str = ""
     model: str = ""
     brand: str = ""
@@ -73,6 +76,32 @@ class Client:
 
 
 @dataclass(frozen=True)
+class Diff:
+    """A diff package from an earlier package to a release's (status.diffPackages)."""
+
+    from_sha256: str
+    from_version: tuple[int, ...]
+    format: str
+    package: Package  # the diff file itself: its uri, sha256 and size (version: the earlier package's)
+
+
+def compile_diffs(status: Mapping[str, Any]) -> tuple[Diff, ...]:
+    out = []
+    for raw in status.get("diffPackages") or ():
+        try:
+            entry = DiffPackage.model_validate(raw)
+            package = Package(
+                uri=entry.uri, version=entry.from_version, sha256=entry.sha256, size_bytes=entry.size_bytes
+            )
+        except ValidationError:
+            continue  # the operator writes them; one that does not parse is left out
+        version = version_key(entry.from_version)
+        if version is not None:
+            out.append(Diff(entry.from_sha256, version, entry.format, package))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class Release:
     namespace: str
     name: str
@@ -93,6 +122,18 @@ class Release:
     lists: IdLists | None = None
     stage: int = 0  # status.currentStage, for metrics
     verified: bool = False  # the operator found the package as the task says (status condition PackageVerified)
+    diffs: tuple[Diff, ...] = ()  # status.diffPackages, as the operator built them
+
+    def diff_for(self, installed_sha256: str, installed_version: str) -> Diff | None:
+        """The diff from the package the client runs: named by its sha256, or else by its version when one
+        diff alone is from that version; only one smaller than the full package."""
+        size = self.spec.package.size_bytes if self.spec.package is not None else 0
+        if installed_sha256:
+            found = [d for d in self.diffs if d.from_sha256 == installed_sha256]
+        else:
+            have = version_key(installed_version) if installed_version else None
+            found = [d for d in self.diffs if have is not None and d.from_version == have]
+        return found[0] if len(found) == 1 and found[0].package.size_bytes < size else None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -218,6 +259,7 @@ def compile_release(
         filters=compile_filters(t.filters, t.rule),
         salt=f"{namespace}/{name}/",
         stage=status["currentStage"] if isinstance(status.get("currentStage"), int) else 0,
+        diffs=compile_diffs(status) if spec.package is not None else (),
         verified=spec.package is None
         or any(
             c.get("type") == "PackageVerified" and c.get("status") == "True"

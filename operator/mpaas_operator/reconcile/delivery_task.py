@@ -32,7 +32,7 @@ from mpaas.delivery.packages import locate
 from mpaas.delivery.reports import TaskCounts
 from mpaas.kube import ApiError, KubeClient
 
-from .. import conditions, events, metrics
+from .. import conditions, diff_builds, events, metrics
 from ..package_check import CHECKING, NO_PACKAGE, Result
 from . import counts as counting
 from . import stages
@@ -143,9 +143,11 @@ def desired(
     now: datetime,
     counts: TaskCounts | None = None,
     no_counts: str = "",
+    diffs: diff_builds.View | None = None,
 ) -> Desired:
     """`counts`: read from the delivery component's Redis this pass; None with `no_counts` saying why they could
-    not be, or None alone (a reconcile of a new spec): what status holds stays."""
+    not be, or None alone (a reconcile of a new spec): what status holds stays. `diffs`: what the releases loop
+    knows of spec.diffs' builds; None (a reconcile): the diff packages status lists stay."""
     status = body.get("status") or {}
     generation = identity(body)[2]
     package_before = conditions.get(status.get("conditions"), PACKAGE_VERIFIED)
@@ -181,8 +183,33 @@ def desired(
         fields["autoPause"] = auto.fields()
     elif "autoPause" in status:
         fields["autoPause"] = None
+    conds += _diff_packages(spec, status, diffs, verified, fields)
     end = stages.ends_at(spec, progress)
     return Desired(conds, fields, before, progress, package, package_before, end, tripped)
+
+
+def _diff_packages(
+    spec: DeliveryTaskSpec,
+    status: dict[str, Any],
+    view: diff_builds.View | None,
+    verified: bool,
+    fields: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """The DiffPackages condition (none while spec.diffs was never set), with status.diffPackages into `fields`."""
+    previous = conditions.get(status.get("conditions"), diff_builds.CONDITION)
+    if spec.diffs is None:
+        if status.get("diffPackages"):
+            fields["diffPackages"] = []
+        if previous is None:
+            return []
+        return [conditions.condition(diff_builds.CONDITION, True, "NotRequested", "spec.diffs is unset: none built")]
+    if view is None:
+        if previous is not None:
+            return [_plain(previous)]
+        return [conditions.condition(diff_builds.CONDITION, None, "Pending", "the operator looks for earlier releases")]
+    entries = diff_builds.status_entries(view, status.get("diffPackages") or [])
+    fields["diffPackages"] = entries
+    return [diff_builds.condition(view, entries, verified)]
 
 
 def _auto_pause(
@@ -277,6 +304,7 @@ async def sync(
     result: Result | None = None,
     counts: TaskCounts | None = None,
     no_counts: str = "",
+    diffs: diff_builds.View | None = None,
     now: Callable[[], datetime] = utcnow,
 ) -> datetime | None:
     """Bring the task's status to what its spec, its status, the package check's `result`, the `counts` and the
@@ -293,7 +321,7 @@ async def sync(
                     spec = parse(body)
                 except InvalidResource:
                     return None
-            d = desired(spec, body, result, now(), counts, no_counts)
+            d = desired(spec, body, result, now(), counts, no_counts, diffs)
             if unchanged(body, d):
                 return d.stage_end
             try:

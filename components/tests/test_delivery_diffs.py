@@ -1,0 +1,156 @@
+"""Diff packages: the two formats built and applied back, the limits on what is diffed, and which diff a client
+is offered."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mpaas.api import KINDS
+from mpaas.delivery import diffs
+from mpaas.delivery.diffs import DiffError
+from mpaas.delivery.targeting import compile_release
+
+pytestmark = pytest.mark.unit
+
+
+def edited(data: bytes, seed: int) -> bytes:
+    rng = random.Random(seed)
+    out = bytearray(data)
+    for _ in range(50):
+        at = rng.randrange(len(out) - 16)
+        out[at : at + 8] = rng.randbytes(rng.randint(1, 16))
+    return bytes(out[: len(out) // 2] + rng.randbytes(4096) + out[len(out) // 2 :])
+
+
+def test_a_binary_diff_applied_to_the_earlier_package_gives_the_new_one() -> None:
+    old = os.urandom(1 << 20)
+    new = edited(old, 1)
+    patch = diffs.build_binary(old, new)
+    assert len(patch) < len(new) // 20  # a few scattered edits cost a few KiB, not the package
+    assert diffs.apply_binary(old, patch) == new
+    assert diffs.apply_binary(new, diffs.build_binary(new, new)) == new
+
+
+def zipped(path: Path, files: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return path
+
+
+def test_a_files_diff_holds_what_changed_and_lists_what_was_deleted(tmp_path: Path) -> None:
+    same, changed = os.urandom(200_000), b"<html>old</html>"
+    old = zipped(tmp_path / "old.zip", {"index.html": changed, "app.js": same, "gone.css": b"a{}", "img/a.png": same})
+    new_files = {"index.html": b"<html>new</html>", "app.js": same, "img/a.png": same, "img/b.png": b"new image"}
+    new = zipped(tmp_path / "new.zip", new_files)
+    out = tmp_path / "diff.zip"
+    diffs.build_files(old, new, out, from_sha256="a" * 64, to_sha256="b" * 64)
+    with zipfile.ZipFile(out) as z:
+        assert sorted(z.namelist()) == sorted(["index.html", "img/b.png", diffs.MANIFEST])
+        manifest = json.loads(z.read(diffs.MANIFEST))
+    assert manifest["deleted"] == ["gone.css"] and manifest["from"] == "a" * 64 and manifest["to"] == "b" * 64
+    assert manifest["files"] == {n: hashlib.sha256(d).hexdigest() for n, d in sorted(new_files.items())}
+    assert out.stat().st_size < 10_000  # the 200 kB files that did not change are not in it
+    assert diffs.apply_files(old, out) == new_files
+
+
+def test_a_file_with_the_same_size_and_crc_but_other_bytes_is_in_the_diff(tmp_path: Path) -> None:
+    a, b = _crc_collision()
+    old = zipped(tmp_path / "old.zip", {"x": a})
+    new = zipped(tmp_path / "new.zip", {"x": b})
+    out = tmp_path / "diff.zip"
+    diffs.build_files(old, new, out, from_sha256="a" * 64, to_sha256="b" * 64)
+    assert diffs.apply_files(old, out) == {"x": b}
+
+
+def _crc_collision() -> tuple[bytes, bytes]:
+    """Two different 6-byte strings with one CRC-32, by the birthday bound (~77 000 tries on 32 bits)."""
+
+    seen: dict[int, bytes] = {}
+    rng = random.Random(7)
+    while True:
+        s = rng.randbytes(6)
+        c = zlib.crc32(s) & 0xFFFF_FFFF
+        if c in seen and seen[c] != s:
+            return seen[c], s
+        seen[c] = s
+        if len(seen) > 300_000:  # birthday bound on 32 bits: ~77k expected
+            seen.clear()
+
+
+@pytest.mark.parametrize("name", ["../evil.js", "/etc/passwd", "a\\b.js", "dir/../../x", diffs.MANIFEST])
+def test_a_package_with_a_file_no_client_may_unpack_is_not_diffed(tmp_path: Path, name: str) -> None:
+    old = zipped(tmp_path / "old.zip", {"a.js": b"1"})
+    new = zipped(tmp_path / "new.zip", {"a.js": b"2", name: b"x"})
+    with pytest.raises(DiffError, match="no client may unpack"):
+        diffs.build_files(old, new, tmp_path / "diff.zip", from_sha256="a" * 64, to_sha256="b" * 64)
+
+
+def test_a_package_that_is_not_a_zip_is_refused_with_a_reason(tmp_path: Path) -> None:
+    old = zipped(tmp_path / "old.zip", {"a.js": b"1"})
+    new = tmp_path / "new.zip"
+    new.write_bytes(b"not a zip at all")
+    with pytest.raises(DiffError, match="not a readable zip"):
+        diffs.build_files(old, new, tmp_path / "diff.zip", from_sha256="a" * 64, to_sha256="b" * 64)
+
+
+def test_each_resource_type_has_its_format() -> None:
+    assert diffs.format_for("H5Offline") == diffs.FILES
+    assert {diffs.format_for(t) for t in ("AppUpgrade", "Hotfix", "MiniProgram", "Resource")} == {diffs.HDIFFPATCH}
+    assert diffs.key_of("b" * 64, "a" * 64, diffs.FILES) == f"delivery/diffs/{'b' * 64}/{'a' * 64}.zip"
+
+
+def release_with(diff_entries: list[dict[str, Any]], size: int = 1000) -> Any:
+    body = {
+        "apiVersion": "mpaas.io/v1alpha1",
+        "kind": "DeliveryTask",
+        "metadata": {"name": "v3", "namespace": "shop"},
+        "spec": {
+            "appId": "SHOP",
+            "workspaceId": "prod",
+            "platform": "Android",
+            "resourceType": "Hotfix",
+            "package": {"uri": "s3://local/v3.bin", "version": "3.0.0", "sha256": "c" * 64, "sizeBytes": size},
+        },
+        "status": {"diffPackages": diff_entries},
+    }
+    spec = KINDS["DeliveryTask"].parse_spec(body)
+    return compile_release("shop", "v3", spec, body)  # type: ignore[arg-type]
+
+
+def entry(version: str, sha: str, size: int = 100) -> dict[str, Any]:
+    return {
+        "fromVersion": version,
+        "fromSha256": sha * 64,
+        "fromTask": f"shop/{version}",
+        "format": "hdiffpatch",
+        "uri": f"s3://local/delivery/diffs/{'c' * 64}/{sha * 64}.hdiff",
+        "sha256": hashlib.sha256(sha.encode()).hexdigest(),
+        "sizeBytes": size,
+    }
+
+
+def test_the_diff_offered_is_the_one_from_what_the_client_runs() -> None:
+    r = release_with([entry("2.0.0", "a"), entry("2.1", "b"), entry("2.1.0", "d"), {"fromVersion": "broken"}])
+    assert len(r.diffs) == 3  # the entry that does not parse is left out
+    found = r.diff_for("b" * 64, "")
+    assert found is not None and found.from_sha256 == "b" * 64 and found.package.uri.endswith("b" * 64 + ".hdiff")
+    by_version = r.diff_for("", "2.0")
+    assert by_version is not None and by_version.from_sha256 == "a" * 64  # "2.0" is 2.0.0
+    assert r.diff_for("", "2.1.0") is None  # two packages were 2.1.0: which one the client runs is unknown
+    assert r.diff_for("e" * 64, "2.0.0") is None  # a sha256 the client names is what counts
+    assert r.diff_for("", "") is None and r.diff_for("", "1.0") is None
+
+
+def test_a_diff_no_smaller_than_the_package_is_not_offered() -> None:
+    r = release_with([entry("2.0.0", "a", size=1000)], size=1000)
+    assert r.diff_for("a" * 64, "") is None
