@@ -145,7 +145,6 @@ def parse(data: bytes) -> tuple[Client, list[tuple[str, str, str]]]:
     return Client(**client_base), wanted
 
 
-
 class Checker:
     """Answers update checks from the live DeliveryTasks; `link` makes each offered package's URL."""
 

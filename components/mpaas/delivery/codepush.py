@@ -239,8 +239,6 @@ def _range_text(release: Release) -> str:
     return " ".join(p for p in (f">={vr.min}" if vr.min else "", f"<={vr.max}" if vr.max else "") if p) or "*"
 
 
-
-
 class CodePush:
     """The acquisition routes, answered from the live config's deployment keys and Hotfix DeliveryTasks."""
 
