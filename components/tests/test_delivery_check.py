@@ -377,3 +377,67 @@ async def test_over_asgi_a_client_that_stops_reading_a_file_is_given_up_on(
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(send_asgi(Answer(200, {}, file=FileBody(f, 0, 5000)), "GET", send), 5)
     assert time.monotonic() - started < 2 and f.closed
+
+
+@pytest.mark.component
+def test_a_client_that_says_what_it_runs_gets_the_diff_and_the_full_package_as_fallback(
+    start_delivery: Callable[..., str], tmp_path: Path
+) -> None:
+    from mpaas.delivery import diffs
+
+    objects = tmp_path / "objects"
+    (objects / "packages").mkdir(parents=True)
+    old = os.urandom(2_000_000)
+    new = old[:500_000] + b"fixed" + old[500_100:]
+    patch = diffs.build_binary(old, new)
+    old_sha, new_sha = hashlib.sha256(old).hexdigest(), hashlib.sha256(new).hexdigest()
+    key = diffs.key_of(new_sha, old_sha, diffs.HDIFFPATCH)
+    (objects / key).parent.mkdir(parents=True)
+    (objects / key).write_bytes(patch)
+    (objects / "packages" / "fix-4.bin").write_bytes(new)
+    fix = task("fix-4", "Hotfix", "4.0.0", new)
+    fix["status"] = {  # as the operator writes it once the diff is built
+        "diffPackages": [
+            {
+                "fromVersion": "3.0.0",
+                "fromSha256": old_sha,
+                "fromTask": "shop/fix-3",
+                "format": "hdiffpatch",
+                "uri": f"s3://local/{key}",
+                "sha256": hashlib.sha256(patch).hexdigest(),
+                "sizeBytes": len(patch),
+            }
+        ]
+    }
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "all.yaml").write_text(yaml.safe_dump_all([GATEWAY, fix]))
+    url = start_delivery(config, f"file://{objects}")
+    with httpx.Client(base_url=url, timeout=10) as client:
+
+        def ask(**item: str) -> dict[str, Any]:
+            r = client.post("/v1/delivery/check", json=CHECK | {"resources": [{"type": "Hotfix", **item}]})
+            assert r.status_code == 200, r.text
+            return r.json()["items"][0]  # type: ignore[no-any-return]
+
+        import asyncio
+
+        asyncio.run(eventually(lambda: ask()["update"], timeout=20, what="the package verified"))
+        offer = ask(installedVersion="3.0.0", installedSha256=old_sha)
+        d = offer["diff"]
+        assert (d["format"], d["fromVersion"], d["fromSha256"], d["sizeBytes"]) == (
+            "hdiffpatch",
+            "3.0.0",
+            old_sha,
+            len(patch),
+        )
+        got = client.get(d["url"])
+        assert got.status_code == 200 and hashlib.sha256(got.content).hexdigest() == d["sha256"]
+        assert hashlib.sha256(diffs.apply_binary(old, got.content)).hexdigest() == offer["package"]["sha256"] == new_sha
+        assert client.get(offer["package"]["url"]).content == new  # the fallback
+
+        assert ask(installedVersion="3.0")["diff"]["fromSha256"] == old_sha  # by version when it names one package
+        assert "diff" not in ask(installedVersion="3.0.0", installedSha256="e" * 64)  # other bytes: the full package
+        assert "diff" not in ask(installedVersion="2.0.0")
+        r = client.post("/v1/delivery/check", json=CHECK | {"resources": [{"type": "Hotfix", "installedSha256": "X"}]})
+        assert r.status_code == 400 and "installedSha256" in r.json()["resultMsg"]

@@ -491,3 +491,65 @@ async def test_reports_drive_the_counts_in_status_and_a_stage_that_fails_pauses_
                 await r.delete(k)
     finally:
         await r.aclose()
+
+
+async def test_diff_packages_are_built_from_earlier_releases_listed_and_kept_across_a_restart(
+    namespace: str, packages: Packages, start: Callable[..., Process]
+) -> None:
+    from mpaas.delivery import diffs
+
+    v1 = os.urandom(3 << 20)
+    v2 = v1[: 1 << 20] + b"a new function" + v1[(1 << 20) + 100 :]
+    v3 = v2[: 2 << 20] + os.urandom(4096) + v2[2 << 20 :]
+    for name, data in (("v1", v1), ("v2", v2), ("v3", v3)):
+        await packages.put(name, data)
+    operator = start()
+    for name, data, version in (("v1", v1, "3.0.0"), ("v2", v2, "3.1.0")):
+        body = task(name, packages, data, [{"percent": 100}])
+        body["spec"]["package"]["version"] = version
+        assert apply_yaml(namespace, body).returncode == 0
+    body = task("v3", packages, v3, [{"percent": 100}], diffs={"fromReleases": 2})
+    body["spec"]["package"]["version"] = "3.2.0"
+    assert apply_yaml(namespace, body).returncode == 0
+
+    obj = await wait_for(
+        namespace, "v3", lambda o: condition(o, "DiffPackages").get("reason") == "Built", "diffs built", within=60
+    )
+    assert condition(obj, "DiffPackages")["message"] == "2 of 2 built: from 3.1.0, 3.0.0"
+    entries = obj["status"]["diffPackages"]
+    assert [(e["fromVersion"], e["fromTask"], e["format"]) for e in entries] == [
+        ("3.1.0", f"{namespace}/v2", "hdiffpatch"),
+        ("3.0.0", f"{namespace}/v1", "hdiffpatch"),
+    ]
+    for entry, old in zip(entries, (v2, v1), strict=True):
+        key = entry["uri"].removeprefix(f"s3://{packages.store.bucket}/")
+        assert key == diffs.key_of(hashlib.sha256(v3).hexdigest(), hashlib.sha256(old).hexdigest(), "hdiffpatch")
+        patch = await packages.store.get(key)
+        assert hashlib.sha256(patch).hexdigest() == entry["sha256"] and len(patch) == entry["sizeBytes"]
+        assert len(patch) < len(v3) // 20
+        assert diffs.apply_binary(old, patch) == v3
+    assert "diff from 3.1.0 built" in operator.output()
+
+    # Another operator (after a restart) lists them as they are: nothing is built again.
+    operator.proc.kill()
+    operator.proc.wait()
+    second = start()
+    apply_yaml(namespace, {**body, "spec": {**body["spec"], "description": "touched"}})
+    await wait_for(namespace, "v3", lambda o: o["status"].get("observedGeneration") == 2, "the new spec seen")
+    await asyncio.sleep(2 * 5.0)  # two passes of the releases loop
+    assert get(namespace, "v3")["status"]["diffPackages"] == entries
+    assert "building the diff" not in second.output()
+
+    # A release rolled back is no longer a source; a lower fromReleases drops the entries it no longer wants.
+    set_spec(namespace, "v3", diffs={"fromReleases": 1})
+    obj = await wait_for(namespace, "v3", lambda o: len(o["status"].get("diffPackages") or []) == 1, "one diff left")
+    assert obj["status"]["diffPackages"] == entries[:1]
+    set_spec(namespace, "v2", rollback=True)
+    obj = await wait_for(
+        namespace,
+        "v3",
+        lambda o: [e["fromVersion"] for e in o["status"].get("diffPackages") or []] == ["3.0.0"],
+        "the diff from v1 instead",
+        within=60,
+    )
+    assert "Traceback" not in operator.output() + second.output()
