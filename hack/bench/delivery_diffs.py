@@ -14,8 +14,9 @@ Two pairs of packages, made from a fixed seed so every run compares the same byt
 Each engine builds the diff old -> new in a process of its own (peak memory from its rusage), the patch is
 applied back and compared with the new file. Prints diff size as a share of the full package, build time,
 peak memory of the build and of the apply, and each engine's figures against bsdiff4's (the format most
-mobile patchers speak). Needs the engines (`pip install bsdiff4 detools hdiffpatch zstandard`); an engine
-that is not installed is skipped with a line that says so.
+mobile patchers speak). "platform" is what the operator builds (mpaas.delivery.diffs). Needs the engines
+(`.venv/bin/pip install bsdiff4 detools zstandard`; hdiffpatch is the platform's own); an engine that is not
+installed is skipped with a line that says so.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ import time
 import zipfile
 from pathlib import Path
 
-ENGINES = ["hdiffpatch-zstd", "hdiffpatch-lzma", "bsdiff4", "detools", "zstd-patch-from"]
+# "platform": what the operator builds (mpaas.delivery.diffs: HDiffPatch, zstd level 19, an 8 MiB window).
+ENGINES = ["platform", "hdiffpatch-zstd", "hdiffpatch-lzma", "bsdiff4", "detools", "zstd-patch-from"]
 
 WORDS = (
     b"function return const let var if else for while this props state render export import from default "
@@ -140,6 +142,10 @@ def apk_pair(mb: int) -> tuple[bytes, bytes]:
 
 
 def build(engine: str, old: bytes, new: bytes) -> bytes:
+    if engine == "platform":
+        from mpaas.delivery.diffs import build_binary
+
+        return build_binary(old, new)
     if engine.startswith("hdiffpatch"):
         import hdiffpatch
 
@@ -166,6 +172,10 @@ def build(engine: str, old: bytes, new: bytes) -> bytes:
 
 
 def apply(engine: str, old: bytes, patch: bytes) -> bytes:
+    if engine == "platform":
+        from mpaas.delivery.diffs import apply_binary
+
+        return apply_binary(old, patch)
     if engine.startswith("hdiffpatch"):
         import hdiffpatch
 
@@ -215,7 +225,12 @@ def run_child(step: str, engine: str, folder: Path) -> tuple[dict[str, float], i
 
 
 def installed(engine: str) -> bool:
-    module = {"bsdiff4": "bsdiff4", "detools": "detools", "zstd-patch-from": "zstandard"}.get(engine, "hdiffpatch")
+    module = {
+        "platform": "mpaas.delivery.diffs",
+        "bsdiff4": "bsdiff4",
+        "detools": "detools",
+        "zstd-patch-from": "zstandard",
+    }.get(engine, "hdiffpatch")
     return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
 
 
