@@ -8,5 +8,6 @@ Layout:
   kubeapi.py     every API write: server-side apply, owner references, status
   conditions.py  status conditions with stable transition times
   metrics.py     Prometheus metrics (reconciles, their duration, Events) and their /metrics endpoint
-  releases.py    the one loop that checks DeliveryTask packages (package_check.py) and advances their stages
+  releases.py    the one loop that checks DeliveryTask packages (package_check.py), advances their stages and
+                 builds their diff packages (diff_builds.py)
 """

@@ -135,7 +135,7 @@ class Releases:
         self.counters: Counters | None = None
         self._counts_failing = False
         self._diff_build: asyncio.Task[None] | None = None  # one at a time, across tasks
-        self.diff_max_bytes, self.diff_timeout = 512 << 20, 1800.0
+        self.diff_max_bytes, self.diff_timeout = 100 << 20, 1800.0
 
     def start(
         self,
@@ -145,7 +145,7 @@ class Releases:
         namespaces: list[str],
         counters: Counters | None = None,
         *,
-        diff_max_bytes: int = 512 << 20,
+        diff_max_bytes: int = 100 << 20,
         diff_timeout: float = 1800.0,
     ) -> None:
         self.client, self.objects, self.peering, self.namespaces = client, objects, peering, namespaces

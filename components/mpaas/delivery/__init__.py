@@ -7,7 +7,7 @@ downloads (`downloads.py`: signed, expiring, ranges, sendfile; an S3 store's thr
 (`packages.py`): by the operator's PackageVerified condition, or here when resources come from a folder. Hits,
 downloads, installs and failures are counted per task and stage (`reports.py`: the platform's reports and
 CodePush's), for the operator to put in status. Long whitelists are read from the object store
-(`lists.py`). Not built yet: diff packages (docs/delivery.md).
+(`lists.py`). Diff packages (`diffs.py`) are built by the operator and offered by the check.
 """
 
 from __future__ import annotations
