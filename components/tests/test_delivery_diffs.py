@@ -139,18 +139,24 @@ def entry(version: str, sha: str, size: int = 100) -> dict[str, Any]:
     }
 
 
+BINARY = (diffs.HDIFFPATCH,)
+
+
 def test_the_diff_offered_is_the_one_from_what_the_client_runs() -> None:
-    r = release_with([entry("2.0.0", "a"), entry("2.1", "b"), entry("2.1.0", "d"), {"fromVersion": "broken"}])
-    assert len(r.diffs) == 3  # the entry that does not parse is left out
-    found = r.diff_for("b" * 64, "")
+    expo = entry("2.1.0", "f") | {"format": diffs.EXPO_BSDIFF}
+    r = release_with([entry("2.0.0", "a"), entry("2.1", "b"), entry("2.1.0", "d"), expo, {"fromVersion": "broken"}])
+    assert len(r.diffs) == 4  # the entry that does not parse is left out
+    assert r.diff_for("f" * 64, "", BINARY) is None  # Expo's patch is for Expo clients
+    assert r.diff_for("f" * 64, "", (diffs.EXPO_BSDIFF,)) is not None
+    found = r.diff_for("b" * 64, "", BINARY)
     assert found is not None and found.from_sha256 == "b" * 64 and found.package.uri.endswith("b" * 64 + ".hdiff")
-    by_version = r.diff_for("", "2.0")
+    by_version = r.diff_for("", "2.0", BINARY)
     assert by_version is not None and by_version.from_sha256 == "a" * 64  # "2.0" is 2.0.0
-    assert r.diff_for("", "2.1.0") is None  # two packages were 2.1.0: which one the client runs is unknown
-    assert r.diff_for("e" * 64, "2.0.0") is None  # a sha256 the client names is what counts
-    assert r.diff_for("", "") is None and r.diff_for("", "1.0") is None
+    assert r.diff_for("", "2.1.0", BINARY) is None  # two packages were 2.1.0: which one the client runs is unknown
+    assert r.diff_for("e" * 64, "2.0.0", BINARY) is None  # a sha256 the client names is what counts
+    assert r.diff_for("", "", BINARY) is None and r.diff_for("", "1.0", BINARY) is None
 
 
 def test_a_diff_no_smaller_than_the_package_is_not_offered() -> None:
     r = release_with([entry("2.0.0", "a", size=1000)], size=1000)
-    assert r.diff_for("a" * 64, "") is None
+    assert r.diff_for("a" * 64, "", BINARY) is None

@@ -35,11 +35,11 @@ BUNDLE = b"var __BUNDLE_START_TIME__=1;/* hermes would be bytecode */"
 IMAGE = b"\x89PNG\r\n\x1a\n" + bytes(200)
 
 
-def dist(folder: Path) -> Path:
+def dist(folder: Path, bundle: bytes = BUNDLE) -> Path:
     """A dist folder as `expo export` writes it."""
     (folder / "_expo" / "static" / "js" / "android").mkdir(parents=True)
     (folder / "assets").mkdir()
-    (folder / "_expo" / "static" / "js" / "android" / "index-1a2b.hbc").write_bytes(BUNDLE)
+    (folder / "_expo" / "static" / "js" / "android" / "index-1a2b.hbc").write_bytes(bundle)
     png = hashlib.md5(IMAGE, usedforsecurity=False).hexdigest()
     (folder / "assets" / png).write_bytes(IMAGE)
     metadata = {
@@ -174,3 +174,104 @@ def test_accept_and_structured_headers() -> None:
     for bad in ("A=1", 'k="unterminated', "k=1e9", "k=" + "9" * 20, ",", "x" * 2000):
         with pytest.raises(ExpoError):
             parse_sfv(bad)
+
+
+def bspatch(old: bytes, patch: bytes) -> bytes:
+    """A BSDIFF40 patch applied as Colin Percival's bspatch 4.x applies it, written here from the format alone
+    (not the server's library): what Expo's clients run (BSPatch)."""
+    import bz2
+
+    def offtin(b: bytes) -> int:
+        n = int.from_bytes(b[:7] + bytes([b[7] & 0x7F]), "little")
+        return -n if b[7] & 0x80 else n
+
+    assert patch[:8] == b"BSDIFF40"
+    ctrl_len, diff_len, size = offtin(patch[8:16]), offtin(patch[16:24]), offtin(patch[24:32])
+    ctrl = bz2.decompress(patch[32 : 32 + ctrl_len])
+    diff = bz2.decompress(patch[32 + ctrl_len : 32 + ctrl_len + diff_len])
+    extra = bz2.decompress(patch[32 + ctrl_len + diff_len :])
+    new = bytearray()
+    old_pos = c = d = e = 0
+    while len(new) < size:
+        x, y, z = (offtin(ctrl[c + 8 * i : c + 8 * i + 8]) for i in range(3))
+        c += 24
+        for i in range(x):
+            at = old_pos + i
+            new.append((diff[d + i] + (old[at] if 0 <= at < len(old) else 0)) & 0xFF)
+        d += x
+        old_pos += x
+        new += extra[e : e + y]
+        e += y
+        old_pos += z
+    return bytes(new)
+
+
+@pytest.mark.component
+def test_an_expo_client_that_runs_the_earlier_update_gets_a_bsdiff_patch_of_the_bundle(
+    start_delivery: Callable[..., str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+
+    from mpaas.api.delivery import Package
+    from mpaas.delivery import diffs
+    from mpaas.delivery.expo import update_id
+    from mpaas.stores import LocalObjectStore
+
+    objects, config = tmp_path / "objects", tmp_path / "config"
+    config.mkdir()
+    old_bundle = os.urandom(300_000)
+    new_bundle = old_bundle[:100_000] + b"function fixed(){return 1}" + old_bundle[100_050:]
+    tasks = []
+    for version, bundle in (("7", old_bundle), ("8", new_bundle)):
+        code = cli.main(
+            ["delivery", "publish", str(dist(tmp_path / f"dist-{version}", bundle)), "--app", "SHOP",
+             "--workspace", "prod", "--platform", "Android", "--type", "Hotfix", "--version", version,
+             "--namespace", "shop", "--objects-url", f"file://{objects}"]
+        )  # fmt: skip
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        task = yaml.safe_load(out)
+        task["metadata"]["name"] = f"v{version}"
+        task["spec"]["payload"] = {"runtimeVersion": "1.0.0"}
+        tasks.append(task)
+    old, new = (Package.model_validate(t["spec"]["package"]) for t in tasks)
+    # The operator's builder: two Expo dists give a bsdiff of their Android bundles.
+    built = asyncio.run(
+        diffs.build_to_store(
+            LocalObjectStore(str(objects)), old, new, diffs.HDIFFPATCH, max_bytes=1 << 30, platform="Android"
+        )
+    )
+    assert built.format == diffs.EXPO_BSDIFF
+    tasks[1]["status"] = {"diffPackages": [built.entry(old, "shop/v7")]}
+    (config / "all.yaml").write_text(yaml.safe_dump_all([GATEWAY, *tasks]))
+    url = start_delivery(config, f"file://{objects}")
+    running = update_id(old.sha256, "android")
+    base = {"expo-protocol-version": "1", "expo-platform": "android", "expo-runtime-version": "1.0.0",
+            "accept": "multipart/mixed", "expo-current-update-id": running}  # fmt: skip
+    with httpx.Client(base_url=url, timeout=10) as client:
+
+        def offered() -> bool:
+            got = parts(client.get("/v1/delivery/expo/SHOP/prod", headers=base))
+            return "manifest" in got and json.loads(got["manifest"].get_payload())["id"] != running
+
+        asyncio.run(eventually(offered, timeout=20, what="the packages verified"))
+        manifest = json.loads(parts(client.get("/v1/delivery/expo/SHOP/prod", headers=base))["manifest"].get_payload())
+        launch = manifest["launchAsset"]
+        # As Expo's FileDownloader asks for the launch asset of the update it downloads.
+        asking = {"A-IM": "bsdiff", "Expo-Current-Update-ID": running, "Expo-Requested-Update-ID": manifest["id"]}
+        r = client.get(launch["url"], headers=asking)
+        assert r.status_code == 226 and r.headers["im"] == "bsdiff" and r.headers["expo-base-update-id"] == running
+        assert r.headers["cache-control"] == "private, no-store" and len(r.content) < len(new_bundle) // 10
+        patched = bspatch(old_bundle, r.content)
+        assert patched == new_bundle and b64url_sha256(patched) == launch["hash"]
+        # Anything else gets the whole bundle: no A-IM, q=0, another base, another target, a HEAD.
+        for headers in (
+            {},
+            asking | {"A-IM": "bsdiff;q=0"},
+            asking | {"Expo-Current-Update-ID": update_id("0" * 64, "android")},
+            asking | {"Expo-Requested-Update-ID": running},
+        ):
+            whole = client.get(launch["url"], headers=headers)
+            assert whole.status_code == 200 and whole.content == new_bundle, headers
+            assert "im" not in whole.headers and "A-IM" in whole.headers["vary"]
+        assert client.head(launch["url"], headers=asking).status_code == 200

@@ -142,7 +142,7 @@ class Failed(Exception):
 
 
 async def build(
-    source: Source, target: Package, resource_type: str, *, max_bytes: int, seconds: float
+    source: Source, target: Package, resource_type: str, *, max_bytes: int, seconds: float, platform: str = ""
 ) -> dict[str, Any]:
     """Builds the diff in a child process and returns its status entry; Failed says why it could not."""
     args = [
@@ -157,6 +157,8 @@ async def build(
         format_for(resource_type),
         "--max-bytes",
         str(max_bytes),
+        "--platform",
+        platform,
     ]
     proc = await asyncio.create_subprocess_exec(
         *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=os.environ.copy()

@@ -299,7 +299,12 @@ class Releases:
         try:
             log.info("DeliveryTask %s: building the diff from %s (%s)", who, source.package.version, source.task)
             entry = await diff_builds.build(
-                source, spec.package, spec.resource_type, max_bytes=self.diff_max_bytes, seconds=self.diff_timeout
+                source,
+                spec.package,
+                spec.resource_type,
+                max_bytes=self.diff_max_bytes,
+                seconds=self.diff_timeout,
+                platform=spec.platform,
             )
             state.diffs_built[sha] = entry
             state.diffs_failed.pop(sha, None)

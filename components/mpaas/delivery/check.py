@@ -26,7 +26,7 @@ from ..apps import AppDirectory, compile_apps
 from ..config import LiveConfig, Resources
 from ..resultcodes import ResultCode
 from ..rules import version_key
-from . import codes
+from . import codes, diffs
 from .codepush import EMPTY as NO_DEPLOYMENTS
 from .codepush import Deployments, compile_deployments
 
@@ -208,7 +208,7 @@ class Checker:
                 if package.signature:
                     offer["package"]["signature"] = package.signature
                 installed = client.app_version if kind == ResourceType.APP_UPGRADE else client.installed_version
-                diff = release.diff_for(client.installed_sha256, installed)
+                diff = release.diff_for(client.installed_sha256, installed, (diffs.HDIFFPATCH, diffs.FILES))
                 diff_url = await self.link(diff.package, base) if diff is not None else None
                 if diff is not None and diff_url is not None:
                     offer["diff"] = {

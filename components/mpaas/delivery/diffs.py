@@ -9,7 +9,9 @@ Two formats, by resource type:
   patcher is a small C library with Android and iOS builds that can patch while streaming;
 - `files`: for H5 offline packages (zips whose files the client keeps unpacked): a zip of the files added or
   changed, plus `mpaas-diff.json` naming the files deleted and every file of the new package with its sha256,
-  so the client checks the tree it ends with.
+  so the client checks the tree it ends with;
+- `expo-bsdiff`: for Expo updates (hot fixes whose packages are `expo export` dists): a bsdiff (BSDIFF40) patch
+  of the launch bundle for the task's platform, the format Expo's clients apply (`A-IM: bsdiff`, expo.py).
 
 The operator builds them (`build_to_store`, run in a process of its own by `python -m mpaas.delivery.diffs`)
 and lists them in the DeliveryTask's status; the delivery component offers one to a client that says what it
@@ -37,14 +39,16 @@ from .packages import bucket_of, verify
 
 HDIFFPATCH = "hdiffpatch"
 FILES = "files"
-FORMATS = (HDIFFPATCH, FILES)
+EXPO_BSDIFF = "expo-bsdiff"
+FORMATS = (HDIFFPATCH, FILES, EXPO_BSDIFF)
 MANIFEST = "mpaas-diff.json"
 ZSTD_LEVEL = 19  # the patch is built once and downloaded by many: its size matters more than its build time
 ZSTD_WINDOW_LOG = 23  # 8 MiB: what a patcher must hold to decompress, at most
 MAX_ENTRIES = 100_000  # files in an H5 offline zip
 MAX_INFLATED = 4 << 30  # bytes of a zip's files together
 KEY_PREFIX = "delivery/diffs"
-SUFFIX = {HDIFFPATCH: "hdiff", FILES: "zip"}
+SUFFIX = {HDIFFPATCH: "hdiff", FILES: "zip", EXPO_BSDIFF: "bsdiff"}
+EXPO_PLATFORMS = {"Android": "android", "IOS": "ios"}
 
 
 class DiffError(Exception):
@@ -73,6 +77,37 @@ def apply_binary(old: bytes, patch: bytes) -> bytes:
     import hdiffpatch
 
     return bytes(hdiffpatch.apply(old, patch))
+
+
+def build_bsdiff(old: bytes, new: bytes) -> bytes:
+    import bsdiff4
+
+    return bytes(bsdiff4.diff(old, new))
+
+
+def apply_bsdiff(old: bytes, patch: bytes) -> bytes:
+    import bsdiff4
+
+    return bytes(bsdiff4.patch(old, patch))
+
+
+def expo_launch_bundle(path: Path, platform: str) -> bytes | None:
+    """The launch bundle for `platform` (the task's, e.g. Android) of an `expo export` dist zip; None when the
+    zip is not one, or has no bundle for it."""
+    expo = EXPO_PLATFORMS.get(platform)
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = {i.filename: i for i in z.infolist()}
+            meta = names.get("metadata.json")
+            if expo is None or meta is None or meta.file_size > 1 << 20:
+                return None
+            bundle = json.loads(z.read(meta))["fileMetadata"][expo]["bundle"]
+            info = names.get(bundle) if isinstance(bundle, str) else None
+            if info is None or info.file_size > MAX_INFLATED:
+                return None
+            return z.read(info)
+    except (zipfile.BadZipFile, ValueError, KeyError, TypeError):
+        return None
 
 
 # --- files (H5 offline) ---------------------------------------------------------------------------------
@@ -201,16 +236,25 @@ async def _chunks(path: Path) -> AsyncIterator[bytes]:
 
 
 async def build_to_store(
-    objects: ObjectStore, source: Package, target: Package, fmt: str, *, max_bytes: int, work_dir: str | None = None
+    objects: ObjectStore,
+    source: Package,
+    target: Package,
+    fmt: str,
+    *,
+    max_bytes: int,
+    platform: str = "",
+    work_dir: str | None = None,
 ) -> Built:
-    """The diff from `source` to `target` in the store: found there, or built and stored."""
+    """The diff from `source` to `target` in the store: found there, or built and stored. `fmt` is the resource
+    type's (`format_for`); a binary diff of two Expo dists for `platform` is an `expo-bsdiff` of their bundles."""
     if fmt not in FORMATS:
         raise DiffError(f"unknown diff format {fmt!r}")
-    key = key_of(target.sha256, source.sha256, fmt)
-    uri = f"s3://{bucket_of(objects)}/{key}"
-    found = await objects.stat(key)
-    if found is not None and found.sha256:
-        return Built(fmt, uri, found.sha256, found.size, 0.0)
+    candidates = [fmt, EXPO_BSDIFF] if fmt == HDIFFPATCH else [fmt]
+    for candidate in candidates:  # built before, by this operator or another replica
+        key = key_of(target.sha256, source.sha256, candidate)
+        found = await objects.stat(key)
+        if found is not None and found.sha256:
+            return Built(candidate, f"s3://{bucket_of(objects)}/{key}", found.sha256, found.size, 0.0)
     for p in (source, target):
         if p.size_bytes > max_bytes:
             raise DiffError(
@@ -223,16 +267,21 @@ async def build_to_store(
         old = await _fetch(source, objects, folder, "old")
         new = await _fetch(target, objects, folder, "new")
         out = folder / "diff"
-        if fmt == HDIFFPATCH:
+        bundles = (expo_launch_bundle(old, platform), expo_launch_bundle(new, platform)) if fmt == HDIFFPATCH else None
+        if bundles is not None and bundles[0] is not None and bundles[1] is not None:
+            fmt = EXPO_BSDIFF
+            out.write_bytes(build_bsdiff(bundles[0], bundles[1]))
+        elif fmt == HDIFFPATCH:
             out.write_bytes(build_binary(old.read_bytes(), new.read_bytes()))
         else:
             build_files(old, new, out, from_sha256=source.sha256, to_sha256=target.sha256)
+        key = key_of(target.sha256, source.sha256, fmt)
         h = hashlib.sha256()
         with out.open("rb") as f:
             while chunk := f.read(8 << 20):
                 h.update(chunk)
         info = await objects.put_stream(key, _chunks(out), sha256=h.hexdigest())
-    return Built(fmt, uri, info.sha256, info.size, time.perf_counter() - started)
+    return Built(fmt, f"s3://{bucket_of(objects)}/{key}", info.sha256, info.size, time.perf_counter() - started)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", required=True, help="the earlier package, as the DeliveryTask's spec.package")
     parser.add_argument("--target", required=True, help="the new package")
     parser.add_argument("--format", required=True, choices=FORMATS)
+    parser.add_argument("--platform", default="", help="the task's platform (Android, IOS): an Expo dist's bundle")
     parser.add_argument("--max-bytes", type=int, required=True)
     args = parser.parse_args(argv)
     url = os.environ.get("MPAAS_OBJECTS_URL", "")
@@ -257,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     source = Package.model_validate_json(args.source)
     target = Package.model_validate_json(args.target)
     try:
-        built = asyncio.run(build_to_store(objects, source, target, args.format, max_bytes=args.max_bytes))
+        built = asyncio.run(
+            build_to_store(objects, source, target, args.format, max_bytes=args.max_bytes, platform=args.platform)
+        )
     except DiffError as e:
         print(str(e), file=sys.stderr)
         return 2

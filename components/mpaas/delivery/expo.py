@@ -37,10 +37,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from prometheus_client import Counter
 
-from ..api.delivery import ResourceType
+from ..api.delivery import Package, ResourceType
 from ..apps import AppDirectory
 from ..http1 import FileBody, Request
 from ..stores import ObjectStore
+from . import diffs
 from .answer import Answer
 from .packages import locate
 from .targeting import Catalog, Client, Release, Seats, choose
@@ -124,6 +125,23 @@ def negotiate(accept: str) -> str | None:
             if q > 0 and (best is None or rank[:2] > best[:2]):
                 best = rank
     return best[2] if best else None
+
+
+def accepts_bsdiff(header: str) -> bool:
+    """Whether an A-IM header (RFC 3229: instance manipulations, each with an optional q value) accepts bsdiff;
+    `bsdiff;q=0` and a q that does not parse refuse it."""
+    for item in header.split(",")[:16]:
+        name, _, params = item.partition(";")
+        if name.strip().lower() == "bsdiff":
+            params = params.strip().lower()
+            if not params:
+                return True
+            q = _QVALUE.fullmatch(params)
+            return q is not None and float(q.group(1)) > 0
+    return False
+
+
+_QVALUE = re.compile(r"q\s*=\s*([01](?:\.[0-9]{0,3})?)")
 
 
 # --- packages: expo export dist -> manifest --------------------------------------------------------------
@@ -280,6 +298,14 @@ class Bundles:
         (self.files / f"{digest}.type").write_text(content_type)  # what the asset route answers it as
         hash64 = base64.urlsafe_b64encode(sha.digest()).decode().rstrip("=")
         return Asset(digest, hash64, md5.hexdigest(), content_type, f".{ext}" if ext else "")
+
+    async def patch(self, diff: Package) -> Path:
+        """A diff package (a bsdiff patch of a launch bundle), fetched once into `files/` under its sha256."""
+        path = self.files / diff.sha256
+        if not path.is_file():
+            part = await self._fetch(diff.uri, diff.sha256, diff.size_bytes)
+            os.replace(part, path)
+        return path
 
     def has(self, asset_sha256: str) -> tuple[Path, str] | None:
         """The asset's file and content type, once extracted here."""
@@ -471,6 +497,17 @@ class Expo:
         sig = self.key.sign(raw, padding.PKCS1v15(), hashes.SHA256())
         return serialize_sfv({"sig": base64.b64encode(sig).decode(), "keyid": self.key_id})
 
+    def _release(self, package_sha: str) -> Release | None:
+        return next(
+            (
+                r
+                for s in self.catalog().shelves.values()
+                for r in s
+                if r.spec.package and r.spec.package.sha256 == package_sha
+            ),
+            None,
+        )
+
     async def _asset(self, req: Request) -> Answer:
         parts = req.path[len(ASSETS) :].split("/")
         if len(parts) != 2 or not all(_HEX64.fullmatch(p) for p in parts):
@@ -478,21 +515,17 @@ class Expo:
         package_sha, asset_sha = parts
         found = self.bundles.has(asset_sha)
         if found is None:  # extracted by another replica: extract the package it names here too
-            release = next(
-                (
-                    r
-                    for s in self.catalog().shelves.values()
-                    for r in s
-                    if r.spec.package and r.spec.package.sha256 == package_sha
-                ),
-                None,
-            )
+            release = self._release(package_sha)
             if release is None:
                 raise ExpoError(404, "no such asset")
             await self.bundles.load(release)
             found = self.bundles.has(asset_sha)
             if found is None:
                 raise ExpoError(404, "no such asset")
+        if req.method == "GET" and accepts_bsdiff(req.headers.get("a-im", "")):
+            patched = await self._patch(req, package_sha, asset_sha)
+            if patched is not None:
+                return patched
         path, content_type = found
         f = await asyncio.to_thread(path.open, "rb")
         size = os.fstat(f.fileno()).st_size
@@ -501,9 +534,53 @@ class Expo:
             "Cache-Control": "public, max-age=31536000, immutable",
             "ETag": f'"{asset_sha}"',
             "X-Content-Type-Options": "nosniff",
+            "Vary": "A-IM, Expo-Current-Update-ID",  # a cache must not give this to a client that asked for a patch
         }
         UPDATES.labels("asset").inc()
         return Answer(200, headers, file=FileBody(f, 0, size))
+
+    async def _patch(self, req: Request, package_sha: str, asset_sha: str) -> Answer | None:
+        """The launch bundle as a bsdiff patch from the update the client runs (`226 IM Used`), when the operator
+        built one (DeliveryTask spec.diffs); None: the whole file."""
+        h = req.headers
+        if h.repeated() & {"a-im", "expo-current-update-id", "expo-requested-update-id"}:
+            return None
+        current = h.get("expo-current-update-id", "").lower()
+        release = self._release(package_sha) if current else None
+        if release is None or release.spec.platform not in EXPO_NAMES:
+            return None
+        platform = EXPO_NAMES[release.spec.platform]
+        bundle = await self.bundles.bundle(release, platform)
+        requested = h.get("expo-requested-update-id", "").lower()
+        if bundle.launch.sha256 != asset_sha or (requested and requested != bundle.id):
+            return None
+        diff = next(
+            (
+                d
+                for d in release.diffs
+                if d.format == diffs.EXPO_BSDIFF and update_id(d.from_sha256, platform) == current
+            ),
+            None,
+        )
+        if diff is None or diff.package.size_bytes >= (release.spec.package.size_bytes if release.spec.package else 0):
+            return None
+        try:
+            path = await self.bundles.patch(diff.package)
+        except Exception as e:  # the store away, or not the diff status names: the whole bundle instead
+            log.warning("Expo patch %s not served: %s", diff.package.uri, e)
+            return None
+        f = await asyncio.to_thread(path.open, "rb")
+        size = os.fstat(f.fileno()).st_size
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "IM": "bsdiff",
+            "expo-base-update-id": current,
+            "Cache-Control": "private, no-store",
+            "Vary": "A-IM, Expo-Current-Update-ID",
+            "X-Content-Type-Options": "nosniff",
+        }
+        UPDATES.labels("patch").inc()
+        return Answer(226, headers, file=FileBody(f, 0, size))
 
 
 def _now() -> str:

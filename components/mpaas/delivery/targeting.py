@@ -124,15 +124,16 @@ class Release:
     verified: bool = False  # the operator found the package as the task says (status condition PackageVerified)
     diffs: tuple[Diff, ...] = ()  # status.diffPackages, as the operator built them
 
-    def diff_for(self, installed_sha256: str, installed_version: str) -> Diff | None:
-        """The diff from the package the client runs: named by its sha256, or else by its version when one
-        diff alone is from that version; only one smaller than the full package."""
+    def diff_for(self, installed_sha256: str, installed_version: str, formats: tuple[str, ...]) -> Diff | None:
+        """The diff, in one of `formats`, from the package the client runs: named by its sha256, or else by its
+        version when one diff alone is from that version; only one smaller than the full package."""
         size = self.spec.package.size_bytes if self.spec.package is not None else 0
+        diffs = [d for d in self.diffs if d.format in formats]
         if installed_sha256:
-            found = [d for d in self.diffs if d.from_sha256 == installed_sha256]
+            found = [d for d in diffs if d.from_sha256 == installed_sha256]
         else:
             have = version_key(installed_version) if installed_version else None
-            found = [d for d in self.diffs if have is not None and d.from_version == have]
+            found = [d for d in diffs if have is not None and d.from_version == have]
         return found[0] if len(found) == 1 and found[0].package.size_bytes < size else None
 
     @property
