@@ -275,3 +275,6 @@ def test_an_expo_client_that_runs_the_earlier_update_gets_a_bsdiff_patch_of_the_
             assert whole.status_code == 200 and whole.content == new_bundle, headers
             assert "im" not in whole.headers and "A-IM" in whole.headers["vary"]
         assert client.head(launch["url"], headers=asking).status_code == 200
+        metrics = client.get("/metrics").text
+        assert 'mpaas_delivery_expo_answers_total{answer="patch"} 1.0' in metrics
+        assert 'mpaas_delivery_offers_total{app="SHOP",stage="0",type="Hotfix",version="8"}' in metrics

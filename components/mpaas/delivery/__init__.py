@@ -276,6 +276,7 @@ def _build(settings: DeliverySettings) -> Served:
         checker.verified,
         Path(settings.expo_signing_key_file).read_bytes() if settings.expo_signing_key_file else None,
         settings.expo_signing_key_id,
+        tally,
     )
 
     async def close_bundles() -> None:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -43,8 +43,12 @@ from ..http1 import FileBody, Request
 from ..stores import ObjectStore
 from . import diffs
 from .answer import Answer
+from .check import OFFERS
 from .packages import locate
 from .targeting import Catalog, Client, Release, Seats, choose
+
+if TYPE_CHECKING:
+    from .reports import Tally
 
 log = logging.getLogger("mpaas.delivery")
 
@@ -335,9 +339,11 @@ class Expo:
         verified: Callable[[Release], bool],
         signing_key: bytes | None = None,
         key_id: str = "main",
+        tally: Tally | None = None,
     ):
         self.catalog, self.apps, self.seats, self.bundles = catalog, apps, seats, bundles
         self.verified, self.key_id = verified, key_id
+        self.tally = tally  # counts each manifest offered as a hit of its task and stage (reports.py)
         self.key = self.load_key(signing_key) if signing_key is not None else None
 
     @staticmethod
@@ -416,6 +422,9 @@ class Expo:
             if bundle.id != current:
                 manifest = self._manifest(release, bundle, runtime, base)
                 UPDATES.labels("manifest").inc()
+                OFFERS.labels(app_id, ResourceType.HOTFIX.value, release.spec.package.version, str(release.stage)).inc()
+                if self.tally is not None:
+                    self.tally.hit(release)
                 return self._respond(kind, headers, ("manifest", manifest), expects)
         withdrawn = await self._withdrawn(catalog, client, current)
         if withdrawn:
