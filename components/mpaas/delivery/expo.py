@@ -422,7 +422,8 @@ class Expo:
             if bundle.id != current:
                 manifest = self._manifest(release, bundle, runtime, base)
                 UPDATES.labels("manifest").inc()
-                OFFERS.labels(app_id, ResourceType.HOTFIX.value, release.spec.package.version, str(release.stage)).inc()
+                version = release.spec.package.version if release.spec.package else ""
+                OFFERS.labels(app_id, ResourceType.HOTFIX.value, version, str(release.stage)).inc()
                 if self.tally is not None:
                     self.tally.hit(release)
                 return self._respond(kind, headers, ("manifest", manifest), expects)
