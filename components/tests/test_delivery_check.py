@@ -441,3 +441,58 @@ def test_a_client_that_says_what_it_runs_gets_the_diff_and_the_full_package_as_f
         assert "diff" not in ask(installedVersion="2.0.0")
         r = client.post("/v1/delivery/check", json=CHECK | {"resources": [{"type": "Hotfix", "installedSha256": "X"}]})
         assert r.status_code == 400 and "installedSha256" in r.json()["resultMsg"]
+
+
+@pytest.mark.unit
+async def test_offline_packages_are_answered_per_offline_app(tmp_path: Path) -> None:
+    checker = _checker(
+        tmp_path,
+        task("mall-1", "H5Offline", "1.0.0", b"a", offlineAppId="20000123"),
+        task("mall-2", "H5Offline", "1.1.0", b"b", offlineAppId="20000123"),
+        task("pay-1", "H5Offline", "3.0.0", b"c", offlineAppId="20000456"),
+        task("mini-1", "MiniProgram", "1.0.0", b"d", offlineAppId="20000123"),  # another type: its own line
+    )
+    apps = [
+        {"id": "20000123", "installedVersion": "1.0.0"},
+        {"id": "20000456", "installedVersion": "3.0.0"},
+        {"id": "20000789"},
+    ]
+    _, body = await checker.check(json_bytes(CHECK | {"resources": [{"type": "H5Offline", "apps": apps}]}), "http://d")
+    (item,) = body["items"]
+    assert item["type"] == "H5Offline"
+    mall, pay, none = item["apps"]
+    assert (mall["id"], mall["update"], mall["version"], mall["task"]) == ("20000123", True, "1.1.0", "shop/mall-2")
+    assert pay == {"id": "20000456", "update": False} and none == {"id": "20000789", "update": False}
+    # Without apps: every offline app released to this client, as if none were installed.
+    asked = [{"type": "H5Offline"}, {"type": "MiniProgram"}]
+    _, body = await checker.check(json_bytes(CHECK | {"resources": asked}), "http://d")
+    h5, mini = body["items"]
+    assert [(a["id"], a["version"]) for a in h5["apps"]] == [("20000123", "1.1.0"), ("20000456", "3.0.0")]
+    assert [(a["id"], a["task"]) for a in mini["apps"]] == [("20000123", "shop/mini-1")]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("apps", "memo"),
+    [
+        ("all", "apps is a list"),
+        ([{"id": "../x"}], "is not an app id"),
+        ([{"id": "a"}, {"id": "a"}], "a asked twice"),
+        ([{}], "id is required"),
+        ([{"id": "a", "installedSha256": "X"}], "installedSha256 must be"),
+        ([{"id": str(i)} for i in range(501)], "at most 500"),
+    ],
+)
+def test_malformed_offline_app_lists_say_what_is_wrong(apps: Any, memo: str) -> None:
+    with pytest.raises(Refused) as e:
+        parse(json_bytes(CHECK | {"resources": [{"type": "H5Offline", "apps": apps}]}))
+    assert e.value.code.code == codes.INVALID_REQUEST.code and memo in e.value.code.memo
+
+
+@pytest.mark.unit
+def test_offline_app_id_is_required_for_offline_types_and_refused_elsewhere() -> None:
+    from mpaas.api import KINDS, InvalidResource
+
+    for body in (task("h5", "H5Offline", "1", b"a"), task("up", "AppUpgrade", "1", b"a", offlineAppId="20000123")):
+        with pytest.raises(InvalidResource, match="offlineAppId is required for H5Offline and MiniProgram"):
+            KINDS["DeliveryTask"].parse_spec(body)

@@ -144,3 +144,17 @@ def test_without_an_object_store_it_says_how_to_name_one(
     code, _, err = run(capsys, str(apk(tmp_path / "a.apk")), "--app", "SHOP", "--platform", "Android",
                        "--type", "AppUpgrade", "--version", "1.0")  # fmt: skip
     assert code == 2 and "MPAAS_OBJECTS_URL" in err
+
+
+def test_an_offline_package_names_its_offline_app(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    site = tmp_path / "site.zip"
+    with zipfile.ZipFile(site, "w") as z:
+        z.writestr("index.html", "<html></html>")
+    common = [str(site), "--app", "SHOP", "--platform", "Android", "--type", "H5Offline", "--version", "1.0.2",
+              "--objects-url", f"file://{tmp_path / 'objects'}"]  # fmt: skip
+    code, out, err = run(capsys, *common)
+    assert code == 2 and "offlineAppId is required for H5Offline" in err, err
+    code, out, err = run(capsys, *common, "--offline-app-id", "20000123")
+    assert code == 0, err
+    task = yaml.safe_load(out)
+    assert task["spec"]["offlineAppId"] == "20000123" and task["metadata"]["name"] == "shop-h5offline-20000123-1-0-2"

@@ -51,7 +51,8 @@ def package_verified(body: dict[str, Any]) -> bool:
 
 def sources(body: dict[str, Any], spec: DeliveryTaskSpec, bodies: list[dict[str, Any]]) -> list[Source]:
     """The earlier packages `spec.diffs` asks diffs from, newest first: DeliveryTasks of the same app,
-    workspace, platform and type, verified, of a lower version, not rolled back; one per sha256."""
+    workspace, platform, type (and offline app), verified, of a lower version, not rolled back; one per
+    sha256."""
     if spec.diffs is None or spec.package is None:
         return []
     mine = version_key(spec.package.version)
@@ -68,11 +69,12 @@ def sources(body: dict[str, Any], spec: DeliveryTaskSpec, bodies: list[dict[str,
             continue
         if o.package is None or o.rollback:
             continue
-        if (o.app_id, o.workspace_id, o.platform, o.resource_type) != (
+        if (o.app_id, o.workspace_id, o.platform, o.resource_type, o.offline_app_id) != (
             spec.app_id,
             spec.workspace_id,
             spec.platform,
             spec.resource_type,
+            spec.offline_app_id,
         ):
             continue
         theirs = version_key(o.package.version)

@@ -241,3 +241,18 @@ def test_printer_columns(namespace: str) -> None:
     apply_yaml(namespace, example("MpaasGateway"))
     out = kubectl("get", "-n", namespace, "mpaasgateways").stdout.splitlines()[0].split()
     assert out[:6] == ["NAME", "DESIRED", "READY", "APPLIED", "APIS", "STATUS"]
+
+
+def test_offline_app_id_goes_with_the_offline_types(namespace: str) -> None:
+    task = example("DeliveryTask")
+    task["metadata"]["name"] = "h5"
+    task["spec"]["resourceType"] = "H5Offline"
+    rule = "offlineAppId is required for H5Offline and MiniProgram, and only for them"
+    assert rule in apply_yaml(namespace, task).stderr
+    task["spec"]["offlineAppId"] = "20000123"
+    assert apply_yaml(namespace, task).returncode == 0
+    other = example("DeliveryTask")
+    other["spec"]["offlineAppId"] = "20000123"
+    assert rule in apply_yaml(namespace, other).stderr
+    task["spec"]["offlineAppId"] = "20000456"
+    assert "offlineAppId is immutable" in apply_yaml(namespace, task).stderr

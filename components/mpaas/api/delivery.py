@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .base import APP_ID, VERSION_STRING, ApiModel, CommonStatus, VersionRange, cel, immutable, named_list
 
@@ -231,6 +231,10 @@ class DeliveryTaskSpec(ApiModel):
     __cel__ = [
         cel("self.resourceType != 'Switch' || !has(self.package)", "a Switch carries no package"),
         cel("self.resourceType == 'Switch' || has(self.package)", "package is required unless resourceType is Switch"),
+        cel(
+            "(self.resourceType == 'H5Offline' || self.resourceType == 'MiniProgram') == has(self.offlineAppId)",
+            "offlineAppId is required for H5Offline and MiniProgram, and only for them",
+        ),
     ]
     app_id: str = Field(
         max_length=64,
@@ -251,6 +255,15 @@ class DeliveryTaskSpec(ApiModel):
         json_schema_extra=immutable("resourceType is immutable"),
         description="What is released: AppUpgrade (a new app version), Hotfix, H5Offline (an offline H5 bundle), "
         "MiniProgram, Resource, or Switch (a payload without a package). Immutable. Shown by kubectl get.",
+    )
+    offline_app_id: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        json_schema_extra=immutable("offlineAppId is immutable"),
+        description="For H5Offline and MiniProgram (required there, refused elsewhere): the offline H5 app's or "
+        "mini program's own id, e.g. 20000123. Releases of one id compete (the newest applicable wins); a "
+        "client asks about each id it has installed. Immutable.",
     )
     package: Package | None = Field(
         default=None,
@@ -304,6 +317,12 @@ class DeliveryTaskSpec(ApiModel):
         description="Build diff packages from earlier releases' packages to this one (binary, HDiffPatch; for "
         "H5Offline, zips of the files that changed), condition DiffPackages saying how far it got. Unset: none.",
     )
+
+    @model_validator(mode="after")
+    def _offline_app_id(self) -> DeliveryTaskSpec:
+        if (self.resource_type in PER_OFFLINE_APP) != (self.offline_app_id is not None):
+            raise ValueError("offlineAppId is required for H5Offline and MiniProgram, and only for them")
+        return self
 
 
 class StageStatus(ApiModel):
@@ -364,6 +383,9 @@ class DiffPackage(ApiModel):
     uri: str = Field(max_length=2048, description="Where the diff is: s3://bucket/key in the platform's object store.")
     sha256: str = Field(pattern=r"^[a-f0-9]{64}$", max_length=64, description="SHA-256 of the diff.")
     size_bytes: int = Field(ge=1, description="Size of the diff, in bytes.")
+
+
+PER_OFFLINE_APP = (ResourceType.H5_OFFLINE, ResourceType.MINI_PROGRAM)
 
 
 class DeliveryTaskStatus(CommonStatus):

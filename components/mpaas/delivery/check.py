@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
 
-from ..api.delivery import ResourceType
+from ..api.delivery import PER_OFFLINE_APP, ResourceType
 from ..apps import AppDirectory, compile_apps
 from ..config import LiveConfig, Resources
 from ..resultcodes import ResultCode
@@ -40,6 +40,8 @@ log = logging.getLogger("mpaas.delivery")
 
 CHECK_PATH = "/v1/delivery/check"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_OFFLINE_APP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_OFFLINE_APPS = 500  # offline apps in one check
 MAX_FIELD_CHARS = 200
 PLATFORMS = {"android": "Android", "ios": "IOS", "harmony": "Harmony"}
 TYPES = {t.value for t in ResourceType}
@@ -106,9 +108,50 @@ def _text(body: dict[str, Any], name: str, *, required: bool = False) -> str:
     return value
 
 
-def parse(data: bytes) -> tuple[Client, list[tuple[str, str, str]]]:
-    """The client and the (resource type, installed version, installed package's sha256) it asks about; Refused
-    when unreadable."""
+@dataclass(frozen=True)
+class Installed:
+    """What the client runs of a resource (of one offline app, for H5Offline and MiniProgram)."""
+
+    version: str = ""
+    sha256: str = ""
+    offline_app_id: str = ""
+
+
+@dataclass(frozen=True)
+class Asked:
+    kind: str
+    installed: Installed = Installed()
+    apps: tuple[Installed, ...] | None = None  # H5Offline, MiniProgram: per offline app; None: every one released
+
+
+def _installed(item: dict[str, Any], where: str, offline_app_id: str = "") -> Installed:
+    sha = _text(item, "installedSha256")
+    if sha and not _SHA256.fullmatch(sha):
+        raise Refused(codes.INVALID_REQUEST.because(f"{where}: installedSha256 must be 64 lower-case hex digits"))
+    return Installed(_text(item, "installedVersion"), sha, offline_app_id)
+
+
+def _apps(item: dict[str, Any], kind: str) -> tuple[Installed, ...] | None:
+    apps = item.get("apps")
+    if apps is None:
+        return None
+    if not isinstance(apps, list) or len(apps) > MAX_OFFLINE_APPS:
+        raise Refused(codes.INVALID_REQUEST.because(f"resources: {kind} apps is a list of at most {MAX_OFFLINE_APPS}"))
+    out: dict[str, Installed] = {}
+    for app in apps:
+        if not isinstance(app, dict):
+            raise Refused(codes.INVALID_REQUEST.because(f"resources: {kind} apps: each one an object with its id"))
+        app_id = _text(app, "id", required=True)
+        if not _OFFLINE_APP_ID.fullmatch(app_id):
+            raise Refused(codes.INVALID_REQUEST.because(f"resources: {kind} apps: id {app_id[:40]!r} is not an app id"))
+        if app_id in out:
+            raise Refused(codes.INVALID_REQUEST.because(f"resources: {kind} apps: {app_id} asked twice"))
+        out[app_id] = _installed(app, f"resources: {kind} apps", app_id)
+    return tuple(out.values())
+
+
+def parse(data: bytes) -> tuple[Client, list[Asked]]:
+    """The client and what it asks about; Refused when unreadable."""
     try:
         body = json.loads(data)
     except (ValueError, RecursionError):
@@ -129,19 +172,19 @@ def parse(data: bytes) -> tuple[Client, list[tuple[str, str, str]]]:
     asked = body.get("resources", [{"type": ResourceType.APP_UPGRADE.value}])
     if not isinstance(asked, list) or not asked or len(asked) > len(TYPES):
         raise Refused(codes.INVALID_REQUEST.because(f"resources: a list of 1 to {len(TYPES)} objects"))
-    wanted: list[tuple[str, str, str]] = []
+    wanted: list[Asked] = []
     for item in asked:
         if not isinstance(item, dict):
             raise Refused(codes.INVALID_REQUEST.because("resources: each one an object with its type"))
         kind = _text(item, "type", required=True)
         if kind not in TYPES:
             raise Refused(codes.INVALID_REQUEST.because(f"resources: type {kind[:40]!r} is not one of {sorted(TYPES)}"))
-        if any(kind == k for k, _, _ in wanted):
+        if any(kind == a.kind for a in wanted):
             raise Refused(codes.INVALID_REQUEST.because(f"resources: {kind} asked twice"))
-        sha = _text(item, "installedSha256")
-        if sha and not _SHA256.fullmatch(sha):
-            raise Refused(codes.INVALID_REQUEST.because("resources: installedSha256 must be 64 lower-case hex digits"))
-        wanted.append((kind, _text(item, "installedVersion"), sha))
+        if kind in PER_OFFLINE_APP:
+            wanted.append(Asked(kind, apps=_apps(item, kind)))
+        else:
+            wanted.append(Asked(kind, _installed(item, "resources")))
     return Client(**client_base), wanted
 
 
@@ -171,12 +214,15 @@ class Checker:
             return codes.UNKNOWN_APP, {"resultCode": codes.UNKNOWN_APP.code, "resultMsg": codes.UNKNOWN_APP.memo}
         now = time.time()
         items = []
-        for kind, installed, sha in wanted:
-            asking = client if not (installed or sha) else _with_installed(client, installed, sha)
+        for asked in wanted:
+            kind = asked.kind
             try:
                 if kind == ResourceType.SWITCH:
-                    items.append(await self._switches(config.catalog, asking, now))
+                    items.append(await self._switches(config.catalog, client, now))
+                elif asked.apps is not None or kind in PER_OFFLINE_APP:
+                    items.append(await self._offline_apps(config.catalog, client, asked, now, base_url))
                 else:
+                    asking = _with_installed(client, asked.installed)
                     items.append(await self._package(config.catalog, asking, kind, now, base_url))
             except Exception:  # one resource's failure must not cost the client the others' answers
                 log.exception("update check of %s failed for %s/%s", kind, client.app_id, client.workspace_id)
@@ -231,6 +277,22 @@ class Checker:
             answer |= {"rollback": True, "task": f"{withdrawn.namespace}/{withdrawn.name}"}
         return answer
 
+    async def _offline_apps(
+        self, catalog: Catalog, client: Client, asked: Asked, now: float, base: str
+    ) -> dict[str, Any]:
+        """An answer per offline app asked about (or, without `apps`, per one released), each as a package's."""
+        kind = asked.kind
+        apps = asked.apps
+        if apps is None:
+            released = catalog.offline_apps.get((client.app_id, client.workspace_id, client.platform, kind), ())
+            apps = tuple(Installed(offline_app_id=a) for a in released[:MAX_OFFLINE_APPS])
+        answers = []
+        for app in apps:
+            offer = await self._package(catalog, _with_installed(client, app), kind, now, base)
+            offer.pop("type")
+            answers.append({"id": app.offline_app_id, **offer})
+        return {"type": kind, "apps": answers}
+
     async def _switches(self, catalog: Catalog, client: Client, now: float) -> dict[str, Any]:
         """Every switch release that applies, merged oldest first: a newer one's values win."""
         values: dict[str, Any] = {}
@@ -242,8 +304,15 @@ class Checker:
         return {"type": ResourceType.SWITCH.value, "update": bool(tasks), "values": values, "tasks": tasks}
 
 
-def _with_installed(client: Client, installed: str, sha256: str) -> Client:
-    return dataclasses.replace(client, installed_version=installed, installed_sha256=sha256)
+def _with_installed(client: Client, installed: Installed) -> Client:
+    if installed == Installed():
+        return client
+    return dataclasses.replace(
+        client,
+        installed_version=installed.version,
+        installed_sha256=installed.sha256,
+        offline_app_id=installed.offline_app_id,
+    )
 
 
 def _withdrawn(catalog: Catalog, client: Client, kind: str, installed: str) -> Release | None:

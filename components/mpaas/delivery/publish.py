@@ -123,8 +123,9 @@ async def upload(objects: ObjectStore, path: Path, key: str, sha256: str) -> Non
     await objects.put_stream(key, _chunks(path), sha256=sha256)
 
 
-def task_name(app: str, resource_type: str, version: str) -> str:
-    name = _NAME.sub("-", f"{app}-{resource_type}-{version}".lower()).strip("-")
+def task_name(app: str, resource_type: str, version: str, offline_app_id: str = "") -> str:
+    of = f"-{offline_app_id}" if offline_app_id else ""
+    name = _NAME.sub("-", f"{app}-{resource_type}{of}-{version}".lower()).strip("-")
     return name[:63].rstrip("-")
 
 
@@ -138,6 +139,8 @@ def delivery_task(args: argparse.Namespace, uri: str, sha256: str, size: int, si
     }
     if signature:
         spec["package"]["signature"] = signature
+    if args.offline_app_id:
+        spec["offlineAppId"] = args.offline_app_id
     if args.upgrade_mode:
         spec["upgradeMode"] = args.upgrade_mode
     if args.description:
@@ -156,7 +159,10 @@ def delivery_task(args: argparse.Namespace, uri: str, sha256: str, size: int, si
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "DeliveryTask",
-        "metadata": {"name": args.name or task_name(args.app, args.type, args.version), "namespace": args.namespace},
+        "metadata": {
+            "name": args.name or task_name(args.app, args.type, args.version, args.offline_app_id or ""),
+            "namespace": args.namespace,
+        },
         "spec": spec,
     }
     try:
@@ -238,6 +244,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--platform", required=True, choices=[p.value for p in Platform])
     p.add_argument("--type", required=True, choices=[t.value for t in ResourceType if t != ResourceType.SWITCH])
     p.add_argument("--version", required=True, help="the package's version, dotted numbers")
+    p.add_argument("--offline-app-id", help="the H5 offline app's or mini program's id (H5Offline, MiniProgram)")
     p.add_argument("--name", help="the DeliveryTask's name (default: app-type-version)")
     p.add_argument("--namespace", default="default")
     p.add_argument("--upgrade-mode", choices=["Silent", "Remind", "Force"])

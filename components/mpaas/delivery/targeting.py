@@ -51,6 +51,7 @@ class Client:
     os_version: str = ""
     installed_version: str = ""  # of the resource asked about (hotfix, bundle); the app version for upgrades
     installed_sha256: str = ""  # of the package the client runs, when it says: picks the diff it gets
+    offline_app_id: str = ""  # the H5 offline app or mini program asked about (spec.offlineAppId)
     city: str = ""
     model: str = ""
     brand: str = ""
@@ -270,18 +271,21 @@ def compile_release(
     )
 
 
-Shelf = tuple[str, str, str, str]  # (appId, workspaceId, platform, resourceType)
+Shelf = tuple[str, str, str, str, str]  # (appId, workspaceId, platform, resourceType, offlineAppId or "")
 
 
 @dataclass(frozen=True)
 class Catalog:
-    """Every live release, by app, workspace, platform and type, newest first."""
+    """Every live release, by app, workspace, platform, type (and offline app), newest first."""
 
     shelves: dict[Shelf, tuple[Release, ...]] = field(default_factory=dict)
     errors: dict[tuple[str, str], str] = field(default_factory=dict)
+    # (appId, workspaceId, platform, resourceType) -> the offline app ids released, sorted
+    offline_apps: dict[tuple[str, str, str, str], tuple[str, ...]] = field(default_factory=dict)
 
     def releases(self, client: Client, resource_type: ResourceType | str) -> tuple[Release, ...]:
-        return self.shelves.get((client.app_id, client.workspace_id, client.platform, str(resource_type)), ())
+        shelf = (client.app_id, client.workspace_id, client.platform, str(resource_type), client.offline_app_id)
+        return self.shelves.get(shelf, ())
 
     def candidates(
         self,
@@ -324,12 +328,17 @@ def compile_catalog(resources: Resources, lists: IdLists | None = None) -> Catal
             log.error("DeliveryTask %s/%s left out: %r", namespace, name, e)
             errors[(namespace, name)] = repr(e)
             continue
-        shelves[(spec.app_id, spec.workspace_id, str(spec.platform), str(spec.resource_type))].append(release)
+        shelf = (spec.app_id, spec.workspace_id, str(spec.platform), str(spec.resource_type), spec.offline_app_id or "")
+        shelves[shelf].append(release)
     ordered = {
         shelf: tuple(sorted(rs, key=lambda r: (r.version, r.created, r.name), reverse=True))
         for shelf, rs in shelves.items()
     }
-    return Catalog(ordered, errors)
+    offline: dict[tuple[str, str, str, str], list[str]] = defaultdict(list)
+    for shelf in ordered:
+        if shelf[4]:
+            offline[shelf[:4]].append(shelf[4])
+    return Catalog(ordered, errors, {k: tuple(sorted(v)) for k, v in offline.items()})
 
 
 class Seats:
