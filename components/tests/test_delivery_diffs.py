@@ -143,7 +143,10 @@ BINARY = (diffs.HDIFFPATCH,)
 
 
 def test_the_diff_offered_is_the_one_from_what_the_client_runs() -> None:
-    expo = entry("2.1.0", "f") | {"format": diffs.EXPO_BSDIFF}
+    expo = entry("2.1.0", "f") | {
+        "format": diffs.EXPO_BSDIFF,
+        "uri": f"s3://local/delivery/diffs/{'c' * 64}/{'f' * 64}.android.bsdiff",
+    }
     r = release_with([entry("2.0.0", "a"), entry("2.1", "b"), entry("2.1.0", "d"), expo, {"fromVersion": "broken"}])
     assert len(r.diffs) == 4  # the entry that does not parse is left out
     assert r.diff_for("f" * 64, "", BINARY) is None  # Expo's patch is for Expo clients
@@ -160,3 +163,86 @@ def test_the_diff_offered_is_the_one_from_what_the_client_runs() -> None:
 def test_a_diff_no_smaller_than_the_package_is_not_offered() -> None:
     r = release_with([entry("2.0.0", "a", size=1000)], size=1000)
     assert r.diff_for("a" * 64, "", BINARY) is None
+
+
+def test_an_entry_that_does_not_point_at_its_own_diff_is_left_out() -> None:
+    """status is writable by more than the operator: an entry must not make a link to any other object."""
+    good = entry("2.0.0", "a")
+    forged = [
+        good | {"uri": "s3://local/packages/secret-unreleased.apk"},  # another object of the bucket
+        good | {"uri": f"s3://local/delivery/diffs/{'c' * 64}/{'b' * 64}.hdiff"},  # another diff's key
+        good | {"uri": "https://evil.example/x.hdiff"},
+        good | {"format": "exe"},
+        good | {"format": diffs.EXPO_BSDIFF},  # an Expo patch's key names its platform
+    ]
+    assert release_with(forged).diffs == ()
+    assert len(release_with([good]).diffs) == 1
+
+
+async def test_a_version_names_a_diff_only_when_one_live_package_has_that_version(tmp_path: Path) -> None:
+    """Two 2.0.0 APKs (two channels): a client that names only its version might run the other one."""
+    from mpaas.config import Resource
+    from mpaas.delivery.targeting import Client, compile_catalog
+
+    def task(name: str, version: str, sha: str, status: dict[str, Any] | None = None) -> Any:
+        body = {
+            "apiVersion": "mpaas.io/v1alpha1",
+            "kind": "DeliveryTask",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {
+                "appId": "SHOP",
+                "workspaceId": "prod",
+                "platform": "Android",
+                "resourceType": "Hotfix",
+                "package": {"uri": f"s3://local/{name}", "version": version, "sha256": sha * 64, "sizeBytes": 1000},
+            },
+            "status": status or {},
+        }
+        return Resource("DeliveryTask", "shop", name, 1, "1", KINDS["DeliveryTask"].parse_spec(body), body)
+
+    new = task("v3", "3.0.0", "c", {"diffPackages": [entry("2.0.0", "a"), entry("2.5.0", "b")]})
+    one = task("v2-store", "2.0.0", "a")
+    other = task("v2-oem", "2.0.0", "e")  # the same version, other bytes
+    catalog = compile_catalog({"DeliveryTask": {("shop", r.name): r for r in (new, one, other)}})
+    client = Client("SHOP", "prod", "Android", "d")
+    (release,) = [r for r in catalog.releases(client, "Hotfix") if r.name == "v3"]
+    assert release.diff_for("", "2.0.0", BINARY) is None  # which 2.0.0? the client must say its sha256
+    assert release.diff_for("a" * 64, "2.0.0", BINARY) is not None
+    by_version = release.diff_for("", "2.5.0", BINARY)  # 2.5.0's task was deleted: no other package is 2.5.0
+    assert by_version is not None and by_version.from_sha256 == "b" * 64
+
+
+@pytest.mark.parametrize(
+    ("entry_name", "mode"),
+    [
+        ("link", 0o120777),  # a symlink: a client unpacking over its tree would follow it
+        ("a//b.js", 0o100644),
+        ("./a/b.js", 0o100644),
+        ("c:evil", 0o100644),
+        ("A/B.js", 0o100644),  # with a/b.js: one file on case-insensitive storage
+        ("a", 0o100644),  # a file, and the folder of a/b.js
+    ],
+)
+def test_entries_a_client_cannot_apply_safely_are_refused(tmp_path: Path, entry_name: str, mode: int) -> None:
+    old = zipped(tmp_path / "old.zip", {"a/b.js": b"1"})
+    new = tmp_path / "new.zip"
+    with zipfile.ZipFile(new, "w") as z:
+        z.writestr("a/b.js", b"2")
+        info = zipfile.ZipInfo(entry_name)
+        info.external_attr = mode << 16
+        z.writestr(info, b"x")
+    with pytest.raises(DiffError):
+        diffs.build_files(old, new, tmp_path / "diff.zip", from_sha256="a" * 64, to_sha256="b" * 64)
+
+
+def test_a_file_with_odd_mode_bits_is_written_as_a_plain_file(tmp_path: Path) -> None:
+    old = zipped(tmp_path / "old.zip", {"a/b.js": b"1"})
+    new = tmp_path / "new.zip"
+    with zipfile.ZipFile(new, "w") as z:
+        info = zipfile.ZipInfo("a/b.js")
+        info.external_attr = 0o104755 << 16  # setuid
+        z.writestr(info, b"2")
+    out = tmp_path / "diff.zip"
+    diffs.build_files(old, new, out, from_sha256="a" * 64, to_sha256="b" * 64)
+    with zipfile.ZipFile(out) as z:
+        assert z.getinfo("a/b.js").external_attr >> 16 == 0o100644

@@ -238,10 +238,16 @@ def test_an_expo_client_that_runs_the_earlier_update_gets_a_bsdiff_patch_of_the_
     # The operator's builder: two Expo dists give a bsdiff of their Android bundles.
     built = asyncio.run(
         diffs.build_to_store(
-            LocalObjectStore(str(objects)), old, new, diffs.HDIFFPATCH, max_bytes=1 << 30, platform="Android"
+            LocalObjectStore(str(objects)),
+            old,
+            new,
+            diffs.HDIFFPATCH,
+            max_bytes=1 << 30,
+            platform="Android",
+            resource_type="Hotfix",
         )
     )
-    assert built.format == diffs.EXPO_BSDIFF
+    assert built.format == diffs.EXPO_BSDIFF and built.uri.endswith(".android.bsdiff")  # one platform's bundle
     tasks[1]["status"] = {"diffPackages": [built.entry(old, "shop/v7")]}
     (config / "all.yaml").write_text(yaml.safe_dump_all([GATEWAY, *tasks]))
     url = start_delivery(config, f"file://{objects}")

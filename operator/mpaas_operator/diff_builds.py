@@ -19,8 +19,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from mpaas.api import DELIVERY_TASK, InvalidResource
 from mpaas.api.delivery import DeliveryTaskSpec, Package
+from mpaas.delivery import diffs
 from mpaas.delivery.diffs import format_for
 from mpaas.rules import version_key
 
@@ -49,44 +49,58 @@ def package_verified(body: dict[str, Any]) -> bool:
     return c is not None and c.get("status") == "True"
 
 
-def sources(body: dict[str, Any], spec: DeliveryTaskSpec, bodies: list[dict[str, Any]]) -> list[Source]:
+Shelf = tuple[str, str, str, str, str]  # appId, workspaceId, platform, resourceType, offlineAppId
+
+
+def shelf_of(spec: DeliveryTaskSpec) -> Shelf:
+    return (spec.app_id, spec.workspace_id, str(spec.platform), str(spec.resource_type), spec.offline_app_id or "")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A task whose package a diff may be built from: verified, not rolled back."""
+
+    uid: str
+    task: str  # namespace/name
+    created: str
+    version: tuple[int, ...]
+    package: Package
+
+
+def candidates(parsed: list[tuple[dict[str, Any], DeliveryTaskSpec]]) -> dict[Shelf, list[Candidate]]:
+    """The pass's tasks (each parsed once) that diffs may be built from, by shelf."""
+    out: dict[Shelf, list[Candidate]] = {}
+    for body, spec in parsed:
+        meta = body.get("metadata") or {}
+        if spec.package is None or spec.rollback or meta.get("deletionTimestamp") or not package_verified(body):
+            continue
+        version = version_key(spec.package.version)
+        if version is None:
+            continue
+        task = f"{meta.get('namespace')}/{meta.get('name')}"
+        c = Candidate(str(meta.get("uid") or ""), task, str(meta.get("creationTimestamp") or ""), version, spec.package)
+        out.setdefault(shelf_of(spec), []).append(c)
+    return out
+
+
+def sources(body: dict[str, Any], spec: DeliveryTaskSpec, shelves: dict[Shelf, list[Candidate]]) -> list[Source]:
     """The earlier packages `spec.diffs` asks diffs from, newest first: DeliveryTasks of the same app,
     workspace, platform, type (and offline app), verified, of a lower version, not rolled back; one per
     sha256."""
     if spec.diffs is None or spec.package is None:
         return []
     mine = version_key(spec.package.version)
-    found: list[tuple[tuple[int, ...], str, Source]] = []
-    for other in bodies:
-        meta = other.get("metadata") or {}
-        if meta.get("uid") == (body.get("metadata") or {}).get("uid") or meta.get("deletionTimestamp"):
-            continue
-        if not package_verified(other):
-            continue
-        try:
-            o: DeliveryTaskSpec = DELIVERY_TASK.parse_spec(other)  # type: ignore[assignment]
-        except InvalidResource:
-            continue
-        if o.package is None or o.rollback:
-            continue
-        if (o.app_id, o.workspace_id, o.platform, o.resource_type, o.offline_app_id) != (
-            spec.app_id,
-            spec.workspace_id,
-            spec.platform,
-            spec.resource_type,
-            spec.offline_app_id,
-        ):
-            continue
-        theirs = version_key(o.package.version)
-        if theirs is None or mine is None or theirs >= mine or o.package.sha256 == spec.package.sha256:
-            continue
-        task = f"{meta.get('namespace')}/{meta.get('name')}"
-        found.append((theirs, str(meta.get("creationTimestamp") or ""), Source(task, o.package)))
-    found.sort(key=lambda t: (t[0], t[1]), reverse=True)
+    uid = str((body.get("metadata") or {}).get("uid") or "")
+    found = [
+        c
+        for c in shelves.get(shelf_of(spec), [])
+        if c.uid != uid and mine is not None and c.version < mine and c.package.sha256 != spec.package.sha256
+    ]
+    found.sort(key=lambda c: (c.version, c.created), reverse=True)
     chosen: list[Source] = []
-    for _, _, s in found:
-        if all(c.package.sha256 != s.package.sha256 for c in chosen):
-            chosen.append(s)
+    for c in found:
+        if all(s.package.sha256 != c.package.sha256 for s in chosen):
+            chosen.append(Source(c.task, c.package))
         if len(chosen) == spec.diffs.from_releases:
             break
     return chosen
@@ -143,10 +157,21 @@ class Failed(Exception):
     """The build did not give a diff; says why."""
 
 
-async def build(
-    source: Source, target: Package, resource_type: str, *, max_bytes: int, seconds: float, platform: str = ""
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Limits:
+    """What one build may take (operator settings MPAAS_DIFF_*)."""
+
+    max_bytes: int = 100 << 20  # of each package (of an Expo dist's bundle, unpacked)
+    max_memory: int = 768 << 20  # the builder process's allocations (RLIMIT_DATA)
+    seconds: float = 1800.0
+
+
+async def build(source: Source, target: Package, resource_type: str, platform: str, limits: Limits) -> dict[str, Any]:
     """Builds the diff in a child process and returns its status entry; Failed says why it could not."""
+    fmt = format_for(resource_type)
+    problem = diffs.too_big(fmt, source.package.size_bytes, target.size_bytes, limits.max_memory)
+    if fmt == diffs.HDIFFPATCH and problem:  # known from the sizes: no process started for it
+        raise Failed(problem)
     args = [
         sys.executable,
         "-m",
@@ -156,20 +181,24 @@ async def build(
         "--target",
         target.model_dump_json(by_alias=True),
         "--format",
-        format_for(resource_type),
+        fmt,
         "--max-bytes",
-        str(max_bytes),
+        str(limits.max_bytes),
+        "--max-memory",
+        str(limits.max_memory),
         "--platform",
         platform,
+        "--resource-type",
+        resource_type,
     ]
     proc = await asyncio.create_subprocess_exec(
         *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=os.environ.copy()
     )
     try:
-        async with asyncio.timeout(seconds):
+        async with asyncio.timeout(limits.seconds):
             out, err = await proc.communicate()
     except TimeoutError:
-        raise Failed(f"not built within {seconds:.0f} s (MPAAS_DIFF_TIMEOUT_SECONDS)") from None
+        raise Failed(f"not built within {limits.seconds:.0f} s (MPAAS_DIFF_TIMEOUT_SECONDS)") from None
     finally:
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -183,6 +212,9 @@ async def build(
         raise Failed((why[-1] if why else f"the builder exited with {proc.returncode}")[:MAX_MESSAGE])
     try:
         result = json.loads(out.decode().strip().splitlines()[-1])
+        keys = ("format", "uri", "sha256", "sizeBytes")
+        if not isinstance(result, dict) or any(k not in result for k in keys):
+            raise ValueError(result)
     except (ValueError, IndexError):
         raise Failed("the builder printed no result") from None
     return {

@@ -17,7 +17,7 @@ from mpaas.kube import KubeClient, ResourceType
 from mpaas.service import setup_logging
 from mpaas.stores import Counters, ObjectStore, RedisCounters, open_objectstore
 
-from . import handlers, metrics
+from . import diff_builds, handlers, metrics
 from .builders.common import selector_string
 from .releases import CLUSTER_KOPF_PEERINGS, KOPF_PEERINGS, RELEASES, Peering
 from .settings import SETTINGS
@@ -72,8 +72,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         peering,
         SETTINGS.watched_namespaces(),
         delivery_counters(),
-        diff_max_bytes=SETTINGS.diff_max_bytes,
-        diff_timeout=SETTINGS.diff_timeout_seconds,
+        diff_limits=diff_builds.Limits(
+            SETTINGS.diff_max_bytes, SETTINGS.diff_max_memory, SETTINGS.diff_timeout_seconds
+        ),
     )
     log.info(
         "operator starting: %s, priority %s, image %s",

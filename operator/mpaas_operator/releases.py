@@ -135,7 +135,7 @@ class Releases:
         self.counters: Counters | None = None
         self._counts_failing = False
         self._diff_build: asyncio.Task[None] | None = None  # one at a time, across tasks
-        self.diff_max_bytes, self.diff_timeout = 100 << 20, 1800.0
+        self.diff_limits = diff_builds.Limits()
 
     def start(
         self,
@@ -144,13 +144,11 @@ class Releases:
         peering: Peering,
         namespaces: list[str],
         counters: Counters | None = None,
-        *,
-        diff_max_bytes: int = 100 << 20,
-        diff_timeout: float = 1800.0,
+        diff_limits: diff_builds.Limits | None = None,
     ) -> None:
         self.client, self.objects, self.peering, self.namespaces = client, objects, peering, namespaces
         self.counters = counters
-        self.diff_max_bytes, self.diff_timeout = diff_max_bytes, diff_timeout
+        self.diff_limits = diff_limits or diff_builds.Limits()
         self._counts_failing = False
         delivery_task.spec_changed = self.recheck
         if self._task is not None:  # a startup handler retried
@@ -207,19 +205,22 @@ class Releases:
         wake = PERIOD_SECONDS
         no_counts = "" if self.counters is not None else NO_REDIS
         counts_down = False  # after one failure, not asked again this pass: each would wait out its timeout
-        bodies = await self._list()
-        for body in bodies:
+        parsed: list[tuple[dict[str, Any], Any]] = []
+        for body in await self._list():
             meta = body.get("metadata") or {}
             if meta.get("deletionTimestamp"):
                 continue
             body.setdefault("apiVersion", f"{GROUP}/{VERSION}")
             body.setdefault("kind", DELIVERY_TASK.kind)
-            uid = str(meta.get("uid") or "")
-            seen.add(uid)
+            seen.add(str(meta.get("uid") or ""))
             try:
-                spec = delivery_task.parse(body)
+                parsed.append((body, delivery_task.parse(body)))
             except InvalidResource:
                 continue  # its reconcile reports InvalidSpec; the release holds where it is
+        shelves = diff_builds.candidates(parsed)
+        for body, spec in parsed:
+            meta = body["metadata"]
+            uid = str(meta.get("uid") or "")
             state = self._checks.setdefault(uid, CheckState())
             counts: TaskCounts | None = None
             state.stages = counting.stage_indexes(body.get("status") or {})
@@ -233,7 +234,7 @@ class Releases:
                     if not self._counts_failing:
                         log.warning("DeliveryTask counts not read (the delivery component's Redis): %r", e)
                     self._counts_failing = True
-            view = self._diffs(body, spec, bodies, state)
+            view = self._diffs(body, spec, shelves, state)
             try:
                 end = await delivery_task.sync(
                     self.client,
@@ -264,12 +265,16 @@ class Releases:
         return max(wake, 0.05)
 
     def _diffs(
-        self, body: dict[str, Any], spec: Any, bodies: list[dict[str, Any]], state: CheckState
+        self,
+        body: dict[str, Any],
+        spec: Any,
+        shelves: dict[diff_builds.Shelf, list[diff_builds.Candidate]],
+        state: CheckState,
     ) -> diff_builds.View | None:
         """What is known of the task's diff packages; starts the next build that is due when none runs."""
         if spec.diffs is None or spec.package is None:
             return None
-        wanted = diff_builds.sources(body, spec, bodies) if diff_builds.package_verified(body) else []
+        wanted = diff_builds.sources(body, spec, shelves) if diff_builds.package_verified(body) else []
         listed = {
             e.get("fromSha256") for e in (body.get("status") or {}).get("diffPackages") or [] if isinstance(e, dict)
         }
@@ -299,12 +304,7 @@ class Releases:
         try:
             log.info("DeliveryTask %s: building the diff from %s (%s)", who, source.package.version, source.task)
             entry = await diff_builds.build(
-                source,
-                spec.package,
-                spec.resource_type,
-                max_bytes=self.diff_max_bytes,
-                seconds=self.diff_timeout,
-                platform=spec.platform,
+                source, spec.package, str(spec.resource_type), str(spec.platform), self.diff_limits
             )
             state.diffs_built[sha] = entry
             state.diffs_failed.pop(sha, None)
@@ -317,7 +317,9 @@ class Releases:
             metrics.DIFF_BUILDS.labels("Failed").inc()
             log.warning("DeliveryTask %s: diff from %s not built: %s", who, source.package.version, e)
         except Exception as e:  # the child could not be started: tried again as a failure
-            state.diffs_failed[sha] = (f"{e!r}", 1, time.monotonic() + diff_builds.RETRY_FIRST_SECONDS)
+            failures = (state.diffs_failed.get(sha, ("", 0, 0.0))[1]) + 1
+            delay = diff_builds.retry_delay(failures)
+            state.diffs_failed[sha] = (f"{e!r}; tried again in {delay:.0f} s", failures, time.monotonic() + delay)
             log.exception("DeliveryTask %s: diff build failed", who)
         finally:
             state.diff_from = None

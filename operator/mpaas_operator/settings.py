@@ -38,6 +38,9 @@ class OperatorSettings(BaseSettings):
     # more: hack/bench/delivery_diffs.py), and a build that takes longer is stopped.
     diff_max_bytes: int = Field(default=100 << 20, ge=1, validation_alias="MPAAS_DIFF_MAX_BYTES")
     diff_timeout_seconds: float = Field(default=1800.0, gt=0, validation_alias="MPAAS_DIFF_TIMEOUT_SECONDS")
+    # What a build's process may allocate (RLIMIT_DATA): past it the build fails alone, and a build that would
+    # need more by its packages' sizes is not started. Keep it under the container's memory limit.
+    diff_max_memory: int = Field(default=768 << 20, ge=64 << 20, validation_alias="MPAAS_DIFF_MAX_MEMORY")
     # Comma-separated namespaces to watch; empty: every namespace.
     namespaces: str = ""
     # Active/standby: replicas meet in this kopf peering object (the chart creates it); the highest

@@ -72,7 +72,8 @@ def test_diffs_come_from_the_newest_earlier_verified_releases_of_the_same_app_an
         body("other-ws", "4.5.0", workspaceId="test"),
         body("same-bytes", "4.9.0", sha=me["spec"]["package"]["sha256"]),
     ]
-    got = diff_builds.sources(me, parsed(me), others)
+    shelves = diff_builds.candidates([(b, parsed(b)) for b in others])
+    got = diff_builds.sources(me, parsed(me), shelves)
     # v4 and v4-again are one package: one diff, named after the task created last.
     assert [(s.task, s.package.version) for s in got] == [
         ("ns/v4-again", "4.0"),
@@ -80,9 +81,9 @@ def test_diffs_come_from_the_newest_earlier_verified_releases_of_the_same_app_an
         ("ns/v1", "1.0.0"),
     ]
     one = body("v5", "5.0.0", diffs={"fromReleases": 1})
-    assert [s.task for s in diff_builds.sources(one, parsed(one), others)] == ["ns/v4-again"]
+    assert [s.task for s in diff_builds.sources(one, parsed(one), shelves)] == ["ns/v4-again"]
     none = body("v5", "5.0.0")
-    assert diff_builds.sources(none, parsed(none), others) == []
+    assert diff_builds.sources(none, parsed(none), shelves) == []
 
 
 def view(wanted: list[diff_builds.Source], **kw: Any) -> diff_builds.View:
@@ -174,19 +175,23 @@ async def test_the_builder_process_stores_the_diff_and_a_second_build_finds_it(
 
     src = diff_builds.Source("ns/old", pkg("old", "1.0", old))
     target = pkg("new", "2.0", new)
-    entry = await diff_builds.build(src, target, "Hotfix", max_bytes=1 << 20, seconds=120)
+    limits = diff_builds.Limits(max_bytes=1 << 20, seconds=120)
+    entry = await diff_builds.build(src, target, "Hotfix", "Android", limits)
     key = diffs.key_of(target.sha256, src.package.sha256, diffs.HDIFFPATCH)
     assert entry["uri"] == f"s3://local/{key}" and entry["format"] == "hdiffpatch" and entry["fromTask"] == "ns/old"
     patch = (store / key).read_bytes()
     assert hashlib.sha256(patch).hexdigest() == entry["sha256"] and len(patch) == entry["sizeBytes"] < 1000
     assert diffs.apply_binary(old, patch) == new
-    assert await diff_builds.build(src, target, "Hotfix", max_bytes=1 << 20, seconds=120) == entry
+    assert await diff_builds.build(src, target, "Hotfix", "Android", limits) == entry
 
     # Wrong bytes in the store, a package over the limit: the reason, not a diff.
     (store / "p" / "old.bin").write_bytes(b"tampered")
     other = pkg("new", "2.1", new + b"!")
     (store / "p" / "new.bin").write_bytes(new + b"!")
     with pytest.raises(diff_builds.Failed, match="has 8 bytes, the task says 300000"):
-        await diff_builds.build(src, other, "Hotfix", max_bytes=1 << 20, seconds=120)
+        await diff_builds.build(src, other, "Hotfix", "Android", limits)
     with pytest.raises(diff_builds.Failed, match="more than the 1000 a diff is built from"):
-        await diff_builds.build(src, other, "Hotfix", max_bytes=1000, seconds=120)
+        await diff_builds.build(src, other, "Hotfix", "Android", diff_builds.Limits(max_bytes=1000))
+    (store / "p" / "old.bin").write_bytes(old)
+    with pytest.raises(diff_builds.Failed, match=r"needs about [0-9]+ MiB, more than the 64 MiB a build may take"):
+        await diff_builds.build(src, other, "Hotfix", "Android", diff_builds.Limits(max_memory=64 << 20))

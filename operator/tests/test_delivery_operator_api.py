@@ -504,11 +504,12 @@ async def test_diff_packages_are_built_from_earlier_releases_listed_and_kept_acr
     for name, data in (("v1", v1), ("v2", v2), ("v3", v3)):
         await packages.put(name, data)
     operator = start()
+    app = f"DIFF{uuid.uuid4().hex[:8]}"  # releases of one app are found in every namespace: this test's own app
     for name, data, version in (("v1", v1, "3.0.0"), ("v2", v2, "3.1.0")):
-        body = task(name, packages, data, [{"percent": 100}])
+        body = task(name, packages, data, [{"percent": 100}], appId=app)
         body["spec"]["package"]["version"] = version
         assert apply_yaml(namespace, body).returncode == 0
-    body = task("v3", packages, v3, [{"percent": 100}], diffs={"fromReleases": 2})
+    body = task("v3", packages, v3, [{"percent": 100}], diffs={"fromReleases": 2}, appId=app)
     body["spec"]["package"]["version"] = "3.2.0"
     assert apply_yaml(namespace, body).returncode == 0
 
@@ -538,7 +539,7 @@ async def test_diff_packages_are_built_from_earlier_releases_listed_and_kept_acr
     await wait_for(namespace, "v3", lambda o: o["status"].get("observedGeneration") == 2, "the new spec seen")
     await asyncio.sleep(2 * 5.0)  # two passes of the releases loop
     assert get(namespace, "v3")["status"]["diffPackages"] == entries
-    assert "building the diff" not in second.output()
+    assert f"{namespace}/v3: building the diff" not in second.output()
 
     # A release rolled back is no longer a source; a lower fromReleases drops the entries it no longer wants.
     set_spec(namespace, "v3", diffs={"fromReleases": 1})

@@ -315,7 +315,8 @@ class DeliveryTaskSpec(ApiModel):
     diffs: Diffs | None = Field(
         default=None,
         description="Build diff packages from earlier releases' packages to this one (binary, HDiffPatch; for "
-        "H5Offline, zips of the files that changed), condition DiffPackages saying how far it got. Unset: none.",
+        "H5Offline, zips of the files that changed; for Expo updates, bsdiffs of the launch bundle), condition "
+        "DiffPackages saying how far it got. Unset: none.",
     )
 
     @model_validator(mode="after")
@@ -377,8 +378,9 @@ class DiffPackage(ApiModel):
     from_task: str = Field(max_length=320, description="The earlier release's DeliveryTask, namespace/name.")
     format: str = Field(
         max_length=16,
-        description="hdiffpatch (HDiffPatch compressed diff of the whole file) or files (a zip of the changed "
-        "files with mpaas-diff.json), as docs/delivery.md describes.",
+        description="hdiffpatch (HDiffPatch compressed diff of the whole file), files (a zip of the changed "
+        "files with mpaas-diff.json) or expo-bsdiff (a bsdiff of an Expo dist's launch bundle), as "
+        "docs/delivery.md describes.",
     )
     uri: str = Field(max_length=2048, description="Where the diff is: s3://bucket/key in the platform's object store.")
     sha256: str = Field(pattern=r"^[a-f0-9]{64}$", max_length=64, description="SHA-256 of the diff.")

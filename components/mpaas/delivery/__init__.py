@@ -37,7 +37,7 @@ from .codepush import CodePush
 from .downloads import PACKAGES_PATH, CachedDownloads, Downloads, Signer
 from .expo import Bundles, Expo
 from .lists import IdLists
-from .packages import locate, verify
+from .packages import bucket_of, locate, verify
 from .reports import REPORT_PATH, Reports, Tally, open_counters
 from .settings import DeliverySettings
 from .targeting import Release, Seats
@@ -65,8 +65,8 @@ class Links:
         where = locate(package.uri)
         if not where.bucket:
             return where.url
-        if self.objects is None:
-            return None
+        if self.objects is None or where.bucket != bucket_of(self.objects):
+            return None  # only the platform's own bucket is linked to
         if self.signer is not None:
             return (self.public_url or base_url) + self.signer.link(package.sha256, self.expiry)
         if self.cdn_url:

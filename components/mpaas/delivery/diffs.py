@@ -25,13 +25,15 @@ import asyncio
 import hashlib
 import json
 import os
+import resource
+import stat
 import sys
 import tempfile
 import time
 import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from ..api.delivery import Package, ResourceType
 from ..stores import ObjectStore, open_objectstore
@@ -59,8 +61,18 @@ def format_for(resource_type: str) -> str:
     return FILES if resource_type == ResourceType.H5_OFFLINE else HDIFFPATCH
 
 
-def key_of(to_sha256: str, from_sha256: str, fmt: str) -> str:
+def key_of(to_sha256: str, from_sha256: str, fmt: str, platform: str = "") -> str:
+    """The diff's object key. An Expo patch is of one platform's bundle: one dist holds both, and an Android
+    and an IOS task may release the same dist."""
+    if fmt == EXPO_BSDIFF:
+        return f"{KEY_PREFIX}/{to_sha256}/{from_sha256}.{EXPO_PLATFORMS.get(platform, 'none')}.{SUFFIX[fmt]}"
     return f"{KEY_PREFIX}/{to_sha256}/{from_sha256}.{SUFFIX[fmt]}"
+
+
+def memory_needed(fmt: str, old_bytes: int, new_bytes: int) -> int:
+    """About what a build holds at its peak (hack/bench/delivery_diffs.py), plus the interpreter's own."""
+    factor = 17 if fmt == EXPO_BSDIFF else 5  # bsdiff's suffix array; HDiffPatch's
+    return old_bytes * factor + new_bytes * 2 + (96 << 20)
 
 
 # --- binary ---------------------------------------------------------------------------------------------
@@ -91,9 +103,9 @@ def apply_bsdiff(old: bytes, patch: bytes) -> bytes:
     return bytes(bsdiff4.patch(old, patch))
 
 
-def expo_launch_bundle(path: Path, platform: str) -> bytes | None:
+def expo_launch_bundle(path: Path, platform: str, max_bytes: int) -> bytes | None:
     """The launch bundle for `platform` (the task's, e.g. Android) of an `expo export` dist zip; None when the
-    zip is not one, or has no bundle for it."""
+    zip is not one, or has no bundle for it. DiffError for a bundle over `max_bytes` unpacked."""
     expo = EXPO_PLATFORMS.get(platform)
     try:
         with zipfile.ZipFile(path) as z:
@@ -103,10 +115,15 @@ def expo_launch_bundle(path: Path, platform: str) -> bytes | None:
                 return None
             bundle = json.loads(z.read(meta))["fileMetadata"][expo]["bundle"]
             info = names.get(bundle) if isinstance(bundle, str) else None
-            if info is None or info.file_size > MAX_INFLATED:
+            if info is None:
                 return None
+            if info.file_size > max_bytes:
+                raise DiffError(
+                    f"the {platform} bundle has {info.file_size} bytes, more than the {max_bytes} a diff is built "
+                    "from (MPAAS_DIFF_MAX_BYTES)"
+                )
             return z.read(info)
-    except (zipfile.BadZipFile, ValueError, KeyError, TypeError):
+    except (zipfile.BadZipFile, ValueError, KeyError, TypeError, RecursionError, NotImplementedError):
         return None
 
 
@@ -121,16 +138,31 @@ def _entries(z: zipfile.ZipFile, what: str) -> dict[str, zipfile.ZipInfo]:
     if sum(i.file_size for i in infos) > MAX_INFLATED:
         raise DiffError(f"the {what} package's files are larger than {MAX_INFLATED} bytes together")
     files: dict[str, zipfile.ZipInfo] = {}
+    folded: dict[str, str] = {}  # case-folded name -> name: iOS and macOS storage ignore case
     for info in infos:
         if info.is_dir():
             continue
         name = info.filename
-        path = PurePosixPath(name)
-        if name == MANIFEST or "\\" in name or path.is_absolute() or ".." in path.parts or not name.strip():
+        kind = stat.S_IFMT(info.external_attr >> 16)
+        if kind not in (0, stat.S_IFREG):  # a symlink, a device: a client unpacking over its tree must not
+            raise DiffError(f"the {what} package's {name[:100]!r} is not a regular file")
+        segments = name.split("/")
+        if (
+            name == MANIFEST
+            or "\\" in name
+            or ":" in name
+            or any(s in ("", ".", "..") for s in segments)
+            or not name.isprintable()
+        ):
             raise DiffError(f"the {what} package has a file named {name[:100]!r}, which no client may unpack")
-        if name in files:
-            raise DiffError(f"the {what} package has {name[:100]!r} twice")
+        if name.casefold() in folded:
+            raise DiffError(f"the {what} package has {name[:100]!r} twice (names differing in case are one file)")
+        folded[name.casefold()] = name
         files[name] = info
+    folders = {"/".join(n.split("/")[:i]).casefold() for n in files for i in range(1, n.count("/") + 1)}
+    for name in files:
+        if name.casefold() in folders:
+            raise DiffError(f"the {what} package has {name[:100]!r} as a file and as a folder")
     return files
 
 
@@ -158,8 +190,8 @@ def build_files(old: Path, new: Path, out: Path, *, from_sha256: str, to_sha256:
                     continue
                 target = zipfile.ZipInfo(name, date_time=info.date_time)
                 target.compress_type = zipfile.ZIP_DEFLATED
-                target.external_attr = info.external_attr
-                with zn.open(info) as src, zd.open(target, "w", force_zip64=info.file_size > 1 << 31) as dst:
+                target.external_attr = (stat.S_IFREG | 0o644) << 16  # a plain file, whatever the package said
+                with zn.open(info) as src, zd.open(target, "w", force_zip64=info.file_size >= 1 << 31) as dst:
                     while chunk := src.read(1 << 20):
                         dst.write(chunk)
             manifest = {
@@ -170,7 +202,7 @@ def build_files(old: Path, new: Path, out: Path, *, from_sha256: str, to_sha256:
                 "files": dict(sorted(sums.items())),
             }
             zd.writestr(MANIFEST, json.dumps(manifest, separators=(",", ":")), zipfile.ZIP_DEFLATED)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, NotImplementedError) as e:
         raise DiffError(f"a package is not a readable zip: {e}") from None
 
 
@@ -229,6 +261,23 @@ async def _fetch(package: Package, objects: ObjectStore, folder: Path, name: str
     return path
 
 
+def too_big(fmt: str, old_bytes: int, new_bytes: int, max_memory: int) -> str | None:
+    """Why a build of this format and these sizes would take more memory than it may; None when it fits."""
+    need = memory_needed(fmt, old_bytes, new_bytes)
+    if need <= max_memory:
+        return None
+    return (
+        f"a {fmt} diff of these packages needs about {need >> 20} MiB, more than the {max_memory >> 20} MiB a "
+        "build may take (MPAAS_DIFF_MAX_MEMORY)"
+    )
+
+
+def _fits(fmt: str, old_bytes: int, new_bytes: int, max_memory: int) -> None:
+    problem = too_big(fmt, old_bytes, new_bytes, max_memory)
+    if problem:
+        raise DiffError(problem)
+
+
 async def _chunks(path: Path) -> AsyncIterator[bytes]:
     with path.open("rb") as f:
         while chunk := f.read(8 << 20):
@@ -242,16 +291,19 @@ async def build_to_store(
     fmt: str,
     *,
     max_bytes: int,
+    max_memory: int = 1 << 40,
     platform: str = "",
+    resource_type: str = "",
     work_dir: str | None = None,
 ) -> Built:
     """The diff from `source` to `target` in the store: found there, or built and stored. `fmt` is the resource
-    type's (`format_for`); a binary diff of two Expo dists for `platform` is an `expo-bsdiff` of their bundles."""
+    type's (`format_for`); for a Hotfix of two Expo dists it is an `expo-bsdiff` of their `platform` bundles."""
     if fmt not in FORMATS:
         raise DiffError(f"unknown diff format {fmt!r}")
-    candidates = [fmt, EXPO_BSDIFF] if fmt == HDIFFPATCH else [fmt]
+    expo = fmt == HDIFFPATCH and resource_type == ResourceType.HOTFIX and platform in EXPO_PLATFORMS
+    candidates = [fmt, EXPO_BSDIFF] if expo else [fmt]
     for candidate in candidates:  # built before, by this operator or another replica
-        key = key_of(target.sha256, source.sha256, candidate)
+        key = key_of(target.sha256, source.sha256, candidate, platform)
         found = await objects.stat(key)
         if found is not None and found.sha256:
             return Built(candidate, f"s3://{bucket_of(objects)}/{key}", found.sha256, found.size, 0.0)
@@ -267,15 +319,21 @@ async def build_to_store(
         old = await _fetch(source, objects, folder, "old")
         new = await _fetch(target, objects, folder, "new")
         out = folder / "diff"
-        bundles = (expo_launch_bundle(old, platform), expo_launch_bundle(new, platform)) if fmt == HDIFFPATCH else None
-        if bundles is not None and bundles[0] is not None and bundles[1] is not None:
+        bundles = (
+            (expo_launch_bundle(old, platform, max_bytes), expo_launch_bundle(new, platform, max_bytes))
+            if expo
+            else (None, None)
+        )
+        if bundles[0] is not None and bundles[1] is not None:
             fmt = EXPO_BSDIFF
+            _fits(fmt, len(bundles[0]), len(bundles[1]), max_memory)
             out.write_bytes(build_bsdiff(bundles[0], bundles[1]))
         elif fmt == HDIFFPATCH:
+            _fits(fmt, source.size_bytes, target.size_bytes, max_memory)
             out.write_bytes(build_binary(old.read_bytes(), new.read_bytes()))
         else:
             build_files(old, new, out, from_sha256=source.sha256, to_sha256=target.sha256)
-        key = key_of(target.sha256, source.sha256, fmt)
+        key = key_of(target.sha256, source.sha256, fmt, platform)
         h = hashlib.sha256()
         with out.open("rb") as f:
             while chunk := f.read(8 << 20):
@@ -293,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", required=True, help="the new package")
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--platform", default="", help="the task's platform (Android, IOS): an Expo dist's bundle")
+    parser.add_argument("--resource-type", default="", help="the task's resourceType (Hotfix: maybe an Expo update)")
+    parser.add_argument("--max-memory", type=int, default=0, help="bytes this process may allocate (RLIMIT_DATA)")
     parser.add_argument("--max-bytes", type=int, required=True)
     args = parser.parse_args(argv)
     url = os.environ.get("MPAAS_OBJECTS_URL", "")
@@ -306,12 +366,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     source = Package.model_validate_json(args.source)
     target = Package.model_validate_json(args.target)
+    if args.max_memory:  # past it an allocation fails here, alone, instead of the OOM killer taking the operator
+        resource.setrlimit(resource.RLIMIT_DATA, (args.max_memory, args.max_memory))
     try:
         built = asyncio.run(
-            build_to_store(objects, source, target, args.format, max_bytes=args.max_bytes, platform=args.platform)
+            build_to_store(
+                objects,
+                source,
+                target,
+                args.format,
+                max_bytes=args.max_bytes,
+                max_memory=args.max_memory or 1 << 40,
+                platform=args.platform,
+                resource_type=args.resource_type,
+            )
         )
     except DiffError as e:
         print(str(e), file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(
+            f"the build needed more than the {args.max_memory >> 20} MiB it may take (MPAAS_DIFF_MAX_MEMORY)",
+            file=sys.stderr,
+        )
         return 2
     print(
         json.dumps(

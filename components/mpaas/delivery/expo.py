@@ -44,7 +44,7 @@ from ..stores import ObjectStore
 from . import diffs
 from .answer import Answer
 from .check import OFFERS
-from .packages import locate
+from .packages import bucket_of, locate
 from .targeting import Catalog, Client, Release, Seats, choose
 
 if TYPE_CHECKING:
@@ -185,6 +185,8 @@ class Bundles:
         self.files.mkdir(parents=True, exist_ok=True)
         self._manifests: OrderedDict[tuple[str, str], Bundle] = OrderedDict()
         self._loading: dict[str, asyncio.Future[dict[str, Bundle]]] = {}
+        self._patching: dict[str, asyncio.Future[Path]] = {}
+        self.launch_assets: set[str] = set()  # sha256 of launch bundles: their URLs may answer a patch
 
     async def bundle(self, release: Release, platform: str) -> Bundle:
         package = release.spec.package
@@ -214,6 +216,7 @@ class Bundles:
                 zipped.unlink(missing_ok=True)
             for platform, b in bundles.items():
                 self._manifests[(package.sha256, platform)] = b
+                self.launch_assets.add(b.launch.sha256)
             while len(self._manifests) > MAX_PACKAGES:
                 self._manifests.popitem(last=False)
             future.set_result(bundles)
@@ -232,21 +235,28 @@ class Bundles:
         where = locate(uri)
         if not where.bucket or self.objects is None:
             raise ExpoError(503, "Expo updates are served from packages in the platform's object store")
+        if where.bucket != bucket_of(self.objects):
+            raise ExpoError(503, f"{uri} is not in the platform's object store")
         part = self.folder / f".{secrets.token_hex(8)}.zip"
         digest = hashlib.sha256()
-        with part.open("wb") as f:
-            done = 0
-            while done < size:
-                chunk = await self.objects.get(where.key, start=done, length=min(8 << 20, size - done))
-                if not chunk:
-                    break
-                digest.update(chunk)
-                await asyncio.to_thread(f.write, chunk)
-                done += len(chunk)
-        if done != size or digest.hexdigest() != sha256:
-            part.unlink(missing_ok=True)
-            raise ExpoError(503, f"{uri} is not the package its task names")
-        return part
+        kept = False
+        try:
+            with part.open("wb") as f:
+                done = 0
+                while done < size:
+                    chunk = await self.objects.get(where.key, start=done, length=min(8 << 20, size - done))
+                    if not chunk:
+                        break
+                    digest.update(chunk)
+                    await asyncio.to_thread(f.write, chunk)
+                    done += len(chunk)
+            if done != size or digest.hexdigest() != sha256:
+                raise ExpoError(503, f"{uri} is not the package its task names")
+            kept = True
+            return part
+        finally:
+            if not kept:  # a failed or cancelled fetch leaves nothing behind
+                part.unlink(missing_ok=True)
 
     def _extract(self, zipped: Path, package_sha256: str) -> dict[str, Bundle]:
         try:
@@ -304,12 +314,30 @@ class Bundles:
         return Asset(digest, hash64, md5.hexdigest(), content_type, f".{ext}" if ext else "")
 
     async def patch(self, diff: Package) -> Path:
-        """A diff package (a bsdiff patch of a launch bundle), fetched once into `files/` under its sha256."""
+        """A diff package (a bsdiff patch of a launch bundle), fetched once into `files/` under its sha256, however
+        many ask for it at once."""
         path = self.files / diff.sha256
-        if not path.is_file():
+        if path.is_file():
+            return path
+        pending = self._patching.get(diff.sha256)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
+        self._patching[diff.sha256] = future
+        try:
             part = await self._fetch(diff.uri, diff.sha256, diff.size_bytes)
             os.replace(part, path)
-        return path
+            future.set_result(path)
+            return path
+        except Exception as e:
+            future.set_exception(e)
+            future.exception()
+            raise
+        except BaseException:
+            future.cancel()
+            raise
+        finally:
+            del self._patching[diff.sha256]
 
     def has(self, asset_sha256: str) -> tuple[Path, str] | None:
         """The asset's file and content type, once extracted here."""
@@ -507,16 +535,13 @@ class Expo:
         sig = self.key.sign(raw, padding.PKCS1v15(), hashes.SHA256())
         return serialize_sfv({"sig": base64.b64encode(sig).decode(), "keyid": self.key_id})
 
-    def _release(self, package_sha: str) -> Release | None:
-        return next(
-            (
-                r
-                for s in self.catalog().shelves.values()
-                for r in s
-                if r.spec.package and r.spec.package.sha256 == package_sha
-            ),
-            None,
-        )
+    def _releases(self, package_sha: str) -> list[Release]:
+        return [
+            r
+            for s in self.catalog().shelves.values()
+            for r in s
+            if r.spec.package and r.spec.package.sha256 == package_sha
+        ]
 
     async def _asset(self, req: Request) -> Answer:
         parts = req.path[len(ASSETS) :].split("/")
@@ -525,15 +550,20 @@ class Expo:
         package_sha, asset_sha = parts
         found = self.bundles.has(asset_sha)
         if found is None:  # extracted by another replica: extract the package it names here too
-            release = self._release(package_sha)
-            if release is None:
+            named = self._releases(package_sha)
+            if not named:
                 raise ExpoError(404, "no such asset")
-            await self.bundles.load(release)
+            await self.bundles.load(named[0])
             found = self.bundles.has(asset_sha)
             if found is None:
                 raise ExpoError(404, "no such asset")
-        if req.method == "GET" and accepts_bsdiff(req.headers.get("a-im", "")):
-            patched = await self._patch(req, package_sha, asset_sha)
+        launch = asset_sha in self.bundles.launch_assets
+        if launch and req.method == "GET" and accepts_bsdiff(req.headers.get("a-im", "")):
+            try:
+                patched = await self._patch(req, package_sha, asset_sha)
+            except Exception as e:  # whatever fails here, the client still gets the whole bundle
+                log.warning("Expo patch for %s not served: %r", asset_sha, e)
+                patched = None
             if patched is not None:
                 return patched
         path, content_type = found
@@ -544,8 +574,9 @@ class Expo:
             "Cache-Control": "public, max-age=31536000, immutable",
             "ETag": f'"{asset_sha}"',
             "X-Content-Type-Options": "nosniff",
-            "Vary": "A-IM, Expo-Current-Update-ID",  # a cache must not give this to a client that asked for a patch
         }
+        if launch:  # a cache must not give a client that asked for a patch the whole file, nor the reverse
+            headers["Vary"] = "A-IM, Expo-Current-Update-ID"
         UPDATES.labels("asset").inc()
         return Answer(200, headers, file=FileBody(f, 0, size))
 
@@ -556,29 +587,30 @@ class Expo:
         if h.repeated() & {"a-im", "expo-current-update-id", "expo-requested-update-id"}:
             return None
         current = h.get("expo-current-update-id", "").lower()
-        release = self._release(package_sha) if current else None
-        if release is None or release.spec.platform not in EXPO_NAMES:
-            return None
-        platform = EXPO_NAMES[release.spec.platform]
-        bundle = await self.bundles.bundle(release, platform)
         requested = h.get("expo-requested-update-id", "").lower()
-        if bundle.launch.sha256 != asset_sha or (requested and requested != bundle.id):
+        if not current:
             return None
-        diff = next(
-            (
-                d
-                for d in release.diffs
-                if d.format == diffs.EXPO_BSDIFF and update_id(d.from_sha256, platform) == current
-            ),
-            None,
-        )
-        if diff is None or diff.package.size_bytes >= (release.spec.package.size_bytes if release.spec.package else 0):
-            return None
-        try:
-            path = await self.bundles.patch(diff.package)
-        except Exception as e:  # the store away, or not the diff status names: the whole bundle instead
-            log.warning("Expo patch %s not served: %s", diff.package.uri, e)
-            return None
+        for release in self._releases(package_sha):  # an Android and an IOS task may release one dist
+            platform = EXPO_NAMES.get(release.spec.platform)
+            if platform is None or not self.verified(release):
+                continue
+            diff = next(
+                (
+                    d
+                    for d in release.diffs
+                    if d.format == diffs.EXPO_BSDIFF and update_id(d.from_sha256, platform) == current
+                ),
+                None,
+            )
+            if diff is None:
+                continue
+            bundle = await self.bundles.bundle(release, platform)
+            if bundle.launch.sha256 == asset_sha and (not requested or requested == bundle.id):
+                return await self._patched(diff.package, current)
+        return None
+
+    async def _patched(self, diff: Package, current: str) -> Answer:
+        path = await self.bundles.patch(diff)
         f = await asyncio.to_thread(path.open, "rb")
         size = os.fstat(f.fileno()).st_size
         headers = {

@@ -18,6 +18,7 @@ releases of one app, platform and type, the newest version that applies wins (th
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -32,7 +33,9 @@ from ..api.delivery import DeliveryTaskSpec, DiffPackage, Filters, Package, Reso
 from ..config import Resources
 from ..rules import Predicate, compile_rule, percent_of, version_key
 from ..stores.sets import MemberSets
+from . import diffs
 from .lists import IdLists
+from .packages import locate
 
 KIND = "DeliveryTask"
 log = logging.getLogger("mpaas.delivery")
@@ -84,9 +87,13 @@ class Diff:
     from_version: tuple[int, ...]
     format: str
     package: Package  # the diff file itself: its uri, sha256 and size (version: the earlier package's)
+    by_version: bool = True  # no other live package of its shelf has that version: a version names it
 
 
-def compile_diffs(status: Mapping[str, Any]) -> tuple[Diff, ...]:
+def compile_diffs(status: Mapping[str, Any], spec: DeliveryTaskSpec) -> tuple[Diff, ...]:
+    """status.diffPackages, each at the key its builder stores it under and nowhere else: status is writable by
+    more than the operator, and an entry must not turn the download links into a way to any object."""
+    assert spec.package is not None
     out = []
     for raw in status.get("diffPackages") or ():
         try:
@@ -94,10 +101,14 @@ def compile_diffs(status: Mapping[str, Any]) -> tuple[Diff, ...]:
             package = Package(
                 uri=entry.uri, version=entry.from_version, sha256=entry.sha256, size_bytes=entry.size_bytes
             )
-        except ValidationError:
+            if entry.format not in diffs.FORMATS:
+                continue
+            where = locate(entry.uri)
+        except (ValidationError, ValueError):
             continue  # the operator writes them; one that does not parse is left out
+        expected = diffs.key_of(spec.package.sha256, entry.from_sha256, entry.format, str(spec.platform))
         version = version_key(entry.from_version)
-        if version is not None:
+        if version is not None and where.bucket and where.key == expected:
             out.append(Diff(entry.from_sha256, version, entry.format, package))
     return tuple(out)
 
@@ -129,12 +140,12 @@ class Release:
         """The diff, in one of `formats`, from the package the client runs: named by its sha256, or else by its
         version when one diff alone is from that version; only one smaller than the full package."""
         size = self.spec.package.size_bytes if self.spec.package is not None else 0
-        diffs = [d for d in self.diffs if d.format in formats]
+        offered = [d for d in self.diffs if d.format in formats]
         if installed_sha256:
-            found = [d for d in diffs if d.from_sha256 == installed_sha256]
+            found = [d for d in offered if d.from_sha256 == installed_sha256]
         else:
             have = version_key(installed_version) if installed_version else None
-            found = [d for d in diffs if have is not None and d.from_version == have]
+            found = [d for d in offered if have is not None and d.from_version == have and d.by_version]
         return found[0] if len(found) == 1 and found[0].package.size_bytes < size else None
 
     @property
@@ -261,7 +272,7 @@ def compile_release(
         filters=compile_filters(t.filters, t.rule),
         salt=f"{namespace}/{name}/",
         stage=status["currentStage"] if isinstance(status.get("currentStage"), int) else 0,
-        diffs=compile_diffs(status) if spec.package is not None else (),
+        diffs=compile_diffs(status, spec) if spec.package is not None else (),
         verified=spec.package is None
         or any(
             c.get("type") == "PackageVerified" and c.get("status") == "True"
@@ -331,7 +342,7 @@ def compile_catalog(resources: Resources, lists: IdLists | None = None) -> Catal
         shelf = (spec.app_id, spec.workspace_id, str(spec.platform), str(spec.resource_type), spec.offline_app_id or "")
         shelves[shelf].append(release)
     ordered = {
-        shelf: tuple(sorted(rs, key=lambda r: (r.version, r.created, r.name), reverse=True))
+        shelf: tuple(sorted(_by_version(rs), key=lambda r: (r.version, r.created, r.name), reverse=True))
         for shelf, rs in shelves.items()
     }
     offline: dict[tuple[str, str, str, str], list[str]] = defaultdict(list)
@@ -339,6 +350,25 @@ def compile_catalog(resources: Resources, lists: IdLists | None = None) -> Catal
         if shelf[4]:
             offline[shelf[:4]].append(shelf[4])
     return Catalog(ordered, errors, {k: tuple(sorted(v)) for k, v in offline.items()})
+
+
+def _by_version(shelf: list[Release]) -> list[Release]:
+    """A diff is offered to a client that names only its version when no other live package of the shelf has
+    that version (two channels' APKs of one version are two packages: the diff applies to one)."""
+    shas: dict[tuple[int, ...], set[str]] = defaultdict(set)
+    for r in shelf:
+        if r.spec.package is not None:
+            shas[r.version].add(r.spec.package.sha256)
+    out = []
+    for r in shelf:
+        if any(shas.get(d.from_version, set()) - {d.from_sha256} for d in r.diffs):
+            diffs_ = tuple(
+                dataclasses.replace(d, by_version=not (shas.get(d.from_version, set()) - {d.from_sha256}))
+                for d in r.diffs
+            )
+            r = dataclasses.replace(r, diffs=diffs_)
+        out.append(r)
+    return out
 
 
 class Seats:
