@@ -7,7 +7,17 @@ from typing import Any
 
 from pydantic import Field
 
-from .base import APP_ID, ApiModel, Autoscaling, ResourceRequirements, SecretRef, WorkloadStatus, cel, immutable
+from .base import (
+    APP_ID,
+    ApiModel,
+    Autoscaling,
+    ResourceRequirements,
+    SecretKeyRef,
+    SecretRef,
+    WorkloadStatus,
+    cel,
+    immutable,
+)
 
 
 class ChannelType(StrEnum):
@@ -67,14 +77,14 @@ class HeartbeatBounds(ApiModel):
         default=30,
         ge=5,
         le=3600,
-        description="Not used yet: shortest heartbeat interval, in seconds, 5-3600; not more than maxSeconds. "
-        "Default 30.",
+        description="Shortest heartbeat interval a link client is asked for, in seconds, 5-3600; not more than "
+        "maxSeconds. Default 30.",
     )
     max_seconds: int = Field(
         default=270,
         ge=5,
         le=3600,
-        description="Not used yet: longest heartbeat interval, in seconds, 5-3600. Default 270.",
+        description="Longest heartbeat interval a link client is asked for, in seconds, 5-3600. Default 270.",
     )
 
 
@@ -98,14 +108,20 @@ class LinkSettings(ApiModel):
     )
     heartbeat: HeartbeatBounds = Field(
         default_factory=HeartbeatBounds,
-        description="Not used yet: bounds of the heartbeat interval clients are steered to.",
+        description='Bounds of the heartbeat interval clients are steered to (docs/link.md, "Heartbeat").',
     )
     max_connections_per_pod: int = Field(
         default=100_000,
         ge=1,
         le=2_000_000,
         description="Most client connections per link pod, 1-2000000, passed to the pods as "
-        "MPAAS_LINK_MAX_CONNECTIONS. Not used yet: the link component does not read it. Default 100000.",
+        "MPAAS_LINK_MAX_CONNECTIONS: past it a new connection is closed with code 4012. Default 100000.",
+    )
+    token_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="The Secret key holding the HMAC key (at least 32 bytes) devices' link tokens are signed with "
+        '(docs/link.md, "Tokens"). A rotated key keeps the previous one valid for a day; a deleted one is '
+        "revoked, and the connections it authenticated are closed. Unset: no device can connect.",
     )
     port: int = Field(
         default=8443,
@@ -137,14 +153,13 @@ class PushChannelSpec(ApiModel):
         max_length=64,
         pattern=APP_ID,
         json_schema_extra=immutable("appId is immutable"),
-        description="The app whose devices the channel reaches. Immutable. Shown by kubectl get; not used "
-        "otherwise yet.",
+        description="The app whose devices the channel reaches. Immutable. Shown by kubectl get.",
     )
     workspace_id: str | None = Field(
         default=None,
         max_length=64,
         pattern=APP_ID,
-        description="Not used yet: the app's workspace, e.g. prod.",
+        description="The app's workspace, e.g. prod; for a Link channel, unset serves every workspace of the app.",
     )
     type: ChannelType = Field(
         json_schema_extra=immutable("type is immutable: create another PushChannel"),

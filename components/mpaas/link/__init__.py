@@ -1,18 +1,185 @@
-"""Link: the long-connection gateway phones hold open, carrying push and sync messages.
+"""Link: the long-connection gateway phones hold open, carrying push and sync messages (docs/link.md).
 
-So far it reads its PushChannel resources live and serves health, readiness and metrics; it accepts no
-long connection yet, and the operator reports a Link PushChannel Ready=False with reason NotImplemented.
+Built: the protocol (`frames.py`: WebSocket binary frames, subprotocol mpaas-link.v1) served by picows
+(`server.py`: one small `Session` per connection, deadlines in one-second buckets), device tokens (`tokens.py`,
+keys from the Secret the Link PushChannel names), inboxes numbered per device with acks and TTLs
+(`inbox.py`, Redis), notify-then-pull, the adaptive heartbeat (`heartbeat.py`), one connection per device
+across pods (the route table), and delivery for push and sync (`deliver.py`: the inbox, then the pod holding
+the device, over Redis pub/sub), with its HTTP route. Not built yet: dispatch, drain, the operator's status
+and autoscaling for link, the TypeScript client.
 """
 
-from ..component import Component, resource_counts
-from ..service import ComponentSettings
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import socket
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from pydantic import Field
+
+from ..component import Component, Served
+from ..config import LiveConfig
+from ..keyring import SECRET, KeyRing
+from ..service import ComponentSettings, component_app
+from ..stores import MemoryHotStore, MemoryRouteTable, MemorySequencedLog, RedisHotStore, RedisRouteTable
+from ..stores.redis_common import connect_redis
+from ..stores.seqlog import RedisSequencedLog
+from . import frames
+from .config import EMPTY, KIND, LinkConfig, compiler, token_secrets
+from .deliver import MAX_DEVICES, Bus, Deliverer
+from .inbox import IDLE_DAYS, MAX_MESSAGES, MAX_PAYLOAD, MAX_TTL_SECONDS, Inbox
+from .server import HeartbeatMemory, Limits, LinkServer
+
+
+class LinkSettings(ComponentSettings):
+    link_host: str = "0.0.0.0"
+    link_port: int = Field(default=8443, ge=1, le=65535)  # the WebSocket port (the PushChannel's link.port)
+    # Redis: inboxes, routes, heartbeats and the pods' channels. memory://: one process alone (`mpaas dev`).
+    redis_url: str = "memory://"
+    redis_prefix: str = "link:"
+    link_max_connections: int = Field(default=100_000, ge=1)
+    pod_name: str = Field(default="", validation_alias="POD_NAME")  # the downward API's; else host and pid
+
+
+def _pod(settings: LinkSettings) -> str:
+    return settings.pod_name or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def build(settings: LinkSettings) -> Served:
+    keyring = KeyRing()
+    live: LiveConfig[LinkConfig] = LiveConfig(
+        "link", [KIND, SECRET], compiler(keyring), EMPTY, named={SECRET: token_secrets}
+    )
+    prefix = settings.redis_prefix
+    redis: Any = None
+    if settings.redis_url.startswith("memory:"):
+        log_store: Any = MemorySequencedLog(
+            max_len=MAX_MESSAGES, overflow="drop_oldest", idle_ttl_seconds=IDLE_DAYS * 86400
+        )
+        routes: Any = MemoryRouteTable()
+        hot: Any = MemoryHotStore()
+    else:
+        redis = connect_redis(settings.redis_url)
+        log_store = RedisSequencedLog(
+            redis,
+            prefix=f"{prefix}inbox:",
+            max_len=MAX_MESSAGES,
+            overflow="drop_oldest",
+            idle_ttl_seconds=IDLE_DAYS * 86400,
+        )
+        routes = RedisRouteTable(redis, prefix=f"{prefix}route:")
+        hot = RedisHotStore(settings.redis_url)
+    pod = _pod(settings)
+    inbox = Inbox(log_store)
+    server = LinkServer(
+        lambda: live.current,
+        inbox,
+        routes,
+        HeartbeatMemory(hot, prefix=f"{prefix}hb:"),
+        pod,
+        Limits(max_connections=settings.link_max_connections),
+    )
+    bus = Bus(redis, prefix=f"{prefix}pod:") if redis is not None else None
+    server.bus = bus
+    deliverer = Deliverer(inbox, routes, bus, pod, server)
+    ws_server: Any = None
+
+    async def start() -> None:
+        nonlocal ws_server
+        from picows import ws_create_server
+
+        live.subscribe(lambda _config: server.close_revoked())
+        channel = os.environ.get("MPAAS_PUSH_CHANNEL")  # the operator's link builder names the channel served
+        if channel:
+            live.report_applied(KIND, channel, namespace=settings.namespace)
+        live.start(settings)
+        server.start()
+        if bus is not None:
+            bus.listen(pod, server)
+        ws_server = await ws_create_server(
+            server.listener,
+            settings.link_host,
+            settings.link_port,
+            backlog=4096,
+            max_frame_size=frames.MAX_FRAME,
+            read_buffer_init_size=1024,  # docs/benchmarks.md: 8.7 KiB per idle connection
+            use_aiofastnet=False,
+            websocket_handshake_timeout=10,
+        )
+
+    async def stop() -> None:
+        if ws_server is not None:
+            ws_server.close()
+        await server.stop()
+        if bus is not None:
+            await bus.close()
+        await live.stop()
+        await hot.close()
+        if redis is not None:
+            await redis.aclose()
+
+    def ready() -> tuple[bool, str]:
+        if not live.ready.is_set():
+            return False, "waiting for the first configuration"
+        if ws_server is None:
+            return False, "not listening yet"
+        return True, f"{len(server.sessions)} connections, {len(live.current.apps)} apps"
+
+    app = component_app("link", on_start=[start], on_stop=[stop], ready=ready)
+    app.state.live = live
+    app.state.link = server
+
+    @app.post("/v1/link/deliver")
+    async def deliver(request: Request) -> JSONResponse:
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError("the body is a JSON object")
+            app_id, workspace_id = _text(body, "appId"), _text(body, "workspaceId")
+            devices = body.get("deviceIds")
+            if not isinstance(devices, list) or not all(isinstance(d, str) and 0 < len(d) <= 128 for d in devices):
+                raise ValueError(f"deviceIds: a list of 1 to {MAX_DEVICES} device ids of 1-128 characters")
+            raw = body.get("payload")
+            if not isinstance(raw, str):
+                raise ValueError("payload: base64 of the message's bytes")
+            payload = base64.b64decode(raw, validate=True)
+            if len(payload) > MAX_PAYLOAD:
+                raise ValueError(f"payload: at most {MAX_PAYLOAD} bytes")
+            urgent = body.get("urgent", True)
+            ttl = body.get("ttlSeconds", 86400)
+            if not isinstance(urgent, bool):
+                raise ValueError("urgent: true or false")
+            if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_TTL_SECONDS:
+                raise ValueError(f"ttlSeconds: 1 to {MAX_TTL_SECONDS}")
+            done = await deliverer.deliver(app_id, workspace_id, devices, payload, urgent=urgent, ttl_seconds=ttl)
+        except (ValueError, binascii.Error) as e:
+            return JSONResponse({"error": str(e)}, status_code=400)
+        return JSONResponse({"results": [{"deviceId": d.device_id, "seq": d.seq, "online": d.online} for d in done]})
+
+    @app.get("/v1/link/presence/{app_id}/{workspace_id}/{device_id}")
+    async def presence(app_id: str, workspace_id: str, device_id: str) -> JSONResponse:
+        pod, seen = await deliverer.presence(app_id, workspace_id, device_id)
+        return JSONResponse({"online": pod is not None, "pod": pod, "lastSeen": seen})
+
+    return Served(app)
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not 0 < len(value) <= 64:
+        raise ValueError(f"{name}: a string of 1-64 characters")
+    return value
+
 
 COMPONENT = Component(
     name="link",
-    summary="long connections to phones (Link PushChannel); serves health only so far",
-    kinds=("PushChannel", "SyncTopic"),
-    settings=ComponentSettings,
-    # The operator's link builder names the Link PushChannel a pod serves.
-    build=resource_counts("link", ("PushChannel", "SyncTopic"), own=("PushChannel", "MPAAS_PUSH_CHANNEL")),
+    summary="long connections to phones: WebSocket, per-device inboxes, delivery for push and sync",
+    kinds=(KIND, SECRET),
+    settings=LinkSettings,
+    build=build,
     dev_port=8083,
 )

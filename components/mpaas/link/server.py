@@ -1,0 +1,535 @@
+"""The link server: WebSocket connections from devices (picows), each a `Session`, and what moves between them
+and the stores (docs/link.md).
+
+Per connection the server holds only a small `Session` (slots, no task of its own while idle): frames arrive
+in picows callbacks; one needing the store is queued, and a task works the connection's queue while it is not
+empty, so a connection's frames are handled in order and an idle one costs no task. Deadlines (the HELLO's, the
+next heartbeat's) sit in one-second buckets swept by one task for the whole process.
+
+Messages wait in each device's inbox (a SequencedLog in Redis): numbered per device, kept until acked or
+their TTL. A delivery appends to the inbox, then tells the pod holding the device (the route table, Redis) to
+notify it: at once when urgent, at the next heartbeat when not. The pods listen on a Redis channel each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from picows import (
+    WSCloseCode,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+)
+from prometheus_client import Counter, Gauge, Histogram
+
+from ..stores.presence import Lease, RouteTable
+from ..stores.seqlog import SequencedLog
+from . import frames, heartbeat
+from .config import AppLink, LinkConfig
+from .frames import Close, FrameError, FrameType, UnknownFrame
+from .inbox import Inbox
+from .tokens import TokenKey, check
+
+log = logging.getLogger("mpaas.link")
+
+HELLO_SECONDS = 10  # a connection that has not said HELLO by then is closed
+RATE_PER_SECOND = 10.0  # frames a connection may send, sustained
+RATE_BURST = 40.0
+SEND_HIGH_WATER = 64 * 1024  # bytes queued to a client before its transport asks us to pause
+SLOW_READER_BYTES = 1024 * 1024  # queued past this (4 full MESSAGES frames), or paused too long: dropped
+SLOW_READER_SECONDS = 30.0
+DIRECT_MAX_PAYLOAD = 1024  # a message this small to a client that is caught up is sent, not notified
+QUEUE_LIMIT = 64  # frames waiting for the store on one connection; more: it is flooding
+
+CONNECTIONS = Gauge("mpaas_link_connections", "Authenticated connections held by this process")
+OPENED = Counter("mpaas_link_connections_opened_total", "WebSocket connections accepted")
+CLOSED = Counter("mpaas_link_closes_total", "Connections closed by the server, by close code", ["code"])
+FRAMES = Counter("mpaas_link_frames_total", "Frames received, by type", ["type"])
+DELIVERED = Counter("mpaas_link_messages_sent_total", "Messages sent to devices (each time, resends included)")
+ACKED = Counter("mpaas_link_acks_total", "Acks received")
+NOTIFY_LATENCY = Histogram(
+    "mpaas_link_notify_seconds",
+    "From a delivery's append to its notify or message leaving this process",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Limits:
+    max_connections: int = 100_000
+    hello_seconds: float = HELLO_SECONDS
+
+
+NEW, HELLO, OPEN = 0, 1, 2  # Session.state: connected; HELLO received (being checked); WELCOME sent
+
+
+class Session(WSListener):
+    """One device's connection. Slots only: 100 000 of them must stay small."""
+
+    __slots__ = (
+        "app",
+        "ceiling",
+        "closing",
+        "deadline",
+        "device",
+        "inbox",
+        "interval",
+        "key_id",
+        "lease",
+        "network",
+        "paused_at",
+        "pending",
+        "pending_at",
+        "queue",
+        "refilled",
+        "sent",
+        "server",
+        "state",
+        "successes",
+        "tokens",
+        "transport",
+        "worker",
+    )
+
+    def __init__(self, server: LinkServer):
+        self.server = server
+        self.transport: WSTransport | None = None
+        self.state = NEW
+        self.closing = False
+        self.app: AppLink | None = None
+        self.device = ""  # app/workspace/device: the inbox and route key
+        self.inbox = ""
+        self.lease: Lease | None = None
+        self.key_id = ""
+        self.interval = 0
+        self.successes = 0
+        self.ceiling = 0
+        self.network = 0
+        self.deadline = 0.0
+        self.sent = 0  # the newest sequence number sent on this connection (or acked in its HELLO)
+        self.pending = 0  # a non-urgent delivery's number, told at the next heartbeat
+        self.pending_at = 0.0
+        self.tokens = RATE_BURST
+        self.refilled = time.monotonic()
+        self.queue: deque[Any] | None = None
+        self.worker: asyncio.Task[None] | None = None
+        self.paused_at = 0.0
+
+    # --- picows callbacks -------------------------------------------------------------------------------
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        OPENED.inc()
+        under = transport.underlying_transport
+        under.set_write_buffer_limits(high=SEND_HIGH_WATER)
+        if len(self.server.sessions) + len(self.server.pending_hello) >= self.server.limits.max_connections:
+            self.close(Close.SERVER_FULL, "this link process is full: ask /dispatch for another")
+            return
+        self.server.expect(self, time.monotonic() + self.server.limits.hello_seconds)
+        self.server.pending_hello.add(self)
+
+    def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
+        if self.closing:
+            return
+        kind = frame.msg_type
+        if kind != WSMsgType.BINARY:
+            if kind == WSMsgType.CLOSE:
+                transport.send_close(frame.get_close_code())
+                transport.disconnect()
+            elif kind in (WSMsgType.PING, WSMsgType.PONG):
+                pass  # WebSocket's own pings (picows answers them): no heartbeat of ours
+            else:
+                self.close(Close.UNKNOWN_FRAME, "frames are binary WebSocket messages")
+            return
+        if not frame.fin:
+            self.close(Close.PROTOCOL_ERROR, "a frame is one unfragmented WebSocket message")
+            return
+        now = time.monotonic()
+        self.tokens = min(RATE_BURST, self.tokens + (now - self.refilled) * RATE_PER_SECOND)
+        self.refilled = now
+        if self.tokens < 1:
+            self.close(Close.RATE_LIMITED, f"more than {RATE_PER_SECOND:g} frames a second")
+            return
+        self.tokens -= 1
+        try:
+            parsed = frames.decode_client(frame.get_payload_as_memoryview())
+        except UnknownFrame as e:
+            self.close(Close.UNKNOWN_FRAME, str(e))
+            return
+        except FrameError as e:
+            self.close(Close.PROTOCOL_ERROR, str(e))
+            return
+        FRAMES.labels(type(parsed).__name__.upper()).inc()
+        if isinstance(parsed, frames.Hello):
+            if self.state != NEW:
+                self.close(Close.PROTOCOL_ERROR, "HELLO once")
+                return
+            self.state = HELLO
+        elif self.state == NEW:
+            self.close(Close.NOT_AUTHENTICATED, "HELLO first")
+            return
+        if self.state == OPEN:
+            self.server.expect(self, now + heartbeat.deadline_seconds(self.interval))
+            if isinstance(parsed, frames.Ping):
+                self._ping(parsed)  # nothing to wait for: answered at once
+                return
+        if self.queue is None:
+            self.queue = deque()
+        if len(self.queue) >= QUEUE_LIMIT:
+            self.close(Close.RATE_LIMITED, "too many frames waiting for an answer")
+            return
+        self.queue.append(parsed)
+        if self.worker is None:
+            self.worker = asyncio.get_running_loop().create_task(self._work())
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.closing = True
+        self.server.gone(self)
+
+    def pause_writing(self) -> None:
+        self.paused_at = time.monotonic()
+        self.server.expect_reader(self)
+
+    def resume_writing(self) -> None:
+        self.paused_at = 0.0
+
+    # --- work -------------------------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        try:
+            while self.queue and not self.closing:
+                frame = self.queue.popleft()
+                if isinstance(frame, frames.Hello):
+                    await self._hello(frame)
+                elif isinstance(frame, frames.Pull):
+                    await self._pull(frame)
+                elif isinstance(frame, frames.Ack):
+                    await self._ack(frame)
+                elif isinstance(frame, frames.Ping):  # sent before the WELCOME came back
+                    self._ping(frame)
+        except Exception as e:  # the store failed: the client reconnects and resumes from its last ack
+            log.warning("link: connection of %s closed on a store error: %r", self.device or "a device", e)
+            self.close(Close.INTERNAL_ERROR, "the server's store failed: reconnect")
+        finally:
+            self.worker = None
+            if not self.queue:
+                self.queue = None
+
+    async def _hello(self, hello: frames.Hello) -> None:
+        server = self.server
+        if hello.version != frames.VERSION:
+            self.close(Close.UNSUPPORTED_VERSION, f"this server speaks version {frames.VERSION}")
+            return
+        app = server.config().find(hello.app_id, hello.workspace_id)
+        if app is None:
+            self.close(Close.UNKNOWN_APP, "no Link PushChannel for this app")
+            return
+        if not hello.device_id:
+            self.close(Close.UNAUTHORIZED, "a device id is required")
+            return
+        key = check(hello.token, list(app.keys), hello.app_id, hello.workspace_id, hello.device_id, time.time())
+        if not isinstance(key, TokenKey):
+            self.close(Close.UNAUTHORIZED, key if app.keys else (app.problem or "no token key"))
+            return
+        self.app, self.key_id, self.network = app, key.id, hello.network
+        self.device = f"{hello.app_id}/{hello.workspace_id}/{hello.device_id}"
+        self.inbox = self.device
+        remembered = await server.heartbeats.get(self.device, self.network)
+        self.interval = heartbeat.start(remembered, app.bounds)
+        self.ceiling = remembered.ceiling if remembered else 0
+        self.lease = await server.routes.claim(self.device, server.pod, ttl_seconds=self._route_ttl())
+        if self.closing:  # gone while claiming: give the route back
+            await server.routes.release(self.lease)
+            return
+        server.adopt(self)
+        if self.lease.previous_pod and self.lease.previous_pod != server.pod:  # that pod closes its connection
+            server.later(server.bus_replaced(self.lease.previous_pod, self.device, self.lease.token))
+        cursor = 0
+        if hello.last_acked:
+            cursor = await server.inbox.ack(self.inbox, hello.last_acked)
+        last = await server.inbox.last(self.inbox)
+        if self.closing:
+            return
+        self.sent = max(cursor, min(hello.last_acked, last))
+        self.state = OPEN
+        server.expect(self, time.monotonic() + heartbeat.deadline_seconds(self.interval))
+        self.send(frames.Welcome(self.interval, last, _now_ms()).encode())
+        if self.pending > last:  # a delivery while this was said: tell it now
+            self.notify(self.pending, urgent=True, at=self.pending_at)
+
+    async def _pull(self, pull: frames.Pull) -> None:
+        batch = await self.server.inbox.read(self.inbox, pull.after, min(max(pull.max, 1), frames.MAX_PULL))
+        self.send(frames.Messages(batch.messages, batch.last_seq, pull.after).encode())
+        if batch.messages:
+            self.sent = max(self.sent, batch.messages[-1].seq)
+            DELIVERED.inc(len(batch.messages))
+        if self.pending and self.sent >= self.pending:
+            self.pending = 0
+
+    async def _ack(self, ack: frames.Ack) -> None:
+        if ack.seq > self.sent:
+            self.close(Close.BAD_ACK, f"ack of {ack.seq}, but {self.sent} is the newest number sent")
+            return
+        await self.server.inbox.ack(self.inbox, ack.seq)
+        ACKED.inc()
+
+    def _ping(self, ping: frames.Ping) -> None:
+        app = self.app
+        assert app is not None
+        if ping.network != self.network:  # another network: its own interval
+            self.network, self.successes = ping.network, 0
+            self.server.later(self._switch_network())
+        else:
+            self.successes += 1
+            longer = heartbeat.grown(self.interval, self.successes, self.ceiling, app.bounds)
+            if longer != self.interval:
+                self.interval, self.successes = longer, 0
+                self.server.later(self.server.heartbeats.set(self.device, self.network, longer, self.ceiling))
+        self.send(frames.Pong(self.interval).encode())
+        self.server.expect(self, time.monotonic() + heartbeat.deadline_seconds(self.interval))
+        if self.pending:  # delayed push: the non-urgent messages ride this heartbeat
+            self.notify(self.pending, urgent=True, at=self.pending_at)
+        else:  # a notice lost on the bus: what the inbox holds beyond what was sent, told now
+            self.server.later(self._catch_up())
+        if self.lease is not None:
+            self.server.later(self.server.routes.heartbeat(self.lease, ttl_seconds=self._route_ttl()))
+
+    async def _catch_up(self) -> None:
+        last = await self.server.inbox.last(self.inbox)
+        if last > self.sent:
+            self.notify(last, urgent=True)
+
+    async def _switch_network(self) -> None:
+        app = self.app
+        assert app is not None
+        remembered = await self.server.heartbeats.get(self.device, self.network)
+        self.interval = heartbeat.start(remembered, app.bounds)
+        self.ceiling = remembered.ceiling if remembered else 0
+
+    def _route_ttl(self) -> float:
+        return heartbeat.deadline_seconds(self.interval or heartbeat.Bounds().max_seconds) * 2
+
+    # --- to the client ------------------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        t = self.transport
+        if t is None or self.closing:
+            return
+        t.send(WSMsgType.BINARY, data)
+        if t.underlying_transport.get_write_buffer_size() > SLOW_READER_BYTES:
+            self.close(Close.SLOW_READER, "the client does not read what it is sent", abort=True)
+
+    def notify(self, last_seq: int, *, urgent: bool, at: float = 0.0, small: frames.Message | None = None) -> None:
+        """The inbox holds `last_seq` now: tell the client (urgent) or at its next heartbeat."""
+        if self.closing or last_seq <= self.sent:
+            return
+        if not urgent or self.state != OPEN:  # before WELCOME: told right after it
+            if last_seq > self.pending:
+                self.pending, self.pending_at = last_seq, at or time.monotonic()
+            return
+        if small is not None and small.seq == last_seq == self.sent + 1 and len(small.payload) <= DIRECT_MAX_PAYLOAD:
+            self.send(frames.Messages([small], last_seq, self.sent).encode())
+            self.sent = last_seq
+            DELIVERED.inc()
+        else:
+            self.send(frames.Notify(last_seq).encode())
+        if at:
+            NOTIFY_LATENCY.observe(max(time.monotonic() - at, 0.0))
+        if self.pending <= last_seq:
+            self.pending = 0
+
+    def close(self, code: Close, reason: str, *, abort: bool = False) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        CLOSED.labels(str(int(code))).inc()
+        t = self.transport
+        if t is not None:
+            if abort:
+                t.disconnect(graceful=False)
+            else:
+                with contextlib.suppress(Exception):
+                    t.send_close(WSCloseCode(int(code)), reason.encode()[:120])
+                t.disconnect()
+
+    def timed_out(self) -> None:
+        if self.state != OPEN:
+            self.close(Close.HELLO_TIMEOUT, f"no HELLO within {self.server.limits.hello_seconds:g} s")
+            return
+        app = self.app
+        if app is not None:  # the network dropped it between pings: a shorter interval next time
+            remembered = heartbeat.after_timeout(self.interval, app.bounds)
+            self.server.later(
+                self.server.heartbeats.set(self.device, self.network, remembered.seconds, remembered.ceiling)
+            )
+        self.close(Close.HEARTBEAT_TIMEOUT, f"no frame within {heartbeat.deadline_seconds(self.interval)} s")
+
+
+class LinkServer:
+    """The connections of this process, their deadlines, and the pod's side of routing."""
+
+    def __init__(
+        self,
+        config: Callable[[], LinkConfig],
+        inbox: Inbox,
+        routes: RouteTable,
+        heartbeats: HeartbeatMemory,
+        pod: str,
+        limits: Limits | None = None,
+    ):
+        self.config, self.inbox, self.routes, self.heartbeats, self.pod = config, inbox, routes, heartbeats, pod
+        self.limits = limits or Limits()
+        self.sessions: dict[str, Session] = {}  # device key -> its authenticated session
+        self.pending_hello: set[Session] = set()  # connected, not adopted yet
+        self.bus: Any = None  # deliver.Bus, set by the component: tells other pods of routes taken over
+        self._buckets: dict[int, set[Session]] = {}
+        self._readers: set[Session] = set()  # paused writers, checked by the sweep
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # --- picows factory ---
+
+    def listener(self, request: WSUpgradeRequest) -> Session | WSUpgradeResponseWithListener | None:
+        if request.path.split(b"?")[0] not in (b"/v1/link", b"/v1/link/"):
+            return None  # 404
+        offered = [p.strip() for v in request.headers.getall("Sec-WebSocket-Protocol", []) for p in v.split(",")]
+        if not offered:
+            return Session(self)
+        if frames.SUBPROTOCOL not in offered:
+            refusal = WSUpgradeResponse.create_error_response(400, f"subprotocol {frames.SUBPROTOCOL} only\n".encode())
+            return WSUpgradeResponseWithListener(refusal, None)
+        agreed = WSUpgradeResponse.create_101_response({"Sec-WebSocket-Protocol": frames.SUBPROTOCOL})
+        return WSUpgradeResponseWithListener(agreed, Session(self))
+
+    # --- registry ---
+
+    def adopt(self, session: Session) -> None:
+        self.pending_hello.discard(session)
+        older = self.sessions.get(session.device)
+        if older is not None and older is not session:
+            older.close(Close.REPLACED, "a newer connection of this device took over")
+        self.sessions[session.device] = session
+        CONNECTIONS.set(len(self.sessions))
+
+    def gone(self, session: Session) -> None:
+        self.pending_hello.discard(session)
+        if self.sessions.get(session.device) is session:
+            del self.sessions[session.device]
+            CONNECTIONS.set(len(self.sessions))
+        if session.lease is not None:
+            self.later(self.routes.release(session.lease))
+        self._readers.discard(session)
+
+    async def bus_replaced(self, pod: str, device: str, token: str) -> None:
+        if self.bus is not None:
+            await self.bus.replaced(pod, device, token)
+
+    def notify(self, device: str, message: frames.Message, *, small: bool, at: float) -> None:
+        """A delivery for a device this process may hold (deliver.Local)."""
+        session = self.sessions.get(device)
+        if session is not None:
+            urgent = bool(message.flags & frames.URGENT)
+            session.notify(message.seq, urgent=urgent, at=at, small=message if small else None)
+
+    def replaced(self, device: str, token: str) -> None:
+        """Another pod took this device's route (told through the pod channel)."""
+        session = self.sessions.get(device)
+        if session is not None and session.lease is not None and session.lease.token != token:
+            session.close(Close.REPLACED, "a newer connection of this device took over")
+
+    def close_revoked(self) -> None:
+        """Connections authenticated by a token key that is no longer valid (deleted, or past its overlap)."""
+        valid = self.config().key_ids()
+        for session in list(self.sessions.values()):
+            if session.key_id not in valid:
+                session.close(Close.UNAUTHORIZED, "the token key was revoked")
+
+    # --- deadlines ---
+
+    def expect(self, session: Session, at: float) -> None:
+        session.deadline = at
+        self._buckets.setdefault(int(at) + 1, set()).add(session)
+
+    def expect_reader(self, session: Session) -> None:
+        self._readers.add(session)
+
+    async def sweep(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for second in [s for s in self._buckets if s <= now]:
+                for session in self._buckets.pop(second):
+                    if session.closing:
+                        continue
+                    if session.deadline <= now:
+                        session.timed_out()
+                    else:  # a frame came since: its new deadline has its own bucket
+                        self._buckets.setdefault(int(session.deadline) + 1, set()).add(session)
+            for session in list(self._readers):
+                if session.closing or not session.paused_at:
+                    self._readers.discard(session)
+                elif now - session.paused_at > SLOW_READER_SECONDS:
+                    self._readers.discard(session)
+                    session.close(Close.SLOW_READER, "the client does not read what it is sent", abort=True)
+
+    # --- background work ---
+
+    def later(self, work: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("link: background store call failed: %r", task.exception())
+
+    def start(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self.sweep(), name="link deadlines")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for session in list(self.sessions.values()):
+            session.close(Close.GOING_AWAY, "the server is stopping")
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+
+
+class HeartbeatMemory:
+    """Each device's interval per network, in the hot store."""
+
+    def __init__(self, store: Any, *, prefix: str = "link:hb:"):
+        self.store, self.prefix = store, prefix
+
+    async def get(self, device: str, network: int) -> heartbeat.Remembered | None:
+        raw = await self.store.get(f"{self.prefix}{device}:{network}")
+        if not raw:
+            return None
+        try:
+            seconds, ceiling = (int(x) for x in raw.decode().split(" "))
+        except ValueError:
+            return None
+        return heartbeat.Remembered(seconds, ceiling)
+
+    async def set(self, device: str, network: int, seconds: int, ceiling: int) -> None:
+        ttl = heartbeat.CEILING_DAYS * 86400 if ceiling else 30 * 86400
+        await self.store.set(f"{self.prefix}{device}:{network}", f"{seconds} {ceiling}".encode(), ttl_seconds=ttl)
+
+
+__all__ = ["FrameType", "HeartbeatMemory", "Limits", "LinkServer", "SequencedLog", "Session"]

@@ -1,0 +1,393 @@
+"""Link against real processes and a real Redis: tokens, one connection per device, notify-then-pull with
+acks across reconnects, TTLs, delayed push, heartbeats, the limits that protect the server, and two link
+processes routing to each other."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from conftest import Process, free_port, need_env, wait_ready
+from mpaas.link import frames
+from mpaas.link.client import Closed, LinkClient
+from mpaas.link.frames import Close
+from mpaas.link.tokens import TokenKey
+
+KEY = b"k" * 32
+APP, WS = "SHOP", "prod"
+
+
+def config(folder: Path, key: bytes = KEY, *, min_seconds: int = 5, max_seconds: int = 60) -> Path:
+    folder.mkdir(exist_ok=True)
+    docs = [
+        {
+            "apiVersion": "mpaas.io/v1alpha1",
+            "kind": "PushChannel",
+            "metadata": {"name": "link", "namespace": "shop"},
+            "spec": {
+                "appId": APP,
+                "type": "Link",
+                "link": {
+                    "tokenSecretRef": {"name": "link-keys", "key": "tokenKey"},
+                    "heartbeat": {"minSeconds": min_seconds, "maxSeconds": max_seconds},
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "link-keys", "namespace": "shop"},
+            "data": {"tokenKey": base64.b64encode(key).decode()},
+        },
+    ]
+    (folder / "link.yaml").write_text(yaml.safe_dump_all(docs))
+    return folder
+
+
+class Link:
+    def __init__(self, proc: Process, http: str, ws: str):
+        self.proc, self.http, self.ws = proc, http, ws
+
+    def client(self, device: str, **kw: Any) -> LinkClient:
+        token = kw.pop("token", None) or TokenKey(KEY).issue(APP, WS, device)
+        return LinkClient(self.ws, APP, WS, device, token, **kw)
+
+    async def deliver(self, devices: list[str], payload: bytes, **kw: Any) -> dict[str, Any]:
+        body = {"appId": APP, "workspaceId": WS, "deviceIds": devices, "payload": base64.b64encode(payload).decode()}
+        async with httpx.AsyncClient(timeout=10) as http:
+            r = await http.post(self.http + "/v1/link/deliver", json=body | kw)
+        assert r.status_code == 200, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    async def get(self, path: str) -> httpx.Response:
+        async with httpx.AsyncClient(timeout=10) as http:
+            return await http.get(self.http + path)
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture
+def start_link(spawn: Callable[..., Process], tmp_path: Path, prefix: str) -> Iterator[Callable[..., Link]]:
+    redis = need_env("MPAAS_TEST_REDIS_URL")
+
+    def start(name: str = "link", folder: Path | None = None, **env: str) -> Link:
+        http, ws = free_port(), free_port()
+        proc = spawn(
+            "link",
+            env={
+                "MPAAS_PORT": str(http),
+                "MPAAS_HOST": "127.0.0.1",
+                "MPAAS_LINK_HOST": "127.0.0.1",
+                "MPAAS_LINK_PORT": str(ws),
+                "MPAAS_CONFIG_SOURCE": "dir",
+                "MPAAS_CONFIG_DIR": str(folder or config(tmp_path / "config")),
+                "MPAAS_REDIS_URL": redis,
+                "MPAAS_REDIS_PREFIX": prefix,
+                "POD_NAME": name,
+                **env,
+            },
+            name=name,
+        )
+        wait_ready(f"http://127.0.0.1:{http}", proc)
+        return Link(proc, f"http://127.0.0.1:{http}", f"ws://127.0.0.1:{ws}/v1/link")
+
+    yield start
+
+
+async def closed_with(client: LinkClient, seconds: float = 10) -> Closed:
+    assert client.closed is not None
+    return await asyncio.wait_for(asyncio.shield(client.closed), seconds)
+
+
+async def take(client: LinkClient, n: int, seconds: float = 10) -> list[frames.Message]:
+    return [await asyncio.wait_for(client.messages.get(), seconds) for _ in range(n)]
+
+
+@pytest.mark.component
+async def test_messages_arrive_once_in_order_across_reconnects(start_link: Callable[..., Link]) -> None:
+    link = start_link()
+    device = "d-" + uuid.uuid4().hex[:6]
+    # Offline first: the messages wait in the inbox.
+    out = await link.deliver([device], b"first")
+    assert out["results"] == [{"deviceId": device, "seq": 1, "online": False}]
+    await link.deliver([device], b"second")
+    c = link.client(device)
+    welcome = await c.connect()
+    assert welcome.last_seq == 2 and 5 <= welcome.heartbeat_seconds <= 60
+    assert [m.payload for m in await take(c, 2)] == [b"first", b"second"]
+    # Online: delivered at once (urgent), small ones with their notice.
+    assert (await link.deliver([device], b"third"))["results"][0]["online"] is True
+    (third,) = await take(c, 1)
+    assert (third.seq, third.payload) == (3, b"third")
+    await asyncio.sleep(0.3)  # its ack reaches the server
+    await c.close()
+    # Away: two more; back with the number it acked: those two, not the first three again.
+    await link.deliver([device], b"fourth")
+    await link.deliver([device], os.urandom(5000))  # too large to ride a notice: pulled
+    again = link.client(device, last_acked=c.last_acked)
+    await again.connect()
+    got = await take(again, 2)
+    assert [m.seq for m in got] == [4, 5] and got[0].payload == b"fourth" and len(got[1].payload) == 5000
+    await asyncio.sleep(0.5)
+    assert again.messages.empty()
+    await again.close()
+
+
+@pytest.mark.component
+async def test_a_client_that_did_not_ack_gets_the_messages_again(start_link: Callable[..., Link]) -> None:
+    link = start_link()
+    device = "d-" + uuid.uuid4().hex[:6]
+    await link.deliver([device], b"one")
+    c = link.client(device, auto_ack=False)
+    await c.connect()
+    assert [m.payload for m in await take(c, 1)] == [b"one"]
+    await c.close()  # processed, never acked: it comes again
+    again = link.client(device)
+    await again.connect()
+    assert [(m.seq, m.payload) for m in await take(again, 1)] == [(1, b"one")]
+    await again.close()
+
+
+@pytest.mark.component
+async def test_bad_tokens_and_unknown_apps_are_refused_with_their_codes(start_link: Callable[..., Link]) -> None:
+    link = start_link()
+    device = "d-" + uuid.uuid4().hex[:6]
+    cases = [
+        (TokenKey(b"x" * 32).issue(APP, WS, device), Close.UNAUTHORIZED),  # another key
+        (TokenKey(KEY).issue(APP, WS, "someone-else"), Close.UNAUTHORIZED),  # another device's token
+        (TokenKey(KEY).issue(APP, WS, device, ttl_seconds=-10), Close.UNAUTHORIZED),  # expired
+        (b"v1.\xd9\xa1\xd9\xa2.xyz", Close.UNAUTHORIZED),  # not digits
+    ]
+    for token, code in cases:
+        c = link.client(device, token=token)
+        with pytest.raises(Closed) as e:
+            await c.connect()
+        assert e.value.code == code, token
+    c = LinkClient(link.ws, "NOAPP", WS, device, TokenKey(KEY).issue("NOAPP", WS, device))
+    with pytest.raises(Closed) as e:
+        await c.connect()
+    assert e.value.code == Close.UNKNOWN_APP
+
+
+@pytest.mark.component
+async def test_a_newer_connection_replaces_the_older_which_is_told_why(start_link: Callable[..., Link]) -> None:
+    link = start_link()
+    device = "d-" + uuid.uuid4().hex[:6]
+    first = link.client(device)
+    await first.connect()
+    second = link.client(device)
+    await second.connect()
+    assert (await closed_with(first)).code == Close.REPLACED
+    await link.deliver([device], b"to the newer")
+    assert [m.payload for m in await take(second, 1)] == [b"to the newer"]
+    await second.close()
+
+
+@pytest.mark.component
+async def test_two_link_processes_route_to_each_other(start_link: Callable[..., Link]) -> None:
+    a, b = start_link("pod-a"), start_link("pod-b")
+    device = "d-" + uuid.uuid4().hex[:6]
+    c = a.client(device)
+    await c.connect()
+    presence = (await b.get(f"/v1/link/presence/{APP}/{WS}/{device}")).json()
+    assert presence["online"] is True and presence["pod"] == "pod-a" and presence["lastSeen"] > 0
+    assert (await b.deliver([device], b"via b"))["results"][0]["online"] is True  # told to pod-a over Redis
+    assert [m.payload for m in await take(c, 1)] == [b"via b"]
+    # The device moves to pod-b: pod-a closes its connection, and deliveries follow.
+    moved = b.client(device, last_acked=1)
+    await moved.connect()
+    assert (await closed_with(c)).code == Close.REPLACED
+    await a.deliver([device], b"via a")
+    assert [m.payload for m in await take(moved, 1)] == [b"via a"]
+    await moved.close()
+    await asyncio.sleep(0.5)
+    assert (await a.get(f"/v1/link/presence/{APP}/{WS}/{device}")).json()["online"] is False
+
+
+@pytest.mark.component
+async def test_a_killed_link_process_loses_nothing(start_link: Callable[..., Link]) -> None:
+    a, b = start_link("pod-a"), start_link("pod-b")
+    device = "d-" + uuid.uuid4().hex[:6]
+    c = a.client(device)
+    await c.connect()
+    got: list[frames.Message] = []
+    for i in range(20):
+        await b.deliver([device], f"m{i}".encode())
+    got += await take(c, 20)
+    os.kill(a.proc.proc.pid, signal.SIGKILL)  # mid-stream: more follow while the device is cut off
+    await closed_with(c)
+    for i in range(20, 40):
+        await b.deliver([device], f"m{i}".encode())
+    again = b.client(device, last_acked=c.last_acked)
+    await again.connect()
+    got += await take(again, 40 - len(got))
+    assert [m.payload for m in got] == [f"m{i}".encode() for i in range(40)]  # once each, in order
+    assert [m.seq for m in got] == list(range(1, 41))
+    await asyncio.sleep(0.5)
+    assert again.messages.empty()
+    await again.close()
+
+
+@pytest.mark.component
+async def test_non_urgent_messages_ride_the_next_heartbeat(start_link: Callable[..., Link]) -> None:
+    link = start_link()
+    device = "d-" + uuid.uuid4().hex[:6]
+    c = link.client(device, ping=False)
+    await c.connect()
+    await link.deliver([device], b"later", urgent=False)
+    await asyncio.sleep(1.0)
+    assert c.messages.empty()  # held for the heartbeat
+    c.send(frames.Ping(frames.Network.WIFI))
+    (m,) = await take(c, 1, seconds=5)
+    assert m.payload == b"later" and not m.flags & frames.URGENT
+    await c.close()
+
+
+@pytest.mark.component
+async def test_expired_messages_are_not_delivered(start_link: Callable[..., Link]) -> None:
+    link = start_link()
+    device = "d-" + uuid.uuid4().hex[:6]
+    await link.deliver([device], b"short-lived", ttlSeconds=1)
+    await link.deliver([device], b"kept", ttlSeconds=600)
+    await asyncio.sleep(1.5)
+    c = link.client(device)
+    await c.connect()
+    (m,) = await take(c, 1)
+    assert m.payload == b"kept"
+    await asyncio.sleep(0.3)
+    assert c.messages.empty()
+    await c.close()
+
+
+@pytest.mark.component
+async def test_misbehaving_clients_are_closed_with_their_codes(start_link: Callable[..., Link]) -> None:
+    link = start_link()
+    device = "d-" + uuid.uuid4().hex[:6]
+
+    async def raw() -> LinkClient:
+        c = link.client(device)
+        await c.connect()
+        return c
+
+    c = await raw()
+    c.send_raw(b"\x7f")  # a frame type this version lacks
+    assert (await closed_with(c)).code == Close.UNKNOWN_FRAME
+    c = await raw()
+    c.send_raw(bytes([frames.FrameType.ACK]) + b"\xff")  # a varint cut short
+    assert (await closed_with(c)).code == Close.PROTOCOL_ERROR
+    c = await raw()
+    c.send(frames.Ack(99))  # never sent
+    assert (await closed_with(c)).code == Close.BAD_ACK
+    c = await raw()
+    for _ in range(100):  # a flood
+        c.send(frames.Ping())
+    assert (await closed_with(c)).code == Close.RATE_LIMITED
+    c = await raw()
+    c.send_raw(bytes(frames.MAX_FRAME + 1))  # picows closes it with 1009 (message too big)
+    assert (await closed_with(c)).code == 1009
+    # Before HELLO: anything else is refused.
+    from picows import WSListener, WSMsgType, ws_connect
+
+    codes: list[int] = []
+
+    class Listener(WSListener):
+        def on_ws_frame(self, transport: Any, frame: Any) -> None:
+            if frame.msg_type.name == "CLOSE":
+                codes.append(int(frame.get_close_code()))
+
+    transport, _ = await ws_connect(Listener, link.ws)
+    transport.send(WSMsgType.BINARY, frames.Pull(0).encode())
+    await asyncio.wait_for(transport.wait_disconnected(), 5)
+    assert codes == [Close.NOT_AUTHENTICATED]
+    metrics = (await link.get("/metrics")).text
+    for code in (Close.UNKNOWN_FRAME, Close.PROTOCOL_ERROR, Close.BAD_ACK, Close.RATE_LIMITED):
+        assert f'mpaas_link_closes_total{{code="{int(code)}"}}' in metrics
+
+
+@pytest.mark.component
+async def test_a_connection_that_stops_pinging_is_closed_and_its_interval_backs_off(
+    start_link: Callable[..., Link], tmp_path: Path
+) -> None:
+    link = start_link(folder=config(tmp_path / "short", min_seconds=5, max_seconds=10))
+    device = "d-" + uuid.uuid4().hex[:6]
+    c = link.client(device, ping=False)
+    welcome = await c.connect()
+    assert welcome.heartbeat_seconds == 5
+    # Pings on time lengthen the interval.
+    for _ in range(3):
+        c.send(frames.Ping(frames.Network.WIFI))
+        await asyncio.sleep(0.2)
+    pongs = [f.heartbeat_seconds for f in c.frames if isinstance(f, frames.Pong)]
+    assert pongs == [5, 5, 10]  # grown, up to the channel's maxSeconds
+    # Silence: closed after the interval and its grace, and the next connection starts below it.
+    assert (await closed_with(c, 40)).code == Close.HEARTBEAT_TIMEOUT
+    again = link.client(device, ping=False)
+    assert (await again.connect()).heartbeat_seconds == 5
+    for _ in range(3):  # and grows no further than below the interval that failed
+        again.send(frames.Ping(frames.Network.WIFI))
+        await asyncio.sleep(0.2)
+    assert [f.heartbeat_seconds for f in again.frames if isinstance(f, frames.Pong)] == [5, 5, 5]
+    await again.close()
+
+
+@pytest.mark.component
+async def test_a_client_that_does_not_read_is_dropped_and_the_server_stays_small(
+    start_link: Callable[..., Link],
+) -> None:
+    import socket
+
+    link = start_link()
+    device = "d-" + uuid.uuid4().hex[:6]
+    for i in range(40):
+        await link.deliver([device], bytes([i]) * 60_000)
+    host, port = link.ws.removeprefix("ws://").split("/")[0].split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a phone that stopped reading
+    sock.connect((host, int(port)))
+
+    def send(payload: bytes) -> None:  # a masked binary WebSocket frame, as clients send
+        mask = os.urandom(4)
+        head = bytes([0x82]) + (
+            bytes([0x80 | len(payload)]) if len(payload) < 126 else bytes([0xFE]) + len(payload).to_bytes(2, "big")
+        )
+        sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /v1/link HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101")
+    send(frames.Hello(APP, WS, device, TokenKey(KEY).issue(APP, WS, device)).encode())
+    await asyncio.sleep(0.5)
+    for _ in range(40):  # each answered with 256 KiB the client never reads
+        send(frames.Pull(0, 256).encode())
+
+    async def dropped() -> bool:
+        return 'mpaas_link_closes_total{code="4007"}' in (await link.get("/metrics")).text
+
+    for _ in range(100):
+        if await dropped():
+            break
+        await asyncio.sleep(0.1)
+    assert await dropped()
+    status = Path(f"/proc/{link.proc.proc.pid}/status").read_text()  # procfs: never blocks
+    rss_kib = int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
+    assert rss_kib < 200_000  # the 10 MiB asked for were never buffered whole
+    sock.close()
