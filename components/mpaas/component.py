@@ -63,6 +63,9 @@ class Component:
     build: Callable[[Any], Served]  # settings -> what it serves; starts nothing before the app's lifespan
     dev_port: int  # its port under `mpaas dev`
     port: int = 8080  # its container port in a pod the operator builds
+    # Other ports it listens on, as (setting, port under `mpaas dev`): `mpaas dev` passes them, as
+    # `DevPlatform(ports={"<name>.<setting>": port})` may override them (link's WebSocket port).
+    dev_ports: tuple[tuple[str, int], ...] = ()
     codes: Sequence[ResultCode] = ()  # documented in docs/<name>.md, checked by a test
     # Several worker processes on one port (MPAAS_WORKERS, mpaas.workers): only on the lean HTTP/1.1 server,
     # which binds with SO_REUSEPORT, and only where what workers must share lives in shared stores.

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.component
 
 
 async def test_dev_platform_serves_the_demo_through_the_production_server(tmp_path: Path) -> None:
-    ports = {name: free_port() for name in [*REGISTRY, DEMO_BACKEND]}
+    ports = {name: free_port() for name in [*REGISTRY, DEMO_BACKEND, "link.link_port"]}
     config = tmp_path / "demo"
     shutil.copytree(ROOT / "examples" / "demo", config)
     gateway_yaml = config / "gateway.yaml"

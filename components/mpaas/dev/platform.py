@@ -40,7 +40,10 @@ class DevPlatform:
         # analytics history), unless MPAAS_OBJECTS_URL names one: it goes with the process.
         self.objects_dir = tempfile.mkdtemp(prefix="mpaas-dev-objects-")
         for c in components:
-            settings = c.settings(config_source="dir", config_dir=config_dir, host=host, port=self.ports[c.name])
+            extra: dict[str, Any] = {k: self.ports.get(f"{c.name}.{k}", port) for k, port in c.dev_ports}
+            settings = c.settings(
+                config_source="dir", config_dir=config_dir, host=host, port=self.ports[c.name], **extra
+            )
             if getattr(settings, "objects_url", None) == "":
                 settings = settings.model_copy(update={"objects_url": f"file://{self.objects_dir}"})
             self.served[c.name] = c.build(settings)

@@ -36,7 +36,7 @@ from .server import HeartbeatMemory, Limits, LinkServer
 
 
 class LinkSettings(ComponentSettings):
-    link_host: str = "0.0.0.0"
+    link_host: str = ""  # the WebSocket's address; empty: MPAAS_HOST's
     link_port: int = Field(default=8443, ge=1, le=65535)  # the WebSocket port (the PushChannel's link.port)
     # Redis: inboxes, routes, heartbeats and the pods' channels. memory://: one process alone (`mpaas dev`).
     redis_url: str = "memory://"
@@ -102,7 +102,7 @@ def build(settings: LinkSettings) -> Served:
             bus.listen(pod, server)
         ws_server = await ws_create_server(
             server.listener,
-            settings.link_host,
+            settings.link_host or settings.host,
             settings.link_port,
             backlog=4096,
             max_frame_size=frames.MAX_FRAME,
@@ -182,4 +182,5 @@ COMPONENT = Component(
     settings=LinkSettings,
     build=build,
     dev_port=8083,
+    dev_ports=(("link_port", 8443),),
 )
