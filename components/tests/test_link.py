@@ -391,3 +391,98 @@ async def test_a_client_that_does_not_read_is_dropped_and_the_server_stays_small
     rss_kib = int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1])
     assert rss_kib < 200_000  # the 10 MiB asked for were never buffered whole
     sock.close()
+
+
+async def probe_seconds(ws_url: str) -> float:
+    """Time from connecting to /v1/link/probe to its answer."""
+    import time
+
+    from picows import WSListener, WSMsgType, ws_connect
+
+    answered: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+    started = time.monotonic()
+
+    class Listener(WSListener):
+        def on_ws_frame(self, transport: Any, frame: Any) -> None:
+            if frame.msg_type == WSMsgType.BINARY and not answered.done():
+                answered.set_result(time.monotonic() - started)
+
+    transport, _ = await ws_connect(Listener, ws_url.replace("/v1/link", "/v1/link/probe"))
+    try:
+        return await asyncio.wait_for(answered, 5)
+    finally:
+        transport.disconnect()
+
+
+@pytest.mark.component
+async def test_dispatch_lists_pods_lightest_first_and_a_loaded_pod_answers_probes_late(
+    start_link: Callable[..., Link],
+) -> None:
+    a = start_link("pod-a", MPAAS_LINK_MAX_CONNECTIONS="4")
+    b = start_link("pod-b")
+    clients = [a.client(f"d-{i}-{uuid.uuid4().hex[:4]}") for i in range(4)]
+    for c in clients:
+        await c.connect()
+    full = a.client("one-too-many")
+    with pytest.raises(Closed) as e:
+        await full.connect()
+    assert e.value.code == Close.SERVER_FULL
+    await asyncio.sleep(3)  # each pod publishes its load every 2 s
+
+    async def dispatch(link: Link) -> list[str]:
+        async with httpx.AsyncClient() as http:
+            r = await http.get(link.ws.replace("ws://", "http://").replace("/v1/link", "/dispatch"))
+        assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
+        return [x["url"] for x in r.json()["addresses"]]
+
+    assert await dispatch(a) == await dispatch(b) == [b.ws]  # pod-a is full: not offered
+    await clients[0].close()
+    await asyncio.sleep(3)
+    assert await dispatch(a) == [b.ws, a.ws]  # lightest first
+    loaded, light = await probe_seconds(a.ws), await probe_seconds(b.ws)
+    assert 0.3 < loaded < 1.0 and light < 0.2  # 3 of 4 connections: 3/4 of half a second late
+    for c in clients[1:]:
+        await c.close()
+
+
+@pytest.mark.component
+async def test_a_draining_pod_sends_its_clients_elsewhere_and_loses_nothing(
+    start_link: Callable[..., Link],
+) -> None:
+    import time
+
+    a = start_link("pod-a", MPAAS_DRAIN_SECONDS="2")
+    b = start_link("pod-b")
+    devices = [f"d-{i}-{uuid.uuid4().hex[:4]}" for i in range(10)]
+    clients = {d: a.client(d) for d in devices}
+    for c in clients.values():
+        await c.connect()
+    await asyncio.sleep(3)  # both pods know each other
+    got: dict[str, list[bytes]] = {d: [] for d in devices}
+    sent = 0
+
+    async def send_some(n: int) -> None:
+        nonlocal sent
+        for _ in range(n):
+            await b.deliver(devices, f"m{sent}".encode())
+            sent += 1
+
+    await send_some(5)
+    stopped = time.monotonic()
+    a.proc.proc.send_signal(signal.SIGTERM)  # a rolling restart
+    await send_some(10)  # while it drains
+    moved = {}
+    for d, c in clients.items():
+        code = (await closed_with(c)).code
+        assert code == Close.GOING_AWAY and c.goaway is not None and c.goaway.addresses == [b.ws], (code, c.goaway)
+        while not c.messages.empty():
+            got[d].append(c.messages.get_nowait().payload)
+        moved[d] = LinkClient(c.goaway.addresses[0], APP, WS, d, c.token, last_acked=c.last_acked)
+        await moved[d].connect()
+    await send_some(5)
+    for d, c in moved.items():
+        while len(got[d]) < sent:
+            got[d].append((await asyncio.wait_for(c.messages.get(), 10)).payload)
+        assert got[d] == [f"m{i}".encode() for i in range(sent)], d  # every message once, in order
+        await c.close()
+    assert a.proc.proc.wait(15) == 0 and time.monotonic() - stopped < 12  # within its grace period

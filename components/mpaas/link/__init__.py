@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import os
 import socket
 from typing import Any
@@ -32,6 +33,7 @@ from . import frames
 from .config import EMPTY, KIND, LinkConfig, compiler, token_secrets
 from .deliver import MAX_DEVICES, Bus, Deliverer
 from .inbox import IDLE_DAYS, MAX_MESSAGES, MAX_PAYLOAD, MAX_TTL_SECONDS, Inbox
+from .pods import Pod, Pods
 from .server import HeartbeatMemory, Limits, LinkServer
 
 
@@ -43,6 +45,9 @@ class LinkSettings(ComponentSettings):
     redis_prefix: str = "link:"
     link_max_connections: int = Field(default=100_000, ge=1)
     pod_name: str = Field(default="", validation_alias="POD_NAME")  # the downward API's; else host and pid
+    pod_ip: str = Field(default="", validation_alias="POD_IP")
+    # How clients reach this pod, as /dispatch and GOAWAY name it. Empty: ws://{POD_IP or MPAAS_HOST}:{port}/v1/link.
+    link_public_url: str = ""
 
 
 def _pod(settings: LinkSettings) -> str:
@@ -85,6 +90,15 @@ def build(settings: LinkSettings) -> Served:
     )
     bus = Bus(redis, prefix=f"{prefix}pod:") if redis is not None else None
     server.bus = bus
+    address = settings.link_public_url or (
+        f"ws://{settings.pod_ip or settings.link_host or settings.host}:{settings.link_port}/v1/link"
+    )
+
+    def me() -> Pod:
+        return Pod(pod, address, len(server.sessions), server.limits.max_connections, server.draining)
+
+    pods = Pods(redis, f"{prefix}pods:", me)
+    server.pods = pods
     deliverer = Deliverer(inbox, routes, bus, pod, server)
     ws_server: Any = None
 
@@ -98,6 +112,7 @@ def build(settings: LinkSettings) -> Served:
             live.report_applied(KIND, channel, namespace=settings.namespace)
         live.start(settings)
         server.start()
+        pods.start()
         if bus is not None:
             bus.listen(pod, server)
         ws_server = await ws_create_server(
@@ -112,8 +127,15 @@ def build(settings: LinkSettings) -> Served:
         )
 
     async def stop() -> None:
+        # Drain: nobody is dispatched here or connects any more; the clients are sent elsewhere in waves.
+        server.draining = True
+        await pods.leave()
         if ws_server is not None:
             ws_server.close()
+        with contextlib.suppress(Exception):  # the latest load of the others; the store away: the last known
+            await pods.refresh()
+        await server.drain(settings.drain_seconds)
+        await pods.stop()
         await server.stop()
         if bus is not None:
             await bus.close()

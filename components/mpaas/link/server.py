@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,7 @@ from . import frames, heartbeat
 from .config import AppLink, LinkConfig
 from .frames import Close, FrameError, FrameType, UnknownFrame
 from .inbox import Inbox
+from .pods import Pods, dispatch_body
 from .tokens import TokenKey, check
 
 log = logging.getLogger("mpaas.link")
@@ -51,6 +53,8 @@ SLOW_READER_BYTES = 1024 * 1024  # queued past this (4 full MESSAGES frames), or
 SLOW_READER_SECONDS = 30.0
 DIRECT_MAX_PAYLOAD = 1024  # a message this small to a client that is caught up is sent, not notified
 QUEUE_LIMIT = 64  # frames waiting for the store on one connection; more: it is flooding
+PROBE_MAX_DELAY_SECONDS = 0.5  # a full pod answers a probe this late
+DRAIN_WAVES = 10
 
 CONNECTIONS = Gauge("mpaas_link_connections", "Authenticated connections held by this process")
 OPENED = Counter("mpaas_link_connections_opened_total", "WebSocket connections accepted")
@@ -397,6 +401,8 @@ class LinkServer:
         self.sessions: dict[str, Session] = {}  # device key -> its authenticated session
         self.pending_hello: set[Session] = set()  # connected, not adopted yet
         self.bus: Any = None  # deliver.Bus, set by the component: tells other pods of routes taken over
+        self.pods: Pods | None = None  # the deployment's pods and their load (dispatch, drain)
+        self.draining = False
         self._buckets: dict[int, set[Session]] = {}
         self._readers: set[Session] = set()  # paused writers, checked by the sweep
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -404,8 +410,17 @@ class LinkServer:
 
     # --- picows factory ---
 
-    def listener(self, request: WSUpgradeRequest) -> Session | WSUpgradeResponseWithListener | None:
-        if request.path.split(b"?")[0] not in (b"/v1/link", b"/v1/link/"):
+    def listener(self, request: WSUpgradeRequest) -> WSListener | WSUpgradeResponseWithListener | None:
+        path = request.path.split(b"?")[0]
+        if path == b"/dispatch" and self.pods is not None:
+            body = dispatch_body(self.pods.ranked())
+            answer = WSUpgradeResponse.create_ok_response(
+                body, {"Content-Type": "application/json", "Cache-Control": "no-store"}
+            )
+            return WSUpgradeResponseWithListener(answer, None)
+        if path == b"/v1/link/probe":
+            return Probe(self.probe_delay())
+        if path not in (b"/v1/link", b"/v1/link/"):
             return None  # 404
         offered = [p.strip() for v in request.headers.getall("Sec-WebSocket-Protocol", []) for p in v.split(",")]
         if not offered:
@@ -459,6 +474,29 @@ class LinkServer:
             if session.key_id not in valid:
                 session.close(Close.UNAUTHORIZED, "the token key was revoked")
 
+    def load(self) -> float:
+        return len(self.sessions) / self.limits.max_connections
+
+    def probe_delay(self) -> float:
+        """A loaded pod answers probes late, in proportion to its load: clients drift to lighter ones."""
+        return min(self.load(), 1.0) * PROBE_MAX_DELAY_SECONDS
+
+    async def drain(self, seconds: float) -> None:
+        """Send every client elsewhere within `seconds`: GOAWAY with the lightest other pods, in waves (so
+        they do not all reconnect at once), then close them (1001)."""
+        self.draining = True
+        addresses = [p.address for p in self.pods.ranked(exclude=self.pod)] if self.pods is not None else []
+        sessions = list(self.sessions.values())
+        waves = max(1, min(DRAIN_WAVES, len(sessions)))
+        step = max(seconds * 0.8, 0.0) / waves
+        for i in range(waves):
+            for session in sessions[i::waves]:
+                delay = int(random.uniform(0, step * 1000))  # spread over the wave's time: no thundering herd
+                session.send(frames.GoAway(Close.GOING_AWAY, addresses, delay).encode())
+                session.close(Close.GOING_AWAY, "the server drains: reconnect where GOAWAY says")
+            if i + 1 < waves:
+                await asyncio.sleep(step)
+
     # --- deadlines ---
 
     def expect(self, session: Session, at: float) -> None:
@@ -505,10 +543,33 @@ class LinkServer:
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-        for session in list(self.sessions.values()):
+        for session in [*self.sessions.values(), *self.pending_hello]:
             session.close(Close.GOING_AWAY, "the server is stopping")
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
+
+
+class Probe(WSListener):
+    """`/v1/link/probe`: one binary frame after the pod's load-given delay, then a normal close."""
+
+    __slots__ = ("delay",)
+
+    def __init__(self, delay: float):
+        self.delay = delay
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        asyncio.get_running_loop().call_later(self.delay, self._answer, transport)
+
+    @staticmethod
+    def _answer(transport: WSTransport) -> None:
+        if not transport.is_disconnected:
+            transport.send(WSMsgType.BINARY, b"\x00")
+            transport.send_close(WSCloseCode.OK)
+            transport.disconnect()
+
+    def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
+        if frame.msg_type == WSMsgType.CLOSE:
+            transport.disconnect()
 
 
 class HeartbeatMemory:
