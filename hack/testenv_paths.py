@@ -50,6 +50,11 @@ def code_push_sdk() -> str:
     return str(cache() / f"peer-sdks-code-push-{versions()['CODE_PUSH_VERSION']}" / "node_modules")
 
 
+def node_ws() -> str:
+    """node_modules holding `ws`, Node 20's WebSocket (hack/testenv/fetch-peer-sdks.sh)."""
+    return str(cache() / f"node-ws-{versions()['WS_VERSION']}" / "node_modules")
+
+
 def proguard_classpath() -> str:
     """ProGuard's jars (hack/testenv/fetch-proguard.sh)."""
     libs = cache() / f"proguard-{versions()['PROGUARD_VERSION']}" / "libs"

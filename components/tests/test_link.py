@@ -486,3 +486,91 @@ async def test_a_draining_pod_sends_its_clients_elsewhere_and_loses_nothing(
         assert got[d] == [f"m{i}".encode() for i in range(sent)], d  # every message once, in order
         await c.close()
     assert a.proc.proc.wait(15) == 0 and time.monotonic() - stopped < 12  # within its grace period
+
+
+NODE_DRIVER = """
+import WebSocket from "WS_PATH";
+import { LinkClient } from "./link-client.js";
+const [url, app, workspace, device, token, want] = process.argv.slice(2);
+const say = (o) => process.stdout.write(JSON.stringify(o) + "\\n");
+let count = 0;
+const link = new LinkClient({
+  url, appId: app, workspaceId: workspace, deviceId: device, token, WebSocket,
+  network: 1,
+  onWelcome: (w) => say({ event: "welcome", lastSeq: w.lastSeq, heartbeatSeconds: w.heartbeatSeconds }),
+  onClose: (code) => say({ event: "close", code }),
+  onMessage: async (m) => {
+    say({ event: "message", seq: m.seq, payload: new TextDecoder().decode(m.payload), urgent: m.urgent });
+    if (++count === Number(want)) {
+      setTimeout(() => { say({ event: "done", lastAcked: link.lastAcked }); link.close(); }, 300);
+    }
+  },
+});
+await link.connect();
+"""
+
+
+@pytest.mark.component
+async def test_the_typescript_client_gets_every_message_once_across_a_drain(
+    start_link: Callable[..., Link], tmp_path: Path
+) -> None:
+    import json
+    import subprocess
+
+    from testenv_paths import node_ws, tsc
+
+    sdk = Path(__file__).resolve().parents[1] / "mpaas" / "link" / "sdk" / "link-client.ts"
+    built = await asyncio.to_thread(
+        subprocess.run,
+        [tsc(), "--strict", "--target", "es2022", "--module", "es2022", "--moduleResolution", "bundler",
+         "--lib", "es2022,dom", "--outDir", str(tmp_path), str(sdk)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout + built.stderr
+    (tmp_path / "package.json").write_text('{"type": "module"}')
+    (tmp_path / "driver.js").write_text(NODE_DRIVER.replace("WS_PATH", f"{node_ws()}/ws/wrapper.mjs"))
+    a = start_link("pod-a", MPAAS_DRAIN_SECONDS="1")
+    b = start_link("pod-b")
+    device = "ts-" + uuid.uuid4().hex[:6]
+    await a.deliver([device], b"m0")
+    await a.deliver([device], b"m1")
+    await asyncio.sleep(2.5)  # both pods registered: a's GOAWAY will name b
+    token = TokenKey(KEY).issue(APP, WS, device).decode()
+    node = await asyncio.create_subprocess_exec(
+        "node", str(tmp_path / "driver.js"), a.ws, APP, WS, device, token, "6",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    events: list[dict[str, Any]] = []
+
+    async def until(check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        assert node.stdout is not None
+        while True:
+            line = await asyncio.wait_for(node.stdout.readline(), 20)
+            assert line, (events, (await node.stderr.read()).decode() if node.stderr else "")
+            event = json.loads(line)
+            events.append(event)
+            if check(event):
+                return event
+
+    try:
+        welcome = await until(lambda e: e["event"] == "welcome")
+        assert welcome["lastSeq"] == 2
+        await until(lambda e: e.get("seq") == 2)
+        await b.deliver([device], b"m2")  # online, through the other pod
+        await until(lambda e: e.get("seq") == 3)
+        a.proc.proc.send_signal(signal.SIGTERM)  # drain: GOAWAY names pod-b, the client moves there
+        await until(lambda e: e["event"] == "close" and e["code"] == 1001)
+        await b.deliver([device], b"m3")
+        await b.deliver([device], b"m4", urgent=False)
+        await until(lambda e: e["event"] == "welcome")  # on pod-b, resuming from its last ack
+        await b.deliver([device], b"m5")
+        done = await until(lambda e: e["event"] == "done")
+    finally:
+        if node.returncode is None:
+            node.kill()
+        await node.wait()
+    got = [(e["seq"], e["payload"]) for e in events if e["event"] == "message"]
+    assert got == [(i + 1, f"m{i}") for i in range(6)]  # once each, in order, across the move
+    assert done["lastAcked"] == 6
+    presence = (await b.get(f"/v1/link/presence/{APP}/{WS}/{device}")).json()
+    assert presence["pod"] in (None, "pod-b")

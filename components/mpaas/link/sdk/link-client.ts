@@ -1,0 +1,369 @@
+// The link client for React Native, browsers and Node (docs/link.md): one connection per device, every message
+// once and in order, acks, the server's heartbeat interval, and reconnects (backoff, GOAWAY) that resume from
+// the last acked number.
+//
+//   const link = new LinkClient({ url: "wss://link.example.com/v1/link", appId: "SHOP", workspaceId: "prod",
+//     deviceId, token, onMessage: async (m) => { ... } });
+//   await link.connect();
+//
+// It uses the global WebSocket (React Native, browsers, Node 22+); pass `WebSocket` to use another (Node 20:
+// the `ws` package). No dependencies.
+
+export const SUBPROTOCOL = "mpaas-link.v1";
+export const VERSION = 1;
+
+export const enum Network {
+  Unknown = 0,
+  Wifi = 1,
+  Cellular = 2,
+  Ethernet = 3,
+}
+
+export const Close = {
+  Normal: 1000,
+  GoingAway: 1001,
+  ProtocolError: 4000,
+  Unauthorized: 4001,
+  Replaced: 4002,
+  NotAuthenticated: 4003,
+  UnknownFrame: 4004,
+  RateLimited: 4006,
+  SlowReader: 4007,
+  HeartbeatTimeout: 4008,
+  BadAck: 4009,
+  UnknownApp: 4010,
+  UnsupportedVersion: 4011,
+  ServerFull: 4012,
+  HelloTimeout: 4013,
+  InternalError: 4500,
+} as const;
+
+// Closes after which reconnecting with the same token cannot help.
+const FINAL = new Set<number>([Close.Unauthorized, Close.UnknownApp, Close.UnsupportedVersion, Close.Replaced]);
+
+export interface Message {
+  seq: number;
+  payload: Uint8Array;
+  urgent: boolean;
+  expiresAtMs: number;
+}
+
+export interface Welcome {
+  heartbeatSeconds: number;
+  lastSeq: number;
+  serverTimeMs: number;
+}
+
+export interface GoAway {
+  reason: number;
+  delayMs: number;
+  addresses: string[];
+}
+
+interface SocketLike {
+  binaryType: string;
+  readyState: number;
+  send(data: Uint8Array): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((ev: unknown) => void) | null;
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  onclose: ((ev: { code: number; reason: string }) => void) | null;
+  onerror: ((ev: unknown) => void) | null;
+}
+
+export type SocketFactory = new (url: string, protocols?: string | string[]) => SocketLike;
+
+export interface LinkOptions {
+  url: string;
+  appId: string;
+  workspaceId: string;
+  deviceId: string;
+  token: string;
+  // Handed each message once, in order; acked once it returns (or its promise resolves).
+  onMessage: (message: Message) => void | Promise<void>;
+  lastAcked?: number; // what was acked before this process started (persist it: `lastAcked` after each message)
+  network?: Network;
+  reconnect?: boolean; // default true
+  onClose?: (code: number, reason: string) => void;
+  onWelcome?: (welcome: Welcome) => void;
+  WebSocket?: SocketFactory;
+}
+
+// --- frames: a type byte, then varints (unsigned LEB128) and byte strings (a varint length, the bytes) ---
+
+class Writer {
+  private bytes: number[] = [];
+  constructor(type: number) {
+    this.bytes.push(type);
+  }
+  varint(n: number): this {
+    if (!Number.isSafeInteger(n) || n < 0) throw new RangeError("varints are unsigned safe integers");
+    while (n >= 0x80) {
+      this.bytes.push((n % 0x80) | 0x80);
+      n = Math.floor(n / 0x80);
+    }
+    this.bytes.push(n);
+    return this;
+  }
+  data(b: Uint8Array): this {
+    this.varint(b.length);
+    for (const x of b) this.bytes.push(x);
+    return this;
+  }
+  text(s: string): this {
+    return this.data(new TextEncoder().encode(s));
+  }
+  done(): Uint8Array {
+    return Uint8Array.from(this.bytes);
+  }
+}
+
+export class FrameError extends Error {}
+
+class Reader {
+  private pos = 1;
+  constructor(private readonly b: Uint8Array) {}
+  varint(): number {
+    let n = 0;
+    let scale = 1;
+    for (let i = 0; i < 10; i++) {
+      if (this.pos >= this.b.length) throw new FrameError("a field is cut short");
+      const x = this.b[this.pos++];
+      n += (x & 0x7f) * scale;
+      if (x < 0x80) {
+        if (!Number.isSafeInteger(n)) throw new FrameError("a varint past 2^53");
+        return n;
+      }
+      scale *= 0x80;
+    }
+    throw new FrameError("a varint longer than 10 bytes");
+  }
+  data(limit: number): Uint8Array {
+    const n = this.varint();
+    if (n > limit || this.pos + n > this.b.length) throw new FrameError("a byte string is too long or cut short");
+    const out = this.b.slice(this.pos, this.pos + n);
+    this.pos += n;
+    return out;
+  }
+  end(): void {
+    if (this.pos !== this.b.length) throw new FrameError("bytes after the frame's last field");
+  }
+}
+
+export function encodeHello(o: {
+  appId: string;
+  workspaceId: string;
+  deviceId: string;
+  token: string;
+  lastAcked: number;
+  network: number;
+}): Uint8Array {
+  return new Writer(0x01)
+    .varint(VERSION)
+    .text(o.appId)
+    .text(o.workspaceId)
+    .text(o.deviceId)
+    .text(o.token)
+    .varint(o.lastAcked)
+    .varint(o.network)
+    .done();
+}
+
+export type ServerFrame =
+  | { type: "welcome"; welcome: Welcome }
+  | { type: "notify"; lastSeq: number }
+  | { type: "messages"; after: number; lastSeq: number; messages: Message[] }
+  | { type: "pong"; heartbeatSeconds: number }
+  | { type: "goaway"; goaway: GoAway };
+
+export function decodeServer(b: Uint8Array): ServerFrame {
+  if (b.length === 0) throw new FrameError("an empty frame");
+  const r = new Reader(b);
+  let out: ServerFrame;
+  switch (b[0]) {
+    case 0x81:
+      out = { type: "welcome", welcome: { heartbeatSeconds: r.varint(), lastSeq: r.varint(), serverTimeMs: r.varint() } };
+      break;
+    case 0x82:
+      out = { type: "notify", lastSeq: r.varint() };
+      break;
+    case 0x83: {
+      const after = r.varint();
+      const lastSeq = r.varint();
+      const count = r.varint();
+      if (count > 256) throw new FrameError("more than 256 messages");
+      const messages: Message[] = [];
+      for (let i = 0; i < count; i++) {
+        const seq = r.varint();
+        const flags = r.varint();
+        const expiresAtMs = r.varint();
+        messages.push({ seq, urgent: (flags & 1) === 1, expiresAtMs, payload: r.data(1 << 20) });
+      }
+      out = { type: "messages", after, lastSeq, messages };
+      break;
+    }
+    case 0x84:
+      out = { type: "pong", heartbeatSeconds: r.varint() };
+      break;
+    case 0x85: {
+      const reason = r.varint();
+      const delayMs = r.varint();
+      const count = r.varint();
+      if (count > 16) throw new FrameError("more than 16 addresses");
+      const addresses: string[] = [];
+      for (let i = 0; i < count; i++) addresses.push(new TextDecoder().decode(r.data(512)));
+      out = { type: "goaway", goaway: { reason, delayMs, addresses } };
+      break;
+    }
+    default:
+      throw new FrameError(`unknown frame type ${b[0]}`);
+  }
+  r.end();
+  return out;
+}
+
+// --- the client ---
+
+export class LinkClient {
+  lastAcked: number;
+  heartbeatSeconds = 0;
+  private socket: SocketLike | null = null;
+  private want = 0;
+  private pulling = false;
+  private queue: Promise<void> = Promise.resolve();
+  private pinger: ReturnType<typeof setTimeout> | null = null;
+  private retry: ReturnType<typeof setTimeout> | null = null;
+  private backoffMs = 1000;
+  private goaway: GoAway | null = null;
+  private stopped = false;
+  private url: string;
+
+  constructor(private readonly o: LinkOptions) {
+    this.lastAcked = o.lastAcked ?? 0;
+    this.url = o.url;
+  }
+
+  // Opens the connection; resolves with WELCOME, rejects with the close that refused it.
+  connect(): Promise<Welcome> {
+    this.stopped = false;
+    const Ws: SocketFactory | undefined = this.o.WebSocket ?? (globalThis as { WebSocket?: SocketFactory }).WebSocket;
+    if (!Ws) throw new Error("no WebSocket: pass one (Node 20: the ws package)");
+    return new Promise<Welcome>((resolve, reject) => {
+      let welcomed = false;
+      const socket = new Ws(this.url, SUBPROTOCOL);
+      this.socket = socket;
+      socket.binaryType = "arraybuffer";
+      socket.onopen = () => {
+        socket.send(
+          encodeHello({
+            appId: this.o.appId,
+            workspaceId: this.o.workspaceId,
+            deviceId: this.o.deviceId,
+            token: this.o.token,
+            lastAcked: this.lastAcked,
+            network: this.o.network ?? Network.Unknown,
+          }),
+        );
+      };
+      socket.onmessage = (ev) => {
+        const frame = decodeServer(new Uint8Array(ev.data as ArrayBuffer));
+        if (frame.type === "welcome" && !welcomed) {
+          welcomed = true;
+          this.backoffMs = 1000;
+          resolve(frame.welcome);
+        }
+        this.onFrame(frame);
+      };
+      socket.onerror = () => {};
+      socket.onclose = (ev) => {
+        if (this.socket === socket) this.socket = null;
+        if (this.pinger) clearTimeout(this.pinger);
+        this.pulling = false;
+        this.o.onClose?.(ev.code, ev.reason);
+        if (!welcomed) reject(Object.assign(new Error(`closed ${ev.code}: ${ev.reason}`), { code: ev.code }));
+        this.scheduleReconnect(ev.code);
+      };
+    });
+  }
+
+  close(): void {
+    this.stopped = true;
+    if (this.retry) clearTimeout(this.retry);
+    if (this.pinger) clearTimeout(this.pinger);
+    this.socket?.close(Close.Normal, "");
+  }
+
+  private scheduleReconnect(code: number): void {
+    if (this.stopped || this.o.reconnect === false || FINAL.has(code)) return;
+    let wait = this.backoffMs * (0.5 + Math.random());
+    if (this.goaway && this.goaway.addresses.length > 0) {
+      this.url = this.goaway.addresses[0];
+      wait = this.goaway.delayMs;
+    }
+    this.goaway = null;
+    this.backoffMs = Math.min(this.backoffMs * 2, 60_000);
+    this.retry = setTimeout(() => {
+      this.connect().catch(() => undefined); // its close schedules the next try
+    }, wait);
+  }
+
+  private send(b: Uint8Array): void {
+    if (this.socket && this.socket.readyState === 1) this.socket.send(b);
+  }
+
+  private onFrame(frame: ServerFrame): void {
+    switch (frame.type) {
+      case "welcome":
+        this.heartbeatSeconds = frame.welcome.heartbeatSeconds;
+        if (frame.welcome.lastSeq < this.lastAcked) this.lastAcked = 0; // the inbox was removed: numbers restart
+        this.want = frame.welcome.lastSeq;
+        this.o.onWelcome?.(frame.welcome);
+        this.armPing();
+        this.pull();
+        break;
+      case "notify":
+        this.want = Math.max(this.want, frame.lastSeq);
+        this.pull();
+        break;
+      case "messages":
+        this.want = Math.max(this.want, frame.lastSeq);
+        // Handed out in order, one at a time; acked once handled. A number already handled is dropped.
+        this.queue = this.queue.then(async () => {
+          let newest = this.lastAcked;
+          for (const m of frame.messages) {
+            if (m.seq <= newest) continue;
+            await this.o.onMessage(m);
+            newest = m.seq;
+          }
+          if (newest > this.lastAcked) {
+            this.lastAcked = newest;
+            this.send(new Writer(0x03).varint(newest).done());
+          }
+          this.pulling = false;
+          this.pull();
+        });
+        break;
+      case "pong":
+        this.heartbeatSeconds = frame.heartbeatSeconds;
+        break;
+      case "goaway":
+        this.goaway = frame.goaway;
+        break;
+    }
+  }
+
+  private pull(): void {
+    if (!this.pulling && this.want > this.lastAcked) {
+      this.pulling = true;
+      this.send(new Writer(0x02).varint(this.lastAcked).varint(256).done());
+    }
+  }
+
+  private armPing(): void {
+    if (this.pinger) clearTimeout(this.pinger);
+    this.pinger = setTimeout(() => {
+      this.send(new Writer(0x04).varint(this.o.network ?? Network.Unknown).done());
+      this.armPing();
+    }, Math.max(this.heartbeatSeconds, 1) * 1000);
+  }
+}
