@@ -171,13 +171,19 @@ async def test_workers_without_shared_state_are_refused(operator: Process, names
 
 
 async def test_link_channel_and_vendor_credentials(operator: Process, namespace: str) -> None:
-    apply_yaml(namespace, example("PushChannel"))
-    # The link pods run, but serve health only: the channel says so instead of claiming Ready.
-    cond = await ready_reason(namespace, "pushchannel", "demo-link", "NotImplemented", timeout=60)
-    assert cond["status"] == "False" and "2/2 replicas ready" in cond["message"]
+    link = example("PushChannel")
+    link["spec"]["link"]["tokenSecretRef"] = {"name": "link-keys", "key": "tokenKey"}
+    apply_yaml(namespace, link)
+    # The link pods run, but no device could authenticate: the channel says so instead of claiming Ready.
+    cond = await ready_reason(namespace, "pushchannel", "demo-link", "TokenKeyMissing", timeout=60)
+    assert cond["status"] == "False" and "2/2 replicas ready" in cond["message"] and "link-keys" in cond["message"]
     assert get(namespace, "pushchannel", "demo-link")["status"]["readyReplicas"] == 2  # type: ignore[index]
     dep = get(namespace, "deployment", "link-demo-link")
     assert dep and dep["spec"]["template"]["spec"]["containers"][0]["args"] == ["link"]
+    # The key appears: its watch re-checks the channel at once.
+    kubectl("create", "secret", "generic", "link-keys", "-n", namespace, f"--from-literal=tokenKey={'k' * 32}")
+    cond = await ready_reason(namespace, "pushchannel", "demo-link", "Available", timeout=20)
+    assert cond["status"] == "True"
 
     fcm = {
         "apiVersion": "mpaas.io/v1alpha1",

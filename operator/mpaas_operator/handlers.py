@@ -208,8 +208,10 @@ async def pod_event(memo: kopf.Memo, event: kopf.RawEvent, **_: Any) -> None:
 
 @kopf.index(GROUP, VERSION, PUSH_CHANNEL.plural)
 def channel_secrets(namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], str] | None:
-    """(namespace, Secret name) -> the PushChannels naming it in credentialsSecretRef."""
-    secret = (spec.get("credentialsSecretRef") or {}).get("name")
+    """(namespace, Secret name) -> the PushChannels naming it in credentialsSecretRef or link.tokenSecretRef."""
+    secret = (spec.get("credentialsSecretRef") or {}).get("name") or (
+        ((spec.get("link") or {}).get("tokenSecretRef") or {}).get("name")
+    )
     return {(namespace or "", secret): name} if secret else None
 
 

@@ -133,15 +133,50 @@ def test_gateway_shared_state_and_workers() -> None:
 
 
 def test_link_children() -> None:
-    out = by_kind(link.build("chat", "ns", LinkSettings(port=9443, replicas=1), image="i", pull_policy="IfNotPresent"))
+    settings = LinkSettings(port=9443, replicas=1, drainSeconds=20, tokenSecretRef={"name": "keys", "key": "k"})
+    out = by_kind(link.build("chat", "ns", settings, image="i", pull_policy="IfNotPresent", redis_url="redis://r"))
     assert out["Deployment"]["metadata"]["name"] == "link-chat"
-    assert out["Service"]["spec"]["ports"][0]["port"] == 9443
+    # Devices' WebSockets on the channel's port; health, metrics and the delivery API on the component's.
+    assert [(p["name"], p["port"], p["targetPort"]) for p in out["Service"]["spec"]["ports"]] == [
+        ("http", 8080, "http"),
+        ("link", 9443, "link"),
+    ]
+    pod = out["Deployment"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [("http", 8080), ("link", 9443)]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["MPAAS_LINK_PORT"] == "9443" and env["MPAAS_PORT"] == "8080" and env["MPAAS_REDIS_URL"] == "redis://r"
+    assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}} and env["MPAAS_DRAIN_SECONDS"] == "20"
+    assert pod["terminationGracePeriodSeconds"] == 5 + 20 + 10  # preStop, the drain, a margin
+    assert {
+        "apiGroups": [""],
+        "resources": ["secrets"],
+        "verbs": ["get", "list", "watch"],
+        "resourceNames": ["keys"],
+    } in (out["Role"]["rules"])
     assert "PodDisruptionBudget" not in out
     # The same applied-generation reporting as the gateway: its own Pod named, pods/status only.
     env = {e["name"] for e in out["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert {"POD_NAME", "POD_NAMESPACE"} <= env
     assert {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["get", "patch"]} in out["Role"]["rules"]
     assert not any("pods" in r["resources"] for r in out["Role"]["rules"])
+
+
+def test_link_autoscales_on_connections_where_custom_metrics_are_served() -> None:
+    settings = LinkSettings(
+        maxConnectionsPerPod=18000, autoscaling={"minReplicas": 2, "maxReplicas": 10, "targetCpuUtilizationPercent": 60}
+    )
+    on_cpu = by_kind(link.build("chat", "ns", settings, image="i", pull_policy="P"))["HorizontalPodAutoscaler"]
+    assert on_cpu["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    on_connections = by_kind(link.build("chat", "ns", settings, image="i", pull_policy="P", custom_metrics=True))
+    (metric,) = on_connections["HorizontalPodAutoscaler"]["spec"]["metrics"]
+    assert metric == {
+        "type": "Pods",
+        "pods": {
+            "metric": {"name": "mpaas_link_connections"},
+            "target": {"type": "AverageValue", "averageValue": "12600"},  # 70% of 18 000
+        },
+    }
 
 
 def deployment(

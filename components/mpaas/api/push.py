@@ -123,6 +123,21 @@ class LinkSettings(ApiModel):
         '(docs/link.md, "Tokens"). A rotated key keeps the previous one valid for a day; a deleted one is '
         "revoked, and the connections it authenticated are closed. Unset: no device can connect.",
     )
+    drain_seconds: int = Field(
+        default=30,
+        ge=1,
+        le=600,
+        description="Seconds a link pod takes on shutdown to send its clients to the other pods, in waves "
+        '(docs/link.md, "Drain"), 1-600; its termination grace period is this plus 15. Default 30.',
+    )
+    target_connections_per_pod: int | None = Field(
+        default=None,
+        ge=1,
+        le=2_000_000,
+        description="With autoscaling, where the custom metrics API serves mpaas_link_connections (a Prometheus "
+        "Adapter): the connections per pod the HorizontalPodAutoscaler keeps to, 1-2000000. Unset: 70% of "
+        "maxConnectionsPerPod. Without that API the autoscaler follows CPU.",
+    )
     port: int = Field(
         default=8443,
         ge=1024,

@@ -97,7 +97,9 @@ def build(settings: LinkSettings) -> Served:
     def me() -> Pod:
         return Pod(pod, address, len(server.sessions), server.limits.max_connections, server.draining)
 
-    pods = Pods(redis, f"{prefix}pods:", me)
+    # The operator's link builder names the channel its pods serve: the pods of one channel dispatch to each other.
+    channel = os.environ.get("MPAAS_PUSH_CHANNEL", "")
+    pods = Pods(redis, f"{prefix}pods:{settings.namespace or ''}/{channel}:", me)
     server.pods = pods
     deliverer = Deliverer(inbox, routes, bus, pod, server)
     ws_server: Any = None
@@ -107,10 +109,11 @@ def build(settings: LinkSettings) -> Served:
         from picows import ws_create_server
 
         live.subscribe(lambda _config: server.close_revoked())
-        channel = os.environ.get("MPAAS_PUSH_CHANNEL")  # the operator's link builder names the channel served
-        if channel:
+        selectors = None
+        if channel:  # its own channel alone, watched by name (its Role names it)
             live.report_applied(KIND, channel, namespace=settings.namespace)
-        live.start(settings)
+            selectors = {KIND: {"fieldSelector": f"metadata.name={channel}"}}
+        live.start(settings, selectors)
         server.start()
         pods.start()
         if bus is not None:
@@ -200,7 +203,7 @@ def _text(body: dict[str, Any], name: str) -> str:
 COMPONENT = Component(
     name="link",
     summary="long connections to phones: WebSocket, per-device inboxes, delivery for push and sync",
-    kinds=(KIND, SECRET),
+    kinds=(KIND,),
     settings=LinkSettings,
     build=build,
     dev_port=8083,

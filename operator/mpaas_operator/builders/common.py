@@ -71,6 +71,8 @@ def component_container(
     env: dict[str, str],
     resources: dict[str, dict[str, str]],
     secret_env: dict[str, tuple[str, str]] | None = None,
+    field_env: dict[str, str] | None = None,
+    extra_ports: list[tuple[str, int]] | None = None,
 ) -> dict[str, Any]:
     return {
         "name": component,
@@ -88,8 +90,12 @@ def component_container(
                 {"name": k, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
                 for k, (secret, key) in sorted((secret_env or {}).items())
             ),
+            *({"name": k, "valueFrom": {"fieldRef": {"fieldPath": f}}} for k, f in sorted((field_env or {}).items())),
         ],
-        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": port, "protocol": "TCP"},
+            *({"name": n, "containerPort": p, "protocol": "TCP"} for n, p in extra_ports or []),
+        ],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5, "failureThreshold": 2},
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "http"},
@@ -115,6 +121,7 @@ def deployment(
     replicas: int | None,
     container: dict[str, Any],
     service_account: str,
+    grace_seconds: int = TERMINATION_GRACE_SECONDS,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "selector": {"matchLabels": selector},
@@ -125,7 +132,7 @@ def deployment(
                 "serviceAccountName": service_account,
                 "automountServiceAccountToken": True,
                 "securityContext": POD_SECURITY,
-                "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+                "terminationGracePeriodSeconds": grace_seconds,
                 "containers": [container],
                 "volumes": [{"name": "tmp", "emptyDir": {}}],
                 "topologySpreadConstraints": [
@@ -144,7 +151,15 @@ def deployment(
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(name, namespace, lbls), "spec": spec}
 
 
-def service(*, name: str, namespace: str, lbls: dict[str, str], selector: dict[str, str], port: int) -> dict[str, Any]:
+def service(
+    *,
+    name: str,
+    namespace: str,
+    lbls: dict[str, str],
+    selector: dict[str, str],
+    port: int,
+    extra_ports: list[tuple[str, int]] | None = None,
+) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -152,13 +167,23 @@ def service(*, name: str, namespace: str, lbls: dict[str, str], selector: dict[s
         "spec": {
             "type": "ClusterIP",
             "selector": selector,
-            "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [
+                {"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"},
+                *({"name": n, "port": p, "targetPort": n, "protocol": "TCP"} for n, p in extra_ports or []),
+            ],
         },
     }
 
 
 def hpa(
-    *, name: str, namespace: str, lbls: dict[str, str], min_replicas: int, max_replicas: int, cpu_percent: int
+    *,
+    name: str,
+    namespace: str,
+    lbls: dict[str, str],
+    min_replicas: int,
+    max_replicas: int,
+    cpu_percent: int,
+    metrics: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     return {
         "apiVersion": "autoscaling/v2",
@@ -168,7 +193,8 @@ def hpa(
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
             "minReplicas": min_replicas,
             "maxReplicas": max_replicas,
-            "metrics": [
+            "metrics": metrics
+            or [
                 {
                     "type": "Resource",
                     "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": cpu_percent}},
@@ -265,6 +291,11 @@ class Workload:
     reads_only: list[str] | None = None  # those kinds' object names it may read (None: all in the namespace)
     reads_secrets: list[str] = field(default_factory=list)  # names of the Secrets it may read
     secret_env: dict[str, tuple[str, str]] = field(default_factory=dict)  # variable -> (Secret, key)
+    field_env: dict[str, str] = field(default_factory=dict)  # variable -> the Pod's field (status.podIP)
+    # Ports besides http, as (name, container port): on the container and, same number, on the Service.
+    extra_ports: list[tuple[str, int]] = field(default_factory=list)
+    grace_seconds: int = TERMINATION_GRACE_SECONDS
+    hpa_metrics: list[dict[str, Any]] | None = None  # instead of CPU utilization
 
 
 def workload_children(w: Workload) -> Children:
@@ -279,6 +310,8 @@ def workload_children(w: Workload) -> Children:
         env=w.env,
         resources=w.resources,
         secret_env=w.secret_env,
+        field_env=w.field_env,
+        extra_ports=w.extra_ports,
     )
     out = Children()
     out.apply += reader_rbac(
@@ -298,9 +331,19 @@ def workload_children(w: Workload) -> Children:
             replicas=None if w.autoscaling else w.replicas,
             container=container,
             service_account=w.child_name,
+            grace_seconds=w.grace_seconds,
         )
     )
-    out.apply.append(service(name=w.child_name, namespace=w.namespace, lbls=lbls, selector=sel, port=w.service_port))
+    out.apply.append(
+        service(
+            name=w.child_name,
+            namespace=w.namespace,
+            lbls=lbls,
+            selector=sel,
+            port=w.service_port,
+            extra_ports=w.extra_ports,
+        )
+    )
     if w.autoscaling:
         a = w.autoscaling
         out.apply.append(
@@ -311,6 +354,7 @@ def workload_children(w: Workload) -> Children:
                 min_replicas=a.min_replicas,
                 max_replicas=a.max_replicas,
                 cpu_percent=a.target_cpu_utilization_percent,
+                metrics=w.hpa_metrics,
             )
         )
     else:

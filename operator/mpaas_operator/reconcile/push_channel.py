@@ -1,8 +1,8 @@
 """PushChannel: the link workload for type Link; a credentials check for vendor channels.
 
-Neither delivers a message yet (the link and push components serve health
-only), so a channel never reports Ready=True: Ready=False with reason
-NotImplemented once everything the operator does for it is in place.
+A Link channel is Ready once its pods are and devices can authenticate (its token key Secret holds the key).
+No vendor sender exists yet, so a vendor channel never reports Ready=True: Ready=False with reason
+NotImplemented once its credentials are in place.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Any
 from mpaas.api import PUSH_CHANNEL, InvalidResource
 from mpaas.api.push import REQUIRED_SECRET_KEYS, ChannelType, LinkSettings, PushChannelSpec
 from mpaas.keyring import decode_secret
-from mpaas.kube import SECRETS, KubeClient
+from mpaas.kube import SECRETS, ApiError, KubeClient
+from mpaas.link.tokens import MIN_KEY_BYTES
 
 from .. import conditions
 from ..builders import link as builder
@@ -48,7 +49,15 @@ async def reconcile(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] 
         await apply_children(
             client,
             body,
-            builder.build(name, namespace, link, image=SETTINGS.image, pull_policy=SETTINGS.image_pull_policy),
+            builder.build(
+                name,
+                namespace,
+                link,
+                image=SETTINGS.image,
+                pull_policy=SETTINGS.image_pull_policy,
+                redis_url=SETTINGS.redis_url,
+                custom_metrics=link.autoscaling is not None and await custom_metrics(client),
+            ),
         )
         return await refresh(client, body)
     # Vendor channel: no workload of its own yet; make sure its credentials are usable.
@@ -64,6 +73,32 @@ async def reconcile(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] 
             f"no sender delivers through {spec.type} yet",
         )
     return await report(client, PUSH_CHANNEL, body, kstatus(ready))
+
+
+async def token_problem(client: KubeClient, namespace: str, link: LinkSettings) -> str | None:
+    """Why no device can authenticate to a Link channel, if none can."""
+    ref = link.token_secret_ref
+    if ref is None:
+        return 'link.tokenSecretRef is not set: no device can connect (docs/link.md, "Tokens")'
+    secret = await client.get(SECRETS, namespace, ref.name)
+    if secret is None:
+        return f"Secret {namespace}/{ref.name} (link.tokenSecretRef) not found: no device can connect"
+    key = decode_secret(secret.get("data") or {}).get(ref.key, b"")
+    if len(key) < MIN_KEY_BYTES:
+        return (
+            f"Secret {namespace}/{ref.name} has no {ref.key} of at least {MIN_KEY_BYTES} bytes: no device can connect"
+        )
+    return None
+
+
+async def custom_metrics(client: KubeClient) -> bool:
+    """Whether the cluster serves the custom metrics API (a Prometheus Adapter, say), so that a Link channel's
+    autoscaler can follow connections per pod."""
+    try:
+        await client.request("GET", "/apis/custom.metrics.k8s.io/v1beta1")
+    except ApiError:
+        return False
+    return True
 
 
 async def credentials_problem(client: KubeClient, namespace: str, spec: PushChannelSpec) -> str | None:
@@ -95,15 +130,15 @@ async def refresh(client: KubeClient, body: dict[str, Any]) -> dict[str, Any] | 
         return None
 
     namespace, name, generation = identity(body)
+    spec = _spec(body)
+    no_key = await token_problem(client, namespace, spec.link or LinkSettings())
 
     def compute(
         deployment: dict[str, Any] | None, pods: list[dict[str, Any]]
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         ready, reconciling, progress, counts = workload_conditions(deployment)
-        if ready["status"] == "True":
-            ready = conditions.condition(
-                "Ready", False, NOT_IMPLEMENTED, f"{progress}; the link pods serve health only, no connections yet"
-            )
+        if ready["status"] == "True" and no_key:
+            ready = conditions.condition("Ready", False, "TokenKeyMissing", f"{progress}; but {no_key}")
         applied = summarize(pods, PUSH_CHANNEL.kind, namespace, name, generation)
         ready, reconciling, progress, reason = with_lag(applied, ready, reconciling, progress)
         return kstatus(ready, reconciling=reconciling, progress=progress, reason=reason), {
