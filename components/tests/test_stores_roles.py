@@ -178,6 +178,22 @@ async def test_sequence_numbers_are_assigned_atomically_and_read_in_order(make_l
 
 
 @contract
+async def test_a_fan_out_appends_to_each_log_in_one_call(make_log: MakeLog) -> None:
+    from mpaas.stores.seqlog import LogFull
+
+    log = make_log(max_len=2, overflow="reject", idle_ttl_seconds=60)
+    await log.append("full", b"1")
+    await log.append("full", b"2")
+    await log.append("b", b"earlier")
+    out = await log.append_many([("a", b"x", 30), ("b", b"x", None), ("full", b"x", 30), ("a", b"y", 30)])
+    assert out[:2] == [1, 2] and isinstance(out[2], LogFull) and out[3] == 2
+    assert [v for _, v in (await log.read("a", after=0)).entries] == [b"x", b"y"]
+    assert [v for _, v in (await log.read("b", after=0)).entries] == [b"earlier", b"x"]
+    with pytest.raises(ValueError, match="idle log"):  # a TTL past the log's idle time, as for one append
+        await log.append_many([("a", b"z", 3600)])
+
+
+@contract
 async def test_values_are_bytes_kept_exactly(make_log: MakeLog) -> None:
     log = make_log(max_len=10, overflow="reject")
     values = [bytes(range(256)), b"", b"1:2:3", "héllo".encode()]

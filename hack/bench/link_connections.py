@@ -111,6 +111,10 @@ async def generate(url: str, first: int, count: int, concurrency: int) -> None:
             failed += 1
 
     await asyncio.gather(*(one(n) for n in range(first, first + count)))
+    for _ in range(600):  # the WELCOMEs still on their way
+        if welcomed + failed >= count:
+            break
+        await asyncio.sleep(0.1)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import logging
 import os
 import socket
 from typing import Any
@@ -35,6 +36,8 @@ from .deliver import MAX_DEVICES, Bus, Deliverer
 from .inbox import IDLE_DAYS, MAX_MESSAGES, MAX_PAYLOAD, MAX_TTL_SECONDS, Inbox
 from .pods import Pod, Pods
 from .server import HeartbeatMemory, Limits, LinkServer
+
+log = logging.getLogger("mpaas.link")
 
 
 class LinkSettings(ComponentSettings):
@@ -183,6 +186,9 @@ def build(settings: LinkSettings) -> Served:
             done = await deliverer.deliver(app_id, workspace_id, devices, payload, urgent=urgent, ttl_seconds=ttl)
         except (ValueError, binascii.Error) as e:
             return JSONResponse({"error": str(e)}, status_code=400)
+        except Exception as e:  # the store: what was appended stays, a retry may deliver it twice
+            log.warning("link: delivery failed on the store: %r", e)
+            return JSONResponse({"error": f"the store did not answer: {e!r}"[:300]}, status_code=503)
         return JSONResponse({"results": [{"deviceId": d.device_id, "seq": d.seq, "online": d.online} for d in done]})
 
     @app.get("/v1/link/presence/{app_id}/{workspace_id}/{device_id}")

@@ -137,14 +137,13 @@ class Deliverer:
         if ttl_seconds <= 0:
             raise ValueError("ttlSeconds must be positive")
         keys = [f"{app_id}/{workspace_id}/{d}" for d in device_ids]
-        appended = await asyncio.gather(
-            *(self.inbox.append(k, payload, urgent=urgent, ttl_seconds=ttl_seconds) for k in keys)
-        )
+        appended = await self.inbox.append_many(keys, payload, urgent=urgent, ttl_seconds=ttl_seconds)
+        # The routes after the appends: a device that connects in between reads the message in its WELCOME.
         where = await self.routes.routes(keys)
         by_pod: dict[str, list[tuple[str, Message]]] = defaultdict(list)
         for key, message in zip(keys, appended, strict=True):
             pod = where.get(key)
-            if pod is not None:
+            if pod is not None and message is not None:
                 by_pod[pod].append((key, message))
         now = time.monotonic()
         for pod, items in by_pod.items():
@@ -153,7 +152,10 @@ class Deliverer:
                     self.local.notify(key, message, small=len(message.payload) <= DIRECT_MAX_PAYLOAD, at=now)
             elif self.bus is not None:  # without a bus (one process, `mpaas dev`) every route is this process's
                 await self.bus.notify_many(pod, items)
-        return [Delivered(d, m.seq, k in where) for d, k, m in zip(device_ids, keys, appended, strict=True)]
+        return [
+            Delivered(d, m.seq if m is not None else 0, k in where)
+            for d, k, m in zip(device_ids, keys, appended, strict=True)
+        ]
 
     async def presence(self, app_id: str, workspace_id: str, device_id: str) -> tuple[str | None, float | None]:
         """(the pod holding the device, None when offline; when it was last seen, epoch seconds)."""

@@ -60,6 +60,20 @@ class Inbox:
         seq = await self.log.append(device, encode(payload, flags, expires), ttl_seconds=ttl)
         return Message(seq, payload, flags, expires)
 
+    async def append_many(
+        self, devices: list[str], payload: bytes, *, urgent: bool, ttl_seconds: float
+    ) -> list[Message | None]:
+        """The same message into many inboxes in one round trip; None for one that is full (never: inboxes
+        drop their oldest)."""
+        if len(payload) > MAX_PAYLOAD:
+            raise ValueError(f"a message is at most {MAX_PAYLOAD} bytes")
+        ttl = min(ttl_seconds, MAX_TTL_SECONDS)
+        expires = int((time.time() + ttl) * 1000)
+        flags = frames.URGENT if urgent else 0
+        raw = encode(payload, flags, expires)
+        seqs = await self.log.append_many([(d, raw, ttl) for d in devices])
+        return [Message(s, payload, flags, expires) if isinstance(s, int) else None for s in seqs]
+
     async def read(self, device: str, after: int, count: int) -> Batch:
         batch = await self.log.read(device, after=after, count=count)
         now = int(time.time() * 1000)

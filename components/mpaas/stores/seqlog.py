@@ -36,14 +36,14 @@ import heapq
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
 import redis.asyncio as aioredis
 
 from .expiring import ExpiringMap
-from .redis_common import RedisRole, run_script, tagged
+from .redis_common import RedisRole, require_one_slot, run_script, tagged
 
 Overflow = Literal["reject", "drop_oldest"]
 
@@ -77,6 +77,18 @@ class SequencedLog(ABC):
     @abstractmethod
     async def append(self, log: str, value: bytes, *, ttl_seconds: float | None = None) -> int:
         """Add an entry; returns its sequence number. Raises LogFull when full and overflow is "reject"."""
+
+    async def append_many(self, items: Sequence[tuple[str, bytes, float | None]]) -> list[int | LogFull]:
+        """Append one entry to each of many logs, (log, value, ttl_seconds) each: a broadcast's fan-out. The
+        sequence number of each, or its LogFull; one round trip on Redis. Raises when the store fails (entries
+        appended before stay)."""
+        out: list[int | LogFull] = []
+        for log, value, ttl in items:
+            try:
+                out.append(await self.append(log, value, ttl_seconds=ttl))
+            except LogFull as e:
+                out.append(e)
+        return out
 
     @abstractmethod
     async def read(
@@ -275,6 +287,23 @@ class RedisSequencedLog(RedisRole, SequencedLog):
         if seq < 0:
             raise LogFull(f"log {log!r} holds {self.max_len} entries")
         return seq
+
+    async def append_many(self, items: Sequence[tuple[str, bytes, float | None]]) -> list[int | LogFull]:
+        # One pipeline of the append script, not a transaction: each log is its own slot on a Cluster.
+        now = _now_ms()
+        script = self._scripts["append"]
+        async with self.redis.pipeline(transaction=False) as p:
+            for log, value, ttl in items:
+                self._check_ttl(ttl)
+                keys = self.keys(log)
+                require_one_slot(keys)
+                expires = now + int(ttl * 1000) if ttl else 0
+                await script(
+                    keys=keys, args=[value, now, expires, self.max_len, self.overflow, self._idle_ms], client=p
+                )
+            results = await p.execute()
+        return [LogFull(f"log {log!r} holds {self.max_len} entries") if int(r) < 0 else int(r)
+                for (log, _, _), r in zip(items, results, strict=True)]  # fmt: skip
 
     async def read(
         self, log: str, *, reader: str | None = None, after: int | None = None, count: int = 100
