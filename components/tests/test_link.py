@@ -500,8 +500,8 @@ const link = new LinkClient({
   onWelcome: (w) => say({ event: "welcome", lastSeq: w.lastSeq, heartbeatSeconds: w.heartbeatSeconds }),
   onClose: (code) => say({ event: "close", code }),
   onMessage: async (m) => {
-    say({ event: "message", seq: m.seq, payload: new TextDecoder().decode(m.payload), urgent: m.urgent });
-    if (++count === Number(want)) {
+    say({ event: "message", stream: m.stream, seq: m.seq, payload: new TextDecoder().decode(m.payload) });
+    if (m.stream === 0 && ++count === Number(want)) {
       setTimeout(() => { say({ event: "done", lastAcked: link.lastAcked }); link.close(); }, 300);
     }
   },
@@ -563,14 +563,62 @@ async def test_the_typescript_client_gets_every_message_once_across_a_drain(
         await b.deliver([device], b"m3")
         await b.deliver([device], b"m4", urgent=False)
         await until(lambda e: e["event"] == "welcome")  # on pod-b, resuming from its last ack
+        async with httpx.AsyncClient(timeout=10) as http:
+            body = {"appId": APP, "workspaceId": WS, "payload": base64.b64encode(b"to all").decode()}
+            assert (await http.post(b.http + "/v1/link/broadcast", json=body)).status_code == 200
+        await until(lambda e: e.get("stream") == 1)
         await b.deliver([device], b"m5")
         done = await until(lambda e: e["event"] == "done")
     finally:
         if node.returncode is None:
             node.kill()
         await node.wait()
-    got = [(e["seq"], e["payload"]) for e in events if e["event"] == "message"]
+    got = [(e["seq"], e["payload"]) for e in events if e["event"] == "message" and e["stream"] == 0]
     assert got == [(i + 1, f"m{i}") for i in range(6)]  # once each, in order, across the move
+    assert [(e["seq"], e["payload"]) for e in events if e.get("stream") == 1] == [(1, "to all")]
     assert done["lastAcked"] == 6
     presence = (await b.get(f"/v1/link/presence/{APP}/{WS}/{device}")).json()
     assert presence["pod"] in (None, "pod-b")
+
+
+@pytest.mark.component
+async def test_a_broadcast_reaches_every_device_of_the_app_on_every_pod_once(start_link: Callable[..., Link]) -> None:
+    a, b = start_link("pod-a"), start_link("pod-b")
+    tag = uuid.uuid4().hex[:4]
+    on_a = [a.client(f"a{i}-{tag}") for i in range(3)]
+    on_b = [b.client(f"b{i}-{tag}") for i in range(2)]
+    for c in (*on_a, *on_b):
+        await c.connect()
+
+    async def broadcast(link: Link, payload: bytes, **kw: Any) -> int:
+        body = {"appId": APP, "workspaceId": WS, "payload": base64.b64encode(payload).decode(), **kw}
+        async with httpx.AsyncClient(timeout=10) as http:
+            r = await http.post(link.http + "/v1/link/broadcast", json=body)
+        assert r.status_code == 200, r.text
+        return int(r.json()["seq"])
+
+    first = await broadcast(b, b"to everyone")
+    for c in (*on_a, *on_b):
+        m = await asyncio.wait_for(c.broadcasts.get(), 10)
+        assert (m.seq, m.payload) == (first, b"to everyone")
+        assert c.messages.empty()  # not in the device's own inbox
+    await asyncio.sleep(0.3)
+    away = on_a[0]
+    await away.close()
+    second = await broadcast(a, b"while you were away")
+    assert (await asyncio.wait_for(on_b[0].broadcasts.get(), 10)).seq == second
+    # Back, with the broadcast number it read: it gets what it missed, once.
+    back = a.client(away.device_id, broadcast_acked=away.broadcast_acked, last_acked=away.last_acked)
+    await back.connect()
+    m = await asyncio.wait_for(back.broadcasts.get(), 10)
+    assert (m.seq, m.payload) == (second, b"while you were away")
+    # A device new to broadcasts starts at the newest: the app's past broadcasts are not its.
+    fresh = b.client(f"new-{tag}")
+    welcome = await fresh.connect()
+    assert welcome.broadcast_last_seq == second
+    third = await broadcast(b, b"from now on")
+    assert (await asyncio.wait_for(fresh.broadcasts.get(), 10)).seq == third
+    await asyncio.sleep(0.3)
+    assert fresh.broadcasts.empty() and back.broadcasts.qsize() == 1  # `third` only
+    for c in (back, fresh, *on_a[1:], *on_b):
+        await c.close()

@@ -24,7 +24,9 @@ def test_client_frames_round_trip() -> None:
     for f in (
         frames.Hello("SHOP", "prod", "设备-1", b"v1.1.x", 300, frames.Network.CELLULAR),
         frames.Pull(2**40, 17),
+        frames.Pull(3, 1, frames.BROADCAST),
         frames.Ack(0),
+        frames.Ack(9, frames.BROADCAST),
         frames.Ping(frames.Network.WIFI),
     ):
         assert frames.decode_client(f.encode()) == f
@@ -32,8 +34,9 @@ def test_client_frames_round_trip() -> None:
 
 def test_server_frames_round_trip() -> None:
     for f in (
-        frames.Welcome(270, 12, 1_764_500_000_123),
+        frames.Welcome(270, 12, 1_764_500_000_123, 4),
         frames.Notify(99),
+        frames.Notify(5, frames.BROADCAST),
         frames.Messages(
             [frames.Message(3, b"x" * 300, frames.URGENT, 1_764_500_000_000), frames.Message(4, b"")], 9, 2
         ),
@@ -44,10 +47,10 @@ def test_server_frames_round_trip() -> None:
 
 
 def test_the_encoding_is_the_documented_one() -> None:
-    # ACK 300: type 0x03, then 300 as LEB128 (0xac 0x02), as docs/link.md spells it for SDK authors.
-    assert frames.Ack(300).encode() == b"\x03\xac\x02"
-    assert frames.Pull(0, 256).encode() == b"\x02\x00\x80\x02"
-    assert frames.Hello("A", "W", "D", b"T").encode() == b"\x01\x01\x01A\x01W\x01D\x01T\x00\x00"
+    # ACK of 300 on the inbox: type 0x03, stream 0, then 300 as LEB128 (0xac 0x02), as docs/link.md spells it.
+    assert frames.Ack(300).encode() == b"\x03\x00\xac\x02"
+    assert frames.Pull(0, 256, frames.BROADCAST).encode() == b"\x02\x01\x00\x80\x02"
+    assert frames.Hello("A", "W", "D", b"T").encode() == b"\x01\x01\x01A\x01W\x01D\x01T\x00\x00\x00"
 
 
 @pytest.mark.parametrize(
@@ -55,10 +58,11 @@ def test_the_encoding_is_the_documented_one() -> None:
     [
         (b"", "empty"),
         (b"\x03", "cut short"),
-        (b"\x03\x80", "cut short"),
-        (b"\x03\x80\x00", "shortest form"),
-        (b"\x03" + b"\xff" * 10 + b"\x01", "longer than 10 bytes"),
-        (b"\x03\x01\x00", "bytes after"),
+        (b"\x03\x00\x80", "cut short"),
+        (b"\x03\x00\x80\x00", "shortest form"),
+        (b"\x03\x00" + b"\xff" * 10 + b"\x01", "longer than 10 bytes"),
+        (b"\x03\x00\x01\x00", "bytes after"),
+        (b"\x03\x02\x01", "stream 2"),
         (b"\x01\x01\x05AB", "cut short"),
         (b"\x01\x01" + b"\x81\x01" + b"A" * 129, "longer than 128"),
         (b"\x01\x01\x02\xff\xfe\x01W\x01D\x01T\x00\x00", "not UTF-8"),

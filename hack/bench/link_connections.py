@@ -213,7 +213,8 @@ def main() -> int:
                 "POD_NAME": f"link-{i}",
             }
             mpaas = str(Path(sys.executable).parent / "mpaas")
-            p = subprocess.Popen([mpaas, "link"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            log = (tmp / f"link-{i}.log").open("wb")
+            p = subprocess.Popen([mpaas, "link"], env=env, stdout=log, stderr=subprocess.STDOUT)
             procs.append(p)
             servers.append((p, f"http://127.0.0.1:{http}", f"ws://127.0.0.1:{ws}/v1/link"))
         for _, http, _ in servers:
@@ -269,7 +270,9 @@ def main() -> int:
                                     "payload": base64.b64encode(b"hello everyone").decode()}  # fmt: skip
                             url = servers[(i // 1000) % len(servers)][1]
                             r = await client.post(url + "/v1/link/deliver", json=body)
-                            r.raise_for_status()
+                            if r.status_code != 200:
+                                logs = "".join((tmp / f"link-{n}.log").read_text()[-2000:] for n in range(len(servers)))
+                                raise SystemExit(f"delivery answered {r.status_code}: {r.text}\n{logs}")
 
                     await asyncio.gather(*(chunk(i) for i in range(0, len(devices), 1000)))
 

@@ -68,6 +68,9 @@ def build(settings: LinkSettings) -> Served:
         log_store: Any = MemorySequencedLog(
             max_len=MAX_MESSAGES, overflow="drop_oldest", idle_ttl_seconds=IDLE_DAYS * 86400
         )
+        broadcast_store: Any = MemorySequencedLog(
+            max_len=MAX_MESSAGES, overflow="drop_oldest", idle_ttl_seconds=IDLE_DAYS * 86400
+        )
         routes: Any = MemoryRouteTable()
         hot: Any = MemoryHotStore()
     else:
@@ -79,10 +82,18 @@ def build(settings: LinkSettings) -> Served:
             overflow="drop_oldest",
             idle_ttl_seconds=IDLE_DAYS * 86400,
         )
+        broadcast_store = RedisSequencedLog(
+            redis,
+            prefix=f"{prefix}broadcast:",
+            max_len=MAX_MESSAGES,
+            overflow="drop_oldest",
+            idle_ttl_seconds=IDLE_DAYS * 86400,
+        )
         routes = RedisRouteTable(redis, prefix=f"{prefix}route:")
         hot = RedisHotStore(settings.redis_url)
     pod = _pod(settings)
     inbox = Inbox(log_store)
+    broadcasts = Inbox(broadcast_store)
     server = LinkServer(
         lambda: live.current,
         inbox,
@@ -90,6 +101,7 @@ def build(settings: LinkSettings) -> Served:
         HeartbeatMemory(hot, prefix=f"{prefix}hb:"),
         pod,
         Limits(max_connections=settings.link_max_connections),
+        broadcasts,
     )
     bus = Bus(redis, prefix=f"{prefix}pod:") if redis is not None else None
     server.bus = bus
@@ -104,7 +116,7 @@ def build(settings: LinkSettings) -> Served:
     channel = os.environ.get("MPAAS_PUSH_CHANNEL", "")
     pods = Pods(redis, f"{prefix}pods:{settings.namespace or ''}/{channel}:", me)
     server.pods = pods
-    deliverer = Deliverer(inbox, routes, bus, pod, server)
+    deliverer = Deliverer(inbox, routes, bus, pod, server, broadcasts)
     ws_server: Any = None
 
     async def start() -> None:
@@ -171,18 +183,7 @@ def build(settings: LinkSettings) -> Served:
             devices = body.get("deviceIds")
             if not isinstance(devices, list) or not all(isinstance(d, str) and 0 < len(d) <= 128 for d in devices):
                 raise ValueError(f"deviceIds: a list of 1 to {MAX_DEVICES} device ids of 1-128 characters")
-            raw = body.get("payload")
-            if not isinstance(raw, str):
-                raise ValueError("payload: base64 of the message's bytes")
-            payload = base64.b64decode(raw, validate=True)
-            if len(payload) > MAX_PAYLOAD:
-                raise ValueError(f"payload: at most {MAX_PAYLOAD} bytes")
-            urgent = body.get("urgent", True)
-            ttl = body.get("ttlSeconds", 86400)
-            if not isinstance(urgent, bool):
-                raise ValueError("urgent: true or false")
-            if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_TTL_SECONDS:
-                raise ValueError(f"ttlSeconds: 1 to {MAX_TTL_SECONDS}")
+            payload, urgent, ttl = _message(body)
             done = await deliverer.deliver(app_id, workspace_id, devices, payload, urgent=urgent, ttl_seconds=ttl)
         except (ValueError, binascii.Error) as e:
             return JSONResponse({"error": str(e)}, status_code=400)
@@ -191,12 +192,44 @@ def build(settings: LinkSettings) -> Served:
             return JSONResponse({"error": f"the store did not answer: {e!r}"[:300]}, status_code=503)
         return JSONResponse({"results": [{"deviceId": d.device_id, "seq": d.seq, "online": d.online} for d in done]})
 
+    @app.post("/v1/link/broadcast")
+    async def broadcast(request: Request) -> JSONResponse:
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError("the body is a JSON object")
+            app_id, workspace_id = _text(body, "appId"), _text(body, "workspaceId")
+            payload, urgent, ttl = _message(body)
+            sent = await deliverer.broadcast(f"{app_id}/{workspace_id}", payload, urgent=urgent, ttl_seconds=ttl)
+        except (ValueError, binascii.Error) as e:
+            return JSONResponse({"error": str(e)}, status_code=400)
+        except Exception as e:
+            log.warning("link: broadcast failed on the store: %r", e)
+            return JSONResponse({"error": f"the store did not answer: {e!r}"[:300]}, status_code=503)
+        return JSONResponse({"seq": sent.seq})
+
     @app.get("/v1/link/presence/{app_id}/{workspace_id}/{device_id}")
     async def presence(app_id: str, workspace_id: str, device_id: str) -> JSONResponse:
         pod, seen = await deliverer.presence(app_id, workspace_id, device_id)
         return JSONResponse({"online": pod is not None, "pod": pod, "lastSeen": seen})
 
     return Served(app)
+
+
+def _message(body: dict[str, Any]) -> tuple[bytes, bool, int]:
+    raw = body.get("payload")
+    if not isinstance(raw, str):
+        raise ValueError("payload: base64 of the message's bytes")
+    payload = base64.b64decode(raw, validate=True)
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload: at most {MAX_PAYLOAD} bytes")
+    urgent = body.get("urgent", True)
+    ttl = body.get("ttlSeconds", 86400)
+    if not isinstance(urgent, bool):
+        raise ValueError("urgent: true or false")
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_TTL_SECONDS:
+        raise ValueError(f"ttlSeconds: 1 to {MAX_TTL_SECONDS}")
+    return payload, urgent, ttl
 
 
 def _text(body: dict[str, Any], name: str) -> str:

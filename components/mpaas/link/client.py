@@ -7,9 +7,10 @@ tests' device.
     ...
     await client.close()
 
-It pulls after WELCOME and on every NOTIFY, hands each message to `messages` once and in order (a message
-it already handed out, seen again after a reconnect, is not handed out twice), acks after handing out, and
-pings at the interval the server asks for.
+It reads two streams, its inbox and its app's broadcasts: it pulls after WELCOME and on every NOTIFY, hands
+each message to `messages` (broadcasts to `broadcasts`) once and in order (a message it already handed out,
+seen again after a reconnect, is not handed out twice), acks after handing out, and pings at the interval
+the server asks for.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class LinkClient:
         token: bytes,
         *,
         last_acked: int = 0,
+        broadcast_acked: int = 0,
         network: int = frames.Network.WIFI,
         ping: bool = True,
         auto_ack: bool = True,
@@ -47,7 +49,9 @@ class LinkClient:
         self.url, self.app_id, self.workspace_id, self.device_id = url, app_id, workspace_id, device_id
         self.token, self.network, self.ping, self.auto_ack = token, network, ping, auto_ack
         self.last_acked = last_acked  # the newest number handed out and acked: a reconnect resumes after it
+        self.broadcast_acked = broadcast_acked  # the same, of the broadcasts (0: none read yet, start now)
         self.messages: asyncio.Queue[Message] = asyncio.Queue()
+        self.broadcasts: asyncio.Queue[Message] = asyncio.Queue()
         self.frames: list[Any] = []  # every server frame, in order (tests look at them)
         self.welcome: frames.Welcome | None = None
         self.interval = 0
@@ -55,8 +59,8 @@ class LinkClient:
         self.goaway: frames.GoAway | None = None
         self._transport: WSTransport | None = None
         self._welcomed: asyncio.Event = asyncio.Event()
-        self._pulling = False
-        self._want = 0  # the newest number known to be in the inbox
+        self._pulling = [False, False]  # per stream
+        self._want = [0, 0]  # the newest number known to be in each stream
         self._pinger: asyncio.Task[None] | None = None
 
     async def connect(self, wait_seconds: float = 10.0) -> frames.Welcome:
@@ -79,7 +83,17 @@ class LinkClient:
         self._transport, _ = await ws_connect(
             Listener, self.url, extra_headers={"Sec-WebSocket-Protocol": frames.SUBPROTOCOL}
         )
-        self.send(Hello(self.app_id, self.workspace_id, self.device_id, self.token, self.last_acked, self.network))
+        self.send(
+            Hello(
+                self.app_id,
+                self.workspace_id,
+                self.device_id,
+                self.token,
+                self.last_acked,
+                self.network,
+                broadcast_acked=self.broadcast_acked,
+            )
+        )
         welcome: asyncio.Future[Any] = asyncio.ensure_future(self._welcomed.wait())
         waits: set[asyncio.Future[Any]] = {welcome, self.closed}
         done, _ = await asyncio.wait(waits, timeout=wait_seconds, return_when=asyncio.FIRST_COMPLETED)
@@ -106,37 +120,47 @@ class LinkClient:
             self._welcomed.set()
             if frame.last_seq < self.last_acked:  # the inbox was removed (idle): its numbers start again
                 self.last_acked = 0
-            self._want = frame.last_seq
-            self._pull()
+            if not self.broadcast_acked or frame.broadcast_last_seq < self.broadcast_acked:
+                self.broadcast_acked = frame.broadcast_last_seq  # new to broadcasts (or they restarted): from now
+            self._want = [frame.last_seq, frame.broadcast_last_seq]
+            self._pull(frames.INBOX)
+            self._pull(frames.BROADCAST)
             if self.ping and self._pinger is None:
                 self._pinger = asyncio.get_running_loop().create_task(self._ping_loop())
         elif isinstance(frame, frames.Notify):
-            self._want = max(self._want, frame.last_seq)
-            self._pull()
+            self._want[frame.stream] = max(self._want[frame.stream], frame.last_seq)
+            self._pull(frame.stream)
         elif isinstance(frame, frames.Messages):
-            self._pulling = False
-            newest = self.last_acked
+            s = frame.stream
+            self._pulling[s] = False
+            acked = self.broadcast_acked if s == frames.BROADCAST else self.last_acked
+            queue = self.broadcasts if s == frames.BROADCAST else self.messages
+            newest = acked
             for m in frame.messages:
                 if m.seq > newest:  # once each, in order
-                    self.messages.put_nowait(m)
+                    queue.put_nowait(m)
                     newest = m.seq
-            if newest > self.last_acked and self.auto_ack:
-                self.ack(newest)
-            self._want = max(self._want, frame.last_seq)
-            self._pull()
+            if newest > acked and self.auto_ack:
+                self.ack(newest, s)
+            self._want[s] = max(self._want[s], frame.last_seq)
+            self._pull(s)
         elif isinstance(frame, frames.Pong):
             self.interval = frame.heartbeat_seconds
         elif isinstance(frame, frames.GoAway):
             self.goaway = frame
 
-    def ack(self, seq: int) -> None:
-        self.last_acked = max(self.last_acked, seq)
-        self.send(Ack(seq))
+    def ack(self, seq: int, stream: int = frames.INBOX) -> None:
+        if stream == frames.BROADCAST:
+            self.broadcast_acked = max(self.broadcast_acked, seq)
+        else:
+            self.last_acked = max(self.last_acked, seq)
+        self.send(Ack(seq, stream))
 
-    def _pull(self) -> None:
-        if not self._pulling and self._want > self.last_acked:
-            self._pulling = True
-            self.send(Pull(self.last_acked, frames.MAX_PULL))
+    def _pull(self, stream: int) -> None:
+        acked = self.broadcast_acked if stream == frames.BROADCAST else self.last_acked
+        if not self._pulling[stream] and self._want[stream] > acked:
+            self._pulling[stream] = True
+            self.send(Pull(acked, frames.MAX_PULL, stream))
 
     async def _ping_loop(self) -> None:
         while self.closed is not None and not self.closed.done():

@@ -28,6 +28,7 @@ from .inbox import Inbox
 log = logging.getLogger("mpaas.link")
 
 MAX_DEVICES = 1000  # devices in one call
+BROADCASTS = "broadcasts"  # the channel every pod listens to, besides its own
 DIRECT_MAX_PAYLOAD = 1024  # a message this small travels with its notice: the pod sends it without a read
 
 
@@ -45,10 +46,13 @@ class Local(Protocol):
 
     def replaced(self, device: str, token: str) -> None: ...
 
+    def broadcast(self, app_key: str, message: Message, *, small: bool, at: float) -> None: ...
+
 
 class Bus:
     """The pods' channels. A notice is one line of tab-separated fields:
-    `N device seq flags expires_ms sent_ms [payload base64]` or `R device lease-token`."""
+    `N device seq flags expires_ms sent_ms [payload base64]` or `R device lease-token`; broadcasts go on one
+    channel every pod listens to: `B app/workspace seq flags expires_ms sent_ms [payload base64]`."""
 
     def __init__(self, redis: aioredis.Redis, *, prefix: str = "link:pod:"):
         self.redis, self.prefix = redis, prefix
@@ -66,6 +70,9 @@ class Bus:
     async def replaced(self, pod: str, device: str, token: str) -> None:
         await self.redis.publish(self.prefix + pod, f"R\t{device}\t{token}")
 
+    async def broadcast(self, app_key: str, message: Message) -> None:
+        await self.redis.publish(self.prefix + BROADCASTS, "B" + _notice(app_key, message)[1:])
+
     def listen(self, pod: str, local: Local) -> None:
         self._task = asyncio.get_running_loop().create_task(self._listen(pod, local), name="link bus")
 
@@ -73,7 +80,7 @@ class Bus:
         while True:
             try:
                 pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-                await pubsub.subscribe(self.prefix + pod)
+                await pubsub.subscribe(self.prefix + pod, self.prefix + BROADCASTS)
                 try:
                     async for item in pubsub.listen():
                         if item.get("type") == "message":
@@ -103,13 +110,15 @@ def _handle(data: bytes | str, local: Local) -> None:
     text = data.decode() if isinstance(data, bytes) else data
     parts = text.split("\t")
     try:
-        if parts[0] == "N" and len(parts) == 7:
+        if parts[0] in ("N", "B") and len(parts) == 7:
             seq, flags, expires, sent = (int(x) for x in parts[2:6])
             payload = base64.b64decode(parts[6]) if parts[6] else b""
             age = max(time.time() - sent / 1000, 0.0)
-            local.notify(
-                parts[1], Message(seq, payload, flags, expires), small=bool(parts[6]), at=time.monotonic() - age
-            )
+            message, small, at = Message(seq, payload, flags, expires), bool(parts[6]), time.monotonic() - age
+            if parts[0] == "N":
+                local.notify(parts[1], message, small=small, at=at)
+            else:
+                local.broadcast(parts[1], message, small=small, at=at)
         elif parts[0] == "R" and len(parts) == 3:
             local.replaced(parts[1], parts[2])
     except ValueError:
@@ -117,8 +126,32 @@ def _handle(data: bytes | str, local: Local) -> None:
 
 
 class Deliverer:
-    def __init__(self, inbox: Inbox, routes: RouteTable, bus: Bus | None, pod: str = "", local: Local | None = None):
+    def __init__(
+        self,
+        inbox: Inbox,
+        routes: RouteTable,
+        bus: Bus | None,
+        pod: str = "",
+        local: Local | None = None,
+        broadcasts: Inbox | None = None,
+    ):
         self.inbox, self.routes, self.bus, self.pod, self.local = inbox, routes, bus, pod, local
+        self.broadcasts = broadcasts or inbox
+
+    async def broadcast(
+        self, app_key: str, payload: bytes, *, urgent: bool = True, ttl_seconds: float = 86400
+    ) -> Message:
+        """One message to every device of an app (`app/workspace`): appended once to the app's broadcast stream,
+        then every link pod tells its devices of that app. A device offline gets it when it reconnects within
+        the TTL (if it had read a broadcast before: a device new to broadcasts starts at the newest)."""
+        if ttl_seconds <= 0:
+            raise ValueError("ttlSeconds must be positive")
+        message = await self.broadcasts.append(app_key, payload, urgent=urgent, ttl_seconds=ttl_seconds)
+        if self.bus is not None:
+            await self.bus.broadcast(app_key, message)
+        elif self.local is not None:
+            self.local.broadcast(app_key, message, small=len(payload) <= DIRECT_MAX_PAYLOAD, at=time.monotonic())
+        return message
 
     async def deliver(
         self,

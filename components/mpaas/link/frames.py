@@ -55,6 +55,9 @@ class Close(IntEnum):
     INTERNAL_ERROR = 4500  # the server's store failed: reconnect later
 
 
+INBOX, BROADCAST = 0, 1  # the two streams a device reads: its own inbox, and its app's broadcasts
+
+
 class Network(IntEnum):
     UNKNOWN = 0
     WIFI = 1
@@ -139,9 +142,10 @@ class Hello:
     workspace_id: str
     device_id: str
     token: bytes
-    last_acked: int = 0  # the newest sequence number the client has processed (0: none)
+    last_acked: int = 0  # the newest sequence number of its inbox the client has processed (0: none)
     network: int = Network.UNKNOWN
     version: int = VERSION
+    broadcast_acked: int = 0  # the newest broadcast number it has processed (0: none yet, start now)
 
     def encode(self) -> bytes:
         out = bytearray([FrameType.HELLO])
@@ -151,6 +155,7 @@ class Hello:
         _bytes(out, self.token)
         _uvarint(out, self.last_acked)
         _uvarint(out, self.network)
+        _uvarint(out, self.broadcast_acked)
         return bytes(out)
 
 
@@ -158,9 +163,11 @@ class Hello:
 class Pull:
     after: int
     max: int = MAX_PULL
+    stream: int = INBOX
 
     def encode(self) -> bytes:
         out = bytearray([FrameType.PULL])
+        _uvarint(out, self.stream)
         _uvarint(out, self.after)
         _uvarint(out, self.max)
         return bytes(out)
@@ -169,9 +176,11 @@ class Pull:
 @dataclass(frozen=True)
 class Ack:
     seq: int
+    stream: int = INBOX
 
     def encode(self) -> bytes:
         out = bytearray([FrameType.ACK])
+        _uvarint(out, self.stream)
         _uvarint(out, self.seq)
         return bytes(out)
 
@@ -202,17 +211,27 @@ def decode_client(data: bytes | memoryview) -> ClientFrame:
         workspace = r.text(MAX_ID, "workspaceId")
         device = r.text(MAX_ID, "deviceId")
         token = r.bytes(MAX_TOKEN, "the token")
-        frame = Hello(app, workspace, device, token, r.uvarint(), r.uvarint(), version)
+        acked, network, broadcast = r.uvarint(), r.uvarint(), r.uvarint()
+        frame = Hello(app, workspace, device, token, acked, network, version, broadcast)
     elif kind == FrameType.PULL:
-        frame = Pull(r.uvarint(), r.uvarint())
+        stream = _stream(r)
+        frame = Pull(r.uvarint(), r.uvarint(), stream)
     elif kind == FrameType.ACK:
-        frame = Ack(r.uvarint())
+        stream = _stream(r)
+        frame = Ack(r.uvarint(), stream)
     elif kind == FrameType.PING:
         frame = Ping(r.uvarint())
     else:
         raise UnknownFrame(kind)
     r.end()
     return frame
+
+
+def _stream(r: Reader) -> int:
+    stream = r.uvarint()
+    if stream not in (INBOX, BROADCAST):
+        raise FrameError(f"stream {stream}: 0 (inbox) or 1 (broadcast)")
+    return stream
 
 
 class UnknownFrame(FrameError):
@@ -229,10 +248,11 @@ class Welcome:
     heartbeat_seconds: int
     last_seq: int  # the newest number in the device's inbox (0: empty, or never written)
     server_time_ms: int
+    broadcast_last_seq: int = 0  # the newest broadcast of the app
 
     def encode(self) -> bytes:
         out = bytearray([FrameType.WELCOME])
-        for n in (self.heartbeat_seconds, self.last_seq, self.server_time_ms):
+        for n in (self.heartbeat_seconds, self.last_seq, self.server_time_ms, self.broadcast_last_seq):
             _uvarint(out, n)
         return bytes(out)
 
@@ -240,9 +260,11 @@ class Welcome:
 @dataclass(frozen=True)
 class Notify:
     last_seq: int
+    stream: int = INBOX
 
     def encode(self) -> bytes:
         out = bytearray([FrameType.NOTIFY])
+        _uvarint(out, self.stream)
         _uvarint(out, self.last_seq)
         return bytes(out)
 
@@ -261,11 +283,13 @@ class Message:
 @dataclass(frozen=True)
 class Messages:
     messages: list[Message]
-    last_seq: int  # the newest number in the inbox: more to pull when above the last message's
+    last_seq: int  # the newest number in the stream: more to pull when above the last message's
     after: int = 0  # the number the messages follow (what was pulled from)
+    stream: int = INBOX
 
     def encode(self) -> bytes:
         out = bytearray([FrameType.MESSAGES])
+        _uvarint(out, self.stream)
         _uvarint(out, self.after)
         _uvarint(out, self.last_seq)
         _uvarint(out, len(self.messages))
@@ -314,10 +338,12 @@ def decode_server(data: bytes | memoryview, *, max_payload: int = 1 << 20) -> Se
     kind = r.data[0]
     frame: ServerFrame
     if kind == FrameType.WELCOME:
-        frame = Welcome(r.uvarint(), r.uvarint(), r.uvarint())
+        frame = Welcome(r.uvarint(), r.uvarint(), r.uvarint(), r.uvarint())
     elif kind == FrameType.NOTIFY:
-        frame = Notify(r.uvarint())
+        stream = _stream(r)
+        frame = Notify(r.uvarint(), stream)
     elif kind == FrameType.MESSAGES:
+        stream = _stream(r)
         after, last, count = r.uvarint(), r.uvarint(), r.uvarint()
         if count > MAX_PULL:
             raise FrameError(f"more than {MAX_PULL} messages in one frame")
@@ -325,7 +351,7 @@ def decode_server(data: bytes | memoryview, *, max_payload: int = 1 << 20) -> Se
         for _ in range(count):
             seq, flags, expires = r.uvarint(), r.uvarint(), r.uvarint()
             items.append(Message(seq, r.bytes(max_payload, "a payload"), flags, expires))
-        frame = Messages(items, last, after)
+        frame = Messages(items, last, after, stream)
     elif kind == FrameType.PONG:
         frame = Pong(r.uvarint())
     elif kind == FrameType.GOAWAY:

@@ -87,6 +87,9 @@ class Session(WSListener):
 
     __slots__ = (
         "app",
+        "app_key",
+        "bpending",
+        "bsent",
         "ceiling",
         "closing",
         "deadline",
@@ -127,6 +130,9 @@ class Session(WSListener):
         self.deadline = 0.0
         self.sent = 0  # the newest sequence number sent on this connection (or acked in its HELLO)
         self.pending = 0  # a non-urgent delivery's number, told at the next heartbeat
+        self.app_key = ""  # app/workspace: its broadcast stream
+        self.bsent = 0  # the newest broadcast number sent (or acked in HELLO, or the last one at connect)
+        self.bpending = 0  # a non-urgent broadcast, told at the next heartbeat
         self.pending_at = 0.0
         self.tokens = RATE_BURST
         self.refilled = time.monotonic()
@@ -253,6 +259,7 @@ class Session(WSListener):
         self.app, self.key_id, self.network = app, key.id, hello.network
         self.device = f"{hello.app_id}/{hello.workspace_id}/{hello.device_id}"
         self.inbox = self.device
+        self.app_key = f"{hello.app_id}/{hello.workspace_id}"
         remembered = await server.heartbeats.get(self.device, self.network)
         self.interval = heartbeat.start(remembered, app.bounds)
         self.ceiling = remembered.ceiling if remembered else 0
@@ -267,17 +274,30 @@ class Session(WSListener):
         if hello.last_acked:
             cursor = await server.inbox.ack(self.inbox, hello.last_acked)
         last = await server.inbox.last(self.inbox)
+        blast = await server.broadcasts.last(self.app_key)
         if self.closing:
             return
         self.sent = max(cursor, min(hello.last_acked, last))
+        # A device new to broadcasts starts at the newest: the app's past broadcasts are not its.
+        self.bsent = min(hello.broadcast_acked, blast) if hello.broadcast_acked else blast
         self.state = OPEN
         server.expect(self, time.monotonic() + heartbeat.deadline_seconds(self.interval))
-        self.send(frames.Welcome(self.interval, last, _now_ms()).encode())
+        self.send(frames.Welcome(self.interval, last, _now_ms(), blast).encode())
         if self.pending > last:  # a delivery while this was said: tell it now
             self.notify(self.pending, urgent=True, at=self.pending_at)
+        if self.bpending > blast:
+            self.notify_broadcast(self.bpending, urgent=True)
 
     async def _pull(self, pull: frames.Pull) -> None:
-        batch = await self.server.inbox.read(self.inbox, pull.after, min(max(pull.max, 1), frames.MAX_PULL))
+        count = min(max(pull.max, 1), frames.MAX_PULL)
+        if pull.stream == frames.BROADCAST:
+            batch = await self.server.broadcasts.read(self.app_key, pull.after, count)
+            self.send(frames.Messages(batch.messages, batch.last_seq, pull.after, frames.BROADCAST).encode())
+            if batch.messages:
+                self.bsent = max(self.bsent, batch.messages[-1].seq)
+                DELIVERED.inc(len(batch.messages))
+            return
+        batch = await self.server.inbox.read(self.inbox, pull.after, count)
         self.send(frames.Messages(batch.messages, batch.last_seq, pull.after).encode())
         if batch.messages:
             self.sent = max(self.sent, batch.messages[-1].seq)
@@ -286,11 +306,13 @@ class Session(WSListener):
             self.pending = 0
 
     async def _ack(self, ack: frames.Ack) -> None:
-        if ack.seq > self.sent:
-            self.close(Close.BAD_ACK, f"ack of {ack.seq}, but {self.sent} is the newest number sent")
+        sent = self.bsent if ack.stream == frames.BROADCAST else self.sent
+        if ack.seq > sent:
+            self.close(Close.BAD_ACK, f"ack of {ack.seq}, but {sent} is the newest number sent")
             return
-        await self.server.inbox.ack(self.inbox, ack.seq)
         ACKED.inc()
+        if ack.stream == frames.INBOX:  # broadcasts are kept for every device: the client holds its cursor
+            await self.server.inbox.ack(self.inbox, ack.seq)
 
     def _ping(self, ping: frames.Ping) -> None:
         app = self.app
@@ -308,7 +330,9 @@ class Session(WSListener):
         self.server.expect(self, time.monotonic() + heartbeat.deadline_seconds(self.interval))
         if self.pending:  # delayed push: the non-urgent messages ride this heartbeat
             self.notify(self.pending, urgent=True, at=self.pending_at)
-        else:  # a notice lost on the bus: what the inbox holds beyond what was sent, told now
+        if self.bpending:
+            self.notify_broadcast(self.bpending, urgent=True)
+        if not self.pending and not self.bpending:  # a notice lost on the bus: what was not sent, told now
             self.server.later(self._catch_up())
         if self.lease is not None:
             self.server.later(self.server.routes.heartbeat(self.lease, ttl_seconds=self._route_ttl()))
@@ -317,6 +341,9 @@ class Session(WSListener):
         last = await self.server.inbox.last(self.inbox)
         if last > self.sent:
             self.notify(last, urgent=True)
+        blast = await self.server.broadcasts.last(self.app_key)
+        if blast > self.bsent:
+            self.notify_broadcast(blast, urgent=True)
 
     async def _switch_network(self) -> None:
         app = self.app
@@ -357,6 +384,23 @@ class Session(WSListener):
         if self.pending <= last_seq:
             self.pending = 0
 
+    def notify_broadcast(self, seq: int, *, urgent: bool, direct: bytes = b"", frame: bytes = b"") -> None:
+        """The app's broadcast stream holds `seq` now. `direct`: that message, as the MESSAGES frame a client
+        that has every broadcast before it gets; `frame`: the NOTIFY (both encoded once for every session)."""
+        if self.closing or seq <= self.bsent:
+            return
+        if not urgent or self.state != OPEN:
+            self.bpending = max(self.bpending, seq)
+            return
+        if direct and seq == self.bsent + 1:
+            self.send(direct)
+            self.bsent = seq
+            DELIVERED.inc()
+        else:
+            self.send(frame or frames.Notify(seq, frames.BROADCAST).encode())
+        if self.bpending <= seq:
+            self.bpending = 0
+
     def close(self, code: Close, reason: str, *, abort: bool = False) -> None:
         if self.closing:
             return
@@ -395,10 +439,13 @@ class LinkServer:
         heartbeats: HeartbeatMemory,
         pod: str,
         limits: Limits | None = None,
+        broadcasts: Inbox | None = None,
     ):
         self.config, self.inbox, self.routes, self.heartbeats, self.pod = config, inbox, routes, heartbeats, pod
         self.limits = limits or Limits()
         self.sessions: dict[str, Session] = {}  # device key -> its authenticated session
+        self.by_app: dict[str, set[Session]] = {}  # app/workspace -> its sessions: broadcasts
+        self.broadcasts = broadcasts or inbox  # the apps' broadcast streams (by app/workspace)
         self.pending_hello: set[Session] = set()  # connected, not adopted yet
         self.bus: Any = None  # deliver.Bus, set by the component: tells other pods of routes taken over
         self.pods: Pods | None = None  # the deployment's pods and their load (dispatch, drain)
@@ -439,6 +486,7 @@ class LinkServer:
         if older is not None and older is not session:
             older.close(Close.REPLACED, "a newer connection of this device took over")
         self.sessions[session.device] = session
+        self.by_app.setdefault(session.app_key, set()).add(session)
         CONNECTIONS.set(len(self.sessions))
 
     def gone(self, session: Session) -> None:
@@ -446,6 +494,11 @@ class LinkServer:
         if self.sessions.get(session.device) is session:
             del self.sessions[session.device]
             CONNECTIONS.set(len(self.sessions))
+        peers = self.by_app.get(session.app_key)
+        if peers is not None:
+            peers.discard(session)
+            if not peers:
+                del self.by_app[session.app_key]
         if session.lease is not None:
             self.later(self.routes.release(session.lease))
         self._readers.discard(session)
@@ -460,6 +513,21 @@ class LinkServer:
         if session is not None:
             urgent = bool(message.flags & frames.URGENT)
             session.notify(message.seq, urgent=urgent, at=at, small=message if small else None)
+
+    def broadcast(self, app_key: str, message: frames.Message, *, small: bool, at: float) -> None:
+        """A broadcast of an app (deliver.Local): every session of it told, or sent the message itself."""
+        peers = self.by_app.get(app_key)
+        if not peers:
+            return
+        urgent = bool(message.flags & frames.URGENT)
+        direct = b""
+        if small and len(message.payload) <= DIRECT_MAX_PAYLOAD:
+            direct = frames.Messages([message], message.seq, message.seq - 1, frames.BROADCAST).encode()
+        notice = frames.Notify(message.seq, frames.BROADCAST).encode()
+        for session in list(peers):
+            session.notify_broadcast(message.seq, urgent=urgent, direct=direct, frame=notice)
+        if at:
+            NOTIFY_LATENCY.observe(max(time.monotonic() - at, 0.0))
 
     def replaced(self, device: str, token: str) -> None:
         """Another pod took this device's route (told through the pod channel)."""

@@ -11,6 +11,8 @@
 
 export const SUBPROTOCOL = "mpaas-link.v1";
 export const VERSION = 1;
+export const INBOX = 0; // the device's own messages
+export const BROADCAST = 1; // its app's broadcasts
 
 export const enum Network {
   Unknown = 0,
@@ -42,6 +44,7 @@ export const Close = {
 const FINAL = new Set<number>([Close.Unauthorized, Close.UnknownApp, Close.UnsupportedVersion, Close.Replaced]);
 
 export interface Message {
+  stream: number; // INBOX or BROADCAST
   seq: number;
   payload: Uint8Array;
   urgent: boolean;
@@ -52,6 +55,7 @@ export interface Welcome {
   heartbeatSeconds: number;
   lastSeq: number;
   serverTimeMs: number;
+  broadcastLastSeq: number;
 }
 
 export interface GoAway {
@@ -79,9 +83,12 @@ export interface LinkOptions {
   workspaceId: string;
   deviceId: string;
   token: string;
-  // Handed each message once, in order; acked once it returns (or its promise resolves).
+  // Handed each message once, in order per stream (its inbox, its app's broadcasts); acked once it returns (or
+  // its promise resolves).
   onMessage: (message: Message) => void | Promise<void>;
-  lastAcked?: number; // what was acked before this process started (persist it: `lastAcked` after each message)
+  // What was acked before this process started: persist `lastAcked` and `broadcastAcked` after each message.
+  lastAcked?: number;
+  broadcastAcked?: number; // 0 or absent: new to broadcasts, starts at the newest
   network?: Network;
   reconnect?: boolean; // default true
   onClose?: (code: number, reason: string) => void;
@@ -145,6 +152,11 @@ class Reader {
     this.pos += n;
     return out;
   }
+  stream(): number {
+    const s = this.varint();
+    if (s !== INBOX && s !== BROADCAST) throw new FrameError(`stream ${s}`);
+    return s;
+  }
   end(): void {
     if (this.pos !== this.b.length) throw new FrameError("bytes after the frame's last field");
   }
@@ -157,6 +169,7 @@ export function encodeHello(o: {
   token: string;
   lastAcked: number;
   network: number;
+  broadcastAcked: number;
 }): Uint8Array {
   return new Writer(0x01)
     .varint(VERSION)
@@ -166,13 +179,14 @@ export function encodeHello(o: {
     .text(o.token)
     .varint(o.lastAcked)
     .varint(o.network)
+    .varint(o.broadcastAcked)
     .done();
 }
 
 export type ServerFrame =
   | { type: "welcome"; welcome: Welcome }
-  | { type: "notify"; lastSeq: number }
-  | { type: "messages"; after: number; lastSeq: number; messages: Message[] }
+  | { type: "notify"; stream: number; lastSeq: number }
+  | { type: "messages"; stream: number; after: number; lastSeq: number; messages: Message[] }
   | { type: "pong"; heartbeatSeconds: number }
   | { type: "goaway"; goaway: GoAway };
 
@@ -182,12 +196,18 @@ export function decodeServer(b: Uint8Array): ServerFrame {
   let out: ServerFrame;
   switch (b[0]) {
     case 0x81:
-      out = { type: "welcome", welcome: { heartbeatSeconds: r.varint(), lastSeq: r.varint(), serverTimeMs: r.varint() } };
+      out = {
+        type: "welcome",
+        welcome: { heartbeatSeconds: r.varint(), lastSeq: r.varint(), serverTimeMs: r.varint(), broadcastLastSeq: r.varint() },
+      };
       break;
-    case 0x82:
-      out = { type: "notify", lastSeq: r.varint() };
+    case 0x82: {
+      const stream = r.stream();
+      out = { type: "notify", stream, lastSeq: r.varint() };
       break;
+    }
     case 0x83: {
+      const stream = r.stream();
       const after = r.varint();
       const lastSeq = r.varint();
       const count = r.varint();
@@ -197,9 +217,9 @@ export function decodeServer(b: Uint8Array): ServerFrame {
         const seq = r.varint();
         const flags = r.varint();
         const expiresAtMs = r.varint();
-        messages.push({ seq, urgent: (flags & 1) === 1, expiresAtMs, payload: r.data(1 << 20) });
+        messages.push({ stream, seq, urgent: (flags & 1) === 1, expiresAtMs, payload: r.data(1 << 20) });
       }
-      out = { type: "messages", after, lastSeq, messages };
+      out = { type: "messages", stream, after, lastSeq, messages };
       break;
     }
     case 0x84:
@@ -226,10 +246,11 @@ export function decodeServer(b: Uint8Array): ServerFrame {
 
 export class LinkClient {
   lastAcked: number;
+  broadcastAcked: number;
   heartbeatSeconds = 0;
   private socket: SocketLike | null = null;
-  private want = 0;
-  private pulling = false;
+  private want = [0, 0]; // per stream: the newest number known to be there
+  private pulling = [false, false];
   private queue: Promise<void> = Promise.resolve();
   private pinger: ReturnType<typeof setTimeout> | null = null;
   private retry: ReturnType<typeof setTimeout> | null = null;
@@ -240,6 +261,7 @@ export class LinkClient {
 
   constructor(private readonly o: LinkOptions) {
     this.lastAcked = o.lastAcked ?? 0;
+    this.broadcastAcked = o.broadcastAcked ?? 0;
     this.url = o.url;
   }
 
@@ -262,6 +284,7 @@ export class LinkClient {
             token: this.o.token,
             lastAcked: this.lastAcked,
             network: this.o.network ?? Network.Unknown,
+            broadcastAcked: this.broadcastAcked,
           }),
         );
       };
@@ -278,7 +301,7 @@ export class LinkClient {
       socket.onclose = (ev) => {
         if (this.socket === socket) this.socket = null;
         if (this.pinger) clearTimeout(this.pinger);
-        this.pulling = false;
+        this.pulling = [false, false];
         this.o.onClose?.(ev.code, ev.reason);
         if (!welcomed) reject(Object.assign(new Error(`closed ${ev.code}: ${ev.reason}`), { code: ev.code }));
         this.scheduleReconnect(ev.code);
@@ -313,36 +336,44 @@ export class LinkClient {
 
   private onFrame(frame: ServerFrame): void {
     switch (frame.type) {
-      case "welcome":
-        this.heartbeatSeconds = frame.welcome.heartbeatSeconds;
-        if (frame.welcome.lastSeq < this.lastAcked) this.lastAcked = 0; // the inbox was removed: numbers restart
-        this.want = frame.welcome.lastSeq;
-        this.o.onWelcome?.(frame.welcome);
+      case "welcome": {
+        const w = frame.welcome;
+        this.heartbeatSeconds = w.heartbeatSeconds;
+        if (w.lastSeq < this.lastAcked) this.lastAcked = 0; // the inbox was removed: numbers restart
+        // New to broadcasts (or they restarted): from the newest on.
+        if (this.broadcastAcked === 0 || w.broadcastLastSeq < this.broadcastAcked) this.broadcastAcked = w.broadcastLastSeq;
+        this.want = [w.lastSeq, w.broadcastLastSeq];
+        this.o.onWelcome?.(w);
         this.armPing();
-        this.pull();
+        this.pull(INBOX);
+        this.pull(BROADCAST);
         break;
+      }
       case "notify":
-        this.want = Math.max(this.want, frame.lastSeq);
-        this.pull();
+        this.want[frame.stream] = Math.max(this.want[frame.stream], frame.lastSeq);
+        this.pull(frame.stream);
         break;
-      case "messages":
-        this.want = Math.max(this.want, frame.lastSeq);
+      case "messages": {
+        const s = frame.stream;
+        this.want[s] = Math.max(this.want[s], frame.lastSeq);
         // Handed out in order, one at a time; acked once handled. A number already handled is dropped.
         this.queue = this.queue.then(async () => {
-          let newest = this.lastAcked;
+          let newest = this.acked(s);
           for (const m of frame.messages) {
             if (m.seq <= newest) continue;
             await this.o.onMessage(m);
             newest = m.seq;
           }
-          if (newest > this.lastAcked) {
-            this.lastAcked = newest;
-            this.send(new Writer(0x03).varint(newest).done());
+          if (newest > this.acked(s)) {
+            if (s === BROADCAST) this.broadcastAcked = newest;
+            else this.lastAcked = newest;
+            this.send(new Writer(0x03).varint(s).varint(newest).done());
           }
-          this.pulling = false;
-          this.pull();
+          this.pulling[s] = false;
+          this.pull(s);
         });
         break;
+      }
       case "pong":
         this.heartbeatSeconds = frame.heartbeatSeconds;
         break;
@@ -352,10 +383,14 @@ export class LinkClient {
     }
   }
 
-  private pull(): void {
-    if (!this.pulling && this.want > this.lastAcked) {
-      this.pulling = true;
-      this.send(new Writer(0x02).varint(this.lastAcked).varint(256).done());
+  private acked(stream: number): number {
+    return stream === BROADCAST ? this.broadcastAcked : this.lastAcked;
+  }
+
+  private pull(stream: number): void {
+    if (!this.pulling[stream] && this.want[stream] > this.acked(stream)) {
+      this.pulling[stream] = true;
+      this.send(new Writer(0x02).varint(stream).varint(this.acked(stream)).varint(256).done());
     }
   }
 
