@@ -191,6 +191,8 @@ async def test_a_fan_out_appends_to_each_log_in_one_call(make_log: MakeLog) -> N
     assert [v for _, v in (await log.read("b", after=0)).entries] == [b"earlier", b"x"]
     with pytest.raises(ValueError, match="idle log"):  # a TTL past the log's idle time, as for one append
         await log.append_many([("a", b"z", 3600)])
+    assert await log.ack_many([("a", "device", 1), ("b", "device", 9), ("a", "device", 0)]) == [1, 2, 1]
+    assert [s for s, _ in (await log.read("a", after=0)).entries] == [2]  # 1 acked by its only reader: dropped
 
 
 @contract

@@ -91,5 +91,8 @@ class Inbox:
     async def ack(self, device: str, seq: int) -> int:
         return await self.log.ack(device, READER, seq)
 
+    async def ack_many(self, acks: list[tuple[str, int]]) -> list[int]:
+        return await self.log.ack_many([(device, READER, seq) for device, seq in acks])
+
     async def last(self, device: str) -> int:
         return (await self.log.read(device, after=_END, count=1)).last_seq

@@ -55,6 +55,7 @@ DIRECT_MAX_PAYLOAD = 1024  # a message this small to a client that is caught up 
 QUEUE_LIMIT = 64  # frames waiting for the store on one connection; more: it is flooding
 PROBE_MAX_DELAY_SECONDS = 0.5  # a full pod answers a probe this late
 DRAIN_WAVES = 10
+ACK_FLUSH_SECONDS = 0.05
 
 CONNECTIONS = Gauge("mpaas_link_connections", "Authenticated connections held by this process")
 OPENED = Counter("mpaas_link_connections_opened_total", "WebSocket connections accepted")
@@ -198,6 +199,9 @@ class Session(WSListener):
             if isinstance(parsed, frames.Ping):
                 self._ping(parsed)  # nothing to wait for: answered at once
                 return
+            if isinstance(parsed, frames.Ack) and not self.queue:  # in order with the frames before it
+                self._ack(parsed)
+                return
         if self.queue is None:
             self.queue = deque()
         if len(self.queue) >= QUEUE_LIMIT:
@@ -229,7 +233,7 @@ class Session(WSListener):
                 elif isinstance(frame, frames.Pull):
                     await self._pull(frame)
                 elif isinstance(frame, frames.Ack):
-                    await self._ack(frame)
+                    self._ack(frame)
                 elif isinstance(frame, frames.Ping):  # sent before the WELCOME came back
                     self._ping(frame)
         except Exception as e:  # the store failed: the client reconnects and resumes from its last ack
@@ -305,14 +309,14 @@ class Session(WSListener):
         if self.pending and self.sent >= self.pending:
             self.pending = 0
 
-    async def _ack(self, ack: frames.Ack) -> None:
+    def _ack(self, ack: frames.Ack) -> None:
         sent = self.bsent if ack.stream == frames.BROADCAST else self.sent
         if ack.seq > sent:
             self.close(Close.BAD_ACK, f"ack of {ack.seq}, but {sent} is the newest number sent")
             return
         ACKED.inc()
         if ack.stream == frames.INBOX:  # broadcasts are kept for every device: the client holds its cursor
-            await self.server.inbox.ack(self.inbox, ack.seq)
+            self.server.acked(self.inbox, ack.seq)
 
     def _ping(self, ping: frames.Ping) -> None:
         app = self.app
@@ -454,6 +458,8 @@ class LinkServer:
         self._readers: set[Session] = set()  # paused writers, checked by the sweep
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._acks: dict[str, int] = {}  # inbox -> the newest number acked, not written yet
+        self._flusher: asyncio.Task[None] | None = None
 
     # --- picows factory ---
 
@@ -565,6 +571,23 @@ class LinkServer:
             if i + 1 < waves:
                 await asyncio.sleep(step)
 
+    # --- acks: written to the inboxes together, every ACK_FLUSH_SECONDS ---
+
+    def acked(self, inbox: str, seq: int) -> None:
+        if seq > self._acks.get(inbox, 0):
+            self._acks[inbox] = seq
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_acks())
+
+    async def _flush_acks(self) -> None:
+        await asyncio.sleep(ACK_FLUSH_SECONDS)
+        while self._acks:
+            batch, self._acks = self._acks, {}
+            try:
+                await self.inbox.ack_many(list(batch.items()))
+            except Exception as e:  # lost acks only resend messages, which clients drop by their numbers
+                log.warning("link: %d acks not written: %r", len(batch), e)
+
     # --- deadlines ---
 
     def expect(self, session: Session, at: float) -> None:
@@ -611,6 +634,9 @@ class LinkServer:
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._acks:  # what was acked before the stop is kept
+            with contextlib.suppress(Exception):
+                await self.inbox.ack_many(list(self._acks.items()))
         for session in [*self.sessions.values(), *self.pending_hello]:
             session.close(Close.GOING_AWAY, "the server is stopping")
         if self._tasks:

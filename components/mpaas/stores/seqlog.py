@@ -103,6 +103,10 @@ class SequencedLog(ABC):
         An unknown reader is added. Entries every known reader has acked are dropped.
         """
 
+    async def ack_many(self, items: Sequence[tuple[str, str, int]]) -> list[int]:
+        """Several acks, (log, reader, seq) each, in one round trip on Redis; the cursors."""
+        return [await self.ack(log, reader, seq) for log, reader, seq in items]
+
     @abstractmethod
     async def cursor(self, log: str, reader: str) -> int | None:
         """`reader`'s cursor, None when the log does not know it."""
@@ -322,6 +326,15 @@ class RedisSequencedLog(RedisRole, SequencedLog):
 
     async def ack(self, log: str, reader: str, seq: int) -> int:
         return int(cast(int, await self._run("ack", log, reader, seq, self._idle_ms)))
+
+    async def ack_many(self, items: Sequence[tuple[str, str, int]]) -> list[int]:
+        script = self._scripts["ack"]
+        async with self.redis.pipeline(transaction=False) as p:
+            for log, reader, seq in items:
+                keys = self.keys(log)
+                require_one_slot(keys)
+                await script(keys=keys, args=[reader, seq, self._idle_ms], client=p)
+            return [int(r) for r in await p.execute()]
 
     async def cursor(self, log: str, reader: str) -> int | None:
         value = await self.redis.hget(self.keys(log)[3], reader)
