@@ -95,7 +95,8 @@ async def generate(url: str, first: int, count: int, concurrency: int) -> None:
             elif isinstance(f, frames.Messages) and f.messages:
                 received.setdefault((f.stream, self.n), time.time())
                 self.last[f.stream] = f.messages[-1].seq
-                transport.send(WSMsgType.BINARY, frames.Ack(self.last[f.stream], f.stream).encode())
+                if f.stream == frames.INBOX:  # broadcasts are not acked (docs/link.md)
+                    transport.send(WSMsgType.BINARY, frames.Ack(self.last[f.stream]).encode())
 
     sem = asyncio.Semaphore(concurrency)
 
@@ -277,6 +278,8 @@ def main() -> int:
         if args.broadcast:
             import httpx
 
+            cpu0 = [cpu_seconds(p.pid) for p, _, _ in servers]
+            gcpu0 = [cpu_seconds(g.pid) for g in generators]
             t0 = time.time()
             body = {"appId": APP, "workspaceId": WS, "payload": base64.b64encode(b"hello everyone").decode()}
             r = httpx.post(servers[0][1] + "/v1/link/broadcast", json=body, timeout=30)
@@ -284,8 +287,12 @@ def main() -> int:
                 raise SystemExit(f"broadcast answered {r.status_code}: {r.text}")
             api = time.time() - t0
             time.sleep(3)
+            cpu = sum(cpu_seconds(p.pid) - c for (p, _, _), c in zip(servers, cpu0, strict=True))
+            gcpu = sum(cpu_seconds(g.pid) - c for g, c in zip(generators, gcpu0, strict=True))
             latencies = collect(generators, 1, t0)
             report(f"broadcast to {first} devices (the API answered in {api * 1000:.0f} ms)", latencies, first)
+            print(f"  CPU: link processes {cpu:.2f} s ({cpu / max(len(latencies), 1) * 1e6:.1f} us a device: fan-out, "
+                  f"acks), load generators {gcpu:.2f} s, on {os.cpu_count()} cores")  # fmt: skip
         if args.inbox:
             import httpx
 

@@ -140,8 +140,11 @@ class LinkClient:
                 if m.seq > newest:  # once each, in order
                     queue.put_nowait(m)
                     newest = m.seq
-            if newest > acked and self.auto_ack:
-                self.ack(newest, s)
+            if newest > acked:
+                if s == frames.BROADCAST:  # not acked: the client's own cursor, sent in its next HELLO
+                    self.broadcast_acked = newest
+                elif self.auto_ack:
+                    self.ack(newest, s)
             self._want[s] = max(self._want[s], frame.last_seq)
             self._pull(s)
         elif isinstance(frame, frames.Pong):

@@ -70,6 +70,9 @@ NOTIFY_LATENCY = Histogram(
 )
 
 
+_FRAME_COUNTS = {t: FRAMES.labels(t.__name__.upper()) for t in (frames.Hello, frames.Pull, frames.Ack, frames.Ping)}
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -185,7 +188,7 @@ class Session(WSListener):
         except FrameError as e:
             self.close(Close.PROTOCOL_ERROR, str(e))
             return
-        FRAMES.labels(type(parsed).__name__.upper()).inc()
+        _FRAME_COUNTS[type(parsed)].inc()
         if isinstance(parsed, frames.Hello):
             if self.state != NEW:
                 self.close(Close.PROTOCOL_ERROR, "HELLO once")
@@ -195,7 +198,8 @@ class Session(WSListener):
             self.close(Close.NOT_AUTHENTICATED, "HELLO first")
             return
         if self.state == OPEN:
-            self.server.expect(self, now + heartbeat.deadline_seconds(self.interval))
+            # A sign of life: the deadline moves; its bucket stays, and the sweep finds the new one when it fires.
+            self.deadline = now + heartbeat.deadline_seconds(self.interval)
             if isinstance(parsed, frames.Ping):
                 self._ping(parsed)  # nothing to wait for: answered at once
                 return
@@ -285,7 +289,7 @@ class Session(WSListener):
         # A device new to broadcasts starts at the newest: the app's past broadcasts are not its.
         self.bsent = min(hello.broadcast_acked, blast) if hello.broadcast_acked else blast
         self.state = OPEN
-        server.expect(self, time.monotonic() + heartbeat.deadline_seconds(self.interval))
+        self.deadline = time.monotonic() + heartbeat.deadline_seconds(self.interval)  # its bucket re-sorts it
         self.send(frames.Welcome(self.interval, last, _now_ms(), blast).encode())
         if self.pending > last:  # a delivery while this was said: tell it now
             self.notify(self.pending, urgent=True, at=self.pending_at)
@@ -331,7 +335,7 @@ class Session(WSListener):
                 self.interval, self.successes = longer, 0
                 self.server.later(self.server.heartbeats.set(self.device, self.network, longer, self.ceiling))
         self.send(frames.Pong(self.interval).encode())
-        self.server.expect(self, time.monotonic() + heartbeat.deadline_seconds(self.interval))
+        self.deadline = time.monotonic() + heartbeat.deadline_seconds(self.interval)
         if self.pending:  # delayed push: the non-urgent messages ride this heartbeat
             self.notify(self.pending, urgent=True, at=self.pending_at)
         if self.bpending:
@@ -399,7 +403,6 @@ class Session(WSListener):
         if direct and seq == self.bsent + 1:
             self.send(direct)
             self.bsent = seq
-            DELIVERED.inc()
         else:
             self.send(frame or frames.Notify(seq, frames.BROADCAST).encode())
         if self.bpending <= seq:
@@ -530,8 +533,12 @@ class LinkServer:
         if small and len(message.payload) <= DIRECT_MAX_PAYLOAD:
             direct = frames.Messages([message], message.seq, message.seq - 1, frames.BROADCAST).encode()
         notice = frames.Notify(message.seq, frames.BROADCAST).encode()
+        sent = 0
         for session in list(peers):
+            before = session.bsent
             session.notify_broadcast(message.seq, urgent=urgent, direct=direct, frame=notice)
+            sent += session.bsent != before
+        DELIVERED.inc(sent)
         if at:
             NOTIFY_LATENCY.observe(max(time.monotonic() - at, 0.0))
 

@@ -365,9 +365,12 @@ export class LinkClient {
             newest = m.seq;
           }
           if (newest > this.acked(s)) {
-            if (s === BROADCAST) this.broadcastAcked = newest;
-            else this.lastAcked = newest;
-            this.send(new Writer(0x03).varint(s).varint(newest).done());
+            if (s === BROADCAST) {
+              this.broadcastAcked = newest; // not acked: its own cursor, sent in its next HELLO
+            } else {
+              this.lastAcked = newest;
+              this.send(new Writer(0x03).varint(INBOX).varint(newest).done());
+            }
           }
           this.pulling[s] = false;
           this.pull(s);
