@@ -67,7 +67,7 @@ async def generate(url: str, first: int, count: int, concurrency: int) -> None:
     from mpaas.link.tokens import TokenKey
 
     key = TokenKey(KEY)
-    received: dict[tuple[int, int], float] = {}  # (stream, device) -> when its first message came
+    received: tuple[dict[int, float], dict[int, float]] = ({}, {})  # per stream: device -> when its first came
     welcomed = 0
     failed = 0
 
@@ -86,14 +86,18 @@ async def generate(url: str, first: int, count: int, concurrency: int) -> None:
             nonlocal welcomed
             if frame.msg_type != WSMsgType.BINARY:
                 return
-            f = frames.decode_server(frame.get_payload_as_bytes())
+            data = frame.get_payload_as_bytes()
+            if data[0] == frames.FrameType.MESSAGES and data[1] == frames.BROADCAST:  # its time, no more (no ack)
+                received[1].setdefault(self.n, time.time())
+                return
+            f = frames.decode_server(data)
             if isinstance(f, frames.Welcome):
                 welcomed += 1
                 self.last = [f.last_seq, f.broadcast_last_seq]
             elif isinstance(f, frames.Notify):
                 transport.send(WSMsgType.BINARY, frames.Pull(self.last[f.stream], 256, f.stream).encode())
             elif isinstance(f, frames.Messages) and f.messages:
-                received.setdefault((f.stream, self.n), time.time())
+                received[f.stream].setdefault(self.n, time.time())
                 self.last[f.stream] = f.messages[-1].seq
                 if f.stream == frames.INBOX:  # broadcasts are not acked (docs/link.md)
                     transport.send(WSMsgType.BINARY, frames.Ack(self.last[f.stream]).encode())
@@ -123,10 +127,10 @@ async def generate(url: str, first: int, count: int, concurrency: int) -> None:
     while line := (await reader.readline()).decode().strip():
         cmd, *args = line.split()
         if cmd == "stats":
-            print(json.dumps({"welcomed": welcomed, "received": len(received)}), flush=True)
+            print(json.dumps({"welcomed": welcomed, "received": [len(r) for r in received]}), flush=True)
         elif cmd == "latency":
             stream, t0 = int(args[0]), float(args[1])
-            print(json.dumps({"latencies": [t - t0 for (s, _), t in received.items() if s == stream]}), flush=True)
+            print(json.dumps({"latencies": [t - t0 for t in received[stream].values()]}), flush=True)
         elif cmd == "quit":
             return
 

@@ -50,7 +50,7 @@ class Local(Protocol):
 
 
 class Bus:
-    """The pods' channels. A notice is one line of tab-separated fields:
+    """The pods' channels. A message is notices, a line each, of tab-separated fields:
     `N device seq flags expires_ms sent_ms [payload base64]` or `R device lease-token`; broadcasts go on one
     channel every pod listens to: `B app/workspace seq flags expires_ms sent_ms [payload base64]`."""
 
@@ -62,10 +62,8 @@ class Bus:
         await self.redis.publish(self.prefix + pod, _notice(device, message))
 
     async def notify_many(self, pod: str, items: Sequence[tuple[str, Message]]) -> None:
-        async with self.redis.pipeline(transaction=False) as p:
-            for device, message in items:
-                p.publish(self.prefix + pod, _notice(device, message))
-            await p.execute()
+        """One publish for all of a call's notices to one pod: a line each."""
+        await self.redis.publish(self.prefix + pod, "\n".join(_notice(device, m) for device, m in items))
 
     async def replaced(self, pod: str, device: str, token: str) -> None:
         await self.redis.publish(self.prefix + pod, f"R\t{device}\t{token}")
@@ -108,6 +106,11 @@ def _notice(device: str, m: Message) -> str:
 
 def _handle(data: bytes | str, local: Local) -> None:
     text = data.decode() if isinstance(data, bytes) else data
+    for line in text.split("\n"):
+        _handle_line(line, local)
+
+
+def _handle_line(text: str, local: Local) -> None:
     parts = text.split("\t")
     try:
         if parts[0] in ("N", "B") and len(parts) == 7:
