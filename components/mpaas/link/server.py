@@ -370,7 +370,8 @@ class Session(WSListener):
         if t is None or self.closing:
             return
         t.send(WSMsgType.BINARY, data)
-        if t.underlying_transport.get_write_buffer_size() > SLOW_READER_BYTES:
+        # Past the high-water mark the transport paused us (pause_writing): only then can the buffer be large.
+        if self.paused_at and t.underlying_transport.get_write_buffer_size() > SLOW_READER_BYTES:
             self.close(Close.SLOW_READER, "the client does not read what it is sent", abort=True)
 
     def notify(self, last_seq: int, *, urgent: bool, at: float = 0.0, small: frames.Message | None = None) -> None:
