@@ -27,11 +27,11 @@ import time
 import uuid
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -169,6 +169,31 @@ class Bundle:
     assets: tuple[Asset, ...]
 
 
+T = TypeVar("T")
+
+
+async def _once(pending: dict[str, asyncio.Future[T]], key: str, work: Callable[[], Awaitable[T]]) -> T:
+    """`work` run once for `key` however many ask at the same time: the others wait for its result."""
+    running = pending.get(key)
+    if running is not None:
+        return await asyncio.shield(running)
+    future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    pending[key] = future
+    try:
+        result = await work()
+        future.set_result(result)
+        return result
+    except Exception as e:
+        future.set_exception(e)
+        future.exception()  # retrieved: a failure nobody else waited for is not logged as lost
+        raise
+    except BaseException:
+        future.cancel()
+        raise
+    finally:
+        del pending[key]
+
+
 def update_id(package_sha256: str, platform: str) -> str:
     """The manifest id every replica derives alike: a UUID from the package's sha256 and the platform."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"mpaas-expo:{package_sha256}:{platform}"))
@@ -203,12 +228,8 @@ class Bundles:
     async def load(self, release: Release) -> dict[str, Bundle]:
         package = release.spec.package
         assert package is not None
-        pending = self._loading.get(package.sha256)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[dict[str, Bundle]] = asyncio.get_running_loop().create_future()
-        self._loading[package.sha256] = future
-        try:
+
+        async def extract() -> dict[str, Bundle]:
             zipped = await self._fetch(package.uri, package.sha256, package.size_bytes)
             try:
                 bundles = await asyncio.to_thread(self._extract, zipped, package.sha256)
@@ -219,17 +240,9 @@ class Bundles:
                 self.launch_assets.add(b.launch.sha256)
             while len(self._manifests) > MAX_PACKAGES:
                 self._manifests.popitem(last=False)
-            future.set_result(bundles)
             return bundles
-        except Exception as e:
-            future.set_exception(e)
-            future.exception()
-            raise
-        except BaseException:
-            future.cancel()
-            raise
-        finally:
-            del self._loading[package.sha256]
+
+        return await _once(self._loading, package.sha256, extract)
 
     async def _fetch(self, uri: str, sha256: str, size: int) -> Path:
         where = locate(uri)
@@ -319,25 +332,12 @@ class Bundles:
         path = self.files / diff.sha256
         if path.is_file():
             return path
-        pending = self._patching.get(diff.sha256)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
-        self._patching[diff.sha256] = future
-        try:
-            part = await self._fetch(diff.uri, diff.sha256, diff.size_bytes)
-            os.replace(part, path)
-            future.set_result(path)
+
+        async def fetch() -> Path:
+            os.replace(await self._fetch(diff.uri, diff.sha256, diff.size_bytes), path)
             return path
-        except Exception as e:
-            future.set_exception(e)
-            future.exception()
-            raise
-        except BaseException:
-            future.cancel()
-            raise
-        finally:
-            del self._patching[diff.sha256]
+
+        return await _once(self._patching, diff.sha256, fetch)
 
     def has(self, asset_sha256: str) -> tuple[Path, str] | None:
         """The asset's file and content type, once extracted here."""
