@@ -122,16 +122,19 @@ async def test_messages_arrive_once_in_order_across_reconnects(start_link: Calla
     device = "d-" + uuid.uuid4().hex[:6]
     # Offline first: the messages wait in the inbox.
     out = await link.deliver([device], b"first")
-    assert out["results"] == [{"deviceId": device, "seq": 1, "online": False}]
+    (first,) = out["results"]
+    assert first["deviceId"] == device and first["online"] is False
+    s1 = first["seq"]  # numbers start at the inbox's creation time: never reused after an idle removal
+    assert s1 > 1_700_000_000_000_000
     await link.deliver([device], b"second")
     c = link.client(device)
     welcome = await c.connect()
-    assert welcome.last_seq == 2 and 5 <= welcome.heartbeat_seconds <= 60
+    assert welcome.last_seq == s1 + 1 and 5 <= welcome.heartbeat_seconds <= 60
     assert [m.payload for m in await take(c, 2)] == [b"first", b"second"]
     # Online: delivered at once (urgent), small ones with their notice.
     assert (await link.deliver([device], b"third"))["results"][0]["online"] is True
     (third,) = await take(c, 1)
-    assert (third.seq, third.payload) == (3, b"third")
+    assert (third.seq, third.payload) == (s1 + 2, b"third")
     await asyncio.sleep(0.3)  # its ack reaches the server
     await c.close()
     # Away: two more; back with the number it acked: those two, not the first three again.
@@ -140,7 +143,7 @@ async def test_messages_arrive_once_in_order_across_reconnects(start_link: Calla
     again = link.client(device, last_acked=c.last_acked)
     await again.connect()
     got = await take(again, 2)
-    assert [m.seq for m in got] == [4, 5] and got[0].payload == b"fourth" and len(got[1].payload) == 5000
+    assert [m.seq for m in got] == [s1 + 3, s1 + 4] and got[0].payload == b"fourth" and len(got[1].payload) == 5000
     await asyncio.sleep(0.5)
     assert again.messages.empty()
     await again.close()
@@ -157,7 +160,8 @@ async def test_a_client_that_did_not_ack_gets_the_messages_again(start_link: Cal
     await c.close()  # processed, never acked: it comes again
     again = link.client(device)
     await again.connect()
-    assert [(m.seq, m.payload) for m in await take(again, 1)] == [(1, b"one")]
+    (m,) = await take(again, 1)
+    assert m.payload == b"one" and m.seq == c.frames[0].last_seq
     await again.close()
 
 
@@ -207,7 +211,7 @@ async def test_two_link_processes_route_to_each_other(start_link: Callable[..., 
     assert (await b.deliver([device], b"via b"))["results"][0]["online"] is True  # told to pod-a over Redis
     assert [m.payload for m in await take(c, 1)] == [b"via b"]
     # The device moves to pod-b: pod-a closes its connection, and deliveries follow.
-    moved = b.client(device, last_acked=1)
+    moved = b.client(device, last_acked=c.last_acked)
     await moved.connect()
     assert (await closed_with(c)).code == Close.REPLACED
     await a.deliver([device], b"via a")
@@ -248,7 +252,7 @@ async def test_a_killed_link_process_loses_nothing(start_link: Callable[..., Lin
     assert again is not None and again.url == b.ws, listed
     got += await take(again, 40 - len(got))
     assert [m.payload for m in got] == [f"m{i}".encode() for i in range(40)]  # once each, in order
-    assert [m.seq for m in got] == list(range(1, 41))
+    assert [m.seq for m in got] == list(range(got[0].seq, got[0].seq + 40))
     await asyncio.sleep(0.5)
     assert again.messages.empty()
     await again.close()
@@ -558,7 +562,10 @@ async def test_the_typescript_client_gets_every_message_once_across_a_drain(
     async def until(check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         assert node.stdout is not None
         while True:
-            line = await asyncio.wait_for(node.stdout.readline(), 20)
+            try:
+                line = await asyncio.wait_for(node.stdout.readline(), 20)
+            except TimeoutError:
+                raise AssertionError(f"no such event from the client; it said: {events}") from None
             assert line, (events, (await node.stderr.read()).decode() if node.stderr else "")
             event = json.loads(line)
             events.append(event)
@@ -567,10 +574,10 @@ async def test_the_typescript_client_gets_every_message_once_across_a_drain(
 
     try:
         welcome = await until(lambda e: e["event"] == "welcome")
-        assert welcome["lastSeq"] == 2
-        await until(lambda e: e.get("seq") == 2)
+        base = welcome["lastSeq"] - 1  # m0's number
+        await until(lambda e: e.get("seq") == base + 1)
         await b.deliver([device], b"m2")  # online, through the other pod
-        await until(lambda e: e.get("seq") == 3)
+        await until(lambda e: e.get("seq") == base + 2)
         a.proc.proc.send_signal(signal.SIGTERM)  # drain: GOAWAY names pod-b, the client moves there
         await until(lambda e: e["event"] == "close" and e["code"] == 1001)
         await b.deliver([device], b"m3")
@@ -587,9 +594,9 @@ async def test_the_typescript_client_gets_every_message_once_across_a_drain(
             node.kill()
         await node.wait()
     got = [(e["seq"], e["payload"]) for e in events if e["event"] == "message" and e["stream"] == 0]
-    assert got == [(i + 1, f"m{i}") for i in range(6)]  # once each, in order, across the move
-    assert [(e["seq"], e["payload"]) for e in events if e.get("stream") == 1] == [(1, "to all")]
-    assert done["lastAcked"] == 6
+    assert got == [(base + i, f"m{i}") for i in range(6)]  # once each, in order, across the move
+    assert [e["payload"] for e in events if e.get("stream") == 1] == ["to all"]
+    assert done["lastAcked"] == base + 5
     presence = (await b.get(f"/v1/link/presence/{APP}/{WS}/{device}")).json()
     assert presence["pod"] in (None, "pod-b")
 
@@ -635,3 +642,35 @@ async def test_a_broadcast_reaches_every_device_of_the_app_on_every_pod_once(sta
     assert fresh.broadcasts.empty() and back.broadcasts.qsize() == 1  # `third` only
     for c in (back, fresh, *on_a[1:], *on_b):
         await c.close()
+
+
+@pytest.mark.component
+async def test_an_inbox_of_expired_messages_is_moved_past_and_ids_cannot_forge_notices(
+    start_link: Callable[..., Link],
+) -> None:
+    link = start_link()
+    device = "d-" + uuid.uuid4().hex[:6]
+    for _ in range(3):
+        await link.deliver([device], b"gone", ttlSeconds=1)
+    await asyncio.sleep(1.5)
+    c = link.client(device)
+    welcome = await c.connect()
+    assert welcome.last_seq > 0  # numbered, all expired unread
+    await asyncio.sleep(1.0)
+    assert c.closed is not None and not c.closed.done()  # no pull loop: moved past them
+    assert c.last_acked == welcome.last_seq
+    await link.deliver([device], b"fresh")
+    assert [m.payload for m in await take(c, 1)] == [b"fresh"]
+    await c.close()
+    # Ids that could break the pods' notices (a line each, tab-separated) or the stores' keys are refused.
+    async with httpx.AsyncClient(timeout=10) as http:
+        for devices in (["x\nN\tSHOP/prod/victim\t5\t1\t0\t0\tRk9SR0VE"], ["a\tb"], ["{tag}"], ["with space"]):
+            body = {"appId": APP, "workspaceId": WS, "deviceIds": devices, "payload": ""}
+            r = await http.post(link.http + "/v1/link/deliver", json=body)
+            assert r.status_code == 400 and "deviceIds" in r.json()["error"], devices
+        body = {"appId": "SHOP\nB", "workspaceId": WS, "payload": ""}
+        assert (await http.post(link.http + "/v1/link/broadcast", json=body)).status_code == 400
+    bad = link.client("bad\tid", token=TokenKey(KEY).issue(APP, WS, "bad\tid"))
+    with pytest.raises(Closed) as e:
+        await bad.connect()
+    assert e.value.code == Close.UNAUTHORIZED

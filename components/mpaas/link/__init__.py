@@ -66,10 +66,10 @@ def build(settings: LinkSettings) -> Served:
     redis: Any = None
     if settings.redis_url.startswith("memory:"):
         log_store: Any = MemorySequencedLog(
-            max_len=MAX_MESSAGES, overflow="drop_oldest", idle_ttl_seconds=IDLE_DAYS * 86400
+            max_len=MAX_MESSAGES, overflow="drop_oldest", idle_ttl_seconds=IDLE_DAYS * 86400, time_numbers=True
         )
         broadcast_store: Any = MemorySequencedLog(
-            max_len=MAX_MESSAGES, overflow="drop_oldest", idle_ttl_seconds=IDLE_DAYS * 86400
+            max_len=MAX_MESSAGES, overflow="drop_oldest", idle_ttl_seconds=IDLE_DAYS * 86400, time_numbers=True
         )
         routes: Any = MemoryRouteTable()
         hot: Any = MemoryHotStore()
@@ -81,6 +81,7 @@ def build(settings: LinkSettings) -> Served:
             max_len=MAX_MESSAGES,
             overflow="drop_oldest",
             idle_ttl_seconds=IDLE_DAYS * 86400,
+            time_numbers=True,  # a removed inbox created again never reuses a number a device acked
         )
         broadcast_store = RedisSequencedLog(
             redis,
@@ -88,6 +89,7 @@ def build(settings: LinkSettings) -> Served:
             max_len=MAX_MESSAGES,
             overflow="drop_oldest",
             idle_ttl_seconds=IDLE_DAYS * 86400,
+            time_numbers=True,  # a removed inbox created again never reuses a number a device acked
         )
         routes = RedisRouteTable(redis, prefix=f"{prefix}route:")
         hot = RedisHotStore(settings.redis_url)
@@ -181,8 +183,13 @@ def build(settings: LinkSettings) -> Served:
                 raise ValueError("the body is a JSON object")
             app_id, workspace_id = _text(body, "appId"), _text(body, "workspaceId")
             devices = body.get("deviceIds")
-            if not isinstance(devices, list) or not all(isinstance(d, str) and 0 < len(d) <= 128 for d in devices):
-                raise ValueError(f"deviceIds: a list of 1 to {MAX_DEVICES} device ids of 1-128 characters")
+            if not isinstance(devices, list) or not all(
+                isinstance(d, str) and frames.valid_device_id(d) for d in devices
+            ):
+                raise ValueError(
+                    f"deviceIds: a list of 1 to {MAX_DEVICES} device ids, each 1-128 characters without control "
+                    "characters, spaces or braces"
+                )
             payload, urgent, ttl = _message(body)
             done = await deliverer.deliver(app_id, workspace_id, devices, payload, urgent=urgent, ttl_seconds=ttl)
         except (ValueError, binascii.Error) as e:
@@ -210,6 +217,10 @@ def build(settings: LinkSettings) -> Served:
 
     @app.get("/v1/link/presence/{app_id}/{workspace_id}/{device_id}")
     async def presence(app_id: str, workspace_id: str, device_id: str) -> JSONResponse:
+        if not (
+            frames.valid_app_id(app_id) and frames.valid_app_id(workspace_id) and frames.valid_device_id(device_id)
+        ):
+            return JSONResponse({"error": "not an app, workspace or device id"}, status_code=400)
         pod, seen = await deliverer.presence(app_id, workspace_id, device_id)
         return JSONResponse({"online": pod is not None, "pod": pod, "lastSeen": seen})
 
@@ -234,8 +245,8 @@ def _message(body: dict[str, Any]) -> tuple[bytes, bool, int]:
 
 def _text(body: dict[str, Any], name: str) -> str:
     value = body.get(name)
-    if not isinstance(value, str) or not 0 < len(value) <= 64:
-        raise ValueError(f"{name}: a string of 1-64 characters")
+    if not isinstance(value, str) or not frames.valid_app_id(value):
+        raise ValueError(f"{name}: 1-64 letters, digits, '_', '.' or '-'")
     return value
 
 

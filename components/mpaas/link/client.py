@@ -140,12 +140,14 @@ class LinkClient:
                 if m.seq > newest:  # once each, in order
                     queue.put_nowait(m)
                     newest = m.seq
+            if not frame.messages and frame.last_seq > newest:  # all up to lastSeq expired unread: move past
+                newest = frame.last_seq
+            self._want[s] = max(frame.last_seq, newest)  # the server's answer: what is there now
             if newest > acked:
                 if s == frames.BROADCAST:  # not acked: the client's own cursor, sent in its next HELLO
                     self.broadcast_acked = newest
                 elif self.auto_ack:
                     self.ack(newest, s)
-            self._want[s] = max(self._want[s], frame.last_seq)
             self._pull(s)
         elif isinstance(frame, frames.Pong):
             self.interval = frame.heartbeat_seconds

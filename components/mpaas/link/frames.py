@@ -8,6 +8,7 @@ PROTOCOL_ERROR.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -67,6 +68,20 @@ class Network(IntEnum):
 
 class FrameError(ValueError):
     """A frame that does not decode; says why."""
+
+
+# Ids are keys in the stores and fields of the pods' notices: no control characters, spaces or braces (and,
+# for apps and workspaces, no "/": the device key is app/workspace/device).
+_DEVICE_ID = re.compile(r"[^\x00-\x20\x7f{}]{1,128}")
+_APP_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def valid_device_id(s: str) -> bool:
+    return _DEVICE_ID.fullmatch(s) is not None
+
+
+def valid_app_id(s: str) -> bool:
+    return _APP_ID.fullmatch(s) is not None
 
 
 # --- encoding ---------------------------------------------------------------------------------------------
@@ -212,6 +227,8 @@ def decode_client(data: bytes | memoryview) -> ClientFrame:
         device = r.text(MAX_ID, "deviceId")
         token = r.bytes(MAX_TOKEN, "the token")
         acked, network, broadcast = r.uvarint(), r.uvarint(), r.uvarint()
+        if network > Network.ETHERNET:
+            raise FrameError(f"network {network}: 0 to {int(Network.ETHERNET)}")
         frame = Hello(app, workspace, device, token, acked, network, version, broadcast)
     elif kind == FrameType.PULL:
         stream = _stream(r)
@@ -220,7 +237,10 @@ def decode_client(data: bytes | memoryview) -> ClientFrame:
         stream = _stream(r)
         frame = Ack(r.uvarint(), stream)
     elif kind == FrameType.PING:
-        frame = Ping(r.uvarint())
+        network = r.uvarint()
+        if network > Network.ETHERNET:
+            raise FrameError(f"network {network}: 0 to {int(Network.ETHERNET)}")
+        frame = Ping(network)
     else:
         raise UnknownFrame(kind)
     r.end()

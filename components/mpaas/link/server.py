@@ -56,6 +56,7 @@ QUEUE_LIMIT = 64  # frames waiting for the store on one connection; more: it is 
 PROBE_MAX_DELAY_SECONDS = 0.5  # a full pod answers a probe this late
 DRAIN_WAVES = 10
 ACK_FLUSH_SECONDS = 0.05
+READ_CHUNK = 32  # entries read from the store for one PULL (at most 2 MiB): more, and the client pulls again
 
 CONNECTIONS = Gauge("mpaas_link_connections", "Authenticated connections held by this process")
 OPENED = Counter("mpaas_link_connections_opened_total", "WebSocket connections accepted")
@@ -94,6 +95,7 @@ class Session(WSListener):
         "app_key",
         "bpending",
         "bsent",
+        "catching",
         "ceiling",
         "closing",
         "deadline",
@@ -137,6 +139,7 @@ class Session(WSListener):
         self.app_key = ""  # app/workspace: its broadcast stream
         self.bsent = 0  # the newest broadcast number sent (or acked in HELLO, or the last one at connect)
         self.bpending = 0  # a non-urgent broadcast, told at the next heartbeat
+        self.catching = False  # a route refresh in flight
         self.pending_at = 0.0
         self.tokens = RATE_BURST
         self.refilled = time.monotonic()
@@ -151,7 +154,10 @@ class Session(WSListener):
         OPENED.inc()
         under = transport.underlying_transport
         under.set_write_buffer_limits(high=SEND_HIGH_WATER)
-        if len(self.server.sessions) + len(self.server.pending_hello) >= self.server.limits.max_connections:
+        limits = self.server.limits
+        if len(self.server.sessions) + len(self.server.pending_hello) >= limits.max_connections or len(
+            self.server.pending_hello
+        ) >= max(limits.max_connections // 10, 100):  # connections that never say HELLO fill a tenth at most
             self.close(Close.SERVER_FULL, "this link process is full: ask /dispatch for another")
             return
         self.server.expect(self, time.monotonic() + self.server.limits.hello_seconds)
@@ -257,8 +263,11 @@ class Session(WSListener):
         if app is None:
             self.close(Close.UNKNOWN_APP, "no Link PushChannel for this app")
             return
-        if not hello.device_id:
-            self.close(Close.UNAUTHORIZED, "a device id is required")
+        if not frames.valid_device_id(hello.device_id) or not frames.valid_app_id(hello.workspace_id):
+            self.close(Close.UNAUTHORIZED, "a device id of 1-128 printable bytes, no spaces or braces, is required")
+            return
+        if server.draining:
+            self.close(Close.GOING_AWAY, "the server drains: ask /dispatch for another")
             return
         key = check(hello.token, list(app.keys), hello.app_id, hello.workspace_id, hello.device_id, time.time())
         if not isinstance(key, TokenKey):
@@ -282,7 +291,9 @@ class Session(WSListener):
         if hello.last_acked:
             cursor = await server.inbox.ack(self.inbox, hello.last_acked)
         last = await server.inbox.last(self.inbox)
-        blast = await server.broadcasts.last(self.app_key)
+        # An app without broadcasts yet: the client's own cursor, or a number below every future one (so 0
+        # always means "new to them").
+        blast = await server.broadcasts.last(self.app_key) or hello.broadcast_acked or _now_ms() * 1000
         if self.closing:
             return
         self.sent = max(cursor, min(hello.last_acked, last))
@@ -297,19 +308,20 @@ class Session(WSListener):
             self.notify_broadcast(self.bpending, urgent=True)
 
     async def _pull(self, pull: frames.Pull) -> None:
-        count = min(max(pull.max, 1), frames.MAX_PULL)
+        count = min(max(pull.max, 1), READ_CHUNK)
         if pull.stream == frames.BROADCAST:
             batch = await self.server.broadcasts.read(self.app_key, pull.after, count)
             self.send(frames.Messages(batch.messages, batch.last_seq, pull.after, frames.BROADCAST).encode())
-            if batch.messages:
-                self.bsent = max(self.bsent, batch.messages[-1].seq)
-                DELIVERED.inc(len(batch.messages))
+            # Nothing left to read up to lastSeq (expired, or evicted): the client moves past it.
+            upto = batch.messages[-1].seq if batch.messages else max(batch.last_seq, pull.after)
+            self.bsent = max(self.bsent, upto)
+            DELIVERED.inc(len(batch.messages))
             return
         batch = await self.server.inbox.read(self.inbox, pull.after, count)
         self.send(frames.Messages(batch.messages, batch.last_seq, pull.after).encode())
-        if batch.messages:
-            self.sent = max(self.sent, batch.messages[-1].seq)
-            DELIVERED.inc(len(batch.messages))
+        upto = batch.messages[-1].seq if batch.messages else max(batch.last_seq, pull.after)
+        self.sent = max(self.sent, upto)
+        DELIVERED.inc(len(batch.messages))
         if self.pending and self.sent >= self.pending:
             self.pending = 0
 
@@ -342,8 +354,17 @@ class Session(WSListener):
             self.notify_broadcast(self.bpending, urgent=True)
         if not self.pending and not self.bpending:  # a notice lost on the bus: what was not sent, told now
             self.server.later(self._catch_up())
-        if self.lease is not None:
-            self.server.later(self.server.routes.heartbeat(self.lease, ttl_seconds=self._route_ttl()))
+        if self.lease is not None and not self.catching:
+            self.catching = True  # one refresh at a time: a ping flood makes no pile of store calls
+            self.server.later(self._refresh_route(self.lease))
+
+    async def _refresh_route(self, lease: Lease) -> None:
+        try:
+            if not await self.server.routes.heartbeat(lease, ttl_seconds=self._route_ttl()):
+                # Another connection of the device took the route (its notice to close this one was lost).
+                self.close(Close.REPLACED, "a newer connection of this device took over")
+        finally:
+            self.catching = False
 
     async def _catch_up(self) -> None:
         last = await self.server.inbox.last(self.inbox)
@@ -569,12 +590,17 @@ class LinkServer:
         self.draining = True
         addresses = [p.address for p in self.pods.ranked(exclude=self.pod)] if self.pods is not None else []
         sessions = list(self.sessions.values())
+        for session in list(self.pending_hello):
+            session.close(Close.GOING_AWAY, "the server drains: ask /dispatch for another")
         waves = max(1, min(DRAIN_WAVES, len(sessions)))
         step = max(seconds * 0.8, 0.0) / waves
         for i in range(waves):
-            for session in sessions[i::waves]:
+            for n, session in enumerate(sessions[i::waves]):
                 delay = int(random.uniform(0, step * 1000))  # spread over the wave's time: no thundering herd
-                session.send(frames.GoAway(Close.GOING_AWAY, addresses, delay).encode())
+                # Each client gets the pods in another order: they spread instead of all filling the lightest.
+                turn = n % len(addresses) if addresses else 0
+                order = addresses[turn:] + addresses[:turn]
+                session.send(frames.GoAway(Close.GOING_AWAY, order, delay).encode())
                 session.close(Close.GOING_AWAY, "the server drains: reconnect where GOAWAY says")
             if i + 1 < waves:
                 await asyncio.sleep(step)
@@ -613,10 +639,13 @@ class LinkServer:
                 for session in self._buckets.pop(second):
                     if session.closing:
                         continue
-                    if session.deadline <= now:
-                        session.timed_out()
-                    else:  # a frame came since: its new deadline has its own bucket
-                        self._buckets.setdefault(int(session.deadline) + 1, set()).add(session)
+                    try:
+                        if session.deadline <= now:
+                            session.timed_out()
+                        else:  # a frame came since: its new deadline has its own bucket
+                            self._buckets.setdefault(int(session.deadline) + 1, set()).add(session)
+                    except Exception:  # one session's failure must not stop every deadline
+                        log.exception("link: a deadline of %s failed", session.device or "a connection")
             for session in list(self._readers):
                 if session.closing or not session.paused_at:
                     self._readers.discard(session)

@@ -10,7 +10,10 @@ One mechanism, two roles:
   cursor. Entries are dropped once every known reader has acked them. Typical settings: a larger
   `max_len`, `overflow="reject"` (an op is never dropped unread).
 
-Sequence numbers start at 1, never repeat while the log exists, and readers see them in order. Gaps
+Sequence numbers start at 1 (with `time_numbers`, at the log's creation time in milliseconds times 1 000,
+so that a log removed when idle and created again never hands out a number it used before: a reader holding
+an old number reads every entry of the new log), never repeat while the log exists, and readers see them in
+order. Gaps
 are normal: an entry can expire (its TTL) or be evicted (`drop_oldest`) before it is read, so a reader
 must not wait for a missing number. When a log has had no append, ack or reader change for
 `idle_ttl_seconds` it is removed whole, counter and cursors included (reads do not keep it), and
@@ -60,7 +63,10 @@ class LogBatch:
 
 
 class SequencedLog(ABC):
-    def __init__(self, *, max_len: int, overflow: Overflow, idle_ttl_seconds: float | None) -> None:
+    def __init__(
+        self, *, max_len: int, overflow: Overflow, idle_ttl_seconds: float | None, time_numbers: bool = False
+    ) -> None:
+        self.time_numbers = time_numbers
         if max_len < 1:
             raise ValueError("max_len must be at least 1: a log is bounded")
         if overflow not in ("reject", "drop_oldest"):
@@ -175,6 +181,7 @@ if held >= max_len then
   forget_expiries(redis.call('ZRANGE', KEYS[1], 0, n - 1, 'WITHSCORES'))
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - 1)
 end
+if tonumber(ARGV[7]) > 0 and redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], ARGV[7]) end
 local seq = redis.call('INCR', KEYS[2])
 redis.call('ZADD', KEYS[1], seq, string.format('%d:', seq) .. ARGV[1])
 local expires = tonumber(ARGV[3])
@@ -268,9 +275,12 @@ class RedisSequencedLog(RedisRole, SequencedLog):
         max_len: int,
         overflow: Overflow,
         idle_ttl_seconds: float | None = None,
+        time_numbers: bool = False,
     ):
         RedisRole.__init__(self, redis, prefix)
-        SequencedLog.__init__(self, max_len=max_len, overflow=overflow, idle_ttl_seconds=idle_ttl_seconds)
+        SequencedLog.__init__(
+            self, max_len=max_len, overflow=overflow, idle_ttl_seconds=idle_ttl_seconds, time_numbers=time_numbers
+        )
         self._scripts = {name: self.redis.register_script(text) for name, text in SCRIPTS.items()}
         self._idle_ms = int(idle_ttl_seconds * 1000) if idle_ttl_seconds else 0
 
@@ -285,9 +295,9 @@ class RedisSequencedLog(RedisRole, SequencedLog):
         self._check_ttl(ttl_seconds)
         now = _now_ms()
         expires = now + int(ttl_seconds * 1000) if ttl_seconds else 0
-        seq = int(
-            cast(int, await self._run("append", log, value, now, expires, self.max_len, self.overflow, self._idle_ms))
-        )
+        base = now * 1000 if self.time_numbers else 0
+        args = (value, now, expires, self.max_len, self.overflow, self._idle_ms, base)
+        seq = int(cast(int, await self._run("append", log, *args)))
         if seq < 0:
             raise LogFull(f"log {log!r} holds {self.max_len} entries")
         return seq
@@ -302,9 +312,9 @@ class RedisSequencedLog(RedisRole, SequencedLog):
                 keys = self.keys(log)
                 require_one_slot(keys)
                 expires = now + int(ttl * 1000) if ttl else 0
-                await script(
-                    keys=keys, args=[value, now, expires, self.max_len, self.overflow, self._idle_ms], client=p
-                )
+                base = now * 1000 if self.time_numbers else 0
+                args: list[bytes | str | int] = [value, now, expires, self.max_len, self.overflow, self._idle_ms, base]
+                await script(keys=keys, args=args, client=p)
             results = await p.execute()
         return [LogFull(f"log {log!r} holds {self.max_len} entries") if int(r) < 0 else int(r)
                 for (log, _, _), r in zip(items, results, strict=True)]  # fmt: skip
@@ -371,8 +381,11 @@ class MemorySequencedLog(SequencedLog):
         overflow: Overflow,
         idle_ttl_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        time_numbers: bool = False,
     ):
-        super().__init__(max_len=max_len, overflow=overflow, idle_ttl_seconds=idle_ttl_seconds)
+        super().__init__(
+            max_len=max_len, overflow=overflow, idle_ttl_seconds=idle_ttl_seconds, time_numbers=time_numbers
+        )
         self._logs: ExpiringMap[_Log] = ExpiringMap(clock)
         self._clock = clock
 
@@ -408,6 +421,8 @@ class MemorySequencedLog(SequencedLog):
                 raise LogFull(f"log {log!r} holds {self.max_len} entries")
             while len(state.entries) >= self.max_len:
                 state.entries.popitem(last=False)
+        if self.time_numbers and state.last_seq == 0:
+            state.last_seq = int(time.time() * 1000) * 1000
         state.last_seq += 1
         state.entries[state.last_seq] = value
         if ttl_seconds:

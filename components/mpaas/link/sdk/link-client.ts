@@ -258,6 +258,7 @@ export class LinkClient {
   private goaway: GoAway | null = null;
   private stopped = false;
   private url: string;
+  private generation = 0; // of the socket: what an older socket's frames or handlers do is dropped
 
   constructor(private readonly o: LinkOptions) {
     this.lastAcked = o.lastAcked ?? 0;
@@ -270,9 +271,17 @@ export class LinkClient {
     this.stopped = false;
     const Ws: SocketFactory | undefined = this.o.WebSocket ?? (globalThis as { WebSocket?: SocketFactory }).WebSocket;
     if (!Ws) throw new Error("no WebSocket: pass one (Node 20: the ws package)");
+    const generation = ++this.generation;
     return new Promise<Welcome>((resolve, reject) => {
       let welcomed = false;
-      const socket = new Ws(this.url, SUBPROTOCOL);
+      let socket: SocketLike;
+      try {
+        socket = new Ws(this.url, SUBPROTOCOL);
+      } catch (e) {
+        reject(e);
+        this.scheduleReconnect(Close.InternalError);
+        return;
+      }
       this.socket = socket;
       socket.binaryType = "arraybuffer";
       socket.onopen = () => {
@@ -289,13 +298,20 @@ export class LinkClient {
         );
       };
       socket.onmessage = (ev) => {
-        const frame = decodeServer(new Uint8Array(ev.data as ArrayBuffer));
+        if (generation !== this.generation) return;
+        let frame: ServerFrame;
+        try {
+          frame = decodeServer(new Uint8Array(ev.data as ArrayBuffer));
+        } catch {
+          socket.close(Close.ProtocolError, "a frame that does not decode");
+          return;
+        }
         if (frame.type === "welcome" && !welcomed) {
           welcomed = true;
           this.backoffMs = 1000;
           resolve(frame.welcome);
         }
-        this.onFrame(frame);
+        this.onFrame(frame, generation);
       };
       socket.onerror = () => {};
       socket.onclose = (ev) => {
@@ -319,9 +335,10 @@ export class LinkClient {
   private scheduleReconnect(code: number): void {
     if (this.stopped || this.o.reconnect === false || FINAL.has(code)) return;
     let wait = this.backoffMs * (0.5 + Math.random());
+    this.url = this.o.url; // a GOAWAY's address is for one try: after it, the configured URL again
     if (this.goaway && this.goaway.addresses.length > 0) {
       this.url = this.goaway.addresses[0];
-      wait = this.goaway.delayMs;
+      wait = this.goaway.delayMs + Math.random() * 1000;
     }
     this.goaway = null;
     this.backoffMs = Math.min(this.backoffMs * 2, 60_000);
@@ -334,7 +351,7 @@ export class LinkClient {
     if (this.socket && this.socket.readyState === 1) this.socket.send(b);
   }
 
-  private onFrame(frame: ServerFrame): void {
+  private onFrame(frame: ServerFrame, generation: number): void {
     switch (frame.type) {
       case "welcome": {
         const w = frame.welcome;
@@ -355,7 +372,6 @@ export class LinkClient {
         break;
       case "messages": {
         const s = frame.stream;
-        this.want[s] = Math.max(this.want[s], frame.lastSeq);
         // Handed out in order, one at a time; acked once handled. A number already handled is dropped.
         this.queue = this.queue.then(async () => {
           let newest = this.acked(s);
@@ -363,15 +379,19 @@ export class LinkClient {
             if (m.seq <= newest) continue;
             await this.o.onMessage(m);
             newest = m.seq;
+            if (s === BROADCAST) this.broadcastAcked = Math.max(this.broadcastAcked, newest);
           }
-          if (newest > this.acked(s)) {
-            if (s === BROADCAST) {
-              this.broadcastAcked = newest; // not acked: its own cursor, sent in its next HELLO
-            } else {
-              this.lastAcked = newest;
-              this.send(new Writer(0x03).varint(INBOX).varint(newest).done());
-            }
+          // Nothing to read up to lastSeq (expired or evicted unread): move past it.
+          if (frame.messages.length === 0 && frame.lastSeq > newest) newest = frame.lastSeq;
+          this.want[s] = Math.max(frame.lastSeq, newest); // the server's answer: what is there now
+          if (s === BROADCAST) {
+            this.broadcastAcked = Math.max(this.broadcastAcked, newest); // not acked: its own cursor, for HELLO
+          } else if (newest > this.lastAcked) {
+            this.lastAcked = newest;
+            // An ack belongs to its socket: after a reconnect, HELLO's lastAcked carries it.
+            if (generation === this.generation) this.send(new Writer(0x03).varint(INBOX).varint(newest).done());
           }
+          if (generation !== this.generation) return;
           this.pulling[s] = false;
           this.pull(s);
         });
