@@ -3,10 +3,11 @@
 Built: the protocol (`frames.py`: WebSocket binary frames, subprotocol mpaas-link.v1) served by picows
 (`server.py`: one small `Session` per connection, deadlines in one-second buckets), device tokens (`tokens.py`,
 keys from the Secret the Link PushChannel names), inboxes numbered per device with acks and TTLs
-(`inbox.py`, Redis), notify-then-pull, the adaptive heartbeat (`heartbeat.py`), one connection per device
-across pods (the route table), and delivery for push and sync (`deliver.py`: the inbox, then the pod holding
-the device, over Redis pub/sub), with its HTTP route. Not built yet: dispatch, drain, the operator's status
-and autoscaling for link, the TypeScript client.
+(`inbox.py`, Redis) and each app's broadcast stream, notify-then-pull, the adaptive heartbeat (`heartbeat.py`),
+one connection per device across pods (the route table), delivery for push and sync (`deliver.py`: the inbox,
+then the pod holding the device, over Redis pub/sub) with its HTTP routes, /dispatch and probes (`pods.py`),
+drain on SIGTERM, and the clients (`client.py`, `sdk/link-client.ts`). Not built yet: the operator's status
+figures for a Link channel.
 """
 
 from __future__ import annotations
