@@ -32,6 +32,9 @@ _REASONS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^ has sha256"), "Sha256Mismatch"),
     (re.compile(r"^ answered HTTP|^ could not be read"), "StoreUnavailable"),
     (re.compile(r"URI names a bucket and a key|^: packages are|invalid object key"), "InvalidUri"),
+    (re.compile(r"^ is not signed"), "SignatureMissing"),
+    (re.compile(r"^'s signature does not verify"), "SignatureInvalid"),
+    (re.compile(r"^: its app's deliveryPublicKey is"), "InvalidPublicKey"),
 ]
 UNREADABLE = "PackageUnreadable"  # a problem verify() words in a way not listed above
 MAX_MESSAGE = 1024  # a store's error can quote a whole response

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -35,8 +36,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from mpaas.api import DELIVERY_TASK, GROUP, VERSION, InvalidResource
+from mpaas.api import DELIVERY_TASK, GROUP, MPAAS_GATEWAY, VERSION, InvalidResource
 from mpaas.api.delivery import Package
+from mpaas.delivery.packages import verify
 from mpaas.delivery.reports import TaskCounts, forget, read_counts
 from mpaas.kube import ApiError, KubeClient, ResourceType
 from mpaas.stores import Counters, ObjectStore
@@ -218,6 +220,7 @@ class Releases:
             except InvalidResource:
                 continue  # its reconcile reports InvalidSpec; the release holds where it is
         shelves = diff_builds.candidates(parsed)
+        keys = await self._delivery_keys()
         for body, spec in parsed:
             meta = body["metadata"]
             uid = str(meta.get("uid") or "")
@@ -254,7 +257,7 @@ class Releases:
                 if state.running is None:
                     left = state.due - time.monotonic()
                     if left <= 0:
-                        self._start_check(uid, meta, spec.package, state)
+                        self._start_check(uid, meta, spec.package, state, keys.get((spec.app_id, spec.workspace_id)))
                     else:
                         wake = min(wake, left)
         for uid in list(self._checks):
@@ -334,20 +337,41 @@ class Releases:
         except Exception as e:  # a few KiB left behind, no more
             log.warning("counts of deleted DeliveryTask %s not dropped: %r", uid, e)
 
-    def _start_check(self, uid: str, meta: dict[str, Any], package: Package, state: CheckState) -> None:
+    async def _delivery_keys(self) -> dict[tuple[str, str], str]:
+        """(appId, workspaceId) -> the app's deliveryPublicKey, from the MpaasGateways (the first, by namespace
+        and name, of those that give one)."""
+        keys: dict[tuple[str, str], str] = {}
+        gateways: list[dict[str, Any]] = []
+        wanted: list[str | None] = [*self.namespaces] or [None]
+        for ns in wanted:
+            gateways += (await self.client.list(MPAAS_GATEWAY.resource, ns)).get("items") or []
+        gateways.sort(key=lambda g: ((g.get("metadata") or {}).get("namespace") or "", g["metadata"].get("name")))
+        for g in gateways:
+            for app in (g.get("spec") or {}).get("apps") or []:
+                key = app.get("deliveryPublicKey") if isinstance(app, dict) else None
+                if isinstance(key, str) and key:
+                    keys.setdefault((str(app.get("appId")), str(app.get("workspaceId"))), key)
+        return keys
+
+    def _start_check(
+        self, uid: str, meta: dict[str, Any], package: Package, state: CheckState, public_key: str | None = None
+    ) -> None:
         state.stop = threading.Event()
         state.running = asyncio.create_task(
-            self._check(uid, f"{meta.get('namespace')}/{meta.get('name')}", package, state),
+            self._check(uid, f"{meta.get('namespace')}/{meta.get('name')}", package, state, public_key),
             name=f"package check {uid}",
         )
 
-    async def _check(self, uid: str, who: str, package: Package, state: CheckState) -> None:
+    async def _check(
+        self, uid: str, who: str, package: Package, state: CheckState, public_key: str | None = None
+    ) -> None:
         try:
             async with self._slots:
                 if state.stop.is_set():
                     return
                 log.info("DeliveryTask %s: checking package %s", who, package.uri)
-                result = await package_check.check(package, self.objects, state.stop)
+                run = functools.partial(verify, public_key=public_key)
+                result = await package_check.check(package, self.objects, state.stop, run=run)
         except Stopped:
             return
         finally:

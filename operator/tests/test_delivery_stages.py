@@ -235,6 +235,47 @@ async def test_check_results_are_classified(tmp_path: Path) -> None:
         await check(package(data), store, stop)
 
 
+async def test_a_signed_package_is_checked_with_its_apps_delivery_key(tmp_path: Path) -> None:
+    import functools
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    from mpaas.delivery.packages import verify
+    from mpaas.delivery.publish import sign
+
+    store = LocalObjectStore(tmp_path)
+    data = b"y" * 1000
+    await store.put("p/app.apk", data)
+    stop = threading.Event()
+    sha = hashlib.sha256(data).hexdigest()
+
+    def pem(private: Any) -> tuple[bytes, str]:
+        private_pem = private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        public_pem = private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return private_pem, public_pem.decode()
+
+    for key in (
+        ec.generate_private_key(ec.SECP256R1()),
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+    ):
+        private_pem, public_pem = pem(key)
+        signed = package(data, signature=sign(sha, private_pem))  # as `mpaas delivery publish` signs it
+        with_key = functools.partial(verify, public_key=public_pem)
+        assert (await check(signed, store, stop, run=with_key)).reason == "Verified"
+        other = pem(ec.generate_private_key(ec.SECP256R1()))[1]
+        refused = await check(signed, store, stop, run=functools.partial(verify, public_key=other))
+        assert refused.reason == "SignatureInvalid" and "does not verify" in refused.message
+        assert (await check(package(data), store, stop, run=with_key)).reason == "SignatureMissing"
+        broken = functools.partial(verify, public_key="-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----")
+        assert (await check(signed, store, stop, run=broken)).reason == "InvalidPublicKey"
+    assert (await check(package(data, signature="not checked"), store, stop)).reason == "Verified"  # no key
+
+
 async def test_a_failing_store_is_unavailable_and_the_loop_never_waits_on_a_check() -> None:
     release = threading.Event()
 

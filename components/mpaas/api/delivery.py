@@ -71,8 +71,9 @@ class Package(ApiModel):
     signature: str | None = Field(
         default=None,
         max_length=4096,
-        description="Base64 signature over sha256, sent to clients to check with the app's delivery key (the "
-        "platform passes it on without checking it).",
+        description="Base64 signature over sha256 (its 32 bytes; ECDSA P-256 or RSA PKCS#1 v1.5, with SHA-256), "
+        "sent to clients to check with the app's delivery key. The operator checks it first with the app's "
+        "deliveryPublicKey (MpaasGateway apps[]) when the app has one, and refuses an unsigned package then.",
     )
 
 

@@ -183,6 +183,15 @@ class GatewayApp(ApiModel):
         description="The app's CodePush deployment keys, for React Native apps built with react-native-code-push "
         "(docs/delivery.md, CodePush). Unset: the app has no CodePush deployments.",
     )
+    delivery_public_key: str | None = Field(
+        default=None,
+        max_length=8192,
+        pattern=r"^-----BEGIN PUBLIC KEY-----[A-Za-z0-9+/=\s]+-----END PUBLIC KEY-----\s*$",
+        description="PEM public key (ECDSA P-256 or RSA) of the app's delivery key: the operator checks every "
+        "DeliveryTask package of the app against it before any client is offered it (package.signature, as "
+        "`mpaas delivery publish --signing-key` makes it), and refuses unsigned ones. Unset: signatures are "
+        "passed on to clients unchecked.",
+    )
 
     __cel__ = [
         cel(

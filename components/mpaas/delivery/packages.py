@@ -8,6 +8,8 @@ keep. The check reads the whole package once: it must exist, have the task's siz
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
@@ -15,6 +17,9 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 import httpx
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from ..api.delivery import Package
 from ..stores import LocalObjectStore, ObjectStore
@@ -60,14 +65,43 @@ async def verify(
     http: httpx.AsyncClient | None = None,
     *,
     sink: Callable[[bytes], object] | None = None,
+    public_key: str | None = None,
 ) -> str | None:
-    """None when the package is there with the task's size and sha256; else what is wrong, in words. `sink`
-    is given each piece read, in order (to keep a copy: valid once this returned None)."""
+    """None when the package is there with the task's size and sha256 (and, given the app's `public_key`, a
+    signature that verifies with it); else what is wrong, in words. `sink` is given each piece read, in order
+    (to keep a copy: valid once this returned None)."""
+    signed = check_signature(package, public_key)  # before the read: a package it refuses is not read at all
+    if signed is not None:
+        return signed
     try:
         async with asyncio.timeout(READ_GRACE_SECONDS + package.size_bytes / MIN_READ_RATE):
             return await _verify(package, objects, http, sink or _discard)
     except TimeoutError:
         return f"{package.uri} could not be read in time"
+
+
+def check_signature(package: Package, public_key_pem: str | None) -> str | None:
+    """None when the package's signature verifies with the app's delivery key (or the app has none); else why."""
+    if not public_key_pem:
+        return None
+    if not package.signature:
+        return f"{package.uri} is not signed, and its app's deliveryPublicKey asks for signed packages"
+    try:
+        key = serialization.load_pem_public_key(public_key_pem.encode())
+        signature = base64.b64decode(package.signature, validate=True)
+    except (ValueError, TypeError, UnsupportedAlgorithm, binascii.Error):
+        return f"{package.uri}: its app's deliveryPublicKey is not a PEM public key, or the signature not base64"
+    message = bytes.fromhex(package.sha256)  # what `mpaas delivery publish` signs: the sha256's 32 bytes
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
+        else:
+            return f"{package.uri}: its app's deliveryPublicKey is neither ECDSA nor RSA"
+    except InvalidSignature:
+        return f"{package.uri}'s signature does not verify with its app's deliveryPublicKey"
+    return None
 
 
 def _discard(chunk: bytes) -> None:
