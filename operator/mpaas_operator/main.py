@@ -16,6 +16,7 @@ from mpaas.delivery.reports import counts_prefix
 from mpaas.kube import KubeClient, ResourceType
 from mpaas.service import setup_logging
 from mpaas.stores import Counters, ObjectStore, RedisCounters, open_objectstore
+from mpaas.stores.redis_common import connect_redis
 
 from . import diff_builds, handlers, metrics
 from .builders.common import selector_string
@@ -75,6 +76,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         diff_limits=diff_builds.Limits(
             SETTINGS.diff_max_bytes, SETTINGS.diff_max_memory, SETTINGS.diff_timeout_seconds
         ),
+        link_redis=link_redis(),
     )
     log.info(
         "operator starting: %s, priority %s, image %s",
@@ -93,6 +95,12 @@ def object_store() -> ObjectStore | None:
         )
     except ValueError as e:
         raise kopf.PermanentError(f"MPAAS_OBJECTS_URL: {e}") from None
+
+
+def link_redis() -> Any:
+    """The link pods' Redis (the operator gives them MPAAS_OPERATOR_REDIS_URL): their figures, for status."""
+    url = SETTINGS.redis_url or ""
+    return connect_redis(url) if url.startswith(("redis://", "rediss://", "unix://")) else None
 
 
 def delivery_counters() -> Counters | None:

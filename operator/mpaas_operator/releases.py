@@ -43,7 +43,7 @@ from mpaas.delivery.reports import TaskCounts, forget, read_counts
 from mpaas.kube import ApiError, KubeClient, ResourceType
 from mpaas.stores import Counters, ObjectStore
 
-from . import diff_builds, metrics, package_check
+from . import diff_builds, link_stats, metrics, package_check
 from .package_check import Result, Stopped
 from .reconcile import counts as counting
 from .reconcile import delivery_task
@@ -137,6 +137,9 @@ class Releases:
         self.counters: Counters | None = None
         self._counts_failing = False
         self._diff_build: asyncio.Task[None] | None = None  # one at a time, across tasks
+        self.link_redis: Any = None  # the link pods' Redis: their figures go into Link channels' status
+        self._link_stats = link_stats.LinkStats()
+        self._stats_due = 0.0
         self.diff_limits = diff_builds.Limits()
 
     def start(
@@ -147,10 +150,12 @@ class Releases:
         namespaces: list[str],
         counters: Counters | None = None,
         diff_limits: diff_builds.Limits | None = None,
+        link_redis: Any = None,
     ) -> None:
         self.client, self.objects, self.peering, self.namespaces = client, objects, peering, namespaces
         self.counters = counters
         self.diff_limits = diff_limits or diff_builds.Limits()
+        self.link_redis = link_redis
         self._counts_failing = False
         delivery_task.spec_changed = self.recheck
         if self._task is not None:  # a startup handler retried
@@ -180,6 +185,9 @@ class Releases:
             try:
                 if await self.peering.active():
                     delay = await self.run_pass()
+                    if self.link_redis is not None and time.monotonic() >= self._stats_due:
+                        self._stats_due = time.monotonic() + link_stats.STATS_SECONDS
+                        await self._link_stats.refresh(self.client, self.link_redis, self.namespaces)
                 else:
                     # What this replica knew goes stale while another one works.
                     self._stop_checks()

@@ -554,3 +554,58 @@ async def test_diff_packages_are_built_from_earlier_releases_listed_and_kept_acr
         within=60,
     )
     assert "Traceback" not in operator.output() + second.output()
+
+
+async def test_link_channel_figures_come_from_what_its_pods_report(
+    namespace: str, own_peering: str, spawn: Callable[..., Process]
+) -> None:
+    import redis.asyncio as aioredis
+
+    redis_url = need_env("MPAAS_TEST_REDIS_URL")
+    spawn(
+        "operator",
+        env={
+            "MPAAS_OPERATOR_PEERING": own_peering,
+            "MPAAS_OPERATOR_HEALTH_PORT": str(free_port()),
+            "MPAAS_OPERATOR_IMAGE": "registry.example/mpaas:e2e",
+            "MPAAS_OPERATOR_REDIS_URL": redis_url,
+        },
+        name="operator",
+    )
+    channel = {
+        "apiVersion": "mpaas.io/v1alpha1",
+        "kind": "PushChannel",
+        "metadata": {"name": "chat"},
+        "spec": {"appId": "SHOP", "type": "Link"},
+    }
+    assert apply_yaml(namespace, channel).returncode == 0
+    redis = aioredis.from_url(redis_url)
+    prefix = f"link:pods:{namespace}/chat:"  # as the link pods publish it (mpaas.link.pods)
+
+    async def report(pod: str, connections: int, sent: int, at: float) -> None:
+        record = {"address": f"ws://{pod}/v1/link", "connections": connections, "capacity": 1000,
+                  "draining": False, "sent": sent, "at": at}  # fmt: skip
+        await redis.set(prefix + pod, json.dumps(record), ex=60)
+        await redis.sadd(prefix + "names", pod)
+
+    async def channel_with(check: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            obj = kget(namespace, "pushchannel", "chat") or {}
+            return obj if check(obj.get("status") or {}) else None
+
+        return await eventually(probe, timeout=40, what=f"chat: {what}")  # type: ignore[no-any-return]
+
+    try:
+        now = datetime.now(UTC).timestamp()
+        await report("link-chat-a", 300, 1000, now)
+        await report("link-chat-b", 200, 5000, now)
+        obj = await channel_with(lambda st: st.get("connections") == 500, "connections")
+        assert obj["status"]["linkPods"] == 2
+        # 10 s later the pods have sent 3 000 more between them: 300 a second.
+        await report("link-chat-a", 310, 2000, now + 10)
+        await report("link-chat-b", 190, 7000, now + 10)
+        obj = await channel_with(lambda st: st.get("deliveredPerSecond") == 300, "deliveries per second")
+        assert obj["status"]["connections"] == 500
+    finally:
+        await redis.delete(prefix + "link-chat-a", prefix + "link-chat-b", prefix + "names")
+        await redis.aclose()

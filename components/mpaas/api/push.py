@@ -216,7 +216,16 @@ class PushChannelStatus(WorkloadStatus):
     """Observed state of a PushChannel."""
 
     connections: int | None = Field(
-        default=None, ge=0, description="Not written yet: client connections open on the link pods."
+        default=None,
+        ge=0,
+        description="Type Link: client connections the link pods hold, as they last reported (every few seconds, "
+        "through the link Redis; written by the operator every 15 s).",
+    )
+    delivered_per_second: int | None = Field(
+        default=None, ge=0, description="Type Link: messages the link pods sent per second, over the last 15 s."
+    )
+    link_pods: int | None = Field(
+        default=None, ge=0, description="Type Link: link pods whose figures were read (those reporting)."
     )
     sent: int | None = Field(default=None, ge=0, description="Not written yet: messages delivered.")
     failed: int | None = Field(default=None, ge=0, description="Not written yet: messages that could not be delivered.")

@@ -6,8 +6,8 @@ keys from the Secret the Link PushChannel names), inboxes numbered per device wi
 (`inbox.py`, Redis) and each app's broadcast stream, notify-then-pull, the adaptive heartbeat (`heartbeat.py`),
 one connection per device across pods (the route table), delivery for push and sync (`deliver.py`: the inbox,
 then the pod holding the device, over Redis pub/sub) with its HTTP routes, /dispatch and probes (`pods.py`),
-drain on SIGTERM, and the clients (`client.py`, `sdk/link-client.ts`). Not built yet: the operator's status
-figures for a Link channel.
+drain on SIGTERM, and the clients (`client.py`, `sdk/link-client.ts`). Each pod publishes its load and what it
+sent (`pods.py`), which the operator writes into the channel's status.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def build(settings: LinkSettings) -> Served:
     )
 
     def me() -> Pod:
-        return Pod(pod, address, len(server.sessions), server.limits.max_connections, server.draining)
+        return Pod(pod, address, len(server.sessions), server.limits.max_connections, server.draining, server.sent)
 
     # The operator's link builder names the channel its pods serve: the pods of one channel dispatch to each other.
     channel = os.environ.get("MPAAS_PUSH_CHANNEL", "")

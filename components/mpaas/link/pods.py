@@ -31,6 +31,7 @@ class Pod:
     connections: int
     capacity: int
     draining: bool = False
+    sent: int = 0  # messages sent since the process started (the operator's deliveries per second)
 
     @property
     def load(self) -> float:
@@ -69,7 +70,14 @@ class Pods:
             return
         me = self.me()
         record = json.dumps(
-            {"address": me.address, "connections": me.connections, "capacity": me.capacity, "draining": me.draining}
+            {
+                "address": me.address,
+                "connections": me.connections,
+                "capacity": me.capacity,
+                "draining": me.draining,
+                "sent": me.sent,
+                "at": time.time(),
+            }
         )
         async with self.redis.pipeline(transaction=False) as p:
             p.set(f"{self.prefix}{me.name}", record, ex=RECORD_TTL_SECONDS)

@@ -315,13 +315,13 @@ class Session(WSListener):
             # Nothing left to read up to lastSeq (expired, or evicted): the client moves past it.
             upto = batch.messages[-1].seq if batch.messages else max(batch.last_seq, pull.after)
             self.bsent = max(self.bsent, upto)
-            DELIVERED.inc(len(batch.messages))
+            self.server.count_sent(len(batch.messages))
             return
         batch = await self.server.inbox.read(self.inbox, pull.after, count)
         self.send(frames.Messages(batch.messages, batch.last_seq, pull.after).encode())
         upto = batch.messages[-1].seq if batch.messages else max(batch.last_seq, pull.after)
         self.sent = max(self.sent, upto)
-        DELIVERED.inc(len(batch.messages))
+        self.server.count_sent(len(batch.messages))
         if self.pending and self.sent >= self.pending:
             self.pending = 0
 
@@ -406,7 +406,7 @@ class Session(WSListener):
         if small is not None and small.seq == last_seq == self.sent + 1 and len(small.payload) <= DIRECT_MAX_PAYLOAD:
             self.send(frames.Messages([small], last_seq, self.sent).encode())
             self.sent = last_seq
-            DELIVERED.inc()
+            self.server.count_sent(1)
         else:
             self.send(frames.Notify(last_seq).encode())
         if at:
@@ -478,6 +478,7 @@ class LinkServer:
         self.pending_hello: set[Session] = set()  # connected, not adopted yet
         self.bus: Any = None  # deliver.Bus, set by the component: tells other pods of routes taken over
         self.pods: Pods | None = None  # the deployment's pods and their load (dispatch, drain)
+        self.sent = 0  # messages sent since the process started
         self.draining = False
         self._buckets: dict[int, set[Session]] = {}
         self._readers: set[Session] = set()  # paused writers, checked by the sweep
@@ -534,6 +535,10 @@ class LinkServer:
             self.later(self.routes.release(session.lease))
         self._readers.discard(session)
 
+    def count_sent(self, n: int) -> None:
+        self.sent += n
+        DELIVERED.inc(n)
+
     async def bus_replaced(self, pod: str, device: str, token: str) -> None:
         if self.bus is not None:
             await self.bus.replaced(pod, device, token)
@@ -560,7 +565,7 @@ class LinkServer:
             before = session.bsent
             session.notify_broadcast(message.seq, urgent=urgent, direct=direct, frame=notice)
             sent += session.bsent != before
-        DELIVERED.inc(sent)
+        self.count_sent(sent)
         if at:
             NOTIFY_LATENCY.observe(max(time.monotonic() - at, 0.0))
 
