@@ -81,6 +81,7 @@ PDBS = ResourceType("policy", "v1", "poddisruptionbudgets")
 SERVICE_ACCOUNTS = ResourceType("", "v1", "serviceaccounts")
 ROLES = ResourceType("rbac.authorization.k8s.io", "v1", "roles")
 ROLE_BINDINGS = ResourceType("rbac.authorization.k8s.io", "v1", "rolebindings")
+INGRESSES = ResourceType("networking.k8s.io", "v1", "ingresses")
 
 # The built-in kinds the platform writes, by kind name.
 BUILTIN: dict[str, ResourceType] = {
@@ -93,6 +94,7 @@ BUILTIN: dict[str, ResourceType] = {
     "ServiceAccount": SERVICE_ACCOUNTS,
     "Role": ROLES,
     "RoleBinding": ROLE_BINDINGS,
+    "Ingress": INGRESSES,
 }
 
 

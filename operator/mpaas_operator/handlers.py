@@ -45,7 +45,7 @@ RECONCILERS: dict[str, Reconcile] = {
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 # Children whose spec changes bump metadata.generation (they have a status subresource); for the
 # others every modification is checked.
-CHILDREN_WITH_GENERATION = ("Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget")
+CHILDREN_WITH_GENERATION = ("Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Ingress")
 CHILDREN_WITHOUT_GENERATION = ("Service", "ServiceAccount", "Role", "RoleBinding")
 
 

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 # Set by a caller that wants to know which existing children an apply changed back (kind, name): drift healing.
 CHANGED: contextvars.ContextVar[set[tuple[str, str]] | None] = contextvars.ContextVar("changed", default=None)
 # Children whose spec changes bump metadata.generation; for the others any write moves resourceVersion.
-_WITH_GENERATION = frozenset({"Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget"})
+_WITH_GENERATION = frozenset({"Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Ingress"})
 
 
 def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:

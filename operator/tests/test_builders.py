@@ -162,6 +162,28 @@ def test_link_children() -> None:
     assert not any("pods" in r["resources"] for r in out["Role"]["rules"])
 
 
+def test_link_has_an_ingress_when_asked_for_one() -> None:
+    plain = by_kind(link.build("chat", "ns", LinkSettings(), image="i", pull_policy="P"))
+    assert "Ingress" not in plain
+    ingress = {
+        "host": "link.example.com",
+        "className": "nginx",
+        "tlsSecretName": "link-tls",
+        "annotations": {"nginx.ingress.kubernetes.io/proxy-read-timeout": "3600"},
+    }
+    out = by_kind(link.build("chat", "ns", LinkSettings(ingress=ingress), image="i", pull_policy="P"))
+    ing = out["Ingress"]
+    assert ing["metadata"]["name"] == "link-chat" and ing["metadata"]["annotations"] == ingress["annotations"]
+    assert ing["spec"]["ingressClassName"] == "nginx"
+    assert ing["spec"]["tls"] == [{"hosts": ["link.example.com"], "secretName": "link-tls"}]
+    (rule,) = ing["spec"]["rules"]
+    assert rule["host"] == "link.example.com"
+    assert [(p["path"], p["backend"]["service"]) for p in rule["http"]["paths"]] == [
+        ("/v1/link", {"name": "link-chat", "port": {"name": "link"}}),
+        ("/dispatch", {"name": "link-chat", "port": {"name": "link"}}),
+    ]
+
+
 def test_link_autoscales_on_connections_where_custom_metrics_are_served() -> None:
     settings = LinkSettings(
         maxConnectionsPerPod=18000, autoscaling={"minReplicas": 2, "maxReplicas": 10, "targetCpuUtilizationPercent": 60}

@@ -88,6 +88,31 @@ class HeartbeatBounds(ApiModel):
     )
 
 
+class LinkIngress(ApiModel):
+    """An Ingress for devices' WebSockets to the link pods (the Service's link port)."""
+
+    host: str = Field(
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="The host devices connect to, e.g. link.example.com (wss://{host}/v1/link).",
+    )
+    class_name: str | None = Field(
+        default=None, max_length=253, description="The IngressClass to use. Unset: the cluster's default."
+    )
+    tls_secret_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="A Secret of this namespace with the host's TLS certificate (kubernetes.io/tls). Unset: no TLS "
+        "at the Ingress (devices should use wss://: set it, or terminate TLS in front).",
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        description="Annotations of the Ingress, for its controller: long read timeouts, for example "
+        "nginx.ingress.kubernetes.io/proxy-read-timeout above the heartbeat's maxSeconds.",
+    )
+
+
 class LinkSettings(ApiModel):
     """The long-connection (link) pods the operator runs for a Link channel: Deployment and Service link-<name>."""
 
@@ -137,6 +162,9 @@ class LinkSettings(ApiModel):
         description="With autoscaling, where the custom metrics API serves mpaas_link_connections (a Prometheus "
         "Adapter): the connections per pod the HorizontalPodAutoscaler keeps to, 1-2000000. Unset: 70% of "
         "maxConnectionsPerPod. Without that API the autoscaler follows CPU.",
+    )
+    ingress: LinkIngress | None = Field(
+        default=None, description="An Ingress for the devices' WebSockets and /dispatch. Unset: none."
     )
     port: int = Field(
         default=8443,

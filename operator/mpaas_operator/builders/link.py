@@ -62,7 +62,7 @@ def build(
     if redis_url:
         env["MPAAS_REDIS_URL"] = redis_url
     ref = link.token_secret_ref
-    return workload_children(
+    children = workload_children(
         Workload(
             component=COMPONENT,
             child_name=child_name(name),
@@ -86,3 +86,25 @@ def build(
             hpa_metrics=connections_metric(link) if custom_metrics else None,
         )
     )
+    if link.ingress is not None:
+        children.apply.append(ingress(child_name(name), namespace, children, link))
+    else:
+        children.absent.append(("Ingress", child_name(name)))
+    return children
+
+
+def ingress(name: str, namespace: str, children: Children, link: LinkSettings) -> dict[str, Any]:
+    """Devices' WebSockets (/v1/link) and /dispatch, to the Service's link port."""
+    assert link.ingress is not None
+    service = next(c for c in children.apply if c["kind"] == "Service")
+    paths = [
+        {"path": p, "pathType": "Prefix", "backend": {"service": {"name": name, "port": {"name": "link"}}}}
+        for p in ("/v1/link", "/dispatch")
+    ]
+    spec: dict[str, Any] = {"rules": [{"host": link.ingress.host, "http": {"paths": paths}}]}
+    if link.ingress.class_name:
+        spec["ingressClassName"] = link.ingress.class_name
+    if link.ingress.tls_secret_name:
+        spec["tls"] = [{"hosts": [link.ingress.host], "secretName": link.ingress.tls_secret_name}]
+    metadata = {**service["metadata"], "annotations": dict(link.ingress.annotations)}
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": metadata, "spec": spec}
