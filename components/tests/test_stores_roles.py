@@ -196,6 +196,24 @@ async def test_a_fan_out_appends_to_each_log_in_one_call(make_log: MakeLog) -> N
 
 
 @contract
+async def test_a_dedupe_id_appends_once_until_its_entry_expires(make_log: MakeLog) -> None:
+    log = make_log(max_len=10, overflow="drop_oldest", idle_ttl_seconds=60)
+    first = await log.append("d", b"m1", ttl_seconds=30, dedupe="msg-1")
+    assert await log.append("d", b"m1 again", ttl_seconds=30, dedupe="msg-1") == first  # a retried send
+    other = await log.append("d", b"m2", ttl_seconds=30, dedupe="msg-2")
+    assert other == first + 1
+    out = await log.append_many([("d", b"m2", 30), ("e", b"m2", 30)], dedupe="msg-2")
+    assert out[0] == other and out[1] == 1  # "e" had not seen msg-2
+    assert [v for _, v in (await log.read("d", after=0)).entries] == [b"m1", b"m2"]
+    await log.ack("d", "device", other)  # acked and dropped: the id is still remembered for its TTL
+    assert await log.append("d", b"m2", ttl_seconds=30, dedupe="msg-2") == other
+    assert (await log.read("d", after=0)).entries == []
+    short = await log.append("s", b"x", ttl_seconds=0.2, dedupe="once")
+    await asyncio.sleep(0.4)
+    assert await log.append("s", b"x", ttl_seconds=0.2, dedupe="once") == short + 1  # past its TTL: a new one
+
+
+@contract
 async def test_time_numbers_never_repeat_across_a_log_removed_and_created_again(make_log: MakeLog) -> None:
     import time
 

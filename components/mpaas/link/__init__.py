@@ -28,7 +28,14 @@ from ..component import Component, Served
 from ..config import LiveConfig
 from ..keyring import SECRET, KeyRing
 from ..service import ComponentSettings, component_app
-from ..stores import MemoryHotStore, MemoryRouteTable, MemorySequencedLog, RedisHotStore, RedisRouteTable
+from ..stores import (
+    MemoryHotStore,
+    MemoryRouteTable,
+    MemorySequencedLog,
+    RedisHotStore,
+    RedisRouteTable,
+    RouteTable,
+)
 from ..stores.redis_common import connect_redis
 from ..stores.seqlog import RedisSequencedLog
 from . import frames
@@ -58,6 +65,31 @@ def _pod(settings: LinkSettings) -> str:
     return settings.pod_name or f"{socket.gethostname()}-{os.getpid()}"
 
 
+def stores(redis: Any, prefix: str) -> tuple[Inbox, Inbox, RouteTable]:
+    """The inboxes, the broadcast streams and the route table, in Redis under `prefix` (link:) or, with no
+    client, in this process. Push builds its Deliverer on the same ones (mpaas.push)."""
+    if redis is None:
+        return (
+            Inbox(MemorySequencedLog(max_len=MAX_MESSAGES, overflow="drop_oldest", idle_ttl_seconds=IDLE_DAYS * 86400,
+                                     time_numbers=True)),
+            Inbox(MemorySequencedLog(max_len=MAX_MESSAGES, overflow="drop_oldest", idle_ttl_seconds=IDLE_DAYS * 86400,
+                                     time_numbers=True)),
+            MemoryRouteTable(),
+        )  # fmt: skip
+    # time_numbers: a removed inbox created again never reuses a number a device acked
+    logs = [
+        RedisSequencedLog(redis, prefix=f"{prefix}{part}:", max_len=MAX_MESSAGES, overflow="drop_oldest",
+                          idle_ttl_seconds=IDLE_DAYS * 86400, time_numbers=True)
+        for part in ("inbox", "broadcast")
+    ]  # fmt: skip
+    return Inbox(logs[0]), Inbox(logs[1]), RedisRouteTable(redis, prefix=f"{prefix}route:")
+
+
+# The Deliverer of the link component running in this process with its stores in memory (`mpaas dev`): push
+# in the same process delivers through it.
+LOCAL: Deliverer | None = None
+
+
 def build(settings: LinkSettings) -> Served:
     keyring = KeyRing()
     live: LiveConfig[LinkConfig] = LiveConfig(
@@ -66,37 +98,12 @@ def build(settings: LinkSettings) -> Served:
     prefix = settings.redis_prefix
     redis: Any = None
     if settings.redis_url.startswith("memory:"):
-        log_store: Any = MemorySequencedLog(
-            max_len=MAX_MESSAGES, overflow="drop_oldest", idle_ttl_seconds=IDLE_DAYS * 86400, time_numbers=True
-        )
-        broadcast_store: Any = MemorySequencedLog(
-            max_len=MAX_MESSAGES, overflow="drop_oldest", idle_ttl_seconds=IDLE_DAYS * 86400, time_numbers=True
-        )
-        routes: Any = MemoryRouteTable()
         hot: Any = MemoryHotStore()
     else:
         redis = connect_redis(settings.redis_url)
-        log_store = RedisSequencedLog(
-            redis,
-            prefix=f"{prefix}inbox:",
-            max_len=MAX_MESSAGES,
-            overflow="drop_oldest",
-            idle_ttl_seconds=IDLE_DAYS * 86400,
-            time_numbers=True,  # a removed inbox created again never reuses a number a device acked
-        )
-        broadcast_store = RedisSequencedLog(
-            redis,
-            prefix=f"{prefix}broadcast:",
-            max_len=MAX_MESSAGES,
-            overflow="drop_oldest",
-            idle_ttl_seconds=IDLE_DAYS * 86400,
-            time_numbers=True,  # a removed inbox created again never reuses a number a device acked
-        )
-        routes = RedisRouteTable(redis, prefix=f"{prefix}route:")
         hot = RedisHotStore(settings.redis_url)
+    inbox, broadcasts, routes = stores(redis, prefix)
     pod = _pod(settings)
-    inbox = Inbox(log_store)
-    broadcasts = Inbox(broadcast_store)
     server = LinkServer(
         lambda: live.current,
         inbox,
@@ -120,6 +127,9 @@ def build(settings: LinkSettings) -> Served:
     pods = Pods(redis, f"{prefix}pods:{settings.namespace or ''}/{channel}:", me)
     server.pods = pods
     deliverer = Deliverer(inbox, routes, bus, pod, server, broadcasts)
+    if redis is None:
+        global LOCAL
+        LOCAL = deliverer
     ws_server: Any = None
 
     async def start() -> None:

@@ -142,14 +142,21 @@ class Deliverer:
         self.broadcasts = broadcasts or inbox
 
     async def broadcast(
-        self, app_key: str, payload: bytes, *, urgent: bool = True, ttl_seconds: float = 86400
+        self,
+        app_key: str,
+        payload: bytes,
+        *,
+        urgent: bool = True,
+        ttl_seconds: float = 86400,
+        dedupe: str | None = None,
     ) -> Message:
         """One message to every device of an app (`app/workspace`): appended once to the app's broadcast stream,
         then every link pod tells its devices of that app. A device offline gets it when it reconnects within
-        the TTL (if it had read a broadcast before: a device new to broadcasts starts at the newest)."""
+        the TTL (if it had read a broadcast before: a device new to broadcasts starts at the newest). `dedupe`:
+        the message's id; a broadcast retried with it is appended once (and announced again)."""
         if ttl_seconds <= 0:
             raise ValueError("ttlSeconds must be positive")
-        message = await self.broadcasts.append(app_key, payload, urgent=urgent, ttl_seconds=ttl_seconds)
+        message = await self.broadcasts.append(app_key, payload, urgent=urgent, ttl_seconds=ttl_seconds, dedupe=dedupe)
         if self.bus is not None:
             await self.bus.broadcast(app_key, message)
         elif self.local is not None:
@@ -165,15 +172,17 @@ class Deliverer:
         *,
         urgent: bool = True,
         ttl_seconds: float = 86400,
+        dedupe: str | None = None,
     ) -> list[Delivered]:
         """Append `payload` to each device's inbox and notify the online ones; ValueError for bad arguments.
-        Raises when the store fails: what was appended before stays (a retry may deliver it twice)."""
+        Raises when the store fails: what was appended before stays (a retry may deliver it twice, unless it
+        passes the same `dedupe` id: the message's id, whose inbox entries are then not appended again)."""
         if not device_ids or len(device_ids) > MAX_DEVICES:
             raise ValueError(f"deliver to 1 to {MAX_DEVICES} devices at a time")
         if ttl_seconds <= 0:
             raise ValueError("ttlSeconds must be positive")
         keys = [f"{app_id}/{workspace_id}/{d}" for d in device_ids]
-        appended = await self.inbox.append_many(keys, payload, urgent=urgent, ttl_seconds=ttl_seconds)
+        appended = await self.inbox.append_many(keys, payload, urgent=urgent, ttl_seconds=ttl_seconds, dedupe=dedupe)
         # The routes after the appends: a device that connects in between reads the message in its WELCOME.
         where = await self.routes.routes(keys)
         by_pod: dict[str, list[tuple[str, Message]]] = defaultdict(list)
@@ -192,6 +201,12 @@ class Deliverer:
             Delivered(d, m.seq if m is not None else 0, k in where)
             for d, k, m in zip(device_ids, keys, appended, strict=True)
         ]
+
+    async def online(self, app_id: str, workspace_id: str, device_ids: Sequence[str]) -> set[str]:
+        """The devices a link pod holds now."""
+        prefix = f"{app_id}/{workspace_id}/"
+        where = await self.routes.routes([prefix + d for d in device_ids])
+        return {k.removeprefix(prefix) for k in where}
 
     async def presence(self, app_id: str, workspace_id: str, device_id: str) -> tuple[str | None, float | None]:
         """(the pod holding the device, None when offline; when it was last seen, epoch seconds)."""

@@ -51,27 +51,29 @@ class Inbox:
     def __init__(self, log: SequencedLog):
         self.log = log
 
-    async def append(self, device: str, payload: bytes, *, urgent: bool, ttl_seconds: float) -> Message:
+    async def append(
+        self, device: str, payload: bytes, *, urgent: bool, ttl_seconds: float, dedupe: str | None = None
+    ) -> Message:
         if len(payload) > MAX_PAYLOAD:
             raise ValueError(f"a message is at most {MAX_PAYLOAD} bytes")
         ttl = min(ttl_seconds, MAX_TTL_SECONDS)
         expires = int((time.time() + ttl) * 1000)
         flags = frames.URGENT if urgent else 0
-        seq = await self.log.append(device, encode(payload, flags, expires), ttl_seconds=ttl)
+        seq = await self.log.append(device, encode(payload, flags, expires), ttl_seconds=ttl, dedupe=dedupe)
         return Message(seq, payload, flags, expires)
 
     async def append_many(
-        self, devices: list[str], payload: bytes, *, urgent: bool, ttl_seconds: float
+        self, devices: list[str], payload: bytes, *, urgent: bool, ttl_seconds: float, dedupe: str | None = None
     ) -> list[Message | None]:
         """The same message into many inboxes in one round trip; None for one that is full (never: inboxes
-        drop their oldest)."""
+        drop their oldest). `dedupe`: the message's id, so that a retried fan-out appends nothing twice."""
         if len(payload) > MAX_PAYLOAD:
             raise ValueError(f"a message is at most {MAX_PAYLOAD} bytes")
         ttl = min(ttl_seconds, MAX_TTL_SECONDS)
         expires = int((time.time() + ttl) * 1000)
         flags = frames.URGENT if urgent else 0
         raw = encode(payload, flags, expires)
-        seqs = await self.log.append_many([(d, raw, ttl) for d in devices])
+        seqs = await self.log.append_many([(d, raw, ttl) for d in devices], dedupe=dedupe)
         return [Message(s, payload, flags, expires) if isinstance(s, int) else None for s in seqs]
 
     async def read(self, device: str, after: int, count: int) -> Batch:

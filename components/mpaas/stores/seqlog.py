@@ -21,7 +21,10 @@ numbering starts again at 1; a client holding its own cursor sees `LogBatch.last
 starts over.
 
 An append whose reply is lost (the connection drops after Redis ran it) is retried once by the client
-and can then be stored twice under two numbers: put an id in the value where a duplicate matters.
+and can then be stored twice under two numbers, unless the append names a `dedupe` id: an append with an
+id the log already holds (for as long as that entry's TTL, or the idle TTL without one) stores nothing and
+returns the number the first one got. A sender that retries after a crash passes its message id and never
+delivers twice.
 
 When the log holds `max_len` entries, an append either fails with `LogFull` (`overflow="reject"`:
 back-pressure, the sender decides) or first evicts the oldest entries (`overflow="drop_oldest"`: the
@@ -81,17 +84,25 @@ class SequencedLog(ABC):
             raise ValueError(f"an entry cannot outlive its idle log: give a ttl_seconds of at most {idle}")
 
     @abstractmethod
-    async def append(self, log: str, value: bytes, *, ttl_seconds: float | None = None) -> int:
-        """Add an entry; returns its sequence number. Raises LogFull when full and overflow is "reject"."""
+    async def append(
+        self, log: str, value: bytes, *, ttl_seconds: float | None = None, dedupe: str | None = None
+    ) -> int:
+        """Add an entry; returns its sequence number. Raises LogFull when full and overflow is "reject".
+        With `dedupe`, an id the log already holds appends nothing and returns the first append's number."""
 
-    async def append_many(self, items: Sequence[tuple[str, bytes, float | None]]) -> list[int | LogFull]:
+    def _dedupe_ttl(self, ttl_seconds: float | None) -> float:
+        return ttl_seconds or self.idle_ttl_seconds or 86400.0
+
+    async def append_many(
+        self, items: Sequence[tuple[str, bytes, float | None]], *, dedupe: str | None = None
+    ) -> list[int | LogFull]:
         """Append one entry to each of many logs, (log, value, ttl_seconds) each: a broadcast's fan-out. The
         sequence number of each, or its LogFull; one round trip on Redis. Raises when the store fails (entries
-        appended before stay)."""
+        appended before stay). `dedupe`: the same id for every log (a message's fan-out retried)."""
         out: list[int | LogFull] = []
         for log, value, ttl in items:
             try:
-                out.append(await self.append(log, value, ttl_seconds=ttl))
+                out.append(await self.append(log, value, ttl_seconds=ttl, dedupe=dedupe))
             except LogFull as e:
                 out.append(e)
         return out
@@ -139,7 +150,8 @@ class SequencedLog(ABC):
 
 # --- Redis ---------------------------------------------------------------------------
 # KEYS (all `prefix{log}:...`): 1 entries (zset: score = seq, member = "seq:value"), 2 counter,
-# 3 expiries (zset: score = expiry ms, member = seq), 4 cursors (hash: reader -> seq).
+# 3 expiries (zset: score = expiry ms, member = seq), 4 cursors (hash: reader -> seq),
+# 5 dedupe ids (hash: id -> seq), 6 their expiries (zset: score = expiry ms, member = id).
 _LUA_COMMON = """
 local function purge_expired(now)
   local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
@@ -162,16 +174,27 @@ local function trim_acked()
 end
 local function touch(idle_ms)
   if idle_ms > 0 then
-    for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], idle_ms) end
+    for i = 1, 6 do redis.call('PEXPIRE', KEYS[i], idle_ms) end
   end
 end
 """
 
-# ARGV: value, now ms, expiry ms (0: none), max_len, overflow ("reject" | "drop_oldest"), idle ms (0: none).
-# Returns the new number, or -1 when full and rejecting.
+# ARGV: value, now ms, expiry ms (0: none), max_len, overflow ("reject" | "drop_oldest"), idle ms (0: none),
+# first number of a new log (0: 1), dedupe id ("" : none), its expiry ms.
+# Returns the new number (the first append's for a known dedupe id), or -1 when full and rejecting.
 _APPEND = (
     _LUA_COMMON
     + """
+local dedupe = ARGV[8]
+if dedupe ~= '' then
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', ARGV[2])
+  if #gone > 0 then
+    redis.call('HDEL', KEYS[5], unpack(gone))
+    redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', ARGV[2])
+  end
+  local first = redis.call('HGET', KEYS[5], dedupe)
+  if first then return tonumber(first) end
+end
 purge_expired(tonumber(ARGV[2]))
 local max_len = tonumber(ARGV[4])
 local held = redis.call('ZCARD', KEYS[1])
@@ -186,6 +209,10 @@ local seq = redis.call('INCR', KEYS[2])
 redis.call('ZADD', KEYS[1], seq, string.format('%d:', seq) .. ARGV[1])
 local expires = tonumber(ARGV[3])
 if expires > 0 then redis.call('ZADD', KEYS[3], expires, seq) end
+if dedupe ~= '' then
+  redis.call('HSET', KEYS[5], dedupe, seq)
+  redis.call('ZADD', KEYS[6], tonumber(ARGV[9]), dedupe)
+end
 touch(tonumber(ARGV[6]))
 return seq
 """
@@ -286,23 +313,29 @@ class RedisSequencedLog(RedisRole, SequencedLog):
 
     def keys(self, log: str) -> list[str]:
         """The log's keys, in the scripts' KEYS order."""
-        return [tagged(self.prefix, log, part) for part in ("entries", "seq", "expiries", "cursors")]
+        parts = ("entries", "seq", "expiries", "cursors", "ids", "idexp")
+        return [tagged(self.prefix, log, part) for part in parts]
 
     async def _run(self, script: str, log: str, *args: object) -> object:
         return await run_script(self._scripts[script], self.keys(log), args)
 
-    async def append(self, log: str, value: bytes, *, ttl_seconds: float | None = None) -> int:
+    async def append(
+        self, log: str, value: bytes, *, ttl_seconds: float | None = None, dedupe: str | None = None
+    ) -> int:
         self._check_ttl(ttl_seconds)
         now = _now_ms()
         expires = now + int(ttl_seconds * 1000) if ttl_seconds else 0
         base = now * 1000 if self.time_numbers else 0
-        args = (value, now, expires, self.max_len, self.overflow, self._idle_ms, base)
+        dedupe_expires = now + int(self._dedupe_ttl(ttl_seconds) * 1000)
+        args = (value, now, expires, self.max_len, self.overflow, self._idle_ms, base, dedupe or "", dedupe_expires)
         seq = int(cast(int, await self._run("append", log, *args)))
         if seq < 0:
             raise LogFull(f"log {log!r} holds {self.max_len} entries")
         return seq
 
-    async def append_many(self, items: Sequence[tuple[str, bytes, float | None]]) -> list[int | LogFull]:
+    async def append_many(
+        self, items: Sequence[tuple[str, bytes, float | None]], *, dedupe: str | None = None
+    ) -> list[int | LogFull]:
         # One pipeline of the append script, not a transaction: each log is its own slot on a Cluster.
         now = _now_ms()
         script = self._scripts["append"]
@@ -313,7 +346,9 @@ class RedisSequencedLog(RedisRole, SequencedLog):
                 require_one_slot(keys)
                 expires = now + int(ttl * 1000) if ttl else 0
                 base = now * 1000 if self.time_numbers else 0
+                dedupe_expires = now + int(self._dedupe_ttl(ttl) * 1000)
                 args: list[bytes | str | int] = [value, now, expires, self.max_len, self.overflow, self._idle_ms, base]
+                args += [dedupe or "", dedupe_expires]
                 await script(keys=keys, args=args, client=p)
             results = await p.execute()
         return [LogFull(f"log {log!r} holds {self.max_len} entries") if int(r) < 0 else int(r)
@@ -369,6 +404,7 @@ class _Log:
     entries: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
     expiries: list[tuple[float, int]] = field(default_factory=list)  # heap of (expiry, seq)
     cursors: dict[str, int] = field(default_factory=dict)
+    dedupe: dict[str, tuple[int, float]] = field(default_factory=dict)  # id -> (seq, expiry)
 
 
 class MemorySequencedLog(SequencedLog):
@@ -412,9 +448,18 @@ class MemorySequencedLog(SequencedLog):
         while state.entries and next(iter(state.entries)) <= low:
             state.entries.popitem(last=False)
 
-    async def append(self, log: str, value: bytes, *, ttl_seconds: float | None = None) -> int:
+    async def append(
+        self, log: str, value: bytes, *, ttl_seconds: float | None = None, dedupe: str | None = None
+    ) -> int:
         self._check_ttl(ttl_seconds)
         state = self._open(log)
+        if dedupe is not None:
+            now = self._clock()
+            if len(state.dedupe) > self.max_len:
+                state.dedupe = {k: v for k, v in state.dedupe.items() if v[1] > now}
+            first = state.dedupe.get(dedupe)
+            if first is not None and first[1] > now:
+                return first[0]
         self._purge_expired(state)
         if len(state.entries) >= self.max_len:
             if self.overflow == "reject":
@@ -427,6 +472,8 @@ class MemorySequencedLog(SequencedLog):
         state.entries[state.last_seq] = value
         if ttl_seconds:
             heapq.heappush(state.expiries, (self._clock() + ttl_seconds, state.last_seq))
+        if dedupe is not None:
+            state.dedupe[dedupe] = (state.last_seq, self._clock() + self._dedupe_ttl(ttl_seconds))
         self._touch(log, state)
         return state.last_seq
 

@@ -1,0 +1,574 @@
+"""The push server API (docs/push.md): devices, users, tags and aliases; sends, batches, templates and
+broadcasts; message status, receipts and stats; and gorush's `/api/push` and `/api/stat/app`.
+
+Every answer to a refused call is `{"code": ..., "message": ...}` with a documented code and status; nothing
+of a refused call is kept or sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from ..analytics.upload import Malformed, TooLarge, read
+from ..apps import AppDirectory
+from ..config import LiveConfig
+from ..stores import HotStore
+from . import auth
+from .accept import Accepter, Unavailable
+from .config import PushConfig
+from .fanout import Fanout
+from .messages import (
+    MAX_IDS,
+    Content,
+    Invalid,
+    PushMessage,
+    Target,
+    check_size,
+    idempotency_key,
+    new_message_id,
+    parse_content,
+    parse_options,
+    parse_target,
+    parse_time_ms,
+    valid_message_id,
+)
+from .registry import MAX_TAGS, PLATFORMS, Device, Registry, UnknownDevice, valid_id, valid_tag, valid_token
+from .state import PushState
+
+log = logging.getLogger("mpaas.push")
+
+MAX_BODY = 1 << 20
+MAX_BATCH = 500
+SYNC_WAIT_SECONDS = 30.0  # gorush's sync mode waits at most this for the vendors' answers
+_TEMPLATE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_VARIABLE = re.compile(r"\{\{\s*([A-Za-z0-9_.-]{1,64})\s*\}\}")
+_BRAND = re.compile(r"[a-z0-9_-]{0,32}")
+_APP_VERSION = re.compile(r"[0-9A-Za-z.+_-]{0,32}")
+# gorush's platform numbers: 1 iOS (APNs), 2 Android (FCM), 3 Huawei; then this platform's own.
+GORUSH_PLATFORMS = {1: "APNs", 2: "FCM", 3: "Huawei", 4: "Xiaomi", 5: "OPPO", 6: "Vivo", 7: "Honor"}
+
+
+@dataclass
+class Context:
+    live: LiveConfig[PushConfig]
+    apps: Callable[[], AppDirectory]
+    registry: Registry
+    state: PushState
+    hot: HotStore
+    accepter: Accepter
+    fanout: Fanout
+
+
+def _error(e: Invalid) -> JSONResponse:
+    return JSONResponse({"code": e.code, "message": str(e)}, status_code=e.status)
+
+
+def _json(body: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(body) if body else None
+    except (ValueError, UnicodeDecodeError):
+        raise Invalid("the body is not JSON") from None
+    if not isinstance(value, dict):
+        raise Invalid("the body is a JSON object")
+    return value
+
+
+def install(app: FastAPI, ctx: Context) -> None:
+    Handler = Callable[[Request, auth.Caller, dict[str, Any]], Awaitable[Any]]
+
+    async def body_of(request: Request) -> bytes:
+        try:
+            return await read(
+                request.receive,  # type: ignore[arg-type]  # Starlette's receive: the same ASGI messages
+                dict(request.headers),
+                max_body_bytes=MAX_BODY,
+                max_inflated_bytes=MAX_BODY,
+            )
+        except TooLarge:
+            raise Invalid(f"the body is over {MAX_BODY} bytes", "PayloadTooLarge", 413) from None
+        except Malformed as e:
+            raise Invalid(str(e)) from None
+
+    async def run(request: Request, handler: Handler, *, devices_may: str | None = None, basic: bool = False) -> Any:
+        """Authenticate, parse, call; every refusal as its documented code. `devices_may`: the path parameter
+        naming the device a device's own link token may act for."""
+        try:
+            raw = await body_of(request)
+            h = request.headers
+            config = ctx.live.current
+            authorization = h.get("authorization", "")
+            if basic and authorization.lower().startswith("basic "):
+                caller = auth.basic(config, authorization, ctx.apps().keys)
+            elif devices_may is not None and authorization.lower().startswith("bearer "):
+                device = request.path_params.get(devices_may) or _json(raw).get("deviceId", "")
+                caller = auth.device(config, authorization, h.get("appid", ""), h.get("workspaceid", ""), device)
+            else:
+                caller = await auth.signed(
+                    config, ctx.hot, request.method, request.url.path, request.url.query, dict(h), raw
+                )
+            body = _json(raw) if raw or request.method in ("POST", "PUT") else {}
+            result = await handler(request, caller, body)
+        except Invalid as e:
+            return _error(e)
+        except UnknownDevice as e:
+            return _error(Invalid(f"no device {e.args[0]!r} is registered", "UnknownDevice", 404))
+        except Unavailable as e:
+            return _error(Invalid(str(e)[:300], "StoreUnavailable", 503))
+        except (ConnectionError, OSError, TimeoutError) as e:
+            log.warning("push: a store did not answer: %r", e)
+            return _error(Invalid(f"a store did not answer: {e!r}"[:300], "StoreUnavailable", 503))
+        if isinstance(result, JSONResponse):
+            return result
+        return JSONResponse(result)
+
+    def app_key(caller: auth.Caller) -> str:
+        return f"{caller.app_id}/{caller.workspace_id}"
+
+    def server_only(caller: auth.Caller) -> None:
+        if caller.device_id is not None:
+            raise Invalid("only the app's backend may do this: sign the call", "Forbidden", 403)
+
+    def path_device(request: Request) -> str:
+        device_id = request.path_params["device_id"]
+        if not valid_id(device_id):
+            raise Invalid("deviceId: 1-128 characters without spaces, controls or braces")
+        return str(device_id)
+
+    # --- devices ---------------------------------------------------------------------------------------
+
+    async def register(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
+        device_id = path_device(request)
+        platform = body.get("platform")
+        if platform not in PLATFORMS:
+            raise Invalid(f"platform: one of {', '.join(PLATFORMS)}")
+        brand = body.get("brand", "")
+        if not isinstance(brand, str) or not _BRAND.fullmatch(brand.lower()):
+            raise Invalid("brand: up to 32 letters, digits, '_' or '-' (huawei, xiaomi, apple, ...)")
+        tokens = body.get("tokens", {})
+        channels = ("APNs", "FCM", "Huawei", "Xiaomi", "OPPO", "Vivo", "Honor")
+        if not isinstance(tokens, dict) or not all(k in channels and valid_token(v) for k, v in tokens.items()):
+            raise Invalid(f"tokens: an object of channel ({', '.join(channels)}) to its token, printable ASCII")
+        version = body.get("appVersion", "")
+        if not isinstance(version, str) or not _APP_VERSION.fullmatch(version):
+            raise Invalid("appVersion: up to 32 characters, like 2.10.1")
+        tags = body.get("tags", [])
+        if not isinstance(tags, list) or len(tags) > MAX_TAGS or not all(valid_tag(t) for t in tags):
+            raise Invalid(f"tags: at most {MAX_TAGS} tags of 1-64 characters without spaces, controls or braces")
+        device = Device(device_id, platform, brand.lower(), tokens, version, tuple(dict.fromkeys(tags)))
+        return (await ctx.registry.register(app_key(caller), device)).to_json()
+
+    async def get_device(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
+        device = await ctx.registry.get(app_key(caller), path_device(request))
+        if device is None:
+            raise UnknownDevice(request.path_params["device_id"])
+        return device.to_json()
+
+    async def unregister(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
+        if not await ctx.registry.unregister(app_key(caller), path_device(request)):
+            raise UnknownDevice(request.path_params["device_id"])
+        return {"deleted": True}
+
+    async def tags(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
+        add, remove = body.get("add", []), body.get("remove", [])
+        for name, value in (("add", add), ("remove", remove)):
+            if not isinstance(value, list) or len(value) > MAX_TAGS or not all(valid_tag(t) for t in value):
+                raise Invalid(f"{name}: a list of at most {MAX_TAGS} tags")
+        try:
+            now = await ctx.registry.change_tags(app_key(caller), path_device(request), add, remove)
+        except ValueError as e:
+            if isinstance(e, UnknownDevice):
+                raise
+            raise Invalid(str(e)) from None
+        return {"tags": now}
+
+    async def alias(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
+        server_only(caller)
+        name = body.get("alias")
+        if name is not None and not valid_id(name):
+            raise Invalid("alias: 1-128 characters without spaces, controls or braces, or null to remove it")
+        moved = await ctx.registry.set_alias(app_key(caller), path_device(request), name)
+        return {"alias": name, "movedFrom": moved}
+
+    def ids(body: dict[str, Any]) -> tuple[str, str]:
+        user, device_id = body.get("userId"), body.get("deviceId")
+        if not isinstance(user, str) or not isinstance(device_id, str) or not (valid_id(user) and valid_id(device_id)):
+            raise Invalid("userId and deviceId: 1-128 characters without spaces, controls or braces")
+        return user, device_id
+
+    async def bind(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
+        server_only(caller)
+        user, device_id = ids(body)
+        former = await ctx.registry.bind(app_key(caller), user, device_id)
+        # TTL re-delivery: what waits for this user reaches the newly bound device while its TTL lasts.
+        redelivered = 0
+        for message_id in await ctx.state.waiting_for_user(app_key(caller), user, int(time.time() * 1000)):
+            status = await ctx.state.status(message_id)
+            if status is not None and status.state not in ("Canceled", "Revoked"):
+                await ctx.fanout.deliver_to(status.message, [device_id])
+                redelivered += 1
+        return {"userId": user, "deviceId": device_id, "movedFrom": former, "redelivered": redelivered}
+
+    async def unbind(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
+        server_only(caller)
+        user, device_id = ids(body)
+        if not await ctx.registry.unbind(app_key(caller), user, device_id):
+            raise Invalid(f"device {device_id!r} is not bound to user {user!r}", "NotBound", 404)
+        return {"userId": user, "deviceId": device_id, "unbound": True}
+
+    async def user_devices(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
+        server_only(caller)
+        user = request.path_params["user_id"]
+        if not valid_id(user):
+            raise Invalid("userId: 1-128 characters without spaces, controls or braces")
+        return {"userId": user, "deviceIds": await ctx.registry.user_devices(app_key(caller), user)}
+
+    # --- sending ---------------------------------------------------------------------------------------
+
+    async def build_message(caller: auth.Caller, body: dict[str, Any], now_ms: int) -> PushMessage:
+        target = parse_target(body.get("target"))
+        if "template" in body:
+            if "notification" in body:
+                raise Invalid("give notification or template, not both")
+            content = await render(caller, body["template"])
+        else:
+            content = parse_content(body.get("notification"))
+        unknown = set(body) - {
+            "target", "notification", "template", "ttlSeconds", "urgent", "collapseKey", "scheduledAt",
+            "idempotencyKey",
+        }  # fmt: skip
+        if unknown:
+            raise Invalid(f"unknown fields {sorted(unknown)}")
+        message = PushMessage(
+            message_id=new_message_id(),
+            app_id=caller.app_id,
+            workspace_id=caller.workspace_id,
+            target=target,
+            content=content,
+            created_ms=now_ms,
+            **parse_options(body, now_ms),
+        )
+        check_size(message)
+        await check_targets(message)
+        return message
+
+    async def check_targets(m: PushMessage) -> None:
+        """Unknown devices and aliases, users without a device: refused before anything is sent."""
+        t, app = m.target, m.app
+        if t.type == "device":
+            found = await ctx.registry.get_many(app, list(t.ids))
+            missing = [d for d, f in zip(t.ids, found, strict=True) if f is None]
+            if missing:
+                raise Invalid(f"no such devices: {', '.join(missing[:20])}", "UnknownDevice", 404)
+        elif t.type == "alias":
+            missing = [a for a in t.ids if await ctx.registry.alias_device(app, a) is None]
+            if missing:
+                raise Invalid(f"no device has these aliases: {', '.join(missing[:20])}", "UnknownAlias", 404)
+        elif t.type == "user":
+            missing = [u for u in t.ids if not await ctx.registry.user_devices(app, u)]
+            if missing:
+                raise Invalid(f"no device is bound to these users: {', '.join(missing[:20])}", "UnboundUser", 404)
+
+    async def render(caller: auth.Caller, raw: object) -> Content:
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            raise Invalid("template: {name, variables}")
+        variables = raw.get("variables", {})
+        if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
+            raise Invalid("template.variables: an object of strings")
+        stored = await ctx.state.template(app_key(caller), raw["name"])
+        if stored is None:
+            raise Invalid(f"no template {raw['name']!r}", "TemplateMissing", 404)
+        missing: set[str] = set()
+
+        def fill(text: str | None) -> str | None:
+            if text is None:
+                return None
+
+            def one(m: re.Match[str]) -> str:
+                if m.group(1) not in variables:
+                    missing.add(m.group(1))
+                    return ""
+                return str(variables[m.group(1)])
+
+            return _VARIABLE.sub(one, text)
+
+        content = Content(
+            title=fill(stored.get("title")),
+            body=fill(stored.get("body")),
+            data={k: fill(v) or "" for k, v in stored.get("data", {}).items()},
+            badge=stored.get("badge"),
+            sound=stored.get("sound"),
+            category=stored.get("category"),
+        )
+        if missing:
+            raise Invalid(f"template variables missing: {', '.join(sorted(missing))}", "TemplateVariableMissing")
+        return parse_content({k: v for k, v in content.__dict__.items() if v not in (None, {})})
+
+    async def send(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
+        server_only(caller)
+        message = await build_message(caller, body, int(time.time() * 1000))
+        key = idempotency_key(body, request.headers.get("idempotency-key"))
+        message_id, repeated = await ctx.accepter.accept(message, key)
+        state = "Scheduled" if message.scheduled_ms else "Accepted"
+        return JSONResponse(
+            {"messageId": message_id, "state": state, "duplicate": repeated}, status_code=200 if repeated else 202
+        )
+
+    async def batch(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
+        server_only(caller)
+        items = body.get("messages")
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+            raise Invalid(f"messages: a list of 1 to {MAX_BATCH} sends")
+        now = int(time.time() * 1000)
+        built = []
+        for i, item in enumerate(items):  # every one checked before any is accepted: nothing half-sent
+            if not isinstance(item, dict):
+                raise Invalid(f"messages[{i}]: a JSON object")
+            try:
+                built.append((await build_message(caller, item, now), idempotency_key(item, None)))
+            except Invalid as e:
+                raise Invalid(f"messages[{i}]: {e}", e.code, e.status) from None
+        out = []
+        for message, key in built:
+            message_id, repeated = await ctx.accepter.accept(message, key)
+            out.append({"messageId": message_id, "duplicate": repeated})
+        return JSONResponse({"results": out}, status_code=202)
+
+    async def status(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
+        server_only(caller)
+        message_id = request.path_params["message_id"]
+        st = await ctx.state.status(message_id) if valid_message_id(message_id) else None
+        if st is None or st.message.app != app_key(caller):
+            raise Invalid(f"no message {message_id!r}", "UnknownMessage", 404)
+        failed = await ctx.state.failed(message_id)
+        return {
+            "messageId": message_id,
+            "state": st.state,
+            "targets": st.targets,
+            "counts": st.counts,
+            "failed": [f.to_json() for f in failed],
+            "createdAt": st.message.created_ms,
+            "scheduledAt": st.message.scheduled_ms,
+            "expiresAt": st.message.expires_ms if st.message.ttl_seconds else None,
+        }
+
+    async def cancel(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
+        server_only(caller)
+        message_id = request.path_params["message_id"]
+        st = await ctx.state.status(message_id) if valid_message_id(message_id) else None
+        if st is None or st.message.app != app_key(caller):
+            raise Invalid(f"no message {message_id!r}", "UnknownMessage", 404)
+        if not await ctx.accepter.cancel(message_id):
+            raise Invalid(f"the message is {st.state}: only a scheduled message can be canceled", "NotCancelable", 409)
+        return {"messageId": message_id, "state": "Canceled"}
+
+    async def receipt(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
+        message_id, device_id, event = body.get("messageId"), body.get("deviceId"), body.get("event")
+        if not isinstance(message_id, str) or not valid_message_id(message_id):
+            raise Invalid("messageId: the id the message came with")
+        if event not in ("delivered", "opened", "clicked"):
+            raise Invalid("event: delivered, opened or clicked")
+        if not valid_id(device_id) or (caller.device_id is not None and caller.device_id != device_id):
+            raise Invalid("deviceId: the reporting device")
+        st = await ctx.state.status(message_id)
+        if st is None or st.message.app != app_key(caller):
+            raise Invalid(f"no message {message_id!r}", "UnknownMessage", 404)
+        # Once per device and event: a receipt sent again (a retrying app) is not counted twice.
+        if await ctx.hot.set_if_absent(f"push:rcpt:{message_id}:{event}:{device_id}", b"1", ttl_seconds=8 * 86400):
+            await ctx.state.count(st.message, {f"Receipt.{event.capitalize()}": 1})
+        return {"messageId": message_id, "event": event}
+
+    async def stats(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
+        server_only(caller)
+        q = request.query_params
+        now = int(time.time() * 1000)
+        last = parse_time_ms(int(q["to"]) if q.get("to", "").isdigit() else q["to"], "to") if "to" in q else now
+        first = (
+            parse_time_ms(int(q["from"]) if q.get("from", "").isdigit() else q["from"], "from")
+            if "from" in q
+            else last - 3_600_000
+        )
+        if not 0 <= last - first <= 86_400_000:
+            raise Invalid("from and to: at most a day apart, from before to")
+        rows = await ctx.state.stats(app_key(caller), first // 60000, last // 60000)
+        return {
+            "minutes": [{"minute": m * 60000, "counts": c} for m, c in sorted(rows.items())],
+            "totals": await ctx.state.totals(app_key(caller)),
+        }
+
+    # --- templates -------------------------------------------------------------------------------------
+
+    def template_name(request: Request) -> str:
+        name = request.path_params["name"]
+        if not _TEMPLATE_NAME.fullmatch(name):
+            raise Invalid("a template name: 1-64 letters, digits, '_', '.' or '-'")
+        return str(name)
+
+    async def put_template(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
+        server_only(caller)
+        name = template_name(request)
+        parse_content(body)  # the fields' shapes; {{variables}} are filled at each send
+        await ctx.state.put_template(app_key(caller), name, body)
+        return {"name": name, "variables": sorted(set(_VARIABLE.findall(json.dumps(body))))}
+
+    async def get_template(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
+        server_only(caller)
+        name = template_name(request)
+        stored = await ctx.state.template(app_key(caller), name)
+        if stored is None:
+            raise Invalid(f"no template {name!r}", "TemplateMissing", 404)
+        return {"name": name, "template": stored}
+
+    async def list_templates(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
+        server_only(caller)
+        return {"templates": await ctx.state.templates(app_key(caller))}
+
+    async def delete_template(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
+        server_only(caller)
+        name = template_name(request)
+        if not await ctx.state.delete_template(app_key(caller), name):
+            raise Invalid(f"no template {name!r}", "TemplateMissing", 404)
+        return {"name": name, "deleted": True}
+
+    # --- gorush ----------------------------------------------------------------------------------------
+
+    async def gorush_push(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
+        server_only(caller)
+        notifications = body.get("notifications")
+        if not isinstance(notifications, list) or not 1 <= len(notifications) <= MAX_BATCH:
+            raise Invalid(f"notifications: a list of 1 to {MAX_BATCH}")
+        now = int(time.time() * 1000)
+        messages = [gorush_message(caller, n, i, now) for i, n in enumerate(notifications)]
+        counts = sum(len(m.target.tokens) for m in messages)
+        for m in messages:
+            await ctx.accepter.accept(m, None)
+        logs: list[dict[str, Any]] = []
+        if any(m.sync for m in messages):
+            logs = await wait_for(messages)
+        return {"counts": counts, "logs": logs, "success": "ok"}
+
+    def gorush_message(caller: auth.Caller, n: object, i: int, now: int) -> PushMessage:
+        if not isinstance(n, dict):
+            raise Invalid(f"notifications[{i}]: a JSON object")
+        platform = n.get("platform")
+        if not isinstance(platform, int) or platform not in GORUSH_PLATFORMS:
+            raise Invalid(f"notifications[{i}].platform: {', '.join(f'{k} {v}' for k, v in GORUSH_PLATFORMS.items())}")
+        tokens = n.get("tokens")
+        if not isinstance(tokens, list) or not 1 <= len(tokens) <= MAX_IDS or not all(valid_token(t) for t in tokens):
+            raise Invalid(f"notifications[{i}].tokens: 1 to {MAX_IDS} tokens")
+        channel = GORUSH_PLATFORMS[platform]
+        data = n.get("data", {})
+        if not isinstance(data, dict):
+            raise Invalid(f"notifications[{i}].data: an object")
+        alert: dict[str, Any] = n["alert"] if isinstance(n.get("alert"), dict) else {}
+        title = n.get("title") or alert.get("title")
+        body = n.get("message") or alert.get("body")
+        ttl = n.get("time_to_live", 86400 if n.get("expiration") is None else None)
+        if ttl is None:
+            expiration = n.get("expiration")
+            if not isinstance(expiration, int):
+                raise Invalid(f"notifications[{i}].expiration: epoch seconds")
+            ttl = max(expiration - now // 1000, 0)
+        raw_content: dict[str, Any] = {
+            "title": title,
+            "body": body,
+            "data": {k: v if isinstance(v, str) else json.dumps(v) for k, v in data.items()},
+        }
+        if isinstance(n.get("badge"), int):
+            raw_content["badge"] = n["badge"]
+        if isinstance(n.get("sound"), str):
+            raw_content["sound"] = n["sound"]
+        if isinstance(n.get("category"), str):
+            raw_content["category"] = n["category"]
+        try:
+            content = parse_content({k: v for k, v in raw_content.items() if v not in (None, {})})
+            options = parse_options(
+                {
+                    "ttlSeconds": ttl,
+                    "urgent": n.get("priority", "high") != "normal",
+                    "collapseKey": n.get("collapse_key") or n.get("apns_collapse_id") or None,
+                },
+                now,
+            )
+        except Invalid as e:
+            raise Invalid(f"notifications[{i}]: {e}", e.code, e.status) from None
+        message = PushMessage(
+            message_id=new_message_id(),
+            app_id=caller.app_id,
+            workspace_id=caller.workspace_id,
+            target=Target("token", tokens=tuple((channel, t) for t in dict.fromkeys(tokens))),
+            content=content,
+            created_ms=now,
+            sync=bool(n.get("sync", False)),
+            **options,
+        )
+        check_size(message)
+        return message
+
+    async def wait_for(messages: list[PushMessage]) -> list[dict[str, Any]]:
+        """gorush's sync mode: wait until every token of the messages has an outcome; the failed ones."""
+        deadline = time.monotonic() + SYNC_WAIT_SECONDS
+        logs: list[dict[str, Any]] = []
+        for m in messages:
+            while time.monotonic() < deadline:
+                st = await ctx.state.status(m.message_id)
+                done = sum(n for k, n in st.counts.items() if not k.startswith("Receipt.")) if st else 0
+                if done >= len(m.target.tokens):
+                    break
+                await asyncio.sleep(0.05)
+            for f in await ctx.state.failed(m.message_id):
+                logs.append({"type": "failed-push", "platform": f.channel, "token": f.token, "message": m.content.body,
+                             "error": f.reason})  # fmt: skip
+        return logs
+
+    async def gorush_stat(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
+        server_only(caller)
+        totals = await ctx.state.totals(app_key(caller))
+
+        def pair(channel: str) -> dict[str, int]:
+            sent = totals.get(f"{channel}.Sent", 0)
+            error = sum(n for k, n in totals.items() if k.startswith(f"{channel}.") and not k.endswith(".Sent"))
+            return {"push_success": sent, "push_error": error}
+
+        out: dict[str, Any] = {"total_count": sum(n for k, n in totals.items() if not k.startswith("Receipt."))}
+        out.update(ios=pair("APNs"), android=pair("FCM"), huawei=pair("Huawei"))
+        out.update(xiaomi=pair("Xiaomi"), oppo=pair("OPPO"), vivo=pair("Vivo"), honor=pair("Honor"), link=pair("Link"))
+        return out
+
+    # --- wiring ----------------------------------------------------------------------------------------
+
+    def route(method: str, path: str, handler: Handler, **kw: Any) -> None:
+        async def endpoint(request: Request) -> Any:
+            return await run(request, handler, **kw)
+
+        app.add_api_route(path, endpoint, methods=[method], include_in_schema=True, name=handler.__name__)
+
+    route("PUT", "/v1/push/devices/{device_id}", register, devices_may="device_id")
+    route("GET", "/v1/push/devices/{device_id}", get_device, devices_may="device_id")
+    route("DELETE", "/v1/push/devices/{device_id}", unregister, devices_may="device_id")
+    route("POST", "/v1/push/devices/{device_id}/tags", tags, devices_may="device_id")
+    route("PUT", "/v1/push/devices/{device_id}/alias", alias)
+    route("POST", "/v1/push/bind", bind)
+    route("POST", "/v1/push/unbind", unbind)
+    route("GET", "/v1/push/users/{user_id}/devices", user_devices)
+    route("POST", "/v1/push/messages", send)
+    route("POST", "/v1/push/messages/batch", batch)
+    route("GET", "/v1/push/messages/{message_id}", status)
+    route("DELETE", "/v1/push/messages/{message_id}", cancel)
+    route("POST", "/v1/push/receipts", receipt, devices_may="")
+    route("GET", "/v1/push/stats", stats)
+    route("PUT", "/v1/push/templates/{name}", put_template)
+    route("GET", "/v1/push/templates/{name}", get_template)
+    route("GET", "/v1/push/templates", list_templates)
+    route("DELETE", "/v1/push/templates/{name}", delete_template)
+    route("POST", "/api/push", gorush_push, basic=True)
+    route("GET", "/api/stat/app", gorush_stat, basic=True)

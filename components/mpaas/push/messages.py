@@ -1,0 +1,272 @@
+"""A push message as the server API takes it, checked strictly, and as it travels (JSON on the event log).
+
+Request fields (docs/push.md, "Sending"): `target` {type: device | user | alias | tag | all, ids, filter
+{platforms, tags, minAppVersion, maxAppVersion}}, `notification` {title, body, data, badge, sound, category}
+or `template` {name, variables}, `ttlSeconds`, `urgent`, `collapseKey`, `scheduledAt`, `idempotencyKey`.
+Every malformed field is an `Invalid` naming it; nothing of a refused request is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .registry import PLATFORMS, valid_id, valid_tag, valid_token
+
+TARGET_TYPES = ("device", "user", "alias", "tag", "all", "token")
+MAX_IDS = 1000  # ids in one target
+MAX_TTL_SECONDS = 30 * 86400
+MAX_SCHEDULE_SECONDS = 30 * 86400
+MAX_NOTIFICATION_BYTES = 4096  # the notification as JSON: APNs' and FCM's limit, the smallest common one
+MAX_DATA_KEYS = 64
+_COLLAPSE = re.compile(r"[\x21-\x7e]{1,64}")
+_VERSION = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9}){0,3}")
+_IDEMPOTENCY = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+class Invalid(ValueError):
+    """A request the API refuses: `code` is its documented result code (docs/push.md, "Result codes")."""
+
+    def __init__(self, message: str, code: str = "InvalidRequest", status: int = 400):
+        super().__init__(message)
+        self.code, self.status = code, status
+
+
+@dataclass(frozen=True)
+class Target:
+    type: str  # one of TARGET_TYPES
+    ids: tuple[str, ...] = ()  # devices, users, aliases or tags; none for "all"
+    platforms: tuple[str, ...] = ()  # filter: any of these (empty: every platform)
+    tags: tuple[str, ...] = ()  # filter: devices with any of these tags
+    min_app_version: str | None = None
+    max_app_version: str | None = None
+    # type "token" (the gorush API): (channel type, token) pairs sent as they are, without the registry
+    tokens: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def filtered(self) -> bool:
+        return bool(self.platforms or self.tags or self.min_app_version or self.max_app_version)
+
+
+@dataclass(frozen=True)
+class Content:
+    title: str | None = None
+    body: str | None = None
+    data: dict[str, str] = field(default_factory=dict)
+    badge: int | None = None
+    sound: str | None = None
+    category: str | None = None
+
+
+@dataclass(frozen=True)
+class PushMessage:
+    message_id: str
+    app_id: str
+    workspace_id: str
+    target: Target
+    content: Content
+    ttl_seconds: int = 86400
+    urgent: bool = True
+    collapse_key: str | None = None
+    scheduled_ms: int | None = None
+    created_ms: int = 0
+    sync: bool = False  # the caller waits for the vendors' answers (gorush's sync mode)
+
+    @property
+    def app(self) -> str:
+        return f"{self.app_id}/{self.workspace_id}"
+
+    @property
+    def expires_ms(self) -> int:
+        return (self.scheduled_ms or self.created_ms) + self.ttl_seconds * 1000
+
+    def link_payload(self) -> bytes:
+        """What a link client receives: the notification as UTF-8 JSON with the message id."""
+        c = self.content
+        body: dict[str, Any] = {"messageId": self.message_id}
+        for k, v in (("title", c.title), ("body", c.body), ("badge", c.badge), ("sound", c.sound)):
+            if v is not None:
+                body[k] = v
+        if c.category is not None:
+            body["category"] = c.category
+        if c.data:
+            body["data"] = c.data
+        if self.collapse_key is not None:
+            body["collapseKey"] = self.collapse_key
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False).encode()
+
+    @staticmethod
+    def from_json(raw: bytes) -> PushMessage:
+        d = json.loads(raw)
+        t = d["target"]
+        target = Target(
+            type=t["type"],
+            ids=tuple(t["ids"]),
+            platforms=tuple(t["platforms"]),
+            tags=tuple(t["tags"]),
+            min_app_version=t["min_app_version"],
+            max_app_version=t["max_app_version"],
+            tokens=tuple((c, k) for c, k in t["tokens"]),
+        )
+        return PushMessage(**{**d, "target": target, "content": Content(**d["content"])})
+
+
+def new_message_id() -> str:
+    """Time-ordered and unguessable: 12 hex digits of epoch milliseconds, 16 random."""
+    return f"{int(time.time() * 1000):012x}{os.urandom(8).hex()}"
+
+
+_MESSAGE_ID = re.compile(r"[0-9a-f]{28}")
+
+
+def valid_message_id(value: str) -> bool:
+    return _MESSAGE_ID.fullmatch(value) is not None
+
+
+def version_key(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in v.split("."))
+
+
+def _str(d: dict[str, Any], name: str, *, max_len: int, required: bool = False) -> str | None:
+    v = d.get(name)
+    if v is None:
+        if required:
+            raise Invalid(f"{name} is required")
+        return None
+    if not isinstance(v, str) or len(v) > max_len:
+        raise Invalid(f"{name}: a string of at most {max_len} characters")
+    return v
+
+
+def _object(d: dict[str, Any], name: str) -> dict[str, Any]:
+    v = d.get(name, {})
+    if not isinstance(v, dict):
+        raise Invalid(f"{name}: a JSON object")
+    return v
+
+
+def _list(d: dict[str, Any], name: str, check: Any, what: str, *, max_items: int = MAX_IDS) -> tuple[str, ...]:
+    v = d.get(name, [])
+    if not isinstance(v, list) or len(v) > max_items or not all(check(x) for x in v):
+        raise Invalid(f"{name}: a list of at most {max_items} {what}")
+    return tuple(dict.fromkeys(v))
+
+
+def parse_target(raw: object) -> Target:
+    if not isinstance(raw, dict):
+        raise Invalid("target: an object with type (device, user, alias, tag or all) and ids")
+    kind = raw.get("type")
+    if kind not in TARGET_TYPES or kind == "token":
+        raise Invalid("target.type: device, user, alias, tag or all")
+    ids: tuple[str, ...] = ()
+    if kind != "all":
+        check = valid_tag if kind == "tag" else valid_id
+        ids = _list(raw, "ids", check, "ids of 1-128 characters (tags 1-64) without spaces, controls or braces")
+        if not ids:
+            raise Invalid("target.ids: at least one id")
+    elif "ids" in raw:
+        raise Invalid("target.ids: not allowed for type all")
+    f = _object(raw, "filter")
+    unknown = set(f) - {"platforms", "tags", "minAppVersion", "maxAppVersion"}
+    if unknown:
+        raise Invalid(f"target.filter: unknown fields {sorted(unknown)}")
+    if f and kind not in ("all", "tag", "user"):
+        raise Invalid("target.filter applies to types all, tag and user")
+    platforms = _list(f, "platforms", lambda p: p in PLATFORMS, f"platforms ({', '.join(PLATFORMS)})", max_items=4)
+    tags = _list(f, "tags", valid_tag, "tags", max_items=100)
+    versions = []
+    for name in ("minAppVersion", "maxAppVersion"):
+        v = f.get(name)
+        if v is not None and (not isinstance(v, str) or not _VERSION.fullmatch(v)):
+            raise Invalid(f"target.filter.{name}: a version of 1 to 4 numbers, like 2.10.1")
+        versions.append(v)
+    return Target(kind, ids, platforms, tags, versions[0], versions[1])
+
+
+def parse_content(raw: object) -> Content:
+    if not isinstance(raw, dict):
+        raise Invalid("notification: an object with title, body, data, badge, sound, category")
+    unknown = set(raw) - {"title", "body", "data", "badge", "sound", "category"}
+    if unknown:
+        raise Invalid(f"notification: unknown fields {sorted(unknown)}")
+    data = _object(raw, "data")
+    if len(data) > MAX_DATA_KEYS or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise Invalid(f"notification.data: at most {MAX_DATA_KEYS} string keys with string values")
+    badge = raw.get("badge")
+    if badge is not None and (not isinstance(badge, int) or isinstance(badge, bool) or not 0 <= badge <= 99999):
+        raise Invalid("notification.badge: an integer 0-99999")
+    content = Content(
+        title=_str(raw, "title", max_len=512),
+        body=_str(raw, "body", max_len=4096),
+        data=data,
+        badge=badge,
+        sound=_str(raw, "sound", max_len=256),
+        category=_str(raw, "category", max_len=256),
+    )
+    if content.title is None and content.body is None and not content.data:
+        raise Invalid("notification: give a title, a body or data")
+    return content
+
+
+def parse_time_ms(value: object, name: str) -> int:
+    """Epoch milliseconds, or an RFC 3339 time with its offset."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10**15:
+        return value
+    if isinstance(value, str) and len(value) <= 40 and value.isascii():
+        try:
+            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            when = None
+        if when is not None and when.tzinfo is not None:
+            return int(when.timestamp() * 1000)
+    raise Invalid(f"{name}: epoch milliseconds, or an RFC 3339 time with its offset (2026-12-01T09:00:00Z)")
+
+
+def parse_options(raw: dict[str, Any], now_ms: int) -> dict[str, Any]:
+    """ttlSeconds, urgent, collapseKey, scheduledAt as PushMessage fields."""
+    ttl = raw.get("ttlSeconds", 86400)
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= MAX_TTL_SECONDS:
+        raise Invalid(f"ttlSeconds: an integer 0-{MAX_TTL_SECONDS} (0: now or never)")
+    urgent = raw.get("urgent", True)
+    if not isinstance(urgent, bool):
+        raise Invalid("urgent: true or false")
+    collapse = raw.get("collapseKey")
+    if collapse is not None and (not isinstance(collapse, str) or not _COLLAPSE.fullmatch(collapse)):
+        raise Invalid("collapseKey: 1-64 printable ASCII characters")
+    scheduled = None
+    if raw.get("scheduledAt") is not None:
+        scheduled = parse_time_ms(raw["scheduledAt"], "scheduledAt")
+        if scheduled <= now_ms:
+            raise Invalid("scheduledAt is in the past", "ScheduleInPast")
+        if scheduled > now_ms + MAX_SCHEDULE_SECONDS * 1000:
+            raise Invalid(f"scheduledAt: at most {MAX_SCHEDULE_SECONDS // 86400} days ahead", "ScheduleTooFar")
+    return {"ttl_seconds": ttl, "urgent": urgent, "collapse_key": collapse, "scheduled_ms": scheduled}
+
+
+def idempotency_key(raw: dict[str, Any], header: str | None) -> str | None:
+    key = raw.get("idempotencyKey", header)
+    if key is not None and (not isinstance(key, str) or not _IDEMPOTENCY.fullmatch(key)):
+        raise Invalid("idempotencyKey: 1-128 printable ASCII characters")
+    if header is not None and raw.get("idempotencyKey") not in (None, header):
+        raise Invalid("idempotencyKey differs from the Idempotency-Key header")
+    return key
+
+
+def check_size(message: PushMessage) -> None:
+    size = len(message.link_payload())
+    if size > MAX_NOTIFICATION_BYTES:
+        raise Invalid(
+            f"the notification is {size} bytes as JSON; at most {MAX_NOTIFICATION_BYTES}", "PayloadTooLarge", 413
+        )
+
+
+def valid_pair(channel: str, token: str) -> bool:
+    return bool(channel) and valid_token(token)

@@ -1,0 +1,229 @@
+"""The vendor senders: jobs from the vendor topic through each channel's client (docs/push.md, "Delivery").
+
+A job is one message for up to 500 (device, token) pairs of one channel. The sender claims each pair before
+sending (state.claim_devices): a pair another sender has in flight waits for that claim to end, a pair sent
+already is skipped, so a job done twice (a sender killed before its commit) sends nothing twice, except the
+requests in flight at the moment of the kill, which the vendor may have taken: those are sent again once
+their claim lapses, with the same collapse id (apns-collapse-id, FCM collapse_key...), so the device shows one.
+
+Per channel: `messagesPerSecond` as a token bucket shared by every pod (the hot store), retries with backoff
+on RateLimited and Retry (the vendor's Retry-After when it gives one), and no send at all while a daily quota
+is used up. A token the vendor calls dead is removed from the registry and listed with the failed ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..stores import EventLog, HotStore, Record
+from .config import PushConfig, VendorChannel
+from .fanout import Topics
+from .messages import PushMessage
+from .registry import Registry
+from .state import CLAIM_LEASE_SECONDS, Failed, PushState
+from .vendors.base import Notification, Outcome, SendResult
+
+log = logging.getLogger("mpaas.push")
+
+ATTEMPTS = 4  # sends of one pair on RateLimited/Retry before it counts as failed
+MAX_BACKOFF = 30.0
+CONCURRENCY = 16  # jobs at once in one process
+
+
+def notification(m: PushMessage) -> Notification:
+    c = m.content
+    return Notification(
+        message_id=m.message_id,
+        title=c.title,
+        body=c.body,
+        data=c.data,
+        ttl_seconds=max(int(m.expires_ms / 1000 - time.time()), 0) if m.ttl_seconds else 0,
+        urgent=m.urgent,
+        collapse_key=m.collapse_key or m.message_id,  # a send made twice shows once
+        badge=c.badge,
+        sound=c.sound,
+        category=c.category,
+    )
+
+
+def claim_id(device_id: str, token: str) -> str:
+    """What a send is claimed by: the device, or the token itself for sends by token (gorush)."""
+    return device_id or "t" + hashlib.sha256(token.encode()).hexdigest()[:32]
+
+
+@dataclass
+class Job:
+    message: PushMessage
+    channel: tuple[str, str]
+    items: list[tuple[str, str]]  # (device id or "", token)
+
+    @staticmethod
+    def parse(raw: bytes) -> Job:
+        d = json.loads(raw)
+        message = PushMessage.from_json(json.dumps(d["message"]).encode())
+        return Job(message, (d["channel"][0], d["channel"][1]), [(a, b) for a, b in d["items"]])
+
+
+class Senders:
+    def __init__(
+        self,
+        events: EventLog,
+        state: PushState,
+        registry: Registry,
+        hot: HotStore,
+        config: Callable[[], PushConfig],
+        topics: Topics = Topics(),
+    ):
+        self.events, self.state, self.registry, self.hot, self.config = events, state, registry, hot, config
+        self.topics = topics
+        self._task: asyncio.Task[None] | None = None
+        self._quota_until: dict[tuple[str, str], float] = {}  # channel -> epoch seconds its daily quota returns
+        self.sent: dict[str, int] = defaultdict(int)  # "ns/name" -> sent, for the metrics and status
+        self.failures: dict[str, int] = defaultdict(int)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="push senders")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async for batch in self.events.batches(self.topics.vendor, self.topics.sender_group, wait=1.0):
+                    if batch:
+                        await self._batch(batch)
+                        await self.events.commit_batch(self.topics.sender_group, batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("push senders: %r; joining again in 2 s", e)
+                await asyncio.sleep(2.0)
+
+    async def _batch(self, batch: list[Record]) -> None:
+        gate = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(record: Record) -> None:
+            async with gate:
+                try:
+                    job = Job.parse(record.value)
+                except (ValueError, KeyError, TypeError, IndexError) as e:
+                    log.error("push senders: a job that does not parse is skipped (offset %d): %r", record.offset, e)
+                    return
+                delay = 0.5
+                while True:
+                    try:
+                        await self.process(job)
+                        return
+                    except Exception as e:  # a store failure: the job waits, nothing is skipped
+                        log.warning("push job of %s failed, again in %.1f s: %r", job.message.message_id, delay, e)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, MAX_BACKOFF)
+
+        await asyncio.gather(*(one(r) for r in batch))
+
+    async def process(self, job: Job) -> None:
+        m = job.message
+        status = await self.state.status(m.message_id)
+        if status is not None and status.state in ("Canceled", "Revoked"):
+            return
+        pending = list(job.items)
+        while pending:
+            claims = await self.state.claim_devices(m.message_id, [claim_id(d, t) for d, t in pending])
+            mine = [p for p, c in zip(pending, claims, strict=True) if c is None]
+            waiting = [p for p, c in zip(pending, claims, strict=True) if c == "p"]
+            if mine:
+                await self._send(job, mine)
+            if not waiting:
+                return
+            # Another sender (or one that died) holds these: wait for its claim to end, then look again.
+            await asyncio.sleep(min(CLAIM_LEASE_SECONDS / 4, 15))
+            pending = waiting
+
+    async def _send(self, job: Job, items: list[tuple[str, str]]) -> None:
+        m, key = job.message, job.channel
+        label = "/".join(key)
+        channel = self.config().channel(*key)
+        counts: dict[str, int] = defaultdict(int)
+        failed: list[Failed] = []
+        done: list[str] = []
+        kind = channel.type.value if channel is not None else "None"
+        if channel is None or channel.client is None:
+            reason = "ChannelUnavailable" if channel is None else f"ChannelUnavailable: {channel.problem}"
+            failed = [Failed(d, kind, t, reason) for d, t in items]
+            counts[f"{kind}.Failed"] += len(items)
+            done = [claim_id(d, t) for d, t in items]
+        else:
+            results = await self._attempts(channel, notification(m), items)
+            for (device, token), r in zip(items, results, strict=True):
+                done.append(claim_id(device, token))
+                if r.ok:
+                    counts[f"{kind}.Sent"] += 1
+                    continue
+                counts[f"{kind}.{r.outcome.value}"] += 1
+                failed.append(Failed(device, kind, token, f"{r.outcome.value}: {r.reason}" if r.reason else r.outcome))
+                if r.outcome is Outcome.INVALID_TOKEN and device:
+                    await self.registry.remove_token(m.app, device, kind, token)
+        await self.state.finish_devices(
+            m.message_id, done, keep_seconds=max(m.expires_ms / 1000 - time.time(), 0) + 86400
+        )
+        await self.state.count(m, dict(counts))
+        await self.state.add_failed(m.message_id, failed)
+        self.sent[label] += counts.get(f"{kind}.Sent", 0)
+        self.failures[label] += sum(n for k, n in counts.items() if not k.endswith(".Sent"))
+
+    async def _attempts(
+        self, channel: VendorChannel, n: Notification, items: list[tuple[str, str]]
+    ) -> list[SendResult]:
+        assert channel.client is not None
+        key = (channel.namespace, channel.name)
+        results: dict[int, SendResult] = {}
+        todo = list(range(len(items)))
+        delay = 1.0
+        for attempt in range(ATTEMPTS):
+            quota = self._quota_until.get(key, 0.0)
+            if quota > time.time():
+                for i in todo:
+                    results[i] = SendResult(items[i][1], Outcome.QUOTA_EXCEEDED, "the daily quota is used up")
+                break
+            await self._take_rate(channel, len(todo))
+            sent = await channel.client.send(n, [items[i][1] for i in todo])
+            again: list[int] = []
+            wait = 0.0
+            for i, r in zip(todo, sent, strict=True):
+                results[i] = r
+                if r.outcome is Outcome.QUOTA_EXCEEDED:
+                    self._quota_until[key] = time.time() + (r.retry_after or 3600)
+                elif r.outcome in (Outcome.RATE_LIMITED, Outcome.RETRY) and attempt + 1 < ATTEMPTS:
+                    again.append(i)
+                    wait = max(wait, min(r.retry_after or delay, MAX_BACKOFF))
+            if not again:
+                break
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, MAX_BACKOFF)
+            todo = again
+        return [results[i] for i in range(len(items))]
+
+    async def _take_rate(self, channel: VendorChannel, n: int) -> None:
+        rate = channel.messages_per_second
+        if not rate:
+            return
+        bucket = f"push:rate:{channel.namespace}/{channel.name}"
+        burst = max(rate, 1)
+        while n > 0:
+            step = min(n, burst)
+            if await self.hot.take_tokens(bucket, rate=rate, burst=burst, n=step):
+                n -= step
+            else:
+                await asyncio.sleep(min(step / rate, 1.0))

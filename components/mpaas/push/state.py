@@ -1,0 +1,452 @@
+"""What push keeps besides the registry: messages and their outcome counts, idempotency keys, failed tokens,
+per-minute stats, the schedule, fan-out checkpoints and per-device send claims, templates, and what waits for
+a user's next device.
+
+Redis keys (prefix `push:` by default): `m:{id}` (the message's JSON and state, a hash), `m:{id}:n` (outcome
+counts), `m:{id}:f` (failed tokens, a capped list), `m:{id}:c` (the fan-out checkpoint), `i:{app}:{key}`
+(idempotency), `s:{app}:{minute}` and `t:{app}` (stats), `{sched}` and `{sched}:m` (the schedule), `x:{id}:{device}`
+(claims), `tpl:{app}` (templates), `wait:{app}:{user}` (messages waiting for a user's next device). Messages and
+their figures are kept `KEEP_SECONDS` after their TTL ends.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+
+from ..stores.redis_common import RedisRole
+from .messages import PushMessage
+from .redis_text import text
+
+KEEP_SECONDS = 7 * 86400
+STATS_SECONDS = 8 * 86400
+MAX_FAILED = 1000  # failed tokens kept per message
+SCHEDULE_LEASE_MS = 60_000  # a due message taken by a pod is handed out again after this, unless done
+CLAIM_LEASE_SECONDS = 60  # a send claimed and neither made nor failed by then (its sender died) is made again
+
+
+@dataclass(frozen=True)
+class Failed:
+    device_id: str
+    channel: str
+    token: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"deviceId": self.device_id, "channel": self.channel, "token": self.token, "reason": self.reason}
+
+
+@dataclass
+class Status:
+    message: PushMessage
+    state: str  # Accepted, Scheduled, Sending, Done, Canceled, Revoked
+    counts: dict[str, int] = field(default_factory=dict)  # "{channel}.{outcome}" -> n
+    targets: int = 0  # devices the fan-out reached (or tokens)
+
+
+def _minute(now: float | None = None) -> int:
+    return int((now if now is not None else time.time()) // 60)
+
+
+def _keep(message: PushMessage) -> float:
+    return max(message.expires_ms / 1000 - time.time(), 0) + KEEP_SECONDS
+
+
+class PushState(ABC):
+    @abstractmethod
+    async def claim_idempotency(self, app: str, key: str, message_id: str, ttl_seconds: float) -> str | None:
+        """None when `key` is new (now bound to `message_id`); else the message id it was first used for."""
+
+    @abstractmethod
+    async def release_idempotency(self, app: str, key: str, message_id: str) -> None:
+        """Unbind `key` (a send that could not be accepted after all), if still bound to `message_id`."""
+
+    @abstractmethod
+    async def save(self, message: PushMessage, state: str) -> None: ...
+
+    @abstractmethod
+    async def set_state(self, message_id: str, state: str, *, only_from: Sequence[str] = ()) -> bool:
+        """Move the state (only from one of `only_from`, when given); False when not moved."""
+
+    @abstractmethod
+    async def status(self, message_id: str) -> Status | None: ...
+
+    @abstractmethod
+    async def count(self, message: PushMessage, counts: dict[str, int], *, targets: int = 0) -> None:
+        """Add outcome counts ("{channel}.{outcome}") to the message, its app's minute and its app's totals."""
+
+    @abstractmethod
+    async def add_failed(self, message_id: str, failed: Sequence[Failed]) -> None: ...
+
+    @abstractmethod
+    async def failed(self, message_id: str) -> list[Failed]: ...
+
+    @abstractmethod
+    async def stats(self, app: str, first_minute: int, last_minute: int) -> dict[int, dict[str, int]]: ...
+
+    @abstractmethod
+    async def totals(self, app: str) -> dict[str, int]: ...
+
+    @abstractmethod
+    async def checkpoint(self, message_id: str, step: str | None = None) -> str:
+        """Set the fan-out's checkpoint when `step` is given; returns the checkpoint ("" at the start)."""
+
+    @abstractmethod
+    async def claim_devices(self, message_id: str, device_ids: Sequence[str]) -> list[str | None]:
+        """Claim (message, device) sends before making them: per device None when now claimed by the caller,
+        "p" when another claim is in flight (younger than CLAIM_LEASE_SECONDS), "d" when sent already."""
+
+    @abstractmethod
+    async def finish_devices(self, message_id: str, device_ids: Sequence[str], keep_seconds: float) -> None:
+        """Mark the sends made ("d"), kept `keep_seconds` (the message's TTL and then some)."""
+
+    @abstractmethod
+    async def schedule(self, message: PushMessage) -> None: ...
+
+    @abstractmethod
+    async def take_due(self, now_ms: int, limit: int) -> list[PushMessage]:
+        """Due scheduled messages, each leased to the caller for SCHEDULE_LEASE_MS (then handed out again)."""
+
+    @abstractmethod
+    async def unschedule(self, message_id: str) -> bool:
+        """Drop it from the schedule (sent or canceled); False when it was not there."""
+
+    @abstractmethod
+    async def put_template(self, app: str, name: str, template: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    async def template(self, app: str, name: str) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    async def templates(self, app: str) -> dict[str, dict[str, Any]]: ...
+
+    @abstractmethod
+    async def delete_template(self, app: str, name: str) -> bool: ...
+
+    @abstractmethod
+    async def wait_for_user(self, app: str, user_id: str, message_id: str, expires_ms: int) -> None:
+        """Keep the message for the user's next bound device until it expires."""
+
+    @abstractmethod
+    async def waiting_for_user(self, app: str, user_id: str, now_ms: int) -> list[str]: ...
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisPushState(RedisRole, PushState):
+    def __init__(self, redis: str | aioredis.Redis, *, prefix: str = "push:"):
+        RedisRole.__init__(self, redis, prefix)
+        self._take = self.redis.register_script(
+            # KEYS: schedule zset; ARGV: now ms, limit, lease ms. Moves due members to now + lease, returns them.
+            """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, id in ipairs(due) do redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), id) end
+return due
+"""
+        )
+
+    def _k(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    async def claim_idempotency(self, app: str, key: str, message_id: str, ttl_seconds: float) -> str | None:
+        k = self._k("i", app, key)
+        if await self.redis.set(k, message_id, nx=True, ex=max(int(ttl_seconds), 1)):
+            return None
+        first = await self.redis.get(k)
+        return text(first) if first is not None else None
+
+    async def release_idempotency(self, app: str, key: str, message_id: str) -> None:
+        k = self._k("i", app, key)
+        if (await self.redis.get(k)) == message_id.encode():
+            await self.redis.delete(k)
+
+    async def save(self, message: PushMessage, state: str) -> None:
+        k = self._k("m", message.message_id)
+        async with self.redis.pipeline(transaction=True) as p:
+            p.hset(k, mapping={"json": message.to_json(), "state": state})
+            p.expire(k, int(_keep(message)))
+            await p.execute()
+
+    async def set_state(self, message_id: str, state: str, *, only_from: Sequence[str] = ()) -> bool:
+        k = self._k("m", message_id)
+        script = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local cur = redis.call('HGET', KEYS[1], 'state')
+if #ARGV > 1 then
+  local ok = false
+  for i = 2, #ARGV do if ARGV[i] == cur then ok = true end end
+  if not ok then return 0 end
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[1])
+return 1
+"""
+        return bool(await self.redis.eval(script, 1, k, state, *only_from))
+
+    async def status(self, message_id: str) -> Status | None:
+        k = self._k("m", message_id)
+        async with self.redis.pipeline(transaction=False) as p:
+            p.hgetall(k)
+            p.hgetall(k + ":n")
+            row, counts = await p.execute()
+        if not row:
+            return None
+        counts = {a.decode(): int(b) for a, b in counts.items()}
+        targets = counts.pop("targets", 0)
+        return Status(PushMessage.from_json(row[b"json"]), row[b"state"].decode(), counts, targets)
+
+    async def count(self, message: PushMessage, counts: dict[str, int], *, targets: int = 0) -> None:
+        m, s, t = (
+            self._k("m", message.message_id, "n"),
+            self._k("s", message.app, str(_minute())),
+            self._k("t", message.app),
+        )
+        async with self.redis.pipeline(transaction=False) as p:
+            for name, n in counts.items():
+                if n:
+                    p.hincrby(m, name, n)
+                    p.hincrby(s, name, n)
+                    p.hincrby(t, name, n)
+            if targets:
+                p.hincrby(m, "targets", targets)
+            p.expire(m, int(_keep(message)))
+            p.expire(s, STATS_SECONDS)
+            await p.execute()
+
+    async def add_failed(self, message_id: str, failed: Sequence[Failed]) -> None:
+        if not failed:
+            return
+        k = self._k("m", message_id, "f")
+        async with self.redis.pipeline(transaction=False) as p:
+            p.rpush(k, *[json.dumps(f.to_json()) for f in failed])
+            p.ltrim(k, 0, MAX_FAILED - 1)
+            p.expire(k, KEEP_SECONDS + 30 * 86400)
+            await p.execute()
+
+    async def failed(self, message_id: str) -> list[Failed]:
+        rows = await self.redis.lrange(self._k("m", message_id, "f"), 0, MAX_FAILED - 1)
+        out = []
+        for r in rows:
+            d = json.loads(r)
+            out.append(Failed(d["deviceId"], d["channel"], d["token"], d["reason"]))
+        return out
+
+    async def stats(self, app: str, first_minute: int, last_minute: int) -> dict[int, dict[str, int]]:
+        minutes = list(range(first_minute, last_minute + 1))
+        async with self.redis.pipeline(transaction=False) as p:
+            for m in minutes:
+                p.hgetall(self._k("s", app, str(m)))
+            rows = await p.execute()
+        return {m: {text(a): int(b) for a, b in row.items()} for m, row in zip(minutes, rows, strict=True) if row}
+
+    async def totals(self, app: str) -> dict[str, int]:
+        return {text(a): int(b) for a, b in (await self.redis.hgetall(self._k("t", app))).items()}
+
+    async def checkpoint(self, message_id: str, step: str | None = None) -> str:
+        k = self._k("m", message_id, "c")
+        if step is not None:
+            await self.redis.set(k, step, ex=KEEP_SECONDS)
+            return step
+        value = await self.redis.get(k)
+        return text(value) if value is not None else ""
+
+    async def claim_devices(self, message_id: str, device_ids: Sequence[str]) -> list[str | None]:
+        async with self.redis.pipeline(transaction=False) as p:
+            for d in device_ids:
+                p.set(self._k("x", message_id, d), b"p", nx=True, ex=CLAIM_LEASE_SECONDS, get=True)
+            return [None if r is None else text(r) for r in await p.execute()]
+
+    async def finish_devices(self, message_id: str, device_ids: Sequence[str], keep_seconds: float) -> None:
+        async with self.redis.pipeline(transaction=False) as p:
+            for d in device_ids:
+                p.set(self._k("x", message_id, d), b"d", ex=max(int(keep_seconds), 1))
+            await p.execute()
+
+    async def schedule(self, message: PushMessage) -> None:
+        assert message.scheduled_ms is not None
+        async with self.redis.pipeline(transaction=True) as p:
+            p.zadd(self._k("{sched}"), {message.message_id: message.scheduled_ms})
+            p.hset(self._k("{sched}", "m"), message.message_id, message.to_json())
+            await p.execute()
+
+    async def take_due(self, now_ms: int, limit: int) -> list[PushMessage]:
+        keys = [self._k("{sched}")]
+        ids = cast(list[bytes], await self._take(keys=keys, args=[now_ms, limit, SCHEDULE_LEASE_MS]))
+        if not ids:
+            return []
+        rows = await self.redis.hmget(self._k("{sched}", "m"), ids)
+        return [PushMessage.from_json(text(r).encode()) for r in rows if r is not None]
+
+    async def unschedule(self, message_id: str) -> bool:
+        async with self.redis.pipeline(transaction=True) as p:
+            p.zrem(self._k("{sched}"), message_id)
+            p.hdel(self._k("{sched}", "m"), message_id)
+            removed, _ = await p.execute()
+        return bool(removed)
+
+    async def put_template(self, app: str, name: str, template: dict[str, Any]) -> None:
+        await self.redis.hset(self._k("tpl", app), name, json.dumps(template))
+
+    async def template(self, app: str, name: str) -> dict[str, Any] | None:
+        raw = await self.redis.hget(self._k("tpl", app), name)
+        return json.loads(raw) if raw is not None else None
+
+    async def templates(self, app: str) -> dict[str, dict[str, Any]]:
+        return {text(k): json.loads(v) for k, v in (await self.redis.hgetall(self._k("tpl", app))).items()}
+
+    async def delete_template(self, app: str, name: str) -> bool:
+        return bool(await self.redis.hdel(self._k("tpl", app), name))
+
+    async def wait_for_user(self, app: str, user_id: str, message_id: str, expires_ms: int) -> None:
+        k = self._k("wait", app, user_id)
+        async with self.redis.pipeline(transaction=False) as p:
+            p.zadd(k, {message_id: expires_ms})
+            p.zremrangebyscore(k, "-inf", int(time.time() * 1000))
+            p.zremrangebyrank(k, 0, -1001)  # the 1 000 latest
+            await p.execute()
+        longest = await self.redis.zrange(k, -1, -1, withscores=True)
+        if longest:
+            await self.redis.pexpireat(k, int(longest[0][1]))
+
+    async def waiting_for_user(self, app: str, user_id: str, now_ms: int) -> list[str]:
+        rows = await self.redis.zrangebyscore(self._k("wait", app, user_id), f"({now_ms}", "+inf")
+        return [text(r) for r in rows]
+
+
+class MemoryPushState(PushState):
+    """The same in this process (`mpaas dev`); nothing expires but idempotency keys, claims and waits."""
+
+    def __init__(self) -> None:
+        self._idem: dict[tuple[str, str], tuple[str, float]] = {}
+        self._messages: dict[str, list[Any]] = {}  # id -> [message, state]
+        self._counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self._failed: dict[str, list[Failed]] = defaultdict(list)
+        self._stats: dict[tuple[str, int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self._totals: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self._checkpoints: dict[str, str] = {}
+        self._claims: dict[tuple[str, str], tuple[str, float]] = {}
+        self._sched: dict[str, tuple[int, PushMessage]] = {}
+        self._templates: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        self._waits: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+
+    async def claim_idempotency(self, app: str, key: str, message_id: str, ttl_seconds: float) -> str | None:
+        now = time.monotonic()
+        seen = self._idem.get((app, key))
+        if seen is not None and seen[1] > now:
+            return seen[0]
+        self._idem[(app, key)] = (message_id, now + ttl_seconds)
+        return None
+
+    async def release_idempotency(self, app: str, key: str, message_id: str) -> None:
+        if self._idem.get((app, key), ("",))[0] == message_id:
+            del self._idem[(app, key)]
+
+    async def save(self, message: PushMessage, state: str) -> None:
+        self._messages[message.message_id] = [message, state]
+
+    async def set_state(self, message_id: str, state: str, *, only_from: Sequence[str] = ()) -> bool:
+        row = self._messages.get(message_id)
+        if row is None or (only_from and row[1] not in only_from):
+            return False
+        row[1] = state
+        return True
+
+    async def status(self, message_id: str) -> Status | None:
+        row = self._messages.get(message_id)
+        if row is None:
+            return None
+        counts = dict(self._counts.get(message_id, {}))
+        targets = counts.pop("targets", 0)
+        return Status(row[0], row[1], counts, targets)
+
+    async def count(self, message: PushMessage, counts: dict[str, int], *, targets: int = 0) -> None:
+        minute = _minute()
+        for name, n in counts.items():
+            if n:
+                self._counts[message.message_id][name] += n
+                self._stats[(message.app, minute)][name] += n
+                self._totals[message.app][name] += n
+        if targets:
+            self._counts[message.message_id]["targets"] += targets
+
+    async def add_failed(self, message_id: str, failed: Sequence[Failed]) -> None:
+        kept = self._failed[message_id]
+        kept.extend(failed[: max(MAX_FAILED - len(kept), 0)])
+
+    async def failed(self, message_id: str) -> list[Failed]:
+        return list(self._failed.get(message_id, []))
+
+    async def stats(self, app: str, first_minute: int, last_minute: int) -> dict[int, dict[str, int]]:
+        out = {}
+        for m in range(first_minute, last_minute + 1):
+            row = self._stats.get((app, m))
+            if row:
+                out[m] = dict(row)
+        return out
+
+    async def totals(self, app: str) -> dict[str, int]:
+        return dict(self._totals.get(app, {}))
+
+    async def checkpoint(self, message_id: str, step: str | None = None) -> str:
+        if step is not None:
+            self._checkpoints[message_id] = step
+        return self._checkpoints.get(message_id, "")
+
+    async def claim_devices(self, message_id: str, device_ids: Sequence[str]) -> list[str | None]:
+        now = time.monotonic()
+        out: list[str | None] = []
+        for d in device_ids:
+            key = (message_id, d)
+            state, until = self._claims.get(key, ("", 0.0))
+            if until > now:
+                out.append(state)
+            else:
+                self._claims[key] = ("p", now + CLAIM_LEASE_SECONDS)
+                out.append(None)
+        return out
+
+    async def finish_devices(self, message_id: str, device_ids: Sequence[str], keep_seconds: float) -> None:
+        for d in device_ids:
+            self._claims[(message_id, d)] = ("d", time.monotonic() + keep_seconds)
+
+    async def schedule(self, message: PushMessage) -> None:
+        assert message.scheduled_ms is not None
+        self._sched[message.message_id] = (message.scheduled_ms, message)
+
+    async def take_due(self, now_ms: int, limit: int) -> list[PushMessage]:
+        due = sorted((at, mid) for mid, (at, _) in self._sched.items() if at <= now_ms)[:limit]
+        out = []
+        for _, mid in due:
+            message = self._sched[mid][1]
+            self._sched[mid] = (now_ms + SCHEDULE_LEASE_MS, message)
+            out.append(message)
+        return out
+
+    async def unschedule(self, message_id: str) -> bool:
+        return self._sched.pop(message_id, None) is not None
+
+    async def put_template(self, app: str, name: str, template: dict[str, Any]) -> None:
+        self._templates[app][name] = template
+
+    async def template(self, app: str, name: str) -> dict[str, Any] | None:
+        return self._templates.get(app, {}).get(name)
+
+    async def templates(self, app: str) -> dict[str, dict[str, Any]]:
+        return dict(self._templates.get(app, {}))
+
+    async def delete_template(self, app: str, name: str) -> bool:
+        return self._templates.get(app, {}).pop(name, None) is not None
+
+    async def wait_for_user(self, app: str, user_id: str, message_id: str, expires_ms: int) -> None:
+        self._waits[(app, user_id)][message_id] = expires_ms
+
+    async def waiting_for_user(self, app: str, user_id: str, now_ms: int) -> list[str]:
+        waits = self._waits.get((app, user_id), {})
+        return [m for m, exp in sorted(waits.items(), key=lambda kv: kv[1]) if exp > now_ms]
