@@ -36,6 +36,7 @@ log = logging.getLogger("mpaas.push")
 ATTEMPTS = 4  # sends of one pair on RateLimited/Retry before it counts as failed
 MAX_BACKOFF = 30.0
 CONCURRENCY = 16  # jobs at once in one process
+CLAIM_GROUP = 32  # pairs claimed, sent and marked together
 
 
 def notification(m: PushMessage) -> Notification:
@@ -140,15 +141,20 @@ class Senders:
             return
         pending = list(job.items)
         while pending:
-            claims = await self.state.claim_devices(m.message_id, [claim_id(d, t) for d, t in pending])
-            mine = [p for p, c in zip(pending, claims, strict=True) if c is None]
-            waiting = [p for p, c in zip(pending, claims, strict=True) if c == "p"]
-            if mine:
-                await self._send(job, mine)
+            waiting: list[tuple[str, str]] = []
+            # Claimed a group at a time, right before sending it: a kill leaves at most the groups in flight
+            # claimed and sent but not marked, the only sends a restart can make twice.
+            for i in range(0, len(pending), CLAIM_GROUP):
+                group = pending[i : i + CLAIM_GROUP]
+                claims = await self.state.claim_devices(m.message_id, [claim_id(d, t) for d, t in group])
+                mine = [p for p, c in zip(group, claims, strict=True) if c is None]
+                waiting += [p for p, c in zip(group, claims, strict=True) if c == "p"]
+                if mine:
+                    await self._send(job, mine)
             if not waiting:
                 return
             # Another sender (or one that died) holds these: wait for its claim to end, then look again.
-            await asyncio.sleep(min(CLAIM_LEASE_SECONDS / 4, 15))
+            await asyncio.sleep(CLAIM_LEASE_SECONDS / 3)
             pending = waiting
 
     async def _send(self, job: Job, items: list[tuple[str, str]]) -> None:
@@ -210,6 +216,8 @@ class Senders:
                     wait = max(wait, min(r.retry_after or delay, MAX_BACKOFF))
             if not again:
                 break
+            # Still ours while we wait to send again: the claims are renewed past the wait.
+            await self.state.renew_devices(n.message_id, [claim_id(*items[i]) for i in again])
             await asyncio.sleep(wait)
             delay = min(delay * 2, MAX_BACKOFF)
             todo = again

@@ -29,7 +29,7 @@ KEEP_SECONDS = 7 * 86400
 STATS_SECONDS = 8 * 86400
 MAX_FAILED = 1000  # failed tokens kept per message
 SCHEDULE_LEASE_MS = 60_000  # a due message taken by a pod is handed out again after this, unless done
-CLAIM_LEASE_SECONDS = 60  # a send claimed and neither made nor failed by then (its sender died) is made again
+CLAIM_LEASE_SECONDS = 30  # a send claimed and neither made nor failed by then (its sender died) is made again
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,10 @@ class PushState(ABC):
         "p" when another claim is in flight (younger than CLAIM_LEASE_SECONDS), "d" when sent already."""
 
     @abstractmethod
+    async def renew_devices(self, message_id: str, device_ids: Sequence[str]) -> None:
+        """Extend the caller's claims in flight (a send retried after a wait) by CLAIM_LEASE_SECONDS."""
+
+    @abstractmethod
     async def finish_devices(self, message_id: str, device_ids: Sequence[str], keep_seconds: float) -> None:
         """Mark the sends made ("d"), kept `keep_seconds` (the message's TTL and then some)."""
 
@@ -151,6 +155,11 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, to
 for _, id in ipairs(due) do redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[3]), id) end
 return due
 """
+        )
+
+        # KEYS: a claim; ARGV: seconds. Extends a claim in flight, never a send made.
+        self._renew = self.redis.register_script(
+            "if redis.call('GET', KEYS[1]) == 'p' then redis.call('EXPIRE', KEYS[1], ARGV[1]) end return 0"
         )
 
     def _k(self, *parts: str) -> str:
@@ -262,6 +271,12 @@ return 1
             for d in device_ids:
                 p.set(self._k("x", message_id, d), b"p", nx=True, ex=CLAIM_LEASE_SECONDS, get=True)
             return [None if r is None else text(r) for r in await p.execute()]
+
+    async def renew_devices(self, message_id: str, device_ids: Sequence[str]) -> None:
+        async with self.redis.pipeline(transaction=False) as p:
+            for d in device_ids:
+                await self._renew(keys=[self._k("x", message_id, d)], args=[CLAIM_LEASE_SECONDS], client=p)
+            await p.execute()
 
     async def finish_devices(self, message_id: str, device_ids: Sequence[str], keep_seconds: float) -> None:
         async with self.redis.pipeline(transaction=False) as p:
@@ -411,6 +426,12 @@ class MemoryPushState(PushState):
                 self._claims[key] = ("p", now + CLAIM_LEASE_SECONDS)
                 out.append(None)
         return out
+
+    async def renew_devices(self, message_id: str, device_ids: Sequence[str]) -> None:
+        until = time.monotonic() + CLAIM_LEASE_SECONDS
+        for d in device_ids:
+            if self._claims.get((message_id, d), ("", 0.0))[0] == "p":
+                self._claims[(message_id, d)] = ("p", until)
 
     async def finish_devices(self, message_id: str, device_ids: Sequence[str], keep_seconds: float) -> None:
         for d in device_ids:

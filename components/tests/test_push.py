@@ -1,0 +1,505 @@
+"""Push against real processes and servers: a push process and a link process on a real Redis and Kafka, and a
+local APNs (HTTP/2 over TLS, hack/push_vendors/apns.py). Signed calls, devices and users, routing between
+link and APNs, idempotency, the documented refusals, dead tokens pruned, templates, schedules across a
+restart, TTL re-delivery on reconnect and on bind, gorush's API, and a push process killed mid-broadcast."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+import yaml
+
+from conftest import Process, free_port, need_env, wait_ready
+from mpaas.link.client import LinkClient
+from mpaas.link.tokens import TokenKey
+from mpaas.push.auth import sign_headers
+from push_vendors.apns import ApnsServer
+
+pytestmark = pytest.mark.component
+
+APP, WS = "SHOP", "prod"
+SERVER_KEY = b"s" * 32
+LINK_KEY = b"k" * 32
+
+
+def write_config(folder: Path, apns: ApnsServer) -> Path:
+    folder.mkdir(exist_ok=True)
+    ns = {"namespace": "shop"}
+
+    def secret(name: str, data: dict[str, bytes]) -> dict[str, Any]:
+        encoded = {k: base64.b64encode(v).decode() for k, v in data.items()}
+        return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, **ns}, "data": encoded}
+
+    docs = [
+        {
+            "apiVersion": "mpaas.io/v1alpha1",
+            "kind": "MpaasGateway",
+            "metadata": {"name": "gw", **ns},
+            "spec": {"apps": [{"appId": APP, "workspaceId": WS, "credentialsSecretRef": {"name": "shop-keys"}}]},
+        },
+        secret("shop-keys", {"serverApiKey": SERVER_KEY}),
+        {
+            "apiVersion": "mpaas.io/v1alpha1",
+            "kind": "PushChannel",
+            "metadata": {"name": "link", **ns},
+            "spec": {
+                "appId": APP,
+                "type": "Link",
+                "link": {"tokenSecretRef": {"name": "link-keys", "key": "tokenKey"}},
+            },
+        },
+        secret("link-keys", {"tokenKey": LINK_KEY}),
+        {
+            "apiVersion": "mpaas.io/v1alpha1",
+            "kind": "PushChannel",
+            "metadata": {"name": "apns", **ns},
+            "spec": {
+                "appId": APP,
+                "type": "APNs",
+                "endpoint": apns.url,
+                "credentialsSecretRef": {"name": "apns-creds"},
+                "apns": {"teamId": apns.team_id, "keyId": apns.key_id, "topic": "com.example.app"},
+            },
+        },
+        secret("apns-creds", {"authKey": apns.auth_key, "caBundle": Path(apns.ca_file).read_bytes()}),
+    ]
+    (folder / "push.yaml").write_text(yaml.safe_dump_all(docs))
+    return folder
+
+
+class Push:
+    def __init__(self, proc: Process, url: str):
+        self.proc, self.url = proc, url
+        self.http = httpx.AsyncClient(timeout=30)  # one client: making one costs more than a call
+
+    async def call(
+        self, method: str, path: str, body: Any = None, *, key: bytes = SERVER_KEY, **kw: Any
+    ) -> httpx.Response:
+        raw = json.dumps(body).encode() if body is not None else b""
+        path_only, _, query = path.partition("?")
+        headers = sign_headers(key, method, path_only, query, APP, WS, raw) | kw.pop("headers", {})
+        return await self.http.request(method, self.url + path, content=raw, headers=headers, **kw)
+
+    async def ok(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        r = await self.call(method, path, body)
+        assert r.status_code in (200, 202), r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    async def register(self, device: str, platform: str = "android", **kw: Any) -> None:
+        await self.ok("PUT", f"/v1/push/devices/{device}", {"platform": platform, **kw})
+
+    async def settled(self, message_id: str, *, seconds: float = 30, done: int | None = None) -> dict[str, Any]:
+        """The message's status once its fan-out is done (and `done` outcomes counted)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            st = await self.ok("GET", f"/v1/push/messages/{message_id}")
+            counted = sum(n for k, n in st["counts"].items() if not k.startswith("Receipt."))
+            if st["state"] == "Done" and (done is None or counted >= done):
+                return st
+            assert time.monotonic() < deadline, st
+            await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+def names() -> dict[str, str]:
+    run = uuid.uuid4().hex[:8]
+    return {
+        "MPAAS_REDIS_PREFIX": f"p{run}:",
+        "MPAAS_LINK_REDIS_PREFIX": f"l{run}:",
+        "MPAAS_SENDS_TOPIC": f"push-sends-{run}",
+        "MPAAS_VENDOR_TOPIC": f"push-vendor-{run}",
+        "MPAAS_FANOUT_GROUP": f"fanout-{run}",
+        "MPAAS_SENDER_GROUP": f"senders-{run}",
+    }
+
+
+@pytest_asyncio.fixture
+async def apns() -> AsyncIterator[ApnsServer]:
+    server = ApnsServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def folder(tmp_path: Path, apns: ApnsServer) -> Path:
+    return write_config(tmp_path / "config", apns)
+
+
+@pytest.fixture
+def start_push(
+    apns: ApnsServer, spawn: Callable[..., Process], folder: Path, names: dict[str, str]
+) -> Iterator[Callable[..., Push]]:
+    # apns first: it stops after the processes holding connections to it
+    redis, kafka = need_env("MPAAS_TEST_REDIS_URL"), need_env("MPAAS_TEST_KAFKA")
+
+    def start(name: str = "push", port: int | None = None, **env: str) -> Push:
+        port = port or free_port()
+        proc = spawn(
+            "push",
+            env={
+                "MPAAS_PORT": str(port),
+                "MPAAS_HOST": "127.0.0.1",
+                "MPAAS_CONFIG_SOURCE": "dir",
+                "MPAAS_CONFIG_DIR": str(folder),
+                "MPAAS_REDIS_URL": redis,
+                "MPAAS_KAFKA_URL": f"kafka://{kafka}",
+                **names,
+                **env,
+            },
+            name=name,
+        )
+        wait_ready(f"http://127.0.0.1:{port}", proc)
+        return Push(proc, f"http://127.0.0.1:{port}")
+
+    yield start
+
+
+@pytest.fixture
+def start_link(
+    apns: ApnsServer, spawn: Callable[..., Process], folder: Path, names: dict[str, str]
+) -> Callable[[], str]:
+    def start() -> str:
+        http, ws = free_port(), free_port()
+        proc = spawn(
+            "link",
+            env={
+                "MPAAS_PORT": str(http),
+                "MPAAS_HOST": "127.0.0.1",
+                "MPAAS_LINK_HOST": "127.0.0.1",
+                "MPAAS_LINK_PORT": str(ws),
+                "MPAAS_CONFIG_SOURCE": "dir",
+                "MPAAS_CONFIG_DIR": str(folder),
+                "MPAAS_REDIS_URL": need_env("MPAAS_TEST_REDIS_URL"),
+                "MPAAS_REDIS_PREFIX": names["MPAAS_LINK_REDIS_PREFIX"],
+                "POD_NAME": "link-0",
+            },
+            name="link",
+        )
+        wait_ready(f"http://127.0.0.1:{http}", proc)
+        return f"ws://127.0.0.1:{ws}/v1/link"
+
+    return start
+
+
+def device_client(ws: str, device: str) -> LinkClient:
+    return LinkClient(ws, APP, WS, device, TokenKey(LINK_KEY).issue(APP, WS, device))
+
+
+async def notifications(client: LinkClient, n: int, seconds: float = 15) -> list[dict[str, Any]]:
+    return [json.loads((await asyncio.wait_for(client.messages.get(), seconds)).payload) for _ in range(n)]
+
+
+async def until(check: Callable[[], bool], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def arrived(apns: ApnsServer) -> Counter[str]:
+    return Counter(a.token for a in apns.accepted)
+
+
+async def test_one_call_reaches_a_user_over_link_when_online_and_apns_when_not(
+    start_push: Callable[..., Push], start_link: Callable[[], str], apns: ApnsServer
+) -> None:
+    ws = start_link()
+    push = start_push()
+    phone, tablet = "android-" + uuid.uuid4().hex[:6], "ios-" + uuid.uuid4().hex[:6]
+    ios_token = os.urandom(32).hex()
+    await push.register(phone, "android", brand="samsung", appVersion="2.1.0")
+    await push.register(tablet, "ios", brand="apple", tokens={"APNs": ios_token})
+    for d in (phone, tablet):
+        await push.ok("POST", "/v1/push/bind", {"userId": "alice", "deviceId": d})
+    client = device_client(ws, phone)
+    await client.connect()
+    try:
+        sent = await push.ok(
+            "POST",
+            "/v1/push/messages",
+            {
+                "target": {"type": "user", "ids": ["alice"]},
+                "notification": {"title": "Hi", "body": "Sale", "data": {"k": "v"}},
+            },
+        )
+        (got,) = await notifications(client, 1)
+        assert got == {"messageId": sent["messageId"], "title": "Hi", "body": "Sale", "data": {"k": "v"}}
+        st = await push.settled(sent["messageId"], done=2)
+        assert st["counts"] == {"Link.Sent": 1, "APNs.Sent": 1} and st["targets"] == 2
+        (a,) = apns.accepted
+        assert a.token == ios_token and a.payload["aps"]["alert"] == {"title": "Hi", "body": "Sale"}
+        assert a.payload["k"] == "v" and a.headers["apns-collapse-id"] == sent["messageId"]
+        # The phone reports it opened it; once per device however often it reports.
+        token = TokenKey(LINK_KEY).issue(APP, WS, phone).decode()
+        receipt = {"messageId": sent["messageId"], "deviceId": phone, "event": "opened"}
+        async with httpx.AsyncClient() as http:
+            for _ in range(2):
+                r = await http.post(
+                    push.url + "/v1/push/receipts",
+                    json=receipt,
+                    headers={"Authorization": f"Bearer {token}", "AppId": APP, "WorkspaceId": WS},
+                )
+                assert r.status_code == 200, r.text
+            forged = await http.post(
+                push.url + "/v1/push/receipts",
+                json=receipt | {"deviceId": tablet},
+                headers={"Authorization": f"Bearer {token}", "AppId": APP, "WorkspaceId": WS},
+            )
+            assert forged.status_code == 401  # the phone's token does not speak for the tablet
+        st = await push.ok("GET", f"/v1/push/messages/{sent['messageId']}")
+        assert st["counts"]["Receipt.Opened"] == 1
+        stats = await push.ok("GET", "/v1/push/stats")
+        assert stats["totals"]["APNs.Sent"] >= 1 and stats["minutes"]
+    finally:
+        await client.close()
+
+
+async def test_idempotency_and_the_documented_refusals(start_push: Callable[..., Push], apns: ApnsServer) -> None:
+    push = start_push()
+    d = "ios-" + uuid.uuid4().hex[:6]
+    await push.register(d, "ios", brand="apple", tokens={"APNs": os.urandom(32).hex()})
+    body = {"target": {"type": "device", "ids": [d]}, "notification": {"body": "once"}, "idempotencyKey": "order-42"}
+    first = await push.call("POST", "/v1/push/messages", body)
+    again = await push.call("POST", "/v1/push/messages", body)
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.json() == {"messageId": first.json()["messageId"], "state": "Accepted", "duplicate": True}
+    await push.settled(first.json()["messageId"], done=1)
+    await asyncio.sleep(0.5)
+    assert len(apns.accepted) == 1  # sent once
+
+    async def refused(status: int, code: str, body: Any, path: str = "/v1/push/messages", **kw: Any) -> None:
+        r = await push.call("POST", path, body, **kw)
+        assert (r.status_code, r.json()["code"]) == (status, code), r.text
+
+    note = {"body": "x"}
+    await refused(404, "UnknownDevice", {"target": {"type": "device", "ids": [d, "ghost"]}, "notification": note})
+    await refused(404, "UnboundUser", {"target": {"type": "user", "ids": ["nobody"]}, "notification": note})
+    await refused(404, "UnknownAlias", {"target": {"type": "alias", "ids": ["nobody"]}, "notification": note})
+    big = {"body": "x" * 4000, "data": {"k": "y" * 200}}
+    await refused(413, "PayloadTooLarge", {"target": {"type": "device", "ids": [d]}, "notification": big})
+    past = {"target": {"type": "device", "ids": [d]}, "notification": note, "scheduledAt": "2020-01-01T00:00:00Z"}
+    await refused(400, "ScheduleInPast", past)
+    await refused(400, "InvalidRequest", {"target": {"type": "device", "ids": ["a b"]}, "notification": note})
+    await refused(400, "InvalidRequest", {"target": {"type": "everyone"}, "notification": note})
+    await refused(400, "InvalidRequest", {"target": {"type": "device", "ids": [d]}, "notification": {"badge": "1"}})
+    await refused(401, "SignatureInvalid", {"target": {"type": "all"}, "notification": note}, key=b"w" * 32)
+    await refused(404, "TemplateMissing", {"target": {"type": "device", "ids": [d]}, "template": {"name": "nope"}})
+    await push.ok("PUT", "/v1/push/templates/welcome", {"title": "Hi {{name}}", "body": "{{greeting}}!"})
+    await refused(
+        400,
+        "TemplateVariableMissing",
+        {"target": {"type": "device", "ids": [d]}, "template": {"name": "welcome", "variables": {"name": "Ann"}}},
+    )
+    ok = await push.ok(
+        "POST",
+        "/v1/push/messages",
+        {
+            "target": {"type": "device", "ids": [d]},
+            "template": {"name": "welcome", "variables": {"name": "Ann", "greeting": "Hello"}},
+        },
+    )
+    await push.settled(ok["messageId"], done=1)
+    assert apns.accepted[-1].payload["aps"]["alert"] == {"title": "Hi Ann", "body": "Hello!"}
+    # A replayed call (same nonce) and an unsigned one.
+    raw = json.dumps({"target": {"type": "all"}, "notification": note}).encode()
+    headers = sign_headers(SERVER_KEY, "POST", "/v1/push/messages", "", APP, WS, raw)
+    async with httpx.AsyncClient() as http:
+        first_call = await http.post(push.url + "/v1/push/messages", content=raw, headers=headers)
+        assert first_call.status_code == 202
+        replay = await http.post(push.url + "/v1/push/messages", content=raw, headers=headers)
+        assert (replay.status_code, replay.json()["code"]) == (401, "NonceReplayed")
+        bare = await http.post(push.url + "/v1/push/messages", content=raw)
+        assert bare.status_code == 401
+    await push.settled(first_call.json()["messageId"], done=1)
+    # A batch is checked whole before any of it is accepted.
+    before = len(apns.accepted)
+    r = await push.call(
+        "POST",
+        "/v1/push/messages/batch",
+        {"messages": [{"target": {"type": "device", "ids": [d]}, "notification": note},
+                      {"target": {"type": "device", "ids": ["ghost"]}, "notification": note}]},
+    )  # fmt: skip
+    assert (r.status_code, r.json()["code"]) == (404, "UnknownDevice") and "messages[1]" in r.json()["message"]
+    await asyncio.sleep(1.0)
+    assert len(apns.accepted) == before
+
+
+async def test_a_dead_token_is_reported_and_pruned(start_push: Callable[..., Push], apns: ApnsServer) -> None:
+    push = start_push()
+    good, dead = os.urandom(32).hex(), os.urandom(32).hex()
+    apns.unregister(dead)
+    await push.register("g", "ios", brand="apple", tokens={"APNs": good}, tags=["vip"])
+    await push.register("x", "ios", brand="apple", tokens={"APNs": dead}, tags=["vip"])
+    sent = await push.ok(
+        "POST", "/v1/push/messages", {"target": {"type": "tag", "ids": ["vip"]}, "notification": {"body": "b"}}
+    )
+    st = await push.settled(sent["messageId"], done=2)
+    assert st["counts"] == {"APNs.Sent": 1, "APNs.InvalidToken": 1}
+    (failed,) = st["failed"]
+    assert (failed["deviceId"], failed["token"], failed["reason"]) == ("x", dead, "InvalidToken: Unregistered")
+    device = await push.ok("GET", "/v1/push/devices/x")
+    assert device["tokens"] == {}  # pruned
+
+
+async def test_a_scheduled_push_survives_a_restart_and_can_be_canceled(
+    start_push: Callable[..., Push], apns: ApnsServer
+) -> None:
+    port = free_port()
+    push = start_push(port=port)
+    token = os.urandom(32).hex()
+    await push.register("s", "ios", brand="apple", tokens={"APNs": token})
+    at = int(time.time() * 1000) + 3000
+    target = {"type": "device", "ids": ["s"]}
+    kept = await push.ok(
+        "POST", "/v1/push/messages", {"target": target, "notification": {"body": "later"}, "scheduledAt": at}
+    )
+    dropped = await push.ok(
+        "POST", "/v1/push/messages", {"target": target, "notification": {"body": "never"}, "scheduledAt": at}
+    )
+    assert kept["state"] == "Scheduled"
+    assert (await push.call("DELETE", f"/v1/push/messages/{dropped['messageId']}")).status_code == 200
+    push.proc.proc.send_signal(signal.SIGKILL)
+    push.proc.proc.wait(10)
+    push = start_push(port=port, name="push-again")
+    st = await push.settled(kept["messageId"], done=1, seconds=30)
+    assert st["counts"] == {"APNs.Sent": 1}
+    assert [a.payload["aps"]["alert"] for a in apns.accepted] == [{"body": "later"}]
+    assert time.time() * 1000 >= at
+    again = await push.call("DELETE", f"/v1/push/messages/{kept['messageId']}")
+    assert (again.status_code, again.json()["code"]) == (409, "NotCancelable")
+
+
+async def test_ttl_redelivery_on_reconnect_and_on_bind(
+    start_push: Callable[..., Push], start_link: Callable[[], str]
+) -> None:
+    ws = start_link()
+    push = start_push()
+    old, new = "old-" + uuid.uuid4().hex[:6], "new-" + uuid.uuid4().hex[:6]
+    await push.register(old, "android", brand="samsung")
+    await push.ok("POST", "/v1/push/bind", {"userId": "bob", "deviceId": old})
+    sent = await push.ok(
+        "POST",
+        "/v1/push/messages",
+        {"target": {"type": "user", "ids": ["bob"]}, "notification": {"body": "while away"}, "ttlSeconds": 600},
+    )
+    await push.settled(sent["messageId"], done=1)
+    client = device_client(ws, old)  # offline when sent: it arrives on reconnect
+    await client.connect()
+    try:
+        assert [n["body"] for n in await notifications(client, 1)] == ["while away"]
+    finally:
+        await client.close()
+    await push.register(new, "android", brand="samsung")
+    bound = await push.ok("POST", "/v1/push/bind", {"userId": "bob", "deviceId": new})
+    assert bound["redelivered"] == 1
+    client = device_client(ws, new)
+    await client.connect()
+    try:
+        (got,) = await notifications(client, 1)
+        assert got["messageId"] == sent["messageId"]
+    finally:
+        await client.close()
+
+
+async def test_gorush_requests_work_with_only_the_url_changed(
+    start_push: Callable[..., Push], apns: ApnsServer
+) -> None:
+    push = start_push()
+    host = push.url.removeprefix("http://")
+    gorush = f"http://{APP}%2F{WS}:{SERVER_KEY.decode()}@{host}"  # Basic auth in the URL, as a gorush user's client
+    good, dead = os.urandom(32).hex(), os.urandom(32).hex()
+    apns.unregister(dead)
+    # gorush's README example for iOS (platform 1), with sync mode to get the failed tokens back.
+    body = {
+        "notifications": [
+            {"tokens": [good, dead], "platform": 1, "message": "Hello World iOS!", "title": "Gorush", "sync": True},
+            {"tokens": ["fcm-token"], "platform": 2, "message": "Hello World Android!", "title": "Gorush"},
+        ]
+    }
+    async with httpx.AsyncClient(timeout=40) as http:
+        r = await http.post(gorush + "/api/push", json=body)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["counts"] == 3 and out["success"] == "ok"
+        assert [(log["token"], log["type"], log["error"]) for log in out["logs"] if log["platform"] == "APNs"] == [
+            (dead, "failed-push", "InvalidToken: Unregistered")
+        ]
+        assert {a.token for a in apns.accepted} == {good}
+        stat = (await http.get(gorush + "/api/stat/app")).json()
+        assert stat["ios"] == {"push_success": 1, "push_error": 1} and stat["total_count"] >= 2
+        bad = await http.post(f"http://{APP}%2F{WS}:wrong@{host}/api/push", json=body)
+        assert bad.status_code == 401
+
+
+async def test_a_push_process_killed_mid_broadcast_loses_nothing(
+    start_push: Callable[..., Push], start_link: Callable[[], str], apns: ApnsServer
+) -> None:
+    """10 000 devices: 9 980 reachable only through APNs and 20 on link. kill -9 in the middle of the APNs sends;
+    after a restart every device has the message: exactly once on link, and on APNs at least once, a send made
+    again only among those in flight at the kill, each again with the same collapse id."""
+    ws = start_link()
+    port = free_port()
+    push = start_push(port=port)
+    apns_devices = {f"i{i:05d}": os.urandom(32).hex() for i in range(9980)}
+    link_devices = [f"l{i:02d}" for i in range(20)]
+    sem = asyncio.Semaphore(32)
+
+    async def register(d: str, **kw: Any) -> None:
+        async with sem:
+            await push.register(d, **kw)
+
+    await asyncio.gather(
+        *(register(d, platform="ios", brand="apple", tokens={"APNs": t}) for d, t in apns_devices.items())
+    )
+    await asyncio.gather(*(register(d, platform="android", brand="samsung") for d in link_devices))
+    t0 = time.monotonic()
+    clients = [device_client(ws, d) for d in link_devices]
+    for c in clients:
+        await c.connect()
+    try:
+        # A filtered broadcast goes device by device (the per-device path the kill must not break).
+        sent = await push.ok(
+            "POST",
+            "/v1/push/messages",
+            {
+                "target": {"type": "all", "filter": {"platforms": ["ios", "android"]}},
+                "notification": {"body": "flash sale"},
+            },
+        )
+        await until(lambda: len(apns.accepted) >= 2000, 120)
+        push.proc.proc.send_signal(signal.SIGKILL)
+        push.proc.proc.wait(10)
+        in_flight_at_kill = len(apns.accepted)
+        push = start_push(port=port, name="push-again")
+        st = await push.settled(sent["messageId"], done=10_000, seconds=180)
+        got = arrived(apns)
+        assert set(got) == set(apns_devices.values())
+        repeats = [t for t, n in got.items() if n > 1]
+        assert all(n <= 2 for n in got.values())
+        assert len(repeats) <= 32 * 16  # at most the groups one process has in flight (16 jobs x 32)
+        for a in apns.accepted:
+            assert a.headers["apns-collapse-id"] == sent["messageId"]
+        for c in clients:
+            (n,) = await notifications(c, 1)
+            assert n["messageId"] == sent["messageId"]
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(c.messages.get(), 0.2)
+        assert st["counts"]["Link.Sent"] >= 20
+        print(f"killed after {in_flight_at_kill} APNs sends; {len(repeats)} sent twice; {time.monotonic() - t0:.1f} s")
+    finally:
+        for c in clients:
+            await c.close()

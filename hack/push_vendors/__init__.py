@@ -1,0 +1,1 @@
+"""Local stand-ins for the push vendors' HTTP APIs, used by tests and benchmarks."""
