@@ -15,8 +15,6 @@ import contextlib
 import logging
 from typing import Any
 
-from pydantic import Field
-
 from ..apps import compile_apps
 from ..component import Component, Served
 from ..config import LiveConfig
@@ -53,7 +51,9 @@ class PushSettings(ComponentSettings):
     fanout: bool = True
     senders: bool = True
     scheduler: bool = True
-    max_pending_sends: int = Field(default=10_000, ge=1)
+    # A sender pod of one vendor channel (the operator's push-<name> Deployment): its PushChannel's name, in
+    # MPAAS_NAMESPACE; "": every vendor channel's senders.
+    push_channel: str = ""
 
 
 def build(settings: PushSettings) -> Served:
@@ -92,7 +92,8 @@ def build(settings: PushSettings) -> Served:
 
     accepter = Accepter(events, state, topics)
     fanout = Fanout(events, state, registry, link, current, topics)
-    senders = Senders(events, state, registry, hot, current, topics)
+    only = (settings.namespace or "", settings.push_channel) if settings.push_channel else None
+    senders = Senders(events, state, registry, hot, current, topics, only=only)
     apps_live = {"directory": compile_apps({})}
 
     def recompile_apps(_config: PushConfig) -> None:
@@ -105,7 +106,8 @@ def build(settings: PushSettings) -> Served:
         if settings.fanout:
             fanout.start()
         if settings.senders:
-            senders.start()
+            live.subscribe(senders.sync)
+            senders.sync(live.current)
         if settings.scheduler:
             accepter.start_scheduler()
 

@@ -63,9 +63,15 @@ class LinkDelivery(Protocol):
 @dataclass(frozen=True)
 class Topics:
     sends: str = "mpaas.push.sends"
-    vendor: str = "mpaas.push.vendor"
+    vendor: str = "mpaas.push.vendor"  # each vendor channel's jobs: {vendor}.{namespace}.{name}
     fanout_group: str = "mpaas-push-fanout"
-    sender_group: str = "mpaas-push-senders"
+    sender_group: str = "mpaas-push-senders"  # each channel's senders: {sender_group}.{namespace}.{name}
+
+    def vendor_topic(self, channel: tuple[str, str]) -> str:
+        return f"{self.vendor}.{channel[0]}.{channel[1]}"
+
+    def sender_group_of(self, channel: tuple[str, str]) -> str:
+        return f"{self.sender_group}.{channel[0]}.{channel[1]}"
 
 
 def vendor_job(message: PushMessage, channel: tuple[str, str], items: list[tuple[str, str]]) -> bytes:
@@ -261,7 +267,7 @@ class Fanout:
             for i in range(0, len(items), JOB_ITEMS):
                 part = items[i : i + JOB_ITEMS]
                 await self.events.publish(
-                    self.topics.vendor, vendor_job(m, channel_key, part), key="/".join(channel_key).encode()
+                    self.topics.vendor_topic(channel_key), vendor_job(m, channel_key, part), key=m.message_id.encode()
                 )
         if failed:
             counts["None.NoChannel"] = len(failed)
@@ -284,9 +290,9 @@ class Fanout:
         for channel_key, items in jobs.items():
             for i in range(0, len(items), JOB_ITEMS):
                 await self.events.publish(
-                    self.topics.vendor,
+                    self.topics.vendor_topic(channel_key),
                     vendor_job(m, channel_key, items[i : i + JOB_ITEMS]),
-                    key="/".join(channel_key).encode(),
+                    key=m.message_id.encode(),
                 )
         counts: dict[str, Any] = {}
         if failed:

@@ -74,6 +74,9 @@ class Job:
 
 
 class Senders:
+    """One consumer per vendor channel (its topic and group), started and stopped as channels come and go; with
+    `only`, the one channel a sender pod serves (the operator's push-<name> Deployments)."""
+
     def __init__(
         self,
         events: EventLog,
@@ -82,34 +85,46 @@ class Senders:
         hot: HotStore,
         config: Callable[[], PushConfig],
         topics: Topics = Topics(),
+        *,
+        only: tuple[str, str] | None = None,
     ):
         self.events, self.state, self.registry, self.hot, self.config = events, state, registry, hot, config
-        self.topics = topics
-        self._task: asyncio.Task[None] | None = None
+        self.topics, self.only = topics, only
+        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._quota_until: dict[tuple[str, str], float] = {}  # channel -> epoch seconds its daily quota returns
-        self.sent: dict[str, int] = defaultdict(int)  # "ns/name" -> sent, for the metrics and status
+        self.sent: dict[str, int] = defaultdict(int)  # "ns/name" -> sent, for the metrics
         self.failures: dict[str, int] = defaultdict(int)
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="push senders")
+    def sync(self, config: PushConfig) -> None:
+        """Consume the topics of the channels `config` has (of `only`), and no others."""
+        wanted = {(c.namespace, c.name) for c in config.channels if self.only in (None, (c.namespace, c.name))}
+        for key in [k for k in self._tasks if k not in wanted]:
+            self._tasks.pop(key).cancel()
+        loop = asyncio.get_running_loop()
+        for key in wanted - self._tasks.keys():
+            self._tasks[key] = loop.create_task(self._run(key), name=f"push senders {key[0]}/{key[1]}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+                await t
 
-    async def _run(self) -> None:
+    async def _run(self, channel: tuple[str, str]) -> None:
+        topic, group = self.topics.vendor_topic(channel), self.topics.sender_group_of(channel)
         while True:
             try:
-                async for batch in self.events.batches(self.topics.vendor, self.topics.sender_group, wait=1.0):
+                async for batch in self.events.batches(topic, group, wait=1.0):
                     if batch:
                         await self._batch(batch)
-                        await self.events.commit_batch(self.topics.sender_group, batch)
+                        await self.events.commit_batch(group, batch)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                log.warning("push senders: %r; joining again in 2 s", e)
+                log.warning("push senders of %s/%s: %r; joining again in 2 s", *channel, e)
                 await asyncio.sleep(2.0)
 
     async def _batch(self, batch: list[Record]) -> None:
