@@ -18,7 +18,7 @@ from mpaas.service import setup_logging
 from mpaas.stores import Counters, ObjectStore, RedisCounters, open_objectstore
 from mpaas.stores.redis_common import connect_redis
 
-from . import diff_builds, handlers, metrics
+from . import diff_builds, handlers, metrics, push_stats
 from .builders.common import selector_string
 from .releases import CLUSTER_KOPF_PEERINGS, KOPF_PEERINGS, RELEASES, Peering
 from .settings import SETTINGS
@@ -77,6 +77,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
             SETTINGS.diff_max_bytes, SETTINGS.diff_max_memory, SETTINGS.diff_timeout_seconds
         ),
         link_redis=link_redis(),
+        push_figures=push_figures(),
     )
     log.info(
         "operator starting: %s, priority %s, image %s",
@@ -95,6 +96,16 @@ def object_store() -> ObjectStore | None:
         )
     except ValueError as e:
         raise kopf.PermanentError(f"MPAAS_OBJECTS_URL: {e}") from None
+
+
+def push_figures() -> push_stats.PushStats | None:
+    """The vendor channels' queue lag and totals (push's Kafka and Redis), when the operator has push's Kafka."""
+    url = SETTINGS.kafka_url
+    if not url:
+        return None
+    if not url.startswith("kafka://"):
+        raise kopf.PermanentError("MPAAS_OPERATOR_KAFKA_URL: push's Kafka, kafka://host:port[,host:port]")
+    return push_stats.PushStats(url.removeprefix("kafka://"))
 
 
 def link_redis() -> Any:

@@ -43,7 +43,7 @@ from mpaas.delivery.reports import TaskCounts, forget, read_counts
 from mpaas.kube import ApiError, KubeClient, ResourceType
 from mpaas.stores import Counters, ObjectStore
 
-from . import diff_builds, link_stats, metrics, package_check
+from . import diff_builds, link_stats, metrics, package_check, push_stats
 from .package_check import Result, Stopped
 from .reconcile import counts as counting
 from .reconcile import delivery_task
@@ -139,7 +139,9 @@ class Releases:
         self._diff_build: asyncio.Task[None] | None = None  # one at a time, across tasks
         self.link_redis: Any = None  # the link pods' Redis: their figures go into Link channels' status
         self._link_stats = link_stats.LinkStats()
+        self.push_stats: push_stats.PushStats | None = None
         self._stats_due = 0.0
+        self._push_due = 0.0
         self.diff_limits = diff_builds.Limits()
 
     def start(
@@ -151,11 +153,13 @@ class Releases:
         counters: Counters | None = None,
         diff_limits: diff_builds.Limits | None = None,
         link_redis: Any = None,
+        push_figures: push_stats.PushStats | None = None,
     ) -> None:
         self.client, self.objects, self.peering, self.namespaces = client, objects, peering, namespaces
         self.counters = counters
         self.diff_limits = diff_limits or diff_builds.Limits()
         self.link_redis = link_redis
+        self.push_stats = push_figures
         self._counts_failing = False
         delivery_task.spec_changed = self.recheck
         if self._task is not None:  # a startup handler retried
@@ -165,6 +169,8 @@ class Releases:
     async def stop(self) -> None:
         delivery_task.spec_changed = delivery_task.no_loop
         self._stop_checks()
+        if self.push_stats is not None:
+            await self.push_stats.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -188,6 +194,9 @@ class Releases:
                     if self.link_redis is not None and time.monotonic() >= self._stats_due:
                         self._stats_due = time.monotonic() + link_stats.STATS_SECONDS
                         await self._link_stats.refresh(self.client, self.link_redis, self.namespaces)
+                    if self.push_stats is not None and time.monotonic() >= self._push_due:
+                        self._push_due = time.monotonic() + push_stats.STATS_SECONDS
+                        await self.push_stats.refresh(self.client, self.link_redis, self.namespaces)
                 else:
                     # What this replica knew goes stale while another one works.
                     self._stop_checks()

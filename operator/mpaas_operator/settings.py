@@ -20,8 +20,12 @@ class OperatorSettings(BaseSettings):
     # any tag or digest of the operator's own image repository. Whoever may create an MpaasGateway runs
     # that image with read access to the Secrets it names, so this is a security boundary.
     allowed_images: str = ""
-    # Shared state (Redis) for the gateways whose spec names none: redis://host:port/db.
+    # Shared state (Redis) for the gateways whose spec names none: redis://host:port/db. Also the Redis of link
+    # (inboxes, routes) and push (devices, messages): the Link and vendor PushChannels' pods get it.
     redis_url: str | None = None
+    # Push's Kafka (kafka://host:port[,host:port]): vendor PushChannels' sender pods consume their jobs there and
+    # the operator reads each channel's queue lag from it. Empty: vendor channels get no sender pods.
+    kafka_url: str = ""
     # The platform's object store, where DeliveryTask packages are (s3://bucket?endpoint=http://host:port or
     # file:///path), named as the components name it: the operator reads each package once to check its size
     # and sha256 (condition PackageVerified). Empty: s3:// packages are never verified.

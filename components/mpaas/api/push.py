@@ -42,22 +42,22 @@ class ApnsSettings(ApiModel):
     team_id: str = Field(
         max_length=10,
         pattern=r"^[A-Z0-9]{10}$",
-        description="Not used yet: Apple developer team id, 10 upper-case letters or digits.",
+        description="Apple developer team id, 10 upper-case letters or digits: the issuer of the provider tokens.",
     )
     key_id: str = Field(
         max_length=10,
         pattern=r"^[A-Z0-9]{10}$",
-        description="Not used yet: id of the APNs signing key, 10 upper-case letters or digits.",
+        description="Id of the APNs signing key (authKey), 10 upper-case letters or digits.",
     )
     topic: str = Field(
         max_length=255,
         pattern=r"^[A-Za-z0-9.-]+$",
-        description="Not used yet: topic of the notifications, usually the app's bundle id.",
+        description="Topic of the notifications (apns-topic), usually the app's bundle id.",
     )
     environment: ApnsEnvironment = Field(
         default=ApnsEnvironment.PRODUCTION,
-        description="Not used yet: APNs servers to use: Production, or Sandbox for development builds. "
-        "Default Production.",
+        description="APNs servers to use: Production (api.push.apple.com), or Sandbox (api.sandbox.push.apple.com) "
+        "for development builds. Default Production.",
     )
 
 
@@ -65,7 +65,53 @@ class FcmSettings(ApiModel):
     """Firebase Cloud Messaging settings; the service-account JSON is serviceAccount in the credentials Secret."""
 
     project_id: str = Field(
-        max_length=128, pattern=r"^[a-z][a-z0-9-]{4,127}$", description="Not used yet: the Firebase project id."
+        max_length=128, pattern=r"^[a-z][a-z0-9-]{4,127}$", description="The Firebase project id messages go to."
+    )
+
+
+class XiaomiSettings(ApiModel):
+    """Xiaomi push settings; the app secret is appSecret in the credentials Secret."""
+
+    package_name: str = Field(
+        max_length=255,
+        pattern=r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+$",
+        description="The Android package registered with Xiaomi push (sent as restricted_package_name).",
+    )
+
+
+class LagAutoscaling(ApiModel):
+    """Sender pods scaled by the jobs waiting in the channel's Kafka topic: every 15 s the operator sets the
+    replicas to the waiting jobs divided by targetLagPerReplica, within the bounds."""
+
+    __cel__ = [cel("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas")]
+    min_replicas: int = Field(default=1, ge=1, le=100, description="Fewest sender pods, 1-100. Default 1.")
+    max_replicas: int = Field(
+        default=10,
+        ge=1,
+        le=100,
+        description="Most sender pods, 1-100; not less than minReplicas. The topic's partitions (3 on a default "
+        "broker) bound how many pods share the work. Default 10.",
+    )
+    target_lag_per_replica: int = Field(
+        default=200,
+        ge=1,
+        le=1_000_000,
+        description="Waiting jobs (each one message for up to 500 devices) per sender pod, 1-1000000. Default 200.",
+    )
+
+
+class SenderSettings(ApiModel):
+    """The sender pods of a vendor channel: Deployment push-<name>, sending the channel's jobs."""
+
+    replicas: int = Field(
+        default=1, ge=0, le=100, description="Sender pods, 0-100; ignored while autoscaling is set. Default 1."
+    )
+    autoscaling: LagAutoscaling | None = Field(
+        default=None, description="Scales the sender pods by the channel's queue lag. Unset: replicas pods."
+    )
+    resources: ResourceRequirements = Field(
+        default_factory=ResourceRequirements,
+        description="CPU and memory requests and limits of the sender container. Default: none.",
     )
 
 
@@ -177,8 +223,8 @@ class LinkSettings(ApiModel):
 class PushChannelSpec(ApiModel):
     """Desired state of a PushChannel: one way of reaching an app's devices.
 
-    For type Link the operator runs the link pods; for a vendor type it checks the credentials Secret.
-    No messages are sent yet.
+    For type Link the operator runs the link pods; for a vendor type it runs the channel's sender pods and
+    checks its credentials against the vendor.
     """
 
     __cel__ = [
@@ -190,6 +236,9 @@ class PushChannelSpec(ApiModel):
         cel("self.type == 'APNs' || !has(self.apns)", "apns settings apply only to type APNs"),
         cel("self.type != 'APNs' || has(self.apns)", "type APNs needs apns settings (teamId, keyId, topic)"),
         cel("self.type == 'FCM' || !has(self.fcm)", "fcm settings apply only to type FCM"),
+        cel("self.type != 'Link' || !has(self.sender)", "sender settings apply only to vendor channels"),
+        cel("self.type == 'Xiaomi' || !has(self.xiaomi)", "xiaomi settings apply only to type Xiaomi"),
+        cel("self.type != 'Xiaomi' || has(self.xiaomi)", "type Xiaomi needs xiaomi settings (packageName)"),
         cel("self.type != 'FCM' || has(self.fcm)", "type FCM needs fcm settings (projectId)"),
     ]
     app_id: str = Field(
@@ -212,21 +261,24 @@ class PushChannelSpec(ApiModel):
     credentials_secret_ref: SecretRef | None = Field(
         default=None,
         description="Secret with a vendor channel's credentials, required for every type but Link. The operator "
-        "checks it holds the keys the type needs: APNs authKey; FCM serviceAccount; Huawei appId, appSecret; "
-        "Xiaomi appSecret; OPPO appKey, masterSecret; Vivo appId, appKey, appSecret; Honor clientId, clientSecret.",
+        "checks it holds the keys the type needs: APNs authKey (a .p8 key), or certificate and privateKey (PEM); "
+        "FCM serviceAccount; Huawei appId, appSecret; Xiaomi appSecret; OPPO appKey, masterSecret; Vivo appId, "
+        "appKey, appSecret; Honor clientId, clientSecret, appId. Optional caBundle: PEM CAs to trust for the "
+        "endpoint (a private one).",
     )
     endpoint: str | None = Field(
         default=None,
         max_length=2048,
         pattern=r"^https?://[^\s]+$",
-        description="Not used yet: the vendor's API endpoint instead of its default (tests, private deployments, "
-        "regional endpoints).",
+        description="The vendor's API endpoint instead of its default (private deployments, regional endpoints, "
+        "a local vendor server); a vendor whose tokens come from another host is asked there too.",
     )
     messages_per_second: int | None = Field(
         default=None,
         ge=1,
         le=1_000_000,
-        description="Not used yet: most messages per second sent through the channel, 1-1000000. Unset: no limit.",
+        description="Most messages per second sent through the channel by all its sender pods together, 1-1000000 "
+        "(a token bucket in Redis). Unset: no limit.",
     )
     apns: ApnsSettings | None = Field(
         default=None, description="APNs settings: required for type APNs, not allowed for other types."
@@ -234,9 +286,16 @@ class PushChannelSpec(ApiModel):
     fcm: FcmSettings | None = Field(
         default=None, description="FCM settings: required for type FCM, not allowed for other types."
     )
+    xiaomi: XiaomiSettings | None = Field(
+        default=None, description="Xiaomi settings: required for type Xiaomi, not allowed for other types."
+    )
     link: LinkSettings | None = Field(
         default=None,
         description="Settings of the link pods, for type Link only. Unset: the defaults of each field.",
+    )
+    sender: SenderSettings | None = Field(
+        default=None,
+        description="Settings of the sender pods, for vendor types only. Unset: the defaults of each field.",
     )
 
 
@@ -255,10 +314,20 @@ class PushChannelStatus(WorkloadStatus):
     link_pods: int | None = Field(
         default=None, ge=0, description="Type Link: link pods whose figures were read (those reporting)."
     )
-    sent: int | None = Field(default=None, ge=0, description="Not written yet: messages delivered.")
-    failed: int | None = Field(default=None, ge=0, description="Not written yet: messages that could not be delivered.")
-    queue_lag: int | None = Field(default=None, ge=0, description="Not written yet: messages waiting to be sent.")
-    ready_replicas: int | None = Field(default=None, ge=0, description="Link pods ready to serve (type Link only).")
+    sent: int | None = Field(
+        default=None, ge=0, description="Vendor types: messages the vendor accepted through this channel, in all."
+    )
+    failed: int | None = Field(
+        default=None,
+        ge=0,
+        description="Vendor types: messages that could not be sent (dead tokens, refusals, retries used up), in all.",
+    )
+    queue_lag: int | None = Field(
+        default=None, ge=0, description="Vendor types: jobs (up to 500 devices each) waiting in the channel's topic."
+    )
+    ready_replicas: int | None = Field(
+        default=None, ge=0, description="Pods ready to serve: link pods, or a vendor channel's sender pods."
+    )
 
 
 KIND_INFO: dict[str, Any] = {
@@ -277,12 +346,12 @@ KIND_INFO: dict[str, Any] = {
     "printerColumns": [
         {"name": "App", "type": "string", "jsonPath": ".spec.appId"},
         {"name": "Type", "type": "string", "jsonPath": ".spec.type"},
-        {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas", "description": "Link pods ready"},
+        {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas", "description": "Pods ready"},
         {
             "name": "Applied",
             "type": "integer",
             "jsonPath": ".status.podsOnCurrentGeneration",
-            "description": "Ready link pods that have applied the current spec generation",
+            "description": "Ready pods that have applied the current spec generation",
         },
         {"name": "Status", "type": "string", "jsonPath": ".status.conditions[?(@.type=='Ready')].status"},
         {"name": "Reason", "type": "string", "jsonPath": ".status.conditions[?(@.type=='Ready')].reason"},
@@ -291,14 +360,21 @@ KIND_INFO: dict[str, Any] = {
 }
 
 
-# Keys each vendor channel's credentials Secret must hold.
-REQUIRED_SECRET_KEYS: dict[ChannelType, list[str]] = {
-    ChannelType.LINK: [],
-    ChannelType.APNS: ["authKey"],  # the .p8 signing key; teamId/keyId are in spec.apns
-    ChannelType.FCM: ["serviceAccount"],  # the service-account JSON
-    ChannelType.HUAWEI: ["appId", "appSecret"],
-    ChannelType.XIAOMI: ["appSecret"],
-    ChannelType.OPPO: ["appKey", "masterSecret"],
-    ChannelType.VIVO: ["appId", "appKey", "appSecret"],
-    ChannelType.HONOR: ["clientId", "clientSecret"],
+# Keys each vendor channel's credentials Secret must hold: any one of the sets.
+REQUIRED_SECRET_KEYS: dict[ChannelType, list[list[str]]] = {
+    ChannelType.LINK: [[]],
+    # the .p8 signing key (teamId/keyId are in spec.apns), or a certificate and its key
+    ChannelType.APNS: [["authKey"], ["certificate", "privateKey"]],
+    ChannelType.FCM: [["serviceAccount"]],  # the service-account JSON
+    ChannelType.HUAWEI: [["appId", "appSecret"]],
+    ChannelType.XIAOMI: [["appSecret"]],
+    ChannelType.OPPO: [["appKey", "masterSecret"]],
+    ChannelType.VIVO: [["appId", "appKey", "appSecret"]],
+    ChannelType.HONOR: [["clientId", "clientSecret", "appId"]],
 }
+
+
+def missing_secret_keys(channel: ChannelType, data: dict[str, bytes]) -> list[str]:
+    """The keys a credentials Secret lacks (of the set it comes closest to), [] when it has one whole set."""
+    gaps = [[k for k in keys if not data.get(k, b"").strip()] for keys in REQUIRED_SECRET_KEYS[channel]]
+    return min(gaps, key=len)

@@ -58,8 +58,10 @@ class PushSettings(ComponentSettings):
 
 def build(settings: PushSettings) -> Served:
     keyring, clients = KeyRing(), Clients()
+    # A sender pod of one channel reads that PushChannel alone (its Role names it); the API reads the apps too.
+    kinds = [CHANNEL, SECRET] if settings.push_channel else [GATEWAY, CHANNEL, SECRET]
     live: LiveConfig[PushConfig] = LiveConfig(
-        "push", [GATEWAY, CHANNEL, SECRET], compiler(keyring, clients), EMPTY, named={SECRET: secrets_named}
+        "push", kinds, compiler(keyring, clients), EMPTY, named={SECRET: secrets_named}
     )
     memory = settings.redis_url.startswith("memory:")
     redis: Any = None if memory else connect_redis(settings.redis_url)
@@ -101,7 +103,11 @@ def build(settings: PushSettings) -> Served:
 
     async def start() -> None:
         live.subscribe(recompile_apps)
-        live.start(settings)
+        if settings.push_channel:  # its own channel alone, watched by name; its pods report what they applied
+            live.report_applied(CHANNEL, settings.push_channel, namespace=settings.namespace)
+            live.start(settings, {CHANNEL: {"fieldSelector": f"metadata.name={settings.push_channel}"}})
+        else:
+            live.start(settings)
         await events.start()
         if settings.fanout:
             fanout.start()

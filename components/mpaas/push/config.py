@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import cast
 
 from ..api.gateway import GatewaySpec
-from ..api.push import REQUIRED_SECRET_KEYS, ChannelType, PushChannelSpec
+from ..api.push import ChannelType, PushChannelSpec, missing_secret_keys
 from ..config import Key, Resources
 from ..keyring import SECRET, KeyChain, KeyRing, secret_data
 from ..link.config import LinkConfig
@@ -114,6 +114,8 @@ def channel_options(spec: PushChannelSpec) -> dict[str, str]:
         )
     if spec.fcm is not None:
         out["projectId"] = spec.fcm.project_id
+    if spec.xiaomi is not None:
+        out["packageName"] = spec.xiaomi.package_name
     return out
 
 
@@ -143,8 +145,8 @@ class Clients:
         seen = self._built.get(key)
         if seen is not None and seen[0] == fingerprint:
             return seen[1], None
-        missing = [k for k in REQUIRED_SECRET_KEYS[spec.type] if k not in data]
-        if missing and not (spec.type == ChannelType.APNS and {"certificate", "privateKey"} <= data.keys()):
+        missing = missing_secret_keys(ChannelType(spec.type), data)
+        if missing:
             self._retire(key)
             return None, f"the credentials Secret lacks {', '.join(missing)}"
         if CA_BUNDLE in data:  # a private or local endpoint's CA: the clients take a file

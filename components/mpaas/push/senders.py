@@ -23,6 +23,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from prometheus_client import Counter
+
 from ..stores import EventLog, HotStore, Record
 from .config import PushConfig, VendorChannel
 from .fanout import Topics
@@ -33,6 +35,7 @@ from .vendors.base import Notification, Outcome, SendResult
 
 log = logging.getLogger("mpaas.push")
 
+SENT = Counter("mpaas_push_vendor_messages_total", "Messages through vendor channels", ["channel", "result"])
 ATTEMPTS = 4  # sends of one pair on RateLimited/Retry before it counts as failed
 MAX_BACKOFF = 30.0
 CONCURRENCY = 16  # jobs at once in one process
@@ -92,8 +95,6 @@ class Senders:
         self.topics, self.only = topics, only
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._quota_until: dict[tuple[str, str], float] = {}  # channel -> epoch seconds its daily quota returns
-        self.sent: dict[str, int] = defaultdict(int)  # "ns/name" -> sent, for the metrics
-        self.failures: dict[str, int] = defaultdict(int)
 
     def sync(self, config: PushConfig) -> None:
         """Consume the topics of the channels `config` has (of `only`), and no others."""
@@ -201,8 +202,11 @@ class Senders:
         )
         await self.state.count(m, dict(counts))
         await self.state.add_failed(m.message_id, failed)
-        self.sent[label] += counts.get(f"{kind}.Sent", 0)
-        self.failures[label] += sum(n for k, n in counts.items() if not k.endswith(".Sent"))
+        sent = counts.get(f"{kind}.Sent", 0)
+        failures = sum(n for k, n in counts.items() if not k.endswith(".Sent"))
+        await self.state.count_channel(key, sent, failures)
+        SENT.labels(label, "sent").inc(sent)
+        SENT.labels(label, "failed").inc(failures)
 
     async def _attempts(
         self, channel: VendorChannel, n: Notification, items: list[tuple[str, str]]

@@ -4,9 +4,10 @@ a user's next device.
 
 Redis keys (prefix `push:` by default): `m:{id}` (the message's JSON and state, a hash), `m:{id}:n` (outcome
 counts), `m:{id}:f` (failed tokens, a capped list), `m:{id}:c` (the fan-out checkpoint), `i:{app}:{key}`
-(idempotency), `s:{app}:{minute}` and `t:{app}` (stats), `{sched}` and `{sched}:m` (the schedule), `x:{id}:{device}`
-(claims), `tpl:{app}` (templates), `wait:{app}:{user}` (messages waiting for a user's next device). Messages and
-their figures are kept `KEEP_SECONDS` after their TTL ends.
+(idempotency), `s:{app}:{minute}` and `t:{app}` (stats), `ch:{namespace}/{name}` (a vendor channel's totals),
+`{sched}` and `{sched}:m` (the schedule), `x:{id}:{device}` (claims), `tpl:{app}` (templates),
+`wait:{app}:{user}` (messages waiting for a user's next device). Messages and their figures are kept
+`KEEP_SECONDS` after their TTL ends.
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ class PushState(ABC):
     @abstractmethod
     async def count(self, message: PushMessage, counts: dict[str, int], *, targets: int = 0) -> None:
         """Add outcome counts ("{channel}.{outcome}") to the message, its app's minute and its app's totals."""
+
+    @abstractmethod
+    async def count_channel(self, channel: tuple[str, str], sent: int, failed: int) -> None:
+        """A vendor channel's running totals (`ch:{namespace}/{name}`: sent, failed), which the operator reads."""
 
     @abstractmethod
     async def add_failed(self, message_id: str, failed: Sequence[Failed]) -> None: ...
@@ -229,6 +234,13 @@ return 1
             p.expire(s, STATS_SECONDS)
             await p.execute()
 
+    async def count_channel(self, channel: tuple[str, str], sent: int, failed: int) -> None:
+        k = self._k("ch", "/".join(channel))
+        async with self.redis.pipeline(transaction=False) as p:
+            p.hincrby(k, "sent", sent)
+            p.hincrby(k, "failed", failed)
+            await p.execute()
+
     async def add_failed(self, message_id: str, failed: Sequence[Failed]) -> None:
         if not failed:
             return
@@ -345,6 +357,7 @@ class MemoryPushState(PushState):
         self._failed: dict[str, list[Failed]] = defaultdict(list)
         self._stats: dict[tuple[str, int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._totals: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self._channels: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._checkpoints: dict[str, str] = {}
         self._claims: dict[tuple[str, str], tuple[str, float]] = {}
         self._sched: dict[str, tuple[int, PushMessage]] = {}
@@ -390,6 +403,11 @@ class MemoryPushState(PushState):
                 self._totals[message.app][name] += n
         if targets:
             self._counts[message.message_id]["targets"] += targets
+
+    async def count_channel(self, channel: tuple[str, str], sent: int, failed: int) -> None:
+        row = self._channels[channel]
+        row["sent"] += sent
+        row["failed"] += failed
 
     async def add_failed(self, message_id: str, failed: Sequence[Failed]) -> None:
         kept = self._failed[message_id]

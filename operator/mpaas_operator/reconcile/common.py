@@ -29,7 +29,9 @@ from .applied import summarize
 log = logging.getLogger(__name__)
 
 # Ready=False reasons that need the user: Stalled=True and a Warning event.
-STALLED_REASONS = frozenset({"InvalidSpec", "CredentialsMissing", "Conflict", "ProgressDeadlineExceeded"})
+STALLED_REASONS = frozenset(
+    {"InvalidSpec", "CredentialsMissing", "CredentialsInvalid", "Conflict", "ProgressDeadlineExceeded"}
+)
 # Ready=False reasons worth a Warning event although the operator keeps working on them.
 WARNING_REASONS = STALLED_REASONS | {"Unavailable", "Degraded"}
 # Ready=True reasons someone should look at: the resource serves, but something went wrong (a release that
