@@ -202,9 +202,11 @@ async def test_link_channel_and_vendor_credentials(operator: Process, namespace:
     assert condition(get(namespace, "pushchannel", "fcm"), "Stalled")["status"] == "True"
     # The Secret appears: its watch re-checks the channel at once (no timer, no edit of the channel).
     kubectl("create", "secret", "generic", "fcm-creds", "-n", namespace, "--from-literal=serviceAccount={}")
-    cond = await ready_reason(namespace, "pushchannel", "fcm", "NotImplemented", timeout=10)
-    assert "has every key FCM needs" in cond["message"]
+    # This operator has no push Redis and Kafka: it says so instead of running senders that could not work.
+    cond = await ready_reason(namespace, "pushchannel", "fcm", "StoresMissing", timeout=10)
+    assert "MPAAS_OPERATOR_KAFKA_URL" in cond["message"]
     assert condition(get(namespace, "pushchannel", "fcm"), "Stalled")["status"] == "False"
+    assert get(namespace, "deployment", "push-fcm") is None
 
 
 async def test_delivery_task_and_sync_topic_status(operator: Process, namespace: str) -> None:

@@ -11,6 +11,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, cast
 
 import pytest
@@ -358,11 +359,6 @@ def test_bad_idempotency_keys_are_refused(raw: dict[str, Any], header: str | Non
     assert "idempotencyKey" in str(e) or "Idempotency-Key" in str(e)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: messages.py idempotency_key: a body with idempotencyKey null drops the Idempotency-Key header "
-    "(raw.get('idempotencyKey', header) gives None, and None passes the 'differs' check)",
-)
 def test_an_explicit_null_idempotency_key_in_the_body_keeps_the_header() -> None:
     assert idempotency_key({"idempotencyKey": None}, "retry-1") == "retry-1"
 
@@ -418,11 +414,6 @@ def test_the_link_payload_holds_what_is_set_as_utf8_json() -> None:
     assert sound == {"messageId": MID, "title": "t", "sound": "s"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: parse_content accepts lone surrogates (JSON '\\ud800' escapes) and check_size/to_json then raise "
-    "UnicodeEncodeError (link_payload encodes ensure_ascii=False JSON as strict UTF-8) instead of Invalid",
-)
 @pytest.mark.parametrize(
     "raw",
     [b'{"title": "\\ud800"}', b'{"body": "ok \\udfff"}', b'{"data": {"\\ud83d": "v"}}', b'{"data": {"k": "\\udc00"}}'],
@@ -527,7 +518,7 @@ def test_messages_survive_their_json(m: PushMessage) -> None:
 @given(messages, st.tuples(texts, texts), st.lists(st.tuples(texts, texts), max_size=5))
 def test_vendor_jobs_survive_their_json(m: PushMessage, channel: tuple[str, str], items: list[tuple[str, str]]) -> None:
     job = Job.parse(vendor_job(m, channel, items))
-    assert job == Job(m, channel, items)
+    assert job == Job(replace(m, target=Target(m.target.type)), channel, items)  # a job carries no target
 
 
 def test_parsed_requests_survive_the_json() -> None:
@@ -838,8 +829,9 @@ async def test_unknown_apps_and_apps_without_keys() -> None:
     e = await refused_call(keyed((KEY, None)), sign(KEY, app="OTHER"), "UnknownApp")
     assert "OTHER/prod" in str(e)
     await refused_call(keyed((KEY, None)), sign(KEY, ws="dev"), "UnknownApp")
-    e = await refused_call(keyed(problem="credentials Secret or key entry not found"), sign(KEY), "KeyUnavailable")
-    assert "not found" in str(e)
+    config = keyed(problem="credentials Secret or key entry not found")
+    e = await refused_call(config, sign(KEY), "KeyUnavailable")
+    assert "not found" not in str(e)  # why is the config's to log, not a caller's to read before signing
     expired = keyed((KEY, time.time() - 1))  # its overlap over, no current key
     await refused_call(expired, sign(KEY), "KeyUnavailable")
 
@@ -1066,8 +1058,8 @@ async def test_without_overlap_or_with_the_secret_deleted_the_old_key_stops_at_o
     rotated = compile_push(_resources(gateway, _secret("shop-keys", serverApiKey=KEY)))
     await refused_call(rotated, sign(OTHER_KEY), "SignatureInvalid")
     gone = compile_push(_resources(gateway))
-    e = await refused_call(gone, sign(KEY), "KeyUnavailable")
-    assert "revoked" in str(e)
+    await refused_call(gone, sign(KEY), "KeyUnavailable")
+    assert "revoked" in (gone.app("SHOP", "prod").problem or "")  # type: ignore[union-attr]
 
 
 async def test_a_new_key_that_does_not_load_keeps_the_last_good_one() -> None:
@@ -1327,21 +1319,11 @@ def test_fanout_filters(device: Device, target: dict[str, Any], expected: bool) 
     assert matches(device, _filtered(**target)) is expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: messages.py version_key compares (2, 10) < (2, 10, 0): a device on 2.10 fails minAppVersion "
-    "2.10.0 and a device on 2.10.0 fails maxAppVersion 2.10 (mpaas.rules.version_key drops trailing zeros)",
-)
 def test_versions_with_trailing_zeros_are_the_same_version() -> None:
     assert matches(Device("d", "ios", app_version="2.10"), _filtered(min_app_version="2.10.0"))
     assert matches(Device("d", "ios", app_version="2.10.0"), _filtered(max_app_version="2.10"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: messages.py version_key uses int(), which takes '1_0' as 10 (and ' 2' as 2); the registry "
-    "accepts appVersion '1_0' (api.py _APP_VERSION allows '_'), so such a device passes minAppVersion 9",
-)
 def test_app_versions_with_underscores_are_not_numbers() -> None:
     assert not matches(Device("d", "ios", app_version="1_0"), _filtered(min_app_version="9"))
 
@@ -1380,7 +1362,7 @@ def test_vendor_jobs_are_json_the_senders_parse() -> None:
     m = message(Target("device", ("d1", "d2")), collapse_key="c")
     raw = vendor_job(m, ("shop", "hw"), [("d1", "t1"), ("d2", "t2")])
     assert json.loads(raw)["channel"] == ["shop", "hw"]
-    assert Job.parse(raw) == Job(m, ("shop", "hw"), [("d1", "t1"), ("d2", "t2")])
+    assert Job.parse(raw) == Job(replace(m, target=Target("device")), ("shop", "hw"), [("d1", "t1"), ("d2", "t2")])
     for bad in (b"", b"[]", b'{"message": {}}', json.dumps({"message": json.loads(m.to_json())}).encode()):
         with pytest.raises((ValueError, KeyError, TypeError, IndexError)):
             Job.parse(bad)

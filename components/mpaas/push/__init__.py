@@ -11,6 +11,7 @@ through `mpaas.link.deliver.Deliverer`), else through its vendor channel, whose 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Any
@@ -109,15 +110,26 @@ def build(settings: PushSettings) -> Served:
         else:
             live.start(settings)
         await events.start()
-        if settings.fanout:
-            fanout.start()
-        if settings.senders:
-            live.subscribe(senders.sync)
-            senders.sync(live.current)
-        if settings.scheduler:
-            accepter.start_scheduler()
+
+        async def work() -> None:
+            # Nothing is fanned out or sent on the empty configuration of a process starting: every device
+            # would look unreachable.
+            await live.ready.wait()
+            if settings.fanout:
+                fanout.start()
+            if settings.senders:
+                live.subscribe(senders.sync)
+                senders.sync(live.current)
+            if settings.scheduler:
+                accepter.start_scheduler()
+
+        starting.append(asyncio.get_running_loop().create_task(work(), name="push workers"))
+
+    starting: list[asyncio.Task[None]] = []
 
     async def stop() -> None:
+        for task in starting:
+            task.cancel()
         await accepter.stop()
         await fanout.stop()
         await senders.stop()

@@ -37,30 +37,51 @@ class Accepter:
         self._task: asyncio.Task[None] | None = None
 
     async def accept(self, message: PushMessage, idempotency_key: str | None) -> tuple[str, bool]:
-        """(the message id, False; or the first message's id and True when the key was used before)."""
+        """(the message id, False; or the first message's id and True when the key was used before).
+
+        A publish whose outcome is unknown (the broker may have stored it before the error) leaves the message
+        Unstored with its key still bound: a retry with the key publishes that same message again, which the
+        fan-out sends once whichever copies arrived (it dedupes by message id)."""
         if idempotency_key is not None:
-            ttl = max(IDEMPOTENCY_SECONDS, message.ttl_seconds)
+            ahead = (message.scheduled_ms - message.created_ms) / 1000 if message.scheduled_ms else 0
+            ttl = max(IDEMPOTENCY_SECONDS, ahead + message.ttl_seconds)
             try:
                 first = await self.state.claim_idempotency(message.app, idempotency_key, message.message_id, ttl)
+                if first is not None:
+                    await self._publish_again(first)
+                    return first, True
+            except Unavailable:
+                raise
             except Exception as e:
                 raise Unavailable(f"the state store did not answer: {e!r}") from e
-            if first is not None:
-                return first, True
         try:
+            await self.state.save(message, "Scheduled" if message.scheduled_ms is not None else "Accepted")
             if message.scheduled_ms is not None:
-                await self.state.save(message, "Scheduled")
                 await self.state.schedule(message)
-            else:
-                await self.state.save(message, "Accepted")
-                await self.events.publish(self.topics.sends, message.to_json(), key=message.app.encode())
-        except Exception as e:
+        except Exception as e:  # nothing was published: the key is free for a retry
             if idempotency_key is not None:
                 with contextlib.suppress(Exception):
                     await self.state.release_idempotency(message.app, idempotency_key, message.message_id)
-            with contextlib.suppress(Exception):
-                await self.state.set_state(message.message_id, "Failed")
             raise Unavailable(f"the send was not stored: {e!r}") from e
+        if message.scheduled_ms is None:
+            try:
+                await self.events.publish(self.topics.sends, message.to_json(), key=message.app.encode())
+            except Exception as e:
+                with contextlib.suppress(Exception):
+                    await self.state.set_state(message.message_id, "Unstored", only_from=("Accepted",))
+                raise Unavailable(f"the send may not have been stored (retry with its idempotency key): {e!r}") from e
         return message.message_id, False
+
+    async def _publish_again(self, message_id: str) -> None:
+        """The first message of a key, if its publish failed: published again (the same id)."""
+        status = await self.state.status(message_id)
+        if status is None or status.state != "Unstored":
+            return
+        try:
+            await self.events.publish(self.topics.sends, status.message.to_json(), key=status.message.app.encode())
+        except Exception as e:
+            raise Unavailable(f"the send may not have been stored (retry with its idempotency key): {e!r}") from e
+        await self.state.set_state(message_id, "Accepted", only_from=("Unstored",))
 
     async def cancel(self, message_id: str) -> bool:
         """Cancel a scheduled message not yet sent; False when it is not (or no longer) scheduled."""
@@ -91,9 +112,11 @@ class Accepter:
     async def release_due(self) -> int:
         due = await self.state.take_due(int(time.time() * 1000), 100)
         for message in due:
+            # Accepted before it is published: a cancel from now on fails (409) instead of being overtaken.
             status = await self.state.status(message.message_id)
-            if status is None or status.state == "Scheduled":
+            if status is None or await self.state.set_state(message.message_id, "Accepted", only_from=("Scheduled",)):
                 await self.events.publish(self.topics.sends, message.to_json(), key=message.app.encode())
-                await self.state.set_state(message.message_id, "Accepted", only_from=("Scheduled",))
+            elif status.state == "Accepted":  # taken again after a publish whose unschedule was lost
+                await self.events.publish(self.topics.sends, message.to_json(), key=message.app.encode())
             await self.state.unschedule(message.message_id)
         return len(due)

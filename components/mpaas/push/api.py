@@ -16,12 +16,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 
+from .. import __version__
 from ..analytics.upload import Malformed, TooLarge, read
 from ..apps import AppDirectory
 from ..config import LiveConfig
+from ..rules import parse_uint
 from ..stores import HotStore
 from . import auth
 from .accept import Accepter, Unavailable
@@ -29,6 +33,7 @@ from .config import PushConfig
 from .fanout import Fanout
 from .messages import (
     MAX_IDS,
+    MAX_TEXT,
     Content,
     Invalid,
     PushMessage,
@@ -40,6 +45,7 @@ from .messages import (
     parse_options,
     parse_target,
     parse_time_ms,
+    text_ok,
     valid_message_id,
 )
 from .registry import MAX_TAGS, PLATFORMS, Device, Registry, UnknownDevice, valid_id, valid_tag, valid_token
@@ -56,6 +62,8 @@ _BRAND = re.compile(r"[a-z0-9_-]{0,32}")
 _APP_VERSION = re.compile(r"[0-9A-Za-z.+_-]{0,32}")
 # gorush's platform numbers: 1 iOS (APNs), 2 Android (FCM), 3 Huawei; then this platform's own.
 GORUSH_PLATFORMS = {1: "APNs", 2: "FCM", 3: "Huawei", 4: "Xiaomi", 5: "OPPO", 6: "Vivo", 7: "Honor"}
+GORUSH_NAMES = {"APNs": "ios", "FCM": "android", "Huawei": "huawei"}  # gorush's own names; the others lower case
+NOT_ERRORS = {"Link.Broadcast", "Link.Sent"}  # counted outcomes that are not failures
 
 
 @dataclass
@@ -76,8 +84,8 @@ def _error(e: Invalid) -> JSONResponse:
 def _json(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError):
-        raise Invalid("the body is not JSON") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise Invalid("the body is not JSON (or nests too deep)") from None
     if not isinstance(value, dict):
         raise Invalid("the body is a JSON object")
     return value
@@ -124,7 +132,7 @@ def install(app: FastAPI, ctx: Context) -> None:
             return _error(Invalid(f"no device {e.args[0]!r} is registered", "UnknownDevice", 404))
         except Unavailable as e:
             return _error(Invalid(str(e)[:300], "StoreUnavailable", 503))
-        except (ConnectionError, OSError, TimeoutError) as e:
+        except (ConnectionError, OSError, TimeoutError, RedisError, KafkaError) as e:
             log.warning("push: a store did not answer: %r", e)
             return _error(Invalid(f"a store did not answer: {e!r}"[:300], "StoreUnavailable", 503))
         if isinstance(result, JSONResponse):
@@ -185,9 +193,9 @@ def install(app: FastAPI, ctx: Context) -> None:
                 raise Invalid(f"{name}: a list of at most {MAX_TAGS} tags")
         try:
             now = await ctx.registry.change_tags(app_key(caller), path_device(request), add, remove)
-        except ValueError as e:
-            if isinstance(e, UnknownDevice):
-                raise
+        except UnknownDevice:
+            raise
+        except ValueError as e:  # past MAX_TAGS
             raise Invalid(str(e)) from None
         return {"tags": now}
 
@@ -282,8 +290,8 @@ def install(app: FastAPI, ctx: Context) -> None:
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             raise Invalid("template: {name, variables}")
         variables = raw.get("variables", {})
-        if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
-            raise Invalid("template.variables: an object of strings")
+        if not isinstance(variables, dict) or not all(text_ok(v, MAX_TEXT) for v in variables.values()):
+            raise Invalid(f"template.variables: an object of strings of up to {MAX_TEXT} characters")
         stored = await ctx.state.template(app_key(caller), raw["name"])
         if stored is None:
             raise Invalid(f"no template {raw['name']!r}", "TemplateMissing", 404)
@@ -292,6 +300,11 @@ def install(app: FastAPI, ctx: Context) -> None:
         def fill(text: str | None) -> str | None:
             if text is None:
                 return None
+            # The length it would have, before building it: a short template with long values is refused
+            # without ever holding the expansion.
+            grown = sum(len(str(variables.get(m.group(1), ""))) - len(m.group()) for m in _VARIABLE.finditer(text))
+            if len(text) + grown > MAX_TEXT:
+                raise Invalid(f"the template expands past {MAX_TEXT} characters", "PayloadTooLarge", 413)
 
             def one(m: re.Match[str]) -> str:
                 if m.group(1) not in variables:
@@ -337,11 +350,15 @@ def install(app: FastAPI, ctx: Context) -> None:
                 built.append((await build_message(caller, item, now), idempotency_key(item, None)))
             except Invalid as e:
                 raise Invalid(f"messages[{i}]: {e}", e.code, e.status) from None
-        out = []
-        for message, key in built:
-            message_id, repeated = await ctx.accepter.accept(message, key)
-            out.append({"messageId": message_id, "duplicate": repeated})
-        return JSONResponse({"results": out}, status_code=202)
+        out: list[dict[str, Any]] = []
+        for message, key in built:  # each stored on its own: a store failure is told per message
+            try:
+                message_id, repeated = await ctx.accepter.accept(message, key)
+                out.append({"messageId": message_id, "duplicate": repeated})
+            except Unavailable as e:
+                out.append({"code": "StoreUnavailable", "message": str(e)[:300]})
+        failed = sum(1 for r in out if "code" in r)
+        return JSONResponse({"results": out}, status_code=202 if not failed else 207 if failed < len(out) else 503)
 
     async def status(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
         server_only(caller)
@@ -390,13 +407,15 @@ def install(app: FastAPI, ctx: Context) -> None:
     async def stats(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
         server_only(caller)
         q = request.query_params
-        now = int(time.time() * 1000)
-        last = parse_time_ms(int(q["to"]) if q.get("to", "").isdigit() else q["to"], "to") if "to" in q else now
-        first = (
-            parse_time_ms(int(q["from"]) if q.get("from", "").isdigit() else q["from"], "from")
-            if "from" in q
-            else last - 3_600_000
-        )
+
+        def when(name: str, default: int) -> int:
+            if name not in q:
+                return default
+            ms = parse_uint(q[name], 15)
+            return parse_time_ms(ms if ms is not None else q[name], name)
+
+        last = when("to", int(time.time() * 1000))
+        first = when("from", last - 3_600_000)
         if not 0 <= last - first <= 86_400_000:
             raise Invalid("from and to: at most a day apart, from before to")
         rows = await ctx.state.stats(app_key(caller), first // 60000, last // 60000)
@@ -448,13 +467,23 @@ def install(app: FastAPI, ctx: Context) -> None:
             raise Invalid(f"notifications: a list of 1 to {MAX_BATCH}")
         now = int(time.time() * 1000)
         messages = [gorush_message(caller, n, i, now) for i, n in enumerate(notifications)]
-        counts = sum(len(m.target.tokens) for m in messages)
-        for m in messages:
-            await ctx.accepter.accept(m, None)
-        logs: list[dict[str, Any]] = []
-        if any(m.sync for m in messages):
-            logs = await wait_for(messages)
-        return {"counts": counts, "logs": logs, "success": "ok"}
+        accepted, logs = [], []
+        for m in messages:  # each stored on its own: one the store refused is logged, the others go
+            try:
+                await ctx.accepter.accept(m, None)
+                accepted.append(m)
+            except Unavailable as e:
+                logs += [
+                    gorush_log(m, channel, token, f"StoreUnavailable: {e}"[:300]) for channel, token in m.target.tokens
+                ]
+        if any(m.sync for m in accepted):
+            logs += await wait_for([m for m in accepted if m.sync])
+        return {"counts": sum(len(m.target.tokens) for m in accepted), "logs": logs, "success": "ok"}
+
+    def gorush_log(m: PushMessage, channel: str, token: str, error: str) -> dict[str, Any]:
+        """A failed token as gorush logs it (logx.LogPushEntry)."""
+        return {"type": "failed-push", "platform": GORUSH_NAMES.get(channel, channel.lower()), "token": token,
+                "message": m.content.body or "", "error": error}  # fmt: skip
 
     def gorush_message(caller: auth.Caller, n: object, i: int, now: int) -> PushMessage:
         if not isinstance(n, dict):
@@ -472,12 +501,15 @@ def install(app: FastAPI, ctx: Context) -> None:
         alert: dict[str, Any] = n["alert"] if isinstance(n.get("alert"), dict) else {}
         title = n.get("title") or alert.get("title")
         body = n.get("message") or alert.get("body")
-        ttl = n.get("time_to_live", 86400 if n.get("expiration") is None else None)
+        ttl = n.get("time_to_live")
         if ttl is None:
             expiration = n.get("expiration")
-            if not isinstance(expiration, int):
+            if expiration is None:
+                ttl = 86400
+            elif isinstance(expiration, int) and not isinstance(expiration, bool):
+                ttl = max(expiration - now // 1000, 0)
+            else:
                 raise Invalid(f"notifications[{i}].expiration: epoch seconds")
-            ttl = max(expiration - now // 1000, 0)
         raw_content: dict[str, Any] = {
             "title": title,
             "body": body,
@@ -485,8 +517,13 @@ def install(app: FastAPI, ctx: Context) -> None:
         }
         if isinstance(n.get("badge"), int):
             raw_content["badge"] = n["badge"]
-        if isinstance(n.get("sound"), str):
-            raw_content["sound"] = n["sound"]
+        sound = n.get("sound")
+        if isinstance(sound, dict):  # gorush's critical-alert form: {name, volume, critical}
+            sound = sound.get("name")
+        if isinstance(sound, str):
+            raw_content["sound"] = sound
+        if n.get("content_available") is True and not (title or body or data):
+            raw_content["data"] = {"contentAvailable": "1"}  # a silent push: data alone
         if isinstance(n.get("category"), str):
             raw_content["category"] = n["category"]
         try:
@@ -495,7 +532,7 @@ def install(app: FastAPI, ctx: Context) -> None:
                 {
                     "ttlSeconds": ttl,
                     "urgent": n.get("priority", "high") != "normal",
-                    "collapseKey": n.get("collapse_key") or n.get("apns_collapse_id") or None,
+                    "collapseKey": n.get("collapse_id") or n.get("collapse_key") or None,
                 },
                 now,
             )
@@ -525,9 +562,7 @@ def install(app: FastAPI, ctx: Context) -> None:
                 if done >= len(m.target.tokens):
                     break
                 await asyncio.sleep(0.05)
-            for f in await ctx.state.failed(m.message_id):
-                logs.append({"type": "failed-push", "platform": f.channel, "token": f.token, "message": m.content.body,
-                             "error": f.reason})  # fmt: skip
+            logs += [gorush_log(m, f.channel, f.token, f.reason) for f in await ctx.state.failed(m.message_id)]
         return logs
 
     async def gorush_stat(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
@@ -536,13 +571,15 @@ def install(app: FastAPI, ctx: Context) -> None:
 
         def pair(channel: str) -> dict[str, int]:
             sent = totals.get(f"{channel}.Sent", 0)
-            error = sum(n for k, n in totals.items() if k.startswith(f"{channel}.") and not k.endswith(".Sent"))
+            error = sum(n for k, n in totals.items() if k.startswith(f"{channel}.") and k not in NOT_ERRORS)
             return {"push_success": sent, "push_error": error}
 
-        out: dict[str, Any] = {"total_count": sum(n for k, n in totals.items() if not k.startswith("Receipt."))}
-        out.update(ios=pair("APNs"), android=pair("FCM"), huawei=pair("Huawei"))
-        out.update(xiaomi=pair("Xiaomi"), oppo=pair("OPPO"), vivo=pair("Vivo"), honor=pair("Honor"), link=pair("Link"))
-        return out
+        pairs = {GORUSH_NAMES.get(c, c.lower()): pair(c) for c in (*GORUSH_PLATFORMS.values(), "Link")}
+        success = sum(p["push_success"] for p in pairs.values())
+        failure = sum(p["push_error"] for p in pairs.values())
+        # gorush's shape (router/server.go appStatusHandler): its queue figures are ours of the vendor sends.
+        return {"version": __version__, "busy_workers": 0, "success_tasks": success, "failure_tasks": failure,
+                "submitted_tasks": success + failure, "total_count": success + failure, **pairs}  # fmt: skip
 
     # --- wiring ----------------------------------------------------------------------------------------
 

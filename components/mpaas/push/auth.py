@@ -52,7 +52,8 @@ def _keys(config: PushConfig, app_id: str, workspace_id: str) -> list[bytes]:
     now = time.time()
     keys = [k for k, until in app.keys if until is None or until > now]
     if not keys:
-        raise _refuse(f"the app has no usable server key: {app.problem or 'none'}", "KeyUnavailable")
+        # What is wrong with the Secret is logged by the config, not told to an unauthenticated caller.
+        raise _refuse(f"the app has no usable {SERVER_KEY} (see the push logs)", "KeyUnavailable")
     return keys
 
 

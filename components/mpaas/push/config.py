@@ -35,6 +35,7 @@ log = logging.getLogger("mpaas.push")
 GATEWAY = "MpaasGateway"
 CHANNEL = "PushChannel"
 CA_BUNDLE = "caBundle"  # optional entry of a vendor channel's Secret: PEM CAs to trust for its endpoint
+PENDING = "credentials Secret not readable yet"  # the channel's Secret is not listed yet: wait, do not fail
 SERVER_KEY = "serverApiKey"  # the entry of an app's credentials Secret that signs its server API calls
 MIN_SERVER_KEY_BYTES = 32
 
@@ -79,6 +80,11 @@ class PushConfig:
 
     def has_link(self, app_id: str, workspace_id: str) -> bool:
         return self.link.find(app_id, workspace_id) is not None
+
+    @property
+    def settled(self) -> bool:
+        """Every channel's Secret has been read: until then a device's route may still change."""
+        return not any(c.problem == PENDING and c.client is None for c in self.channels)
 
     def channel(self, namespace: str, name: str) -> VendorChannel | None:
         return next((c for c in self.channels if (c.namespace, c.name) == (namespace, name)), None)
@@ -217,7 +223,7 @@ def compiler(keyring: KeyRing, clients: Clients) -> Callable[[Resources], PushCo
             data = secret_data(resources, namespace, ref.name if ref else None)
             client: VendorClient | None = None
             if data is None:  # not known yet: the last client built stays in use
-                client, problem = clients.last((namespace, name)), "credentials Secret not readable yet"
+                client, problem = clients.last((namespace, name)), PENDING
             else:
                 client, problem = clients.get((namespace, name), spec, data)
             if problem:

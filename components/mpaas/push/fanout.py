@@ -20,12 +20,14 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
+
+from aiokafka.errors import MessageSizeTooLargeError
 
 from ..stores import EventLog, Record
 from .config import PushConfig
-from .messages import PushMessage, version_key
+from .messages import PushMessage, Target, version_key
 from .registry import Device, Registry
 from .routing import LINK, NO_CHANNEL, route
 from .state import Failed, PushState
@@ -33,6 +35,8 @@ from .state import Failed, PushState
 log = logging.getLogger("mpaas.push")
 
 PAGE = 500
+SENDABLE = ("Accepted", "Sending", "Unstored")  # the states a message is fanned out from
+NOW_OR_NEVER_MS = 60_000  # a message with ttlSeconds 0 not fanned out within a minute is not sent
 JOB_ITEMS = 500  # (device, token) pairs in one vendor job
 LINK_TTL_FOR_NOW_OR_NEVER = 60  # ttlSeconds 0 on link: kept a minute for a device reconnecting right now
 CONCURRENCY = 16  # messages fanned out at once by one process
@@ -75,9 +79,21 @@ class Topics:
 
 
 def vendor_job(message: PushMessage, channel: tuple[str, str], items: list[tuple[str, str]]) -> bytes:
+    """A job: the message without its target (the items are the job's part of it), the channel, the items. At
+    most JOB_ITEMS items of tokens of at most 1 KiB: well under Kafka's 1 MiB per record."""
+    m = replace(message, target=Target(message.target.type))
     return json.dumps(
-        {"message": json.loads(message.to_json()), "channel": list(channel), "items": items}, separators=(",", ":")
+        {"message": json.loads(m.to_json()), "channel": list(channel), "items": items}, separators=(",", ":")
     ).encode()
+
+
+class NotYet(Exception):
+    """The message cannot be fanned out yet (the configuration is still loading): it waits, nothing is lost."""
+
+
+# A message that fails with one of these will fail the same way every time: it is marked Failed and skipped,
+# instead of holding its partition back for ever.
+PERMANENT = (ValueError, TypeError, KeyError, IndexError, MessageSizeTooLargeError)
 
 
 def matches(device: Device, message: PushMessage) -> bool:
@@ -87,6 +103,8 @@ def matches(device: Device, message: PushMessage) -> bool:
     if t.tags and not set(t.tags) & set(device.tags):
         return False
     if t.min_app_version or t.max_app_version:
+        if not device.app_version[:1].isdigit():  # no version known ("", "beta"): no version range holds it
+            return False
         try:
             v = version_key(device.app_version)
         except ValueError:
@@ -149,6 +167,14 @@ class Fanout:
                     try:
                         await self.process(message)
                         return
+                    except PERMANENT as e:
+                        log.error("push fan-out of %s failed for good: %r", message.message_id, e)
+                        with contextlib.suppress(Exception):
+                            await self.state.set_state(message.message_id, "Failed")
+                            await self.state.add_failed(
+                                message.message_id, [Failed("", "", "", f"Failed: {e!r}"[:300])]
+                            )
+                        return
                     except Exception as e:
                         log.warning("push fan-out of %s failed, again in %.1f s: %r", message.message_id, delay, e)
                         await asyncio.sleep(delay)
@@ -157,18 +183,18 @@ class Fanout:
         await asyncio.gather(*(one(r) for r in batch))
 
     async def process(self, m: PushMessage) -> None:
+        config = self.config()
+        if not config.settled:
+            raise NotYet("the channels' credentials are still being read")
         status = await self.state.status(m.message_id)
-        if status is not None and status.state in ("Canceled", "Revoked", "Done", "Expired"):
-            return
         if status is None:
             await self.state.save(m, "Sending")
-        else:
-            await self.state.set_state(m.message_id, "Sending")
-        if m.ttl_seconds > 0 and m.expires_ms <= time.time() * 1000:
+        elif not await self.state.set_state(m.message_id, "Sending", only_from=SENDABLE):
+            return  # canceled, revoked, done, expired or failed meanwhile
+        if m.expires_ms + (0 if m.ttl_seconds else NOW_OR_NEVER_MS) <= time.time() * 1000:
             await self.state.set_state(m.message_id, "Expired")
             return
         step = await self.state.checkpoint(m.message_id)
-        config = self.config()
         link = self.link() if config.has_link(m.app_id, m.workspace_id) else None
         if m.target.type == "token":
             await self._tokens(m, config, step)
@@ -209,10 +235,16 @@ class Fanout:
                     chunk = [d for d in found if d is not None]
                 yield chunk, f"i:{i + PAGE}"
         elif t.type == "user":
-            start = int(rest or 0) if kind == "u" else 0
-            for i in range(start, len(t.ids)):
+            index, _, offset = rest.partition(":") if kind == "u" else ("0", "", "0")
+            for i in range(int(index or 0), len(t.ids)):
                 await self.state.wait_for_user(app, t.ids[i], m.message_id, m.expires_ms)
-                yield await self.registry.user_devices(app, t.ids[i]), f"u:{i + 1}"
+                devices = await self.registry.user_devices(app, t.ids[i])
+                start = int(offset or 0) if i == int(index or 0) else 0
+                for j in range(start, len(devices), PAGE):
+                    end = j + PAGE
+                    yield devices[j:end], (f"u:{i}:{end}" if end < len(devices) else f"u:{i + 1}:0")
+                if not devices:
+                    yield [], f"u:{i + 1}:0"
         elif t.type == "tag":
             index, _, cursor = rest.partition(":") if kind == "t" else ("0", "", "")
             for i in range(int(index or 0), len(t.ids)):

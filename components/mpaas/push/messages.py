@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ..rules import version_key as rules_version_key
 from .registry import PLATFORMS, valid_id, valid_tag, valid_token
 
 TARGET_TYPES = ("device", "user", "alias", "tag", "all", "token")
@@ -24,6 +25,7 @@ MAX_TTL_SECONDS = 30 * 86400
 MAX_SCHEDULE_SECONDS = 30 * 86400
 MAX_NOTIFICATION_BYTES = 4096  # the notification as JSON: APNs' and FCM's limit, the smallest common one
 MAX_DATA_KEYS = 64
+MAX_TEXT = 4096  # characters of any one text of a notification (a data value, the body)
 _COLLAPSE = re.compile(r"[\x21-\x7e]{1,64}")
 _VERSION = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9}){0,3}")
 _IDEMPOTENCY = re.compile(r"[\x21-\x7e]{1,128}")
@@ -132,7 +134,24 @@ def valid_message_id(value: str) -> bool:
 
 
 def version_key(v: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in v.split("."))
+    """As the delivery rules compare versions (mpaas.rules: 2.10 is 2.10.0, 2.10.1-beta is 2.10.1); ValueError
+    for a version too long to be one."""
+    key = rules_version_key(v)
+    if key is None:
+        raise ValueError(f"not a version: {v[:40]!r}")
+    return key
+
+
+def text_ok(v: object, max_len: int) -> bool:
+    """A string of at most `max_len` characters that is valid Unicode (a lone surrogate, which JSON's \\ud800
+    escapes can carry, is not: it could never be sent as UTF-8)."""
+    if not isinstance(v, str) or len(v) > max_len:
+        return False
+    try:
+        v.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _str(d: dict[str, Any], name: str, *, max_len: int, required: bool = False) -> str | None:
@@ -141,8 +160,8 @@ def _str(d: dict[str, Any], name: str, *, max_len: int, required: bool = False) 
         if required:
             raise Invalid(f"{name} is required")
         return None
-    if not isinstance(v, str) or len(v) > max_len:
-        raise Invalid(f"{name}: a string of at most {max_len} characters")
+    if not text_ok(v, max_len):
+        raise Invalid(f"{name}: a string of at most {max_len} characters (valid Unicode)")
     return v
 
 
@@ -198,14 +217,17 @@ def parse_content(raw: object) -> Content:
     if unknown:
         raise Invalid(f"notification: unknown fields {sorted(unknown)}")
     data = _object(raw, "data")
-    if len(data) > MAX_DATA_KEYS or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
-        raise Invalid(f"notification.data: at most {MAX_DATA_KEYS} string keys with string values")
+    if len(data) > MAX_DATA_KEYS or not all(text_ok(k, 256) and text_ok(v, MAX_TEXT) for k, v in data.items()):
+        raise Invalid(
+            f"notification.data: at most {MAX_DATA_KEYS} keys (strings of up to 256 characters) with string values "
+            f"of up to {MAX_TEXT} characters"
+        )
     badge = raw.get("badge")
     if badge is not None and (not isinstance(badge, int) or isinstance(badge, bool) or not 0 <= badge <= 99999):
         raise Invalid("notification.badge: an integer 0-99999")
     content = Content(
         title=_str(raw, "title", max_len=512),
-        body=_str(raw, "body", max_len=4096),
+        body=_str(raw, "body", max_len=MAX_TEXT),
         data=data,
         badge=badge,
         sound=_str(raw, "sound", max_len=256),
@@ -252,11 +274,12 @@ def parse_options(raw: dict[str, Any], now_ms: int) -> dict[str, Any]:
 
 
 def idempotency_key(raw: dict[str, Any], header: str | None) -> str | None:
-    key = raw.get("idempotencyKey", header)
+    body = raw.get("idempotencyKey")
+    if header is not None and body is not None and body != header:
+        raise Invalid("idempotencyKey differs from the Idempotency-Key header")
+    key = body if body is not None else header
     if key is not None and (not isinstance(key, str) or not _IDEMPOTENCY.fullmatch(key)):
         raise Invalid("idempotencyKey: 1-128 printable ASCII characters")
-    if header is not None and raw.get("idempotencyKey") not in (None, header):
-        raise Invalid("idempotencyKey differs from the Idempotency-Key header")
     return key
 
 

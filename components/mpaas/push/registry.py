@@ -28,9 +28,9 @@ from .redis_text import text
 
 # Ids: 1-128 characters without control characters, spaces or braces (the link protocol's device ids); tags
 # at most 64. Vendor tokens are opaque but bounded.
-_ID = re.compile(r"[^\x00-\x20\x7f{}]{1,128}")
-_TAG = re.compile(r"[^\x00-\x20\x7f{}]{1,64}")
-_TOKEN = re.compile(r"[\x21-\x7e]{1,4096}")
+_ID = re.compile(r"[^\x00-\x20\x7f-\x9f{}\u2028\u2029\ud800-\udfff]{1,128}")
+_TAG = re.compile(r"[^\x00-\x20\x7f-\x9f{}\u2028\u2029\ud800-\udfff]{1,64}")
+_TOKEN = re.compile(r"[\x21-\x7e]{1,1024}")  # the vendors' tokens are 44 to about 200 characters
 MAX_TAGS = 100
 PLATFORMS = ("ios", "android", "harmony", "web")
 

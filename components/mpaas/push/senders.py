@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from prometheus_client import Counter
 
 from ..stores import EventLog, HotStore, Record
-from .config import PushConfig, VendorChannel
-from .fanout import Topics
+from .config import PENDING, PushConfig, VendorChannel
+from .fanout import NOW_OR_NEVER_MS, NotYet, Topics
 from .messages import PushMessage
 from .registry import Registry
 from .state import CLAIM_LEASE_SECONDS, Failed, PushState
@@ -155,6 +155,13 @@ class Senders:
         status = await self.state.status(m.message_id)
         if status is not None and status.state in ("Canceled", "Revoked"):
             return
+        channel = self.config().channel(*job.channel)
+        if channel is not None and channel.client is None and channel.problem == PENDING:
+            raise NotYet(f"the credentials of {job.channel[0]}/{job.channel[1]} are still being read")
+        if m.expires_ms + (0 if m.ttl_seconds else NOW_OR_NEVER_MS) <= time.time() * 1000:
+            # Its TTL passed while it waited: a vendor would show it now, out of its time.
+            await self.state.count(m, {f"{channel.type.value if channel else 'None'}.Expired": len(job.items)})
+            return
         pending = list(job.items)
         while pending:
             waiting: list[tuple[str, str]] = []
@@ -223,6 +230,8 @@ class Senders:
                     results[i] = SendResult(items[i][1], Outcome.QUOTA_EXCEEDED, "the daily quota is used up")
                 break
             await self._take_rate(channel, len(todo))
+            # Still ours after the rate wait and any backoff: the claims are renewed right before the send.
+            await self.state.renew_devices(n.message_id, [claim_id(*items[i]) for i in todo])
             sent = await channel.client.send(n, [items[i][1] for i in todo])
             again: list[int] = []
             wait = 0.0
@@ -235,7 +244,6 @@ class Senders:
                     wait = max(wait, min(r.retry_after or delay, MAX_BACKOFF))
             if not again:
                 break
-            # Still ours while we wait to send again: the claims are renewed past the wait.
             await self.state.renew_devices(n.message_id, [claim_id(*items[i]) for i in again])
             await asyncio.sleep(wait)
             delay = min(delay * 2, MAX_BACKOFF)

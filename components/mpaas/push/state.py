@@ -13,6 +13,7 @@ counts), `m:{id}:f` (failed tokens, a capped list), `m:{id}:c` (the fan-out chec
 from __future__ import annotations
 
 import json
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
@@ -26,11 +27,13 @@ from ..stores.redis_common import RedisRole
 from .messages import PushMessage
 from .redis_text import text
 
+log = logging.getLogger("mpaas.push")
+
 KEEP_SECONDS = 7 * 86400
 STATS_SECONDS = 8 * 86400
 MAX_FAILED = 1000  # failed tokens kept per message
 SCHEDULE_LEASE_MS = 60_000  # a due message taken by a pod is handed out again after this, unless done
-CLAIM_LEASE_SECONDS = 30  # a send claimed and neither made nor failed by then (its sender died) is made again
+CLAIM_LEASE_SECONDS = 60  # a send claimed and neither made nor failed by then (its sender died) is made again
 
 
 @dataclass(frozen=True)
@@ -309,7 +312,14 @@ return 1
         if not ids:
             return []
         rows = await self.redis.hmget(self._k("{sched}", "m"), ids)
-        return [PushMessage.from_json(text(r).encode()) for r in rows if r is not None]
+        out = []
+        for message_id, row in zip(ids, rows, strict=True):
+            try:
+                out.append(PushMessage.from_json(text(row).encode()))
+            except (ValueError, KeyError, TypeError):  # unreadable (or gone): dropped, not handed out for ever
+                log.error("push schedule: an entry that does not parse is dropped: %r", text(message_id))
+                await self.unschedule(text(message_id))
+        return out
 
     async def unschedule(self, message_id: str) -> bool:
         async with self.redis.pipeline(transaction=True) as p:

@@ -187,13 +187,15 @@ _APPEND = (
     + """
 local dedupe = ARGV[8]
 if dedupe ~= '' then
-  local gone = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', ARGV[2])
-  if #gone > 0 then
-    redis.call('HDEL', KEYS[5], unpack(gone))
-    redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', ARGV[2])
+  -- Expired ids, a bounded number per append (each append adds one): no unpack of an unbounded list.
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', ARGV[2], 'LIMIT', 0, 100)
+  for _, id in ipairs(gone) do
+    redis.call('HDEL', KEYS[5], id)
+    redis.call('ZREM', KEYS[6], id)
   end
   local first = redis.call('HGET', KEYS[5], dedupe)
-  if first then return tonumber(first) end
+  local until_ms = redis.call('ZSCORE', KEYS[6], dedupe)
+  if first and until_ms and tonumber(until_ms) > tonumber(ARGV[2]) then return tonumber(first) end
 end
 purge_expired(tonumber(ARGV[2]))
 local max_len = tonumber(ARGV[4])
