@@ -435,7 +435,7 @@ async def test_gorush_requests_work_with_only_the_url_changed(
         assert r.status_code == 200, r.text
         out = r.json()
         assert out["counts"] == 3 and out["success"] == "ok"
-        assert [(log["token"], log["type"], log["error"]) for log in out["logs"] if log["platform"] == "APNs"] == [
+        assert [(log["token"], log["type"], log["error"]) for log in out["logs"] if log["platform"] == "ios"] == [
             (dead, "failed-push", "InvalidToken: Unregistered")
         ]
         assert {a.token for a in apns.accepted} == {good}

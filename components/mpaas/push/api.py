@@ -571,7 +571,11 @@ def install(app: FastAPI, ctx: Context) -> None:
 
         def pair(channel: str) -> dict[str, int]:
             sent = totals.get(f"{channel}.Sent", 0)
-            error = sum(n for k, n in totals.items() if k.startswith(f"{channel}.") and k not in NOT_ERRORS)
+            error = sum(
+                n
+                for k, n in totals.items()
+                if k.startswith(f"{channel}.") and k not in NOT_ERRORS and k != f"{channel}.Sent"
+            )
             return {"push_success": sent, "push_error": error}
 
         pairs = {GORUSH_NAMES.get(c, c.lower()): pair(c) for c in (*GORUSH_PLATFORMS.values(), "Link")}
