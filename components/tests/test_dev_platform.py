@@ -1,6 +1,7 @@
 """`mpaas dev`: every component in one process, the gateway on the server production uses."""
 
 import asyncio
+import json
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,9 @@ from conftest import ROOT, free_port
 from mpaas.component import REGISTRY
 from mpaas.dev.platform import DEMO_BACKEND, DevPlatform
 from mpaas.http1 import Server
+from mpaas.link.client import LinkClient
+from mpaas.link.tokens import TokenKey
+from mpaas.push.auth import sign_headers
 from mpaas.simulator import run_demo
 
 pytestmark = pytest.mark.component
@@ -38,5 +42,34 @@ async def test_dev_platform_serves_the_demo_through_the_production_server(tmp_pa
             # A malformed head gets the production server's answer, not another server's.
             r = await client.get(platform.url("gateway") + "/healthz", headers={"x-a": "1" * 70_000})
             assert r.status_code == 431
+        await push_through_link(platform, ports["link.link_port"])
     finally:
         await platform.stop()
+
+
+async def push_through_link(platform: DevPlatform, link_port: int) -> None:
+    """Push and link in one process with their stores in memory: a signed send reaches a connected device."""
+    key, token_key = b"demo-push-server-key-for-local-use-only", b"demo-link-token-key-for-local-use-only"
+    app, ws, device = "DEMO_APP", "default", "dev-phone"
+
+    async def call(client: httpx.AsyncClient, method: str, path: str, body: object) -> httpx.Response:
+        raw = json.dumps(body).encode()
+        headers = sign_headers(key, method, path, "", app, ws, raw)
+        return await client.request(method, platform.url("push") + path, content=raw, headers=headers)
+
+    await asyncio.wait_for(platform.served["push"].live.ready.wait(), 10)
+    phone = LinkClient(
+        f"ws://127.0.0.1:{link_port}/v1/link", app, ws, device, TokenKey(token_key).issue(app, ws, device)
+    )
+    await phone.connect()
+    try:
+        async with httpx.AsyncClient() as client:
+            r = await call(client, "PUT", f"/v1/push/devices/{device}", {"platform": "android"})
+            assert r.status_code == 200, r.text
+            body = {"target": {"type": "device", "ids": [device]}, "notification": {"title": "Hello from mpaas dev"}}
+            r = await call(client, "POST", "/v1/push/messages", body)
+            assert r.status_code == 202, r.text
+        got = json.loads((await asyncio.wait_for(phone.messages.get(), 10)).payload)
+        assert got == {"messageId": r.json()["messageId"], "title": "Hello from mpaas dev"}
+    finally:
+        await phone.close()
