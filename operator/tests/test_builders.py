@@ -5,9 +5,9 @@ from typing import Any
 import pytest
 
 from mpaas.api import MPAAS_GATEWAY
-from mpaas.api.push import LinkSettings
+from mpaas.api.push import LinkSettings, PushChannelSpec
 from mpaas_operator import conditions
-from mpaas_operator.builders import gateway, link
+from mpaas_operator.builders import gateway, link, push
 from mpaas_operator.reconcile.common import kstatus, workload_conditions
 from mpaas_operator.reconcile.gateway import shared_state_condition
 from mpaas_operator.settings import OperatorSettings
@@ -350,6 +350,9 @@ def test_the_chart_lets_the_operator_grant_every_right_a_workload_needs() -> Non
             pull_policy="IfNotPresent",
         ),
         link.build("chat", "ns", LinkSettings(port=9443, replicas=1), image="i", pull_policy="IfNotPresent"),
+        push.build(
+            "ios", "ns", apns_channel(), image="i", pull_policy="P", redis_url="redis://r", kafka_url="kafka://k"
+        ),
     ]
     for children in workloads:
         for rule in by_kind(children)["Role"]["rules"]:
@@ -357,3 +360,39 @@ def test_the_chart_lets_the_operator_grant_every_right_a_workload_needs() -> Non
                 for resource in rule["resources"]:
                     for verb in rule["verbs"]:
                         assert (group, resource, verb) in held, f"the chart's operator cannot grant {verb} {resource}"
+
+
+def apns_channel(**fields: Any) -> PushChannelSpec:
+    return PushChannelSpec.model_validate(
+        {
+            "appId": "SHOP",
+            "type": "APNs",
+            "credentialsSecretRef": {"name": "apns-creds"},
+            "apns": {"teamId": "TEAM123456", "keyId": "KEY1234567", "topic": "com.shop.app"},
+            **fields,
+        }
+    )
+
+
+def test_a_vendor_channel_gets_sender_pods_reading_its_channel_alone() -> None:
+    out = by_kind(push.build("ios", "ns", apns_channel(), image="i", pull_policy="P", redis_url="redis://r",
+                             kafka_url="kafka://k"))  # fmt: skip
+    dep = out["Deployment"]
+    assert dep["metadata"]["name"] == "push-ios" and dep["spec"]["replicas"] == 1
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert container["args"] == ["push"]
+    assert env["MPAAS_PUSH_CHANNEL"] == "ios" and env["MPAAS_KAFKA_URL"] == "kafka://k"
+    assert (env["MPAAS_FANOUT"], env["MPAAS_SCHEDULER"]) == ("false", "false")  # the API pods do those
+    rules = {tuple(r["resources"]): r.get("resourceNames") for r in out["Role"]["rules"]}
+    assert rules[("pushchannels",)] == ["ios"] and rules[("secrets",)] == ["apns-creds"]
+    assert "HorizontalPodAutoscaler" not in out and "PodDisruptionBudget" not in out
+
+
+@pytest.mark.parametrize(("scaled", "replicas"), [(None, 2), (1, 2), (4, 4), (9, 5)])
+def test_lag_scaling_sets_the_sender_replicas_within_the_bounds(scaled: int | None, replicas: int) -> None:
+    channel = apns_channel(sender={"replicas": 7, "autoscaling": {"minReplicas": 2, "maxReplicas": 5}})
+    out = by_kind(push.build("ios", "ns", channel, image="i", pull_policy="P", redis_url="r", kafka_url="k",
+                             replicas=scaled))  # fmt: skip
+    assert out["Deployment"]["spec"]["replicas"] == replicas  # spec.sender.replicas is ignored while autoscaling
+    assert ("PodDisruptionBudget" in out) is (replicas > 1)

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -127,9 +128,12 @@ def channel_options(spec: PushChannelSpec) -> dict[str, str]:
 
 def _ca_file(pem: bytes) -> str:
     """A file holding `pem`, named by its digest (the same bundle, the same file)."""
-    path = Path(tempfile.gettempdir()) / f"mpaas-push-ca-{hashlib.sha256(pem).hexdigest()[:16]}.pem"
-    if not path.exists():
-        path.write_bytes(pem)
+    path = Path(tempfile.gettempdir()) / f"mpaas-push-ca-{hashlib.sha256(pem).hexdigest()}.pem"
+    if not path.exists() or path.read_bytes() != pem:  # written whole under a private name, then renamed
+        fd, partial = tempfile.mkstemp(dir=path.parent, prefix=".mpaas-push-ca-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        os.replace(partial, path)
     return str(path)
 
 
