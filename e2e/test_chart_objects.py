@@ -1,4 +1,4 @@
-"""The chart gives the operator the platform's object store for DeliveryTask package checks."""
+"""The chart gives the operator the platform's object store for DeliveryTask package checks, and push's Kafka."""
 
 import subprocess
 from typing import Any
@@ -45,3 +45,14 @@ def test_no_object_store_by_default_and_bad_urls_refused() -> None:
     assert not any(name.startswith("MPAAS_OBJECTS_") for name in operator_env(r.stdout))
     r = template("objects.url=http://s3.example")
     assert r.returncode != 0 and "objects" in r.stderr  # values.schema.json: s3:// or file://
+
+
+def test_push_kafka_for_the_vendor_channels_senders() -> None:
+    r = template("kafka.url=kafka://kafka.infra:9092", "redis.url=redis://redis.infra:6379/0")
+    assert r.returncode == 0, r.stderr
+    env = operator_env(r.stdout)
+    assert env["MPAAS_OPERATOR_KAFKA_URL"]["value"] == "kafka://kafka.infra:9092"
+    assert env["MPAAS_OPERATOR_REDIS_URL"]["value"] == "redis://redis.infra:6379/0"
+    assert "MPAAS_OPERATOR_KAFKA_URL" not in operator_env(template().stdout)
+    r = template("kafka.url=http://kafka.infra:9092")
+    assert r.returncode != 0 and "kafka" in r.stderr  # values.schema.json: kafka://host:port
