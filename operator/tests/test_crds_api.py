@@ -68,7 +68,10 @@ def test_schema_defaults_are_filled_in(namespace: str) -> None:
         (lambda s: s.update(autoscaling={"minReplicas": 5, "maxReplicas": 2}), "minReplicas must not exceed"),
         (lambda s: s["apis"][0].update(operationType="bad op!"), "spec.apis[0].operationType"),
         (lambda s: s.update(replicas=-1), "spec.replicas"),
-        (lambda s: s["apps"][0].update(signature={"algorithm": "EcdsaP256"}), "needs credentialsSecretRef"),
+        (
+            lambda s: s["apps"][0].update(signature={"algorithm": "EcdsaP256"}, credentialsSecretRef=None),
+            "needs credentialsSecretRef",
+        ),
         (lambda s: s["apis"][0].update(method="TRACE"), 'supported values: "GET"'),
         (lambda s: s.update(sharedState={}), "give exactly one of url or urlSecretRef"),
         (
