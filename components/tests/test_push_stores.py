@@ -222,3 +222,16 @@ async def test_templates_and_user_waits(state: PushState) -> None:
     assert await state.waiting_for_user(APP, "u1", now) == ["m-old", "m-new"]
     await asyncio.sleep(0.3)
     assert await state.waiting_for_user(APP, "u1", int(time.time() * 1000)) == ["m-new"]
+
+
+@contract
+async def test_a_senders_group_is_recorded_whole(state: PushState) -> None:
+    m = message()
+    await state.save(m, "Sending")
+    assert await state.claim_devices(m.message_id, ["a", "b"]) == [None, None]
+    failed = [Failed("b", "APNs", "tb", "InvalidToken: Unregistered")]
+    await state.finish_sends(m, ["a", "b"], 60, {"APNs.Sent": 1, "APNs.InvalidToken": 1}, failed, ("shop", "ios"))
+    assert await state.claim_devices(m.message_id, ["a", "b"]) == ["d", "d"]
+    st = await state.status(m.message_id)
+    assert st is not None and st.counts == {"APNs.Sent": 1, "APNs.InvalidToken": 1}
+    assert await state.failed(m.message_id) == failed

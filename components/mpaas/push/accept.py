@@ -25,6 +25,28 @@ from .state import PushState
 log = logging.getLogger("mpaas.push")
 
 IDEMPOTENCY_SECONDS = 86400  # an idempotency key is remembered this long (or the message's TTL, if longer)
+RECORD_BYTES = 256 * 1024  # messages of one app packed into one log record, as JSON lines, up to this size
+
+
+def _records(messages: list[PushMessage], indexes: list[int]) -> list[tuple[list[int], bytes, str]]:
+    """Log records of the messages: JSON lines (a message's JSON holds no raw newline), one app's per record,
+    at most RECORD_BYTES each (or one message)."""
+    out: list[tuple[list[int], bytes, str]] = []
+    by_app: dict[str, list[tuple[int, bytes]]] = {}
+    for i, m in zip(indexes, messages, strict=True):
+        by_app.setdefault(m.app, []).append((i, m.to_json()))
+    for app, lines in by_app.items():
+        part: list[tuple[int, bytes]] = []
+        size = 0
+        for i, line in lines:
+            if part and size + len(line) + 1 > RECORD_BYTES:
+                out.append(([j for j, _ in part], b"\n".join(x for _, x in part), app))
+                part, size = [], 0
+            part.append((i, line))
+            size += len(line) + 1
+        if part:
+            out.append(([j for j, _ in part], b"\n".join(x for _, x in part), app))
+    return out
 
 
 class Unavailable(Exception):
@@ -42,35 +64,61 @@ class Accepter:
         A publish whose outcome is unknown (the broker may have stored it before the error) leaves the message
         Unstored with its key still bound: a retry with the key publishes that same message again, which the
         fan-out sends once whichever copies arrived (it dedupes by message id)."""
-        if idempotency_key is not None:
-            ahead = (message.scheduled_ms - message.created_ms) / 1000 if message.scheduled_ms else 0
-            ttl = max(IDEMPOTENCY_SECONDS, ahead + message.ttl_seconds)
-            try:
-                first = await self.state.claim_idempotency(message.app, idempotency_key, message.message_id, ttl)
-                if first is not None:
-                    await self._publish_again(first)
-                    return first, True
-            except Unavailable:
-                raise
-            except Exception as e:
-                raise Unavailable(f"the state store did not answer: {e!r}") from e
+        (result,) = await self.accept_many([(message, idempotency_key)])
+        if isinstance(result, Unavailable):
+            raise result
+        return result
+
+    async def accept_many(self, items: list[tuple[PushMessage, str | None]]) -> list[tuple[str, bool] | Unavailable]:
+        """Several sends (a batch) stored together: one Redis round trip for their keys, one for their states,
+        and one log record per RECORD_BYTES of messages, so that a send of a batch costs a fraction of a lone
+        one. Each gets its own result: a record the log did not take fails its messages alone."""
+        results: list[tuple[str, bool] | Unavailable | None] = [None] * len(items)
+        keyed = [i for i, (_, key) in enumerate(items) if key is not None]
         try:
-            await self.state.save(message, "Scheduled" if message.scheduled_ms is not None else "Accepted")
-            if message.scheduled_ms is not None:
-                await self.state.schedule(message)
-        except Exception as e:  # nothing was published: the key is free for a retry
-            if idempotency_key is not None:
-                with contextlib.suppress(Exception):
-                    await self.state.release_idempotency(message.app, idempotency_key, message.message_id)
-            raise Unavailable(f"the send was not stored: {e!r}") from e
-        if message.scheduled_ms is None:
+            if keyed:
+                claims = []
+                for i in keyed:
+                    m, key = items[i]
+                    ahead = (m.scheduled_ms - m.created_ms) / 1000 if m.scheduled_ms else 0
+                    claims.append((m.app, str(key), m.message_id, max(IDEMPOTENCY_SECONDS, ahead + m.ttl_seconds)))
+                for i, first in zip(keyed, await self.state.claim_idempotency_many(claims), strict=True):
+                    if first is not None:
+                        try:
+                            await self._publish_again(first)
+                            results[i] = (first, True)
+                        except Unavailable as e:
+                            results[i] = e
+            fresh = [i for i in range(len(items)) if results[i] is None]
+            await self.state.save_many(
+                [(items[i][0], "Scheduled" if items[i][0].scheduled_ms is not None else "Accepted") for i in fresh]
+            )
+            for i in fresh:
+                if items[i][0].scheduled_ms is not None:
+                    await self.state.schedule(items[i][0])
+                    results[i] = (items[i][0].message_id, False)
+        except Exception as e:  # the state store: nothing of these was published, their keys are freed
+            for i in [i for i in range(len(items)) if results[i] is None]:
+                m, key = items[i]
+                if key is not None:
+                    with contextlib.suppress(Exception):
+                        await self.state.release_idempotency(m.app, key, m.message_id)
+            failure = Unavailable(f"the send was not stored: {e!r}")
+            return [failure if r is None else r for r in results]
+        now = [i for i in range(len(items)) if results[i] is None]
+        for part in _records([items[i][0] for i in now], [i for i in now]):
+            indexes, value, app = part
             try:
-                await self.events.publish(self.topics.sends, message.to_json(), key=message.app.encode())
+                await self.events.publish(self.topics.sends, value, key=app.encode())
+                for i in indexes:
+                    results[i] = (items[i][0].message_id, False)
             except Exception as e:
-                with contextlib.suppress(Exception):
-                    await self.state.set_state(message.message_id, "Unstored", only_from=("Accepted",))
-                raise Unavailable(f"the send may not have been stored (retry with its idempotency key): {e!r}") from e
-        return message.message_id, False
+                failure = Unavailable(f"the send may not have been stored (retry with its idempotency key): {e!r}")
+                for i in indexes:
+                    with contextlib.suppress(Exception):
+                        await self.state.set_state(items[i][0].message_id, "Unstored", only_from=("Accepted",))
+                    results[i] = failure
+        return [r if r is not None else Unavailable("not stored") for r in results]
 
     async def _publish_again(self, message_id: str) -> None:
         """The first message of a key, if its publish failed: published again (the same id)."""

@@ -14,8 +14,10 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
+import yaml
 from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -91,7 +93,14 @@ def _json(body: bytes) -> dict[str, Any]:
     return value
 
 
+# The push API's OpenAPI document (openapi.yaml), served at /openapi.json in place of FastAPI's generated one.
+OPENAPI: dict[str, Any] = yaml.safe_load(
+    resources.files("mpaas.push").joinpath("openapi.yaml").read_text(encoding="utf-8")
+)
+
+
 def install(app: FastAPI, ctx: Context) -> None:
+    app.openapi = lambda: OPENAPI  # type: ignore[method-assign]
     Handler = Callable[[Request, auth.Caller, dict[str, Any]], Awaitable[Any]]
 
     async def body_of(request: Request) -> bytes:
@@ -117,7 +126,9 @@ def install(app: FastAPI, ctx: Context) -> None:
             authorization = h.get("authorization", "")
             if basic and authorization.lower().startswith("basic "):
                 caller = auth.basic(config, authorization, ctx.apps().keys)
-            elif devices_may is not None and authorization.lower().startswith("bearer "):
+            elif authorization.lower().startswith("bearer "):
+                if devices_may is None:
+                    raise Invalid("a device's link token cannot call this route: sign as the backend", "Forbidden", 403)
                 device = request.path_params.get(devices_may) or _json(raw).get("deviceId", "")
                 caller = auth.device(config, authorization, h.get("appid", ""), h.get("workspaceid", ""), device)
             else:
@@ -319,8 +330,8 @@ def install(app: FastAPI, ctx: Context) -> None:
             body=fill(stored.get("body")),
             data={k: fill(v) or "" for k, v in stored.get("data", {}).items()},
             badge=stored.get("badge"),
-            sound=stored.get("sound"),
-            category=stored.get("category"),
+            sound=fill(stored.get("sound")),
+            category=fill(stored.get("category")),
         )
         if missing:
             raise Invalid(f"template variables missing: {', '.join(sorted(missing))}", "TemplateVariableMissing")
@@ -351,12 +362,11 @@ def install(app: FastAPI, ctx: Context) -> None:
             except Invalid as e:
                 raise Invalid(f"messages[{i}]: {e}", e.code, e.status) from None
         out: list[dict[str, Any]] = []
-        for message, key in built:  # each stored on its own: a store failure is told per message
-            try:
-                message_id, repeated = await ctx.accepter.accept(message, key)
-                out.append({"messageId": message_id, "duplicate": repeated})
-            except Unavailable as e:
-                out.append({"code": "StoreUnavailable", "message": str(e)[:300]})
+        for result in await ctx.accepter.accept_many(built):  # a store failure is told per message
+            if isinstance(result, Unavailable):
+                out.append({"code": "StoreUnavailable", "message": str(result)[:300]})
+            else:
+                out.append({"messageId": result[0], "duplicate": result[1]})
         failed = sum(1 for r in out if "code" in r)
         return JSONResponse({"results": out}, status_code=202 if not failed else 207 if failed < len(out) else 503)
 
@@ -468,14 +478,14 @@ def install(app: FastAPI, ctx: Context) -> None:
         now = int(time.time() * 1000)
         messages = [gorush_message(caller, n, i, now) for i, n in enumerate(notifications)]
         accepted, logs = [], []
-        for m in messages:  # each stored on its own: one the store refused is logged, the others go
-            try:
-                await ctx.accepter.accept(m, None)
-                accepted.append(m)
-            except Unavailable as e:
+        for m, result in zip(messages, await ctx.accepter.accept_many([(m, None) for m in messages]), strict=True):
+            if isinstance(result, Unavailable):  # one the store refused is logged, the others go
                 logs += [
-                    gorush_log(m, channel, token, f"StoreUnavailable: {e}"[:300]) for channel, token in m.target.tokens
+                    gorush_log(m, channel, token, f"StoreUnavailable: {result}"[:300])
+                    for channel, token in m.target.tokens
                 ]
+            else:
+                accepted.append(m)
         if any(m.sync for m in accepted):
             logs += await wait_for([m for m in accepted if m.sync])
         return {"counts": sum(len(m.target.tokens) for m in accepted), "logs": logs, "success": "ok"}

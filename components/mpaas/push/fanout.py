@@ -155,13 +155,18 @@ class Fanout:
     async def _batch(self, batch: list[Record]) -> None:
         gate = asyncio.Semaphore(CONCURRENCY)
 
-        async def one(record: Record) -> None:
-            async with gate:
+        messages: list[PushMessage] = []
+        for record in batch:  # a record holds one message or a batch's, a JSON line each
+            for line in record.value.split(b"\n"):
                 try:
-                    message = PushMessage.from_json(record.value)
+                    messages.append(PushMessage.from_json(line))
                 except (ValueError, KeyError, TypeError) as e:
-                    log.error("push fan-out: a record that does not parse is skipped (offset %d): %r", record.offset, e)
-                    return
+                    log.error(
+                        "push fan-out: a message that does not parse is skipped (offset %d): %r", record.offset, e
+                    )
+
+        async def one(message: PushMessage) -> None:
+            async with gate:
                 delay = 0.5
                 while True:  # a store failure: this message waits (and its batch), nothing is skipped
                     try:
@@ -180,7 +185,7 @@ class Fanout:
                         await asyncio.sleep(delay)
                         delay = min(delay * 2, 30.0)
 
-        await asyncio.gather(*(one(r) for r in batch))
+        await asyncio.gather(*(one(m) for m in messages))
 
     async def process(self, m: PushMessage) -> None:
         config = self.config()

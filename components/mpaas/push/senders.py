@@ -204,14 +204,10 @@ class Senders:
                 failed.append(Failed(device, kind, token, f"{r.outcome.value}: {r.reason}" if r.reason else r.outcome))
                 if r.outcome is Outcome.INVALID_TOKEN and device:
                     await self.registry.remove_token(m.app, device, kind, token)
-        await self.state.finish_devices(
-            m.message_id, done, keep_seconds=max(m.expires_ms / 1000 - time.time(), 0) + 86400
-        )
-        await self.state.count(m, dict(counts))
-        await self.state.add_failed(m.message_id, failed)
+        keep = max(m.expires_ms / 1000 - time.time(), 0) + 86400
+        await self.state.finish_sends(m, done, keep, dict(counts), failed, key)
         sent = counts.get(f"{kind}.Sent", 0)
         failures = sum(n for k, n in counts.items() if not k.endswith(".Sent"))
-        await self.state.count_channel(key, sent, failures)
         SENT.labels(label, "sent").inc(sent)
         SENT.labels(label, "failed").inc(failures)
 

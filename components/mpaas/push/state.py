@@ -75,6 +75,15 @@ class PushState(ABC):
     @abstractmethod
     async def save(self, message: PushMessage, state: str) -> None: ...
 
+    async def save_many(self, items: Sequence[tuple[PushMessage, str]]) -> None:
+        """Several messages at once (a batch): one round trip on Redis."""
+        for message, state in items:
+            await self.save(message, state)
+
+    async def claim_idempotency_many(self, items: Sequence[tuple[str, str, str, float]]) -> list[str | None]:
+        """claim_idempotency for each (app, key, message id, ttl seconds): one round trip on Redis for new keys."""
+        return [await self.claim_idempotency(*item) for item in items]
+
     @abstractmethod
     async def set_state(self, message_id: str, state: str, *, only_from: Sequence[str] = ()) -> bool:
         """Move the state (only from one of `only_from`, when given); False when not moved."""
@@ -92,6 +101,24 @@ class PushState(ABC):
 
     @abstractmethod
     async def add_failed(self, message_id: str, failed: Sequence[Failed]) -> None: ...
+
+    async def finish_sends(
+        self,
+        message: PushMessage,
+        device_ids: Sequence[str],
+        keep_seconds: float,
+        counts: dict[str, int],
+        failed: Sequence[Failed],
+        channel: tuple[str, str],
+    ) -> None:
+        """What a sender records after a group's sends, together (one write on Redis, so that a kill cannot mark
+        sends made without counting them): the claims done, the outcome counts, the failed tokens, and the
+        channel's totals."""
+        await self.finish_devices(message.message_id, device_ids, keep_seconds)
+        await self.count(message, counts)
+        await self.add_failed(message.message_id, failed)
+        sent = sum(n for k, n in counts.items() if k.endswith(".Sent"))
+        await self.count_channel(channel, sent, sum(counts.values()) - sent)
 
     @abstractmethod
     async def failed(self, message_id: str) -> list[Failed]: ...
@@ -186,11 +213,22 @@ return due
             await self.redis.delete(k)
 
     async def save(self, message: PushMessage, state: str) -> None:
-        k = self._k("m", message.message_id)
-        async with self.redis.pipeline(transaction=True) as p:
-            p.hset(k, mapping={"json": message.to_json(), "state": state})
-            p.expire(k, int(_keep(message)))
+        await self.save_many([(message, state)])
+
+    async def save_many(self, items: Sequence[tuple[PushMessage, str]]) -> None:
+        async with self.redis.pipeline(transaction=False) as p:  # one key each: no transaction needed
+            for message, state in items:
+                k = self._k("m", message.message_id)
+                p.hset(k, mapping={"json": message.to_json(), "state": state})
+                p.expire(k, int(_keep(message)))
             await p.execute()
+
+    async def claim_idempotency_many(self, items: Sequence[tuple[str, str, str, float]]) -> list[str | None]:
+        async with self.redis.pipeline(transaction=False) as p:
+            for app, key, message_id, ttl in items:
+                p.set(self._k("i", app, key), message_id, nx=True, ex=max(int(ttl), 1), get=True)
+            firsts = await p.execute()
+        return [None if f is None else text(f) for f in firsts]
 
     async def set_state(self, message_id: str, state: str, *, only_from: Sequence[str] = ()) -> bool:
         k = self._k("m", message_id)
@@ -220,39 +258,69 @@ return 1
         return Status(PushMessage.from_json(row[b"json"]), row[b"state"].decode(), counts, targets)
 
     async def count(self, message: PushMessage, counts: dict[str, int], *, targets: int = 0) -> None:
+        async with self.redis.pipeline(transaction=False) as p:
+            self._count(p, message, counts, targets)
+            await p.execute()
+
+    def _count(self, p: Any, message: PushMessage, counts: dict[str, int], targets: int = 0) -> None:
         m, s, t = (
             self._k("m", message.message_id, "n"),
             self._k("s", message.app, str(_minute())),
             self._k("t", message.app),
         )
-        async with self.redis.pipeline(transaction=False) as p:
-            for name, n in counts.items():
-                if n:
-                    p.hincrby(m, name, n)
-                    p.hincrby(s, name, n)
-                    p.hincrby(t, name, n)
-            if targets:
-                p.hincrby(m, "targets", targets)
-            p.expire(m, int(_keep(message)))
-            p.expire(s, STATS_SECONDS)
-            await p.execute()
+        for name, n in counts.items():
+            if n:
+                p.hincrby(m, name, n)
+                p.hincrby(s, name, n)
+                p.hincrby(t, name, n)
+        if targets:
+            p.hincrby(m, "targets", targets)
+        p.expire(m, int(_keep(message)))
+        p.expire(s, STATS_SECONDS)
 
     async def count_channel(self, channel: tuple[str, str], sent: int, failed: int) -> None:
-        k = self._k("ch", "/".join(channel))
         async with self.redis.pipeline(transaction=False) as p:
-            p.hincrby(k, "sent", sent)
-            p.hincrby(k, "failed", failed)
+            self._count_channel(p, channel, sent, failed)
+            await p.execute()
+
+    def _count_channel(self, p: Any, channel: tuple[str, str], sent: int, failed: int) -> None:
+        k = self._k("ch", "/".join(channel))
+        p.hincrby(k, "sent", sent)
+        p.hincrby(k, "failed", failed)
+
+    async def finish_sends(
+        self,
+        message: PushMessage,
+        device_ids: Sequence[str],
+        keep_seconds: float,
+        counts: dict[str, int],
+        failed: Sequence[Failed],
+        channel: tuple[str, str],
+    ) -> None:
+        # One pipeline, written at once: Redis runs every command of it or, if the write never left, none.
+        async with self.redis.pipeline(transaction=False) as p:
+            for d in device_ids:
+                p.set(self._k("x", message.message_id, d), b"d", ex=max(int(keep_seconds), 1))
+            self._count(p, message, counts)
+            self._add_failed(p, message.message_id, failed)
+            sent = sum(n for k, n in counts.items() if k.endswith(".Sent"))
+            self._count_channel(p, channel, sent, sum(counts.values()) - sent)
             await p.execute()
 
     async def add_failed(self, message_id: str, failed: Sequence[Failed]) -> None:
         if not failed:
             return
-        k = self._k("m", message_id, "f")
         async with self.redis.pipeline(transaction=False) as p:
-            p.rpush(k, *[json.dumps(f.to_json()) for f in failed])
-            p.ltrim(k, 0, MAX_FAILED - 1)
-            p.expire(k, KEEP_SECONDS + 30 * 86400)
+            self._add_failed(p, message_id, failed)
             await p.execute()
+
+    def _add_failed(self, p: Any, message_id: str, failed: Sequence[Failed]) -> None:
+        if not failed:
+            return
+        k = self._k("m", message_id, "f")
+        p.rpush(k, *[json.dumps(f.to_json()) for f in failed])
+        p.ltrim(k, 0, MAX_FAILED - 1)
+        p.expire(k, KEEP_SECONDS + 30 * 86400)
 
     async def failed(self, message_id: str) -> list[Failed]:
         rows = await self.redis.lrange(self._k("m", message_id, "f"), 0, MAX_FAILED - 1)
