@@ -3,7 +3,7 @@ the same broker (target: at least 0.3x).
 
     export MPAAS_RUN=/work/main/.testenv; source $MPAAS_RUN/env.sh      # bash hack/testenv/up.sh stores
     .venv/bin/python hack/bench/push_sends.py [--seconds 15] [--warmup 3] [--concurrency 64] [--generators 1]
-        [--idempotency-seconds 10] [--perf-records auto] [--profile]
+        [--batch 1] [--idempotency-seconds 10] [--perf-records auto] [--profile]
 
 Uses the test environment's Redis and Kafka (MPAAS_TEST_REDIS_URL, MPAAS_TEST_KAFKA). Starts, on 127.0.0.1,
 and stops by PID at the end:
@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[2]
 APP, WS = "BENCH", "prod"
 SERVER_KEY = b"bench-push-server-api-key-32-bytes!!"
 PATH = "/v1/push/messages"
+BATCH = [1]  # sends per call (--batch), for the generators
 SEND = {
     "target": {"type": "all"},
     "notification": {
@@ -108,15 +109,20 @@ def pct(values: list[float], p: float) -> float:
 # --- the load generator (its own process) ---------------------------------------------------------------
 
 
-async def generate(port: int, connections: int, warmup: float, seconds: float, idempotency: bool) -> dict[str, Any]:
+async def generate(
+    port: int, connections: int, warmup: float, seconds: float, idempotency: bool, batch: int = 1
+) -> dict[str, Any]:
     from mpaas.push.auth import sign_headers
 
-    body = json.dumps(SEND, separators=(",", ":")).encode()
-    fixed = f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+    # batch > 1: POST /v1/push/messages/batch with that many sends in each call (each its own message).
+    path = PATH if batch == 1 else PATH + "/batch"
+    body = json.dumps(SEND if batch == 1 else {"messages": [SEND] * batch}, separators=(",", ":")).encode()
+    fixed = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
     fixed += f"Content-Length: {len(body)}\r\n"
     begin = time.monotonic()
     measure_from, end = begin + warmup, begin + warmup + seconds
     latencies: list[float] = []
+    sends = [0]  # accepted sends in the window
     statuses: dict[str, int] = {}
     sample_error = ""
 
@@ -125,7 +131,7 @@ async def generate(port: int, connections: int, warmup: float, seconds: float, i
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             while (start := time.monotonic()) < end:
-                h = sign_headers(SERVER_KEY, "POST", PATH, "", APP, WS, body)
+                h = sign_headers(SERVER_KEY, "POST", path, "", APP, WS, body)
                 head = fixed + "".join(f"{k}: {v}\r\n" for k, v in h.items())
                 if idempotency:
                     head += f"Idempotency-Key: {h['Nonce']}\r\n"
@@ -139,6 +145,7 @@ async def generate(port: int, connections: int, warmup: float, seconds: float, i
                     statuses[status] = statuses.get(status, 0) + 1
                     if status == "202":
                         latencies.append(done - start)
+                        sends[0] += batch
                 if status != "202" and not sample_error:
                     sample_error = f"{status}: {answer[:300]!r}"
         finally:
@@ -146,18 +153,20 @@ async def generate(port: int, connections: int, warmup: float, seconds: float, i
 
     results = await asyncio.gather(*(connection() for _ in range(connections)), return_exceptions=True)
     failed = [repr(r) for r in results if isinstance(r, BaseException)]
-    return {"latencies": latencies, "statuses": statuses, "error": sample_error, "failed": failed[:3]}
+    return {"latencies": latencies, "sends": sends[0], "statuses": statuses, "error": sample_error,
+            "failed": failed[:3]}  # fmt: skip
 
 
 def generator_main(argv: list[str]) -> None:
     port, connections, warmup, seconds, idem = int(argv[0]), int(argv[1]), float(argv[2]), float(argv[3]), argv[4]
+    batch = int(argv[5]) if len(argv) > 5 else 1
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    out = asyncio.run(generate(port, connections, warmup, seconds, idem == "1"))
+    out = asyncio.run(generate(port, connections, warmup, seconds, idem == "1", batch))
     out["cpu"] = time.process_time()
     print(json.dumps(out), flush=True)
 
@@ -312,6 +321,7 @@ def load(
                     str(warmup),
                     str(seconds),
                     "1" if idem else "0",
+                    str(BATCH[0]),
                 ],
             ),
             stdout=subprocess.PIPE,
@@ -369,7 +379,7 @@ def load(
         for k, v in r["statuses"].items():
             statuses[k] = statuses.get(k, 0) + v
     return {
-        "rate": len(latencies) / seconds,
+        "rate": sum(r["sends"] for r in results) / seconds,
         "p50": pct(latencies, 0.50),
         "p99": pct(latencies, 0.99),
         "statuses": statuses,
@@ -490,6 +500,7 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--batch", type=int, default=1, help="sends per call: >1 uses /v1/push/messages/batch")
     parser.add_argument("--warmup", type=float, default=3)
     parser.add_argument("--concurrency", type=int, default=64, help="keep-alive connections, all generators")
     parser.add_argument("--generators", type=int, default=1, help="load generator processes (on core 0)")
@@ -497,6 +508,7 @@ def main() -> int:
     parser.add_argument("--perf-records", type=int, default=0, help="records of each perf test (0: ~15 s worth)")
     parser.add_argument("--profile", action="store_true", help="py-spy the push process while it is loaded")
     args = parser.parse_args()
+    BATCH[0] = max(args.batch, 1)
     redis_url, kafka = need_env()
     libs = kafka_libs()
     if not shutil.which("java"):
@@ -568,7 +580,8 @@ def main() -> int:
             | ({"redis": redis_pid} if redis_pid else {})
         )
         print(
-            f"push send record: {size} bytes (PushMessage.to_json()); target all; {args.concurrency} connections "
+            f"push send record: {size} bytes (PushMessage.to_json()); target all; {BATCH[0]} per call; "
+            f"{args.concurrency} connections "
             f"from {args.generators} generator process(es) on core 0, push on core 1; {os.cpu_count()} cores"
         )
         plain = load(

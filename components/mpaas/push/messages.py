@@ -12,8 +12,9 @@ import json
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from ..rules import version_key as rules_version_key
@@ -103,7 +104,42 @@ class PushMessage:
         return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False).encode()
+        return self._json
+
+    @cached_property
+    def _json(self) -> bytes:
+        """Encoded once (the state store and the event log both write it). By hand: dataclasses.asdict deep-copies
+        every field and costs several times the encoding."""
+        t, c = self.target, self.content
+        d = {
+            "message_id": self.message_id,
+            "app_id": self.app_id,
+            "workspace_id": self.workspace_id,
+            "target": {
+                "type": t.type,
+                "ids": t.ids,
+                "platforms": t.platforms,
+                "tags": t.tags,
+                "min_app_version": t.min_app_version,
+                "max_app_version": t.max_app_version,
+                "tokens": t.tokens,
+            },
+            "content": {
+                "title": c.title,
+                "body": c.body,
+                "data": c.data,
+                "badge": c.badge,
+                "sound": c.sound,
+                "category": c.category,
+            },
+            "ttl_seconds": self.ttl_seconds,
+            "urgent": self.urgent,
+            "collapse_key": self.collapse_key,
+            "scheduled_ms": self.scheduled_ms,
+            "created_ms": self.created_ms,
+            "sync": self.sync,
+        }
+        return json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode()
 
     @staticmethod
     def from_json(raw: bytes) -> PushMessage:
