@@ -268,6 +268,37 @@ async def test_one_call_reaches_a_user_over_link_when_online_and_apns_when_not(
         await client.close()
 
 
+async def test_a_sent_message_is_recalled_over_link(
+    start_push: Callable[..., Push], start_link: Callable[[], str], apns: ApnsServer
+) -> None:
+    ws = start_link()
+    push = start_push()
+    phone, tablet = "rp-" + uuid.uuid4().hex[:6], "rt-" + uuid.uuid4().hex[:6]
+    await push.register(phone, "android", brand="samsung")
+    await push.register(tablet, "ios", brand="apple", tokens={"APNs": os.urandom(32).hex()})
+    for d in (phone, tablet):
+        await push.ok("POST", "/v1/push/bind", {"userId": "carol", "deviceId": d})
+    client = device_client(ws, phone)
+    await client.connect()
+    try:
+        target = {"type": "user", "ids": ["carol"]}
+        sent = await push.ok("POST", "/v1/push/messages", {"target": target, "notification": {"body": "oops"}})
+        await push.settled(sent["messageId"], done=2)
+        (first,) = await notifications(client, 1)
+        r = await push.call("DELETE", f"/v1/push/messages/{sent['messageId']}")
+        assert r.status_code == 200, r.text
+        assert r.json()["state"] == "Revoked"
+        (notice,) = await notifications(client, 1)  # the app takes the first one down
+        assert notice == {"messageId": r.json()["recallMessageId"], "data": {"mpaasRecall": first["messageId"]}}
+        st = await push.ok("GET", f"/v1/push/messages/{sent['messageId']}")
+        assert st["state"] == "Revoked"
+        assert len(apns.accepted) == 1  # the notice went over link alone
+        again = await push.call("DELETE", f"/v1/push/messages/{sent['messageId']}")
+        assert (again.status_code, again.json()["code"]) == (409, "NotCancelable")
+    finally:
+        await client.close()
+
+
 async def test_idempotency_and_the_documented_refusals(start_push: Callable[..., Push], apns: ApnsServer) -> None:
     push = start_push()
     d = "ios-" + uuid.uuid4().hex[:6]

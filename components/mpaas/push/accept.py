@@ -16,14 +16,17 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import replace
 
 from ..stores import EventLog
 from .fanout import Topics
-from .messages import PushMessage
+from .messages import Content, PushMessage, new_message_id
 from .state import PushState
 
 log = logging.getLogger("mpaas.push")
 
+RECALLABLE = ("Accepted", "Sending", "Done", "Unstored")
+RECALL_KEY = "mpaasRecall"  # the data key of a recall notice: the id of the message recalled
 IDEMPOTENCY_SECONDS = 86400  # an idempotency key is remembered this long (or the message's TTL, if longer)
 RECORD_BYTES = 256 * 1024  # messages of one app packed into one log record, as JSON lines, up to this size
 
@@ -137,6 +140,28 @@ class Accepter:
             return False
         await self.state.unschedule(message_id)
         return True
+
+    async def recall(self, message_id: str) -> PushMessage | None:
+        """Recall a message being sent or sent (docs/push.md, "Recall"): what is not sent yet never is (the
+        fan-out and the senders stop at their next page or group), and a recall notice goes over link to the same
+        target, for the app to take down the notification it may show. The notice (None when the message
+        could not be recalled: canceled, expired, failed or recalled before) is accepted like a send."""
+        status = await self.state.status(message_id)
+        if status is None or not await self.state.set_state(message_id, "Revoked", only_from=RECALLABLE):
+            return None
+        m = status.message
+        notice = replace(
+            m,
+            message_id=new_message_id(),
+            content=Content(data={RECALL_KEY: m.message_id}),
+            collapse_key=None,
+            scheduled_ms=None,
+            created_ms=int(time.time() * 1000),
+            sync=False,
+            link_only=True,
+        )
+        await self.accept(notice, None)
+        return notice
 
     def start_scheduler(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._schedule_loop(), name="push scheduler")

@@ -394,9 +394,17 @@ def install(app: FastAPI, ctx: Context) -> None:
         st = await ctx.state.status(message_id) if valid_message_id(message_id) else None
         if st is None or st.message.app != app_key(caller):
             raise Invalid(f"no message {message_id!r}", "UnknownMessage", 404)
-        if not await ctx.accepter.cancel(message_id):
-            raise Invalid(f"the message is {st.state}: only a scheduled message can be canceled", "NotCancelable", 409)
-        return {"messageId": message_id, "state": "Canceled"}
+        if st.state == "Scheduled" and await ctx.accepter.cancel(message_id):
+            return {"messageId": message_id, "state": "Canceled"}
+        notice = await ctx.accepter.recall(message_id)
+        if notice is None:
+            raise Invalid(
+                f"the message is {st.state}: only a scheduled message (canceled) or one being sent or sent "
+                "(recalled) can be taken back",
+                "NotCancelable",
+                409,
+            )
+        return {"messageId": message_id, "state": "Revoked", "recallMessageId": notice.message_id}
 
     async def receipt(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
         message_id, device_id, event = body.get("messageId"), body.get("deviceId"), body.get("event")

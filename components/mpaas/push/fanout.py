@@ -200,6 +200,9 @@ class Fanout:
             await self.state.set_state(m.message_id, "Expired")
             return
         step = await self.state.checkpoint(m.message_id)
+        if m.link_only and m.target.type == "token":  # a recall of a send by tokens: link has none of them
+            await self.state.set_state(m.message_id, "Done", only_from=("Sending",))
+            return
         link = self.link() if config.has_link(m.app_id, m.workspace_id) else None
         if m.target.type == "token":
             await self._tokens(m, config, step)
@@ -213,9 +216,15 @@ class Fanout:
                 await self.state.count(m, {"Link.Broadcast": 1})
                 step = await self.state.checkpoint(m.message_id, "a:")
             async for ids, next_step in self._pages(m, step):
+                if await self._recalled(m):
+                    return
                 await self._page(m, ids, config, link, broadcast=broadcast)
                 await self.state.checkpoint(m.message_id, next_step)
         await self.state.set_state(m.message_id, "Done", only_from=("Sending",))
+
+    async def _recalled(self, m: PushMessage) -> bool:
+        status = await self.state.status(m.message_id)
+        return status is not None and status.state == "Revoked"
 
     async def deliver_to(self, m: PushMessage, device_ids: list[str]) -> None:
         """The message to these devices now (a user's newly bound device), routed like any page of it."""
@@ -275,7 +284,7 @@ class Fanout:
             return
         devices = [d for d in await self.registry.get_many(m.app, ids) if d is not None and matches(d, m)]
         online = await link.online(m.app_id, m.workspace_id, [d.device_id for d in devices]) if link else set()
-        vendors = config.vendors(m.app_id, m.workspace_id)
+        vendors = {} if m.link_only else config.vendors(m.app_id, m.workspace_id)
         to_link: list[str] = []
         jobs: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
         failed: list[Failed] = []

@@ -79,6 +79,7 @@ class PushMessage:
     scheduled_ms: int | None = None
     created_ms: int = 0
     sync: bool = False  # the caller waits for the vendors' answers (gorush's sync mode)
+    link_only: bool = False  # over link alone, never a vendor (a recall notice)
 
     @property
     def app(self) -> str:
@@ -138,6 +139,7 @@ class PushMessage:
             "scheduled_ms": self.scheduled_ms,
             "created_ms": self.created_ms,
             "sync": self.sync,
+            "link_only": self.link_only,
         }
         return json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -154,6 +156,7 @@ class PushMessage:
             max_app_version=t["max_app_version"],
             tokens=tuple((c, k) for c, k in t["tokens"]),
         )
+        d.setdefault("link_only", False)  # written before recalls existed
         return PushMessage(**{**d, "target": target, "content": Content(**d["content"])})
 
 

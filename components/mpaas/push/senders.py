@@ -168,6 +168,8 @@ class Senders:
             # Claimed a group at a time, right before sending it: a kill leaves at most the groups in flight
             # claimed and sent but not marked, the only sends a restart can make twice.
             for i in range(0, len(pending), CLAIM_GROUP):
+                if i and (st := await self.state.status(m.message_id)) is not None and st.state == "Revoked":
+                    return  # recalled meanwhile: the rest is not sent
                 group = pending[i : i + CLAIM_GROUP]
                 claims = await self.state.claim_devices(m.message_id, [claim_id(d, t) for d, t in group])
                 mine = [p for p, c in zip(group, claims, strict=True) if c is None]
