@@ -369,7 +369,40 @@ async def test_idempotency_and_the_documented_refusals(start_push: Callable[...,
     assert len(apns.accepted) == before
 
 
-async def test_a_dead_token_is_reported_and_pruned(start_push: Callable[..., Push], apns: ApnsServer) -> None:
+async def test_a_dead_token_is_reported_pruned_and_posted(
+    start_push: Callable[..., Push], apns: ApnsServer, folder: Path
+) -> None:
+    from aiohttp import web
+
+    posted: list[dict[str, Any]] = []
+
+    async def feedback(request: web.Request) -> web.Response:
+        posted.append(await request.json())
+        return web.Response(status=204)
+
+    receiver = web.Application()
+    receiver.router.add_post("/feedback", feedback)
+    runner = web.AppRunner(receiver)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    config = folder / "push.yaml"
+    docs = list(yaml.safe_load_all(config.read_text()))
+    for doc in docs:
+        if doc["kind"] == "PushChannel" and doc["metadata"]["name"] == "apns":
+            doc["spec"]["feedbackUrl"] = f"http://127.0.0.1:{port}/feedback"
+    config.write_text(yaml.safe_dump_all(docs))
+    try:
+        await dead_token_checks(start_push, apns)
+        await until(lambda: bool(posted), 10)
+    finally:
+        await runner.cleanup()
+    (post,) = posted  # gorush's feedback hook, with the channel and the reason
+    assert post["appId"] == APP and post["channel"] == "APNs"
+    assert [(f["deviceId"], f["reason"]) for f in post["failed"]] == [("x", "InvalidToken: Unregistered")]
+
+
+async def dead_token_checks(start_push: Callable[..., Push], apns: ApnsServer) -> None:
     push = start_push()
     good, dead = os.urandom(32).hex(), os.urandom(32).hex()
     apns.unregister(dead)

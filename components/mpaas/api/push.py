@@ -237,6 +237,7 @@ class PushChannelSpec(ApiModel):
         cel("self.type != 'APNs' || has(self.apns)", "type APNs needs apns settings (teamId, keyId, topic)"),
         cel("self.type == 'FCM' || !has(self.fcm)", "fcm settings apply only to type FCM"),
         cel("self.type != 'Link' || !has(self.sender)", "sender settings apply only to vendor channels"),
+        cel("self.type != 'Link' || !has(self.feedbackUrl)", "feedbackUrl applies only to vendor channels"),
         cel("self.type == 'Xiaomi' || !has(self.xiaomi)", "xiaomi settings apply only to type Xiaomi"),
         cel("self.type != 'Xiaomi' || has(self.xiaomi)", "type Xiaomi needs xiaomi settings (packageName)"),
         cel("self.type != 'FCM' || has(self.fcm)", "type FCM needs fcm settings (projectId)"),
@@ -279,6 +280,13 @@ class PushChannelSpec(ApiModel):
         le=1_000_000,
         description="Most messages per second sent through the channel by all its sender pods together, 1-1000000 "
         "(a token bucket in Redis). Unset: no limit.",
+    )
+    feedback_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="Vendor types: where the senders POST the tokens that failed, as JSON (docs/push.md, "
+        "\"Failed tokens\"), as gorush's feedback hook does. Unset: failed tokens are only in each message's status.",
     )
     apns: ApnsSettings | None = Field(
         default=None, description="APNs settings: required for type APNs, not allowed for other types."

@@ -59,6 +59,7 @@ class VendorChannel:
     client: VendorClient | None
     problem: str | None  # why there is no client (missing Secret, a key that does not parse)
     messages_per_second: int | None
+    feedback_url: str | None = None  # where failed tokens are posted
 
 
 @dataclass(frozen=True)
@@ -242,6 +243,7 @@ def compiler(keyring: KeyRing, clients: Clients) -> Callable[[Resources], PushCo
                     client,
                     problem,
                     spec.messages_per_second,
+                    spec.feedback_url,
                 )
             )
         clients.keep_only({(c.namespace, c.name) for c in channels})

@@ -28,6 +28,7 @@ from prometheus_client import Counter
 from ..stores import EventLog, HotStore, Record
 from .config import PENDING, PushConfig, VendorChannel
 from .fanout import NOW_OR_NEVER_MS, NotYet, Topics
+from .feedback import Feedback
 from .messages import PushMessage
 from .registry import Registry
 from .state import CLAIM_LEASE_SECONDS, Failed, PushState
@@ -95,6 +96,7 @@ class Senders:
         self.topics, self.only = topics, only
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._quota_until: dict[tuple[str, str], float] = {}  # channel -> epoch seconds its daily quota returns
+        self.feedback = Feedback()
 
     def sync(self, config: PushConfig) -> None:
         """Consume the topics of the channels `config` has (of `only`), and no others."""
@@ -106,6 +108,7 @@ class Senders:
             self._tasks[key] = loop.create_task(self._run(key), name=f"push senders {key[0]}/{key[1]}")
 
     async def stop(self) -> None:
+        await self.feedback.close()
         tasks = list(self._tasks.values())
         self._tasks.clear()
         for t in tasks:
@@ -208,6 +211,8 @@ class Senders:
                     await self.registry.remove_token(m.app, device, kind, token)
         keep = max(m.expires_ms / 1000 - time.time(), 0) + 86400
         await self.state.finish_sends(m, done, keep, dict(counts), failed, key)
+        if channel is not None and channel.feedback_url:
+            self.feedback.post(channel.feedback_url, m, kind, failed)
         sent = counts.get(f"{kind}.Sent", 0)
         failures = sum(n for k, n in counts.items() if not k.endswith(".Sent"))
         SENT.labels(label, "sent").inc(sent)
