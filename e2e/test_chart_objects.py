@@ -56,3 +56,37 @@ def test_push_kafka_for_the_vendor_channels_senders() -> None:
     assert "MPAAS_OPERATOR_KAFKA_URL" not in operator_env(template().stdout)
     r = template("kafka.url=http://kafka.infra:9092")
     assert r.returncode != 0 and "kafka" in r.stderr  # values.schema.json: kafka://host:port
+
+
+def test_the_push_api_with_its_stores_and_read_only_rights() -> None:
+    r = template("push.enabled=true")
+    assert r.returncode != 0 and "push.enabled needs redis.url and kafka.url" in r.stderr
+    r = template("push.enabled=true", "redis.url=redis://redis:6379/0", "kafka.url=kafka://kafka:9092")
+    assert r.returncode == 0, r.stderr
+    docs = [d for d in yaml.safe_load_all(r.stdout) if d]
+    push = {d["kind"]: d for d in docs if d["metadata"]["name"] == "t-mpaas-operator-push"}
+    dep = push["Deployment"]
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert container["args"] == ["push"] and env["MPAAS_KAFKA_URL"] == "kafka://kafka:9092"
+    assert env["MPAAS_SENDERS"] == "false" and "MPAAS_NAMESPACE" not in env
+    # Its own selector: the operator's Deployment never counts its pods.
+    operator = next(d for d in docs if d["kind"] == "Deployment" and d is not dep)
+    op_selector = operator["spec"]["selector"]["matchLabels"].items()
+    assert not op_selector <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert push["Service"]["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    verbs = {(tuple(r["resources"]), tuple(r["verbs"])) for r in push["ClusterRole"]["rules"]}
+    assert verbs == {
+        (("mpaasgateways", "pushchannels"), ("get", "list", "watch")),
+        (("secrets",), ("get", "list", "watch")),
+    }
+    r = template(
+        "push.enabled=true", "redis.url=redis://r:6379/0", "kafka.url=kafka://k:9092", "watchNamespaces={shop,blog}"
+    )
+    assert r.returncode == 0, r.stderr
+    docs = [d for d in yaml.safe_load_all(r.stdout) if d and d["metadata"]["name"] == "t-mpaas-operator-push"]
+    assert sorted(d["metadata"]["namespace"] for d in docs if d["kind"] == "Role") == ["blog", "shop"]
+    assert not [d for d in docs if d["kind"] == "ClusterRole"]
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MPAAS_NAMESPACE"] == "shop"
