@@ -1366,3 +1366,21 @@ def test_vendor_jobs_are_json_the_senders_parse() -> None:
     for bad in (b"", b"[]", b'{"message": {}}', json.dumps({"message": json.loads(m.to_json())}).encode()):
         with pytest.raises((ValueError, KeyError, TypeError, IndexError)):
             Job.parse(bad)
+
+
+def test_the_fallback_order_follows_the_channels_priorities() -> None:
+    from dataclasses import replace as with_
+
+    from mpaas.push.config import default_priority
+
+    assert [default_priority(k) for k in (ChannelType.APNS, ChannelType.FCM, ChannelType.VIVO)] == [10, 20, 70]
+    samsung = Device("d", "android", "samsung", {"FCM": "f", "Xiaomi": "x", "Vivo": "v"})
+    by_default = {k: with_(c, priority=default_priority(k)) for k, c in ALL_VENDORS.items()}
+    assert route(samsung, online=False, vendors=by_default, has_link=True)[0] == "FCM"
+    # The app puts vivo first, then Xiaomi: a device with no token for its brand follows that order.
+    chosen = {**by_default, ChannelType.VIVO: with_(by_default[ChannelType.VIVO], priority=1),
+              ChannelType.XIAOMI: with_(by_default[ChannelType.XIAOMI], priority=2)}  # fmt: skip
+    assert route(samsung, online=False, vendors=chosen, has_link=True)[0] == "Vivo"
+    assert route(Device("d", "android", "xiaomi", samsung.tokens), online=False, vendors=chosen, has_link=True)[0] == (
+        "Xiaomi"  # its brand's channel still comes first
+    )

@@ -238,6 +238,7 @@ class PushChannelSpec(ApiModel):
         cel("self.type == 'FCM' || !has(self.fcm)", "fcm settings apply only to type FCM"),
         cel("self.type != 'Link' || !has(self.sender)", "sender settings apply only to vendor channels"),
         cel("self.type != 'Link' || !has(self.feedbackUrl)", "feedbackUrl applies only to vendor channels"),
+        cel("self.type != 'Link' || !has(self.fallbackPriority)", "fallbackPriority applies only to vendor channels"),
         cel("self.type == 'Xiaomi' || !has(self.xiaomi)", "xiaomi settings apply only to type Xiaomi"),
         cel("self.type != 'Xiaomi' || has(self.xiaomi)", "type Xiaomi needs xiaomi settings (packageName)"),
         cel("self.type != 'FCM' || has(self.fcm)", "type FCM needs fcm settings (projectId)"),
@@ -280,6 +281,15 @@ class PushChannelSpec(ApiModel):
         le=1_000_000,
         description="Most messages per second sent through the channel by all its sender pods together, 1-1000000 "
         "(a token bucket in Redis). Unset: no limit.",
+    )
+    fallback_priority: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="Vendor types: where the channel stands in the app's fallback order, lower first, 0-1000: a "
+        "device offline on link and without a token for its brand's channel goes to the first channel of the "
+        'order it has a token for (docs/push.md, "Routing"). Unset: APNs 10, FCM 20, Huawei 30, Honor 40, '
+        "Xiaomi 50, OPPO 60, Vivo 70.",
     )
     feedback_url: str | None = Field(
         default=None,

@@ -60,6 +60,7 @@ class VendorChannel:
     problem: str | None  # why there is no client (missing Secret, a key that does not parse)
     messages_per_second: int | None
     feedback_url: str | None = None  # where failed tokens are posted
+    priority: int = 0  # its place in the app's fallback order, lower first
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,13 @@ def _server_key(material: bytes) -> bytes:
     if len(material) < MIN_SERVER_KEY_BYTES:
         raise ValueError(f"{SERVER_KEY} must be at least {MIN_SERVER_KEY_BYTES} bytes")
     return material
+
+
+def default_priority(channel: ChannelType) -> int:
+    """APNs 10, FCM 20, Huawei 30, Honor 40, Xiaomi 50, OPPO 60, Vivo 70."""
+    order = [ChannelType.APNS, ChannelType.FCM, ChannelType.HUAWEI, ChannelType.HONOR, ChannelType.XIAOMI,
+             ChannelType.OPPO, ChannelType.VIVO]  # fmt: skip
+    return 10 * (order.index(ChannelType(channel)) + 1)
 
 
 def channel_options(spec: PushChannelSpec) -> dict[str, str]:
@@ -244,6 +252,7 @@ def compiler(keyring: KeyRing, clients: Clients) -> Callable[[Resources], PushCo
                     problem,
                     spec.messages_per_second,
                     spec.feedback_url,
+                    spec.fallback_priority if spec.fallback_priority is not None else default_priority(spec.type),
                 )
             )
         clients.keep_only({(c.namespace, c.name) for c in channels})

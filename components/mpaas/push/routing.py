@@ -1,10 +1,11 @@
 """Which way a message goes to a device (docs/push.md, "Routing").
 
 A device online on link gets it over link. Otherwise the vendor channel of its brand (a Huawei phone:
-Huawei Push Kit), then APNs for iOS, then FCM, then any other channel it has a token for, in
-`FALLBACK_ORDER`; a channel is used only when the app has it configured with working credentials and the
-device registered a token for it. A device with none of these gets the message in its link inbox, delivered
-when it next connects, until the TTL ends; an app without a Link channel cannot reach it (NoChannel).
+Huawei Push Kit), then APNs for iOS, then the app's other channels in their fallback order (each channel's
+`fallbackPriority`, lower first; by default APNs, FCM, Huawei, Honor, Xiaomi, OPPO, vivo); a channel is used
+only when the app has it configured with working credentials and the device registered a token for it. A
+device with none of these gets the message in its link inbox, delivered when it next connects, until the TTL
+ends; an app without a Link channel cannot reach it (NoChannel).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def route(
         order.append(brand)
     if device.platform == "ios":
         order.append(ChannelType.APNS)
-    order += FALLBACK_ORDER
+    order += sorted(vendors, key=lambda kind: (vendors[kind].priority, FALLBACK_ORDER.index(kind)))
     for kind in dict.fromkeys(order):
         channel = vendors.get(kind)
         token = device.tokens.get(kind.value)
