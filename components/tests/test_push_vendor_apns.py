@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from mpaas.push.vendors import apns
 from mpaas.push.vendors.auth import jwt
 from mpaas.push.vendors.base import CredentialsError, Notification, Outcome
+from mpaas.push.vendors.http import parse_retry_after
 from push_vendors.apns import KEY_ID, TEAM_ID, TOPIC, ApnsServer, new_auth_key
 
 T1, T2, T3 = "a1" * 32, "b2" * 32, "c3" * 32
@@ -249,11 +250,11 @@ def test_mismatched_or_expired_certificate_refused() -> None:
 
 @pytest.mark.unit
 def test_retry_after_seconds_or_date() -> None:
-    assert apns._retry_after("7") == 7.0
-    assert apns._retry_after(None) is None
-    assert apns._retry_after("soon") is None
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
     later = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 120))
-    assert 100 < (apns._retry_after(later) or 0) <= 120
+    assert 100 < (parse_retry_after(later) or 0) <= 120
 
 
 # -- against the local APNs

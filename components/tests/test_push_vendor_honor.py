@@ -14,7 +14,7 @@ import pytest_asyncio
 from conftest import closed_url
 from mpaas.push.vendors import honor
 from mpaas.push.vendors.base import CredentialsError, Notification, Outcome
-from mpaas.push.vendors.fcm import Answer
+from mpaas.push.vendors.http import Answer
 from push_vendors.honor import Client, HonorServer
 
 CLIENT_ID, CLIENT_SECRET, APP_ID = "108000123", "h0n0r-secret", "104400001"

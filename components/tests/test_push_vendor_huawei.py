@@ -13,7 +13,7 @@ import pytest_asyncio
 from conftest import closed_url
 from mpaas.push.vendors import huawei
 from mpaas.push.vendors.base import CredentialsError, Notification, Outcome
-from mpaas.push.vendors.fcm import Answer
+from mpaas.push.vendors.http import Answer
 from push_vendors.huawei import HuaweiServer
 
 APP_ID, APP_SECRET = "104513725", "c0ffee5ecret"

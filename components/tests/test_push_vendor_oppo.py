@@ -13,6 +13,7 @@ import pytest_asyncio
 from conftest import closed_url
 from mpaas.push.vendors import oppo
 from mpaas.push.vendors.base import CredentialsError, Notification, Outcome
+from mpaas.push.vendors.http import CHINA, Answer, seconds_to_midnight
 from push_vendors.oppo import OppoServer
 
 APP_KEY = "2c5fb1c1a5f04d3b9ee1c29c6e2d44ab"
@@ -112,7 +113,7 @@ async def test_daily_quota_is_quota_exceeded_until_china_midnight(client: oppo.O
     results = await client.send(note(), [regid(1), regid(2)])
     assert [(r.outcome, r.reason) for r in results] == [(Outcome.QUOTA_EXCEEDED, "33")] * 2
     assert results[0].retry_after is not None
-    assert abs(results[0].retry_after - oppo.seconds_to_china_midnight()) < 5
+    assert abs(results[0].retry_after - seconds_to_midnight(CHINA)) < 5
 
 
 @pytest.mark.component
@@ -294,8 +295,8 @@ def test_notification_without_ttl_or_data() -> None:
 
 @pytest.mark.unit
 def test_answer_code_must_be_an_int() -> None:
-    assert oppo.Answer(200, {"code": True}, httpx.Headers()).code is None
-    assert oppo.Answer(200, {"code": 11}, httpx.Headers()).code == 11
+    assert Answer(200, httpx.Headers(), b'{"code": true}').integer("code") is None
+    assert Answer(200, httpx.Headers(), b'{"code": 11}').integer("code") == 11
 
 
 @pytest.mark.unit

@@ -13,6 +13,7 @@ import pytest_asyncio
 from conftest import closed_url
 from mpaas.push.vendors import vivo
 from mpaas.push.vendors.base import CredentialsError, Notification, Outcome
+from mpaas.push.vendors.http import CHINA, seconds_to_midnight
 from push_vendors.vivo import VivoServer
 
 APP_ID = 10004
@@ -122,7 +123,7 @@ async def test_daily_quota_is_quota_exceeded_until_china_midnight(client: vivo.V
     results = await client.send(note(), [regid(1), regid(2)])
     assert [(r.outcome, r.reason) for r in results] == [(Outcome.QUOTA_EXCEEDED, "10070")] * 2
     assert results[0].retry_after is not None
-    assert abs(results[0].retry_after - vivo.seconds_to_china_midnight()) < 5
+    assert abs(results[0].retry_after - seconds_to_midnight(CHINA)) < 5
     [single] = await client.send(note(), [regid(1)])
     assert (single.outcome, single.reason) == (Outcome.QUOTA_EXCEEDED, "10070")
 

@@ -15,6 +15,7 @@ import pytest_asyncio
 from conftest import closed_url
 from mpaas.push.vendors import xiaomi
 from mpaas.push.vendors.base import CredentialsError, Notification, Outcome
+from mpaas.push.vendors.http import CHINA, Answer, seconds_to_midnight
 from push_vendors.xiaomi import XiaomiServer
 
 SECRET = "mi-app-secret=="
@@ -116,7 +117,7 @@ async def test_daily_quota_is_quota_exceeded_until_china_midnight(
     [result] = await client.send(note(), [regid(1)])
     assert (result.outcome, result.reason) == (Outcome.QUOTA_EXCEEDED, "10034")
     assert result.retry_after is not None
-    assert abs(result.retry_after - xiaomi.seconds_to_china_midnight()) < 5
+    assert abs(result.retry_after - seconds_to_midnight(CHINA)) < 5
     assert server.accepted == []
 
 
@@ -249,7 +250,8 @@ def test_form_of_a_data_only_message() -> None:
 
 @pytest.mark.unit
 def test_answer_with_bad_regids() -> None:
-    answer = xiaomi.Answer(200, {"result": "ok", "code": 0, "data": {"id": "slm1", "bad_regids": "b"}}, httpx.Headers())
+    doc = {"result": "ok", "code": 0, "data": {"id": "slm1", "bad_regids": "b"}}
+    answer = Answer(200, httpx.Headers(), json.dumps(doc).encode())
     results = xiaomi.results_of(answer, ["a", "b"])
     assert [(r.token, r.outcome, r.vendor_id) for r in results] == [
         ("a", Outcome.SENT, "slm1"),
@@ -268,7 +270,7 @@ def test_retry_after_header_forms() -> None:
 def test_quota_resets_at_china_midnight() -> None:
     # 2024-05-01 15:00 UTC is 23:00 in China: one hour to go
     now = datetime.fromisoformat("2024-05-01T15:00:00+00:00").timestamp()
-    assert xiaomi.seconds_to_china_midnight(now) == 3600.0
+    assert seconds_to_midnight(CHINA, now) == 3600.0
 
 
 @pytest.mark.unit

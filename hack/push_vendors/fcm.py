@@ -24,14 +24,13 @@ import itertools
 import json
 import re
 import secrets
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
-import uvicorn
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -39,6 +38,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+if not __package__:  # run as a script: make the push_vendors package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from push_vendors.common import AsgiServer, Served, read_form
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -88,50 +91,8 @@ def make_service_account(
     }
 
 
-async def read_form(request: Request) -> dict[str, str]:
-    """An application/x-www-form-urlencoded body (the last value of a repeated field wins)."""
-    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-        return {}
-    return dict(parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True))
-
-
 def _b64decode(part: str) -> bytes:
     return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
-
-
-class AsgiServer:
-    """Runs an ASGI app under uvicorn on 127.0.0.1 in the caller's event loop."""
-
-    def __init__(self, app: Any):
-        self.app = app
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.url = ""
-
-    async def start(self, port: int = 0) -> str:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.01)
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        return self.url
-
-    async def wait(self) -> None:
-        """Until the server ends (SIGINT/SIGTERM, which uvicorn catches, or `stop`)."""
-        if self._task is not None:
-            await asyncio.shield(self._task)
-
-    async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await self._task
-            self._server = self._task = None
 
 
 @dataclass
@@ -142,7 +103,7 @@ class Accepted:
 
 
 @dataclass
-class FcmServer:
+class FcmServer(Served):
     """The FCM server for tests: `accounts` are the service accounts it knows (their JSON; only the public key
     is used), `token_uri` the audience the assertions must carry."""
 
@@ -179,19 +140,6 @@ class FcmServer:
         assert isinstance(key, rsa.RSAPublicKey)
         self._keys[account["client_email"]] = key
         self._projects.add(account["project_id"])
-
-    async def start(self, port: int = 0) -> str:
-        return await self._server.start(port)
-
-    async def stop(self) -> None:
-        await self._server.stop()
-
-    async def wait(self) -> None:
-        await self._server.wait()
-
-    @property
-    def url(self) -> str:
-        return self._server.url
 
     # what tests change
 

@@ -32,7 +32,7 @@ from starlette.routing import Route
 
 if not __package__:  # run as a script: make the push_vendors package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from push_vendors.fcm import AsgiServer, read_form
+from push_vendors.common import AsgiServer, Served, read_form
 
 TOKEN_PATHS = ("/auth/realms/developer/protocol/openid-connect/token", "/auth/token")
 MAX_PAYLOAD = 4096
@@ -66,7 +66,7 @@ class Accepted:
 
 
 @dataclass
-class HonorServer:
+class HonorServer(Served):
     """The Honor Push server for tests: `clients` maps client id -> (secret, app id)."""
 
     clients: dict[str, Client]
@@ -84,19 +84,6 @@ class HonorServer:
         routes = [Route(p, self._token, methods=["POST"]) for p in TOKEN_PATHS]
         routes.append(Route("/api/v1/{app}/sendMessage", self._send, methods=["POST"]))
         self._server = AsgiServer(Starlette(routes=routes))
-
-    async def start(self, port: int = 0) -> str:
-        return await self._server.start(port)
-
-    async def stop(self) -> None:
-        await self._server.stop()
-
-    async def wait(self) -> None:
-        await self._server.wait()
-
-    @property
-    def url(self) -> str:
-        return self._server.url
 
     # what tests change
 

@@ -34,7 +34,7 @@ from starlette.routing import Route
 
 if not __package__:  # run as a script: make the push_vendors package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from push_vendors.fcm import AsgiServer, read_form
+from push_vendors.common import AsgiServer, Served, read_form
 
 MAX_PAYLOAD = 4096
 MAX_TOKENS = 1000
@@ -64,7 +64,7 @@ class Accepted:
 
 
 @dataclass
-class HuaweiServer:
+class HuaweiServer(Served):
     """The Push Kit server for tests: `apps` maps app id -> app secret."""
 
     apps: dict[str, str]
@@ -86,19 +86,6 @@ class HuaweiServer:
                 ]
             )
         )
-
-    async def start(self, port: int = 0) -> str:
-        return await self._server.start(port)
-
-    async def stop(self) -> None:
-        await self._server.stop()
-
-    async def wait(self) -> None:
-        await self._server.wait()
-
-    @property
-    def url(self) -> str:
-        return self._server.url
 
     # what tests change
 

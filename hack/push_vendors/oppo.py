@@ -18,21 +18,22 @@ import hashlib
 import hmac
 import json
 import re
-import socket
+import sys
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-CHINA = timezone(timedelta(hours=8))
+if not __package__:  # run as a script: make the push_vendors package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from push_vendors.common import AsgiServer, Served, china_day, parse_form
+
 MAX_TITLE, MAX_CONTENT, MAX_BATCH = 50, 200, 1000
 CLOCK_SKEW_MS = 10 * 60 * 1000
 # opush-server-sdk's Validate: [prefix_[region_]]32 hex digits, or a 24-hex object id
@@ -45,43 +46,11 @@ class Accepted:
     message: dict[str, Any]  # the notification as it arrived
 
 
-class AsgiServer:
-    """Runs an ASGI app under uvicorn on 127.0.0.1 in the caller's event loop."""
-
-    def __init__(self, app: Any):
-        self.app = app
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self, port: int = 0) -> str:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
-        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off"))
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.01)
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-    async def wait(self) -> None:
-        """Until the server ends (Ctrl-C, when run alone)."""
-        if self._task is not None:
-            await self._task
-
-    async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await self._task
-            self._server = self._task = None
-
-
 def _answer(code: int, message: str, data: Any = None) -> JSONResponse:
     return JSONResponse({"code": code, "message": message, **({"data": data} if data is not None else {})})
 
 
-class OppoServer:
+class OppoServer(Served):
     """OPPO Push for one app: its AppKey and MasterSecret. `quota` is the messages a (China) day allows, None for
     no limit; `token_lifetime` the seconds an auth token lives. `accepted` holds every message pushed."""
 
@@ -99,7 +68,6 @@ class OppoServer:
         self.requests: list[str] = []  # paths of every request, in order
         self.unregistered: set[str] = set()
         self.revoked = False
-        self.url = ""
         self._tokens: dict[str, float] = {}  # auth token -> expires at (time.monotonic)
         self._pushed: set[tuple[str, str]] = set()  # (app_message_id, registration id)
         self._day = ""
@@ -146,13 +114,13 @@ class OppoServer:
     # --- the protocol -----------------------------------------------------------
 
     def _today(self) -> None:
-        day = datetime.now(CHINA).date().isoformat()
+        day = china_day()
         if day != self._day:
             self._day, self._sent_today = day, 0
 
     @staticmethod
     async def _form(request: Request) -> dict[str, str]:
-        return dict(parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True))
+        return parse_form(await request.body())
 
     async def _auth(self, request: Request) -> Response:
         self.requests.append(request.url.path)
@@ -258,16 +226,6 @@ class OppoServer:
             if invalid is not None:
                 return invalid
         return _answer(0, "Success", [self._push(m) for m in messages])
-
-    async def start(self, port: int = 0) -> str:
-        self.url = await self._server.start(port)
-        return self.url
-
-    async def wait(self) -> None:
-        await self._server.wait()
-
-    async def stop(self) -> None:
-        await self._server.stop()
 
 
 async def _main() -> None:

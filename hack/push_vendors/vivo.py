@@ -21,21 +21,23 @@ import hashlib
 import hmac
 import itertools
 import json
-import socket
+import sys
 import time
 import unicodedata
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-CHINA = timezone(timedelta(hours=8))
+if not __package__:  # run as a script: make the push_vendors package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from push_vendors.common import AsgiServer, Served, china_day
+
 CLOCK_SKEW_MS = 10 * 60 * 1000
 REGID_LENGTH = 23
 MAX_TTL, MIN_TTL_SINGLE, MIN_TTL_LIST = 604800, 60, 900
@@ -45,38 +47,6 @@ MAX_TTL, MIN_TTL_SINGLE, MIN_TTL_LIST = 604800, 60, 900
 class Accepted:
     token: str
     message: dict[str, Any]  # the message as it arrived (for a list: the saved payload)
-
-
-class AsgiServer:
-    """Runs an ASGI app under uvicorn on 127.0.0.1 in the caller's event loop."""
-
-    def __init__(self, app: Any):
-        self.app = app
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self, port: int = 0) -> str:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
-        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off"))
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.01)
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-    async def wait(self) -> None:
-        """Until the server ends (Ctrl-C, when run alone)."""
-        if self._task is not None:
-            await self._task
-
-    async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await self._task
-            self._server = self._task = None
 
 
 def _answer(result: int, desc: str, **more: Any) -> JSONResponse:
@@ -124,7 +94,7 @@ def _invalid(m: dict[str, Any], min_ttl: int) -> Response | None:
     return None
 
 
-class VivoServer:
+class VivoServer(Served):
     """vivo Push for one app: its AppID, AppKey and AppSecret. `quota` is the messages a (China) day allows, None
     for no limit; `token_lifetime` the seconds an authToken lives. `accepted` holds every message sent."""
 
@@ -143,7 +113,6 @@ class VivoServer:
         self.requests: list[str] = []  # paths of every request, in order
         self.unregistered: dict[str, int] = {}  # regId -> invalidUser status (1 unknown, 2 uninstalled, ...)
         self.revoked = False
-        self.url = ""
         self._tokens: dict[str, float] = {}  # authToken -> expires at (time.monotonic)
         self._payloads: dict[str, dict[str, Any]] = {}  # taskId -> saved list payload
         self._request_ids: dict[str, str] = {}  # requestId -> taskId, for dedupe
@@ -193,7 +162,7 @@ class VivoServer:
     # --- the protocol -----------------------------------------------------------
 
     def _today(self) -> None:
-        day = datetime.now(CHINA).date().isoformat()
+        day = china_day()
         if day != self._day:
             self._day, self._sent_today = day, 0
 
@@ -300,16 +269,6 @@ class VivoServer:
         payload = self._payloads[str(task_id)]
         invalid_users = [u for u in (self._deliver(r, payload) for r in regids) if u]
         return _answer(0, "请求成功", taskId=str(task_id), invalidUsers=invalid_users)
-
-    async def start(self, port: int = 0) -> str:
-        self.url = await self._server.start(port)
-        return self.url
-
-    async def wait(self) -> None:
-        await self._server.wait()
-
-    async def stop(self) -> None:
-        await self._server.stop()
 
 
 async def _main() -> None:

@@ -14,19 +14,19 @@ import argparse
 import asyncio
 import itertools
 import re
-import socket
+import sys
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any
-from urllib.parse import parse_qsl
+from pathlib import Path
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-CHINA = timezone(timedelta(hours=8))
+if not __package__:  # run as a script: make the push_vendors package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from push_vendors.common import AsgiServer, Served, china_day, parse_form
+
 MAX_PAYLOAD = 4096
 MAX_REGIDS = 1000
 REGID = re.compile(r"[A-Za-z0-9+/=_-]{8,200}")
@@ -38,43 +38,11 @@ class Accepted:
     message: dict[str, str]  # the form as it arrived, without registration_id
 
 
-class AsgiServer:
-    """Runs an ASGI app under uvicorn on 127.0.0.1 in the caller's event loop."""
-
-    def __init__(self, app: Any):
-        self.app = app
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self, port: int = 0) -> str:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
-        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off"))
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.01)
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-    async def wait(self) -> None:
-        """Until the server ends (Ctrl-C, when run alone)."""
-        if self._task is not None:
-            await self._task
-
-    async def stop(self) -> None:
-        if self._server is not None and self._task is not None:
-            self._server.should_exit = True
-            await self._task
-            self._server = self._task = None
-
-
 def _error(code: int, description: str, reason: str) -> JSONResponse:
     return JSONResponse({"result": "error", "code": code, "description": description, "reason": reason})
 
 
-class XiaomiServer:
+class XiaomiServer(Served):
     """MiPush for one app: its AppSecret and package. `quota` is the messages a (China) day allows, None for no
     limit. `accepted` holds every message delivered, per regid."""
 
@@ -86,7 +54,6 @@ class XiaomiServer:
         self.requests: list[str] = []  # paths of every request, in order
         self.unregistered: set[str] = set()
         self.revoked = False
-        self.url = ""
         self._day = ""
         self._sent_today = 0
         self._inject: list[Response] = []
@@ -127,7 +94,7 @@ class XiaomiServer:
     # --- the protocol -----------------------------------------------------------
 
     def _today(self) -> None:
-        day = datetime.now(CHINA).date().isoformat()
+        day = china_day()
         if day != self._day:
             self._day, self._sent_today = day, 0
 
@@ -148,7 +115,7 @@ class XiaomiServer:
             return self._inject.pop(0)
         if not self._authorized(request):
             return _error(21301, "认证失败", "Authentication failed")
-        form = dict(parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True))
+        form = parse_form(await request.body())
         regids = [r for r in form.pop("registration_id", "").split(",") if r]
         if not regids:
             return _error(21305, "缺少必要的参数", "registration_id is required")
@@ -175,16 +142,6 @@ class XiaomiServer:
         return JSONResponse(
             {"result": "ok", "code": 0, "description": "成功", "data": data, "info": f"Received {len(good)} REGID"}
         )
-
-    async def start(self, port: int = 0) -> str:
-        self.url = await self._server.start(port)
-        return self.url
-
-    async def wait(self) -> None:
-        await self._server.wait()
-
-    async def stop(self) -> None:
-        await self._server.stop()
 
 
 async def _main() -> None:

@@ -44,7 +44,6 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,20 +55,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .auth import TokenCache, jwt, load_private_key
 from .base import CredentialCheck, CredentialsError, Notification, Outcome, SendResult, VendorClient
+from .http import Answer, call, new_http, parse_retry_after
 
 PRODUCTION_URL = "https://api.push.apple.com"
 SANDBOX_URL = "https://api.sandbox.push.apple.com"
 MAX_PAYLOAD = 4096
 MAX_COLLAPSE_ID = 64  # bytes
-MAX_ANSWER = 64 * 1024  # bytes of an answer body read; Apple's are a few dozen
 TOKEN_LIFETIME = 3600.0  # Apple refuses a provider token issued more than an hour ago
 TOKEN_MARGIN = 600.0  # so a token is re-signed after 50 minutes
 STREAMS = 100  # requests one client keeps in flight as HTTP/2 streams; more only lengthen httpcore's queues
 PROBE_TOKEN = "0" * 64  # no device has it: Apple answers BadDeviceToken once the credentials pass
 APNS_ID_NAMESPACE = uuid.UUID("5f0f7a8e-2c57-4f8e-9a54-3c1b0d6f7a11")
 
-TIMEOUT = httpx.Timeout(10.0, connect=5.0)
-LIMITS = httpx.Limits(max_connections=4, max_keepalive_connections=4)
+CONNECTIONS = 4  # HTTP/2 connections a client keeps; each carries STREAMS streams
 
 _DEVICE_TOKEN = re.compile(r"(?:[0-9A-Fa-f]{2}){1,100}")  # hex; also keeps the token a single path segment
 _APPLE_ID = re.compile(r"[A-Z0-9]{10}")
@@ -146,35 +144,9 @@ def build_headers(n: Notification, topic: str, now: float) -> dict[str, str]:
     return headers
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        return max((parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds(), 0.0)
-    except (TypeError, ValueError):
-        return None
-
-
-async def _read_bounded(response: httpx.Response) -> bytes:
-    body = bytearray()
-    async for chunk in response.aiter_raw():
-        body += chunk
-        if len(body) >= MAX_ANSWER:
-            break
-    return bytes(body[:MAX_ANSWER])
-
-
-def _reason(body: bytes) -> str | None:
-    """Apple's reason from an error body; None when the body is not Apple's JSON."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return None
-    reason = doc.get("reason") if isinstance(doc, dict) else None
+def _reason(answer: Answer) -> str | None:
+    """Apple's reason from an error answer; None when the body is not Apple's JSON."""
+    reason = (answer.doc or {}).get("reason")
     return reason if isinstance(reason, str) else None
 
 
@@ -232,17 +204,16 @@ class ApnsClient(VendorClient):
             bearer = await self._tokens.get()
             request_headers["authorization"] = f"bearer {bearer}"
         try:
-            async with self._http.stream(
-                "POST", f"{self.base_url}/3/device/{token}", content=payload, headers=request_headers
-            ) as response:
-                body = await _read_bounded(response)
+            answer = await call(
+                self._http, "POST", f"{self.base_url}/3/device/{token}", content=payload, headers=request_headers
+            )
         except httpx.HTTPError as e:
             return SendResult(token, Outcome.RETRY, type(e).__name__), bearer
-        status = response.status_code
+        status = answer.status
         if status == 200:
-            return SendResult(token, Outcome.SENT, status=200, vendor_id=response.headers.get("apns-id")), bearer
-        retry_after = _retry_after(response.headers.get("retry-after"))
-        reason = _reason(body)
+            return SendResult(token, Outcome.SENT, status=200, vendor_id=answer.headers.get("apns-id")), bearer
+        retry_after = parse_retry_after(answer.headers.get("retry-after"))
+        reason = _reason(answer)
         if reason is None:  # not Apple's answer (a proxy, a broken server)
             outcome = Outcome.RETRY if status >= 500 else Outcome.REJECTED
             return SendResult(token, outcome, f"HTTP {status}", status, retry_after), bearer
@@ -339,9 +310,7 @@ def build(
 
     owns_http = http is None
     if http is None:
-        http = httpx.AsyncClient(
-            http1=False, http2=True, verify=context, timeout=TIMEOUT, limits=LIMITS, follow_redirects=False
-        )
+        http = new_http(max_connections=CONNECTIONS, max_keepalive=CONNECTIONS, http1=False, http2=True, verify=context)
     if has_key:
         return ApnsClient(
             base_url=base_url,

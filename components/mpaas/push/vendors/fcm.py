@@ -35,7 +35,6 @@ deep), for fields this mapping does not cover.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -47,6 +46,18 @@ import httpx
 
 from .auth import TokenCache, jwt, load_private_key
 from .base import CredentialCheck, CredentialsError, Notification, Outcome, SendResult, VendorClient
+from .http import (
+    Answer,
+    VendorFailure,
+    check_access,
+    fetch_access_token,
+    merge,
+    new_http,
+    payload_size,
+    post,
+    retry_after,
+    snippet,
+)
 
 SEND_BASE = "https://fcm.googleapis.com"
 DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
@@ -55,78 +66,11 @@ JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
 MAX_PAYLOAD = 4096
-MAX_ANSWER = 64 * 1024  # bytes of an answer we read at most
 DATA_MESSAGE_ID = "messageId"
 
 DEAD_TOKEN = {"UNREGISTERED", "SENDER_ID_MISMATCH"}
 RETRY = {"UNAVAILABLE", "INTERNAL"}
 AUTH_FAILED = {"THIRD_PARTY_AUTH_ERROR", "PERMISSION_DENIED"}
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int
-    headers: httpx.Headers
-    body: bytes
-
-    def json(self) -> Any:
-        try:
-            return json.loads(self.body)
-        except ValueError:
-            return None
-
-
-class TokenError(Exception):
-    """The token endpoint refused or failed: what every token of the send gets."""
-
-    def __init__(self, outcome: Outcome, reason: str, message: str, status: int = 0, retry_after: float | None = None):
-        super().__init__(message)
-        self.outcome, self.reason, self.message, self.status, self.retry_after = (
-            outcome,
-            reason,
-            message,
-            status,
-            retry_after,
-        )
-
-
-def new_http() -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(10.0, connect=5.0),
-        limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
-        follow_redirects=False,
-    )
-
-
-async def post(http: httpx.AsyncClient, url: str, **kwargs: Any) -> Answer:
-    """POST, reading at most MAX_ANSWER bytes of the answer (a truncated body simply fails to parse)."""
-    async with http.stream("POST", url, **kwargs) as r:
-        body = bytearray()
-        async for chunk in r.aiter_bytes():
-            body += chunk
-            if len(body) >= MAX_ANSWER:
-                del body[MAX_ANSWER:]
-                break
-        return Answer(r.status_code, r.headers, bytes(body))
-
-
-def retry_after(headers: httpx.Headers) -> float | None:
-    """Retry-After in seconds: delta-seconds or an HTTP date."""
-    value = headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        return max(email.utils.parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
-    except (TypeError, ValueError):
-        return None
-
-
-def snippet(b: bytes) -> str:
-    return b[:200].decode("utf-8", "replace")
 
 
 @dataclass(frozen=True)
@@ -163,14 +107,6 @@ class ServiceAccount:
             header["kid"] = self.private_key_id
         claims = {"iss": self.client_email, "scope": SCOPE, "aud": self.token_uri, "iat": iat, "exp": iat + 3600}
         return jwt(self.private_key, header, claims)
-
-
-def merge(message: dict[str, Any], extra: Mapping[str, Any]) -> None:
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(message.get(key), dict):
-            message[key].update(value)
-        else:
-            message[key] = value
 
 
 def build_message(n: Notification, *, now: float | None = None) -> dict[str, Any]:
@@ -212,10 +148,6 @@ def build_message(n: Notification, *, now: float | None = None) -> dict[str, Any
     if isinstance(extra, Mapping):
         merge(message, extra)
     return message
-
-
-def payload_size(message: Mapping[str, Any]) -> int:
-    return len(json.dumps({k: v for k, v in message.items() if k != "token"}, separators=(",", ":")).encode())
 
 
 @dataclass(frozen=True)
@@ -315,25 +247,7 @@ class FcmClient(VendorClient):
 
     async def _fetch_token(self) -> tuple[str, float]:
         form = {"grant_type": JWT_BEARER, "assertion": self.account.assertion()}
-        try:
-            answer = await post(self._http, self.token_url, data=form)
-        except httpx.HTTPError as e:
-            raise TokenError(Outcome.RETRY, type(e).__name__, f"token endpoint unreachable: {e}") from None
-        doc = answer.json()
-        if answer.status == 200 and isinstance(doc, dict) and isinstance(doc.get("access_token"), str):
-            try:
-                lifetime = float(doc.get("expires_in", 3600))
-            except (TypeError, ValueError):
-                lifetime = 3600.0
-            return doc["access_token"], lifetime
-        after = retry_after(answer.headers)
-        if answer.status >= 500 or answer.status == 429 or answer.status == 200:
-            outcome = Outcome.RATE_LIMITED if answer.status == 429 else Outcome.RETRY
-            raise TokenError(outcome, f"HTTP {answer.status}", snippet(answer.body), answer.status, after)
-        # RFC 6749 §5.2: {"error": "invalid_grant", "error_description": "..."}
-        reason = str(doc.get("error")) if isinstance(doc, dict) and doc.get("error") else f"HTTP {answer.status}"
-        message = str(doc.get("error_description") or reason) if isinstance(doc, dict) else snippet(answer.body)
-        raise TokenError(Outcome.AUTH_FAILED, reason, message, answer.status)
+        return await fetch_access_token(self._http, self.token_url, form)
 
     async def send(self, notification: Notification, tokens: Sequence[str]) -> list[SendResult]:
         if not tokens:
@@ -349,8 +263,8 @@ class FcmClient(VendorClient):
             for attempt in (1, 2):
                 try:
                     access = await self.tokens.get()
-                except TokenError as e:
-                    return SendResult(token, e.outcome, e.reason, e.status, e.retry_after)
+                except VendorFailure as e:
+                    return e.result(token)
                 try:
                     answer = await post(
                         self._http, self.send_url, json=body, headers={"Authorization": f"Bearer {access}"}
@@ -371,14 +285,7 @@ class FcmClient(VendorClient):
         raise AssertionError("unreachable")
 
     async def check_credentials(self) -> CredentialCheck:
-        self.tokens.invalidate()
-        try:
-            await self.tokens.get()
-        except TokenError as e:
-            if e.outcome is Outcome.AUTH_FAILED:
-                return CredentialCheck(False, "AuthFailed", f"{e.reason}: {e.message}")
-            return CredentialCheck(False, "Unreachable", f"{e.reason}: {e.message}")
-        return CredentialCheck(True, "Valid", f"access token issued for {self.account.client_email}")
+        return await check_access(self.tokens, f"access token issued for {self.account.client_email}")
 
     async def close(self) -> None:
         if self._own_http:

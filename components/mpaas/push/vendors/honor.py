@@ -48,8 +48,19 @@ import httpx
 
 from .auth import TokenCache
 from .base import CredentialCheck, CredentialsError, Notification, Outcome, SendResult, VendorClient
-from .fcm import Answer, TokenError, merge, new_http, post, retry_after, snippet
-from .huawei import OUTCOMES, fetch_client_token, text_key
+from .http import (
+    PUSH_KIT_TOKEN_REFUSED,
+    Answer,
+    VendorFailure,
+    check_access,
+    fetch_access_token,
+    merge,
+    new_http,
+    payload_size,
+    post,
+    push_kit_failure,
+    secret_text,
+)
 
 AUTH_BASE = "https://iam.developer.hihonor.com"
 AUTH_PATH = "/auth/realms/developer/protocol/openid-connect/token"
@@ -58,7 +69,6 @@ MAX_PAYLOAD = 4096
 MAX_TOKENS = 1000
 MAX_TTL = 15 * 86400
 SUCCESS = "200"
-TOKEN_REFUSED = {"80200001", "80200003"}
 
 
 def build_body(n: Notification, *, badge_class: str | None = None) -> dict[str, Any]:
@@ -88,10 +98,6 @@ def build_body(n: Notification, *, badge_class: str | None = None) -> dict[str, 
     return body
 
 
-def payload_size(body: Mapping[str, Any]) -> int:
-    return len(json.dumps({k: v for k, v in body.items() if k != "token"}, separators=(",", ":")).encode())
-
-
 def _token_set(data: Any, key: str) -> set[str]:
     found = data.get(key) if isinstance(data, dict) else None
     return {t for t in found if isinstance(t, str)} if isinstance(found, list) else set()
@@ -101,7 +107,7 @@ def classify(answer: Answer, tokens: Sequence[str]) -> list[SendResult]:
     """Results for one sendMessage answer (other than the token refusal we retry)."""
     doc = answer.json()
     code = str(doc["code"]) if isinstance(doc, dict) and doc.get("code") is not None else None
-    status, after = answer.status, retry_after(answer.headers)
+    status = answer.status
     if 200 <= status < 300 and code == SUCCESS:
         data = doc.get("data")
         request_id = str(data["requestId"]) if isinstance(data, dict) and data.get("requestId") else None
@@ -115,18 +121,7 @@ def classify(answer: Answer, tokens: Sequence[str]) -> list[SendResult]:
             else:
                 results.append(SendResult(t, Outcome.SENT, status=status, vendor_id=request_id))
         return results
-    if status in (429, 503):
-        outcome = Outcome.RATE_LIMITED
-    elif code in OUTCOMES:
-        outcome = OUTCOMES[code]
-    elif status >= 500:
-        outcome = Outcome.RETRY
-    elif status in (401, 403):
-        outcome = Outcome.AUTH_FAILED
-    else:
-        outcome = Outcome.REJECTED
-    reason = code or f"HTTP {status}: {snippet(answer.body)}"
-    return [SendResult(t, outcome, reason, status, after) for t in tokens]
+    return push_kit_failure(answer, code, tokens)
 
 
 class HonorClient(VendorClient):
@@ -153,7 +148,7 @@ class HonorClient(VendorClient):
 
     async def _fetch_token(self) -> tuple[str, float]:
         form = {"grant_type": "client_credentials", "client_id": self.client_id, "client_secret": self._client_secret}
-        return await fetch_client_token(self._http, self.token_url, form)
+        return await fetch_access_token(self._http, self.token_url, form)
 
     async def send(self, notification: Notification, tokens: Sequence[str]) -> list[SendResult]:
         body = build_body(notification, badge_class=self.badge_class)
@@ -169,8 +164,8 @@ class HonorClient(VendorClient):
         for attempt in (1, 2):
             try:
                 access = await self.tokens.get()
-            except TokenError as e:
-                return [SendResult(t, e.outcome, e.reason, e.status, e.retry_after) for t in tokens]
+            except VendorFailure as e:
+                return [e.result(t) for t in tokens]
             headers = {"Authorization": f"Bearer {access}", "timestamp": str(int(time.time() * 1000))}
             try:
                 answer = await post(self._http, self.send_url, json=request, headers=headers)
@@ -178,7 +173,7 @@ class HonorClient(VendorClient):
                 return [SendResult(t, Outcome.RETRY, type(e).__name__) for t in tokens]
             doc = answer.json()
             code = str(doc.get("code")) if isinstance(doc, dict) else None
-            if code in TOKEN_REFUSED or (answer.status == 401 and code is None):
+            if code in PUSH_KIT_TOKEN_REFUSED or (answer.status == 401 and code is None):
                 self.tokens.invalidate(access)
                 if attempt == 1:
                     continue
@@ -186,13 +181,7 @@ class HonorClient(VendorClient):
         raise AssertionError("unreachable")
 
     async def check_credentials(self) -> CredentialCheck:
-        self.tokens.invalidate()
-        try:
-            await self.tokens.get()
-        except TokenError as e:
-            reason = "AuthFailed" if e.outcome is Outcome.AUTH_FAILED else "Unreachable"
-            return CredentialCheck(False, reason, f"{e.reason}: {e.message}")
-        return CredentialCheck(True, "Valid", f"access token issued for client {self.client_id}")
+        return await check_access(self.tokens, f"access token issued for client {self.client_id}")
 
     async def close(self) -> None:
         if self._own_http:
@@ -206,13 +195,13 @@ def build(
     options: Mapping[str, str],
     http: httpx.AsyncClient | None = None,
 ) -> HonorClient:
-    app_id = text_key(secret, "appId") if secret.get("appId") else (options.get("appId") or "").strip()
+    app_id = secret_text(secret, "appId") if secret.get("appId") else (options.get("appId") or "").strip()
     if not app_id:
         raise CredentialsError("appId: missing; put the App ID in the Secret (key appId) or in option appId")
     auth_base = options.get("authEndpoint") or endpoint or AUTH_BASE
     return HonorClient(
-        text_key(secret, "clientId"),
-        text_key(secret, "clientSecret"),
+        secret_text(secret, "clientId"),
+        secret_text(secret, "clientSecret"),
         app_id,
         send_base=endpoint or SEND_BASE,
         token_url=auth_base.rstrip("/") + AUTH_PATH,

@@ -46,10 +46,20 @@ from typing import Any
 import httpx
 
 from .auth import TokenCache
-from .base import CredentialCheck, CredentialsError, Notification, Outcome, SendResult, VendorClient
-
-# the HTTP plumbing is the same for every JSON vendor
-from .fcm import Answer, TokenError, merge, new_http, post, retry_after, snippet
+from .base import CredentialCheck, Notification, Outcome, SendResult, VendorClient
+from .http import (
+    PUSH_KIT_TOKEN_REFUSED,
+    Answer,
+    VendorFailure,
+    check_access,
+    fetch_access_token,
+    merge,
+    new_http,
+    payload_size,
+    post,
+    push_kit_failure,
+    secret_text,
+)
 
 AUTH_BASE = "https://oauth-login.cloud.huawei.com"
 AUTH_PATH = "/oauth2/v3/token"
@@ -60,16 +70,6 @@ MAX_TTL = 15 * 86400
 
 SUCCESS = "80000000"
 PARTIAL = "80100000"
-TOKEN_REFUSED = {"80200001", "80200003"}  # refresh the access token and send once more
-OUTCOMES = {
-    "80200001": Outcome.AUTH_FAILED,
-    "80200003": Outcome.AUTH_FAILED,
-    "80300002": Outcome.AUTH_FAILED,
-    "80300007": Outcome.INVALID_TOKEN,
-    "80300008": Outcome.PAYLOAD_TOO_LARGE,
-    "80600003": Outcome.RETRY,
-    "81000001": Outcome.RETRY,
-}
 
 
 def build_message(n: Notification, *, badge_class: str | None = None) -> dict[str, Any]:
@@ -106,11 +106,6 @@ def build_message(n: Notification, *, badge_class: str | None = None) -> dict[st
     return message
 
 
-def payload_size(message: Mapping[str, Any]) -> int:
-    """Bytes Huawei counts against 4096: the message without its tokens."""
-    return len(json.dumps({k: v for k, v in message.items() if k != "token"}, separators=(",", ":")).encode())
-
-
 def illegal_tokens(msg: Any) -> set[str]:
     """The tokens an 80100000 answer names: its msg is a JSON string {"illegal_tokens": [...]}."""
     try:
@@ -126,7 +121,7 @@ def classify(answer: Answer, tokens: Sequence[str]) -> list[SendResult]:
     doc = answer.json()
     code = str(doc["code"]) if isinstance(doc, dict) and doc.get("code") is not None else None
     request_id = str(doc["requestId"]) if isinstance(doc, dict) and doc.get("requestId") else None
-    status, after = answer.status, retry_after(answer.headers)
+    status = answer.status
     if 200 <= status < 300 and code == SUCCESS:
         return [SendResult(t, Outcome.SENT, status=status, vendor_id=request_id) for t in tokens]
     if 200 <= status < 300 and code == PARTIAL:
@@ -137,44 +132,7 @@ def classify(answer: Answer, tokens: Sequence[str]) -> list[SendResult]:
             else SendResult(t, Outcome.SENT, status=status, vendor_id=request_id)
             for t in tokens
         ]
-    if status in (429, 503):
-        outcome = Outcome.RATE_LIMITED
-    elif code in OUTCOMES:
-        outcome = OUTCOMES[code]
-    elif status >= 500:
-        outcome = Outcome.RETRY
-    elif status in (401, 403):
-        outcome = Outcome.AUTH_FAILED
-    else:
-        outcome = Outcome.REJECTED
-    reason = code or f"HTTP {status}: {snippet(answer.body)}"
-    return [SendResult(t, outcome, reason, status, after) for t in tokens]
-
-
-async def fetch_client_token(http: httpx.AsyncClient, url: str, form: Mapping[str, str]) -> tuple[str, float]:
-    """An OAuth 2.0 client-credentials token; TokenError saying why not."""
-    try:
-        answer = await post(http, url, data=dict(form))
-    except httpx.HTTPError as e:
-        raise TokenError(Outcome.RETRY, type(e).__name__, f"token endpoint unreachable: {e}") from None
-    doc = answer.json()
-    if answer.status == 200 and isinstance(doc, dict) and isinstance(doc.get("access_token"), str):
-        try:
-            lifetime = float(doc.get("expires_in", 3600))
-        except (TypeError, ValueError):
-            lifetime = 3600.0
-        return doc["access_token"], lifetime
-    after = retry_after(answer.headers)
-    if answer.status == 429:
-        raise TokenError(Outcome.RATE_LIMITED, "HTTP 429", snippet(answer.body), 429, after)
-    if answer.status >= 500 or answer.status == 200 or not isinstance(doc, dict) or "error" not in doc:
-        outcome = Outcome.RETRY if answer.status >= 500 or answer.status == 200 else Outcome.AUTH_FAILED
-        raise TokenError(outcome, f"HTTP {answer.status}", snippet(answer.body), answer.status, after)
-    reason = str(doc["error"])
-    message = str(doc.get("error_description") or reason)
-    if doc.get("sub_error") is not None:
-        message += f" (sub_error {doc['sub_error']})"
-    raise TokenError(Outcome.AUTH_FAILED, reason, message, answer.status)
+    return push_kit_failure(answer, code, tokens)
 
 
 class HuaweiClient(VendorClient):
@@ -199,7 +157,7 @@ class HuaweiClient(VendorClient):
 
     async def _fetch_token(self) -> tuple[str, float]:
         form = {"grant_type": "client_credentials", "client_id": self.app_id, "client_secret": self._app_secret}
-        return await fetch_client_token(self._http, self.token_url, form)
+        return await fetch_access_token(self._http, self.token_url, form)
 
     async def send(self, notification: Notification, tokens: Sequence[str]) -> list[SendResult]:
         message = build_message(notification, badge_class=self.badge_class)
@@ -215,15 +173,15 @@ class HuaweiClient(VendorClient):
         for attempt in (1, 2):
             try:
                 access = await self.tokens.get()
-            except TokenError as e:
-                return [SendResult(t, e.outcome, e.reason, e.status, e.retry_after) for t in tokens]
+            except VendorFailure as e:
+                return [e.result(t) for t in tokens]
             try:
                 answer = await post(self._http, self.send_url, json=body, headers={"Authorization": f"Bearer {access}"})
             except httpx.HTTPError as e:
                 return [SendResult(t, Outcome.RETRY, type(e).__name__) for t in tokens]
             doc = answer.json()
             code = str(doc.get("code")) if isinstance(doc, dict) else None
-            if code in TOKEN_REFUSED or (answer.status == 401 and code is None):
+            if code in PUSH_KIT_TOKEN_REFUSED or (answer.status == 401 and code is None):
                 self.tokens.invalidate(access)
                 if attempt == 1:
                     continue
@@ -231,30 +189,11 @@ class HuaweiClient(VendorClient):
         raise AssertionError("unreachable")
 
     async def check_credentials(self) -> CredentialCheck:
-        self.tokens.invalidate()
-        try:
-            await self.tokens.get()
-        except TokenError as e:
-            reason = "AuthFailed" if e.outcome is Outcome.AUTH_FAILED else "Unreachable"
-            return CredentialCheck(False, reason, f"{e.reason}: {e.message}")
-        return CredentialCheck(True, "Valid", f"access token issued for app {self.app_id}")
+        return await check_access(self.tokens, f"access token issued for app {self.app_id}")
 
     async def close(self) -> None:
         if self._own_http:
             await self._http.aclose()
-
-
-def text_key(secret: Mapping[str, bytes], key: str) -> str:
-    raw = secret.get(key)
-    if not raw:
-        raise CredentialsError(f"{key}: missing from the credentials Secret")
-    try:
-        value = raw.decode().strip()
-    except UnicodeDecodeError:
-        raise CredentialsError(f"{key}: not UTF-8 text") from None
-    if not value:
-        raise CredentialsError(f"{key}: empty")
-    return value
 
 
 def build(
@@ -266,8 +205,8 @@ def build(
 ) -> HuaweiClient:
     auth_base = options.get("authEndpoint") or endpoint or AUTH_BASE
     return HuaweiClient(
-        text_key(secret, "appId"),
-        text_key(secret, "appSecret"),
+        secret_text(secret, "appId"),
+        secret_text(secret, "appSecret"),
         send_base=endpoint or SEND_BASE,
         token_url=auth_base.rstrip("/") + AUTH_PATH,
         badge_class=options.get("badgeClass") or None,

@@ -26,19 +26,28 @@ The 4 KB bound on `action_parameters` (`max_payload`) is this client's: OPPO doc
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
 
 from .auth import TokenCache
 from .base import CredentialCheck, CredentialsError, Notification, Outcome, SendResult, VendorClient
+from .http import (
+    CHINA,
+    Answer,
+    VendorFailure,
+    call,
+    check_access,
+    new_http,
+    retry_after,
+    seconds_to_midnight,
+    secret_text,
+    status_failure,
+)
 
 DEFAULT_ENDPOINT = "https://api.push.oppomobile.com"
 INTERNATIONAL_ENDPOINT = "https://api-intl.push.oppomobile.com"
@@ -47,8 +56,6 @@ UNICAST_PATH = "/server/v1/message/notification/unicast"
 BATCH_PATH = "/server/v1/message/notification/unicast_batch"
 TOKEN_LIFETIME = 86400.0
 MAX_TITLE, MAX_CONTENT, MAX_OFFLINE_TTL = 50, 200, 864000
-MAX_ANSWER = 64 * 1024
-CHINA = timezone(timedelta(hours=8))
 
 INVALID_AUTH_TOKEN = 11
 INVALID_REGISTRATION_ID = 10000
@@ -60,53 +67,6 @@ RETRY_CODES = {-1}
 
 def sign(app_key: str, timestamp_ms: int, master_secret: str) -> str:
     return hashlib.sha256(f"{app_key}{timestamp_ms}{master_secret}".encode()).hexdigest()
-
-
-def seconds_to_china_midnight(now: float | None = None) -> float:
-    """OPPO's daily quota resets at midnight in China (UTC+8)."""
-    t = datetime.fromtimestamp(time.time() if now is None else now, CHINA)
-    midnight = (t + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    return (midnight - t).total_seconds()
-
-
-def retry_after(headers: httpx.Headers) -> float | None:
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
-
-
-@dataclass(frozen=True)
-class Answer:
-    """OPPO's answer, read to at most MAX_ANSWER bytes; `doc` is its JSON object, or None."""
-
-    status: int
-    doc: dict[str, Any] | None
-    headers: httpx.Headers
-
-    @property
-    def code(self) -> int | None:
-        code = (self.doc or {}).get("code")
-        return code if isinstance(code, int) and not isinstance(code, bool) else None
-
-
-class VendorFailure(Exception):
-    """A call that got no usable answer (auth refused, network down): the outcome every token gets."""
-
-    def __init__(self, outcome: Outcome, reason: str, message: str, status: int = 0, after: float | None = None):
-        super().__init__(message)
-        self.outcome, self.reason, self.message, self.status, self.after = outcome, reason, message, status, after
-
-    def result(self, token: str) -> SendResult:
-        return SendResult(token, self.outcome, self.reason, self.status, self.after)
 
 
 def outcome_of_code(code: int) -> Outcome:
@@ -125,25 +85,12 @@ def outcome_of_code(code: int) -> Outcome:
 
 def failure_of(answer: Answer) -> VendorFailure:
     """What a non-success answer means for every token of its request."""
-    code = answer.code
+    code = answer.integer("code")
     if answer.status == 429 or code is None:
-        if answer.status == 429:
-            outcome = Outcome.RATE_LIMITED
-        elif answer.status == 413:
-            outcome = Outcome.PAYLOAD_TOO_LARGE
-        elif answer.status >= 500:
-            outcome = Outcome.RETRY
-        elif answer.status in (401, 403):
-            outcome = Outcome.AUTH_FAILED
-        else:
-            outcome = Outcome.REJECTED
-        wait = retry_after(answer.headers) if outcome in (Outcome.RATE_LIMITED, Outcome.RETRY) else None
-        return VendorFailure(
-            outcome, f"HTTP {answer.status}", f"OPPO answered HTTP {answer.status}", answer.status, wait
-        )
+        return status_failure(answer, "OPPO")
     outcome = outcome_of_code(code)
     if outcome is Outcome.QUOTA_EXCEEDED:
-        after: float | None = seconds_to_china_midnight()
+        after: float | None = seconds_to_midnight(CHINA)
     elif outcome in (Outcome.RATE_LIMITED, Outcome.RETRY):
         after = retry_after(answer.headers)
     else:
@@ -202,31 +149,15 @@ class OppoClient(VendorClient):
     ):
         self._app_key, self._master_secret = app_key, master_secret
         self.endpoint, self.auth_endpoint = endpoint.rstrip("/"), auth_endpoint.rstrip("/")
-        self._http = http or httpx.AsyncClient(
-            timeout=httpx.Timeout(10.0, connect=5.0),
-            limits=httpx.Limits(max_connections=50, max_keepalive_connections=10),
-            follow_redirects=False,
-        )
+        self._http = http or new_http(max_connections=50, max_keepalive=10)
         self._own_http = http is None
         self._tokens = TokenCache(self._fetch_token)
 
     async def _post(self, url: str, form: Mapping[str, str]) -> Answer:
         try:
-            async with self._http.stream("POST", url, data=dict(form)) as response:
-                body = bytearray()
-                async for chunk in response.aiter_raw():
-                    body += chunk
-                    if len(body) > MAX_ANSWER:
-                        break
+            return await call(self._http, "POST", url, data=dict(form))
         except httpx.HTTPError as e:
             raise VendorFailure(Outcome.RETRY, type(e).__name__, f"{url}: {type(e).__name__}: {e}") from None
-        doc: Any = None
-        if len(body) <= MAX_ANSWER:
-            try:
-                doc = json.loads(body)
-            except ValueError:
-                doc = None
-        return Answer(response.status_code, doc if isinstance(doc, dict) else None, response.headers)
 
     async def _fetch_token(self) -> tuple[str, float]:
         now = int(time.time() * 1000)
@@ -234,7 +165,7 @@ class OppoClient(VendorClient):
         answer = await self._post(self.auth_endpoint + AUTH_PATH, form)
         data = (answer.doc or {}).get("data")
         token = data.get("auth_token") if isinstance(data, dict) else None
-        if answer.code == 0 and isinstance(token, str) and token:
+        if answer.integer("code") == 0 and isinstance(token, str) and token:
             return token, TOKEN_LIFETIME
         failure = failure_of(answer)
         if failure.outcome not in (Outcome.RETRY, Outcome.RATE_LIMITED):
@@ -266,13 +197,13 @@ class OppoClient(VendorClient):
                 answer = await self._post(self.endpoint + path, {"auth_token": token, key: field})
             except VendorFailure as f:
                 return [f.result(t) for t in tokens]
-            if answer.code == INVALID_AUTH_TOKEN and attempt == 0:
+            if answer.integer("code") == INVALID_AUTH_TOKEN and attempt == 0:
                 self._tokens.invalidate(token)  # expired or revoked: one retry with a fresh token
                 continue
-            if answer.code == INVALID_AUTH_TOKEN:
+            if answer.integer("code") == INVALID_AUTH_TOKEN:
                 self._tokens.invalidate(token)
             break
-        if answer.code != 0 or answer.status >= 300:
+        if answer.integer("code") != 0 or answer.status >= 300:
             failure = failure_of(answer)
             return [failure.result(t) for t in tokens]
         data = (answer.doc or {}).get("data")
@@ -296,20 +227,14 @@ class OppoClient(VendorClient):
             code = entry.get("errorCode")
             if isinstance(code, int) and not isinstance(code, bool) and code != 0:
                 outcome = outcome_of_code(code)
-                after = seconds_to_china_midnight() if outcome is Outcome.QUOTA_EXCEEDED else None
+                after = seconds_to_midnight(CHINA) if outcome is Outcome.QUOTA_EXCEEDED else None
                 results.append(SendResult(t, outcome, str(code), answer.status, after))
             else:
                 results.append(SendResult(t, Outcome.SENT, "", answer.status, vendor_id=_str(entry.get("messageId"))))
         return results
 
     async def check_credentials(self) -> CredentialCheck:
-        self._tokens.invalidate()
-        try:
-            await self._tokens.get()
-        except VendorFailure as f:
-            reason = "Unreachable" if f.outcome in (Outcome.RETRY, Outcome.RATE_LIMITED) else "AuthFailed"
-            return CredentialCheck(False, reason, f.message)
-        return CredentialCheck(True, "Valid", "OPPO issued an auth token")
+        return await check_access(self._tokens, "OPPO issued an auth token", with_reason=False)
 
     async def close(self) -> None:
         if self._own_http:
@@ -321,13 +246,12 @@ def _str(value: Any) -> str | None:
 
 
 def _text(secret: Mapping[str, bytes], key: str, what: str) -> str:
-    raw = secret.get(key)
-    if not raw or not raw.strip():
-        raise CredentialsError(f"the Secret needs {key}: {what}")
-    try:
-        return raw.decode().strip()
-    except UnicodeDecodeError:
-        raise CredentialsError(f"{key} is not UTF-8 text: paste it as OPPO's push console shows it") from None
+    return secret_text(
+        secret,
+        key,
+        missing=f"the Secret needs {key}: {what}",
+        not_text=f"{key} is not UTF-8 text: paste it as OPPO's push console shows it",
+    )
 
 
 def build(

@@ -32,20 +32,29 @@ document 2.9.x (reproduced at www.yimenapp.com/kb-yimen/12123, www.qro.cn/post/3
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import json
 import time
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
 
 from .auth import TokenCache
 from .base import CredentialCheck, CredentialsError, Notification, Outcome, SendResult, VendorClient
+from .http import (
+    CHINA,
+    Answer,
+    VendorFailure,
+    call,
+    check_access,
+    new_http,
+    retry_after,
+    seconds_to_midnight,
+    secret_text,
+    status_failure,
+)
 
 DEFAULT_ENDPOINT = "https://api-push.vivo.com.cn"
 AUTH_PATH = "/message/auth"
@@ -56,8 +65,6 @@ TOKEN_LIFETIME = 86400.0
 MAX_TITLE, MAX_CONTENT, MAX_REQUEST_ID = 40, 100, 64
 MAX_CUSTOM_PAIRS, MAX_CUSTOM_CHARS = 10, 1024
 MIN_TTL_SINGLE, MIN_TTL_LIST, MAX_TTL = 60, 900, 604800
-MAX_ANSWER = 64 * 1024
-CHINA = timezone(timedelta(hours=8))
 
 AUTH_TOKEN_REFUSED = 10000
 INVALID_TOKEN_CODES = {10302}
@@ -86,53 +93,6 @@ def request_id(message_id: str, *targets: str) -> str:
     return rid if len(rid) <= MAX_REQUEST_ID else hashlib.sha256(rid.encode()).hexdigest()
 
 
-def seconds_to_china_midnight(now: float | None = None) -> float:
-    """vivo's daily quotas reset at midnight in China (UTC+8)."""
-    t = datetime.fromtimestamp(time.time() if now is None else now, CHINA)
-    midnight = (t + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    return (midnight - t).total_seconds()
-
-
-def retry_after(headers: httpx.Headers) -> float | None:
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
-
-
-@dataclass(frozen=True)
-class Answer:
-    """vivo's answer, read to at most MAX_ANSWER bytes; `doc` is its JSON object, or None."""
-
-    status: int
-    doc: dict[str, Any] | None
-    headers: httpx.Headers
-
-    @property
-    def result(self) -> int | None:
-        code = (self.doc or {}).get("result")
-        return code if isinstance(code, int) and not isinstance(code, bool) else None
-
-
-class VendorFailure(Exception):
-    """A call that got no usable answer (auth refused, network down): the outcome every token gets."""
-
-    def __init__(self, outcome: Outcome, reason: str, message: str, status: int = 0, after: float | None = None):
-        super().__init__(message)
-        self.outcome, self.reason, self.message, self.status, self.after = outcome, reason, message, status, after
-
-    def result(self, token: str) -> SendResult:
-        return SendResult(token, self.outcome, self.reason, self.status, self.after)
-
-
 def outcome_of_code(code: int) -> Outcome:
     if code in INVALID_TOKEN_CODES:
         return Outcome.INVALID_TOKEN
@@ -149,25 +109,12 @@ def outcome_of_code(code: int) -> Outcome:
 
 def failure_of(answer: Answer) -> VendorFailure:
     """What a non-success answer means for every token of its request."""
-    code = answer.result
+    code = answer.integer("result")
     if answer.status == 429 or code is None:
-        if answer.status == 429:
-            outcome = Outcome.RATE_LIMITED
-        elif answer.status == 413:
-            outcome = Outcome.PAYLOAD_TOO_LARGE
-        elif answer.status >= 500:
-            outcome = Outcome.RETRY
-        elif answer.status in (401, 403):
-            outcome = Outcome.AUTH_FAILED
-        else:
-            outcome = Outcome.REJECTED
-        wait = retry_after(answer.headers) if outcome in (Outcome.RATE_LIMITED, Outcome.RETRY) else None
-        return VendorFailure(
-            outcome, f"HTTP {answer.status}", f"vivo answered HTTP {answer.status}", answer.status, wait
-        )
+        return status_failure(answer, "vivo")
     outcome = outcome_of_code(code)
     if outcome is Outcome.QUOTA_EXCEEDED:
-        after: float | None = seconds_to_china_midnight()
+        after: float | None = seconds_to_midnight(CHINA)
     elif outcome is Outcome.RATE_LIMITED:
         after = retry_after(answer.headers)
     else:
@@ -239,11 +186,7 @@ class VivoClient(VendorClient):
         self._app_id, self._app_key, self._app_secret = app_id, app_key, app_secret
         self.endpoint, self.auth_endpoint = endpoint.rstrip("/"), auth_endpoint.rstrip("/")
         self.push_mode = push_mode
-        self._http = http or httpx.AsyncClient(
-            timeout=httpx.Timeout(10.0, connect=5.0),
-            limits=httpx.Limits(max_connections=50, max_keepalive_connections=10),
-            follow_redirects=False,
-        )
+        self._http = http or new_http(max_connections=50, max_keepalive=10)
         self._own_http = http is None
         self._tokens = TokenCache(self._fetch_token)
 
@@ -253,21 +196,9 @@ class VivoClient(VendorClient):
             headers["authToken"] = token
         content = json.dumps(body, ensure_ascii=False).encode()
         try:
-            async with self._http.stream("POST", url, content=content, headers=headers) as response:
-                raw = bytearray()
-                async for chunk in response.aiter_raw():
-                    raw += chunk
-                    if len(raw) > MAX_ANSWER:
-                        break
+            return await call(self._http, "POST", url, content=content, headers=headers)
         except httpx.HTTPError as e:
             raise VendorFailure(Outcome.RETRY, type(e).__name__, f"{url}: {type(e).__name__}: {e}") from None
-        doc: Any = None
-        if len(raw) <= MAX_ANSWER:
-            try:
-                doc = json.loads(raw)
-            except ValueError:
-                doc = None
-        return Answer(response.status_code, doc if isinstance(doc, dict) else None, response.headers)
 
     async def _fetch_token(self) -> tuple[str, float]:
         now = int(time.time() * 1000)
@@ -279,7 +210,7 @@ class VivoClient(VendorClient):
         }
         answer = await self._post(self.auth_endpoint + AUTH_PATH, body)
         token = (answer.doc or {}).get("authToken")
-        if answer.result == 0 and isinstance(token, str) and token:
+        if answer.integer("result") == 0 and isinstance(token, str) and token:
             return token, TOKEN_LIFETIME
         failure = failure_of(answer)
         if failure.outcome not in (Outcome.RETRY, Outcome.RATE_LIMITED):
@@ -290,7 +221,7 @@ class VivoClient(VendorClient):
         """One authenticated call; a refused token is replaced and the call made once more."""
         token = await self._tokens.get()
         answer = await self._post(self.endpoint + path, body, token)
-        if answer.result == AUTH_TOKEN_REFUSED:
+        if answer.integer("result") == AUTH_TOKEN_REFUSED:
             self._tokens.invalidate(token)
             answer = await self._post(self.endpoint + path, body, await self._tokens.get())
         return answer
@@ -322,7 +253,7 @@ class VivoClient(VendorClient):
             "requestId": request_id(n.message_id, token),
         }
         answer = await self._call(SEND_PATH, body)
-        if answer.result != 0 or answer.status >= 300:
+        if answer.integer("result") != 0 or answer.status >= 300:
             return failure_of(answer).result(token)
         invalid = (answer.doc or {}).get("invalidUser")
         if isinstance(invalid, dict):
@@ -334,7 +265,7 @@ class VivoClient(VendorClient):
         payload = {**m, "timeToLive": ttl(n.ttl_seconds, MIN_TTL_LIST), "requestId": "list-" + rid[:59]}
         saved = await self._call(SAVE_LIST_PATH, payload)
         task_id = (saved.doc or {}).get("taskId")
-        if saved.result != 0 or saved.status >= 300 or task_id is None:
+        if saved.integer("result") != 0 or saved.status >= 300 or task_id is None:
             failure = failure_of(saved)
             return [failure.result(t) for t in tokens]
         body = {
@@ -344,7 +275,7 @@ class VivoClient(VendorClient):
             "pushMode": self.push_mode,
         }
         answer = await self._call(PUSH_TO_LIST_PATH, body)
-        if answer.result != 0 or answer.status >= 300:
+        if answer.integer("result") != 0 or answer.status >= 300:
             failure = failure_of(answer)
             return [failure.result(t) for t in tokens]
         invalid: dict[str, Any] = {}
@@ -359,13 +290,7 @@ class VivoClient(VendorClient):
         ]
 
     async def check_credentials(self) -> CredentialCheck:
-        self._tokens.invalidate()
-        try:
-            await self._tokens.get()
-        except VendorFailure as f:
-            reason = "Unreachable" if f.outcome in (Outcome.RETRY, Outcome.RATE_LIMITED) else "AuthFailed"
-            return CredentialCheck(False, reason, f.message)
-        return CredentialCheck(True, "Valid", "vivo issued an authToken")
+        return await check_access(self._tokens, "vivo issued an authToken", with_reason=False)
 
     async def close(self) -> None:
         if self._own_http:
@@ -377,13 +302,12 @@ def _str(value: Any) -> str | None:
 
 
 def _text(secret: Mapping[str, bytes], key: str, what: str) -> str:
-    raw = secret.get(key)
-    if not raw or not raw.strip():
-        raise CredentialsError(f"the Secret needs {key}: {what}")
-    try:
-        return raw.decode().strip()
-    except UnicodeDecodeError:
-        raise CredentialsError(f"{key} is not UTF-8 text: paste it as vivo's developer console shows it") from None
+    return secret_text(
+        secret,
+        key,
+        missing=f"the Secret needs {key}: {what}",
+        not_text=f"{key} is not UTF-8 text: paste it as vivo's developer console shows it",
+    )
 
 
 def build(

@@ -26,25 +26,21 @@ the Java SDK's Stats call as this client knows it, not seen in a stored source.
 
 from __future__ import annotations
 
-import email.utils
 import json
-import time
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 
 import httpx
 
 from .base import CredentialCheck, CredentialsError, Notification, Outcome, SendResult, VendorClient
+from .http import CHINA, Answer, call, new_http, outcome_of_status, retry_after, seconds_to_midnight, secret_text
 
 DEFAULT_ENDPOINT = "https://api.xmpush.xiaomi.com"
 GLOBAL_ENDPOINT = "https://api.xmpush.global.xiaomi.com"
 SEND_PATH = "/v3/message/regid"
 STATS_PATH = "/v1/stats/message/counts"  # read-only and authenticated: what check_credentials asks
-MAX_ANSWER = 64 * 1024
-CHINA = timezone(timedelta(hours=8))
 
 AUTH_CODES = {10005, 10006, 10013, 10014, 21301, 21302, 22000, 22001, 22002, 22006, 22007, 22008}
 RATE_CODES = {10022, 10023, 10024, 10027, 10028, 26004}
@@ -52,60 +48,6 @@ QUOTA_CODES = {10034, 200001}
 TOO_LARGE_CODES = {10018, 65009}
 INVALID_TOKEN_CODES = {20301}
 RETRY_CODES = {-1, 1, 10001, 10002, 10003, 10009, 10010, 10011, 26003, 65029}
-
-
-def seconds_to_china_midnight(now: float | None = None) -> float:
-    """Xiaomi, OPPO and vivo count quotas per day in China (UTC+8): they reset at its midnight."""
-    t = datetime.fromtimestamp(time.time() if now is None else now, CHINA)
-    midnight = (t + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    return (midnight - t).total_seconds()
-
-
-def retry_after(headers: httpx.Headers) -> float | None:
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
-
-
-def http_client() -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        timeout=httpx.Timeout(10.0, connect=5.0),
-        limits=httpx.Limits(max_connections=50, max_keepalive_connections=10),
-        follow_redirects=False,
-    )
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A vendor's answer, read to at most MAX_ANSWER bytes; `doc` is its JSON object, or None."""
-
-    status: int
-    doc: dict[str, Any] | None
-    headers: httpx.Headers
-
-
-async def read_answer(response: httpx.Response) -> Answer:
-    body = bytearray()
-    async for chunk in response.aiter_raw():
-        body += chunk
-        if len(body) > MAX_ANSWER:
-            break
-    doc: Any = None
-    if len(body) <= MAX_ANSWER:
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            doc = None
-    return Answer(response.status_code, doc if isinstance(doc, dict) else None, response.headers)
 
 
 def build_form(n: Notification, package: str) -> dict[str, str]:
@@ -152,19 +94,6 @@ def outcome_of_code(code: int) -> Outcome:
     return Outcome.REJECTED
 
 
-def http_outcome(status: int) -> Outcome:
-    """For an answer without the vendor's JSON."""
-    if status == 429:
-        return Outcome.RATE_LIMITED
-    if status == 413:
-        return Outcome.PAYLOAD_TOO_LARGE
-    if status >= 500:
-        return Outcome.RETRY
-    if status in (401, 403):
-        return Outcome.AUTH_FAILED
-    return Outcome.REJECTED
-
-
 def _code(doc: Mapping[str, Any]) -> int | None:
     code = doc.get("code")
     if isinstance(code, bool):
@@ -181,7 +110,7 @@ def results_of(answer: Answer, tokens: Sequence[str]) -> list[SendResult]:
     status, doc = answer.status, answer.doc
     code = _code(doc) if doc is not None else None
     if status == 429 or code is None:
-        outcome = http_outcome(status) if status != 200 else Outcome.REJECTED
+        outcome = outcome_of_status(status) if status != 200 else Outcome.REJECTED
         wait = retry_after(answer.headers) if outcome is Outcome.RATE_LIMITED else None
         reason = f"HTTP {status}" if doc is None else str(doc.get("reason") or doc.get("result") or f"HTTP {status}")
         return [SendResult(t, outcome, reason, status, wait) for t in tokens]
@@ -198,10 +127,10 @@ def results_of(answer: Answer, tokens: Sequence[str]) -> list[SendResult]:
         ]
     outcome = outcome_of_code(code)
     if code == 0:  # code 0 with an HTTP error: trust the status
-        outcome = http_outcome(status)
+        outcome = outcome_of_status(status)
     after: float | None = None
     if outcome is Outcome.QUOTA_EXCEEDED:
-        after = seconds_to_china_midnight()
+        after = seconds_to_midnight(CHINA)
     elif outcome in (Outcome.RATE_LIMITED, Outcome.RETRY):
         after = retry_after(answer.headers)
     return [SendResult(t, outcome, str(code), status, after) for t in tokens]
@@ -214,7 +143,7 @@ class XiaomiClient(VendorClient):
     def __init__(self, app_secret: str, package: str, *, endpoint: str, http: httpx.AsyncClient | None = None):
         self._secret, self.package = app_secret, package
         self.endpoint = endpoint.rstrip("/")
-        self._http = http or http_client()
+        self._http = http or new_http(max_connections=50, max_keepalive=10)
         self._own_http = http is None
 
     def _headers(self) -> dict[str, str]:
@@ -236,10 +165,7 @@ class XiaomiClient(VendorClient):
     async def _send(self, form: Mapping[str, str], tokens: Sequence[str]) -> list[SendResult]:
         body = {**form, "registration_id": ",".join(tokens)}
         try:
-            async with self._http.stream(
-                "POST", self.endpoint + SEND_PATH, data=body, headers=self._headers()
-            ) as response:
-                answer = await read_answer(response)
+            answer = await call(self._http, "POST", self.endpoint + SEND_PATH, data=body, headers=self._headers())
         except httpx.HTTPError as e:
             return [SendResult(t, Outcome.RETRY, type(e).__name__) for t in tokens]
         return results_of(answer, tokens)
@@ -248,10 +174,7 @@ class XiaomiClient(VendorClient):
         today = datetime.now(CHINA).strftime("%Y%m%d")
         params = {"start_date": today, "end_date": today, "restricted_package_name": self.package}
         try:
-            async with self._http.stream(
-                "GET", self.endpoint + STATS_PATH, params=params, headers=self._headers()
-            ) as response:
-                answer = await read_answer(response)
+            answer = await call(self._http, "GET", self.endpoint + STATS_PATH, params=params, headers=self._headers())
         except httpx.HTTPError as e:
             return CredentialCheck(False, "Unreachable", f"{self.endpoint}: {type(e).__name__}: {e}")
         doc = answer.doc
@@ -259,7 +182,7 @@ class XiaomiClient(VendorClient):
         if doc is None or code is None:
             if answer.status >= 500 or answer.status == 429:
                 return CredentialCheck(False, "Unreachable", f"MiPush answered HTTP {answer.status}")
-            outcome = http_outcome(answer.status)
+            outcome = outcome_of_status(answer.status)
             reason = "AuthFailed" if outcome is Outcome.AUTH_FAILED else "InvalidCredentials"
             return CredentialCheck(False, reason, f"MiPush answered HTTP {answer.status}")
         said = f"{code} {doc.get('description') or ''} {doc.get('reason') or ''}".strip()
@@ -283,13 +206,12 @@ def build(
     options: Mapping[str, str],
     http: httpx.AsyncClient | None = None,
 ) -> XiaomiClient:
-    raw = secret.get("appSecret")
-    if not raw or not raw.strip():
-        raise CredentialsError("the Secret needs appSecret: the AppSecret of the app in Xiaomi's push console")
-    try:
-        app_secret = raw.decode().strip()
-    except UnicodeDecodeError:
-        raise CredentialsError("appSecret is not UTF-8 text: paste the AppSecret as Xiaomi shows it") from None
+    app_secret = secret_text(
+        secret,
+        "appSecret",
+        missing="the Secret needs appSecret: the AppSecret of the app in Xiaomi's push console",
+        not_text="appSecret is not UTF-8 text: paste the AppSecret as Xiaomi shows it",
+    )
     package = (options.get("packageName") or options.get("restrictedPackageName") or "").strip()
     if not package:
         raise CredentialsError("Xiaomi needs the option packageName: the Android package registered with MiPush")
