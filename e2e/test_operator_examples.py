@@ -12,16 +12,21 @@ pytestmark = pytest.mark.cluster
 KINDS = "mpaasgateways,deliverytasks,pushchannels,synctopics"
 # What "settled" means per kind today: a gateway serves; a task's package was checked, and with no object store
 # here it is not offered; a Link channel's pods serve, Ready once its token key exists (the demo's does, the
-# README's names none); the other components are not built yet, so their resources say NotImplemented once the
-# operator has done its part (never Ready=True).
+# README's names none); a vendor channel waits for its credentials Secret (the README's is not shown); sync is
+# not built yet, so a SyncTopic says NotImplemented once the operator has done its part (never Ready=True).
 SETTLED = {
     "MpaasGateway": {("True", "Available")},
     "DeliveryTask": {("False", "PackageNotVerified")},
-    "PushChannel": {("True", "Available"), ("False", "TokenKeyMissing")},
+    "PushChannel": {("True", "Available"), ("False", "TokenKeyMissing"), ("False", "CredentialsMissing")},
 }
 SETTLED_DEFAULT = {("False", "NotImplemented")}
 # Argo CD's verdict per kind and Ready reason, through the health script the docs ship.
-HEALTH = {"Available": "Healthy", "PackageNotVerified": "Progressing", "TokenKeyMissing": "Progressing"}
+HEALTH = {
+    "Available": "Healthy",
+    "PackageNotVerified": "Progressing",
+    "TokenKeyMissing": "Progressing",
+    "CredentialsMissing": "Degraded",  # Stalled: someone must create the Secret
+}
 
 
 def readme_resources() -> list[dict[str, Any]]:
