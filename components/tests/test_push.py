@@ -443,6 +443,9 @@ async def test_a_scheduled_push_survives_a_restart_and_can_be_canceled(
     assert st["counts"] == {"APNs.Sent": 1}
     assert [a.payload["aps"]["alert"] for a in apns.accepted] == [{"body": "later"}]
     assert time.time() * 1000 >= at
+    # Sent now: a DELETE recalls it (no longer a cancel), and a second one has nothing left to take back.
+    recalled = await push.call("DELETE", f"/v1/push/messages/{kept['messageId']}")
+    assert (recalled.status_code, recalled.json()["state"]) == (200, "Revoked")
     again = await push.call("DELETE", f"/v1/push/messages/{kept['messageId']}")
     assert (again.status_code, again.json()["code"]) == (409, "NotCancelable")
 
