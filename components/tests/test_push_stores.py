@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 
 from conftest import need_env
-from mpaas.push.messages import Content, PushMessage, Target, new_message_id
+from mpaas.push.messages import Content, PushMessage, Target, new_batch_ids, new_message_id
 from mpaas.push.registry import Device, MemoryRegistry, RedisRegistry, Registry, UnknownDevice
 from mpaas.push.state import Failed, MemoryPushState, PushState, RedisPushState
 
@@ -181,6 +181,25 @@ async def test_status_counts_failed_and_stats(state: PushState) -> None:
     assert sum(r.get("APNs.Sent", 0) for r in rows.values()) == 3
     assert (await state.totals(APP))["Link.Sent"] == 1
     assert await state.status("f" * 28) is None
+
+
+@contract
+async def test_a_batch_is_one_record_with_a_state_per_message(state: PushState) -> None:
+    ids = new_batch_ids(3)
+    batch = [message(message_id=i, content=Content(title=f"n{n}")) for n, i in enumerate(ids)]
+    await state.save_many([(batch[0], "Accepted"), (batch[1], "Scheduled")])
+    assert await state.set_state(ids[0], "Sending", only_from=("Accepted",))
+    assert not await state.set_state(ids[1], "Sending", only_from=("Accepted",))
+    assert not await state.set_state(ids[2], "Sending")  # not saved: no state to move
+    assert await state.status(ids[2]) is None
+    await state.count(batch[0], {"Link.Sent": 1}, targets=1)
+    first, second = await state.status(ids[0]), await state.status(ids[1])
+    assert first is not None and (first.message, first.state, first.counts) == (batch[0], "Sending", {"Link.Sent": 1})
+    assert second is not None and (second.message, second.state, second.counts) == (batch[1], "Scheduled", {})
+    await state.save(batch[2], "Sending")  # one saved later joins its batch's record
+    third = await state.status(ids[2])
+    assert third is not None and third.message == batch[2] and third.state == "Sending"
+    assert (await state.status(ids[0])).state == "Sending"  # type: ignore[union-attr]
 
 
 @contract

@@ -41,6 +41,8 @@ from mpaas.push.messages import (
     Target,
     check_size,
     idempotency_key,
+    batch_part,
+    new_batch_ids,
     new_message_id,
     parse_content,
     parse_options,
@@ -442,6 +444,28 @@ def test_message_ids_are_28_hex_digits_time_ordered_and_unique() -> None:
     assert ids == sorted(ids, key=lambda i: i[:12])
 
 
+def test_batch_ids_share_their_batch_record() -> None:
+    ids = new_batch_ids(500)
+    assert len(set(ids)) == 500 and all(valid_message_id(i) and len(i) == 28 for i in ids)
+    assert {batch_part(i)[0] for i in ids} == {ids[0][:24]}
+    assert [int(batch_part(i)[1], 16) for i in ids] == list(range(500))
+    assert new_batch_ids(1)[0][:24] != ids[0][:24]
+    assert batch_part(MID) == (MID, "")  # a lone message is its own record
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "a" * 24 + "-" + "a" * 4,
+        "a" * 23 + "-" + "a" * 4,
+        "a" * 24 + "_aaa",
+        "a" * 24 + "-AAA",
+    ],
+)
+def test_invalid_batch_message_ids(value: str) -> None:
+    assert not valid_message_id(value)
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -493,7 +517,7 @@ contents = st.builds(
 )
 messages = st.builds(
     PushMessage,
-    message_id=st.from_regex(r"[0-9a-f]{28}", fullmatch=True),
+    message_id=st.from_regex(r"[0-9a-f]{28}|[0-9a-f]{24}-[0-9a-f]{3}", fullmatch=True),
     app_id=st.text(min_size=1, max_size=10),
     workspace_id=st.text(min_size=1, max_size=10),
     target=targets,
@@ -512,6 +536,7 @@ messages = st.builds(
 def test_messages_survive_their_json(m: PushMessage) -> None:
     assert PushMessage.from_json(m.to_json()) == m
     assert json.loads(m.link_payload())["messageId"] == m.message_id
+    assert len(m.link_payload()) <= len(m.to_json())  # what lets check_size skip building the payload
 
 
 @settings(max_examples=100, deadline=None)
@@ -1243,6 +1268,10 @@ def test_compiled_link_keys_authenticate_devices_and_a_rotated_one_still_does() 
     refused(lambda: auth.device(revoked, _bearer(new), APP, WS, "d1"), "KeyUnavailable", 401)
 
 
+def _flip_last(token: bytes) -> bytes:
+    return token[:-1] + (b"B" if token.endswith(b"A") else b"A")  # always a change
+
+
 @pytest.mark.parametrize(
     ("token", "device_id"),
     [
@@ -1251,7 +1280,7 @@ def test_compiled_link_keys_authenticate_devices_and_a_rotated_one_still_does() 
         (lambda k: k.issue("OTHER", WS, "d1"), "d1"),  # another app
         (lambda k: k.issue(APP, WS, "d1", ttl_seconds=-10), "d1"),  # expired
         (lambda k: TokenKey(b"z" * 32).issue(APP, WS, "d1"), "d1"),  # another key
-        (lambda k: k.issue(APP, WS, "d1")[:-1] + b"A", "d1"),
+        (lambda k: _flip_last(k.issue(APP, WS, "d1")), "d1"),  # a forged signature
         (lambda k: b"v1.99999999999.abc", "d1"),
         (lambda k: b"v2" + k.issue(APP, WS, "d1")[2:], "d1"),
         (lambda k: k.issue(APP, WS, "d1").replace(b"v1.", b"v1.\xd9\xa1".decode("utf-8").encode()), "d1"),

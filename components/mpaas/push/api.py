@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+import orjson
 import yaml
 from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request
@@ -42,6 +43,7 @@ from .messages import (
     Target,
     check_size,
     idempotency_key,
+    new_batch_ids,
     new_message_id,
     parse_content,
     parse_options,
@@ -85,8 +87,8 @@ def _error(e: Invalid) -> JSONResponse:
 
 def _json(body: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        value = orjson.loads(body) if body else None  # at most 1024 levels deep; no NaN, no lone surrogate
+    except ValueError:
         raise Invalid("the body is not JSON (or nests too deep)") from None
     if not isinstance(value, dict):
         raise Invalid("the body is a JSON object")
@@ -253,7 +255,7 @@ def install(app: FastAPI, ctx: Context) -> None:
 
     # --- sending ---------------------------------------------------------------------------------------
 
-    async def build_message(caller: auth.Caller, body: dict[str, Any], now_ms: int) -> PushMessage:
+    async def build_message(caller: auth.Caller, body: dict[str, Any], now_ms: int, message_id: str) -> PushMessage:
         target = parse_target(body.get("target"))
         if "template" in body:
             if "notification" in body:
@@ -268,7 +270,7 @@ def install(app: FastAPI, ctx: Context) -> None:
         if unknown:
             raise Invalid(f"unknown fields {sorted(unknown)}")
         message = PushMessage(
-            message_id=new_message_id(),
+            message_id=message_id,
             app_id=caller.app_id,
             workspace_id=caller.workspace_id,
             target=target,
@@ -339,7 +341,7 @@ def install(app: FastAPI, ctx: Context) -> None:
 
     async def send(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
         server_only(caller)
-        message = await build_message(caller, body, int(time.time() * 1000))
+        message = await build_message(caller, body, int(time.time() * 1000), new_message_id())
         key = idempotency_key(body, request.headers.get("idempotency-key"))
         message_id, repeated = await ctx.accepter.accept(message, key)
         state = "Scheduled" if message.scheduled_ms else "Accepted"
@@ -354,11 +356,12 @@ def install(app: FastAPI, ctx: Context) -> None:
             raise Invalid(f"messages: a list of 1 to {MAX_BATCH} sends")
         now = int(time.time() * 1000)
         built = []
+        message_ids = new_batch_ids(len(items))
         for i, item in enumerate(items):  # every one checked before any is accepted: nothing half-sent
             if not isinstance(item, dict):
                 raise Invalid(f"messages[{i}]: a JSON object")
             try:
-                built.append((await build_message(caller, item, now), idempotency_key(item, None)))
+                built.append((await build_message(caller, item, now, message_ids[i]), idempotency_key(item, None)))
             except Invalid as e:
                 raise Invalid(f"messages[{i}]: {e}", e.code, e.status) from None
         out: list[dict[str, Any]] = []
@@ -484,7 +487,8 @@ def install(app: FastAPI, ctx: Context) -> None:
         if not isinstance(notifications, list) or not 1 <= len(notifications) <= MAX_BATCH:
             raise Invalid(f"notifications: a list of 1 to {MAX_BATCH}")
         now = int(time.time() * 1000)
-        messages = [gorush_message(caller, n, i, now) for i, n in enumerate(notifications)]
+        message_ids = new_batch_ids(len(notifications))
+        messages = [gorush_message(caller, n, i, now, message_ids[i]) for i, n in enumerate(notifications)]
         accepted, logs = [], []
         for m, result in zip(messages, await ctx.accepter.accept_many([(m, None) for m in messages]), strict=True):
             if isinstance(result, Unavailable):  # one the store refused is logged, the others go
@@ -503,7 +507,7 @@ def install(app: FastAPI, ctx: Context) -> None:
         return {"type": "failed-push", "platform": GORUSH_NAMES.get(channel, channel.lower()), "token": token,
                 "message": m.content.body or "", "error": error}  # fmt: skip
 
-    def gorush_message(caller: auth.Caller, n: object, i: int, now: int) -> PushMessage:
+    def gorush_message(caller: auth.Caller, n: object, i: int, now: int, message_id: str) -> PushMessage:
         if not isinstance(n, dict):
             raise Invalid(f"notifications[{i}]: a JSON object")
         platform = n.get("platform")
@@ -557,7 +561,7 @@ def install(app: FastAPI, ctx: Context) -> None:
         except Invalid as e:
             raise Invalid(f"notifications[{i}]: {e}", e.code, e.status) from None
         message = PushMessage(
-            message_id=new_message_id(),
+            message_id=message_id,
             app_id=caller.app_id,
             workspace_id=caller.workspace_id,
             target=Target("token", tokens=tuple((channel, t) for t in dict.fromkeys(tokens))),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import defaultdict
@@ -23,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+import orjson
 from aiokafka.errors import MessageSizeTooLargeError
 
 from ..stores import EventLog, Record
@@ -82,9 +82,7 @@ def vendor_job(message: PushMessage, channel: tuple[str, str], items: list[tuple
     """A job: the message without its target (the items are the job's part of it), the channel, the items. At
     most JOB_ITEMS items of tokens of at most 1 KiB: well under Kafka's 1 MiB per record."""
     m = replace(message, target=Target(message.target.type))
-    return json.dumps(
-        {"message": json.loads(m.to_json()), "channel": list(channel), "items": items}, separators=(",", ":")
-    ).encode()
+    return orjson.dumps({"message": m.to_dict(), "channel": channel, "items": items})
 
 
 class NotYet(Exception):

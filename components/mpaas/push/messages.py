@@ -8,14 +8,14 @@ Every malformed field is an `Invalid` naming it; nothing of a refused request is
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cached_property
 from typing import Any
+
+import orjson
 
 from ..rules import version_key as rules_version_key
 from .registry import PLATFORMS, valid_id, valid_tag, valid_token
@@ -102,17 +102,21 @@ class PushMessage:
             body["data"] = c.data
         if self.collapse_key is not None:
             body["collapseKey"] = self.collapse_key
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        return orjson.dumps(body)
 
     def to_json(self) -> bytes:
-        return self._json
+        """Encoded once (the state store and the event log both write it); kept outside the fields, so it is
+        not compared. A plain attribute: functools.cached_property takes a lock on every first read."""
+        encoded: bytes | None = self.__dict__.get("_json")
+        if encoded is None:
+            encoded = orjson.dumps(self.to_dict())
+            object.__setattr__(self, "_json", encoded)
+        return encoded
 
-    @cached_property
-    def _json(self) -> bytes:
-        """Encoded once (the state store and the event log both write it). By hand: dataclasses.asdict deep-copies
-        every field and costs several times the encoding."""
+    def to_dict(self) -> dict[str, Any]:
+        """By hand: dataclasses.asdict deep-copies every field and costs several times the encoding."""
         t, c = self.target, self.content
-        d = {
+        return {
             "message_id": self.message_id,
             "app_id": self.app_id,
             "workspace_id": self.workspace_id,
@@ -141,11 +145,13 @@ class PushMessage:
             "sync": self.sync,
             "link_only": self.link_only,
         }
-        return json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode()
 
     @staticmethod
     def from_json(raw: bytes) -> PushMessage:
-        d = json.loads(raw)
+        return PushMessage.from_dict(orjson.loads(raw))
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> PushMessage:
         t = d["target"]
         target = Target(
             type=t["type"],
@@ -165,7 +171,23 @@ def new_message_id() -> str:
     return f"{int(time.time() * 1000):012x}{os.urandom(8).hex()}"
 
 
-_MESSAGE_ID = re.compile(r"[0-9a-f]{28}")
+def new_batch_ids(n: int) -> list[str]:
+    """The ids of a batch's messages (at most 4096): the batch's 24 hex digits (12 of epoch milliseconds, 12
+    random), a dash, the message's index in 3 hex digits. The messages of a batch are stored as one record
+    (`batch_part`), so that storing a batch costs about one write, not one per message."""
+    batch = f"{int(time.time() * 1000):012x}{os.urandom(6).hex()}"
+    return [f"{batch}-{i:03x}" for i in range(n)]
+
+
+def batch_part(message_id: str) -> tuple[str, str]:
+    """(the id of the record holding the message, its part in the record): a lone message is its own record
+    (part ""), a batch's message is part of its batch's."""
+    if len(message_id) == 28 and message_id[24] == "-":
+        return message_id[:24], message_id[25:]
+    return message_id, ""
+
+
+_MESSAGE_ID = re.compile(r"[0-9a-f]{28}|[0-9a-f]{24}-[0-9a-f]{3}")
 
 
 def valid_message_id(value: str) -> bool:
@@ -186,6 +208,8 @@ def text_ok(v: object, max_len: int) -> bool:
     escapes can carry, is not: it could never be sent as UTF-8)."""
     if not isinstance(v, str) or len(v) > max_len:
         return False
+    if v.isascii():
+        return True
     try:
         v.encode()
     except UnicodeEncodeError:
@@ -233,10 +257,12 @@ def parse_target(raw: object) -> Target:
     elif "ids" in raw:
         raise Invalid("target.ids: not allowed for type all")
     f = _object(raw, "filter")
+    if not f:
+        return Target(kind, ids)
     unknown = set(f) - {"platforms", "tags", "minAppVersion", "maxAppVersion"}
     if unknown:
         raise Invalid(f"target.filter: unknown fields {sorted(unknown)}")
-    if f and kind not in ("all", "tag", "user"):
+    if kind not in ("all", "tag", "user"):
         raise Invalid("target.filter applies to types all, tag and user")
     platforms = _list(f, "platforms", lambda p: p in PLATFORMS, f"platforms ({', '.join(PLATFORMS)})", max_items=4)
     tags = _list(f, "tags", valid_tag, "tags", max_items=100)
@@ -323,6 +349,10 @@ def idempotency_key(raw: dict[str, Any], header: str | None) -> str | None:
 
 
 def check_size(message: PushMessage) -> None:
+    # The stored JSON holds every field of the link payload, under keys no shorter, so it bounds its size:
+    # the payload itself is built only for a message near the limit.
+    if len(message.to_json()) <= MAX_NOTIFICATION_BYTES:
+        return
     size = len(message.link_payload())
     if size > MAX_NOTIFICATION_BYTES:
         raise Invalid(

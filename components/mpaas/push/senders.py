@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import orjson
 from prometheus_client import Counter
 
 from ..stores import EventLog, HotStore, Record
@@ -72,8 +72,8 @@ class Job:
 
     @staticmethod
     def parse(raw: bytes) -> Job:
-        d = json.loads(raw)
-        message = PushMessage.from_json(json.dumps(d["message"]).encode())
+        d = orjson.loads(raw)
+        message = PushMessage.from_dict(d["message"])
         return Job(message, (d["channel"][0], d["channel"][1]), [(a, b) for a, b in d["items"]])
 
 

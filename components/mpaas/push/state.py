@@ -2,7 +2,8 @@
 per-minute stats, the schedule, fan-out checkpoints and per-device send claims, templates, and what waits for
 a user's next device.
 
-Redis keys (prefix `push:` by default): `m:{id}` (the message's JSON and state, a hash), `m:{id}:n` (outcome
+Redis keys (prefix `push:` by default): `m:{id}` (the message's JSON and state, a hash; a batch's messages are
+fields `json:{index}` and `state:{index}` of their batch's hash, `m:{batch}`), `m:{id}:n` (outcome
 counts), `m:{id}:f` (failed tokens, a capped list), `m:{id}:c` (the fan-out checkpoint), `i:{app}:{key}`
 (idempotency), `s:{app}:{minute}` and `t:{app}` (stats), `ch:{namespace}/{name}` (a vendor channel's totals),
 `{sched}` and `{sched}:m` (the schedule), `x:{id}:{device}` (claims), `tpl:{app}` (templates),
@@ -24,7 +25,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from ..stores.redis_common import RedisRole
-from .messages import PushMessage
+from .messages import PushMessage, batch_part
 from .redis_text import text
 
 log = logging.getLogger("mpaas.push")
@@ -215,12 +216,25 @@ return due
     async def save(self, message: PushMessage, state: str) -> None:
         await self.save_many([(message, state)])
 
+    def _record(self, message_id: str) -> tuple[str, str, str]:
+        """(the key, the JSON's field, the state's field) of a message: a batch's messages share one hash."""
+        record, part = batch_part(message_id)
+        if not part:
+            return self._k("m", record), "json", "state"
+        return self._k("m", record), f"json:{part}", f"state:{part}"
+
     async def save_many(self, items: Sequence[tuple[PushMessage, str]]) -> None:
+        records: dict[str, tuple[dict[str, bytes | str], list[float]]] = {}
+        for message, state in items:
+            k, json_field, state_field = self._record(message.message_id)
+            fields, keeps = records.setdefault(k, ({}, []))
+            fields[json_field], fields[state_field] = message.to_json(), state
+            keeps.append(_keep(message))
         async with self.redis.pipeline(transaction=False) as p:  # one key each: no transaction needed
-            for message, state in items:
-                k = self._k("m", message.message_id)
-                p.hset(k, mapping={"json": message.to_json(), "state": state})
-                p.expire(k, int(_keep(message)))
+            for k, (fields, keeps) in records.items():
+                p.hset(k, mapping=fields)  # type: ignore[arg-type]
+                p.expire(k, int(max(keeps)), nx=True)  # a new record
+                p.expire(k, int(max(keeps)), gt=True)  # one added to: kept for the longest-kept of its messages
             await p.execute()
 
     async def claim_idempotency_many(self, items: Sequence[tuple[str, str, str, float]]) -> list[str | None]:
@@ -231,31 +245,32 @@ return due
         return [None if f is None else text(f) for f in firsts]
 
     async def set_state(self, message_id: str, state: str, *, only_from: Sequence[str] = ()) -> bool:
-        k = self._k("m", message_id)
+        k, json_field, state_field = self._record(message_id)
+        # KEYS: the message's hash; ARGV: its JSON's field, its state's field, the new state, the states allowed.
         script = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local cur = redis.call('HGET', KEYS[1], 'state')
-if #ARGV > 1 then
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+local cur = redis.call('HGET', KEYS[1], ARGV[2])
+if #ARGV > 3 then
   local ok = false
-  for i = 2, #ARGV do if ARGV[i] == cur then ok = true end end
+  for i = 4, #ARGV do if ARGV[i] == cur then ok = true end end
   if not ok then return 0 end
 end
-redis.call('HSET', KEYS[1], 'state', ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 return 1
 """
-        return bool(await self.redis.eval(script, 1, k, state, *only_from))
+        return bool(await self.redis.eval(script, 1, k, json_field, state_field, state, *only_from))
 
     async def status(self, message_id: str) -> Status | None:
-        k = self._k("m", message_id)
+        k, json_field, state_field = self._record(message_id)
         async with self.redis.pipeline(transaction=False) as p:
-            p.hgetall(k)
-            p.hgetall(k + ":n")
-            row, counts = await p.execute()
-        if not row:
+            p.hmget(k, [json_field, state_field])
+            p.hgetall(self._k("m", message_id, "n"))
+            (raw, state), counts = await p.execute()
+        if raw is None or state is None:
             return None
         counts = {a.decode(): int(b) for a, b in counts.items()}
         targets = counts.pop("targets", 0)
-        return Status(PushMessage.from_json(row[b"json"]), row[b"state"].decode(), counts, targets)
+        return Status(PushMessage.from_json(raw), state.decode(), counts, targets)
 
     async def count(self, message: PushMessage, counts: dict[str, int], *, targets: int = 0) -> None:
         async with self.redis.pipeline(transaction=False) as p:
