@@ -419,6 +419,75 @@ async def dead_token_checks(start_push: Callable[..., Push], apns: ApnsServer) -
     assert device["tokens"] == {}  # pruned
 
 
+async def test_vendor_receipts_count_deliveries_once_and_prune_dead_tokens(
+    start_push: Callable[..., Push], folder: Path
+) -> None:
+    """Xiaomi (asked with each send) and Huawei (its console's address) post receipts to the push API: each
+    device counted once however often they come, the token Xiaomi reports dead failed and pruned."""
+    from push_vendors.huawei import HuaweiServer
+    from push_vendors.xiaomi import XiaomiServer
+
+    port, token = free_port(), "receipts-" + os.urandom(12).hex()
+    mi, hw = XiaomiServer(), HuaweiServer({"104513725": "c0ffee5ecret"})
+    await mi.start()
+    await hw.start()
+    hw.receipt_url = f"http://127.0.0.1:{port}/v1/push/receipts/shop/hw/{token}"
+    config = folder / "push.yaml"
+    docs = list(yaml.safe_load_all(config.read_text()))
+    for name, kind, url, extra, data in (
+        ("mi", "Xiaomi", mi.url, {"xiaomi": {"packageName": mi.package}}, {"appSecret": mi.app_secret}),
+        ("hw", "Huawei", hw.url, {}, {"appId": "104513725", "appSecret": "c0ffee5ecret"}),
+    ):
+        spec = {"appId": APP, "type": kind, "endpoint": url, "credentialsSecretRef": {"name": f"{name}-creds"}}
+        spec["receiptUrl"] = f"http://127.0.0.1:{port}"
+        docs.append({"apiVersion": "mpaas.io/v1alpha1", "kind": "PushChannel",
+                     "metadata": {"name": name, "namespace": "shop"}, "spec": spec | extra})  # fmt: skip
+        encoded = {k: base64.b64encode(v.encode()).decode() for k, v in (data | {"receiptToken": token}).items()}
+        docs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{name}-creds", "namespace": "shop"},
+                     "data": encoded})  # fmt: skip
+    config.write_text(yaml.safe_dump_all(docs))
+    try:
+        push = start_push(port=port)
+        alive, dying, huawei = os.urandom(12).hex(), os.urandom(12).hex(), os.urandom(16).hex()
+        mi.expire_later(dying)
+        await push.register("mi-1", brand="xiaomi", tokens={"Xiaomi": alive}, tags=["r"])
+        await push.register("mi-2", brand="xiaomi", tokens={"Xiaomi": dying}, tags=["r"])
+        await push.register("hw-1", brand="huawei", tokens={"Huawei": huawei}, tags=["r"])
+        sent = await push.ok(
+            "POST",
+            "/v1/push/messages",
+            {"target": {"type": "tag", "ids": ["r"]}, "notification": {"title": "t", "body": "b"}},
+        )
+        st = await push.settled(sent["messageId"], done=3)
+        assert {k: n for k, n in st["counts"].items() if k.endswith(".Sent")} == {"Xiaomi.Sent": 2, "Huawei.Sent": 1}
+        (ask,) = {a.message["extra.callback"] for a in mi.accepted}  # Xiaomi was given the address
+        assert ask == f"http://127.0.0.1:{port}/v1/push/receipts/shop/mi/{token}"
+        await mi.receipts.drain()
+        await hw.receipts.drain()
+        assert [p.status for p in mi.receipts.posted + hw.receipts.posted] == [200, 200, 200]
+        st = await push.ok("GET", f"/v1/push/messages/{sent['messageId']}")
+        assert st["counts"] == {"Xiaomi.Sent": 2, "Huawei.Sent": 1, "Receipt.Delivered": 2, "Receipt.InvalidToken": 1}
+        (failed,) = st["failed"]
+        assert (failed["deviceId"], failed["token"]) == ("mi-2", dying) and "invalid target" in failed["reason"]
+        assert (await push.ok("GET", "/v1/push/devices/mi-2"))["tokens"] == {}  # pruned
+        # The same receipts again (a vendor retrying): counted once. The app reporting a device the vendor
+        # reported: counted once too.
+        for posted in (mi.receipts.posted[0], hw.receipts.posted[0]):
+            again = await push.http.post(posted.url, content=posted.body, headers={"content-type": posted.content_type})
+            assert again.status_code == 200, again.text
+        await push.ok("POST", "/v1/push/receipts", {"messageId": sent["messageId"], "deviceId": "hw-1",
+                                                    "event": "delivered"})  # fmt: skip
+        st = await push.ok("GET", f"/v1/push/messages/{sent['messageId']}")
+        assert st["counts"]["Receipt.Delivered"] == 2 and len(st["failed"]) == 1
+        wrong = await push.http.post(hw.receipt_url[:-1] + "x", content=hw.receipts.posted[0].body)
+        assert (wrong.status_code, wrong.json()["code"]) == (404, "UnknownChannel")
+        bad = await push.http.post(hw.receipt_url, content=b'{"statuses": 5}')
+        assert (bad.status_code, bad.json()["code"]) == (400, "InvalidRequest")
+    finally:
+        await mi.stop()
+        await hw.stop()
+
+
 async def test_a_scheduled_push_survives_a_restart_and_can_be_canceled(
     start_push: Callable[..., Push], apns: ApnsServer
 ) -> None:

@@ -203,6 +203,18 @@ async def test_a_batch_is_one_record_with_a_state_per_message(state: PushState) 
 
 
 @contract
+async def test_the_device_a_token_was_sent_to_is_found_by_the_token(state: PushState) -> None:
+    m = message()
+    await state.finish_sends(m, ["d1", "d2"], 60, {"Xiaomi.Sent": 2}, [], ("shop", "mi"), [("d1", "t1"), ("d2", "t2")])
+    await state.remember_tokens(m.message_id, [("d3", "t3"), ("", "by-token")], 60)
+    assert await state.token_devices(m.message_id, ["t2", "t1", "t3", "by-token", "never"]) == [
+        "d2", "d1", "d3", None, None
+    ]  # fmt: skip
+    assert await state.token_devices(new_message_id(), ["t1"]) == [None]  # per message
+    assert await state.token_devices(m.message_id, []) == []
+
+
+@contract
 async def test_checkpoints_and_claims(state: PushState) -> None:
     assert await state.checkpoint("m1") == ""
     await state.checkpoint("m1", "a:123")

@@ -1,15 +1,24 @@
 """What the local vendor servers share: serving an ASGI app in the caller's event loop (a test's, or the script's
-when one runs alone), the start/stop plumbing of a server built on it, form bodies, and the China day the
-vendors with daily quotas count in."""
+when one runs alone), the start/stop plumbing of a server built on it, form bodies, the China day the
+vendors with daily quotas count in, and posting delivery receipts back to the sender after a send.
+
+Receipts: a server that sends them owns a `ReceiptPoster` (`server.receipts`). Each receipt is posted in the
+background a moment after the send is answered; `receipts.posted` lists every POST made (retries included) and
+`await receipts.drain()` waits for the scheduled ones. `server.expire_later(*tokens)` marks tokens that a send
+still accepts but whose receipt reports them dead (uninstalled / invalid), as a vendor finds out only later."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
+import httpx
 import uvicorn
 from starlette.requests import Request
 
@@ -19,6 +28,11 @@ CHINA = timezone(timedelta(hours=8))  # Xiaomi, OPPO and vivo reset their daily 
 def china_day() -> str:
     """Today in China (ISO date): the day a vendor's daily quota counts."""
     return datetime.now(CHINA).date().isoformat()
+
+
+def epoch_ms() -> int:
+    """Now, in Unix milliseconds: the time receipts carry."""
+    return int(time.time() * 1000)
 
 
 def parse_form(body: bytes) -> dict[str, str]:
@@ -85,3 +99,93 @@ class Served:
     @property
     def url(self) -> str:
         return self._server.url
+
+
+@dataclass
+class Posted:
+    """One receipt POST as made. `status` is the receiver's HTTP status, None when no answer came (refused,
+    timed out)."""
+
+    url: str
+    content_type: str
+    body: bytes
+    status: int | None
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def form(self) -> dict[str, str]:
+        return parse_form(self.body)
+
+
+class ReceiptPoster:
+    """Posts receipt callbacks in the background, as a vendor does after answering a send: `delay` seconds later
+    (so the send's answer reaches the sender first), retrying a post that is refused or not answered 2xx up to
+    `retries` times with a doubling backoff. `posted` records every attempt, in the order they end."""
+
+    def __init__(self, *, delay: float = 0.05, retries: int = 3, backoff: float = 0.1, timeout: float = 5.0):
+        self.delay, self.retries, self.backoff, self.timeout = delay, retries, backoff, timeout
+        self.posted: list[Posted] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._client: httpx.AsyncClient | None = None  # made on first use, in the loop that posts
+
+    def post_json(self, url: str, doc: Any) -> None:
+        self.schedule(url, "application/json", json.dumps(doc, ensure_ascii=False).encode())
+
+    def post_form(self, url: str, fields: dict[str, str]) -> None:
+        self.schedule(url, "application/x-www-form-urlencoded", urlencode(fields).encode())
+
+    def schedule(self, url: str, content_type: str, body: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(self._post(url, content_type, body))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Until every scheduled post (retries included) is done; raises what a post task raised."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks))
+
+    async def close(self) -> None:
+        """Drops the posts still pending (drain first to keep them) and closes the HTTP client."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _post(self, url: str, content_type: str, body: bytes) -> None:
+        await asyncio.sleep(self.delay)
+        if self._client is None:
+            self._client = httpx.AsyncClient(trust_env=False, timeout=self.timeout)
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+            status: int | None = None
+            try:
+                answer = await self._client.post(url, content=body, headers={"content-type": content_type})
+                status = answer.status_code
+            except (httpx.HTTPError, httpx.InvalidURL):  # no answer: refused, timed out or a bad callback URL
+                pass
+            self.posted.append(Posted(url, content_type, body, status))
+            if status is not None and 200 <= status < 300:
+                return
+
+
+class ServedWithReceipts(Served):
+    """A Served vendor server that posts delivery receipts with `receipts`. Tokens in `expiring` are accepted by
+    a send but reported dead by its receipt."""
+
+    receipts: ReceiptPoster
+    expiring: set[str]
+
+    def expire_later(self, *tokens: str) -> None:
+        """A send still accepts these tokens; its receipt says they are invalid instead of delivered."""
+        self.expiring.update(tokens)
+
+    async def stop(self) -> None:
+        try:
+            await super().stop()
+        finally:
+            await self.receipts.close()

@@ -8,7 +8,13 @@ Kit's codes (80200001 unknown access token, 80200003 expired, 80100001/80100003 
 tokens invalid, 80300008 too large, 80300010 too many tokens, 81000001 internal), as integers like Honor's
 code, which is the closest documented contract.
 
-`python hack/push_vendors/honor.py --port N [--client ID:SECRET:APPID]` runs it on 127.0.0.1.
+Receipts: Honor's receipt address is set on its developer console, not in the message, so here it is
+`receipt_url` (or --receipt-url). When set, every accepted send is followed by POSTs to it, application/json, in
+the Huawei V1 shape `{"statuses": [{"biTag": <android.biTag>, "appid", "token", "status": 0, "timestamp": <ms>,
+"requestId": <data.requestId answered>}, ...]}`, one status per accepted token, at most 100 a POST; a token
+marked `expire_later` gets status 2 (app uninstalled) instead of 0 (delivered).
+
+`python hack/push_vendors/honor.py --port N [--client ID:SECRET:APPID] [--receipt-url URL]` runs it on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -32,13 +38,15 @@ from starlette.routing import Route
 
 if not __package__:  # run as a script: make the push_vendors package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from push_vendors.common import AsgiServer, Served, read_form
+from push_vendors.common import AsgiServer, ReceiptPoster, ServedWithReceipts, epoch_ms, read_form
 
 TOKEN_PATHS = ("/auth/realms/developer/protocol/openid-connect/token", "/auth/token")
 MAX_PAYLOAD = 4096
 MAX_TOKENS = 1000
 MAX_TTL = 15 * 86400
 TTL = re.compile(r"^\d+(\.\d{1,9})?[sS]?$")
+MAX_RECEIPT_STATUSES = 100
+DELIVERED, UNINSTALLED = 0, 2  # receipt statuses, as Huawei's V1
 MESSAGES = {
     200: "success",
     80100001: "Some parameters are incorrect",
@@ -66,8 +74,9 @@ class Accepted:
 
 
 @dataclass
-class HonorServer(Served):
-    """The Honor Push server for tests: `clients` maps client id -> (secret, app id)."""
+class HonorServer(ServedWithReceipts):
+    """The Honor Push server for tests: `clients` maps client id -> (secret, app id). With `receipt_url` set,
+    `receipts` posts a receipt for every accepted token there."""
 
     clients: dict[str, Client]
     token_lifetime: float = 3600.0
@@ -76,8 +85,11 @@ class HonorServer(Served):
     failing: set[str] = field(default_factory=set)  # device tokens Honor reports in failTokens
     token_requests: int = 0
     send_requests: int = 0
+    receipt_url: str | None = None  # the console's receipt address
+    expiring: set[str] = field(default_factory=set)  # accepted, then reported uninstalled by the receipt
 
     def __post_init__(self) -> None:
+        self.receipts = ReceiptPoster()
         self._access: dict[str, tuple[str, float]] = {}  # access token -> (client id, expires at)
         self._inject: list[tuple[int, bytes, dict[str, str]]] = []
         self._ids = itertools.count(1)
@@ -153,13 +165,29 @@ class HonorServer(Served):
             return _answer(80300007, 400)
         good = [t for t in tokens if t not in expired and t not in failed]
         self.accepted.append(Accepted(good, body, timestamp))
-        data = {
-            "sendResult": True,
-            "requestId": f"{int(time.time() * 1000)}{next(self._ids):06d}",
-            "failTokens": failed,
-            "expireTokens": expired,
-        }
+        request_id = f"{int(time.time() * 1000)}{next(self._ids):06d}"
+        data = {"sendResult": True, "requestId": request_id, "failTokens": failed, "expireTokens": expired}
+        self._post_receipts(request.path_params["app"], body, good, request_id)
         return JSONResponse({"code": 200, "message": MESSAGES[200], "data": data})
+
+    def _post_receipts(self, app: str, body: dict[str, Any], tokens: list[str], request_id: str) -> None:
+        if not self.receipt_url:
+            return
+        bi_tag = body.get("android", {}).get("biTag") or ""
+        now = epoch_ms()
+        statuses = [
+            {
+                "biTag": bi_tag,
+                "appid": app,
+                "token": t,
+                "status": UNINSTALLED if t in self.expiring else DELIVERED,
+                "timestamp": now,
+                "requestId": request_id,
+            }
+            for t in tokens
+        ]
+        for i in range(0, len(statuses), MAX_RECEIPT_STATUSES):
+            self.receipts.post_json(self.receipt_url, {"statuses": statuses[i : i + MAX_RECEIPT_STATUSES]})
 
 
 def _validate(body: dict[str, Any]) -> tuple[int, str | None]:
@@ -201,11 +229,12 @@ async def _main() -> None:
     parser = argparse.ArgumentParser(description="local Honor Push server")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--client", action="append", default=[], help="CLIENT_ID:SECRET:APP_ID (repeatable)")
+    parser.add_argument("--receipt-url", default=None, help="where to post delivery receipts (the console setting)")
     args = parser.parse_args()
     clients = {c.split(":")[0]: Client(*c.split(":")[1:3]) for c in args.client}
     if not clients:
         clients = {"client-1": Client(secrets.token_hex(16), "104400001")}
-    server = HonorServer(clients)
+    server = HonorServer(clients, receipt_url=args.receipt_url)
     url = await server.start(args.port)
     print(url, flush=True)
     print(json.dumps({cid: {"secret": c.secret, "appId": c.app_id} for cid, c in clients.items()}), flush=True)

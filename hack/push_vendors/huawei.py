@@ -10,7 +10,13 @@ urgency, collapse_key -1..100, click_action on notifications, 4096 bytes without
 80000000, 80100000 with the illegal tokens, or 80300007 when every token is bad. Tests inject flow control
 (HTTP 503/429 + Retry-After), internal errors and raw answers.
 
-`python hack/push_vendors/huawei.py --port N [--app ID:SECRET]` runs it on 127.0.0.1.
+Receipts: Huawei takes the receipt URL from the AppGallery Connect console, not from the message, so here it is
+`receipt_url` (or --receipt-url). When set, every accepted send (not validate_only) is followed by POSTs of V1
+receipts to it, application/json, `{"statuses": [{"biTag": <android.bi_tag>, "appid", "token", "status": 0,
+"timestamp": <ms>, "requestId": <the requestId answered>}, ...]}`, one status per accepted token, at most 100 a
+POST; a token marked `expire_later` gets status 2 (app uninstalled) instead of 0 (delivered).
+
+`python hack/push_vendors/huawei.py --port N [--app ID:SECRET] [--receipt-url URL]` runs it on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -34,12 +40,14 @@ from starlette.routing import Route
 
 if not __package__:  # run as a script: make the push_vendors package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from push_vendors.common import AsgiServer, Served, read_form
+from push_vendors.common import AsgiServer, ReceiptPoster, ServedWithReceipts, epoch_ms, read_form
 
 MAX_PAYLOAD = 4096
 MAX_TOKENS = 1000
 MAX_TTL = 15 * 86400
 TTL = re.compile(r"^\d+(\.\d{1,9})?[sS]?$")
+MAX_RECEIPT_STATUSES = 100
+DELIVERED, UNINSTALLED = 0, 2  # receipt statuses
 
 MESSAGES = {
     "80000000": "Success",
@@ -64,8 +72,9 @@ class Accepted:
 
 
 @dataclass
-class HuaweiServer(Served):
-    """The Push Kit server for tests: `apps` maps app id -> app secret."""
+class HuaweiServer(ServedWithReceipts):
+    """The Push Kit server for tests: `apps` maps app id -> app secret. With `receipt_url` set, `receipts` posts
+    a receipt for every accepted token there."""
 
     apps: dict[str, str]
     token_lifetime: float = 3600.0
@@ -73,8 +82,11 @@ class HuaweiServer(Served):
     illegal: set[str] = field(default_factory=set)  # tokens Push Kit calls illegal (uninstalled, other app's)
     token_requests: int = 0
     send_requests: int = 0
+    receipt_url: str | None = None  # the console's receipt address
+    expiring: set[str] = field(default_factory=set)  # accepted, then reported uninstalled by the receipt
 
     def __post_init__(self) -> None:
+        self.receipts = ReceiptPoster()
         self._access: dict[str, tuple[str, float]] = {}  # access token -> (app id, expires at)
         self._inject: list[tuple[int, bytes, dict[str, str]]] = []
         self._ids = itertools.count(1)
@@ -116,9 +128,28 @@ class HuaweiServer(Served):
     def _request_id(self) -> str:
         return f"{int(time.time() * 1000)}{next(self._ids):08d}"
 
-    def _answer(self, code: str, status: int = 200, msg: str | None = None) -> Response:
-        body = {"code": code, "msg": msg or MESSAGES.get(code, code), "requestId": self._request_id()}
+    def _answer(self, code: str, status: int = 200, msg: str | None = None, request_id: str | None = None) -> Response:
+        body = {"code": code, "msg": msg or MESSAGES.get(code, code), "requestId": request_id or self._request_id()}
         return JSONResponse(body, status)
+
+    def _post_receipts(self, app: str, message: dict[str, Any], tokens: list[str], request_id: str) -> None:
+        if not self.receipt_url:
+            return
+        bi_tag = message.get("android", {}).get("bi_tag") or ""
+        now = epoch_ms()
+        statuses = [
+            {
+                "biTag": bi_tag,
+                "appid": app,
+                "token": t,
+                "status": UNINSTALLED if t in self.expiring else DELIVERED,
+                "timestamp": now,
+                "requestId": request_id,
+            }
+            for t in tokens
+        ]
+        for i in range(0, len(statuses), MAX_RECEIPT_STATUSES):
+            self.receipts.post_json(self.receipt_url, {"statuses": statuses[i : i + MAX_RECEIPT_STATUSES]})
 
     async def _token(self, request: Request) -> Response:
         self.token_requests += 1
@@ -163,11 +194,15 @@ class HuaweiServer(Served):
         if len(bad) == len(tokens):
             return self._answer("80300007", 400)
         good = [t for t in tokens if t not in bad]
-        self.accepted.append(Accepted(good, message, bool(doc.get("validate_only"))))
+        validate_only = bool(doc.get("validate_only"))
+        self.accepted.append(Accepted(good, message, validate_only))
+        request_id = self._request_id()
+        if not validate_only:  # a dry run reaches no device
+            self._post_receipts(app, message, good, request_id)
         if bad:
             partial = {"success": len(good), "failure": len(bad), "illegal_tokens": bad}
-            return self._answer("80100000", 200, json.dumps(partial))
-        return self._answer("80000000")
+            return self._answer("80100000", 200, json.dumps(partial), request_id)
+        return self._answer("80000000", request_id=request_id)
 
 
 def _validate(message: dict[str, Any]) -> tuple[str, str | None]:
@@ -215,9 +250,10 @@ async def _main() -> None:
     parser = argparse.ArgumentParser(description="local Huawei Push Kit server")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--app", action="append", default=[], help="APP_ID:APP_SECRET it accepts (repeatable)")
+    parser.add_argument("--receipt-url", default=None, help="where to post delivery receipts (the console setting)")
     args = parser.parse_args()
     apps = dict(a.split(":", 1) for a in args.app) or {"100000001": secrets.token_hex(16)}
-    server = HuaweiServer(apps)
+    server = HuaweiServer(apps, receipt_url=args.receipt_url)
     url = await server.start(args.port)
     print(url, flush=True)
     print(json.dumps({"apps": apps}), flush=True)

@@ -7,6 +7,12 @@ that is malformed or unregistered, 33 once the day's quota (China time) is used 
 `app_message_id` was already pushed to that target is answered as sent and not pushed again, as OPPO does.
 Tests inject HTTP failures, 429s and raw answers for the next message requests.
 
+Receipts, as OPPO's 消息回执: for each target newly pushed whose notification has `call_back_url`, a POST to that
+URL after the answer, application/json, an array (one per URL and request, as OPPO merges receipts for a URL) of
+`{"messageId", "appId": <AppKey>, "taskId": <messageId, as for a unicast>, "registrationIds", "eventTime": "<ms>",
+"param": <call_back_parameter>, "eventType": "push_arrive"}`; a registration id marked `expire_later` gets
+eventType "regid_invalid" instead.
+
 Run alone: `python hack/push_vendors/oppo.py --port 8082 [--app-key K] [--master-secret S] [--quota N]`.
 """
 
@@ -32,7 +38,7 @@ from starlette.routing import Route
 
 if not __package__:  # run as a script: make the push_vendors package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from push_vendors.common import AsgiServer, Served, china_day, parse_form
+from push_vendors.common import AsgiServer, ReceiptPoster, ServedWithReceipts, china_day, epoch_ms, parse_form
 
 MAX_TITLE, MAX_CONTENT, MAX_BATCH = 50, 200, 1000
 CLOCK_SKEW_MS = 10 * 60 * 1000
@@ -50,9 +56,10 @@ def _answer(code: int, message: str, data: Any = None) -> JSONResponse:
     return JSONResponse({"code": code, "message": message, **({"data": data} if data is not None else {})})
 
 
-class OppoServer(Served):
+class OppoServer(ServedWithReceipts):
     """OPPO Push for one app: its AppKey and MasterSecret. `quota` is the messages a (China) day allows, None for
-    no limit; `token_lifetime` the seconds an auth token lives. `accepted` holds every message pushed."""
+    no limit; `token_lifetime` the seconds an auth token lives. `accepted` holds every message pushed; `receipts`
+    posts the call_back_url receipts."""
 
     def __init__(
         self,
@@ -73,6 +80,8 @@ class OppoServer(Served):
         self._day = ""
         self._sent_today = 0
         self._inject: list[Response] = []
+        self.receipts = ReceiptPoster()
+        self.expiring: set[str] = set()
         app = Starlette(
             routes=[
                 Route("/server/v1/auth", self._auth, methods=["POST"]),
@@ -166,18 +175,42 @@ class OppoServer(Served):
             return _answer(41, "Invalid Arguments")
         return None
 
-    def _push(self, message: dict[str, Any]) -> dict[str, Any]:
-        """One target's entry: pushed (or already pushed with that app_message_id), or refused."""
+    def _push(self, message: dict[str, Any], pushed: list[tuple[str, str, dict[str, Any]]]) -> dict[str, Any]:
+        """One target's entry: pushed (or already pushed with that app_message_id), or refused. What is newly
+        pushed goes to `pushed` as (messageId, target, notification), for its receipt."""
         target = str(message["target_value"])
         if target in self.unregistered or not REGISTRATION_ID.fullmatch(target):
             return {"registrationId": target, "errorCode": 10000, "errorMessage": "Invalid Registration_id"}
         n = message["notification"]
         key = (str(n.get("app_message_id") or uuid.uuid4().hex), target)
+        message_id = f"{self.app_key}-1-1-{uuid.uuid4().hex[:24]}"
         if key not in self._pushed:
             self._pushed.add(key)
             self._sent_today += 1
             self.accepted.append(Accepted(target, n))
-        return {"registrationId": target, "messageId": f"{self.app_key}-1-1-{uuid.uuid4().hex[:24]}"}
+            pushed.append((message_id, target, n))
+        return {"registrationId": target, "messageId": message_id}
+
+    def _post_receipts(self, pushed: list[tuple[str, str, dict[str, Any]]]) -> None:
+        now = str(epoch_ms())
+        by_url: dict[str, list[dict[str, Any]]] = {}
+        for message_id, target, n in pushed:
+            url = n.get("call_back_url")
+            if not isinstance(url, str) or not url:
+                continue
+            by_url.setdefault(url, []).append(
+                {
+                    "messageId": message_id,
+                    "appId": self.app_key,
+                    "taskId": message_id,  # a unicast's task is its message
+                    "registrationIds": target,
+                    "eventTime": now,
+                    "param": n.get("call_back_parameter") or "",
+                    "eventType": "regid_invalid" if target in self.expiring else "push_arrive",
+                }
+            )
+        for url, receipts in by_url.items():
+            self.receipts.post_json(url, receipts)
 
     def _preflight(self, request: Request, form: dict[str, str]) -> Response | None:
         self.requests.append(request.url.path)
@@ -203,9 +236,11 @@ class OppoServer(Served):
         invalid = self._invalid(message)
         if invalid is not None:
             return invalid
-        entry = self._push(message)
+        pushed: list[tuple[str, str, dict[str, Any]]] = []
+        entry = self._push(message, pushed)
         if "errorCode" in entry:
             return _answer(entry["errorCode"], entry["errorMessage"])
+        self._post_receipts(pushed)
         return _answer(0, "Success", {"messageId": entry["messageId"]})
 
     async def _batch(self, request: Request) -> Response:
@@ -225,7 +260,10 @@ class OppoServer(Served):
             invalid = self._invalid(message)
             if invalid is not None:
                 return invalid
-        return _answer(0, "Success", [self._push(m) for m in messages])
+        pushed: list[tuple[str, str, dict[str, Any]]] = []
+        entries = [self._push(m, pushed) for m in messages]
+        self._post_receipts(pushed)
+        return _answer(0, "Success", entries)
 
 
 async def _main() -> None:
@@ -237,7 +275,10 @@ async def _main() -> None:
     args = parser.parse_args()
     server = OppoServer(args.app_key, args.master_secret, quota=args.quota)
     print(await server.start(args.port), flush=True)
-    await server.wait()
+    try:
+        await server.wait()
+    finally:
+        await server.stop()
 
 
 if __name__ == "__main__":

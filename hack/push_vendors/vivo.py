@@ -10,6 +10,12 @@ The auth call's own codes past 10200 and 10201 (appId, appKey missing) are this 
 unknown, 10203 appKey wrong, 10204 timestamp invalid, 10205 sign wrong (the client reads any as AuthFailed).
 Tests inject HTTP failures, 429s and raw answers for the next message requests.
 
+Receipts, as vivo's legacy receipt: when a message sent (single, or list through its saved payload) has an
+`extra` object with `callback` (a URL), a POST to it after the answer, application/json, keyed by the taskId
+answered: `{"<taskId>": {"targets": "<regId,...>", "ackTime": <ms>, "param": <extra["callback.param"]>,
+"ackType": "0"}}` for the regIds it reached. vivo's invalid-target receipt is not documented, so regIds marked
+`expire_later` are only left out of `targets`. The console-registered `extra.callback.id` receipt is not served.
+
 Run alone: `python hack/push_vendors/vivo.py --port 8083 [--app-id N] [--app-key K] [--app-secret S] [--quota N]`.
 """
 
@@ -36,7 +42,7 @@ from starlette.routing import Route
 
 if not __package__:  # run as a script: make the push_vendors package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from push_vendors.common import AsgiServer, Served, china_day
+from push_vendors.common import AsgiServer, ReceiptPoster, ServedWithReceipts, china_day, epoch_ms
 
 CLOCK_SKEW_MS = 10 * 60 * 1000
 REGID_LENGTH = 23
@@ -94,9 +100,10 @@ def _invalid(m: dict[str, Any], min_ttl: int) -> Response | None:
     return None
 
 
-class VivoServer(Served):
+class VivoServer(ServedWithReceipts):
     """vivo Push for one app: its AppID, AppKey and AppSecret. `quota` is the messages a (China) day allows, None
-    for no limit; `token_lifetime` the seconds an authToken lives. `accepted` holds every message sent."""
+    for no limit; `token_lifetime` the seconds an authToken lives. `accepted` holds every message sent;
+    `receipts` posts the extra.callback receipts."""
 
     def __init__(
         self,
@@ -120,6 +127,8 @@ class VivoServer(Served):
         self._day = ""
         self._sent_today = 0
         self._inject: list[Response] = []
+        self.receipts = ReceiptPoster()
+        self.expiring: set[str] = set()
         app = Starlette(
             routes=[
                 Route("/message/auth", self._auth, methods=["POST"]),
@@ -214,6 +223,22 @@ class VivoServer(Served):
         self.accepted.append(Accepted(regid, message))
         return None
 
+    def _post_receipt(self, task_id: str, message: dict[str, Any], regids: list[str]) -> None:
+        extra = message.get("extra")
+        if not isinstance(extra, dict):
+            return
+        url = extra.get("callback")
+        targets = [r for r in regids if r not in self.expiring]
+        if not isinstance(url, str) or not url or not targets:
+            return
+        receipt = {
+            "targets": ",".join(targets),
+            "ackTime": epoch_ms(),
+            "param": extra.get("callback.param") or "",
+            "ackType": "0",  # arrived
+        }
+        self.receipts.post_json(url, {task_id: receipt})
+
     async def _send(self, request: Request) -> Response:
         refused = self._preflight(request)
         if refused is not None:
@@ -232,6 +257,8 @@ class VivoServer(Served):
         task_id = str(next(self._task_ids))
         self._request_ids[m["requestId"]] = task_id
         user = self._deliver(regid, {k: v for k, v in m.items() if k != "regId"})
+        if user is None:
+            self._post_receipt(task_id, m, [regid])
         return _answer(0, "请求成功", taskId=task_id, **({"invalidUser": user} if user else {}))
 
     async def _save_list(self, request: Request) -> Response:
@@ -267,7 +294,9 @@ class VivoServer(Served):
             return _answer(0, "请求成功", taskId=str(task_id), invalidUsers=[])
         self._request_ids[rid] = str(task_id)
         payload = self._payloads[str(task_id)]
-        invalid_users = [u for u in (self._deliver(r, payload) for r in regids) if u]
+        results = [(r, self._deliver(r, payload)) for r in regids]
+        invalid_users = [u for _, u in results if u]
+        self._post_receipt(str(task_id), payload, [r for r, u in results if u is None])
         return _answer(0, "请求成功", taskId=str(task_id), invalidUsers=invalid_users)
 
 
@@ -281,7 +310,10 @@ async def _main() -> None:
     args = parser.parse_args()
     server = VivoServer(args.app_id, args.app_key, args.app_secret, quota=args.quota)
     print(await server.start(args.port), flush=True)
-    await server.wait()
+    try:
+        await server.wait()
+    finally:
+        await server.stop()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,13 @@ every regid is refused, `data.bad_regids` for the refused ones of a batch, 65009
 10034 once the day's quota (China time) is used up, 10017 for a notification without title or description.
 Tests inject HTTP failures, 429s and raw answers for the next send requests.
 
+Receipts, as MiPush's 消息回执: when an accepted send's form has `extra.callback` (a URL), a POST to it after the
+answer, application/x-www-form-urlencoded with one field `data` holding the JSON
+`{"<data.id>": {"param": <extra.callback.param>, "type": 1, "targets": "<regid,...>", "jobkey": <extra.jobkey>}}`
+for the delivered regids, when the bit flags of `extra.callback.type` (default 3: delivered 1 + clicked 2) ask for
+1; and a separate POST of type 16 (invalid target) for the regids marked `expire_later`, when they ask for 16.
+Clicks are never reported: no one taps here.
+
 Run alone: `python hack/push_vendors/xiaomi.py --port 8081 [--app-secret S] [--package P] [--quota N]`.
 """
 
@@ -13,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
 import re
 import sys
 from dataclasses import dataclass
@@ -25,11 +33,13 @@ from starlette.routing import Route
 
 if not __package__:  # run as a script: make the push_vendors package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from push_vendors.common import AsgiServer, Served, china_day, parse_form
+from push_vendors.common import AsgiServer, ReceiptPoster, ServedWithReceipts, china_day, parse_form
 
 MAX_PAYLOAD = 4096
 MAX_REGIDS = 1000
 REGID = re.compile(r"[A-Za-z0-9+/=_-]{8,200}")
+DELIVERED, INVALID_TARGET = 1, 16  # extra.callback.type bits this server reports
+DEFAULT_CALLBACK_TYPE = 3
 
 
 @dataclass
@@ -42,9 +52,9 @@ def _error(code: int, description: str, reason: str) -> JSONResponse:
     return JSONResponse({"result": "error", "code": code, "description": description, "reason": reason})
 
 
-class XiaomiServer(Served):
+class XiaomiServer(ServedWithReceipts):
     """MiPush for one app: its AppSecret and package. `quota` is the messages a (China) day allows, None for no
-    limit. `accepted` holds every message delivered, per regid."""
+    limit. `accepted` holds every message delivered, per regid; `receipts` posts the extra.callback receipts."""
 
     def __init__(
         self, app_secret: str = "local-app-secret", package: str = "com.example.app", quota: int | None = None
@@ -58,6 +68,8 @@ class XiaomiServer(Served):
         self._sent_today = 0
         self._inject: list[Response] = []
         self._ids = itertools.count(1)
+        self.receipts = ReceiptPoster()
+        self.expiring: set[str] = set()
         app = Starlette(
             routes=[
                 Route("/v3/message/regid", self._send, methods=["POST"]),
@@ -139,9 +151,31 @@ class XiaomiServer(Served):
         data = {"id": f"slm{next(self._ids):010d}"}
         if bad:
             data["bad_regids"] = ",".join(bad)
+        self._post_receipts(form, data["id"], good)
         return JSONResponse(
             {"result": "ok", "code": 0, "description": "成功", "data": data, "info": f"Received {len(good)} REGID"}
         )
+
+    def _post_receipts(self, form: dict[str, str], msg_id: str, regids: list[str]) -> None:
+        url = form.get("extra.callback")
+        if not url:
+            return
+        try:
+            wanted = int(form.get("extra.callback.type") or DEFAULT_CALLBACK_TYPE)
+        except ValueError:
+            wanted = DEFAULT_CALLBACK_TYPE
+        dead = [r for r in regids if r in self.expiring]
+        arrived = [r for r in regids if r not in self.expiring]
+        for kind, targets in ((DELIVERED, arrived), (INVALID_TARGET, dead)):
+            if wanted & kind and targets:
+                receipt = {
+                    "param": form.get("extra.callback.param") or "",
+                    "type": kind,
+                    "targets": ",".join(targets),
+                    "jobkey": form.get("extra.jobkey") or "",
+                }
+                # keyed by msg id, so each type is a POST of its own
+                self.receipts.post_form(url, {"data": json.dumps({msg_id: receipt}, ensure_ascii=False)})
 
 
 async def _main() -> None:
@@ -153,7 +187,10 @@ async def _main() -> None:
     args = parser.parse_args()
     server = XiaomiServer(args.app_secret, args.package, args.quota)
     print(await server.start(args.port), flush=True)
-    await server.wait()
+    try:
+        await server.wait()
+    finally:
+        await server.stop()
 
 
 if __name__ == "__main__":

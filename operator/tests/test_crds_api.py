@@ -124,6 +124,9 @@ def test_push_channel_rules(namespace: str) -> None:
     r = apply_yaml(namespace, ch)
     assert "type APNs needs apns settings" in r.stderr
     ch["spec"]["apns"] = {"teamId": "ABCDE12345", "keyId": "KEY1234567", "topic": "com.example.app"}
+    ch["spec"]["receiptUrl"] = "https://push.example.com"
+    assert "receiptUrl applies only to types Huawei" in apply_yaml(namespace, ch).stderr  # APNs sends none
+    del ch["spec"]["receiptUrl"]
     assert apply_yaml(namespace, ch).returncode == 0
 
 

@@ -242,6 +242,10 @@ class PushChannelSpec(ApiModel):
         cel("self.type == 'Xiaomi' || !has(self.xiaomi)", "xiaomi settings apply only to type Xiaomi"),
         cel("self.type != 'Xiaomi' || has(self.xiaomi)", "type Xiaomi needs xiaomi settings (packageName)"),
         cel("self.type != 'FCM' || has(self.fcm)", "type FCM needs fcm settings (projectId)"),
+        cel(
+            "!has(self.receiptUrl) || self.type in ['Huawei', 'Honor', 'Xiaomi', 'OPPO', 'Vivo']",
+            "receiptUrl applies only to types Huawei, Honor, Xiaomi, OPPO and Vivo (the vendors that send receipts)",
+        ),
     ]
     app_id: str = Field(
         max_length=64,
@@ -297,6 +301,16 @@ class PushChannelSpec(ApiModel):
         pattern=r"^https?://[^\s]+$",
         description="Vendor types: where the senders POST the tokens that failed, as JSON (docs/push.md, "
         "\"Failed tokens\"), as gorush's feedback hook does. Unset: failed tokens are only in each message's status.",
+    )
+    receipt_url: str | None = Field(
+        default=None,
+        max_length=100,
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="Huawei, Honor, Xiaomi, OPPO and Vivo: the push API's address as the vendor reaches it, e.g. "
+        "https://push.example.com. With a receiptToken (16-64 letters, digits, - or _) in the credentials Secret, "
+        "the vendor's delivery receipts come back to <receiptUrl>/v1/push/receipts/<namespace>/<name>/<receiptToken> "
+        'and count as delivered (docs/push.md, "Receipts"). Xiaomi, OPPO and Vivo are given that address with '
+        "each send; for Huawei and Honor, enter it as the receipt address in the vendor's console.",
     )
     apns: ApnsSettings | None = Field(
         default=None, description="APNs settings: required for type APNs, not allowed for other types."

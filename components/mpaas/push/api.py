@@ -8,6 +8,7 @@ of a refused call is kept or sent.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import re
@@ -30,7 +31,7 @@ from ..apps import AppDirectory
 from ..config import LiveConfig
 from ..rules import parse_uint
 from ..stores import HotStore
-from . import auth
+from . import auth, receipts
 from .accept import Accepter, Unavailable
 from .config import PushConfig
 from .fanout import Fanout
@@ -121,7 +122,8 @@ def install(app: FastAPI, ctx: Context) -> None:
     async def run(request: Request, handler: Handler, *, devices_may: str | None = None, basic: bool = False) -> Any:
         """Authenticate, parse, call; every refusal as its documented code. `devices_may`: the path parameter
         naming the device a device's own link token may act for."""
-        try:
+
+        async def call() -> Any:
             raw = await body_of(request)
             h = request.headers
             config = ctx.live.current
@@ -138,7 +140,14 @@ def install(app: FastAPI, ctx: Context) -> None:
                     config, ctx.hot, request.method, request.url.path, request.url.query, dict(h), raw
                 )
             body = _json(raw) if raw or request.method in ("POST", "PUT") else {}
-            result = await handler(request, caller, body)
+            return await handler(request, caller, body)
+
+        return await answer(call)
+
+    async def answer(call: Callable[[], Awaitable[Any]]) -> Any:
+        """The call's result as JSON, or its refusal as a documented code."""
+        try:
+            result = await call()
         except Invalid as e:
             return _error(e)
         except UnknownDevice as e:
@@ -420,10 +429,28 @@ def install(app: FastAPI, ctx: Context) -> None:
         st = await ctx.state.status(message_id)
         if st is None or st.message.app != app_key(caller):
             raise Invalid(f"no message {message_id!r}", "UnknownMessage", 404)
-        # Once per device and event: a receipt sent again (a retrying app) is not counted twice.
-        if await ctx.hot.set_if_absent(f"push:rcpt:{message_id}:{event}:{device_id}", b"1", ttl_seconds=8 * 86400):
-            await ctx.state.count(st.message, {f"Receipt.{event.capitalize()}": 1})
+        await receipts.count_once(ctx.hot, ctx.state, st.message, [(str(event), str(device_id))])
         return {"messageId": message_id, "event": event}
+
+    async def vendor_receipts(request: Request) -> Any:
+        """A vendor's delivery receipts for one channel, at the address its receiptToken makes (docs/push.md,
+        "Receipts"): unsigned, as vendors post them; the token in the path is the credential."""
+
+        async def call() -> Any:
+            raw = await body_of(request)
+            p = request.path_params
+            channel = ctx.live.current.channel(p["namespace"], p["name"])
+            expected = channel.receipt_token if channel is not None else None
+            if channel is None or expected is None or not hmac.compare_digest(expected.encode(), p["token"].encode()):
+                raise Invalid("no channel takes receipts at this address", "UnknownChannel", 404)
+            try:
+                found = receipts.parse(channel.type, request.headers.get("content-type", ""), raw)
+            except receipts.Malformed as e:
+                raise Invalid(str(e)) from None
+            await receipts.record(ctx.state, ctx.hot, ctx.registry, channel, found)
+            return receipts.reply(channel.type)
+
+        return await answer(call)
 
     async def stats(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
         server_only(caller)
@@ -628,6 +655,9 @@ def install(app: FastAPI, ctx: Context) -> None:
     route("GET", "/v1/push/messages/{message_id}", status)
     route("DELETE", "/v1/push/messages/{message_id}", cancel)
     route("POST", "/v1/push/receipts", receipt, devices_may="")
+    app.add_api_route(
+        receipts.RECEIPT_PATH + "/{namespace}/{name}/{token}", vendor_receipts, methods=["POST"], name="vendor_receipts"
+    )
     route("GET", "/v1/push/stats", stats)
     route("PUT", "/v1/push/templates/{name}", put_template)
     route("GET", "/v1/push/templates/{name}", get_template)

@@ -28,6 +28,7 @@ from ..keyring import SECRET, KeyChain, KeyRing, secret_data
 from ..link.config import LinkConfig
 from ..link.config import compiler as link_compiler
 from ..link.config import token_secrets as link_token_secrets
+from .receipts import MAX_URL, RECEIPT_TOKEN, receipt_address, valid_receipt_token
 from .vendors import build_client
 from .vendors.base import CredentialsError, VendorClient
 
@@ -61,6 +62,8 @@ class VendorChannel:
     messages_per_second: int | None
     feedback_url: str | None = None  # where failed tokens are posted
     priority: int = 0  # its place in the app's fallback order, lower first
+    receipt_url: str | None = None  # where the vendor posts its receipts (with the token), when they are on
+    receipt_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,32 @@ def channel_options(spec: PushChannelSpec) -> dict[str, str]:
     if spec.xiaomi is not None:
         out["packageName"] = spec.xiaomi.package_name
     return out
+
+
+def receipts_of(
+    namespace: str, name: str, spec: PushChannelSpec, data: dict[str, bytes] | None
+) -> tuple[str | None, str | None]:
+    """(the receipt address, its token) of a channel whose receipts are on; (None, None), with the reason
+    logged, when they cannot be."""
+    if spec.receipt_url is None or data is None:
+        return None, None
+    raw = data.get(RECEIPT_TOKEN, b"").strip()
+    token = raw.decode("ascii", "replace")
+    if not valid_receipt_token(token):
+        log.warning(
+            "push channel %s/%s: receipts are off: the credentials Secret needs %s, 16-64 letters, digits, - or _",
+            namespace, name, RECEIPT_TOKEN,
+        )  # fmt: skip
+        return None, None
+    address = receipt_address(spec.receipt_url, namespace, name, token)
+    limit = MAX_URL.get(ChannelType(spec.type))
+    if limit is not None and len(address.encode()) > limit:
+        log.warning(
+            "push channel %s/%s: receipts are off: their address is %d bytes, %s takes at most %d (shorten "
+            "receiptUrl or the receiptToken)", namespace, name, len(address.encode()), spec.type, limit,
+        )  # fmt: skip
+        return None, None
+    return address, token
 
 
 def _ca_file(pem: bytes) -> str:
@@ -241,6 +270,7 @@ def compiler(keyring: KeyRing, clients: Clients) -> Callable[[Resources], PushCo
                 client, problem = clients.get((namespace, name), spec, data)
             if problem:
                 log.warning("push channel %s/%s: %s", namespace, name, problem)
+            receipt_url, receipt_token = receipts_of(namespace, name, spec, data)
             channels.append(
                 VendorChannel(
                     namespace,
@@ -253,6 +283,8 @@ def compiler(keyring: KeyRing, clients: Clients) -> Callable[[Resources], PushCo
                     spec.messages_per_second,
                     spec.feedback_url,
                     spec.fallback_priority if spec.fallback_priority is not None else default_priority(spec.type),
+                    receipt_url,
+                    receipt_token,
                 )
             )
         clients.keep_only({(c.namespace, c.name) for c in channels})

@@ -30,6 +30,7 @@ from .config import PENDING, PushConfig, VendorChannel
 from .fanout import NOW_OR_NEVER_MS, NotYet, Topics
 from .feedback import Feedback
 from .messages import PushMessage
+from .receipts import callback_fields
 from .registry import Registry
 from .state import CLAIM_LEASE_SECONDS, Failed, PushState
 from .vendors.base import Notification, Outcome, SendResult
@@ -43,8 +44,10 @@ CONCURRENCY = 16  # jobs at once in one process
 CLAIM_GROUP = 32  # pairs claimed, sent and marked together
 
 
-def notification(m: PushMessage) -> Notification:
+def notification(m: PushMessage, channel: VendorChannel | None = None) -> Notification:
+    """What the vendor client sends; with the fields asking for receipts when the channel's are on."""
     c = m.content
+    extra = callback_fields(channel.type, channel.receipt_url, m.message_id) if channel and channel.receipt_url else {}
     return Notification(
         message_id=m.message_id,
         title=c.title,
@@ -56,6 +59,7 @@ def notification(m: PushMessage) -> Notification:
         badge=c.badge,
         sound=c.sound,
         category=c.category,
+        extra=extra,
     )
 
 
@@ -192,6 +196,7 @@ class Senders:
         counts: dict[str, int] = defaultdict(int)
         failed: list[Failed] = []
         done: list[str] = []
+        receipted: list[tuple[str, str]] = []  # (device, token) sent where the vendor's receipts will come
         kind = channel.type.value if channel is not None else "None"
         if channel is None or channel.client is None:
             reason = "ChannelUnavailable" if channel is None else f"ChannelUnavailable: {channel.problem}"
@@ -199,18 +204,20 @@ class Senders:
             counts[f"{kind}.Failed"] += len(items)
             done = [claim_id(d, t) for d, t in items]
         else:
-            results = await self._attempts(channel, notification(m), items)
+            results = await self._attempts(channel, notification(m, channel), items)
             for (device, token), r in zip(items, results, strict=True):
                 done.append(claim_id(device, token))
                 if r.ok:
                     counts[f"{kind}.Sent"] += 1
+                    if channel.receipt_url and device:
+                        receipted.append((device, token))
                     continue
                 counts[f"{kind}.{r.outcome.value}"] += 1
                 failed.append(Failed(device, kind, token, f"{r.outcome.value}: {r.reason}" if r.reason else r.outcome))
                 if r.outcome is Outcome.INVALID_TOKEN and device:
                     await self.registry.remove_token(m.app, device, kind, token)
         keep = max(m.expires_ms / 1000 - time.time(), 0) + 86400
-        await self.state.finish_sends(m, done, keep, dict(counts), failed, key)
+        await self.state.finish_sends(m, done, keep, dict(counts), failed, key, receipted)
         if channel is not None and channel.feedback_url:
             self.feedback.post(channel.feedback_url, m, kind, failed)
         sent = counts.get(f"{kind}.Sent", 0)

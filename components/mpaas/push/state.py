@@ -6,13 +6,15 @@ Redis keys (prefix `push:` by default): `m:{id}` (the message's JSON and state, 
 fields `json:{index}` and `state:{index}` of their batch's hash, `m:{batch}`), `m:{id}:n` (outcome
 counts), `m:{id}:f` (failed tokens, a capped list), `m:{id}:c` (the fan-out checkpoint), `i:{app}:{key}`
 (idempotency), `s:{app}:{minute}` and `t:{app}` (stats), `ch:{namespace}/{name}` (a vendor channel's totals),
-`{sched}` and `{sched}:m` (the schedule), `x:{id}:{device}` (claims), `tpl:{app}` (templates),
+`{sched}` and `{sched}:m` (the schedule), `x:{id}:{device}` (claims), `rt:{id}:{token digest}` (the device a
+vendor receipt's token was sent to), `tpl:{app}` (templates),
 `wait:{app}:{user}` (messages waiting for a user's next device). Messages and their figures are kept
 `KEEP_SECONDS` after their TTL ends.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -35,6 +37,11 @@ STATS_SECONDS = 8 * 86400
 MAX_FAILED = 1000  # failed tokens kept per message
 SCHEDULE_LEASE_MS = 60_000  # a due message taken by a pod is handed out again after this, unless done
 CLAIM_LEASE_SECONDS = 60  # a send claimed and neither made nor failed by then (its sender died) is made again
+
+
+def token_digest(token: str) -> str:
+    """What a token is stored under with its device, for the vendor receipts that name only the token."""
+    return hashlib.sha256(token.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -111,15 +118,26 @@ class PushState(ABC):
         counts: dict[str, int],
         failed: Sequence[Failed],
         channel: tuple[str, str],
+        tokens: Sequence[tuple[str, str]] = (),
     ) -> None:
         """What a sender records after a group's sends, together (one write on Redis, so that a kill cannot mark
-        sends made without counting them): the claims done, the outcome counts, the failed tokens, and the
-        channel's totals."""
+        sends made without counting them): the claims done, the outcome counts, the failed tokens, the
+        channel's totals, and the (device, token) pairs sent that a vendor's receipts will name by token."""
         await self.finish_devices(message.message_id, device_ids, keep_seconds)
         await self.count(message, counts)
         await self.add_failed(message.message_id, failed)
         sent = sum(n for k, n in counts.items() if k.endswith(".Sent"))
         await self.count_channel(channel, sent, sum(counts.values()) - sent)
+        await self.remember_tokens(message.message_id, tokens, keep_seconds)
+
+    @abstractmethod
+    async def remember_tokens(self, message_id: str, pairs: Sequence[tuple[str, str]], keep_seconds: float) -> None:
+        """The device each (device, token) pair was sent to, found again by the token (`token_devices`)."""
+
+    @abstractmethod
+    async def token_devices(self, message_id: str, tokens: Sequence[str]) -> list[str | None]:
+        """The device the message went to with each token; None for a token it was not sent with (or a send by
+        token, which has no device)."""
 
     @abstractmethod
     async def failed(self, message_id: str) -> list[Failed]: ...
@@ -311,16 +329,37 @@ return 1
         counts: dict[str, int],
         failed: Sequence[Failed],
         channel: tuple[str, str],
+        tokens: Sequence[tuple[str, str]] = (),
     ) -> None:
         # One pipeline, written at once: Redis runs every command of it or, if the write never left, none.
         async with self.redis.pipeline(transaction=False) as p:
             for d in device_ids:
                 p.set(self._k("x", message.message_id, d), b"d", ex=max(int(keep_seconds), 1))
+            self._remember_tokens(p, message.message_id, tokens, keep_seconds)
             self._count(p, message, counts)
             self._add_failed(p, message.message_id, failed)
             sent = sum(n for k, n in counts.items() if k.endswith(".Sent"))
             self._count_channel(p, channel, sent, sum(counts.values()) - sent)
             await p.execute()
+
+    async def remember_tokens(self, message_id: str, pairs: Sequence[tuple[str, str]], keep_seconds: float) -> None:
+        if pairs:
+            async with self.redis.pipeline(transaction=False) as p:
+                self._remember_tokens(p, message_id, pairs, keep_seconds)
+                await p.execute()
+
+    def _remember_tokens(self, p: Any, message_id: str, pairs: Sequence[tuple[str, str]], keep: float) -> None:
+        for device, token in pairs:
+            if device:
+                p.set(self._k("rt", message_id, token_digest(token)), device, ex=max(int(keep), 1))
+
+    async def token_devices(self, message_id: str, tokens: Sequence[str]) -> list[str | None]:
+        if not tokens:
+            return []
+        async with self.redis.pipeline(transaction=False) as p:
+            for t in tokens:
+                p.get(self._k("rt", message_id, token_digest(t)))
+            return [None if d is None else text(d) for d in await p.execute()]
 
     async def add_failed(self, message_id: str, failed: Sequence[Failed]) -> None:
         if not failed:
@@ -456,6 +495,7 @@ class MemoryPushState(PushState):
         self._sched: dict[str, tuple[int, PushMessage]] = {}
         self._templates: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
         self._waits: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+        self._tokens: dict[tuple[str, str], str] = {}  # (message id, token) -> device
 
     async def claim_idempotency(self, app: str, key: str, message_id: str, ttl_seconds: float) -> str | None:
         now = time.monotonic()
@@ -471,6 +511,12 @@ class MemoryPushState(PushState):
 
     async def save(self, message: PushMessage, state: str) -> None:
         self._messages[message.message_id] = [message, state]
+
+    async def remember_tokens(self, message_id: str, pairs: Sequence[tuple[str, str]], keep_seconds: float) -> None:
+        self._tokens.update({(message_id, t): d for d, t in pairs if d})
+
+    async def token_devices(self, message_id: str, tokens: Sequence[str]) -> list[str | None]:
+        return [self._tokens.get((message_id, t)) for t in tokens]
 
     async def set_state(self, message_id: str, state: str, *, only_from: Sequence[str] = ()) -> bool:
         row = self._messages.get(message_id)
