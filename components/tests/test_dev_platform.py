@@ -53,7 +53,7 @@ async def push_through_link(platform: DevPlatform, link_port: int) -> None:
     app, ws, device = "DEMO_APP", "default", "dev-phone"
 
     async def call(client: httpx.AsyncClient, method: str, path: str, body: object) -> httpx.Response:
-        raw = json.dumps(body).encode()
+        raw = json.dumps(body).encode() if body is not None else b""
         headers = sign_headers(key, method, path, "", app, ws, raw)
         return await client.request(method, platform.url("push") + path, content=raw, headers=headers)
 
@@ -69,7 +69,14 @@ async def push_through_link(platform: DevPlatform, link_port: int) -> None:
             body = {"target": {"type": "device", "ids": [device]}, "notification": {"title": "Hello from mpaas dev"}}
             r = await call(client, "POST", "/v1/push/messages", body)
             assert r.status_code == 202, r.text
-        got = json.loads((await asyncio.wait_for(phone.messages.get(), 10)).payload)
-        assert got == {"messageId": r.json()["messageId"], "title": "Hello from mpaas dev"}
+            got = json.loads((await asyncio.wait_for(phone.messages.get(), 10)).payload)
+            assert got == {"messageId": r.json()["messageId"], "title": "Hello from mpaas dev"}
+            # The phone acked it: link in this process reports it delivered to push in this process.
+            for _ in range(100):
+                status = await call(client, "GET", f"/v1/push/messages/{got['messageId']}", None)
+                if status.json()["counts"].get("Receipt.Delivered") == 1:
+                    break
+                await asyncio.sleep(0.1)
+            assert status.json()["counts"].get("Receipt.Delivered") == 1, status.text
     finally:
         await phone.close()

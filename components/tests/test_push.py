@@ -112,6 +112,13 @@ class Push:
             assert time.monotonic() < deadline, st
             await asyncio.sleep(0.1)
 
+    async def counted(self, message_id: str, key: str, n: int, *, seconds: float = 15) -> None:
+        """Until the message's `key` count is `n`."""
+        deadline = time.monotonic() + seconds
+        while (st := await self.ok("GET", f"/v1/push/messages/{message_id}"))["counts"].get(key, 0) != n:
+            assert time.monotonic() < deadline, st
+            await asyncio.sleep(0.1)
+
 
 @pytest.fixture
 def names() -> dict[str, str]:
@@ -262,6 +269,12 @@ async def test_one_call_reaches_a_user_over_link_when_online_and_apns_when_not(
             assert forged.status_code == 401  # the phone's token does not speak for the tablet
         st = await push.ok("GET", f"/v1/push/messages/{sent['messageId']}")
         assert st["counts"]["Receipt.Opened"] == 1
+        # The phone's link client acked the message: link reported it delivered, and the app reporting it too
+        # does not count it twice.
+        await push.counted(sent["messageId"], "Receipt.Delivered", 1)
+        await push.ok("POST", "/v1/push/receipts", receipt | {"event": "delivered"})
+        st = await push.ok("GET", f"/v1/push/messages/{sent['messageId']}")
+        assert st["counts"]["Receipt.Delivered"] == 1
         stats = await push.ok("GET", "/v1/push/stats")
         assert stats["totals"]["APNs.Sent"] >= 1 and stats["minutes"]
     finally:

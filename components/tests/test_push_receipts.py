@@ -209,3 +209,37 @@ def test_a_channel_takes_receipts_at_an_address_its_vendor_accepts(
     (channel,) = config.channels
     assert channel.receipt_url == address and channel.client is not None
     assert (channel.receipt_token is None) == (address is None)
+
+
+def test_a_receipt_messages_id_is_read_from_its_json_payload() -> None:
+    from mpaas.link.server import receipt_id
+
+    assert receipt_id(b'{"messageId":"' + MID.encode() + b'","title":"t"}') == MID
+    for payload in (b"", b"not json", b"[1]", b'{"title": "t"}', b'{"messageId": 5}', b'{"messageId": ""}',
+                    b'{"messageId": "' + b"x" * 65 + b'"}'):  # fmt: skip
+        assert receipt_id(payload) is None
+
+
+async def test_link_acks_count_as_delivered_once_per_device_and_move_the_cursor() -> None:
+    from mpaas.link import receipt_log
+    from mpaas.link.inbox import RECEIPT_LOG
+    from mpaas.push.messages import Content, PushMessage, Target
+    from mpaas.push.receipts import LINK_READER, LinkReceipts
+    from mpaas.push.state import MemoryPushState
+    from mpaas.stores import MemoryHotStore
+
+    state, hot, log = MemoryPushState(), MemoryHotStore(), receipt_log(None, "link:")
+    m = PushMessage(MID, "SHOP", "prod", Target("all"), Content(title="t"))
+    await state.save(m, "Done")
+    reader = LinkReceipts(state, hot, lambda: log)
+    assert await reader.take() == 0
+    pairs = [["SHOP/prod/d1", MID], ["SHOP/prod/d2", MID], ["SHOP/prod/d1", MID], ["OTHER/prod/d3", MID]]
+    await log.append(RECEIPT_LOG, json.dumps(pairs).encode())
+    await log.append(RECEIPT_LOG, json.dumps([["SHOP/prod/d2", MID], ["SHOP/prod/d4", "f" * 28]]).encode())
+    await log.append(RECEIPT_LOG, b"not json")  # skipped, not stuck on
+    assert await reader.take() == 3
+    st = await state.status(MID)
+    assert st is not None and st.counts == {"Receipt.Delivered": 2}  # d1 and d2; another app's device is not
+    assert await reader.take() == 0  # the cursor moved past them
+    assert await log.cursor(RECEIPT_LOG, LINK_READER) == (await log.read(RECEIPT_LOG, after=0)).last_seq
+    assert (await LinkReceipts(state, hot, lambda: None).take()) == 0  # no link: nothing to read

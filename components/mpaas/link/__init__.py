@@ -37,11 +37,11 @@ from ..stores import (
     RouteTable,
 )
 from ..stores.redis_common import connect_redis
-from ..stores.seqlog import RedisSequencedLog
+from ..stores.seqlog import RedisSequencedLog, SequencedLog
 from . import frames
 from .config import EMPTY, KIND, LinkConfig, compiler, token_secrets
 from .deliver import MAX_DEVICES, Bus, Deliverer
-from .inbox import IDLE_DAYS, MAX_MESSAGES, MAX_PAYLOAD, MAX_TTL_SECONDS, Inbox
+from .inbox import IDLE_DAYS, MAX_MESSAGES, MAX_PAYLOAD, MAX_TTL_SECONDS, RECEIPT_ENTRIES, RECEIPT_SECONDS, Inbox
 from .pods import Pod, Pods
 from .server import HeartbeatMemory, Limits, LinkServer
 
@@ -85,6 +85,17 @@ def stores(redis: Any, prefix: str) -> tuple[Inbox, Inbox, RouteTable]:
     return Inbox(logs[0]), Inbox(logs[1]), RedisRouteTable(redis, prefix=f"{prefix}route:")
 
 
+def receipt_log(redis: Any, prefix: str) -> SequencedLog:
+    """Where link pods write the acks of RECEIPT messages for push to count (server.RECEIPT_LOG): bounded, read
+    by push as reader "push"."""
+    if redis is None:
+        return MemorySequencedLog(max_len=RECEIPT_ENTRIES, overflow="drop_oldest", idle_ttl_seconds=RECEIPT_SECONDS)
+    return RedisSequencedLog(
+        redis, prefix=f"{prefix}receipts:", max_len=RECEIPT_ENTRIES, overflow="drop_oldest",
+        idle_ttl_seconds=RECEIPT_SECONDS,
+    )  # fmt: skip
+
+
 # The Deliverer of the link component running in this process with its stores in memory (`mpaas dev`): push
 # in the same process delivers through it.
 LOCAL: Deliverer | None = None
@@ -103,6 +114,7 @@ def build(settings: LinkSettings) -> Served:
         redis = connect_redis(settings.redis_url)
         hot = RedisHotStore(settings.redis_url)
     inbox, broadcasts, routes = stores(redis, prefix)
+    receipts = receipt_log(redis, prefix)
     pod = _pod(settings)
     server = LinkServer(
         lambda: live.current,
@@ -112,6 +124,7 @@ def build(settings: LinkSettings) -> Served:
         pod,
         Limits(max_connections=settings.link_max_connections),
         broadcasts,
+        receipts,
     )
     bus = Bus(redis, prefix=f"{prefix}pod:") if redis is not None else None
     server.bus = bus
@@ -126,7 +139,7 @@ def build(settings: LinkSettings) -> Served:
     channel = os.environ.get("MPAAS_PUSH_CHANNEL", "")
     pods = Pods(redis, f"{prefix}pods:{settings.namespace or ''}/{channel}:", me)
     server.pods = pods
-    deliverer = Deliverer(inbox, routes, bus, pod, server, broadcasts)
+    deliverer = Deliverer(inbox, routes, bus, pod, server, broadcasts, receipts)
     if redis is None:
         global LOCAL
         LOCAL = deliverer

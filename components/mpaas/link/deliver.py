@@ -22,6 +22,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 
 from ..stores.presence import RouteTable
+from ..stores.seqlog import SequencedLog
 from .frames import Message
 from .inbox import Inbox
 
@@ -137,9 +138,11 @@ class Deliverer:
         pod: str = "",
         local: Local | None = None,
         broadcasts: Inbox | None = None,
+        receipts: SequencedLog | None = None,
     ):
         self.inbox, self.routes, self.bus, self.pod, self.local = inbox, routes, bus, pod, local
         self.broadcasts = broadcasts or inbox
+        self.receipts = receipts  # the link pods' log of acked RECEIPT messages (server.RECEIPT_LOG)
 
     async def broadcast(
         self,
@@ -173,16 +176,20 @@ class Deliverer:
         urgent: bool = True,
         ttl_seconds: float = 86400,
         dedupe: str | None = None,
+        receipt: bool = False,
     ) -> list[Delivered]:
         """Append `payload` to each device's inbox and notify the online ones; ValueError for bad arguments.
         Raises when the store fails: what was appended before stays (a retry may deliver it twice, unless it
-        passes the same `dedupe` id: the message's id, whose inbox entries are then not appended again)."""
+        passes the same `dedupe` id: the message's id, whose inbox entries are then not appended again).
+        `receipt`: the payload is JSON with a messageId, and each device's ack of it goes to the receipt log."""
         if not device_ids or len(device_ids) > MAX_DEVICES:
             raise ValueError(f"deliver to 1 to {MAX_DEVICES} devices at a time")
         if ttl_seconds <= 0:
             raise ValueError("ttlSeconds must be positive")
         keys = [f"{app_id}/{workspace_id}/{d}" for d in device_ids]
-        appended = await self.inbox.append_many(keys, payload, urgent=urgent, ttl_seconds=ttl_seconds, dedupe=dedupe)
+        appended = await self.inbox.append_many(
+            keys, payload, urgent=urgent, ttl_seconds=ttl_seconds, dedupe=dedupe, receipt=receipt
+        )
         # The routes after the appends: a device that connects in between reads the message in its WELCOME.
         where = await self.routes.routes(keys)
         by_pod: dict[str, list[tuple[str, Message]]] = defaultdict(list)

@@ -290,6 +290,9 @@ class Notify:
 
 
 URGENT = 1
+# The payload is a JSON object with a messageId its sender wants to hear was delivered: the device's ack of it
+# is reported (push's "delivered" receipts). A client may ignore it.
+RECEIPT = 2
 
 
 @dataclass(frozen=True)

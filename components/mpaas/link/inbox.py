@@ -21,6 +21,11 @@ IDLE_DAYS = 30
 MAX_TTL_SECONDS = IDLE_DAYS * 86400
 MAX_PAYLOAD = 64 * 1024
 MAX_BATCH_BYTES = 256 * 1024  # payload bytes in one MESSAGES frame (at least one message): the client pulls on
+# The receipt log: the acks of RECEIPT messages, written by the link pods for push to count as delivered. One
+# log (RECEIPT_LOG) of JSON lists of [device key, message id], one entry per pod's flush of acks.
+RECEIPT_LOG = "delivered"
+RECEIPT_SECONDS = 86400  # kept this long for push to read
+RECEIPT_ENTRIES = 100_000
 _END = 1 << 62  # a position past every number: a read from it gives the last number alone
 
 
@@ -63,15 +68,23 @@ class Inbox:
         return Message(seq, payload, flags, expires)
 
     async def append_many(
-        self, devices: list[str], payload: bytes, *, urgent: bool, ttl_seconds: float, dedupe: str | None = None
+        self,
+        devices: list[str],
+        payload: bytes,
+        *,
+        urgent: bool,
+        ttl_seconds: float,
+        dedupe: str | None = None,
+        receipt: bool = False,
     ) -> list[Message | None]:
         """The same message into many inboxes in one round trip; None for one that is full (never: inboxes
-        drop their oldest). `dedupe`: the message's id, so that a retried fan-out appends nothing twice."""
+        drop their oldest). `dedupe`: the message's id, so that a retried fan-out appends nothing twice.
+        `receipt`: the devices' acks of it are reported (frames.RECEIPT)."""
         if len(payload) > MAX_PAYLOAD:
             raise ValueError(f"a message is at most {MAX_PAYLOAD} bytes")
         ttl = min(ttl_seconds, MAX_TTL_SECONDS)
         expires = int((time.time() + ttl) * 1000)
-        flags = frames.URGENT if urgent else 0
+        flags = (frames.URGENT if urgent else 0) | (frames.RECEIPT if receipt else 0)
         raw = encode(payload, flags, expires)
         seqs = await self.log.append_many([(d, raw, ttl) for d in devices], dedupe=dedupe)
         return [Message(s, payload, flags, expires) if isinstance(s, int) else None for s in seqs]

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from picows import (
     WSCloseCode,
     WSListener,
@@ -39,7 +40,7 @@ from ..stores.seqlog import SequencedLog
 from . import frames, heartbeat
 from .config import AppLink, LinkConfig
 from .frames import Close, FrameError, FrameType, UnknownFrame
-from .inbox import Inbox
+from .inbox import RECEIPT_LOG, RECEIPT_SECONDS, Inbox
 from .pods import Pods, dispatch_body
 from .tokens import TokenKey, check
 
@@ -56,6 +57,18 @@ QUEUE_LIMIT = 64  # frames waiting for the store on one connection; more: it is 
 PROBE_MAX_DELAY_SECONDS = 0.5  # a full pod answers a probe this late
 DRAIN_WAVES = 10
 ACK_FLUSH_SECONDS = 0.05
+MAX_AWAITED_ACKS = 256  # RECEIPT messages a connection remembers until acked
+
+
+def receipt_id(payload: bytes) -> str | None:
+    """The messageId of a RECEIPT message's JSON payload; None when it has none."""
+    try:
+        message_id = orjson.loads(payload).get("messageId")
+    except (ValueError, AttributeError):
+        return None
+    return message_id if isinstance(message_id, str) and 0 < len(message_id) <= 64 else None
+
+
 READ_CHUNK = 32  # entries read from the store for one PULL (at most 2 MiB): more, and the client pulls again
 
 CONNECTIONS = Gauge("mpaas_link_connections", "Authenticated connections held by this process")
@@ -109,6 +122,7 @@ class Session(WSListener):
         "pending",
         "pending_at",
         "queue",
+        "receipts",
         "refilled",
         "sent",
         "server",
@@ -146,6 +160,7 @@ class Session(WSListener):
         self.queue: deque[Any] | None = None
         self.worker: asyncio.Task[None] | None = None
         self.paused_at = 0.0
+        self.receipts: dict[int, str] | None = None  # number -> message id: sent, to be reported when acked
 
     # --- picows callbacks -------------------------------------------------------------------------------
 
@@ -319,6 +334,7 @@ class Session(WSListener):
             return
         batch = await self.server.inbox.read(self.inbox, pull.after, count)
         self.send(frames.Messages(batch.messages, batch.last_seq, pull.after).encode())
+        self._await_acks(batch.messages)
         upto = batch.messages[-1].seq if batch.messages else max(batch.last_seq, pull.after)
         self.sent = max(self.sent, upto)
         self.server.count_sent(len(batch.messages))
@@ -333,6 +349,21 @@ class Session(WSListener):
         ACKED.inc()
         if ack.stream == frames.INBOX:  # broadcasts are kept for every device: the client holds its cursor
             self.server.acked(self.inbox, ack.seq)
+            if self.receipts:
+                done = [seq for seq in self.receipts if seq <= ack.seq]
+                self.server.delivered(self.device, [self.receipts.pop(seq) for seq in done])
+
+    def _await_acks(self, messages: list[frames.Message]) -> None:
+        """Remember the messages sent whose acks their sender wants to hear of (frames.RECEIPT)."""
+        for m in messages:
+            if m.flags & frames.RECEIPT:
+                message_id = receipt_id(m.payload)
+                if message_id is not None:
+                    if self.receipts is None:
+                        self.receipts = {}
+                    elif len(self.receipts) >= MAX_AWAITED_ACKS:  # a client that never acks: the oldest go
+                        del self.receipts[next(iter(self.receipts))]
+                    self.receipts[m.seq] = message_id
 
     def _ping(self, ping: frames.Ping) -> None:
         app = self.app
@@ -407,6 +438,7 @@ class Session(WSListener):
             self.send(frames.Messages([small], last_seq, self.sent).encode())
             self.sent = last_seq
             self.server.count_sent(1)
+            self._await_acks([small])
         else:
             self.send(frames.Notify(last_seq).encode())
         if at:
@@ -469,8 +501,10 @@ class LinkServer:
         pod: str,
         limits: Limits | None = None,
         broadcasts: Inbox | None = None,
+        receipts: SequencedLog | None = None,
     ):
         self.config, self.inbox, self.routes, self.heartbeats, self.pod = config, inbox, routes, heartbeats, pod
+        self.receipts = receipts  # where acks of RECEIPT messages go (RECEIPT_LOG), None: nowhere
         self.limits = limits or Limits()
         self.sessions: dict[str, Session] = {}  # device key -> its authenticated session
         self.by_app: dict[str, set[Session]] = {}  # app/workspace -> its sessions: broadcasts
@@ -485,6 +519,7 @@ class LinkServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._acks: dict[str, int] = {}  # inbox -> the newest number acked, not written yet
+        self._delivered: list[tuple[str, str]] = []  # (device key, message id) acked, not written yet
         self._flusher: asyncio.Task[None] | None = None
 
     # --- picows factory ---
@@ -618,14 +653,25 @@ class LinkServer:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_acks())
 
+    def delivered(self, device: str, message_ids: list[str]) -> None:
+        """Acks of RECEIPT messages: written to the receipt log with the acks."""
+        if self.receipts is not None and message_ids:
+            self._delivered += [(device, m) for m in message_ids]
+
     async def _flush_acks(self) -> None:
         await asyncio.sleep(ACK_FLUSH_SECONDS)
         while self._acks:
             batch, self._acks = self._acks, {}
+            delivered, self._delivered = self._delivered, []
             try:
                 await self.inbox.ack_many(list(batch.items()))
             except Exception as e:  # lost acks only resend messages, which clients drop by their numbers
                 log.warning("link: %d acks not written: %r", len(batch), e)
+            if delivered and self.receipts is not None:
+                try:
+                    await self.receipts.append(RECEIPT_LOG, orjson.dumps(delivered), ttl_seconds=RECEIPT_SECONDS)
+                except Exception as e:  # receipts are figures: lost ones are not sent again
+                    log.warning("link: %d delivery receipts not written: %r", len(delivered), e)
 
     # --- deadlines ---
 

@@ -27,6 +27,7 @@ from .accept import Accepter
 from .api import Context, install
 from .config import CHANNEL, EMPTY, GATEWAY, Clients, PushConfig, compiler, secrets_named
 from .fanout import Fanout, LinkDelivery, Topics
+from .receipts import LinkReceipts
 from .registry import MemoryRegistry, RedisRegistry
 from .senders import Senders
 from .state import MemoryPushState, RedisPushState
@@ -75,13 +76,16 @@ def build(settings: PushSettings) -> Served:
     link_redis: Any = None
     deliverer: LinkDelivery | None = None
     if not link_url.startswith("memory:"):
+        from ..link import receipt_log
         from ..link import stores as link_stores
         from ..link.deliver import Bus, Deliverer
 
         link_redis = redis if link_url == settings.redis_url and redis is not None else connect_redis(link_url)
         inbox, broadcasts, routes = link_stores(link_redis, settings.link_redis_prefix)
         bus = Bus(link_redis, prefix=f"{settings.link_redis_prefix}pod:")
-        deliverer = Deliverer(inbox, routes, bus, broadcasts=broadcasts)
+        deliverer = Deliverer(
+            inbox, routes, bus, broadcasts=broadcasts, receipts=receipt_log(link_redis, settings.link_redis_prefix)
+        )
 
     def link() -> LinkDelivery | None:
         if deliverer is not None:
@@ -93,7 +97,12 @@ def build(settings: PushSettings) -> Served:
     def current() -> PushConfig:
         return live.current
 
+    def link_receipts() -> Any:
+        found = link()
+        return getattr(found, "receipts", None)
+
     accepter = Accepter(events, state, topics)
+    delivered = LinkReceipts(state, hot, link_receipts)
     fanout = Fanout(events, state, registry, link, current, topics)
     only = (settings.namespace or "", settings.push_channel) if settings.push_channel else None
     senders = Senders(events, state, registry, hot, current, topics, only=only)
@@ -117,6 +126,7 @@ def build(settings: PushSettings) -> Served:
             await live.ready.wait()
             if settings.fanout:
                 fanout.start()
+                delivered.start()
             if settings.senders:
                 live.subscribe(senders.sync)
                 senders.sync(live.current)
@@ -132,6 +142,7 @@ def build(settings: PushSettings) -> Served:
             task.cancel()
         await accepter.stop()
         await fanout.stop()
+        await delivered.stop()
         await senders.stop()
         with contextlib.suppress(Exception):
             await events.close()

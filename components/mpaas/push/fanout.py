@@ -57,6 +57,7 @@ class LinkDelivery(Protocol):
         urgent: bool,
         ttl_seconds: float,
         dedupe: str,
+        receipt: bool,
     ) -> object: ...
 
     async def broadcast(
@@ -305,6 +306,7 @@ class Fanout:
                 urgent=m.urgent,
                 ttl_seconds=self._link_ttl(m),
                 dedupe=m.message_id,
+                receipt=True,  # each device's ack of it counts as delivered (receipts.LinkReceipts)
             )
             counts["Link.Sent"] = len(to_link)
         for channel_key, items in jobs.items():

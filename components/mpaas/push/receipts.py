@@ -29,8 +29,11 @@ vendors signs its receipts in a way every one of them documents.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -38,13 +41,17 @@ from urllib.parse import parse_qsl
 import orjson
 
 from ..api.push import ChannelType
+from ..link.inbox import RECEIPT_LOG
 from ..stores import HotStore
+from ..stores.seqlog import SequencedLog
 from .messages import PushMessage, valid_message_id
 from .registry import Registry
 from .state import Failed, PushState, token_digest
 
 if TYPE_CHECKING:  # config builds on this module (receipt addresses)
     from .config import VendorChannel
+
+log = logging.getLogger("mpaas.push")
 
 RECEIPT_TOKEN = "receiptToken"  # the credentials Secret's entry that the receipt address carries
 RECEIPT_PATH = "/v1/push/receipts"
@@ -269,3 +276,66 @@ async def record(
                     await registry.remove_token(m.app, device, channel.type.value, r.token)
         await state.add_failed(message_id, failed)
     return counted
+
+
+LINK_READER = "push"  # push's cursor in the link pods' receipt log
+LINK_BATCH = 200  # entries (each a link pod's acks of one flush) read at a time
+
+
+class LinkReceipts:
+    """ "Delivered" from link: the link pods log each device's ack of a push message (mpaas.link.server,
+    RECEIPT_LOG); push counts them as the app's own delivered receipts, once per device. Every push process
+    may read: counting is idempotent, and the cursor only moves forward."""
+
+    def __init__(
+        self, state: PushState, hot: HotStore, log: Callable[[], SequencedLog | None], *, idle_seconds: float = 0.5
+    ):
+        self.state, self.hot, self.log, self.idle_seconds = state, hot, log, idle_seconds
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="push link receipts")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if not await self.take():
+                    await asyncio.sleep(self.idle_seconds)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("push: link receipts not read: %r", e)
+                await asyncio.sleep(1.0)
+
+    async def take(self) -> int:
+        """Count what the log holds past push's cursor, then move the cursor; the entries read."""
+        receipts = self.log()
+        if receipts is None:
+            return 0
+        batch = await receipts.read(RECEIPT_LOG, reader=LINK_READER, count=LINK_BATCH)
+        if not batch.entries:
+            return 0
+        by_message: dict[str, list[str]] = defaultdict(list)  # message id -> device keys (app/workspace/device)
+        for _, value in batch.entries:
+            try:
+                pairs = orjson.loads(value)
+                for device_key, message_id in pairs:
+                    if isinstance(device_key, str) and isinstance(message_id, str) and valid_message_id(message_id):
+                        by_message[message_id].append(device_key)
+            except (ValueError, TypeError):
+                log.warning("push: a link receipt entry that does not parse: %r", value[:200])
+        for message_id, device_keys in by_message.items():
+            st = await self.state.status(message_id)
+            if st is None:
+                continue  # gone
+            app = st.message.app + "/"
+            devices = [k.removeprefix(app) for k in device_keys if k.startswith(app)]  # its app's devices only
+            await count_once(self.hot, self.state, st.message, [(DELIVERED, d) for d in dict.fromkeys(devices)])
+        await receipts.ack(RECEIPT_LOG, LINK_READER, batch.entries[-1][0])
+        return len(batch.entries)
