@@ -14,7 +14,7 @@ import pytest_asyncio
 from conftest import need_env
 from mpaas.push.messages import Content, PushMessage, Target, new_batch_ids, new_message_id
 from mpaas.push.registry import Device, MemoryRegistry, RedisRegistry, Registry, UnknownDevice
-from mpaas.push.state import Failed, MemoryPushState, PushState, RedisPushState
+from mpaas.push.state import MAX_TEMPLATES, Failed, MemoryPushState, PushState, RedisPushState
 
 contract = pytest.mark.contract
 
@@ -253,6 +253,18 @@ async def test_templates_and_user_waits(state: PushState) -> None:
     assert await state.waiting_for_user(APP, "u1", now) == ["m-old", "m-new"]
     await asyncio.sleep(0.3)
     assert await state.waiting_for_user(APP, "u1", int(time.time() * 1000)) == ["m-new"]
+
+
+@contract
+async def test_an_app_holds_at_most_max_templates(state: PushState) -> None:
+    app = f"CAP{uuid.uuid4().hex[:6]}/prod"
+    for i in range(MAX_TEMPLATES):
+        assert await state.put_template(app, f"t{i}", {"title": "x"})
+    assert not await state.put_template(app, "one-more", {"title": "x"})
+    assert await state.put_template(app, "t0", {"title": "replaced"})  # replacing one still works
+    assert await state.template(app, "t0") == {"title": "replaced"} and await state.template(app, "one-more") is None
+    assert await state.delete_template(app, "t1") and await state.put_template(app, "one-more", {"title": "x"})
+    assert await state.put_template("OTHER/prod", "t0", {"title": "x"})  # per app
 
 
 @contract

@@ -54,7 +54,7 @@ from .messages import (
     valid_message_id,
 )
 from .registry import MAX_TAGS, PLATFORMS, Device, Registry, UnknownDevice, valid_id, valid_tag, valid_token
-from .state import PushState
+from .state import MAX_TEMPLATES, PushState
 
 log = logging.getLogger("mpaas.push")
 
@@ -484,7 +484,10 @@ def install(app: FastAPI, ctx: Context) -> None:
         server_only(caller)
         name = template_name(request)
         parse_content(body)  # the fields' shapes; {{variables}} are filled at each send
-        await ctx.state.put_template(app_key(caller), name, body)
+        if not await ctx.state.put_template(app_key(caller), name, body):
+            raise Invalid(
+                f"the app holds {MAX_TEMPLATES} templates: delete one to store another", "TooManyTemplates", 409
+            )
         return {"name": name, "variables": sorted(set(_VARIABLE.findall(json.dumps(body))))}
 
     async def get_template(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:

@@ -35,6 +35,7 @@ log = logging.getLogger("mpaas.push")
 KEEP_SECONDS = 7 * 86400
 STATS_SECONDS = 8 * 86400
 MAX_FAILED = 1000  # failed tokens kept per message
+MAX_TEMPLATES = 1000  # templates an app holds (GET /v1/push/templates returns them all)
 SCHEDULE_LEASE_MS = 60_000  # a due message taken by a pod is handed out again after this, unless done
 CLAIM_LEASE_SECONDS = 60  # a send claimed and neither made nor failed by then (its sender died) is made again
 
@@ -177,7 +178,8 @@ class PushState(ABC):
         """Drop it from the schedule (sent or canceled); False when it was not there."""
 
     @abstractmethod
-    async def put_template(self, app: str, name: str, template: dict[str, Any]) -> None: ...
+    async def put_template(self, app: str, name: str, template: dict[str, Any]) -> bool:
+        """Store (or replace) it; False when the app holds MAX_TEMPLATES others already."""
 
     @abstractmethod
     async def template(self, app: str, name: str) -> dict[str, Any] | None: ...
@@ -450,8 +452,16 @@ return 1
             removed, _ = await p.execute()
         return bool(removed)
 
-    async def put_template(self, app: str, name: str, template: dict[str, Any]) -> None:
-        await self.redis.hset(self._k("tpl", app), name, json.dumps(template))
+    async def put_template(self, app: str, name: str, template: dict[str, Any]) -> bool:
+        # KEYS: the app's templates; ARGV: name, template, the most an app holds. Checked and set at once.
+        script = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+        return bool(await self.redis.eval(script, 1, self._k("tpl", app), name, json.dumps(template), MAX_TEMPLATES))
 
     async def template(self, app: str, name: str) -> dict[str, Any] | None:
         raw = await self.redis.hget(self._k("tpl", app), name)
@@ -610,8 +620,12 @@ class MemoryPushState(PushState):
     async def unschedule(self, message_id: str) -> bool:
         return self._sched.pop(message_id, None) is not None
 
-    async def put_template(self, app: str, name: str, template: dict[str, Any]) -> None:
-        self._templates[app][name] = template
+    async def put_template(self, app: str, name: str, template: dict[str, Any]) -> bool:
+        held = self._templates[app]
+        if name not in held and len(held) >= MAX_TEMPLATES:
+            return False
+        held[name] = template
+        return True
 
     async def template(self, app: str, name: str) -> dict[str, Any] | None:
         return self._templates.get(app, {}).get(name)
