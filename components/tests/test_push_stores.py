@@ -91,6 +91,11 @@ async def test_an_alias_names_one_device(registry: Registry) -> None:
     assert await registry.alias_device(APP, "x") is None and await registry.alias_device(APP, "y") == "b"
     await registry.set_alias(APP, "b", None)
     assert await registry.alias_device(APP, "y") is None
+    await registry.set_alias(APP, "a", "z")
+    assert await registry.alias_devices(APP, ["z", "y", "z"]) == ["a", None, "a"]  # many at once
+    assert await registry.alias_devices(APP, []) == []
+    await registry.bind(APP, "u1", "a")
+    assert await registry.bound_users(APP, ["u1", "nobody"]) == [True, False]
 
 
 @contract

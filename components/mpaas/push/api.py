@@ -300,11 +300,13 @@ def install(app: FastAPI, ctx: Context) -> None:
             if missing:
                 raise Invalid(f"no such devices: {', '.join(missing[:20])}", "UnknownDevice", 404)
         elif t.type == "alias":
-            missing = [a for a in t.ids if await ctx.registry.alias_device(app, a) is None]
+            holders = await ctx.registry.alias_devices(app, t.ids)
+            missing = [a for a, d in zip(t.ids, holders, strict=True) if d is None]
             if missing:
                 raise Invalid(f"no device has these aliases: {', '.join(missing[:20])}", "UnknownAlias", 404)
         elif t.type == "user":
-            missing = [u for u in t.ids if not await ctx.registry.user_devices(app, u)]
+            bound = await ctx.registry.bound_users(app, t.ids)
+            missing = [u for u, b in zip(t.ids, bound, strict=True) if not b]
             if missing:
                 raise Invalid(f"no device is bound to these users: {', '.join(missing[:20])}", "UnboundUser", 404)
 

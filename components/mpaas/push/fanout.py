@@ -244,7 +244,7 @@ class Fanout:
             for i in range(start, len(t.ids), PAGE):
                 chunk = list(t.ids[i : i + PAGE])
                 if t.type == "alias":
-                    found = [await self.registry.alias_device(app, a) for a in chunk]
+                    found = await self.registry.alias_devices(app, chunk)
                     chunk = [d for d in found if d is not None]
                 yield chunk, f"i:{i + PAGE}"
         elif t.type == "user":

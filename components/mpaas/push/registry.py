@@ -138,6 +138,14 @@ class Registry(ABC):
     @abstractmethod
     async def alias_device(self, app: str, alias: str) -> str | None: ...
 
+    async def alias_devices(self, app: str, aliases: Sequence[str]) -> list[str | None]:
+        """alias_device of each (one round trip on Redis)."""
+        return [await self.alias_device(app, a) for a in aliases]
+
+    async def bound_users(self, app: str, user_ids: Sequence[str]) -> list[bool]:
+        """Whether each user has a device bound (one round trip on Redis)."""
+        return [bool(await self.user_devices(app, u)) for u in user_ids]
+
     @abstractmethod
     async def change_tags(self, app: str, device_id: str, add: Iterable[str], remove: Iterable[str]) -> list[str]:
         """The device's tags after the change; UnknownDevice; ValueError past MAX_TAGS."""
@@ -335,6 +343,18 @@ class RedisRegistry(RedisRole, Registry):
     async def alias_device(self, app: str, alias: str) -> str | None:
         value = await self.redis.get(f"{self._base(app)}a:{alias}")
         return text(value) if value is not None else None
+
+    async def alias_devices(self, app: str, aliases: Sequence[str]) -> list[str | None]:
+        if not aliases:
+            return []
+        values = await self.redis.mget([f"{self._base(app)}a:{a}" for a in aliases])  # one app's: one slot
+        return [text(v) if v is not None else None for v in values]
+
+    async def bound_users(self, app: str, user_ids: Sequence[str]) -> list[bool]:
+        async with self.redis.pipeline(transaction=False) as p:
+            for u in user_ids:
+                p.scard(f"{self._base(app)}u:{u}")
+            return [bool(n) for n in await p.execute()]
 
     async def change_tags(self, app: str, device_id: str, add: Iterable[str], remove: Iterable[str]) -> list[str]:
         ops = [f"+{t}" for t in add] + [f"-{t}" for t in remove]
