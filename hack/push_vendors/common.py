@@ -189,3 +189,22 @@ class ServedWithReceipts(Served):
             await super().stop()
         finally:
             await self.receipts.close()
+
+
+V1_DELIVERED, V1_UNINSTALLED = 0, 2  # statuses of Huawei's V1 receipts (Honor's take the same shape)
+MAX_V1_STATUSES = 100  # statuses in one V1 receipt post
+
+
+def post_v1_receipts(
+    poster: ReceiptPoster, url: str, app: str, bi_tag: str, tokens: list[str], expiring: set[str], request_id: str
+) -> None:
+    """Huawei's V1 receipt (Honor's too): `{"statuses": [...]}` for the tokens of one send, 100 a post; a token in
+    `expiring` is reported uninstalled."""
+    now = epoch_ms()
+    statuses = [
+        {"biTag": bi_tag, "appid": app, "token": t, "status": V1_UNINSTALLED if t in expiring else V1_DELIVERED,
+         "timestamp": now, "requestId": request_id}
+        for t in tokens
+    ]  # fmt: skip
+    for i in range(0, len(statuses), MAX_V1_STATUSES):
+        poster.post_json(url, {"statuses": statuses[i : i + MAX_V1_STATUSES]})

@@ -38,15 +38,13 @@ from starlette.routing import Route
 
 if not __package__:  # run as a script: make the push_vendors package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from push_vendors.common import AsgiServer, ReceiptPoster, ServedWithReceipts, epoch_ms, read_form
+from push_vendors.common import AsgiServer, ReceiptPoster, ServedWithReceipts, post_v1_receipts, read_form
 
 TOKEN_PATHS = ("/auth/realms/developer/protocol/openid-connect/token", "/auth/token")
 MAX_PAYLOAD = 4096
 MAX_TOKENS = 1000
 MAX_TTL = 15 * 86400
 TTL = re.compile(r"^\d+(\.\d{1,9})?[sS]?$")
-MAX_RECEIPT_STATUSES = 100
-DELIVERED, UNINSTALLED = 0, 2  # receipt statuses, as Huawei's V1
 MESSAGES = {
     200: "success",
     80100001: "Some parameters are incorrect",
@@ -171,23 +169,9 @@ class HonorServer(ServedWithReceipts):
         return JSONResponse({"code": 200, "message": MESSAGES[200], "data": data})
 
     def _post_receipts(self, app: str, body: dict[str, Any], tokens: list[str], request_id: str) -> None:
-        if not self.receipt_url:
-            return
-        bi_tag = body.get("android", {}).get("biTag") or ""
-        now = epoch_ms()
-        statuses = [
-            {
-                "biTag": bi_tag,
-                "appid": app,
-                "token": t,
-                "status": UNINSTALLED if t in self.expiring else DELIVERED,
-                "timestamp": now,
-                "requestId": request_id,
-            }
-            for t in tokens
-        ]
-        for i in range(0, len(statuses), MAX_RECEIPT_STATUSES):
-            self.receipts.post_json(self.receipt_url, {"statuses": statuses[i : i + MAX_RECEIPT_STATUSES]})
+        if self.receipt_url:
+            bi_tag = body.get("android", {}).get("biTag") or ""
+            post_v1_receipts(self.receipts, self.receipt_url, app, bi_tag, tokens, self.expiring, request_id)
 
 
 def _validate(body: dict[str, Any]) -> tuple[int, str | None]:

@@ -40,14 +40,12 @@ from starlette.routing import Route
 
 if not __package__:  # run as a script: make the push_vendors package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from push_vendors.common import AsgiServer, ReceiptPoster, ServedWithReceipts, epoch_ms, read_form
+from push_vendors.common import AsgiServer, ReceiptPoster, ServedWithReceipts, post_v1_receipts, read_form
 
 MAX_PAYLOAD = 4096
 MAX_TOKENS = 1000
 MAX_TTL = 15 * 86400
 TTL = re.compile(r"^\d+(\.\d{1,9})?[sS]?$")
-MAX_RECEIPT_STATUSES = 100
-DELIVERED, UNINSTALLED = 0, 2  # receipt statuses
 
 MESSAGES = {
     "80000000": "Success",
@@ -133,23 +131,9 @@ class HuaweiServer(ServedWithReceipts):
         return JSONResponse(body, status)
 
     def _post_receipts(self, app: str, message: dict[str, Any], tokens: list[str], request_id: str) -> None:
-        if not self.receipt_url:
-            return
-        bi_tag = message.get("android", {}).get("bi_tag") or ""
-        now = epoch_ms()
-        statuses = [
-            {
-                "biTag": bi_tag,
-                "appid": app,
-                "token": t,
-                "status": UNINSTALLED if t in self.expiring else DELIVERED,
-                "timestamp": now,
-                "requestId": request_id,
-            }
-            for t in tokens
-        ]
-        for i in range(0, len(statuses), MAX_RECEIPT_STATUSES):
-            self.receipts.post_json(self.receipt_url, {"statuses": statuses[i : i + MAX_RECEIPT_STATUSES]})
+        if self.receipt_url:
+            bi_tag = message.get("android", {}).get("bi_tag") or ""
+            post_v1_receipts(self.receipts, self.receipt_url, app, bi_tag, tokens, self.expiring, request_id)
 
     async def _token(self, request: Request) -> Response:
         self.token_requests += 1

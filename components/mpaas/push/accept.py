@@ -18,6 +18,7 @@ import logging
 import time
 from dataclasses import replace
 
+from ..background import Background
 from ..stores import EventLog
 from .fanout import Topics
 from .messages import Content, PushMessage, new_message_id
@@ -56,10 +57,9 @@ class Unavailable(Exception):
     """The event log or the state store did not take the send: nothing was accepted."""
 
 
-class Accepter:
+class Accepter(Background):
     def __init__(self, events: EventLog, state: PushState, topics: Topics = Topics()):
         self.events, self.state, self.topics = events, state, topics
-        self._task: asyncio.Task[None] | None = None
 
     async def accept(self, message: PushMessage, idempotency_key: str | None) -> tuple[str, bool]:
         """(the message id, False; or the first message's id and True when the key was used before).
@@ -164,13 +164,7 @@ class Accepter:
         return notice
 
     def start_scheduler(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._schedule_loop(), name="push scheduler")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        self._launch(self._schedule_loop(), "push scheduler")
 
     async def _schedule_loop(self) -> None:
         while True:

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import orjson
 from aiokafka.errors import MessageSizeTooLargeError
 
+from ..background import Background
 from ..stores import EventLog, Record
 from .config import PushConfig
 from .messages import PushMessage, Target, version_key
@@ -115,7 +116,7 @@ def matches(device: Device, message: PushMessage) -> bool:
     return True
 
 
-class Fanout:
+class Fanout(Background):
     def __init__(
         self,
         events: EventLog,
@@ -127,16 +128,9 @@ class Fanout:
     ):
         self.events, self.state, self.registry, self.link, self.config = events, state, registry, link, config
         self.topics = topics
-        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="push fan-out")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        self._launch(self._run(), "push fan-out")
 
     async def _run(self) -> None:
         while True:

@@ -29,7 +29,6 @@ vendors signs its receipts in a way every one of them documents.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from collections import defaultdict
@@ -41,6 +40,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from ..api.push import ChannelType
+from ..background import Background
 from ..link.inbox import RECEIPT_LOG
 from ..stores import HotStore
 from ..stores.seqlog import SequencedLog
@@ -282,7 +282,7 @@ LINK_READER = "push"  # push's cursor in the link pods' receipt log
 LINK_BATCH = 200  # entries (each a link pod's acks of one flush) read at a time
 
 
-class LinkReceipts:
+class LinkReceipts(Background):
     """ "Delivered" from link: the link pods log each device's ack of a push message (mpaas.link.server,
     RECEIPT_LOG); push counts them as the app's own delivered receipts, once per device. Every push process
     may read: counting is idempotent, and the cursor only moves forward."""
@@ -291,16 +291,9 @@ class LinkReceipts:
         self, state: PushState, hot: HotStore, log: Callable[[], SequencedLog | None], *, idle_seconds: float = 0.5
     ):
         self.state, self.hot, self.log, self.idle_seconds = state, hot, log, idle_seconds
-        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="push link receipts")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        self._launch(self._run(), "push link receipts")
 
     async def _run(self) -> None:
         while True:
