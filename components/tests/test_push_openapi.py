@@ -490,3 +490,12 @@ async def test_the_app_refuses_what_the_schemas_refuse(doc: dict[str, Any]) -> N
             answer = await api.call(method, fill(path, PATH_VALUES), body)
             assert (answer.status_code, answer.json()["code"]) == (400, "InvalidRequest"), (name, answer.text[:300])
             check_answer(doc, method, path, answer)
+
+
+async def test_a_template_over_16_kib_is_refused() -> None:
+    api = Api()
+    async with api.client:
+        big = {"title": "t", "data": {f"k{i}": "v" * 1000 for i in range(17)}}
+        answer = await api.call("PUT", "/v1/push/templates/big", big)
+        assert (answer.status_code, answer.json()["code"]) == (413, "PayloadTooLarge"), answer.text
+        assert (await api.call("PUT", "/v1/push/templates/small", {"title": "t"})).status_code == 200

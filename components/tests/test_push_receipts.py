@@ -132,6 +132,46 @@ def test_a_post_of_too_many_receipts_is_refused() -> None:
         parse(ChannelType.HUAWEI, "application/json", json.dumps({"statuses": statuses}).encode())
 
 
+def test_deep_or_huge_bodies_are_refused_quickly() -> None:
+    import time
+
+    deep = b'{"statuses": [{"token": "t", "status": 0, "biTag": ' + b"[" * 1000 + b"]" * 1000 + b"}]}"
+    assert parse(ChannelType.HUAWEI, "application/json", deep) == []  # not one of our ids: left out
+    deep_param = b'{"m": {"targets": "r", "type": 1, "param": ' + b"[" * 1000 + b"]" * 1000 + b"}}"
+    assert parse(ChannelType.XIAOMI, "application/json", deep_param) == []
+    huge = [{"param": MID, "eventType": "push_arrive", "registrationIds": "a," * 500_000}]
+    started = time.monotonic()
+    with pytest.raises(Malformed, match="more than"):  # split no further than the bound
+        parse(ChannelType.OPPO, "application/json", json.dumps(huge).encode())
+    assert time.monotonic() - started < 0.5
+    spaced = {"m": {"param": MID, "type": 1, "targets": "ok-token,bad token,\u00e9"}}
+    assert [r.token for r in parse(ChannelType.XIAOMI, FORM, xiaomi_form(spaced))] == ["ok-token"]
+
+
+async def test_receipts_count_only_the_tokens_the_message_was_sent_with() -> None:
+    from mpaas.push.config import VendorChannel
+    from mpaas.push.messages import Content, PushMessage, Target
+    from mpaas.push.receipts import record
+    from mpaas.push.registry import MemoryRegistry
+    from mpaas.push.state import MemoryPushState
+    from mpaas.stores import MemoryHotStore
+
+    state, hot, registry = MemoryPushState(), MemoryHotStore(), MemoryRegistry()
+    m = PushMessage(MID, "SHOP", "prod", Target("all"), Content(title="t"))
+    await state.save(m, "Done")
+    await state.remember_tokens(MID, [("d1", "t1"), ("", "by-token")], 60)
+    channel = VendorChannel("shop", "mi", ChannelType.XIAOMI, "SHOP", None, None, None, None)
+    forged = [VendorReceipt(MID, f"forged-{i}", DELIVERED) for i in range(50)]
+    counted = await record(state, hot, registry, channel, [VendorReceipt(MID, "t1", DELIVERED), *forged])
+    counted += await record(state, hot, registry, channel, [VendorReceipt(MID, "by-token", DELIVERED)])
+    counted += await record(state, hot, registry, channel, [VendorReceipt(MID, "forged-1", INVALID, "x")])
+    st = await state.status(MID)
+    assert counted == 2 and st is not None and st.counts == {"Receipt.Delivered": 2}
+    assert await state.failed(MID) == []  # a forged dead token is not listed
+    other_app = VendorChannel("shop", "mi", ChannelType.XIAOMI, "OTHER", None, None, None, None)
+    assert await record(state, hot, registry, other_app, [VendorReceipt(MID, "t1", CLICKED)]) == 0
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(RECEIPT_TYPES), st.sampled_from(["application/json", FORM, ""]), st.binary(max_size=200))
 def test_any_body_is_read_or_refused_as_malformed(channel: ChannelType, content_type: str, body: bytes) -> None:

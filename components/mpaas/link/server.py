@@ -58,6 +58,7 @@ PROBE_MAX_DELAY_SECONDS = 0.5  # a full pod answers a probe this late
 DRAIN_WAVES = 10
 ACK_FLUSH_SECONDS = 0.05
 MAX_AWAITED_ACKS = 256  # RECEIPT messages a connection remembers until acked
+RECEIPTS_PER_ENTRY = 1000  # acks of RECEIPT messages in one entry of the receipt log
 
 
 def receipt_id(payload: bytes) -> str | None:
@@ -669,7 +670,9 @@ class LinkServer:
                 log.warning("link: %d acks not written: %r", len(batch), e)
             if delivered and self.receipts is not None:
                 try:
-                    await self.receipts.append(RECEIPT_LOG, orjson.dumps(delivered), ttl_seconds=RECEIPT_SECONDS)
+                    for i in range(0, len(delivered), RECEIPTS_PER_ENTRY):  # entries of a bounded size
+                        part = orjson.dumps(delivered[i : i + RECEIPTS_PER_ENTRY])
+                        await self.receipts.append(RECEIPT_LOG, part, ttl_seconds=RECEIPT_SECONDS)
                 except Exception as e:  # receipts are figures: lost ones are not sent again
                     log.warning("link: %d delivery receipts not written: %r", len(delivered), e)
 

@@ -60,6 +60,7 @@ log = logging.getLogger("mpaas.push")
 
 MAX_BODY = 1 << 20
 MAX_BATCH = 500
+MAX_TEMPLATE_BYTES = 16 * 1024  # a stored template as JSON: what it expands to is at most 4096 bytes anyway
 SYNC_WAIT_SECONDS = 30.0  # gorush's sync mode waits at most this for the vendors' answers
 _TEMPLATE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _VARIABLE = re.compile(r"\{\{\s*([A-Za-z0-9_.-]{1,64})\s*\}\}")
@@ -439,12 +440,12 @@ def install(app: FastAPI, ctx: Context) -> None:
         "Receipts"): unsigned, as vendors post them; the token in the path is the credential."""
 
         async def call() -> Any:
-            raw = await body_of(request)
             p = request.path_params
             channel = ctx.live.current.channel(p["namespace"], p["name"])
             expected = channel.receipt_token if channel is not None else None
             if channel is None or expected is None or not hmac.compare_digest(expected.encode(), p["token"].encode()):
                 raise Invalid("no channel takes receipts at this address", "UnknownChannel", 404)
+            raw = await body_of(request)  # read once the address is known to be a channel's
             try:
                 found = receipts.parse(channel.type, request.headers.get("content-type", ""), raw)
             except receipts.Malformed as e:
@@ -486,6 +487,8 @@ def install(app: FastAPI, ctx: Context) -> None:
         server_only(caller)
         name = template_name(request)
         parse_content(body)  # the fields' shapes; {{variables}} are filled at each send
+        if len(orjson.dumps(body)) > MAX_TEMPLATE_BYTES:
+            raise Invalid(f"a template is at most {MAX_TEMPLATE_BYTES} bytes as JSON", "PayloadTooLarge", 413)
         if not await ctx.state.put_template(app_key(caller), name, body):
             raise Invalid(
                 f"the app holds {MAX_TEMPLATES} templates: delete one to store another", "TooManyTemplates", 409

@@ -63,7 +63,7 @@ class VendorChannel:
     feedback_url: str | None = None  # where failed tokens are posted
     priority: int = 0  # its place in the app's fallback order, lower first
     receipt_url: str | None = None  # where the vendor posts its receipts (with the token), when they are on
-    receipt_token: str | None = None
+    receipt_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from ..link.inbox import RECEIPT_LOG
 from ..stores import HotStore
 from ..stores.seqlog import SequencedLog
 from .messages import PushMessage, valid_message_id
-from .registry import Registry
+from .registry import Registry, valid_token
 from .state import Failed, PushState, token_digest
 
 if TYPE_CHECKING:  # config builds on this module (receipt addresses)
@@ -121,22 +121,29 @@ def parse(channel: ChannelType, content_type: str, body: bytes) -> list[VendorRe
         if channel == ChannelType.VIVO:
             return _vivo(doc)
         return _huawei(doc, channel)
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
         if isinstance(e, Malformed):
             raise
-        raise Malformed(f"not a {channel.value} receipt: {e}"[:300]) from None
+        raise Malformed(f"not a {channel.value} receipt: {type(e).__name__}: {e}"[:300]) from None
 
 
-def _targets(value: object) -> list[str]:
-    if not isinstance(value, str):
+def _add(out: list[VendorReceipt], param: object, targets: object, event: str, detail: str = "") -> None:
+    """The receipts of one entry naming its message (`param`, ours when it is one of our ids) and its tokens
+    (comma-separated): split no further than the post's bound, and only tokens a device could hold."""
+    if not isinstance(targets, str):
         raise Malformed("targets: a comma-separated string")
-    return [t for t in value.split(",") if t]
-
-
-def _bounded(out: list[VendorReceipt]) -> list[VendorReceipt]:
-    if len(out) > MAX_RECEIPTS:
+    room = MAX_RECEIPTS - len(out)
+    tokens = targets.split(",", room + 1)  # the rest, past the bound, stays one string
+    if len(out) + len(tokens) > MAX_RECEIPTS and any(tokens[room:]):
         raise Malformed(f"more than {MAX_RECEIPTS} receipts in one post")
-    return [r for r in out if valid_message_id(r.message_id)]
+    message_id = param if isinstance(param, str) and valid_message_id(param) else None
+    if message_id is not None:
+        out += [VendorReceipt(message_id, t, event, detail) for t in tokens if t and valid_token(t)]
+
+
+def _kind(value: object) -> str:
+    """A vendor's status or event name for the failed list: its own words, bounded."""
+    return str(value)[:64] if isinstance(value, str | int) and not isinstance(value, bool) else "?"
 
 
 XIAOMI_EVENTS = {1: (DELIVERED, ""), 2: (CLICKED, ""), 16: (INVALID, "invalid target"),
@@ -157,14 +164,12 @@ def _xiaomi(content_type: str, body: bytes) -> list[VendorReceipt]:
     out: list[VendorReceipt] = []
     for entry in doc.values():
         kind = entry["type"]
-        kind = int(kind) if isinstance(kind, str) and kind.isascii() and kind.isdigit() else kind
+        kind = int(kind) if isinstance(kind, str) and kind.isascii() and kind.isdigit() and len(kind) < 10 else kind
         if not isinstance(kind, int) or isinstance(kind, bool):
             raise Malformed("type: an integer")
-        event, detail = XIAOMI_EVENTS.get(kind, (UNDELIVERED, f"type {kind}"))
-        out += [VendorReceipt(str(entry.get("param", "")), t, event, detail) for t in _targets(entry["targets"])]
-        if len(out) > MAX_RECEIPTS:
-            break
-    return _bounded(out)
+        event, detail = XIAOMI_EVENTS.get(kind, (UNDELIVERED, f"type {_kind(kind)}"))
+        _add(out, entry.get("param"), entry["targets"], event, detail)
+    return out
 
 
 OPPO_EVENTS = {"push_arrive": (DELIVERED, ""), "regid_invalid": (INVALID, "regid_invalid"),
@@ -177,13 +182,11 @@ def _oppo(doc: object) -> list[VendorReceipt]:
     out: list[VendorReceipt] = []
     for entry in doc:
         kind = entry["eventType"]
-        event, detail = OPPO_EVENTS.get(kind, (UNDELIVERED, str(kind)[:64]))
-        out += [
-            VendorReceipt(str(entry.get("param", "")), t, event, detail) for t in _targets(entry["registrationIds"])
-        ]
-        if len(out) > MAX_RECEIPTS:
-            break
-    return _bounded(out)
+        event, detail = (
+            OPPO_EVENTS.get(kind, (UNDELIVERED, _kind(kind))) if isinstance(kind, str) else (UNDELIVERED, "?")
+        )
+        _add(out, entry.get("param"), entry["registrationIds"], event, detail)
+    return out
 
 
 def _vivo(doc: object) -> list[VendorReceipt]:
@@ -191,10 +194,8 @@ def _vivo(doc: object) -> list[VendorReceipt]:
         raise Malformed("a JSON object keyed by task id")
     out: list[VendorReceipt] = []
     for entry in doc.values():
-        out += [VendorReceipt(str(entry.get("param", "")), t, DELIVERED) for t in _targets(entry["targets"])]
-        if len(out) > MAX_RECEIPTS:
-            break
-    return _bounded(out)
+        _add(out, entry.get("param"), entry["targets"], DELIVERED)
+    return out
 
 
 HUAWEI_DEAD = {2: "app uninstalled", 5: "token of another user"}
@@ -203,22 +204,24 @@ HUAWEI_DEAD = {2: "app uninstalled", 5: "token of another user"}
 def _huawei(doc: object, channel: ChannelType) -> list[VendorReceipt]:
     if not isinstance(doc, dict) or not isinstance(doc.get("statuses"), list):
         raise Malformed("an object with statuses")
+    if len(doc["statuses"]) > MAX_RECEIPTS:
+        raise Malformed(f"more than {MAX_RECEIPTS} receipts in one post")
     out: list[VendorReceipt] = []
-    for entry in doc["statuses"][: MAX_RECEIPTS + 1]:
+    for entry in doc["statuses"]:
         status = entry["status"] if "status" in entry else entry["deliveryStatus"]["result"]
         if not isinstance(status, int) or isinstance(status, bool):
             raise Malformed("status: an integer")
         token = entry["token"]
-        if not isinstance(token, str):
+        if not isinstance(token, str) or "," in token:
             raise Malformed("token: a string")
         if status == 0:
             event, detail = DELIVERED, ""
         elif channel == ChannelType.HUAWEI and status in HUAWEI_DEAD:
             event, detail = INVALID, f"status {status}: {HUAWEI_DEAD[status]}"
         else:
-            event, detail = UNDELIVERED, f"status {status}"
-        out.append(VendorReceipt(str(entry.get("biTag", "")), token, event, detail))
-    return _bounded(out)
+            event, detail = UNDELIVERED, f"status {_kind(status)}"
+        _add(out, entry.get("biTag"), token, event, detail)
+    return out
 
 
 RECEIPT_SECONDS = 8 * 86400  # a receipt is counted once per device and event for this long
@@ -264,11 +267,13 @@ async def record(
         if channel.workspace_id not in (None, m.workspace_id):
             continue
         devices = await state.token_devices(message_id, [r.token for r in receipts])
-        # A token the message was not sent with through this channel is counted by the token itself.
-        whos = [d or "t" + token_digest(r.token) for r, d in zip(receipts, devices, strict=True)]
-        firsts = await count_once(hot, state, m, [(r.event, who) for r, who in zip(receipts, whos, strict=True)])
+        # Only the tokens the message was sent with: a receipt naming another is not the message's (a forged
+        # post cannot count devices that were never sent to). A send by token (gorush) counts by the token.
+        sent = [(r, d) for r, d in zip(receipts, devices, strict=True) if d is not None]
+        whos = [d or "t" + token_digest(r.token) for r, d in sent]
+        firsts = await count_once(hot, state, m, [(r.event, who) for (r, _), who in zip(sent, whos, strict=True)])
         failed = []
-        for r, device, first in zip(receipts, devices, firsts, strict=True):
+        for (r, device), first in zip(sent, firsts, strict=True):
             counted += first
             if first and r.event == INVALID:
                 failed.append(Failed(device or "", channel.type.value, r.token, f"InvalidToken: receipt, {r.detail}"))

@@ -196,28 +196,27 @@ class Senders:
         counts: dict[str, int] = defaultdict(int)
         failed: list[Failed] = []
         done: list[str] = []
-        receipted: list[tuple[str, str]] = []  # (device, token) sent where the vendor's receipts will come
         kind = channel.type.value if channel is not None else "None"
+        keep = max(m.expires_ms / 1000 - time.time(), 0) + 86400  # what is kept of the sends: the message's life
         if channel is None or channel.client is None:
             reason = "ChannelUnavailable" if channel is None else f"ChannelUnavailable: {channel.problem}"
             failed = [Failed(d, kind, t, reason) for d, t in items]
             counts[f"{kind}.Failed"] += len(items)
             done = [claim_id(d, t) for d, t in items]
         else:
+            if channel.receipt_url:  # before the sends: a receipt may come before their answers
+                await self.state.remember_tokens(m.message_id, items, keep)
             results = await self._attempts(channel, notification(m, channel), items)
             for (device, token), r in zip(items, results, strict=True):
                 done.append(claim_id(device, token))
                 if r.ok:
                     counts[f"{kind}.Sent"] += 1
-                    if channel.receipt_url and device:
-                        receipted.append((device, token))
                     continue
                 counts[f"{kind}.{r.outcome.value}"] += 1
                 failed.append(Failed(device, kind, token, f"{r.outcome.value}: {r.reason}" if r.reason else r.outcome))
                 if r.outcome is Outcome.INVALID_TOKEN and device:
                     await self.registry.remove_token(m.app, device, kind, token)
-        keep = max(m.expires_ms / 1000 - time.time(), 0) + 86400
-        await self.state.finish_sends(m, done, keep, dict(counts), failed, key, receipted)
+        await self.state.finish_sends(m, done, keep, dict(counts), failed, key)
         if channel is not None and channel.feedback_url:
             self.feedback.post(channel.feedback_url, m, kind, failed)
         sent = counts.get(f"{kind}.Sent", 0)

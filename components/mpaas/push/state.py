@@ -6,8 +6,8 @@ Redis keys (prefix `push:` by default): `m:{id}` (the message's JSON and state, 
 fields `json:{index}` and `state:{index}` of their batch's hash, `m:{batch}`), `m:{id}:n` (outcome
 counts), `m:{id}:f` (failed tokens, a capped list), `m:{id}:c` (the fan-out checkpoint), `i:{app}:{key}`
 (idempotency), `s:{app}:{minute}` and `t:{app}` (stats), `ch:{namespace}/{name}` (a vendor channel's totals),
-`{sched}` and `{sched}:m` (the schedule), `x:{id}:{device}` (claims), `rt:{id}:{token digest}` (the device a
-vendor receipt's token was sent to), `tpl:{app}` (templates),
+`{sched}` and `{sched}:m` (the schedule), `x:{id}:{device}` (claims), `m:{id}:rt` (token digest -> the device
+it was sent to, for the vendor receipts that name the token), `tpl:{app}` (templates),
 `wait:{app}:{user}` (messages waiting for a user's next device). Messages and their figures are kept
 `KEEP_SECONDS` after their TTL ends.
 """
@@ -119,26 +119,26 @@ class PushState(ABC):
         counts: dict[str, int],
         failed: Sequence[Failed],
         channel: tuple[str, str],
-        tokens: Sequence[tuple[str, str]] = (),
     ) -> None:
         """What a sender records after a group's sends, together (one write on Redis, so that a kill cannot mark
-        sends made without counting them): the claims done, the outcome counts, the failed tokens, the
-        channel's totals, and the (device, token) pairs sent that a vendor's receipts will name by token."""
+        sends made without counting them): the claims done, the outcome counts, the failed tokens, and the
+        channel's totals."""
         await self.finish_devices(message.message_id, device_ids, keep_seconds)
         await self.count(message, counts)
         await self.add_failed(message.message_id, failed)
         sent = sum(n for k, n in counts.items() if k.endswith(".Sent"))
         await self.count_channel(channel, sent, sum(counts.values()) - sent)
-        await self.remember_tokens(message.message_id, tokens, keep_seconds)
 
     @abstractmethod
     async def remember_tokens(self, message_id: str, pairs: Sequence[tuple[str, str]], keep_seconds: float) -> None:
-        """The device each (device, token) pair was sent to, found again by the token (`token_devices`)."""
+        """The (device, token) pairs the message is being sent to through a channel whose vendor posts receipts
+        naming the token alone (device "": a send by token): written before the sends, so that an early receipt
+        finds them, and kept as long as the message."""
 
     @abstractmethod
     async def token_devices(self, message_id: str, tokens: Sequence[str]) -> list[str | None]:
-        """The device the message went to with each token; None for a token it was not sent with (or a send by
-        token, which has no device)."""
+        """The device the message was sent to with each token ("" for a send by token); None for a token it was
+        not sent with: a receipt naming it is not the message's."""
 
     @abstractmethod
     async def failed(self, message_id: str) -> list[Failed]: ...
@@ -331,13 +331,11 @@ return 1
         counts: dict[str, int],
         failed: Sequence[Failed],
         channel: tuple[str, str],
-        tokens: Sequence[tuple[str, str]] = (),
     ) -> None:
         # One pipeline, written at once: Redis runs every command of it or, if the write never left, none.
         async with self.redis.pipeline(transaction=False) as p:
             for d in device_ids:
                 p.set(self._k("x", message.message_id, d), b"d", ex=max(int(keep_seconds), 1))
-            self._remember_tokens(p, message.message_id, tokens, keep_seconds)
             self._count(p, message, counts)
             self._add_failed(p, message.message_id, failed)
             sent = sum(n for k, n in counts.items() if k.endswith(".Sent"))
@@ -346,22 +344,18 @@ return 1
 
     async def remember_tokens(self, message_id: str, pairs: Sequence[tuple[str, str]], keep_seconds: float) -> None:
         if pairs:
+            k = self._k("m", message_id, "rt")  # one hash a message: token digest -> device
             async with self.redis.pipeline(transaction=False) as p:
-                self._remember_tokens(p, message_id, pairs, keep_seconds)
+                p.hset(k, mapping={token_digest(t): d for d, t in pairs})
+                p.expire(k, max(int(keep_seconds), 1), gt=True)
+                p.expire(k, max(int(keep_seconds), 1), nx=True)
                 await p.execute()
-
-    def _remember_tokens(self, p: Any, message_id: str, pairs: Sequence[tuple[str, str]], keep: float) -> None:
-        for device, token in pairs:
-            if device:
-                p.set(self._k("rt", message_id, token_digest(token)), device, ex=max(int(keep), 1))
 
     async def token_devices(self, message_id: str, tokens: Sequence[str]) -> list[str | None]:
         if not tokens:
             return []
-        async with self.redis.pipeline(transaction=False) as p:
-            for t in tokens:
-                p.get(self._k("rt", message_id, token_digest(t)))
-            return [None if d is None else text(d) for d in await p.execute()]
+        found = await self.redis.hmget(self._k("m", message_id, "rt"), [token_digest(t) for t in tokens])
+        return [None if d is None else text(d) for d in found]
 
     async def add_failed(self, message_id: str, failed: Sequence[Failed]) -> None:
         if not failed:
@@ -523,7 +517,7 @@ class MemoryPushState(PushState):
         self._messages[message.message_id] = [message, state]
 
     async def remember_tokens(self, message_id: str, pairs: Sequence[tuple[str, str]], keep_seconds: float) -> None:
-        self._tokens.update({(message_id, t): d for d, t in pairs if d})
+        self._tokens.update({(message_id, t): d for d, t in pairs})
 
     async def token_devices(self, message_id: str, tokens: Sequence[str]) -> list[str | None]:
         return [self._tokens.get((message_id, t)) for t in tokens]
