@@ -220,6 +220,14 @@ async def test_the_device_a_token_was_sent_to_is_found_by_the_token(state: PushS
 
 
 @contract
+async def test_a_page_is_counted_the_first_time_only(state: PushState) -> None:
+    m1, m2 = new_message_id(), new_message_id()
+    assert await state.first_page(m1, "") and await state.first_page(m1, "a:123")
+    assert not await state.first_page(m1, "a:123") and not await state.first_page(m1, "")
+    assert await state.first_page(m2, "a:123")  # per message
+
+
+@contract
 async def test_checkpoints_and_claims(state: PushState) -> None:
     assert await state.checkpoint("m1") == ""
     await state.checkpoint("m1", "a:123")

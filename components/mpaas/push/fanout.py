@@ -211,8 +211,9 @@ class Fanout(Background):
             async for ids, next_step in self._pages(m, step):
                 if await self._recalled(m):
                     return
-                await self._page(m, ids, config, link, broadcast=broadcast)
+                await self._page(m, ids, config, link, broadcast=broadcast, page=step)
                 await self.state.checkpoint(m.message_id, next_step)
+                step = next_step
         await self.state.set_state(m.message_id, "Done", only_from=("Sending",))
 
     async def _recalled(self, m: PushMessage) -> bool:
@@ -271,8 +272,17 @@ class Fanout(Background):
                     break
 
     async def _page(
-        self, m: PushMessage, ids: list[str], config: PushConfig, link: LinkDelivery | None, *, broadcast: bool
+        self,
+        m: PushMessage,
+        ids: list[str],
+        config: PushConfig,
+        link: LinkDelivery | None,
+        *,
+        broadcast: bool,
+        page: str | None = None,
     ) -> None:
+        """One page of the message's devices; `page`, its checkpoint: done again after a kill, it sends what
+        was not sent (link and the senders dedupe the rest) and counts nothing twice."""
         if not ids:
             return
         devices = [d for d in await self.registry.get_many(m.app, ids) if d is not None and matches(d, m)]
@@ -309,6 +319,8 @@ class Fanout(Background):
                 await self.events.publish(
                     self.topics.vendor_topic(channel_key), vendor_job(m, channel_key, part), key=m.message_id.encode()
                 )
+        if page is not None and not await self.state.first_page(m.message_id, page):
+            return
         if failed:
             counts["None.NoChannel"] = len(failed)
             await self.state.add_failed(m.message_id, failed)
@@ -335,8 +347,9 @@ class Fanout(Background):
                     key=m.message_id.encode(),
                 )
         counts: dict[str, Any] = {}
-        if failed:
-            counts["None.NoChannel"] = len(failed)
-            await self.state.add_failed(m.message_id, failed)
-        await self.state.count(m, counts, targets=len(m.target.tokens))
+        if await self.state.first_page(m.message_id, "k:"):  # counted once, if done again after a kill
+            if failed:
+                counts["None.NoChannel"] = len(failed)
+                await self.state.add_failed(m.message_id, failed)
+            await self.state.count(m, counts, targets=len(m.target.tokens))
         await self.state.checkpoint(m.message_id, "k:done")

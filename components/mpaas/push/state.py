@@ -3,11 +3,11 @@ per-minute stats, the schedule, fan-out checkpoints and per-device send claims, 
 a user's next device.
 
 Redis keys (prefix `push:` by default): `m:{id}` (the message's JSON and state, a hash; a batch's messages are
-fields `json:{index}` and `state:{index}` of their batch's hash, `m:{batch}`), `m:{id}:n` (outcome
-counts), `m:{id}:f` (failed tokens, a capped list), `m:{id}:c` (the fan-out checkpoint), `i:{app}:{key}`
-(idempotency), `s:{app}:{minute}` and `t:{app}` (stats), `ch:{namespace}/{name}` (a vendor channel's totals),
-`{sched}` and `{sched}:m` (the schedule), `x:{id}:{device}` (claims), `m:{id}:rt` (token digest -> the device
-it was sent to, for the vendor receipts that name the token), `tpl:{app}` (templates),
+fields `json:{index}` and `state:{index}` of their batch's hash, `m:{batch}`), `m:{id}:n` (outcome counts),
+`m:{id}:f` (failed tokens, a capped list), `m:{id}:c` (the fan-out checkpoint), `m:{id}:p` (the pages counted),
+`i:{app}:{key}` (idempotency), `s:{app}:{minute}` and `t:{app}` (stats), `ch:{namespace}/{name}` (a vendor
+channel's totals), `{sched}` and `{sched}:m` (the schedule), `x:{id}:{device}` (claims), `m:{id}:rt` (token
+digest -> the device it was sent to, for the vendor receipts that name the token), `tpl:{app}` (templates),
 `wait:{app}:{user}` (messages waiting for a user's next device). Messages and their figures are kept
 `KEEP_SECONDS` after their TTL ends.
 """
@@ -152,6 +152,11 @@ class PushState(ABC):
     @abstractmethod
     async def checkpoint(self, message_id: str, step: str | None = None) -> str:
         """Set the fan-out's checkpoint when `step` is given; returns the checkpoint ("" at the start)."""
+
+    @abstractmethod
+    async def first_page(self, message_id: str, page: str) -> bool:
+        """True the first time the fan-out takes the page after checkpoint `page` (a page done again after a
+        kill, between its sends and its checkpoint, is not counted again)."""
 
     @abstractmethod
     async def claim_devices(self, message_id: str, device_ids: Sequence[str]) -> list[str | None]:
@@ -399,6 +404,14 @@ return 1
         value = await self.redis.get(k)
         return text(value) if value is not None else ""
 
+    async def first_page(self, message_id: str, page: str) -> bool:
+        k = self._k("m", message_id, "p")  # one set a message: the pages taken
+        async with self.redis.pipeline(transaction=False) as p:
+            p.sadd(k, page)
+            p.expire(k, KEEP_SECONDS)
+            added, _ = await p.execute()
+        return bool(added)
+
     async def claim_devices(self, message_id: str, device_ids: Sequence[str]) -> list[str | None]:
         async with self.redis.pipeline(transaction=False) as p:
             for d in device_ids:
@@ -495,6 +508,7 @@ class MemoryPushState(PushState):
         self._totals: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._channels: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._checkpoints: dict[str, str] = {}
+        self._pages: dict[str, set[str]] = {}
         self._claims: dict[tuple[str, str], tuple[str, float]] = {}
         self._sched: dict[str, tuple[int, PushMessage]] = {}
         self._templates: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
@@ -574,6 +588,13 @@ class MemoryPushState(PushState):
         if step is not None:
             self._checkpoints[message_id] = step
         return self._checkpoints.get(message_id, "")
+
+    async def first_page(self, message_id: str, page: str) -> bool:
+        pages = self._pages.setdefault(message_id, set())
+        if page in pages:
+            return False
+        pages.add(page)
+        return True
 
     async def claim_devices(self, message_id: str, device_ids: Sequence[str]) -> list[str | None]:
         now = time.monotonic()
