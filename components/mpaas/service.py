@@ -262,7 +262,24 @@ def _serve_http1(served: Served, settings: ComponentSettings) -> None:
     _run(serve_forever(servers, drain_seconds=settings.drain_seconds, on_stop=draining), fast_loop=served.uvloop)
 
 
+# The cyclic garbage collector, tuned once a component is built: its imports (FastAPI, pydantic, the Kubernetes
+# client, ...) are hundreds of thousands of objects every full collection walked again, and a request makes
+# thousands of short-lived ones. Frozen, the startup objects are never walked; with a larger first generation the
+# collector runs a fraction as often (reference counting frees the acyclic garbage either way). Measured on push's
+# batch sends: 74 -> 44 µs of CPU a send (docs/benchmarks.md, "Push").
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def tune_gc() -> None:
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def _run(main: Coroutine[Any, Any, None], *, fast_loop: bool = True) -> None:
+    tune_gc()
     if fast_loop and _has("uvloop"):
         import uvloop
 
