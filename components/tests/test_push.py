@@ -378,8 +378,21 @@ async def test_idempotency_and_the_documented_refusals(start_push: Callable[...,
                       {"target": {"type": "device", "ids": ["ghost"]}, "notification": note}]},
     )  # fmt: skip
     assert (r.status_code, r.json()["code"]) == (404, "UnknownDevice") and "messages[1]" in r.json()["message"]
+    to_d = {"target": {"type": "device", "ids": [d]}, "notification": note}
+    for kind, name, code in (("alias", "no-such-alias", "UnknownAlias"), ("user", "nobody", "UnboundUser")):
+        bad = {"target": {"type": kind, "ids": [name]}, "notification": note}
+        r = await push.call("POST", "/v1/push/messages/batch", {"messages": [to_d, to_d, bad]})
+        assert (r.status_code, r.json()["code"]) == (404, code) and "messages[2]" in r.json()["message"]
     await asyncio.sleep(1.0)
     assert len(apns.accepted) == before
+    # One template read for the batch, filled per send.
+    hello = [{"target": {"type": "device", "ids": [d]}, "template": {"name": "welcome", "variables": v}}
+             for v in ({"name": "Bo", "greeting": "Hej"}, {"name": "Cy", "greeting": "Hi"})]  # fmt: skip
+    results = (await push.ok("POST", "/v1/push/messages/batch", {"messages": hello}))["results"]
+    for result in results:
+        await push.settled(result["messageId"], done=1)
+    alerts = [a.payload["aps"]["alert"] for a in apns.accepted[before:]]
+    assert sorted(a["title"] for a in alerts) == ["Hi Bo", "Hi Cy"]
 
 
 async def test_a_dead_token_is_reported_pruned_and_posted(

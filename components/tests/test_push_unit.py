@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, cast
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -535,6 +536,7 @@ messages = st.builds(
 @given(messages)
 def test_messages_survive_their_json(m: PushMessage) -> None:
     assert PushMessage.from_json(m.to_json()) == m
+    assert m.to_json() == orjson.dumps(m.to_dict())  # the stored JSON and a vendor job's message alike
     assert json.loads(m.link_payload())["messageId"] == m.message_id
     assert len(m.link_payload()) <= len(m.to_json())  # what lets check_size skip building the payload
 

@@ -77,7 +77,7 @@ GATEWAY = {
     },
 }
 # The platform producer's settings (components/mpaas/stores/eventlog.py, KafkaEventLog.start).
-PRODUCER_PROPS = ["acks=all", "enable.idempotence=true", "compression.type=gzip", "linger.ms=2"]
+PRODUCER_PROPS = ["acks=all", "enable.idempotence=true", "compression.type=zstd", "linger.ms=2"]
 SUMMARY = re.compile(
     r"^(\d+) records sent, ([\d.]+) records/sec \(([\d.]+) MB/sec\), ([\d.]+) ms avg latency, "
     r"([\d.]+) ms max latency, (\d+) ms 50th, (\d+) ms 95th, (\d+) ms 99th, (\d+) ms 99\.9th\.$"

@@ -69,7 +69,7 @@ SUMMARY = re.compile(  # ProducerPerformance's last line
     r"([\d.]+) ms max latency, (\d+) ms 50th, (\d+) ms 95th, (\d+) ms 99th, (\d+) ms 99\.9th\.$"
 )
 # The platform producer's settings (components/mpaas/stores/eventlog.py, KafkaEventLog.start).
-PRODUCER_PROPS = ["acks=all", "enable.idempotence=true", "compression.type=gzip", "linger.ms=2"]
+PRODUCER_PROPS = ["acks=all", "enable.idempotence=true", "compression.type=zstd", "linger.ms=2"]
 LOG4J = """\
 rootLogger.level=WARN
 rootLogger.appenderRef.stderr.ref=STDERR

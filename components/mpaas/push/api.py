@@ -22,7 +22,7 @@ import orjson
 import yaml
 from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse as StarletteJSONResponse
 from redis.exceptions import RedisError
 
 from .. import __version__
@@ -81,6 +81,18 @@ class Context:
     hot: HotStore
     accepter: Accepter
     fanout: Fanout
+
+
+class JSONResponse(StarletteJSONResponse):
+    """Encoded by orjson: a batch's answer holds one result a message."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+SEND_FIELDS = frozenset(
+    ("target", "notification", "template", "ttlSeconds", "urgent", "collapseKey", "scheduledAt", "idempotencyKey")
+)
 
 
 def _error(e: Invalid) -> JSONResponse:
@@ -265,18 +277,34 @@ def install(app: FastAPI, ctx: Context) -> None:
 
     # --- sending ---------------------------------------------------------------------------------------
 
-    async def build_message(caller: auth.Caller, body: dict[str, Any], now_ms: int, message_id: str) -> PushMessage:
+    async def build_messages(
+        caller: auth.Caller, bodies: list[Any], now_ms: int, message_ids: list[str], label: Callable[[int], str]
+    ) -> list[PushMessage]:
+        """Every send checked before any is accepted (nothing half-sent), its templates read and its targets
+        looked up once for all of them; a refusal names the send (`label`: "messages[3]: ")."""
+        stored = await read_templates(caller, bodies)
+        messages = []
+        for i, body in enumerate(bodies):
+            try:
+                if not isinstance(body, dict):
+                    raise Invalid("a JSON object")
+                messages.append(build_message(caller, body, now_ms, message_ids[i], stored))
+            except Invalid as e:
+                raise Invalid(f"{label(i)}{e}", e.code, e.status) from None
+        await check_targets(messages, label)
+        return messages
+
+    def build_message(
+        caller: auth.Caller, body: dict[str, Any], now_ms: int, message_id: str, templates: dict[str, Any]
+    ) -> PushMessage:
         target = parse_target(body.get("target"))
         if "template" in body:
             if "notification" in body:
                 raise Invalid("give notification or template, not both")
-            content = await render(caller, body["template"])
+            content = render(body["template"], templates)
         else:
             content = parse_content(body.get("notification"))
-        unknown = set(body) - {
-            "target", "notification", "template", "ttlSeconds", "urgent", "collapseKey", "scheduledAt",
-            "idempotencyKey",
-        }  # fmt: skip
+        unknown = body.keys() - SEND_FIELDS
         if unknown:
             raise Invalid(f"unknown fields {sorted(unknown)}")
         message = PushMessage(
@@ -289,35 +317,52 @@ def install(app: FastAPI, ctx: Context) -> None:
             **parse_options(body, now_ms),
         )
         check_size(message)
-        await check_targets(message)
         return message
 
-    async def check_targets(m: PushMessage) -> None:
-        """Unknown devices and aliases, users without a device: refused before anything is sent."""
-        t, app = m.target, m.app
-        if t.type == "device":
-            found = await ctx.registry.get_many(app, list(t.ids))
-            missing = [d for d, f in zip(t.ids, found, strict=True) if f is None]
-            if missing:
-                raise Invalid(f"no such devices: {', '.join(missing[:20])}", "UnknownDevice", 404)
-        elif t.type == "alias":
-            holders = await ctx.registry.alias_devices(app, t.ids)
-            missing = [a for a, d in zip(t.ids, holders, strict=True) if d is None]
-            if missing:
-                raise Invalid(f"no device has these aliases: {', '.join(missing[:20])}", "UnknownAlias", 404)
-        elif t.type == "user":
-            bound = await ctx.registry.bound_users(app, t.ids)
-            missing = [u for u, b in zip(t.ids, bound, strict=True) if not b]
-            if missing:
-                raise Invalid(f"no device is bound to these users: {', '.join(missing[:20])}", "UnboundUser", 404)
+    async def check_targets(messages: list[PushMessage], label: Callable[[int], str]) -> None:
+        """Unknown devices and aliases, users without a device: refused before anything is sent. One lookup of
+        each kind for all the messages (a batch of sends to devices is one round trip, not one a send)."""
+        wanted: dict[str, dict[str, bool]] = {}
+        for m in messages:
+            if m.target.type in ("device", "alias", "user"):
+                wanted.setdefault(m.target.type, {}).update(dict.fromkeys(m.target.ids, False))
+        if not wanted:
+            return
+        app = messages[0].app  # one caller's
+        for kind, known in wanted.items():
+            ids = list(known)
+            if kind == "device":
+                found = await ctx.registry.registered(app, ids)
+            elif kind == "alias":
+                found = [d is not None for d in await ctx.registry.alias_devices(app, ids)]
+            else:
+                found = await ctx.registry.bound_users(app, ids)
+            known.update(zip(ids, found, strict=True))
+        for i, m in enumerate(messages):
+            known = wanted.get(m.target.type, {})
+            missing = ", ".join([x for x in m.target.ids if x in known and not known[x]][:20])
+            if not missing:
+                continue
+            if m.target.type == "device":
+                raise Invalid(f"{label(i)}no such devices: {missing}", "UnknownDevice", 404)
+            if m.target.type == "alias":
+                raise Invalid(f"{label(i)}no device has these aliases: {missing}", "UnknownAlias", 404)
+            raise Invalid(f"{label(i)}no device is bound to these users: {missing}", "UnboundUser", 404)
 
-    async def render(caller: auth.Caller, raw: object) -> Content:
+    async def read_templates(caller: auth.Caller, bodies: list[Any]) -> dict[str, Any]:
+        """The stored templates the sends name (None for one not stored), each read once."""
+        raws = [b["template"] for b in bodies if isinstance(b, dict) and isinstance(b.get("template"), dict)]
+        names = {r["name"] for r in raws if isinstance(r.get("name"), str)}
+        found = await asyncio.gather(*(ctx.state.template(app_key(caller), n) for n in names))
+        return dict(zip(names, found, strict=True))
+
+    def render(raw: object, templates: dict[str, Any]) -> Content:
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             raise Invalid("template: {name, variables}")
         variables = raw.get("variables", {})
         if not isinstance(variables, dict) or not all(text_ok(v, MAX_TEXT) for v in variables.values()):
             raise Invalid(f"template.variables: an object of strings of up to {MAX_TEXT} characters")
-        stored = await ctx.state.template(app_key(caller), raw["name"])
+        stored = templates.get(raw["name"])
         if stored is None:
             raise Invalid(f"no template {raw['name']!r}", "TemplateMissing", 404)
         missing: set[str] = set()
@@ -353,7 +398,7 @@ def install(app: FastAPI, ctx: Context) -> None:
 
     async def send(request: Request, caller: auth.Caller, body: dict[str, Any]) -> Any:
         server_only(caller)
-        message = await build_message(caller, body, int(time.time() * 1000), new_message_id())
+        (message,) = await build_messages(caller, [body], int(time.time() * 1000), [new_message_id()], lambda i: "")
         key = idempotency_key(body, request.headers.get("idempotency-key"))
         message_id, repeated = await ctx.accepter.accept(message, key)
         state = "Scheduled" if message.scheduled_ms else "Accepted"
@@ -366,18 +411,17 @@ def install(app: FastAPI, ctx: Context) -> None:
         items = body.get("messages")
         if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
             raise Invalid(f"messages: a list of 1 to {MAX_BATCH} sends")
-        now = int(time.time() * 1000)
-        built = []
-        message_ids = new_batch_ids(len(items))
-        for i, item in enumerate(items):  # every one checked before any is accepted: nothing half-sent
-            if not isinstance(item, dict):
-                raise Invalid(f"messages[{i}]: a JSON object")
+        messages = await build_messages(
+            caller, items, int(time.time() * 1000), new_batch_ids(len(items)), lambda i: f"messages[{i}]: "
+        )
+        keys = []
+        for i, item in enumerate(items):
             try:
-                built.append((await build_message(caller, item, now, message_ids[i]), idempotency_key(item, None)))
+                keys.append(idempotency_key(item, None))
             except Invalid as e:
                 raise Invalid(f"messages[{i}]: {e}", e.code, e.status) from None
         out: list[dict[str, Any]] = []
-        for result in await ctx.accepter.accept_many(built):  # a store failure is told per message
+        for result in await ctx.accepter.accept_many(list(zip(messages, keys, strict=True))):  # failures per send
             if isinstance(result, Unavailable):
                 out.append({"code": "StoreUnavailable", "message": str(result)[:300]})
             else:

@@ -109,7 +109,7 @@ class PushMessage:
         not compared. A plain attribute: functools.cached_property takes a lock on every first read."""
         encoded: bytes | None = self.__dict__.get("_json")
         if encoded is None:
-            encoded = orjson.dumps(self.to_dict())
+            encoded = orjson.dumps(self)  # the dataclasses' fields, as to_dict gives them (orjson, natively)
             object.__setattr__(self, "_json", encoded)
         return encoded
 

@@ -115,6 +115,10 @@ class Registry(ABC):
     async def get(self, app: str, device_id: str) -> Device | None:
         return (await self.get_many(app, [device_id]))[0]
 
+    async def registered(self, app: str, device_ids: Sequence[str]) -> list[bool]:
+        """Whether each device is registered (one round trip on Redis, without reading the records)."""
+        return [d is not None for d in await self.get_many(app, device_ids)]
+
     @abstractmethod
     async def unregister(self, app: str, device_id: str) -> bool:
         """Forget a device with its user binding, tags and alias; False when unknown."""
@@ -316,6 +320,13 @@ class RedisRegistry(RedisRole, Registry):
             h = {k.decode(): v.decode() for k, v in cast(dict[bytes, bytes], row).items()}
             out.append(_device(d, h) if h else None)
         return out
+
+    async def registered(self, app: str, device_ids: Sequence[str]) -> list[bool]:
+        base = self._base(app)
+        async with self.redis.pipeline(transaction=False) as p:
+            for d in device_ids:
+                p.exists(f"{base}d:{d}")
+            return [bool(n) for n in await p.execute()]
 
     async def unregister(self, app: str, device_id: str) -> bool:
         return bool(await self._run("unregister", app, device_id))
