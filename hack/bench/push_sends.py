@@ -2,8 +2,10 @@
 the same broker (target: at least 0.3x).
 
     export MPAAS_RUN=/work/main/.testenv; source $MPAAS_RUN/env.sh      # bash hack/testenv/up.sh stores
-    .venv/bin/python hack/bench/push_sends.py [--seconds 15] [--warmup 3] [--concurrency 64] [--generators 1]
-        [--batch 1] [--idempotency-seconds 10] [--perf-records auto] [--profile]
+    .venv/bin/python hack/bench/push_sends.py [--seconds 15] [--warmup 3] [--concurrency 8] [--generators 1]
+        [--batch 500] [--idempotency-seconds 10] [--perf-records auto] [--profile]
+
+Batches of 500 (the most one call takes) by default; --batch 1 --concurrency 64 measures one send a call.
 
 Uses the test environment's Redis and Kafka (MPAAS_TEST_REDIS_URL, MPAAS_TEST_KAFKA). Starts, on 127.0.0.1,
 and stops by PID at the end:
@@ -500,9 +502,9 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15)
-    parser.add_argument("--batch", type=int, default=1, help="sends per call: >1 uses /v1/push/messages/batch")
+    parser.add_argument("--batch", type=int, default=500, help="sends per call: >1 uses /v1/push/messages/batch")
     parser.add_argument("--warmup", type=float, default=3)
-    parser.add_argument("--concurrency", type=int, default=64, help="keep-alive connections, all generators")
+    parser.add_argument("--concurrency", type=int, default=8, help="keep-alive connections, all generators")
     parser.add_argument("--generators", type=int, default=1, help="load generator processes (on core 0)")
     parser.add_argument("--idempotency-seconds", type=float, default=10, help="0: no idempotency-key run")
     parser.add_argument("--perf-records", type=int, default=0, help="records of each perf test (0: ~15 s worth)")
