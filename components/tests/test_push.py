@@ -281,35 +281,60 @@ async def test_one_call_reaches_a_user_over_link_when_online_and_apns_when_not(
         await client.close()
 
 
-async def test_a_sent_message_is_recalled_over_link(
+async def test_a_sent_message_is_recalled_over_link_and_replaced_at_the_vendor(
     start_push: Callable[..., Push], start_link: Callable[[], str], apns: ApnsServer
 ) -> None:
     ws = start_link()
     push = start_push()
-    phone, tablet = "rp-" + uuid.uuid4().hex[:6], "rt-" + uuid.uuid4().hex[:6]
+    phone, tablet, watch = ("r" + k + "-" + uuid.uuid4().hex[:6] for k in "ptw")
+    tablet_token, watch_token = os.urandom(32).hex(), os.urandom(32).hex()
     await push.register(phone, "android", brand="samsung")
-    await push.register(tablet, "ios", brand="apple", tokens={"APNs": os.urandom(32).hex()})
-    for d in (phone, tablet):
+    await push.register(tablet, "ios", brand="apple", tokens={"APNs": tablet_token})
+    await push.register(watch, "ios", brand="apple", tokens={"APNs": watch_token})
+    for d in (phone, tablet, watch):
         await push.ok("POST", "/v1/push/bind", {"userId": "carol", "deviceId": d})
-    client = device_client(ws, phone)
+    client, on_watch = device_client(ws, phone), device_client(ws, watch)
     await client.connect()
+    await on_watch.connect()  # the watch gets the message over link, then goes offline
     try:
         target = {"type": "user", "ids": ["carol"]}
         sent = await push.ok("POST", "/v1/push/messages", {"target": target, "notification": {"body": "oops"}})
-        await push.settled(sent["messageId"], done=2)
+        await push.settled(sent["messageId"], done=3)
         (first,) = await notifications(client, 1)
-        r = await push.call("DELETE", f"/v1/push/messages/{sent['messageId']}")
+        await notifications(on_watch, 1)
+        await on_watch.close()
+        [shown] = [a for a in apns.accepted if a.token == tablet_token]
+        assert shown.headers["apns-collapse-id"] == sent["messageId"]
+        r = await push.call("DELETE", f"/v1/push/messages/{sent['messageId']}?recalledText=Withdrawn%20%E2%9C%93")
         assert r.status_code == 200, r.text
         assert r.json()["state"] == "Revoked"
+        notice_id = r.json()["recallMessageId"]
         (notice,) = await notifications(client, 1)  # the app takes the first one down
-        assert notice == {"messageId": r.json()["recallMessageId"], "data": {"mpaasRecall": first["messageId"]}}
+        assert notice == {
+            "messageId": notice_id,
+            "title": "Recalled",
+            "body": "Withdrawn \u2713",
+            "data": {"mpaasRecall": first["messageId"]},
+            "collapseKey": sent["messageId"],
+        }
+        # The tablet, which APNs showed it on, gets a notification that replaces it; the watch, which had it over
+        # link, gets nothing from APNs.
+        await until(lambda: arrived(apns)[tablet_token] == 2, 15)
+        replaced = [a for a in apns.accepted if a.token == tablet_token][1:]
+        assert [(a.headers["apns-collapse-id"], a.payload["aps"]["alert"]) for a in replaced] == [
+            (sent["messageId"], {"title": "Recalled", "body": "Withdrawn \u2713"})
+        ]
+        assert not [a for a in apns.accepted if a.token == watch_token]
         st = await push.ok("GET", f"/v1/push/messages/{sent['messageId']}")
         assert st["state"] == "Revoked"
-        assert len(apns.accepted) == 1  # the notice went over link alone
         again = await push.call("DELETE", f"/v1/push/messages/{sent['messageId']}")
         assert (again.status_code, again.json()["code"]) == (409, "NotCancelable")
+        for bad in ("recalledText=", "recalledTitle=" + "x" * 257, "recalledText=a&recalledText=b"):
+            r = await push.call("DELETE", f"/v1/push/messages/{sent['messageId']}?{bad}")
+            assert (r.status_code, r.json()["code"]) == (400, "InvalidRequest"), bad
     finally:
         await client.close()
+        await on_watch.close()
 
 
 async def test_idempotency_and_the_documented_refusals(start_push: Callable[..., Push], apns: ApnsServer) -> None:
@@ -445,6 +470,41 @@ async def dead_token_checks(start_push: Callable[..., Push], apns: ApnsServer) -
     assert device["tokens"] == {}  # pruned
 
 
+def add_channel(folder: Path, name: str, kind: str, url: str, extra: dict[str, Any], data: dict[str, str]) -> None:
+    """A vendor PushChannel of the app, with its Secret, in the push process's config."""
+    config = folder / "push.yaml"
+    docs = list(yaml.safe_load_all(config.read_text()))
+    spec = {"appId": APP, "type": kind, "endpoint": url, "credentialsSecretRef": {"name": f"{name}-creds"}}
+    docs.append({"apiVersion": "mpaas.io/v1alpha1", "kind": "PushChannel",
+                 "metadata": {"name": name, "namespace": "shop"}, "spec": spec | extra})  # fmt: skip
+    encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+    docs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{name}-creds", "namespace": "shop"},
+                 "data": encoded})  # fmt: skip
+    config.write_text(yaml.safe_dump_all(docs))
+
+
+async def test_a_recall_sends_nothing_where_the_vendor_cannot_replace_a_notification(
+    start_push: Callable[..., Push], folder: Path
+) -> None:
+    from push_vendors.oppo import OppoServer
+
+    oppo = OppoServer()
+    await oppo.start()
+    add_channel(folder, "oppo", "OPPO", oppo.url, {}, {"appKey": oppo.app_key, "masterSecret": oppo.master_secret})
+    try:
+        push = start_push()
+        await push.register("op-1", brand="oppo", tokens={"OPPO": "CN_" + os.urandom(16).hex()})
+        body = {"target": {"type": "device", "ids": ["op-1"]}, "notification": {"title": "t", "body": "b"}}
+        sent = await push.ok("POST", "/v1/push/messages", body)
+        assert (await push.settled(sent["messageId"], done=1))["counts"] == {"OPPO.Sent": 1}
+        recalled = await push.ok("DELETE", f"/v1/push/messages/{sent['messageId']}")
+        st = await push.settled(recalled["recallMessageId"], done=1)
+        assert st["counts"] == {"OPPO.NotRecallable": 1} and st["failed"] == []
+        assert len(oppo.accepted) == 1
+    finally:
+        await oppo.stop()
+
+
 async def test_vendor_receipts_count_deliveries_once_and_prune_dead_tokens(
     start_push: Callable[..., Push], folder: Path
 ) -> None:
@@ -458,20 +518,11 @@ async def test_vendor_receipts_count_deliveries_once_and_prune_dead_tokens(
     await mi.start()
     await hw.start()
     hw.receipt_url = f"http://127.0.0.1:{port}/v1/push/receipts/shop/hw/{token}"
-    config = folder / "push.yaml"
-    docs = list(yaml.safe_load_all(config.read_text()))
-    for name, kind, url, extra, data in (
-        ("mi", "Xiaomi", mi.url, {"xiaomi": {"packageName": mi.package}}, {"appSecret": mi.app_secret}),
-        ("hw", "Huawei", hw.url, {}, {"appId": "104513725", "appSecret": "c0ffee5ecret"}),
-    ):
-        spec = {"appId": APP, "type": kind, "endpoint": url, "credentialsSecretRef": {"name": f"{name}-creds"}}
-        spec["receiptUrl"] = f"http://127.0.0.1:{port}"
-        docs.append({"apiVersion": "mpaas.io/v1alpha1", "kind": "PushChannel",
-                     "metadata": {"name": name, "namespace": "shop"}, "spec": spec | extra})  # fmt: skip
-        encoded = {k: base64.b64encode(v.encode()).decode() for k, v in (data | {"receiptToken": token}).items()}
-        docs.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"{name}-creds", "namespace": "shop"},
-                     "data": encoded})  # fmt: skip
-    config.write_text(yaml.safe_dump_all(docs))
+    receipts = {"receiptUrl": f"http://127.0.0.1:{port}"}
+    add_channel(folder, "mi", "Xiaomi", mi.url, {"xiaomi": {"packageName": mi.package}} | receipts,
+                {"appSecret": mi.app_secret, "receiptToken": token})  # fmt: skip
+    add_channel(folder, "hw", "Huawei", hw.url, receipts,
+                {"appId": "104513725", "appSecret": "c0ffee5ecret", "receiptToken": token})  # fmt: skip
     try:
         push = start_push(port=port)
         alive, dying, huawei = os.urandom(12).hex(), os.urandom(12).hex(), os.urandom(16).hex()
@@ -509,6 +560,20 @@ async def test_vendor_receipts_count_deliveries_once_and_prune_dead_tokens(
         assert (wrong.status_code, wrong.json()["code"]) == (404, "UnknownChannel")
         bad = await push.http.post(hw.receipt_url, content=b'{"statuses": 5}')
         assert (bad.status_code, bad.json()["code"]) == (400, "InvalidRequest")
+        # A recall replaces it where the vendors took it: the same notify_id (Xiaomi) and tag (Huawei); mi-2's
+        # token was pruned, so it gets nothing.
+        withdrawn = "recalledTitle=%E5%B7%B2%E6%92%A4%E5%9B%9E"  # 已撤回
+        recalled = await push.ok("DELETE", f"/v1/push/messages/{sent['messageId']}?{withdrawn}")
+        await until(lambda: len(mi.accepted) == 3 and len(hw.accepted) == 2, 15)
+        first, replaced = mi.accepted[0].message, mi.accepted[2]
+        assert replaced.token == alive and replaced.message["notify_id"] == first["notify_id"]
+        assert replaced.message["title"] == "\u5df2\u64a4\u56de"
+        assert replaced.message["description"] == "This message was recalled."
+        tags = [a.message["android"]["notification"]["tag"] for a in hw.accepted]
+        assert tags == [sent["messageId"]] * 2
+        assert hw.accepted[1].message["android"]["notification"]["body"] == "This message was recalled."
+        st = await push.settled(recalled["recallMessageId"], done=2)
+        assert {k: n for k, n in st["counts"].items() if k.endswith(".Sent")} == {"Xiaomi.Sent": 1, "Huawei.Sent": 1}
     finally:
         await mi.stop()
         await hw.stop()

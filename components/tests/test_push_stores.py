@@ -208,6 +208,19 @@ async def test_a_batch_is_one_record_with_a_state_per_message(state: PushState) 
 
 
 @contract
+async def test_a_large_batch_is_stored_whole_by_its_index(state: PushState) -> None:
+    ids = new_batch_ids(600)  # more fields than one HSET of the script takes
+    texts = [Content(body=f"line\n{n}", data={"k": "\u00e9\n"}) for n in range(600)]  # newlines, escaped in JSON
+    batch = [message(message_id=i, content=c) for i, c in zip(ids, texts, strict=True)]
+    kept = [m for n, m in enumerate(batch) if n % 5]  # some not saved (repeats of an idempotency key)
+    await state.save_many([(m, "Scheduled" if n % 2 else "Accepted") for n, m in enumerate(kept)])
+    for n, m in enumerate(kept):
+        st = await state.status(m.message_id)
+        assert st is not None and st.message == m and st.state == ("Scheduled" if n % 2 else "Accepted")
+    assert [await state.status(m.message_id) for m in batch[::5]] == [None] * 120
+
+
+@contract
 async def test_the_device_a_token_was_sent_to_is_found_by_the_token(state: PushState) -> None:
     m = message()
     await state.remember_tokens(m.message_id, [("d1", "t1"), ("d2", "t2")], 60)
@@ -239,6 +252,10 @@ async def test_checkpoints_and_claims(state: PushState) -> None:
     assert await state.claim_devices("m2", ["a"]) == [None]
     await state.renew_devices("m1", ["a", "b", "never-claimed"])  # a stays sent, b stays in flight
     assert await state.claim_devices("m1", ["a", "b", "never-claimed"]) == ["d", "p", None]
+    # What a recall replaces at the vendors: the sends made or in flight.
+    assert await state.sent_devices("m1", ["a", "b", "c", "never-claimed", "z"]) == [True, True, True, True, False]
+    assert await state.sent_devices("m2", ["a", "b"]) == [True, False]
+    assert await state.sent_devices("m3", []) == []
 
 
 @contract

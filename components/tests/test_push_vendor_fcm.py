@@ -77,7 +77,7 @@ async def test_send_arrives_with_fields_mapped(client: fcm.FcmClient, server: Fc
         "ttl": "60s",
         "priority": "HIGH",
         "collapse_key": "orders",
-        "notification": {"sound": "ding.caf", "click_action": "OPEN_ORDER"},
+        "notification": {"sound": "ding.caf", "click_action": "OPEN_ORDER", "tag": "orders"},  # replaces a shown one
     }
     headers = m["apns"]["headers"]
     assert headers["apns-priority"] == "10"

@@ -28,6 +28,8 @@ log = logging.getLogger("mpaas.push")
 
 RECALLABLE = ("Accepted", "Sending", "Done", "Unstored")
 RECALL_KEY = "mpaasRecall"  # the data key of a recall notice: the id of the message recalled
+# What a recall at a vendor shows in place of the message (Xiaomi needs both a title and a text).
+RECALLED_TITLE, RECALLED_TEXT = "Recalled", "This message was recalled."
 IDEMPOTENCY_SECONDS = 86400  # an idempotency key is remembered this long (or the message's TTL, if longer)
 RECORD_BYTES = 256 * 1024  # messages of one app packed into one log record, as JSON lines, up to this size
 
@@ -141,11 +143,15 @@ class Accepter(Background):
         await self.state.unschedule(message_id)
         return True
 
-    async def recall(self, message_id: str) -> PushMessage | None:
+    async def recall(
+        self, message_id: str, title: str = RECALLED_TITLE, text: str = RECALLED_TEXT
+    ) -> PushMessage | None:
         """Recall a message being sent or sent (docs/push.md, "Recall"): what is not sent yet never is (the
-        fan-out and the senders stop at their next page or group), and a recall notice goes over link to the same
-        target, for the app to take down the notification it may show. The notice (None when the message
-        could not be recalled: canceled, expired, failed or recalled before) is accepted like a send."""
+        fan-out and the senders stop at their next page or group), and a recall notice goes to the same target:
+        over link for the app to take down the notification it may show, and, to each device the message went
+        to through a vendor that can, a notification with its collapse key that replaces it where it is shown.
+        The notice (None when the message could not be recalled: canceled, expired, failed or recalled before)
+        is accepted like a send."""
         status = await self.state.status(message_id)
         if status is None or not await self.state.set_state(message_id, "Revoked", only_from=RECALLABLE):
             return None
@@ -153,12 +159,13 @@ class Accepter(Background):
         notice = replace(
             m,
             message_id=new_message_id(),
-            content=Content(data={RECALL_KEY: m.message_id}),
-            collapse_key=None,
+            content=Content(title=title, body=text, data={RECALL_KEY: m.message_id}),
+            collapse_key=m.collapse_key or m.message_id,  # the vendors' collapse id of the message (senders)
             scheduled_ms=None,
             created_ms=int(time.time() * 1000),
             sync=False,
-            link_only=True,
+            link_only=False,
+            recalls=m.message_id,
         )
         await self.accept(notice, None)
         return notice

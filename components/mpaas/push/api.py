@@ -60,6 +60,7 @@ log = logging.getLogger("mpaas.push")
 
 MAX_BODY = 1 << 20
 MAX_BATCH = 500
+MAX_RECALLED_TEXT = 256  # characters of the title and the text a recall at a vendor shows in place of the message
 MAX_TEMPLATE_BYTES = 16 * 1024  # a stored template as JSON: what it expands to is at most 4096 bytes anyway
 SYNC_WAIT_SECONDS = 30.0  # gorush's sync mode waits at most this for the vendors' answers
 _TEMPLATE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -453,9 +454,15 @@ def install(app: FastAPI, ctx: Context) -> None:
         st = await ctx.state.status(message_id) if valid_message_id(message_id) else None
         if st is None or st.message.app != app_key(caller):
             raise Invalid(f"no message {message_id!r}", "UnknownMessage", 404)
+        texts: dict[str, str] = {}
+        for name, arg in (("recalledTitle", "title"), ("recalledText", "text")):
+            given = request.query_params.getlist(name)
+            if len(given) > 1 or (given and not (given[0] and text_ok(given[0], MAX_RECALLED_TEXT))):
+                raise Invalid(f"{name}: once, 1 to {MAX_RECALLED_TEXT} characters")
+            texts |= {arg: given[0]} if given else {}
         if st.state == "Scheduled" and await ctx.accepter.cancel(message_id):
             return {"messageId": message_id, "state": "Canceled"}
-        notice = await ctx.accepter.recall(message_id)
+        notice = await ctx.accepter.recall(message_id, **texts)
         if notice is None:
             raise Invalid(
                 f"the message is {st.state}: only a scheduled message (canceled) or one being sent or sent "

@@ -292,6 +292,13 @@ class Fanout(Background):
         jobs: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
         failed: list[Failed] = []
         for d in devices:
+            if m.recalls is not None:  # a recall notice: over link to the app, and to its vendor channel too
+                if d.device_id in online and not broadcast:  # (whose sender sends it where the recalled one went)
+                    to_link.append(d.device_id)
+                name, channel, token = route(d, online=False, vendors=vendors, has_link=False)
+                if channel is not None:
+                    jobs[(channel.namespace, channel.name)].append((d.device_id, token))
+                continue
             name, channel, token = route(d, online=d.device_id in online, vendors=vendors, has_link=link is not None)
             if name == LINK:
                 if not broadcast:  # a broadcast's stream already reaches every device on link

@@ -83,7 +83,10 @@ class PushMessage:
     scheduled_ms: int | None = None
     created_ms: int = 0
     sync: bool = False  # the caller waits for the vendors' answers (gorush's sync mode)
-    link_only: bool = False  # over link alone, never a vendor (a recall notice)
+    link_only: bool = False  # over link alone, never a vendor (a recall notice stored before `recalls`)
+    # A recall notice: the id of the message it recalls. Over link, the notice for the app; through a vendor,
+    # to the devices the recalled message was sent to that way, a notification that replaces it where shown.
+    recalls: str | None = None
 
     @property
     def app(self) -> str:
@@ -148,6 +151,7 @@ class PushMessage:
             "created_ms": self.created_ms,
             "sync": self.sync,
             "link_only": self.link_only,
+            "recalls": self.recalls,
         }
 
     @staticmethod
@@ -167,6 +171,7 @@ class PushMessage:
             tokens=tuple((c, k) for c, k in t["tokens"]),
         )
         d.setdefault("link_only", False)  # written before recalls existed
+        d.setdefault("recalls", None)  # written before recalls reached the vendors
         return PushMessage(**{**d, "target": target, "content": Content(**d["content"])})
 
 

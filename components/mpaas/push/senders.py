@@ -170,6 +170,9 @@ class Senders:
             await self.state.count(m, {f"{channel.type.value if channel else 'None'}.Expired": len(job.items)})
             return
         pending = list(job.items)
+        if m.recalls is not None:  # a recall notice replaces the recalled message where it went this way alone
+            sent = await self.state.sent_devices(m.recalls, [claim_id(d, t) for d, t in pending])
+            pending = [p for p, was in zip(pending, sent, strict=True) if was]
         while pending:
             waiting: list[tuple[str, str]] = []
             # Claimed a group at a time, right before sending it: a kill leaves at most the groups in flight
@@ -202,6 +205,9 @@ class Senders:
             reason = "ChannelUnavailable" if channel is None else f"ChannelUnavailable: {channel.problem}"
             failed = [Failed(d, kind, t, reason) for d, t in items]
             counts[f"{kind}.Failed"] += len(items)
+            done = [claim_id(d, t) for d, t in items]
+        elif m.recalls is not None and not channel.client.replaces_shown:  # nothing it sends replaces one shown
+            counts[f"{kind}.NotRecallable"] += len(items)
             done = [claim_id(d, t) for d, t in items]
         else:
             if channel.receipt_url:  # before the sends: a receipt may come before their answers

@@ -170,6 +170,10 @@ class PushState(ABC):
         "p" when another claim is in flight (younger than CLAIM_LEASE_SECONDS), "d" when sent already."""
 
     @abstractmethod
+    async def sent_devices(self, message_id: str, device_ids: Sequence[str]) -> list[bool]:
+        """Whether a sender sent the message (or is sending it) to each device: its claim, made or in flight."""
+
+    @abstractmethod
     async def renew_devices(self, message_id: str, device_ids: Sequence[str]) -> None:
         """Extend the caller's claims in flight (a send retried after a wait) by CLAIM_LEASE_SECONDS."""
 
@@ -472,6 +476,12 @@ return 1
                 p.set(self._k("x", message_id, d), b"p", nx=True, ex=CLAIM_LEASE_SECONDS, get=True)
             return [None if r is None else text(r) for r in await p.execute()]
 
+    async def sent_devices(self, message_id: str, device_ids: Sequence[str]) -> list[bool]:
+        async with self.redis.pipeline(transaction=False) as p:
+            for d in device_ids:
+                p.exists(self._k("x", message_id, d))
+            return [bool(n) for n in await p.execute()]
+
     async def renew_devices(self, message_id: str, device_ids: Sequence[str]) -> None:
         async with self.redis.pipeline(transaction=False) as p:
             for d in device_ids:
@@ -662,6 +672,10 @@ class MemoryPushState(PushState):
                 self._claims[key] = ("p", now + CLAIM_LEASE_SECONDS)
                 out.append(None)
         return out
+
+    async def sent_devices(self, message_id: str, device_ids: Sequence[str]) -> list[bool]:
+        now = time.monotonic()
+        return [self._claims.get((message_id, d), ("", 0.0))[1] > now for d in device_ids]
 
     async def renew_devices(self, message_id: str, device_ids: Sequence[str]) -> None:
         until = time.monotonic() + CLAIM_LEASE_SECONDS

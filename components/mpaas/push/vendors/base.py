@@ -70,6 +70,9 @@ class VendorClient(ABC):
 
     max_payload: int  # bytes of the vendor's payload limit, checked before sending (PayloadTooLarge)
     max_tokens: int = 1  # tokens one request may carry (1 for APNs/FCM v1; Huawei 1000, Xiaomi 1000, ...)
+    # A notification with the collapse key of one shown replaces it on the device (apns-collapse-id, the
+    # Android notification's tag or notify_id): what a recall at the vendor sends (docs/push.md, "Recall").
+    replaces_shown: bool = True
 
     @abstractmethod
     async def send(self, notification: Notification, tokens: Sequence[str]) -> list[SendResult]:

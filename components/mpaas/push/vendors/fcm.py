@@ -27,7 +27,8 @@ Protocol, as the sources say it:
 
 Mapping of Notification: title/body -> notification; data (+ "messageId": the platform's id) -> data; ttl ->
 android.ttl "Ns" and apns-expiration; urgent -> android.priority HIGH/NORMAL and apns-priority 10/5;
-collapse_key -> android.collapse_key and apns-collapse-id; badge/sound/category -> aps badge/sound/category and
+collapse_key -> android.collapse_key, android.notification.tag (of a shown notification: a newer one with the
+tag replaces it) and apns-collapse-id; badge/sound/category -> aps badge/sound/category and
 android.notification sound/click_action. `extra["fcm"]`: a dict merged into the message (dict values one level
 deep), for fields this mapping does not cover.
 """
@@ -119,6 +120,8 @@ def build_message(n: Notification, *, now: float | None = None) -> dict[str, Any
     if n.collapse_key:
         android["collapse_key"] = n.collapse_key
     android_notification = {k: v for k, v in (("sound", n.sound), ("click_action", n.category)) if v}
+    if n.collapse_key and "notification" in message:  # shown: the one shown with this tag is replaced
+        android_notification["tag"] = n.collapse_key
     if android_notification:
         android["notification"] = android_notification
     message["android"] = android

@@ -137,6 +137,7 @@ def message(notification: Mapping[str, Any], token: str) -> dict[str, Any]:
 class OppoClient(VendorClient):
     max_payload = 4096
     max_tokens = 1000
+    replaces_shown = False  # no field of the notification replaces one shown
 
     def __init__(
         self,

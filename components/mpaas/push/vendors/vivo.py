@@ -171,6 +171,7 @@ def ttl(seconds: int, minimum: int) -> int:
 class VivoClient(VendorClient):
     max_payload = MAX_CUSTOM_CHARS  # characters of data's keys and values (clientCustomMap)
     max_tokens = 1000
+    replaces_shown = False  # no field of the notification replaces one shown
 
     def __init__(
         self,
