@@ -292,9 +292,9 @@ class Fanout(Background):
         jobs: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
         failed: list[Failed] = []
         for d in devices:
-            if m.recalls is not None:  # a recall notice: over link to the app, and to its vendor channel too
-                if d.device_id in online and not broadcast:  # (whose sender sends it where the recalled one went)
-                    to_link.append(d.device_id)
+            if m.recalls is not None:  # a recall notice: over link to the app (now, or when it reconnects), and
+                if link is not None and not broadcast:  # to its vendor channel (whose sender sends it only
+                    to_link.append(d.device_id)  # where the recalled message went that way)
                 name, channel, token = route(d, online=False, vendors=vendors, has_link=False)
                 if channel is not None:
                     jobs[(channel.namespace, channel.name)].append((d.device_id, token))
