@@ -281,6 +281,32 @@ async def test_one_call_reaches_a_user_over_link_when_online_and_apns_when_not(
         await client.close()
 
 
+async def test_a_message_acked_only_in_the_next_hello_counts_as_delivered(
+    start_push: Callable[..., Push], start_link: Callable[[], str]
+) -> None:
+    ws = start_link()
+    push = start_push()
+    phone = "hp-" + uuid.uuid4().hex[:6]
+    await push.register(phone, "android", brand="samsung")
+    token = TokenKey(LINK_KEY).issue(APP, WS, phone)
+    dropped = LinkClient(ws, APP, WS, phone, token, auto_ack=False)  # its connection drops before it acks
+    await dropped.connect()
+    try:
+        body = {"target": {"type": "device", "ids": [phone]}, "notification": {"body": "b"}}
+        sent = await push.ok("POST", "/v1/push/messages", body)
+        got = await asyncio.wait_for(dropped.messages.get(), 15)
+    finally:
+        await dropped.close()
+    await asyncio.sleep(1.0)
+    assert "Receipt.Delivered" not in (await push.ok("GET", f"/v1/push/messages/{sent['messageId']}"))["counts"]
+    again = LinkClient(ws, APP, WS, phone, token, last_acked=got.seq, auto_ack=False)  # acks it in its HELLO
+    await again.connect()
+    try:
+        await push.counted(sent["messageId"], "Receipt.Delivered", 1)
+    finally:
+        await again.close()
+
+
 async def test_a_sent_message_is_recalled_over_link_and_replaced_at_the_vendor(
     start_push: Callable[..., Push], start_link: Callable[[], str], apns: ApnsServer
 ) -> None:

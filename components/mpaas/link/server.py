@@ -305,6 +305,8 @@ class Session(WSListener):
             server.later(server.bus_replaced(self.lease.previous_pod, self.device, self.lease.token))
         cursor = 0
         if hello.last_acked:
+            if server.receipts is not None:
+                await self._acked_in_hello(hello.last_acked)
             cursor = await server.inbox.ack(self.inbox, hello.last_acked)
         last = await server.inbox.last(self.inbox)
         # An app without broadcasts yet: the client's own cursor, or a number below every future one (so 0
@@ -322,6 +324,14 @@ class Session(WSListener):
             self.notify(self.pending, urgent=True, at=self.pending_at)
         if self.bpending > blast:
             self.notify_broadcast(self.bpending, urgent=True)
+
+    async def _acked_in_hello(self, upto: int) -> None:
+        """The RECEIPT messages a HELLO acks (received before a connection dropped, acked only now): reported
+        delivered like any ack of them. The inbox holds nothing acked, so its first entries are those; read
+        before the ack drops them, at most MAX_AWAITED_ACKS, as a connection remembers."""
+        batch = await self.server.inbox.read(self.inbox, 0, MAX_AWAITED_ACKS)
+        ids = [m for m in batch.messages if m.seq <= upto and m.flags & frames.RECEIPT]
+        self.server.delivered(self.device, [i for i in map(receipt_id, (m.payload for m in ids)) if i is not None])
 
     async def _pull(self, pull: frames.Pull) -> None:
         count = min(max(pull.max, 1), READ_CHUNK)
@@ -651,21 +661,26 @@ class LinkServer:
     def acked(self, inbox: str, seq: int) -> None:
         if seq > self._acks.get(inbox, 0):
             self._acks[inbox] = seq
+        self._flush_soon()
+
+    def delivered(self, device: str, message_ids: list[str]) -> None:
+        """Acks of RECEIPT messages: written to the receipt log with the acks (or alone: a HELLO's)."""
+        if self.receipts is not None and message_ids:
+            self._delivered += [(device, m) for m in message_ids]
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_acks())
 
-    def delivered(self, device: str, message_ids: list[str]) -> None:
-        """Acks of RECEIPT messages: written to the receipt log with the acks."""
-        if self.receipts is not None and message_ids:
-            self._delivered += [(device, m) for m in message_ids]
-
     async def _flush_acks(self) -> None:
         await asyncio.sleep(ACK_FLUSH_SECONDS)
-        while self._acks:
+        while self._acks or self._delivered:
             batch, self._acks = self._acks, {}
             delivered, self._delivered = self._delivered, []
             try:
-                await self.inbox.ack_many(list(batch.items()))
+                if batch:
+                    await self.inbox.ack_many(list(batch.items()))
             except Exception as e:  # lost acks only resend messages, which clients drop by their numbers
                 log.warning("link: %d acks not written: %r", len(batch), e)
             if delivered and self.receipts is not None:
