@@ -252,8 +252,13 @@ async def test_checkpoints_and_claims(state: PushState) -> None:
     assert await state.claim_devices("m2", ["a"]) == [None]
     await state.renew_devices("m1", ["a", "b", "never-claimed"])  # a stays sent, b stays in flight
     assert await state.claim_devices("m1", ["a", "b", "never-claimed"]) == ["d", "p", None]
-    # What a recall replaces at the vendors: the sends made or in flight.
-    assert await state.sent_devices("m1", ["a", "b", "c", "never-claimed", "z"]) == [True, True, True, True, False]
+    # What a recall replaces at the vendors: the sends the vendor took ("s"), or in flight; not a failed one.
+    assert await state.claim_devices("m1", ["e"]) == [None]
+    await state.finish_devices("m1", ["e"], 60, sent={"e"})
+    assert await state.claim_devices("m1", ["e"]) == ["s"]  # done: not sent again
+    assert await state.sent_devices("m1", ["a", "b", "c", "e", "never-claimed", "z"]) == [
+        False, True, True, True, True, False
+    ]  # fmt: skip
     assert await state.sent_devices("m2", ["a", "b"]) == [True, False]
     assert await state.sent_devices("m3", []) == []
 
@@ -276,6 +281,8 @@ async def test_templates_and_user_waits(state: PushState) -> None:
     await state.put_template(APP, "welcome", {"title": "Hi {{name}}"})
     assert await state.template(APP, "welcome") == {"title": "Hi {{name}}"}
     assert await state.templates(APP) == {"welcome": {"title": "Hi {{name}}"}}
+    assert await state.templates_named(APP, ["nope", "welcome"]) == [None, {"title": "Hi {{name}}"}]
+    assert await state.templates_named(APP, []) == []
     assert await state.delete_template(APP, "welcome") and await state.template(APP, "welcome") is None
     now = int(time.time() * 1000)
     await state.wait_for_user(APP, "u1", "m-old", now + 200)
@@ -303,8 +310,9 @@ async def test_a_senders_group_is_recorded_whole(state: PushState) -> None:
     await state.save(m, "Sending")
     assert await state.claim_devices(m.message_id, ["a", "b"]) == [None, None]
     failed = [Failed("b", "APNs", "tb", "InvalidToken: Unregistered")]
-    await state.finish_sends(m, ["a", "b"], 60, {"APNs.Sent": 1, "APNs.InvalidToken": 1}, failed, ("shop", "ios"))
-    assert await state.claim_devices(m.message_id, ["a", "b"]) == ["d", "d"]
+    counts = {"APNs.Sent": 1, "APNs.InvalidToken": 1}
+    await state.finish_sends(m, ["a", "b"], 60, counts, failed, ("shop", "ios"), sent={"a"})
+    assert await state.claim_devices(m.message_id, ["a", "b"]) == ["s", "d"]
     st = await state.status(m.message_id)
     assert st is not None and st.counts == {"APNs.Sent": 1, "APNs.InvalidToken": 1}
     assert await state.failed(m.message_id) == failed

@@ -529,6 +529,8 @@ messages = st.builds(
     scheduled_ms=st.none() | st.integers(1, 10**15 - 1),
     created_ms=st.integers(0, 10**15 - 1),
     sync=st.booleans(),
+    link_only=st.booleans(),
+    recalls=st.none() | st.from_regex(r"[0-9a-f]{28}", fullmatch=True),
 )
 
 
@@ -537,6 +539,9 @@ messages = st.builds(
 def test_messages_survive_their_json(m: PushMessage) -> None:
     assert PushMessage.from_json(m.to_json()) == m
     assert m.to_json() == orjson.dumps(m.to_dict())  # the stored JSON and a vendor job's message alike
+    assert (b'"recalls"' in m.to_json()) == (m.recalls is not None)  # unset, left out: older readers know the rest
+    newer = json.loads(m.to_json()) | {"a_field_of_a_newer_version": 1}
+    assert PushMessage.from_json(json.dumps(newer).encode()) == m  # read by an older one: the field left out
     assert json.loads(m.link_payload())["messageId"] == m.message_id
     assert len(m.link_payload()) <= len(m.to_json())  # what lets check_size skip building the payload
 

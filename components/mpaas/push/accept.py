@@ -156,6 +156,7 @@ class Accepter(Background):
         if status is None or not await self.state.set_state(message_id, "Revoked", only_from=RECALLABLE):
             return None
         m = status.message
+        shown = m.content.title is not None or m.content.body is not None  # a data-only one showed nothing
         notice = replace(
             m,
             message_id=new_message_id(),
@@ -164,7 +165,7 @@ class Accepter(Background):
             scheduled_ms=None,
             created_ms=int(time.time() * 1000),
             sync=False,
-            link_only=False,
+            link_only=not shown,
             recalls=m.message_id,
         )
         await self.accept(notice, None)

@@ -60,6 +60,7 @@ log = logging.getLogger("mpaas.push")
 
 MAX_BODY = 1 << 20
 MAX_BATCH = 500
+LOOKUP_CHUNK = 1000  # ids looked up in one round trip when a batch's targets are checked
 MAX_RECALLED_TEXT = 256  # characters of the title and the text a recall at a vendor shows in place of the message
 MAX_TEMPLATE_BYTES = 16 * 1024  # a stored template as JSON: what it expands to is at most 4096 bytes anyway
 SYNC_WAIT_SECONDS = 30.0  # gorush's sync mode waits at most this for the vendors' answers
@@ -331,14 +332,16 @@ def install(app: FastAPI, ctx: Context) -> None:
             return
         app = messages[0].app  # one caller's
         for kind, known in wanted.items():
-            ids = list(known)
-            if kind == "device":
-                found = await ctx.registry.registered(app, ids)
-            elif kind == "alias":
-                found = [d is not None for d in await ctx.registry.alias_devices(app, ids)]
-            else:
-                found = await ctx.registry.bound_users(app, ids)
-            known.update(zip(ids, found, strict=True))
+            names = list(known)
+            for i in range(0, len(names), LOOKUP_CHUNK):  # a batch may name ~10^5: Redis is not held that long
+                ids = names[i : i + LOOKUP_CHUNK]
+                if kind == "device":
+                    found = await ctx.registry.registered(app, ids)
+                elif kind == "alias":
+                    found = [d is not None for d in await ctx.registry.alias_devices(app, ids)]
+                else:
+                    found = await ctx.registry.bound_users(app, ids)
+                known.update(zip(ids, found, strict=True))
         for i, m in enumerate(messages):
             known = wanted.get(m.target.type, {})
             missing = ", ".join([x for x in m.target.ids if x in known and not known[x]][:20])
@@ -353,9 +356,10 @@ def install(app: FastAPI, ctx: Context) -> None:
     async def read_templates(caller: auth.Caller, bodies: list[Any]) -> dict[str, Any]:
         """The stored templates the sends name (None for one not stored), each read once."""
         raws = [b["template"] for b in bodies if isinstance(b, dict) and isinstance(b.get("template"), dict)]
-        names = {r["name"] for r in raws if isinstance(r.get("name"), str)}
-        found = await asyncio.gather(*(ctx.state.template(app_key(caller), n) for n in names))
-        return dict(zip(names, found, strict=True))
+        # Names no template can have are not looked up: their sends are refused as TemplateMissing.
+        named = {r["name"] for r in raws if isinstance(r.get("name"), str)}
+        names = [n for n in named if _TEMPLATE_NAME.fullmatch(n)]
+        return dict(zip(names, await ctx.state.templates_named(app_key(caller), names), strict=True))
 
     def render(raw: object, templates: dict[str, Any]) -> Content:
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
@@ -462,6 +466,8 @@ def install(app: FastAPI, ctx: Context) -> None:
             texts |= {arg: given[0]} if given else {}
         if st.state == "Scheduled" and await ctx.accepter.cancel(message_id):
             return {"messageId": message_id, "state": "Canceled"}
+        if st.message.recalls is not None or st.message.link_only:  # recalling it would leave the message shown
+            raise Invalid("a recall notice cannot be recalled", "NotCancelable", 409)
         notice = await ctx.accepter.recall(message_id, **texts)
         if notice is None:
             raise Invalid(

@@ -83,9 +83,10 @@ class PushMessage:
     scheduled_ms: int | None = None
     created_ms: int = 0
     sync: bool = False  # the caller waits for the vendors' answers (gorush's sync mode)
-    link_only: bool = False  # over link alone, never a vendor (a recall notice stored before `recalls`)
+    link_only: bool = False  # over link alone, never a vendor (a recall notice of a message that showed nothing)
     # A recall notice: the id of the message it recalls. Over link, the notice for the app; through a vendor,
     # to the devices the recalled message was sent to that way, a notification that replaces it where shown.
+    # The last field: to_json leaves it out when unset.
     recalls: str | None = None
 
     @property
@@ -97,9 +98,12 @@ class PushMessage:
         return (self.scheduled_ms or self.created_ms) + self.ttl_seconds * 1000
 
     def link_payload(self) -> bytes:
-        """What a link client receives: the notification as UTF-8 JSON with the message id."""
+        """What a link client receives: the notification as UTF-8 JSON with the message id (a recall notice:
+        its data alone, for the app to act on; its title and body are what the vendors show)."""
         c = self.content
         body: dict[str, Any] = {"messageId": self.message_id}
+        if self.recalls is not None:
+            return orjson.dumps(body | {"data": c.data})
         for k, v in (("title", c.title), ("body", c.body), ("badge", c.badge), ("sound", c.sound)):
             if v is not None:
                 body[k] = v
@@ -117,6 +121,8 @@ class PushMessage:
         encoded: bytes | None = self.__dict__.get("_json")
         if encoded is None:
             encoded = orjson.dumps(self)  # the dataclasses' fields, as to_dict gives them (orjson, natively)
+            if encoded.endswith(_NO_RECALL):  # the last field, left out when unset: what older readers know
+                encoded = encoded[: -len(_NO_RECALL)] + b"}"
             self.__dict__["_json"] = encoded
         return encoded
 
@@ -151,8 +157,7 @@ class PushMessage:
             "created_ms": self.created_ms,
             "sync": self.sync,
             "link_only": self.link_only,
-            "recalls": self.recalls,
-        }
+        } | ({"recalls": self.recalls} if self.recalls is not None else {})
 
     @staticmethod
     def from_json(raw: bytes) -> PushMessage:
@@ -171,8 +176,12 @@ class PushMessage:
             tokens=tuple((c, k) for c, k in t["tokens"]),
         )
         d.setdefault("link_only", False)  # written before recalls existed
-        d.setdefault("recalls", None)  # written before recalls reached the vendors
-        return PushMessage(**{**d, "target": target, "content": Content(**d["content"])})
+        known = {k: v for k, v in d.items() if k in _FIELDS}  # a field a newer version writes is left out
+        return PushMessage(**{**known, "target": target, "content": Content(**d["content"])})
+
+
+_FIELDS = frozenset(PushMessage.__dataclass_fields__)
+_NO_RECALL = b',"recalls":null}'
 
 
 def new_message_id() -> str:

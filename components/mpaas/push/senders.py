@@ -32,7 +32,7 @@ from .feedback import Feedback
 from .messages import PushMessage
 from .receipts import callback_fields
 from .registry import Registry
-from .state import CLAIM_LEASE_SECONDS, Failed, PushState
+from .state import CLAIM_LEASE_SECONDS, Failed, PushState, sent_and_failed
 from .vendors.base import Notification, Outcome, SendResult
 
 log = logging.getLogger("mpaas.push")
@@ -199,6 +199,7 @@ class Senders:
         counts: dict[str, int] = defaultdict(int)
         failed: list[Failed] = []
         done: list[str] = []
+        shown: list[str] = []  # the claims of the sends the vendor took: what a recall replaces
         kind = channel.type.value if channel is not None else "None"
         keep = max(m.expires_ms / 1000 - time.time(), 0) + 86400  # what is kept of the sends: the message's life
         if channel is None or channel.client is None:
@@ -217,16 +218,16 @@ class Senders:
                 done.append(claim_id(device, token))
                 if r.ok:
                     counts[f"{kind}.Sent"] += 1
+                    shown.append(done[-1])
                     continue
                 counts[f"{kind}.{r.outcome.value}"] += 1
                 failed.append(Failed(device, kind, token, f"{r.outcome.value}: {r.reason}" if r.reason else r.outcome))
                 if r.outcome is Outcome.INVALID_TOKEN and device:
                     await self.registry.remove_token(m.app, device, kind, token)
-        await self.state.finish_sends(m, done, keep, dict(counts), failed, key)
+        await self.state.finish_sends(m, done, keep, dict(counts), failed, key, sent=set(shown))
         if channel is not None and channel.feedback_url:
             self.feedback.post(channel.feedback_url, m, kind, failed)
-        sent = counts.get(f"{kind}.Sent", 0)
-        failures = sum(n for k, n in counts.items() if not k.endswith(".Sent"))
+        sent, failures = sent_and_failed(counts)
         SENT.labels(label, "sent").inc(sent)
         SENT.labels(label, "failed").inc(failures)
 

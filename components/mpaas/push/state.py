@@ -20,7 +20,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -63,6 +63,12 @@ class Status:
     state: str  # Accepted, Scheduled, Sending, Done, Canceled, Revoked
     counts: dict[str, int] = field(default_factory=dict)  # "{channel}.{outcome}" -> n
     targets: int = 0  # devices the fan-out reached (or tokens)
+
+
+def sent_and_failed(counts: dict[str, int]) -> tuple[int, int]:
+    """A channel's sent and failed among a group's outcome counts (a recall it cannot make is neither)."""
+    sent = sum(n for k, n in counts.items() if k.endswith(".Sent"))
+    return sent, sum(n for k, n in counts.items() if not k.endswith((".Sent", ".NotRecallable")))
 
 
 def _minute(now: float | None = None) -> int:
@@ -125,15 +131,15 @@ class PushState(ABC):
         counts: dict[str, int],
         failed: Sequence[Failed],
         channel: tuple[str, str],
+        sent: Collection[str] = (),
     ) -> None:
         """What a sender records after a group's sends, together (one write on Redis, so that a kill cannot mark
-        sends made without counting them): the claims done, the outcome counts, the failed tokens, and the
-        channel's totals."""
-        await self.finish_devices(message.message_id, device_ids, keep_seconds)
+        sends made without counting them): the claims done (`sent`: those the vendor took), the outcome counts,
+        the failed tokens, and the channel's totals."""
+        await self.finish_devices(message.message_id, device_ids, keep_seconds, sent=sent)
         await self.count(message, counts)
         await self.add_failed(message.message_id, failed)
-        sent = sum(n for k, n in counts.items() if k.endswith(".Sent"))
-        await self.count_channel(channel, sent, sum(counts.values()) - sent)
+        await self.count_channel(channel, *sent_and_failed(counts))
 
     @abstractmethod
     async def remember_tokens(self, message_id: str, pairs: Sequence[tuple[str, str]], keep_seconds: float) -> None:
@@ -167,19 +173,22 @@ class PushState(ABC):
     @abstractmethod
     async def claim_devices(self, message_id: str, device_ids: Sequence[str]) -> list[str | None]:
         """Claim (message, device) sends before making them: per device None when now claimed by the caller,
-        "p" when another claim is in flight (younger than CLAIM_LEASE_SECONDS), "d" when sent already."""
+        "p" when another claim is in flight (younger than CLAIM_LEASE_SECONDS), "s" or "d" when done already."""
 
     @abstractmethod
     async def sent_devices(self, message_id: str, device_ids: Sequence[str]) -> list[bool]:
-        """Whether a sender sent the message (or is sending it) to each device: its claim, made or in flight."""
+        """Whether a sender sent the message to each device (the vendor took it), or is sending it."""
 
     @abstractmethod
     async def renew_devices(self, message_id: str, device_ids: Sequence[str]) -> None:
         """Extend the caller's claims in flight (a send retried after a wait) by CLAIM_LEASE_SECONDS."""
 
     @abstractmethod
-    async def finish_devices(self, message_id: str, device_ids: Sequence[str], keep_seconds: float) -> None:
-        """Mark the sends made ("d"), kept `keep_seconds` (the message's TTL and then some)."""
+    async def finish_devices(
+        self, message_id: str, device_ids: Sequence[str], keep_seconds: float, *, sent: Collection[str] = ()
+    ) -> None:
+        """Mark the sends done, "s" those in `sent` (the vendor took them), "d" the others (failed), kept
+        `keep_seconds` (the message's TTL and then some)."""
 
     @abstractmethod
     async def schedule(self, message: PushMessage) -> None: ...
@@ -198,6 +207,10 @@ class PushState(ABC):
 
     @abstractmethod
     async def template(self, app: str, name: str) -> dict[str, Any] | None: ...
+
+    async def templates_named(self, app: str, names: Sequence[str]) -> list[dict[str, Any] | None]:
+        """template() of each name (one round trip on Redis)."""
+        return [await self.template(app, n) for n in names]
 
     @abstractmethod
     async def templates(self, app: str) -> dict[str, dict[str, Any]]: ...
@@ -394,15 +407,15 @@ return 1
         counts: dict[str, int],
         failed: Sequence[Failed],
         channel: tuple[str, str],
+        sent: Collection[str] = (),
     ) -> None:
         # One pipeline, written at once: Redis runs every command of it or, if the write never left, none.
         async with self.redis.pipeline(transaction=False) as p:
             for d in device_ids:
-                p.set(self._k("x", message.message_id, d), b"d", ex=max(int(keep_seconds), 1))
+                p.set(self._k("x", message.message_id, d), b"s" if d in sent else b"d", ex=max(int(keep_seconds), 1))
             self._count(p, message, counts)
             self._add_failed(p, message.message_id, failed)
-            sent = sum(n for k, n in counts.items() if k.endswith(".Sent"))
-            self._count_channel(p, channel, sent, sum(counts.values()) - sent)
+            self._count_channel(p, channel, *sent_and_failed(counts))
             await p.execute()
 
     async def remember_tokens(self, message_id: str, pairs: Sequence[tuple[str, str]], keep_seconds: float) -> None:
@@ -479,8 +492,8 @@ return 1
     async def sent_devices(self, message_id: str, device_ids: Sequence[str]) -> list[bool]:
         async with self.redis.pipeline(transaction=False) as p:
             for d in device_ids:
-                p.exists(self._k("x", message_id, d))
-            return [bool(n) for n in await p.execute()]
+                p.get(self._k("x", message_id, d))
+            return [v in (b"s", b"p") for v in await p.execute()]
 
     async def renew_devices(self, message_id: str, device_ids: Sequence[str]) -> None:
         async with self.redis.pipeline(transaction=False) as p:
@@ -488,10 +501,12 @@ return 1
                 await self._renew(keys=[self._k("x", message_id, d)], args=[CLAIM_LEASE_SECONDS], client=p)
             await p.execute()
 
-    async def finish_devices(self, message_id: str, device_ids: Sequence[str], keep_seconds: float) -> None:
+    async def finish_devices(
+        self, message_id: str, device_ids: Sequence[str], keep_seconds: float, *, sent: Collection[str] = ()
+    ) -> None:
         async with self.redis.pipeline(transaction=False) as p:
             for d in device_ids:
-                p.set(self._k("x", message_id, d), b"d", ex=max(int(keep_seconds), 1))
+                p.set(self._k("x", message_id, d), b"s" if d in sent else b"d", ex=max(int(keep_seconds), 1))
             await p.execute()
 
     async def schedule(self, message: PushMessage) -> None:
@@ -537,6 +552,12 @@ return 1
     async def template(self, app: str, name: str) -> dict[str, Any] | None:
         raw = await self.redis.hget(self._k("tpl", app), name)
         return json.loads(raw) if raw is not None else None
+
+    async def templates_named(self, app: str, names: Sequence[str]) -> list[dict[str, Any] | None]:
+        if not names:
+            return []
+        rows = await self.redis.hmget(self._k("tpl", app), names)
+        return [json.loads(raw) if raw is not None else None for raw in rows]
 
     async def templates(self, app: str) -> dict[str, dict[str, Any]]:
         return {text(k): json.loads(v) for k, v in (await self.redis.hgetall(self._k("tpl", app))).items()}
@@ -675,7 +696,8 @@ class MemoryPushState(PushState):
 
     async def sent_devices(self, message_id: str, device_ids: Sequence[str]) -> list[bool]:
         now = time.monotonic()
-        return [self._claims.get((message_id, d), ("", 0.0))[1] > now for d in device_ids]
+        claims = [self._claims.get((message_id, d), ("", 0.0)) for d in device_ids]
+        return [state in ("s", "p") and until > now for state, until in claims]
 
     async def renew_devices(self, message_id: str, device_ids: Sequence[str]) -> None:
         until = time.monotonic() + CLAIM_LEASE_SECONDS
@@ -683,9 +705,11 @@ class MemoryPushState(PushState):
             if self._claims.get((message_id, d), ("", 0.0))[0] == "p":
                 self._claims[(message_id, d)] = ("p", until)
 
-    async def finish_devices(self, message_id: str, device_ids: Sequence[str], keep_seconds: float) -> None:
+    async def finish_devices(
+        self, message_id: str, device_ids: Sequence[str], keep_seconds: float, *, sent: Collection[str] = ()
+    ) -> None:
         for d in device_ids:
-            self._claims[(message_id, d)] = ("d", time.monotonic() + keep_seconds)
+            self._claims[(message_id, d)] = ("s" if d in sent else "d", time.monotonic() + keep_seconds)
 
     async def schedule(self, message: PushMessage) -> None:
         assert message.scheduled_ms is not None
