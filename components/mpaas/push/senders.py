@@ -173,13 +173,15 @@ class Senders:
         if m.recalls is not None:  # a recall notice replaces the recalled message where it went this way alone
             sent = await self.state.sent_devices(m.recalls, [claim_id(d, t) for d, t in pending])
             pending = [p for p, was in zip(pending, sent, strict=True) if was]
+        looked = True  # the state was just read
         while pending:
             waiting: list[tuple[str, str]] = []
             # Claimed a group at a time, right before sending it: a kill leaves at most the groups in flight
             # claimed and sent but not marked, the only sends a restart can make twice.
             for i in range(0, len(pending), CLAIM_GROUP):
-                if i and (st := await self.state.status(m.message_id)) is not None and st.state == "Revoked":
+                if not looked and (st := await self.state.status(m.message_id)) is not None and st.state == "Revoked":
                     return  # recalled meanwhile: the rest is not sent
+                looked = False
                 group = pending[i : i + CLAIM_GROUP]
                 claims = await self.state.claim_devices(m.message_id, [claim_id(d, t) for d, t in group])
                 mine = [p for p, c in zip(group, claims, strict=True) if c is None]
