@@ -359,6 +359,23 @@ async def test_a_sent_message_is_recalled_over_link_and_replaced_at_the_vendor(
         await on_watch.close()
 
 
+async def test_a_send_waiting_out_a_rate_limit_is_not_made_once_recalled(
+    start_push: Callable[..., Push], apns: ApnsServer
+) -> None:
+    push = start_push()
+    d, token = "rl-" + uuid.uuid4().hex[:6], os.urandom(32).hex()
+    await push.register(d, "ios", brand="apple", tokens={"APNs": token})
+    apns.rate_limit(1, retry_after=3.0)
+    body = {"target": {"type": "device", "ids": [d]}, "notification": {"body": "b"}}
+    sent = await push.ok("POST", "/v1/push/messages", body)
+    await until(lambda: apns.failures_left == 0, 15)  # refused once: the sender waits 3 s to try again
+    await push.ok("DELETE", f"/v1/push/messages/{sent['messageId']}")
+    await asyncio.sleep(4.0)
+    st = await push.ok("GET", f"/v1/push/messages/{sent['messageId']}")
+    assert st["state"] == "Revoked" and st["counts"] == {"APNs.RateLimited": 1}
+    assert arrived(apns)[token] == 0  # neither the message nor a replacement (the vendor never took it)
+
+
 async def test_idempotency_and_the_documented_refusals(start_push: Callable[..., Push], apns: ApnsServer) -> None:
     push = start_push()
     d = "ios-" + uuid.uuid4().hex[:6]

@@ -214,6 +214,11 @@ class ApnsServer:
         """The next `n` requests are answered `status` with `reason` (or the raw `body`), whatever they are."""
         self._failures.extend(_Failure(status, reason, retry_after, body) for _ in range(n))
 
+    @property
+    def failures_left(self) -> int:
+        """Failures fail_next asked for that no request has been answered with yet."""
+        return len(self._failures)
+
     def rate_limit(self, n: int = 1, retry_after: float | None = 1.0) -> None:
         self.fail_next(n, 429, "TooManyRequests", retry_after=retry_after)
 

@@ -179,7 +179,7 @@ class Senders:
             # Claimed a group at a time, right before sending it: a kill leaves at most the groups in flight
             # claimed and sent but not marked, the only sends a restart can make twice.
             for i in range(0, len(pending), CLAIM_GROUP):
-                if not looked and (st := await self.state.status(m.message_id)) is not None and st.state == "Revoked":
+                if not looked and await self._recalled(m.message_id):
                     return  # recalled meanwhile: the rest is not sent
                 looked = False
                 group = pending[i : i + CLAIM_GROUP]
@@ -233,6 +233,10 @@ class Senders:
         SENT.labels(label, "sent").inc(sent)
         SENT.labels(label, "failed").inc(failures)
 
+    async def _recalled(self, message_id: str) -> bool:
+        st = await self.state.status(message_id)
+        return st is not None and st.state == "Revoked"
+
     async def _attempts(
         self, channel: VendorChannel, n: Notification, items: list[tuple[str, str]]
     ) -> list[SendResult]:
@@ -264,6 +268,8 @@ class Senders:
                 break
             await self.state.renew_devices(n.message_id, [claim_id(*items[i]) for i in again])
             await asyncio.sleep(wait)
+            if await self._recalled(n.message_id):  # recalled during the backoff: their last answer stands
+                break
             delay = min(delay * 2, MAX_BACKOFF)
             todo = again
         return [results[i] for i in range(len(items))]
