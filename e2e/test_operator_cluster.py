@@ -89,8 +89,13 @@ async def test_gateway_children_and_status_on_kwok_pods(operator: Process, names
     )
     kubectl("delete", "-n", namespace, "deployment", "mgw-demo-gateway")
     await eventually(lambda: get(namespace, "deployment", "mgw-demo-gateway"), timeout=10, what="Deployment recreated")
-    reasons = {e["reason"] for e in events_of(namespace, "demo-gateway")}
-    assert {"Created", "Scaled", "Deleted", "Restoring", "DriftCorrected", "Available"} <= reasons, reasons
+    # The events are posted after each repair: waited for, not read at once.
+    want = {"Created", "Scaled", "Deleted", "Restoring", "DriftCorrected", "Available"}
+    await eventually(
+        lambda: want <= {e["reason"] for e in events_of(namespace, "demo-gateway")},
+        timeout=15,
+        what=f"the events {sorted(want)}",
+    )
 
     # Delete the gateway: the garbage collector removes every child.
     kubectl("delete", "-n", namespace, "mpaasgateway", "demo-gateway")
